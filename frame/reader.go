@@ -1,0 +1,143 @@
+package frame
+
+import (
+	"errors"
+	"fmt"
+	"io"
+)
+
+// Reader sizes for a connection's receive buffer.
+const (
+	initialReadBuffer = 16 << 10
+	greedyReadBuffer  = 64 << 10
+	// exactThreshold: frames this large are read header first, then body,
+	// so that a large frame is never cut at the end of the buffer and moved.
+	exactThreshold = 16 << 10
+)
+
+// Reader reads frames from a connection into one buffer that the frames
+// are then rewritten and written from: every byte is copied once from the
+// kernel and once back. Small frames are read greedily, as many as the
+// kernel holds per syscall; a frame cut at the end of the buffer has its
+// head (at most exactThreshold bytes) moved to the front. Memory stays
+// bounded by max(maxFrameBytes, 64 KiB).
+type Reader struct {
+	src      io.Reader
+	buf      []byte
+	start    int
+	end      int
+	maxFrame int
+	exact    bool
+}
+
+// NewReader returns a reader of frames of at most maxFrameBytes from src.
+func NewReader(src io.Reader, maxFrameBytes int) *Reader {
+	size := initialReadBuffer
+	if maxFrameBytes < size {
+		size = maxFrameBytes
+	}
+	return &Reader{src: src, buf: make([]byte, size), maxFrame: maxFrameBytes}
+}
+
+// Buffered reports the bytes received but not yet returned by Next.
+func (r *Reader) Buffered() int { return r.end - r.start }
+
+// ErrPartialFrame is returned when the peer closes in the middle of a frame.
+var ErrPartialFrame = errors.New("connection closed in the middle of a frame")
+
+// Fill blocks until at least one complete frame is buffered. Frames
+// returned by Next before are invalid afterwards. At a clean end of stream
+// it returns io.EOF; a header that is not a valid frame header is an error
+// wrapping the frame package's errors.
+func (r *Reader) Fill() error {
+	for {
+		if r.start == r.end {
+			r.start, r.end = 0, 0
+		}
+		need := HeaderLen
+		if avail := r.end - r.start; avail >= HeaderLen {
+			h, err := ParseHeader(r.buf[r.start:r.end], r.maxFrame)
+			if err != nil {
+				return err
+			}
+			need = h.FrameLen()
+			if avail >= need {
+				return nil
+			}
+			r.exact = need >= exactThreshold
+		}
+		if r.start+need > len(r.buf) {
+			r.makeRoom(need)
+		}
+		limit := len(r.buf)
+		if r.exact {
+			limit = r.start + need
+		}
+		n, err := r.src.Read(r.buf[r.end:limit])
+		r.end += n
+		if err != nil {
+			if n > 0 && r.complete() {
+				return nil
+			}
+			if errors.Is(err, io.EOF) {
+				if r.start == r.end {
+					return io.EOF
+				}
+				return fmt.Errorf("%w (%d bytes of it received)", ErrPartialFrame, r.end-r.start)
+			}
+			return err
+		}
+		if !r.exact && r.end == len(r.buf) && len(r.buf) < greedyReadBuffer && len(r.buf) < r.maxFrame {
+			r.grow(min(greedyReadBuffer, r.maxFrame))
+		}
+	}
+}
+
+func (r *Reader) complete() bool {
+	avail := r.end - r.start
+	if avail < HeaderLen {
+		return false
+	}
+	h, err := ParseHeader(r.buf[r.start:r.end], r.maxFrame)
+	return err != nil || avail >= h.FrameLen()
+}
+
+// makeRoom gives the partial frame at start room for need bytes: it moves
+// the received head to the front, growing the buffer when even that is not
+// enough.
+func (r *Reader) makeRoom(need int) {
+	if need > len(r.buf) {
+		r.grow(need)
+		if r.start+need <= len(r.buf) {
+			return
+		}
+	}
+	n := copy(r.buf, r.buf[r.start:r.end])
+	r.start, r.end = 0, n
+}
+
+func (r *Reader) grow(size int) {
+	buf := make([]byte, size)
+	n := copy(buf, r.buf[r.start:r.end])
+	r.buf, r.start, r.end = buf, 0, n
+}
+
+// Next returns the next complete buffered frame, or nil when none is. The
+// frame stays valid until the next Fill.
+func (r *Reader) Next() ([]byte, error) {
+	avail := r.end - r.start
+	if avail < HeaderLen {
+		return nil, nil
+	}
+	h, err := ParseHeader(r.buf[r.start:r.end], r.maxFrame)
+	if err != nil {
+		return nil, err
+	}
+	n := h.FrameLen()
+	if avail < n {
+		return nil, nil
+	}
+	f := r.buf[r.start : r.start+n]
+	r.start += n
+	return f, nil
+}

@@ -1,0 +1,163 @@
+// Package chaintest starts relays inside a test process, on loopback ports
+// the kernel picks, and stops them when the test ends.
+package chaintest
+
+import (
+	"context"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/subsegment/subsegment_exporter/internal/delayproxy"
+	"github.com/subsegment/subsegment_exporter/relay"
+)
+
+// StartRelay serves cfg on 127.0.0.1 and returns its address.
+func StartRelay(t testing.TB, cfg relay.Config) string {
+	t.Helper()
+	srv, err := relay.New(cfg)
+	if err != nil {
+		t.Fatalf("relay %s: %v", cfg.Name, err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("relay %s listen: %v", cfg.Name, err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := srv.Serve(ctx, ln); err != nil {
+			t.Errorf("relay %s: %v", cfg.Name, err)
+		}
+	}()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Errorf("relay %s did not stop within 10s", cfg.Name)
+		}
+	})
+	return ln.Addr().String()
+}
+
+// ChainOptions shape a test chain.
+type ChainOptions struct {
+	// Template is every hop's config; Name and ForwardTo are set per hop.
+	Template relay.Config
+	// Configure, if set, changes a hop's config before it starts.
+	Configure func(name string, cfg *relay.Config)
+	// Front, if set, returns the address the hop before name should
+	// forward to instead of name's own (to put a proxy in front of it).
+	Front func(name, addr string) string
+}
+
+// Chain starts relays names[0] (first hop) … names[len-1] (end host), each
+// forwarding to the next, and returns the address of the first hop (or of
+// what Front put in front of it).
+func Chain(t testing.TB, o ChainOptions, names ...string) string {
+	t.Helper()
+	next := ""
+	for i := len(names) - 1; i >= 0; i-- {
+		cfg := o.Template
+		cfg.Name = names[i]
+		cfg.ForwardTo = next
+		if o.Configure != nil {
+			o.Configure(names[i], &cfg)
+		}
+		next = StartRelay(t, cfg)
+		if o.Front != nil {
+			next = o.Front(names[i], next)
+		}
+	}
+	return next
+}
+
+// DelayProxy starts a delaying proxy in front of target, closed at the end
+// of the test.
+func DelayProxy(t testing.TB, target string, forward, back time.Duration) *delayproxy.Proxy {
+	t.Helper()
+	p, err := delayproxy.Start("127.0.0.1:0", target, forward, back)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	return p
+}
+
+// FreeAddr returns a loopback address nobody listens on (for refused
+// connections): a port that was just free.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
+
+// Silent accepts connections and never answers: a hung hop.
+func Silent(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conns []net.Conn
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				for _, c := range conns {
+					c.Close()
+				}
+				return
+			}
+			conns = append(conns, c)
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); <-done })
+	return ln.Addr().String()
+}
+
+// Echo is a plain TCP echo server, the reference a delay is measured by.
+func Echo(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				buf := make([]byte, 64<<10)
+				for {
+					c.SetDeadline(time.Now().Add(30 * time.Second))
+					n, err := c.Read(buf)
+					if n > 0 {
+						if _, werr := c.Write(buf[:n]); werr != nil {
+							return
+						}
+					}
+					if err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); <-done })
+	return ln.Addr().String()
+}

@@ -1,0 +1,359 @@
+// Package relay is one hop of a subsegment chain: it listens, forwards each
+// frame to its configured next hop (or echoes it when it is the end of the
+// chain), and stamps its own timing record into every reply on the way back.
+package relay
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/subsegment/subsegment_exporter/clock"
+	"github.com/subsegment/subsegment_exporter/frame"
+)
+
+// Defaults of the original tool and of the protocol.
+const (
+	DefaultTimeout        = 10 * time.Second
+	DefaultMaxConnections = 1024
+	// inflightPerSession bounds the frames one session may have in flight
+	// downstream; a full ring pushes back on the upstream reader.
+	inflightPerSession = 256
+)
+
+// Metrics receives what a relay does; the collector package implements it
+// for /metrics. Implementations must be safe for concurrent use.
+type Metrics interface {
+	ConnectionOpened()
+	ConnectionClosed()
+	// Relayed counts a reply written upstream: ok is false for error replies.
+	Relayed(kind frame.Kind, ok bool)
+	// Failed counts an error this hop reported, by reason.
+	Failed(reason frame.Reason)
+	// Residence observes forward + return time spent in this hop.
+	Residence(d time.Duration)
+	// StreamBytes counts stream-mode payload bytes relayed back upstream.
+	StreamBytes(n int)
+}
+
+type nopMetrics struct{}
+
+func (nopMetrics) ConnectionOpened()        {}
+func (nopMetrics) ConnectionClosed()        {}
+func (nopMetrics) Relayed(frame.Kind, bool) {}
+func (nopMetrics) Failed(frame.Reason)      {}
+func (nopMetrics) Residence(time.Duration)  {}
+func (nopMetrics) StreamBytes(int)          {}
+
+// Config describes one relay.
+type Config struct {
+	// Name identifies the hop in records, segment labels and errors.
+	Name string
+	// ForwardTo is the next hop's address; empty makes this hop the end
+	// of the chain, which echoes every request.
+	ForwardTo string
+	// Timeout bounds every single operation: the wait for the next frame,
+	// a dial, a write, and the wait for a reply.
+	Timeout time.Duration
+	// RemovePerfHeaders drops the path and records received from beyond
+	// this hop in both directions (an administrative boundary).
+	RemovePerfHeaders bool
+	MaxFrameBytes     int
+	MaxHops           int
+	// MaxConnections bounds concurrent upstream connections; one more is
+	// answered with an "overloaded" error frame and closed.
+	MaxConnections int
+	// Keys, when set, make the relay sign everything it sends and refuse
+	// anything not signed with one of them.
+	Keys frame.Keys
+	// Clock stamps frames; tests inject skewed clocks.
+	Clock clock.Clock
+	// Dial opens the downstream connection (TLS wraps it).
+	Dial func(ctx context.Context, address string) (net.Conn, error)
+	// Annotate returns the local variables attached to records of probes
+	// that ask for them (in-band context); nil attaches nothing.
+	Annotate func() []frame.Var
+	Metrics  Metrics
+	Logger   *slog.Logger
+	// ID overrides the random hop identity (tests only).
+	ID uint64
+}
+
+// Server is a running relay.
+type Server struct {
+	cfg      Config
+	id       uint64
+	idBytes  [8]byte
+	metrics  Metrics
+	log      *slog.Logger
+	slots    chan struct{}
+	downName sync.Map // ForwardTo → last name the next hop reported (string)
+
+	mu     sync.Mutex
+	conns  map[net.Conn]struct{}
+	wg     sync.WaitGroup
+	closed bool
+}
+
+// New validates cfg and returns a relay ready to Serve.
+func New(cfg Config) (*Server, error) {
+	if err := ValidateName(cfg.Name); err != nil {
+		return nil, err
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = DefaultTimeout
+	}
+	if cfg.MaxFrameBytes == 0 {
+		cfg.MaxFrameBytes = frame.DefaultMaxFrameBytes
+	}
+	if cfg.MaxFrameBytes < 1024 || cfg.MaxFrameBytes > 16<<20 {
+		return nil, fmt.Errorf("maximum frame size %d bytes out of range: use 1024 to 16777216", cfg.MaxFrameBytes)
+	}
+	if cfg.MaxHops == 0 {
+		cfg.MaxHops = frame.DefaultMaxHops
+	}
+	if cfg.MaxHops < 1 || cfg.MaxHops > frame.MaxHopsLimit {
+		return nil, fmt.Errorf("maximum hop count %d out of range: use 1 to %d", cfg.MaxHops, frame.MaxHopsLimit)
+	}
+	if cfg.MaxConnections == 0 {
+		cfg.MaxConnections = DefaultMaxConnections
+	}
+	if cfg.ForwardTo != "" {
+		if err := ValidateAddress(cfg.ForwardTo); err != nil {
+			return nil, fmt.Errorf("--forward-to: %w", err)
+		}
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.NewSystem()
+	}
+	if cfg.Dial == nil {
+		cfg.Dial = func(ctx context.Context, address string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "tcp", address)
+		}
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = nopMetrics{}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{
+		cfg:     cfg,
+		id:      cfg.ID,
+		metrics: cfg.Metrics,
+		log:     cfg.Logger.With("relay", cfg.Name),
+		slots:   make(chan struct{}, cfg.MaxConnections),
+		conns:   make(map[net.Conn]struct{}),
+	}
+	if s.id == 0 {
+		s.id = NewID()
+	}
+	binary.BigEndian.PutUint64(s.idBytes[:], s.id)
+	return s, nil
+}
+
+// NewID returns a random hop identity, the key of loop detection.
+func NewID() uint64 {
+	var b [8]byte
+	for {
+		if _, err := rand.Read(b[:]); err != nil {
+			panic(fmt.Sprintf("crypto/rand failed: %v", err))
+		}
+		if id := binary.BigEndian.Uint64(b[:]); id != 0 {
+			return id
+		}
+	}
+}
+
+// ID is this hop's identity in probe paths.
+func (s *Server) ID() uint64 { return s.id }
+
+// Name is this hop's name.
+func (s *Server) Name() string { return s.cfg.Name }
+
+// Serve accepts connections on ln until ctx ends, then closes every
+// connection and waits for their goroutines.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+	defer s.shutdown()
+	var backoff time.Duration
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				s.log.Warn("accept failed, retrying", "err", err, "backoff", backoff)
+				time.Sleep(backoff)
+				continue
+			}
+			return fmt.Errorf("accept on %s: %w", ln.Addr(), err)
+		}
+		backoff = 0
+		select {
+		case s.slots <- struct{}{}:
+		default:
+			s.refuseOverloaded(conn)
+			continue
+		}
+		if !s.track(conn) {
+			<-s.slots
+			conn.Close()
+			continue
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			defer func() { <-s.slots }()
+			defer s.untrack(conn)
+			s.metrics.ConnectionOpened()
+			defer s.metrics.ConnectionClosed()
+			s.serveConn(ctx, conn)
+		}()
+	}
+}
+
+func (s *Server) track(c net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.conns[c] = struct{}{}
+	return true
+}
+
+func (s *Server) untrack(c net.Conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+	c.Close()
+}
+
+func (s *Server) shutdown() {
+	s.mu.Lock()
+	s.closed = true
+	for c := range s.conns {
+		c.Close()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+}
+
+// refuseOverloaded answers a connection over the limit with an error frame,
+// without waiting for it to send anything, and closes it.
+func (s *Server) refuseOverloaded(conn net.Conn) {
+	s.metrics.Failed(frame.ReasonOverloaded)
+	e := frame.ErrorRecord{ID: s.id, Name: s.cfg.Name, Peer: conn.RemoteAddr().String(), Reason: frame.ReasonOverloaded, Side: frame.SideUpstream,
+		Message: fmt.Sprintf("%s has reached its limit of %d connections (--relay.max-connections)", s.cfg.Name, s.cfg.MaxConnections)}
+	buf := frame.AppendErrorFrame(nil, &e, frame.NewSigner(s.cfg.Keys))
+	_ = conn.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+	_, _ = conn.Write(buf)
+	conn.Close()
+}
+
+func (s *Server) serveConn(ctx context.Context, conn net.Conn) {
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+	if s.cfg.ForwardTo == "" {
+		newEcho(s, conn).run()
+		return
+	}
+	newForwarder(s, conn).run(ctx)
+}
+
+// ValidateName checks a hop name: it becomes a label value and a perfdata
+// label, so it is short and plain.
+func ValidateName(name string) error {
+	if name == "" {
+		return errors.New("relay name is empty: set --relay.name")
+	}
+	if len(name) > frame.MaxNameLen {
+		return fmt.Errorf("relay name %q is %d bytes, at most %d allowed", name, len(name), frame.MaxNameLen)
+	}
+	for _, c := range name {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '-' || c == '_') {
+			return fmt.Errorf("relay name %q has %q: use letters, digits, '.', '-' and '_'", name, c)
+		}
+	}
+	return nil
+}
+
+// DefaultName is the hostname, the original tool's notion of a hop.
+func DefaultName() string {
+	h, err := os.Hostname()
+	if err != nil || ValidateName(h) != nil {
+		return "source"
+	}
+	if i := strings.IndexByte(h, '.'); i > 0 {
+		h = h[:i]
+	}
+	return h
+}
+
+// ListenAddress turns the original tool's "*:port" into Go's ":port" and
+// checks the result.
+func ListenAddress(s string) (string, error) {
+	if strings.HasPrefix(s, "*:") {
+		s = s[1:]
+	}
+	if _, _, err := net.SplitHostPort(s); err != nil {
+		return "", fmt.Errorf("listen address %q: %w (use host:port, *:port or [::1]:port)", s, err)
+	}
+	return s, nil
+}
+
+// ValidateAddress checks a host:port a hop may dial.
+func ValidateAddress(s string) error {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return fmt.Errorf("address %q: %w (use host:port or [ipv6]:port)", s, err)
+	}
+	if host == "" || port == "" {
+		return fmt.Errorf("address %q needs both host and port", s)
+	}
+	return nil
+}
+
+// Classify maps a connection error to a failure reason.
+func Classify(err error) frame.Reason {
+	var ne net.Error
+	var dnsErr *net.DNSError
+	switch {
+	case err == nil:
+		return frame.ReasonUnknown
+	case errors.Is(err, frame.ErrAuth):
+		return frame.ReasonAuth
+	case errors.Is(err, frame.ErrTooManyHops):
+		return frame.ReasonTooManyHops
+	case errors.Is(err, frame.ErrBadMagic), errors.Is(err, frame.ErrBadVersion), errors.Is(err, frame.ErrBadKind),
+		errors.Is(err, frame.ErrTooLarge), errors.Is(err, frame.ErrMalformed), errors.Is(err, frame.ErrTruncated):
+		return frame.ReasonBadFrame
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return frame.ReasonRefused
+	case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
+		return frame.ReasonTimeout
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE), errors.Is(err, syscall.ECONNABORTED):
+		return frame.ReasonReset
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, frame.ErrPartialFrame), errors.Is(err, net.ErrClosed):
+		return frame.ReasonClosed
+	case errors.As(err, &dnsErr), errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH), errors.Is(err, syscall.EADDRNOTAVAIL):
+		return frame.ReasonUnreachable
+	}
+	return frame.ReasonUnknown
+}

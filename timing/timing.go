@@ -1,0 +1,118 @@
+// Package timing is the segment arithmetic: from what each hop measured on
+// its own monotonic clock it derives the round trip of every segment and the
+// residence time of every hop, TWAMP style, so that no two clocks are ever
+// compared. Only where both ends of a segment report a synchronised wall
+// clock does it also give one-way delays, with their error bound.
+package timing
+
+import (
+	"math"
+	"slices"
+	"time"
+)
+
+// Hop is one hop's measurement of one probe. Hop 0 is the source.
+type Hop struct {
+	Name string
+	// On the hop's monotonic clock: request-in → request-out (for the end
+	// host, request-in → reply-out), request-out → reply-in, reply-in → reply-out.
+	Forward, Downstream, Return time.Duration
+	// WallIn is the wall clock (Unix ns) at request-in.
+	WallIn int64
+	// Synced: the wall clock was synchronised; MaxError bounds its offset.
+	Synced   bool
+	MaxError time.Duration
+}
+
+// Residence is the time the probe spent inside the hop.
+func (h Hop) Residence() time.Duration { return h.Forward + h.Return }
+
+// Total is request-in → reply-out at the hop: everything from it onwards.
+func (h Hop) Total() time.Duration { return h.Forward + h.Downstream + h.Return }
+
+// Segment is the link between hop From and hop From+1.
+type Segment struct {
+	From, To int
+	// RTT = (reply-in_i − request-out_i) − (reply-out_{i+1} − request-in_{i+1}).
+	RTT time.Duration
+	// OneWay is nil unless both hops' clocks are synchronised.
+	OneWay *OneWay
+}
+
+// OneWay splits a segment's rtt into its two directions using wall clocks.
+type OneWay struct {
+	Forward, Return time.Duration
+	// ErrorBound is the sum of both hops' maximum clock errors: the true
+	// forward delay lies within Forward ± ErrorBound.
+	ErrorBound time.Duration
+}
+
+// Breakdown is one probe's path, cut into segments and residences.
+type Breakdown struct {
+	Segments  []Segment
+	Residence []time.Duration
+	// RoundTrip is the source's own request-out → reply-in.
+	RoundTrip time.Duration
+}
+
+// Compute breaks a probe down. With n+1 hops it returns n segments; the
+// identity Σ segments + Σ residences of hops 1..n = RoundTrip holds exactly.
+func Compute(hops []Hop) Breakdown {
+	var b Breakdown
+	if len(hops) == 0 {
+		return b
+	}
+	b.RoundTrip = hops[0].Downstream
+	b.Residence = make([]time.Duration, len(hops))
+	for i, h := range hops {
+		b.Residence[i] = h.Residence()
+	}
+	b.Segments = make([]Segment, 0, len(hops)-1)
+	for i := 0; i+1 < len(hops); i++ {
+		near, far := hops[i], hops[i+1]
+		s := Segment{From: i, To: i + 1, RTT: near.Downstream - far.Total()}
+		if near.Synced && far.Synced {
+			// request-out_i on the wall clock = WallIn_i + Forward_i.
+			fwd := time.Duration(far.WallIn - (near.WallIn + int64(near.Forward)))
+			s.OneWay = &OneWay{Forward: fwd, Return: s.RTT - fwd, ErrorBound: near.MaxError + far.MaxError}
+		}
+		b.Segments = append(b.Segments, s)
+	}
+	return b
+}
+
+// Stats summarises samples of one quantity across the probes of a run.
+type Stats struct {
+	Count  int
+	Min    time.Duration
+	Median time.Duration
+	Max    time.Duration
+	// Jitter is the mean absolute difference between consecutive
+	// samples (RFC 3393 IPDV, averaged); zero with fewer than two.
+	Jitter time.Duration
+}
+
+// Summarise computes Stats over samples in probe order.
+func Summarise(samples []time.Duration) Stats {
+	s := Stats{Count: len(samples)}
+	if len(samples) == 0 {
+		return s
+	}
+	var diff float64
+	for i := 1; i < len(samples); i++ {
+		diff += math.Abs(float64(samples[i] - samples[i-1]))
+	}
+	if len(samples) > 1 {
+		s.Jitter = time.Duration(diff / float64(len(samples)-1))
+	}
+	sorted := slices.Clone(samples)
+	slices.Sort(sorted)
+	s.Min, s.Max = sorted[0], sorted[len(sorted)-1]
+	mid := len(sorted) / 2
+	if len(sorted)%2 == 1 {
+		s.Median = sorted[mid]
+	} else {
+		s.Median = (sorted[mid-1] + sorted[mid]) / 2
+	}
+	return s
+}

@@ -1,0 +1,213 @@
+package timing
+
+import (
+	"math/rand/v2"
+	"testing"
+	"time"
+)
+
+// chain simulates a probe through hops with known segment delays and
+// residences, each hop stamping on its own clock with an arbitrary offset.
+type simHop struct {
+	name              string
+	fwdRes, retRes    time.Duration // time spent inside the hop each way
+	clockOffset       time.Duration
+	synced            bool
+	maxError          time.Duration
+	forwardDelayAfter time.Duration // one-way delay of the segment to the next hop
+	returnDelayAfter  time.Duration
+}
+
+// simulate runs one probe on a virtual true timeline and returns what each
+// hop would report on its own clock.
+func simulate(hops []simHop, start time.Duration) []Hop {
+	n := len(hops)
+	reqIn := make([]time.Duration, n)
+	reqOut := make([]time.Duration, n)
+	repIn := make([]time.Duration, n)
+	repOut := make([]time.Duration, n)
+	t := start
+	for i := range hops {
+		reqIn[i] = t
+		t += hops[i].fwdRes
+		reqOut[i] = t
+		if i < n-1 {
+			t += hops[i].forwardDelayAfter
+		}
+	}
+	// The end host's residence is its fwdRes; it replies at reqOut[n-1].
+	repOut[n-1] = reqOut[n-1]
+	repIn[n-1] = reqOut[n-1]
+	t = repOut[n-1]
+	for i := n - 2; i >= 0; i-- {
+		t += hops[i].returnDelayAfter
+		repIn[i] = t
+		t += hops[i].retRes
+		repOut[i] = t
+	}
+	out := make([]Hop, n)
+	for i, h := range hops {
+		local := func(tt time.Duration) int64 { return int64(tt + h.clockOffset) }
+		out[i] = Hop{Name: h.name, WallIn: local(reqIn[i]), Synced: h.synced, MaxError: h.maxError}
+		if i == n-1 {
+			out[i].Forward = time.Duration(local(repOut[i]) - local(reqIn[i]))
+			continue
+		}
+		out[i].Forward = time.Duration(local(reqOut[i]) - local(reqIn[i]))
+		out[i].Downstream = time.Duration(local(repIn[i]) - local(reqOut[i]))
+		out[i].Return = time.Duration(local(repOut[i]) - local(repIn[i]))
+	}
+	return out
+}
+
+func fourHops() []simHop {
+	ms := time.Millisecond
+	return []simHop{
+		{name: "a", fwdRes: 10 * time.Microsecond, retRes: 12 * time.Microsecond, forwardDelayAfter: 1 * ms, returnDelayAfter: 2 * ms},
+		{name: "b", fwdRes: 50 * time.Microsecond, retRes: 40 * time.Microsecond, forwardDelayAfter: 10 * ms, returnDelayAfter: 10 * ms},
+		{name: "c", fwdRes: 30 * time.Microsecond, retRes: 20 * time.Microsecond, forwardDelayAfter: 300 * time.Microsecond, returnDelayAfter: 200 * time.Microsecond},
+		{name: "z", fwdRes: 25 * time.Microsecond},
+	}
+}
+
+func TestComputeSegments(t *testing.T) {
+	hops := simulate(fourHops(), time.Hour)
+	b := Compute(hops)
+	want := []time.Duration{3 * time.Millisecond, 20 * time.Millisecond, 500 * time.Microsecond}
+	if len(b.Segments) != len(want) {
+		t.Fatalf("got %d segments, want %d", len(b.Segments), len(want))
+	}
+	for i, w := range want {
+		if got := b.Segments[i].RTT; got != w {
+			t.Errorf("segment %d→%d rtt = %v, want %v", i, i+1, got, w)
+		}
+		if b.Segments[i].OneWay != nil {
+			t.Errorf("segment %d has a one-way delay without synchronised clocks", i)
+		}
+	}
+	wantRes := []time.Duration{22 * time.Microsecond, 90 * time.Microsecond, 50 * time.Microsecond, 25 * time.Microsecond}
+	for i, w := range wantRes {
+		if b.Residence[i] != w {
+			t.Errorf("residence of hop %d = %v, want %v", i, b.Residence[i], w)
+		}
+	}
+}
+
+func TestSumIdentity(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for iter := 0; iter < 1000; iter++ {
+		n := 2 + rng.IntN(10)
+		sim := make([]simHop, n)
+		for i := range sim {
+			sim[i] = simHop{
+				name:              "h",
+				fwdRes:            time.Duration(rng.Int64N(int64(time.Millisecond))),
+				retRes:            time.Duration(rng.Int64N(int64(time.Millisecond))),
+				clockOffset:       time.Duration(rng.Int64N(int64(time.Hour))) - 30*time.Minute,
+				forwardDelayAfter: time.Duration(rng.Int64N(int64(50 * time.Millisecond))),
+				returnDelayAfter:  time.Duration(rng.Int64N(int64(50 * time.Millisecond))),
+			}
+		}
+		hops := simulate(sim, time.Duration(rng.Int64N(int64(24*time.Hour))))
+		b := Compute(hops)
+		var sum time.Duration
+		for _, s := range b.Segments {
+			sum += s.RTT
+		}
+		for _, r := range b.Residence[1:] {
+			sum += r
+		}
+		if sum != b.RoundTrip {
+			t.Fatalf("iteration %d: Σ segments + Σ residences(1..n) = %v, source round trip = %v", iter, sum, b.RoundTrip)
+		}
+		if total := sum + b.Residence[0]; total != hops[0].Total() {
+			t.Fatalf("iteration %d: with the source's residence %v, want the source's total %v", iter, total, hops[0].Total())
+		}
+	}
+}
+
+func TestClockSkewLeavesSegmentsUnchanged(t *testing.T) {
+	base := Compute(simulate(fourHops(), time.Hour))
+	for _, skew := range []time.Duration{10 * time.Second, -10 * time.Second} {
+		sim := fourHops()
+		for i := range sim {
+			if i%2 == 1 {
+				sim[i].clockOffset = skew
+			} else {
+				sim[i].clockOffset = -skew
+			}
+		}
+		got := Compute(simulate(sim, time.Hour))
+		for i := range base.Segments {
+			if got.Segments[i].RTT != base.Segments[i].RTT {
+				t.Errorf("skew %v: segment %d rtt %v, without skew %v", skew, i, got.Segments[i].RTT, base.Segments[i].RTT)
+			}
+		}
+	}
+}
+
+func TestOneWayOnlyWithSynchronisedClocks(t *testing.T) {
+	ms := time.Millisecond
+	tests := []struct {
+		name     string
+		synced   []bool
+		offsets  []time.Duration
+		wantOWD  []bool
+		wantFwd  []time.Duration
+		wantBnds []time.Duration
+	}{
+		{name: "none synced", synced: []bool{false, false, false, false}, wantOWD: []bool{false, false, false}},
+		{name: "all synced, no offset", synced: []bool{true, true, true, true}, offsets: []time.Duration{0, 0, 0, 0},
+			wantOWD: []bool{true, true, true}, wantFwd: []time.Duration{1 * ms, 10 * ms, 300 * time.Microsecond},
+			wantBnds: []time.Duration{3 * ms, 3 * ms, 3 * ms}},
+		{name: "middle unsynced", synced: []bool{true, true, false, true}, offsets: []time.Duration{0, 0, 0, 0},
+			wantOWD: []bool{true, false, false}, wantFwd: []time.Duration{1 * ms}, wantBnds: []time.Duration{3 * ms}},
+		{name: "synced within error", synced: []bool{true, true, true, true}, offsets: []time.Duration{0, ms, 0, 0},
+			wantOWD: []bool{true, true, true}, wantFwd: []time.Duration{2 * ms, 9 * ms, 300 * time.Microsecond},
+			wantBnds: []time.Duration{3 * ms, 3 * ms, 3 * ms}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			sim := fourHops()
+			for i := range sim {
+				sim[i].synced = tc.synced[i]
+				sim[i].maxError = 1500 * time.Microsecond
+				if tc.offsets != nil {
+					sim[i].clockOffset = tc.offsets[i]
+				}
+			}
+			b := Compute(simulate(sim, time.Hour))
+			k := 0
+			for i, s := range b.Segments {
+				if (s.OneWay != nil) != tc.wantOWD[i] {
+					t.Fatalf("segment %d: one-way present = %v, want %v", i, s.OneWay != nil, tc.wantOWD[i])
+				}
+				if s.OneWay == nil {
+					continue
+				}
+				if s.OneWay.Forward != tc.wantFwd[k] || s.OneWay.Forward+s.OneWay.Return != s.RTT || s.OneWay.ErrorBound != tc.wantBnds[k] {
+					t.Errorf("segment %d: one-way %+v (rtt %v), want forward %v, bound %v", i, *s.OneWay, s.RTT, tc.wantFwd[k], tc.wantBnds[k])
+				}
+				k++
+			}
+		})
+	}
+}
+
+func TestSummarise(t *testing.T) {
+	ms := time.Millisecond
+	tests := []struct {
+		in   []time.Duration
+		want Stats
+	}{
+		{nil, Stats{}},
+		{[]time.Duration{5 * ms}, Stats{Count: 1, Min: 5 * ms, Median: 5 * ms, Max: 5 * ms}},
+		{[]time.Duration{3 * ms, 1 * ms, 2 * ms}, Stats{Count: 3, Min: ms, Median: 2 * ms, Max: 3 * ms, Jitter: 1500 * time.Microsecond}},
+		{[]time.Duration{4 * ms, 1 * ms, 2 * ms, 3 * ms}, Stats{Count: 4, Min: ms, Median: 2500 * time.Microsecond, Max: 4 * ms, Jitter: 5 * ms / 3}},
+	}
+	for _, tc := range tests {
+		if got := Summarise(tc.in); got != tc.want {
+			t.Errorf("Summarise(%v) = %+v, want %+v", tc.in, got, tc.want)
+		}
+	}
+}
