@@ -207,13 +207,17 @@ func AppendError(dst []byte, e *ErrorRecord) []byte {
 	return dst
 }
 
-// checkRecords walks count records in b and checks that they exactly fill
-// it, without decoding them; relays use it to refuse malformed replies.
+// checkRecords validates count records in b, which they must exactly fill,
+// without allocating; relays use it to refuse malformed replies at the
+// segment where they appear.
 func checkRecords(b []byte, count int) error {
 	off := 0
 	for i := 0; i < count; i++ {
 		n, err := recordLen(b[off:], i)
 		if err != nil {
+			return err
+		}
+		if err := decodeRecord(b[off:off+n], i, nil); err != nil {
 			return err
 		}
 		off += n
@@ -256,8 +260,8 @@ func ParseRecords(tail []byte, count int) ([]Record, error) {
 		if err != nil {
 			return nil, err
 		}
-		rec, err := parseRecord(tail[off:off+n], i)
-		if err != nil {
+		var rec Record
+		if err := decodeRecord(tail[off:off+n], i, &rec); err != nil {
 			return nil, err
 		}
 		out = append(out, rec)
@@ -298,11 +302,14 @@ func ParseErrorFrame(frame []byte, maxFrameBytes int) (ErrorRecord, error) {
 	return recs[0].Err, nil
 }
 
+// decoder reads fields of one record; with keep false it validates
+// without allocating strings.
 type decoder struct {
 	b     []byte
 	off   int
 	err   error
 	index int
+	keep  bool
 }
 
 func (d *decoder) take(n int) []byte {
@@ -357,14 +364,30 @@ func (d *decoder) duration() time.Duration {
 	return time.Duration(v)
 }
 
-func (d *decoder) str(n int) string { return string(d.take(n)) }
+func (d *decoder) str(n int) string {
+	b := d.take(n)
+	if !d.keep {
+		return ""
+	}
+	return string(b)
+}
 
-func parseRecord(b []byte, index int) (Record, error) {
-	d := &decoder{b: b, off: 2, index: index}
+func (d *decoder) failf(format string, args ...any) {
+	if d.err == nil {
+		d.err = fmt.Errorf("%w: record %d: "+format, append([]any{ErrMalformed, d.index}, args...)...)
+	}
+}
+
+// decodeRecord checks one record and, when rec is not nil, decodes it.
+func decodeRecord(b []byte, index int, rec *Record) error {
+	d := &decoder{b: b, off: 2, index: index, keep: rec != nil}
+	var scratch Record
+	if rec == nil {
+		rec = &scratch
+	}
 	kind := RecordKind(d.u8())
 	flags := d.u8()
 	id := d.u64()
-	var rec Record
 	rec.Kind = kind
 	switch kind {
 	case RecordHop:
@@ -378,22 +401,26 @@ func parseRecord(b []byte, index int) (Record, error) {
 		h.MaxErrorMicros = d.u32()
 		h.Connect = d.duration()
 		h.TCP = TCPInfo{RTTMicros: d.u32(), RTTVarMicros: d.u32(), MinRTTMicros: d.u32(), TotalRetrans: d.u32(), SndMSS: d.u32(), PMTU: d.u32(), SndCwnd: d.u32()}
-		nameLen := int(d.u8())
-		if nameLen > MaxNameLen {
-			return Record{}, fmt.Errorf("%w: record %d: name of %d bytes, maximum %d", ErrMalformed, index, nameLen, MaxNameLen)
+		if nameLen := int(d.u8()); nameLen > MaxNameLen {
+			d.failf("name of %d bytes, maximum %d", nameLen, MaxNameLen)
+		} else {
+			h.Name = d.str(nameLen)
 		}
-		h.Name = d.str(nameLen)
 		nvars := int(d.u8())
 		if nvars > MaxVars {
-			return Record{}, fmt.Errorf("%w: record %d: %d variables, maximum %d", ErrMalformed, index, nvars, MaxVars)
+			d.failf("%d variables, maximum %d", nvars, MaxVars)
 		}
 		for i := 0; i < nvars && d.err == nil; i++ {
 			vn := int(d.u8())
 			if vn > MaxNameLen {
-				return Record{}, fmt.Errorf("%w: record %d: variable name of %d bytes, maximum %d", ErrMalformed, index, vn, MaxNameLen)
+				d.failf("variable name of %d bytes, maximum %d", vn, MaxNameLen)
+				break
 			}
 			name := d.str(vn)
-			h.Vars = append(h.Vars, Var{Name: name, Value: math.Float64frombits(d.u64())})
+			value := math.Float64frombits(d.u64())
+			if d.keep {
+				h.Vars = append(h.Vars, Var{Name: name, Value: value})
+			}
 		}
 	case RecordError:
 		e := &rec.Err
@@ -403,21 +430,21 @@ func parseRecord(b []byte, index int) (Record, error) {
 		nameLen, peerLen := int(d.u8()), int(d.u8())
 		msgLen := int(d.u16())
 		if flags != 0 || e.Side > SideUpstream || nameLen > MaxNameLen || msgLen > MaxMessageLen {
-			return Record{}, fmt.Errorf("%w: error record %d has out-of-range fields", ErrMalformed, index)
+			d.failf("error record has out-of-range fields")
 		}
 		e.Name = d.str(nameLen)
 		e.Peer = d.str(peerLen)
 		e.Message = d.str(msgLen)
 	default:
-		return Record{}, fmt.Errorf("%w: record %d has unknown kind %d", ErrMalformed, index, kind)
+		d.failf("unknown kind %d", kind)
 	}
 	if d.err != nil {
-		return Record{}, d.err
+		return d.err
 	}
 	if d.off != len(b) {
-		return Record{}, fmt.Errorf("%w: record %d has %d trailing bytes", ErrMalformed, index, len(b)-d.off)
+		return fmt.Errorf("%w: record %d has %d trailing bytes", ErrMalformed, index, len(b)-d.off)
 	}
-	return rec, nil
+	return nil
 }
 
 func durationBits(d time.Duration) uint64 {

@@ -1,0 +1,430 @@
+package frame
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"io"
+	"math"
+	"os"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+var testKey = Keys{[]byte("0123456789abcdef0123456789abcdef")}
+
+func sampleHop() HopRecord {
+	return HopRecord{
+		ID: 0x1122334455667788, Flags: RecSynced | RecTCPInfo | RecDialed, Name: "hop-b.example",
+		Forward: 12 * time.Microsecond, Downstream: 20 * time.Millisecond, Return: 9 * time.Microsecond,
+		WallIn: 1_700_000_000_123_456_789, EstErrorMicros: 100, MaxErrorMicros: 250, Connect: 300 * time.Microsecond,
+		TCP:  TCPInfo{RTTMicros: 20100, RTTVarMicros: 50, MinRTTMicros: 20000, TotalRetrans: 2, SndMSS: 1448, PMTU: 1500, SndCwnd: 10},
+		Vars: []Var{{Name: "load1", Value: 7.2}, {Name: "if_in_errors", Value: 3}},
+	}
+}
+
+func TestRequestRoundTrip(t *testing.T) {
+	for _, signed := range []bool{false, true} {
+		var s *Signer
+		if signed {
+			s = NewSigner(testKey)
+		} else {
+			s = NewSigner(nil)
+		}
+		for _, dataLen := range []int{0, 1, 1400, 40000} {
+			data := bytes.Repeat([]byte{0xab}, dataLen)
+			p := ProbeHeader{Seq: 42, Flags: ProbeWarmup | ProbeAnnotate, BudgetMicros: 5_000_000}
+			path := []uint64{1, 2, 3}
+			fr := AppendRequest(nil, KindProbeRequest, p, data, path, s)
+			if err := s.Verify(fr); err != nil {
+				t.Fatalf("signed=%v: verify own frame: %v", signed, err)
+			}
+			v, err := Parse(fr, DefaultMaxFrameBytes, DefaultMaxHops)
+			if err != nil {
+				t.Fatalf("signed=%v len=%d: %v", signed, dataLen, err)
+			}
+			p.Count, p.DataLen = 3, uint32(dataLen)
+			if v.Probe != p || v.Header.Kind != KindProbeRequest || v.Header.Signed() != signed {
+				t.Errorf("parsed %+v %+v, want %+v", v.Header, v.Probe, p)
+			}
+			if !bytes.Equal(v.Data(fr), data) || !reflect.DeepEqual(PathIDs(v.Tail(fr)), path) {
+				t.Errorf("data or path differ after round trip")
+			}
+			if !PathContains(v.Tail(fr), 2) || PathContains(v.Tail(fr), 4) {
+				t.Errorf("PathContains wrong")
+			}
+			zero := AppendZeroRequest(nil, KindProbeRequest, ProbeHeader{Seq: 42, Flags: ProbeWarmup | ProbeAnnotate, BudgetMicros: 5_000_000}, dataLen, path, s)
+			if dataLen > 0 {
+				data = make([]byte, dataLen)
+			}
+			if want := AppendRequest(nil, KindProbeRequest, ProbeHeader{Seq: 42, Flags: ProbeWarmup | ProbeAnnotate, BudgetMicros: 5_000_000}, data, path, s); !bytes.Equal(zero, want) {
+				t.Errorf("AppendZeroRequest differs from AppendRequest with zero data")
+			}
+		}
+	}
+}
+
+func TestReplyRoundTrip(t *testing.T) {
+	hop := sampleHop()
+	end := HopRecord{ID: 9, Flags: RecEnd, Name: "z", Forward: 5 * time.Microsecond}
+	er := ErrorRecord{ID: 7, Name: "c", Peer: "[::1]:9000", Reason: ReasonRefused, Side: SideDownstream, Message: "dial tcp [::1]:9000: connection refused"}
+	var recs []byte
+	recs = AppendHop(recs, &hop)
+	recs = AppendHop(recs, &end)
+	recs = AppendError(recs, &er)
+	s := NewSigner(testKey)
+	fr := AppendReply(nil, KindProbeReply, ProbeHeader{Seq: 1}, []byte("pad"), recs, 3, s)
+	v, err := Parse(fr, DefaultMaxFrameBytes, DefaultMaxHops)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := ParseRecords(v.Tail(fr), int(v.Probe.Count))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []Record{{Kind: RecordHop, Hop: hop}, {Kind: RecordHop, Hop: end}, {Kind: RecordError, Err: er}}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("records:\n got %+v\nwant %+v", got, want)
+	}
+	name, ok := FirstHopName(v.Tail(fr))
+	if !ok || string(name) != hop.Name {
+		t.Errorf("FirstHopName = %q, %v", name, ok)
+	}
+	ef := AppendErrorFrame(nil, &er, s)
+	if err := s.Verify(ef); err != nil {
+		t.Fatal(err)
+	}
+	gotErr, err := ParseErrorFrame(ef, DefaultMaxFrameBytes)
+	if err != nil || gotErr != er {
+		t.Errorf("error frame: %+v, %v", gotErr, err)
+	}
+}
+
+func TestRecordClipsLongFields(t *testing.T) {
+	long := string(bytes.Repeat([]byte("n"), 300))
+	h := HopRecord{Name: long}
+	for i := 0; i < MaxVars+5; i++ {
+		h.Vars = append(h.Vars, Var{Name: long, Value: math.Pi})
+	}
+	b := AppendHop(nil, &h)
+	if len(b) > MaxHopRecordLen {
+		t.Fatalf("record of %d bytes exceeds MaxHopRecordLen %d", len(b), MaxHopRecordLen)
+	}
+	recs, err := ParseRecords(b, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs[0].Hop.Name) != MaxNameLen || len(recs[0].Hop.Vars) != MaxVars {
+		t.Errorf("name %d bytes, %d vars; want clipped to %d and %d", len(recs[0].Hop.Name), len(recs[0].Hop.Vars), MaxNameLen, MaxVars)
+	}
+}
+
+func TestAppendHopDoesNotAllocate(t *testing.T) {
+	h := sampleHop()
+	buf := make([]byte, 0, MaxHopRecordLen)
+	if n := testing.AllocsPerRun(100, func() { buf = AppendHop(buf[:0], &h) }); n != 0 {
+		t.Errorf("AppendHop allocates %v times per call with enough capacity", n)
+	}
+}
+
+func validRequest() []byte {
+	return AppendRequest(nil, KindProbeRequest, ProbeHeader{Seq: 1}, []byte("data"), []uint64{5}, nil)
+}
+
+func validReply() []byte {
+	h := sampleHop()
+	return AppendReply(nil, KindProbeReply, ProbeHeader{Seq: 1}, nil, AppendHop(nil, &h), 1, nil)
+}
+
+func TestParseRejectsMalformed(t *testing.T) {
+	mut := func(base func() []byte, f func([]byte) []byte) []byte { return f(base()) }
+	tests := []struct {
+		name  string
+		frame []byte
+		want  error
+	}{
+		{"empty", nil, ErrTruncated},
+		{"short header", []byte("SSEG"), ErrTruncated},
+		{"http request", []byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), ErrBadMagic},
+		{"version 2", mut(validRequest, func(b []byte) []byte { b[4] = 2; return b }), ErrBadVersion},
+		{"kind 0", mut(validRequest, func(b []byte) []byte { b[5] = 0; return b }), ErrBadKind},
+		{"kind 9", mut(validRequest, func(b []byte) []byte { b[5] = 9; return b }), ErrBadKind},
+		{"unknown flag", mut(validRequest, func(b []byte) []byte { b[6] = 0x80; return b }), ErrMalformed},
+		{"reserved byte", mut(validRequest, func(b []byte) []byte { b[7] = 1; return b }), ErrMalformed},
+		{"length beyond max", mut(validRequest, func(b []byte) []byte { binary.BigEndian.PutUint32(b[8:], 1<<30); return b }), ErrTooLarge},
+		{"length beyond data", mut(validRequest, func(b []byte) []byte { binary.BigEndian.PutUint32(b[8:], uint32(len(b))); return b }), ErrTruncated},
+		{"too short for probe header", mut(validRequest, func(b []byte) []byte {
+			binary.BigEndian.PutUint32(b[8:], 4)
+			return b[:HeaderLen+4]
+		}), ErrTruncated},
+		{"data length beyond frame", mut(validRequest, func(b []byte) []byte { binary.BigEndian.PutUint32(b[HeaderLen+16:], 1000); return b }), ErrMalformed},
+		{"path count mismatch", mut(validRequest, func(b []byte) []byte { b[HeaderLen+10] = 3; return b }), ErrMalformed},
+		{"too many hops", mut(validRequest, func(b []byte) []byte { b[HeaderLen+10] = 200; return b }), ErrTooManyHops},
+		{"reserved probe byte", mut(validRequest, func(b []byte) []byte { b[HeaderLen+11] = 1; return b }), ErrMalformed},
+		{"error kind parsed as probe", AppendErrorFrame(nil, &ErrorRecord{Name: "x"}, nil), ErrMalformed},
+		{"reply record count too high", mut(validReply, func(b []byte) []byte { b[HeaderLen+10] = 2; return b }), ErrMalformed},
+		{"reply record count too low", mut(validReply, func(b []byte) []byte { b[HeaderLen+10] = 0; return b }), ErrMalformed},
+		{"record length past end", mut(validReply, func(b []byte) []byte {
+			binary.BigEndian.PutUint16(b[MinFrameLen:], 60000)
+			return b
+		}), ErrMalformed},
+		{"record length too small", mut(validReply, func(b []byte) []byte {
+			binary.BigEndian.PutUint16(b[MinFrameLen:], 3)
+			return b
+		}), ErrMalformed},
+		{"record kind unknown", mut(validReply, func(b []byte) []byte { b[MinFrameLen+2] = 7; return b }), ErrMalformed},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse(tc.frame, DefaultMaxFrameBytes, DefaultMaxHops)
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("Parse = %v, want %v", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestParseRecordsRejectsMalformed(t *testing.T) {
+	h := sampleHop()
+	hop := AppendHop(nil, &h)
+	er := AppendError(nil, &ErrorRecord{Name: "c", Message: "m"})
+	tests := []struct {
+		name string
+		b    []byte
+		n    int
+	}{
+		{"name length beyond record", func() []byte { b := bytes.Clone(hop); b[hopFixedLen] = 60; return b }(), 1},
+		{"name longer than allowed", func() []byte { b := bytes.Clone(hop); b[hopFixedLen] = MaxNameLen + 1; return b }(), 1},
+		{"var count beyond record", func() []byte { b := bytes.Clone(hop); b[hopFixedLen+1+len(h.Name)] = 30; return b }(), 1},
+		{"too many vars", func() []byte { b := bytes.Clone(hop); b[hopFixedLen+1+len(h.Name)] = MaxVars + 1; return b }(), 1},
+		{"trailing bytes in record", func() []byte {
+			b := append(bytes.Clone(hop), 0)
+			binary.BigEndian.PutUint16(b, uint16(len(b)))
+			return b
+		}(), 1},
+		{"negative duration", func() []byte { b := bytes.Clone(hop); b[12] = 0xff; return b }(), 1},
+		{"error side out of range", func() []byte { b := bytes.Clone(er); b[13] = 9; return b }(), 1},
+		{"error flags set", func() []byte { b := bytes.Clone(er); b[3] = 1; return b }(), 1},
+		{"error message beyond record", func() []byte { b := bytes.Clone(er); binary.BigEndian.PutUint16(b[16:], 400); return b }(), 1},
+		{"fewer records than count", hop, 2},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := ParseRecords(tc.b, tc.n); !errors.Is(err, ErrMalformed) {
+				t.Fatalf("ParseRecords = %v, want ErrMalformed", err)
+			}
+		})
+	}
+}
+
+func TestVerify(t *testing.T) {
+	signed := NewSigner(testKey)
+	unsigned := NewSigner(nil)
+	other := NewSigner(Keys{[]byte("another-key-0123456789")})
+	rotating := NewSigner(Keys{[]byte("another-key-0123456789"), testKey[0]})
+	sf := AppendRequest(nil, KindProbeRequest, ProbeHeader{Seq: 1}, nil, []uint64{1}, signed)
+	uf := validRequest()
+	tampered := bytes.Clone(sf)
+	tampered[HeaderLen] ^= 1
+	tests := []struct {
+		name   string
+		s      *Signer
+		frame  []byte
+		wantOK bool
+	}{
+		{"unsigned hop, unsigned frame", unsigned, uf, true},
+		{"unsigned hop, signed frame", unsigned, sf, false},
+		{"keyed hop, unsigned frame", signed, uf, false},
+		{"keyed hop, good signature", signed, sf, true},
+		{"keyed hop, tampered", signed, tampered, false},
+		{"other key", other, sf, false},
+		{"second key during rollover", rotating, sf, true},
+	}
+	for _, tc := range tests {
+		err := tc.s.Verify(tc.frame)
+		if (err == nil) != tc.wantOK {
+			t.Errorf("%s: Verify = %v, want ok=%v", tc.name, err, tc.wantOK)
+		}
+		if err != nil && !errors.Is(err, ErrAuth) {
+			t.Errorf("%s: error %v is not ErrAuth", tc.name, err)
+		}
+	}
+}
+
+func TestLoadKeys(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, content string) string {
+		p := dir + "/" + name
+		if err := writeFile(p, content); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	tests := []struct {
+		name, content string
+		wantKeys      int
+		wantErr       string
+	}{
+		{"one key", "0123456789abcdef0123\n", 1, ""},
+		{"two keys with blank lines", "\n0123456789abcdef0123\n\n  fedcba9876543210fedc  \n", 2, ""},
+		{"short key", "short\n", 0, "at least 16"},
+		{"empty", "\n\n", 0, "holds no key"},
+		{"three keys", "0123456789abcdef01\n0123456789abcdef02\n0123456789abcdef03\n", 0, "at most 2"},
+	}
+	for _, tc := range tests {
+		keys, err := LoadKeys(write(tc.name, tc.content))
+		if tc.wantErr == "" && (err != nil || len(keys) != tc.wantKeys) || tc.wantErr != "" && (err == nil || !contains(err.Error(), tc.wantErr)) {
+			t.Errorf("%s: LoadKeys = %d keys, %v; want %d keys, error %q", tc.name, len(keys), err, tc.wantKeys, tc.wantErr)
+		}
+	}
+	if _, err := LoadKeys(dir + "/missing"); err == nil {
+		t.Error("LoadKeys of a missing file succeeded")
+	}
+}
+
+// chunkReader returns its data in reads of at most n bytes.
+type chunkReader struct {
+	data []byte
+	n    int
+}
+
+func (c *chunkReader) Read(p []byte) (int, error) {
+	if len(c.data) == 0 {
+		return 0, io.EOF
+	}
+	k := min(len(p), c.n, len(c.data))
+	copy(p, c.data[:k])
+	c.data = c.data[k:]
+	return k, nil
+}
+
+func TestReaderSplitsAndBatches(t *testing.T) {
+	var stream []byte
+	var want [][]byte
+	for i, size := range []int{0, 10, 3000, 20000, 60000, 5, 17000, 100} {
+		f := AppendRequest(nil, KindStreamRequest, ProbeHeader{Seq: uint64(i)}, bytes.Repeat([]byte{byte(i)}, size), []uint64{1}, nil)
+		want = append(want, f)
+		stream = append(stream, f...)
+	}
+	for _, chunk := range []int{1, 7, 512, 4096, 65536, 1 << 20} {
+		r := NewReader(&chunkReader{data: stream, n: chunk}, DefaultMaxFrameBytes)
+		var got [][]byte
+		for {
+			err := r.Fill()
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				t.Fatalf("chunk %d: %v", chunk, err)
+			}
+			for {
+				f, err := r.Next()
+				if err != nil {
+					t.Fatalf("chunk %d: %v", chunk, err)
+				}
+				if f == nil {
+					break
+				}
+				got = append(got, bytes.Clone(f))
+			}
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("chunk %d: got %d frames, want %d (or contents differ)", chunk, len(got), len(want))
+		}
+	}
+}
+
+func TestReaderErrors(t *testing.T) {
+	f := validRequest()
+	tests := []struct {
+		name string
+		in   []byte
+		want error
+	}{
+		{"clean end", nil, io.EOF},
+		{"cut in header", f[:5], ErrPartialFrame},
+		{"cut in body", f[:len(f)-1], ErrPartialFrame},
+		{"garbage", []byte("garbage garbage garbage"), ErrBadMagic},
+		{"oversized", func() []byte { b := bytes.Clone(f); binary.BigEndian.PutUint32(b[8:], 1<<20); return b }(), ErrTooLarge},
+	}
+	for _, tc := range tests {
+		r := NewReader(bytes.NewReader(tc.in), DefaultMaxFrameBytes)
+		if err := r.Fill(); !errors.Is(err, tc.want) {
+			t.Errorf("%s: Fill = %v, want %v", tc.name, err, tc.want)
+		}
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	h := sampleHop()
+	f.Add(validRequest())
+	f.Add(validReply())
+	f.Add(AppendRequest(nil, KindStreamRequest, ProbeHeader{Seq: 3}, []byte("x"), []uint64{1, 2}, NewSigner(testKey)))
+	f.Add(AppendErrorFrame(nil, &ErrorRecord{Name: "c", Peer: "z", Message: "m"}, nil))
+	f.Add(AppendReply(nil, KindStreamReply, ProbeHeader{}, []byte("d"), AppendHop(nil, &h), 1, nil))
+	f.Add([]byte("SSEG\x01\x02\x00\x00\x00\x00\x00\x00"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		v, err := Parse(b, DefaultMaxFrameBytes, DefaultMaxHops)
+		if err == nil {
+			_ = v.Data(b)
+			tail := v.Tail(b)
+			if v.Header.Kind.IsReply() {
+				if _, err := ParseRecords(tail, int(v.Probe.Count)); err != nil {
+					t.Fatalf("Parse accepted a reply whose records do not parse: %v", err)
+				}
+				FirstHopName(tail)
+			} else {
+				PathContains(tail, 1)
+			}
+		}
+		_, _ = ParseErrorFrame(b, DefaultMaxFrameBytes)
+		_ = NewSigner(testKey).Verify(b)
+		_, _ = ParseRecords(b, 3)
+		FirstHopName(b)
+	})
+}
+
+func FuzzReader(f *testing.F) {
+	f.Add(append(validRequest(), validReply()...), 3)
+	f.Add([]byte("garbage"), 1)
+	f.Fuzz(func(t *testing.T, b []byte, chunk int) {
+		if chunk <= 0 {
+			chunk = 1
+		}
+		r := NewReader(&chunkReader{data: b, n: chunk}, 4096)
+		for i := 0; i < 1000; i++ {
+			if err := r.Fill(); err != nil {
+				return
+			}
+			for {
+				fr, err := r.Next()
+				if err != nil {
+					return
+				}
+				if fr == nil {
+					break
+				}
+				if _, err := ParseHeader(fr, 4096); err != nil {
+					t.Fatalf("Next returned a frame with a bad header: %v", err)
+				}
+			}
+		}
+	})
+}
+
+func writeFile(p, content string) error { return os.WriteFile(p, []byte(content), 0o600) }
+
+func contains(s, sub string) bool { return strings.Contains(s, sub) }
+
+func TestParseDoesNotAllocate(t *testing.T) {
+	fr := validReply()
+	if n := testing.AllocsPerRun(100, func() {
+		if _, err := Parse(fr, DefaultMaxFrameBytes, DefaultMaxHops); err != nil {
+			t.Fatal(err)
+		}
+	}); n != 0 {
+		t.Errorf("Parse of a valid reply allocates %v times", n)
+	}
+}
