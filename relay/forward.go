@@ -187,7 +187,7 @@ func (f *forwarder) request(ctx context.Context, fr []byte, tIn, wall int64, syn
 			return f.answer(ctx, e, &localAnswer{reason: reason, side: frame.SideDownstream, peer: f.s.nextName(),
 				message: fmt.Sprintf("%s cannot reach %s: %v", f.s.cfg.Name, f.s.cfg.ForwardTo, err), fatal: true})
 		}
-		f.startReturn(ctx, conn)
+		f.startReturn(ctx, conn, v.Header.Kind)
 		e.dialed, e.connect = true, int64(connect)
 	}
 	if f.pending == f.ring.free() {
@@ -282,11 +282,15 @@ func (f *forwarder) dial(ctx context.Context, limit time.Duration) (net.Conn, ti
 	return conn, time.Duration(f.clock().Monotonic() - start), nil
 }
 
-func (f *forwarder) startReturn(ctx context.Context, conn net.Conn) {
+func (f *forwarder) startReturn(ctx context.Context, conn net.Conn, kind frame.Kind) {
 	f.down = conn
 	f.downR = frame.NewReader(conn, f.s.cfg.MaxFrameBytes)
 	f.tcp, _ = tcpinfo.NewReader(conn)
-	f.ring = newRing(inflightPerSession)
+	size := inflightProbe
+	if kind == frame.KindStreamRequest {
+		size = inflightStream
+	}
+	f.ring = newRing(size)
 	f.retDone = make(chan struct{})
 	go f.returnLoop(ctx)
 }

@@ -26,9 +26,14 @@ import (
 const (
 	DefaultTimeout        = 10 * time.Second
 	DefaultMaxConnections = 1024
-	// inflightPerSession bounds the frames one session may have in flight
-	// downstream; a full ring pushes back on the upstream reader.
-	inflightPerSession = 256
+	// In-flight frames per session: a full ring pushes back on the upstream
+	// reader. Probe sessions send one probe at a time; stream sessions
+	// pipeline blocks and need room for a window of them.
+	inflightProbe  = 16
+	inflightStream = 1024
+	// StreamWindow is the most stream frames a source keeps in flight, so
+	// that no relay's ring fills up and stalls the pipeline.
+	StreamWindow = inflightStream - 64
 )
 
 // Metrics receives what a relay does; the collector package implements it

@@ -1,6 +1,7 @@
 package timing
 
 import (
+	"math"
 	"math/rand/v2"
 	"testing"
 	"time"
@@ -208,6 +209,42 @@ func TestSummarise(t *testing.T) {
 	for _, tc := range tests {
 		if got := Summarise(tc.in); got != tc.want {
 			t.Errorf("Summarise(%v) = %+v, want %+v", tc.in, got, tc.want)
+		}
+	}
+}
+
+func TestAccumulator(t *testing.T) {
+	var a Accumulator
+	if s := a.Stats(); s != (Stats{}) {
+		t.Fatalf("empty accumulator: %+v", s)
+	}
+	rng := rand.New(rand.NewPCG(3, 4))
+	var samples []time.Duration
+	for i := 0; i < 100000; i++ {
+		d := time.Duration(rng.ExpFloat64() * float64(200*time.Microsecond))
+		samples = append(samples, d)
+		a.Add(d)
+	}
+	exact := Summarise(samples)
+	got := a.Stats()
+	if got.Count != exact.Count || got.Min != exact.Min || got.Max != exact.Max {
+		t.Errorf("count/min/max %+v, want %+v", got, exact)
+	}
+	if diff := math.Abs(float64(got.Jitter-exact.Jitter)) / float64(exact.Jitter); diff > 1e-6 {
+		t.Errorf("jitter %v, exact %v", got.Jitter, exact.Jitter)
+	}
+	if diff := math.Abs(float64(got.Median-exact.Median)) / float64(exact.Median); diff > 1.0/16 {
+		t.Errorf("median %v, exact %v: more than 1/16 off", got.Median, exact.Median)
+	}
+	for _, d := range []time.Duration{0, 1, 63, 64, 1023, 1024, 1500, time.Millisecond, time.Hour, math.MaxInt64} {
+		b := bucketOf(d)
+		if b < 0 || b >= accBuckets {
+			t.Fatalf("bucketOf(%v) = %d out of range", d, b)
+		}
+		if d >= 1024 {
+			if mid := bucketMid(b); math.Abs(float64(mid-d))/float64(d) > 1.0/16 {
+				t.Errorf("bucket %d mid %v too far from %v", b, mid, d)
+			}
 		}
 	}
 }

@@ -1,0 +1,480 @@
+// Package stream is the original tool's main mode: it pushes a byte stream
+// (stdin) through the chain in blocks, each block carrying the hops'
+// performance records, and writes what comes back — byte-identical — to
+// stdout, with per-segment timing statistics on the side.
+package stream
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/subsegment/subsegment_exporter/clock"
+	"github.com/subsegment/subsegment_exporter/frame"
+	"github.com/subsegment/subsegment_exporter/relay"
+	"github.com/subsegment/subsegment_exporter/timing"
+)
+
+// DefaultBlockSize is the original tool's stdin block size.
+const DefaultBlockSize = 512
+
+// Options describe one stream.
+type Options struct {
+	// ForwardTo is the first hop.
+	ForwardTo string
+	// Source names this end in the statistics.
+	Source    string
+	BlockSize int
+	// Timeout bounds each operation: the connect, each write, and the wait
+	// for the next reply while replies are outstanding.
+	Timeout       time.Duration
+	MaxFrameBytes int
+	Keys          frame.Keys
+	Clock         clock.Clock
+	Dial          func(ctx context.Context, address string) (net.Conn, error)
+	Logger        *slog.Logger
+}
+
+// Validate reports the first bad option.
+func (o *Options) Validate() error {
+	if err := relay.ValidateAddress(o.ForwardTo); err != nil {
+		return fmt.Errorf("--forward-to: %w", err)
+	}
+	if err := relay.ValidateName(o.Source); err != nil {
+		return err
+	}
+	if o.Timeout <= 0 {
+		return fmt.Errorf("--timeout %v must be positive", o.Timeout)
+	}
+	maxBlock := o.maxFrame() - frame.MinFrameLen - frame.MACLen - frame.DefaultMaxHops*frame.PathEntryLen - replyRecordsBudget
+	if o.BlockSize < 1 || o.BlockSize > maxBlock {
+		return fmt.Errorf("--stdin-block-size %d out of range: use 1 to %d (the maximum frame size of %d bytes less the chain's records; raise --relay.max-frame-bytes on every hop for larger blocks)",
+			o.BlockSize, maxBlock, o.maxFrame())
+	}
+	return nil
+}
+
+// replyRecordsBudget is room left in a frame for the records of a long chain.
+const replyRecordsBudget = 8 << 10
+
+func (o *Options) maxFrame() int {
+	if o.MaxFrameBytes > 0 {
+		return o.MaxFrameBytes
+	}
+	return frame.DefaultMaxFrameBytes
+}
+
+// Result is what a stream measured.
+type Result struct {
+	// BytesSent is what was read from the input and sent.
+	BytesSent int64
+	// BytesConfirmed is what came back and was written to the output.
+	BytesConfirmed int64
+	Frames         int64
+	Duration       time.Duration
+	Hops           []string
+	Segments       []SegmentStats
+	Residence      []HopStats
+}
+
+// SegmentStats summarises one segment over the stream's blocks.
+type SegmentStats struct {
+	From, To string
+	RTT      timing.Stats
+	P99      time.Duration
+}
+
+// HopStats summarises one hop's residence.
+type HopStats struct {
+	Name      string
+	Residence timing.Stats
+	P99       time.Duration
+}
+
+// Error is a stream that did not come back whole; it says how much did.
+type Error struct {
+	Sent, Confirmed int64
+	Err             error
+}
+
+func (e *Error) Error() string {
+	return fmt.Sprintf("stream incomplete: %d of %d bytes sent came back confirmed: %v", e.Confirmed, e.Sent, e.Err)
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+type sent struct {
+	tBuild, tOut int64
+	size         int
+}
+
+// Send streams in through the chain and writes what comes back to out. It
+// returns an *Error unless every byte came back in order.
+func Send(ctx context.Context, in io.Reader, out io.Writer, o Options) (*Result, error) {
+	if o.Clock == nil {
+		o.Clock = clock.NewSystem()
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
+	dial := o.Dial
+	if dial == nil {
+		dial = func(ctx context.Context, address string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "tcp", address)
+		}
+	}
+	dctx, cancel := context.WithTimeout(ctx, o.Timeout)
+	conn, err := dial(dctx, o.ForwardTo)
+	cancel()
+	if err != nil {
+		return nil, &Error{Err: fmt.Errorf("connect to %s: %w", o.ForwardTo, err)}
+	}
+	defer conn.Close()
+	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })
+	defer stop()
+
+	window := min(relay.StreamWindow, max(4, (8<<20)/o.BlockSize))
+	s := &streamer{o: &o, conn: conn, id: relay.NewID(), sign: frame.NewSigner(o.Keys), slots: make(chan struct{}, window),
+		stamps: make([]sent, window), start: time.Now(), abort: make(chan struct{})}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := s.send(in); err != nil {
+			s.fail(err)
+		}
+	}()
+	if err := s.receive(out); err != nil {
+		s.fail(err)
+	}
+	wg.Wait()
+	res := s.result()
+	if s.firstErr != nil {
+		return res, &Error{Sent: res.BytesSent, Confirmed: res.BytesConfirmed, Err: s.firstErr}
+	}
+	return res, nil
+}
+
+// fail records the first error of either side and stops the other one.
+func (s *streamer) fail(err error) {
+	s.failOnce.Do(func() {
+		s.firstErr = err
+		close(s.abort)
+		now := time.Now()
+		s.conn.SetDeadline(now)
+	})
+}
+
+type streamer struct {
+	o     *Options
+	conn  net.Conn
+	id    uint64
+	sign  *frame.Signer
+	slots chan struct{}
+	abort chan struct{}
+	start time.Time
+
+	failOnce sync.Once
+	firstErr error
+	stamps   []sent // by seq % window
+
+	mu        sync.Mutex
+	sentBytes int64
+	sentN     uint64
+	done      bool // the sender reached the end of the input
+
+	confirmed int64
+	frames    int64
+	hops      []string
+	segs      map[[2]string]*timing.Accumulator
+	segOrder  [][2]string
+	res       map[string]*timing.Accumulator
+}
+
+// send reads blocks from in and writes them as frames, several per write
+// when the input has more ready, never more than the window in flight.
+func (s *streamer) send(in io.Reader) error {
+	br := bufio.NewReaderSize(in, max(256<<10, s.o.BlockSize))
+	var buf []byte
+	block := make([]byte, s.o.BlockSize)
+	path := []uint64{s.id}
+	window := uint64(len(s.stamps))
+	var seq uint64
+	pending := 0
+	flush := func() error {
+		if len(buf) == 0 {
+			return nil
+		}
+		tOut := s.o.Clock.Monotonic()
+		s.mu.Lock()
+		for k := 0; k < pending; k++ {
+			s.stamps[(seq-uint64(pending)+uint64(k))%window].tOut = tOut
+		}
+		s.sentN = seq
+		s.mu.Unlock()
+		pending = 0
+		if err := s.conn.SetWriteDeadline(time.Now().Add(s.o.Timeout)); err != nil {
+			return err
+		}
+		_, err := s.conn.Write(buf)
+		buf = buf[:0]
+		return err
+	}
+	for {
+		n, rerr := io.ReadFull(br, block)
+		if n > 0 {
+			select {
+			case s.slots <- struct{}{}:
+			default:
+				if err := flush(); err != nil {
+					return fmt.Errorf("write to %s: %w", s.o.ForwardTo, err)
+				}
+				select {
+				case s.slots <- struct{}{}:
+				case <-s.abort:
+					return nil
+				}
+			}
+			s.mu.Lock()
+			s.stamps[seq%window] = sent{tBuild: s.o.Clock.Monotonic(), size: n}
+			s.mu.Unlock()
+			buf = frame.AppendRequest(buf, frame.KindStreamRequest,
+				frame.ProbeHeader{Seq: seq, BudgetMicros: uint32(s.o.Timeout / time.Microsecond)}, block[:n], path, s.sign)
+			seq++
+			pending++
+			s.mu.Lock()
+			s.sentBytes += int64(n)
+			s.mu.Unlock()
+		}
+		if rerr != nil && !errors.Is(rerr, io.ErrUnexpectedEOF) && !errors.Is(rerr, io.EOF) {
+			flush()
+			return fmt.Errorf("read input: %w", rerr)
+		}
+		last := rerr != nil
+		if last || br.Buffered() < s.o.BlockSize || len(buf) >= 256<<10 {
+			if err := flush(); err != nil {
+				return fmt.Errorf("write to %s: %w", s.o.ForwardTo, err)
+			}
+		}
+		if last {
+			s.mu.Lock()
+			s.done = true
+			s.mu.Unlock()
+			if tc, ok := s.conn.(interface{ CloseWrite() error }); ok {
+				return tc.CloseWrite()
+			}
+			return nil
+		}
+	}
+}
+
+// receive reads replies in order and writes their data to out.
+func (s *streamer) receive(out io.Writer) error {
+	bw := bufio.NewWriterSize(out, 256<<10)
+	defer bw.Flush()
+	rd := frame.NewReader(s.conn, s.o.maxFrame())
+	window := uint64(len(s.stamps))
+	var next uint64
+	s.segs = map[[2]string]*timing.Accumulator{}
+	s.res = map[string]*timing.Accumulator{}
+	for {
+		s.mu.Lock()
+		done := s.done && next == s.sentN
+		s.mu.Unlock()
+		if done {
+			// Everything came back; the chain closes behind us.
+			if err := bw.Flush(); err != nil {
+				return fmt.Errorf("write output: %w", err)
+			}
+			return nil
+		}
+		select {
+		case <-s.abort:
+			return nil
+		default:
+		}
+		// Always a deadline: the sender may put blocks in flight while
+		// this waits; an expiry with nothing outstanding just goes round.
+		s.conn.SetReadDeadline(time.Now().Add(s.o.Timeout))
+		if err := rd.Fill(); err != nil {
+			if errors.Is(err, io.EOF) {
+				s.mu.Lock()
+				done := s.done && next == s.sentN
+				s.mu.Unlock()
+				if done {
+					return bw.Flush()
+				}
+				return fmt.Errorf("%s closed the connection with %d blocks outstanding", s.o.ForwardTo, s.outstanding(next))
+			}
+			if isDeadline(err) {
+				s.mu.Lock()
+				stillOut := next < s.sentN
+				s.mu.Unlock()
+				if !stillOut {
+					continue
+				}
+				return fmt.Errorf("no reply from the chain within %s (--timeout)", s.o.Timeout)
+			}
+			return fmt.Errorf("read from %s: %w", s.o.ForwardTo, err)
+		}
+		tIn := s.o.Clock.Monotonic()
+		for {
+			fr, err := rd.Next()
+			if err != nil {
+				return fmt.Errorf("reply from %s: %w", s.o.ForwardTo, err)
+			}
+			if fr == nil {
+				break
+			}
+			s.mu.Lock()
+			st := s.stamps[next%window]
+			s.mu.Unlock()
+			data, err := s.reply(fr, next, tIn, &st)
+			if err != nil {
+				return err
+			}
+			if _, err := bw.Write(data); err != nil {
+				return fmt.Errorf("write output: %w", err)
+			}
+			s.mu.Lock()
+			s.confirmed += int64(len(data))
+			s.mu.Unlock()
+			s.frames++
+			next++
+			<-s.slots
+		}
+	}
+}
+
+func (s *streamer) outstanding(next uint64) uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.sentN - next
+}
+
+// reply checks one reply and records its timing; it returns the data.
+func (s *streamer) reply(fr []byte, seq uint64, tIn int64, st *sent) ([]byte, error) {
+	if err := s.sign.Verify(fr); err != nil {
+		return nil, fmt.Errorf("reply from %s: %w", s.o.ForwardTo, err)
+	}
+	h, _ := frame.ParseHeader(fr, s.o.maxFrame())
+	if h.Kind == frame.KindError {
+		rec, err := frame.ParseErrorFrame(fr, s.o.maxFrame())
+		if err != nil {
+			return nil, fmt.Errorf("error frame from %s: %w", s.o.ForwardTo, err)
+		}
+		return nil, fmt.Errorf("%s refused the stream (%s): %s", rec.Name, rec.Reason, rec.Message)
+	}
+	v, err := frame.Parse(fr, s.o.maxFrame(), frame.MaxHopsLimit)
+	if err != nil {
+		return nil, fmt.Errorf("reply from %s: %w", s.o.ForwardTo, err)
+	}
+	if v.Header.Kind != frame.KindStreamReply || v.Probe.Seq != seq {
+		return nil, fmt.Errorf("reply from %s: %s seq %d where block %d was due", s.o.ForwardTo, v.Header.Kind, v.Probe.Seq, seq)
+	}
+	recs, err := frame.ParseRecords(v.Tail(fr), int(v.Probe.Count))
+	if err != nil {
+		return nil, fmt.Errorf("reply from %s: %w", s.o.ForwardTo, err)
+	}
+	hops := []timing.Hop{{Name: s.o.Source, Forward: time.Duration(st.tOut - st.tBuild), Downstream: time.Duration(tIn - st.tOut)}}
+	names := []string{s.o.Source}
+	stripped := false
+	for _, r := range recs {
+		if r.Kind == frame.RecordError {
+			return nil, fmt.Errorf("segment %s → %s failed (%s): %s", names[len(names)-1], r.Err.Peer, r.Err.Reason, r.Err.Message)
+		}
+		hops = append(hops, timing.Hop{Name: r.Hop.Name, Forward: r.Hop.Forward, Downstream: r.Hop.Downstream, Return: r.Hop.Return})
+		names = append(names, r.Hop.Name)
+		stripped = r.Hop.Flags&frame.RecStripped != 0
+	}
+	if int(v.Probe.DataLen) != st.size {
+		return nil, fmt.Errorf("block %d came back with %d bytes, %d sent", seq, v.Probe.DataLen, st.size)
+	}
+	if stripped {
+		hops = append(hops, timing.Hop{Name: "hidden"})
+		names = append(names, "hidden")
+	}
+	s.account(names, timing.Compute(hops), seq == 0)
+	return v.Data(fr), nil
+}
+
+func (s *streamer) account(names []string, b timing.Breakdown, first bool) {
+	if s.hops == nil {
+		s.hops = names
+	}
+	for _, seg := range b.Segments {
+		key := [2]string{names[seg.From], names[seg.To]}
+		acc := s.segs[key]
+		if acc == nil {
+			acc = &timing.Accumulator{}
+			s.segs[key] = acc
+			s.segOrder = append(s.segOrder, key)
+		}
+		acc.Add(seg.RTT)
+	}
+	if first {
+		// The first block opened the downstream connections: its
+		// residences include the dials.
+		return
+	}
+	for i, r := range b.Residence {
+		acc := s.res[names[i]]
+		if acc == nil {
+			acc = &timing.Accumulator{}
+			s.res[names[i]] = acc
+		}
+		acc.Add(r)
+	}
+}
+
+func (s *streamer) result() *Result {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r := &Result{BytesSent: s.sentBytes, BytesConfirmed: s.confirmed, Frames: s.frames, Duration: time.Since(s.start), Hops: s.hops}
+	for _, key := range s.segOrder {
+		acc := s.segs[key]
+		r.Segments = append(r.Segments, SegmentStats{From: key[0], To: key[1], RTT: acc.Stats(), P99: acc.Quantile(0.99)})
+	}
+	for _, name := range s.hops {
+		if acc := s.res[name]; acc != nil {
+			r.Residence = append(r.Residence, HopStats{Name: name, Residence: acc.Stats(), P99: acc.Quantile(0.99)})
+		}
+	}
+	return r
+}
+
+// WriteStats prints the per-segment and per-hop statistics as a table.
+func WriteStats(w io.Writer, r *Result) {
+	secs := r.Duration.Seconds()
+	rate := 0.0
+	if secs > 0 {
+		rate = float64(r.BytesConfirmed) / secs / 1e6
+	}
+	fmt.Fprintf(w, "stream: %d bytes in %d blocks, %d confirmed, %.3fs, %.1f MB/s\n", r.BytesSent, r.Frames, r.BytesConfirmed, secs, rate)
+	if len(r.Segments) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "%-24s %10s %10s %10s %10s %10s %10s\n", "SEGMENT", "BLOCKS", "MIN", "MEDIAN", "P99", "MAX", "JITTER")
+	for _, s := range r.Segments {
+		fmt.Fprintf(w, "%-24s %10d %10s %10s %10s %10s %10s\n", s.From+" -> "+s.To, s.RTT.Count,
+			ms(s.RTT.Min), ms(s.RTT.Median), ms(s.P99), ms(s.RTT.Max), ms(s.RTT.Jitter))
+	}
+	fmt.Fprintf(w, "%-24s %10s %10s %10s %10s %10s\n", "HOP (residence)", "BLOCKS", "MIN", "MEDIAN", "P99", "MAX")
+	for _, h := range r.Residence {
+		fmt.Fprintf(w, "%-24s %10d %10s %10s %10s %10s\n", h.Name, h.Residence.Count, ms(h.Residence.Min), ms(h.Residence.Median), ms(h.P99), ms(h.Residence.Max))
+	}
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.3fms", float64(d)/1e6) }
+
+func isDeadline(err error) bool { return relay.Classify(err) == frame.ReasonTimeout }
