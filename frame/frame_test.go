@@ -428,3 +428,29 @@ func TestParseDoesNotAllocate(t *testing.T) {
 		t.Errorf("Parse of a valid reply allocates %v times", n)
 	}
 }
+
+func TestRecordIter(t *testing.T) {
+	h := sampleHop()
+	end := HopRecord{ID: 9, Flags: RecEnd, Name: "z", Forward: 5 * time.Microsecond}
+	recs := AppendError(AppendHop(AppendHop(nil, &h), &end), &ErrorRecord{Name: "z"})
+	it := NewRecordIter(recs)
+	var kinds []RecordKind
+	var times []HopTimes
+	for {
+		k, rec, ok := it.Next()
+		if !ok {
+			break
+		}
+		kinds = append(kinds, k)
+		if k == RecordHop {
+			times = append(times, ReadHopTimes(rec))
+		}
+	}
+	if !reflect.DeepEqual(kinds, []RecordKind{RecordHop, RecordHop, RecordError}) {
+		t.Fatalf("kinds %v", kinds)
+	}
+	want := HopTimes{Name: []byte(h.Name), Flags: h.Flags, Forward: h.Forward, Downstream: h.Downstream, Return: h.Return}
+	if !reflect.DeepEqual(times[0], want) || string(times[1].Name) != "z" || times[1].Flags != RecEnd {
+		t.Errorf("times %+v", times)
+	}
+}

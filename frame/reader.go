@@ -51,47 +51,81 @@ var ErrPartialFrame = errors.New("connection closed in the middle of a frame")
 // wrapping the frame package's errors.
 func (r *Reader) Fill() error {
 	for {
-		if r.start == r.end {
-			r.start, r.end = 0, 0
+		if r.Complete() {
+			return r.headerErr()
 		}
-		need := HeaderLen
-		if avail := r.end - r.start; avail >= HeaderLen {
-			h, err := ParseHeader(r.buf[r.start:r.end], r.maxFrame)
-			if err != nil {
-				return err
-			}
-			need = h.FrameLen()
-			if avail >= need {
-				return nil
-			}
-			r.exact = need >= exactThreshold
-		}
-		if r.start+need > len(r.buf) {
-			r.makeRoom(need)
-		}
-		limit := len(r.buf)
-		if r.exact {
-			limit = r.start + need
-		}
-		n, err := r.src.Read(r.buf[r.end:limit])
-		r.end += n
+		n, err := r.ReadOnce(r.src.Read)
 		if err != nil {
-			if n > 0 && r.complete() {
-				return nil
+			if n > 0 && r.Complete() {
+				return r.headerErr()
 			}
-			if errors.Is(err, io.EOF) {
-				if r.start == r.end {
-					return io.EOF
-				}
-				return fmt.Errorf("%w (%d bytes of it received)", ErrPartialFrame, r.end-r.start)
-			}
-			return err
-		}
-		if !r.exact && r.end == len(r.buf) && len(r.buf) < greedyReadBuffer && len(r.buf) < r.maxFrame {
-			r.grow(min(greedyReadBuffer, r.maxFrame))
+			return r.endErr(err)
 		}
 	}
 }
+
+// Complete reports whether a whole frame (or an invalid header, which Next
+// reports) is buffered.
+func (r *Reader) Complete() bool { return r.complete() }
+
+func (r *Reader) headerErr() error {
+	if r.end-r.start >= HeaderLen {
+		if _, err := ParseHeader(r.buf[r.start:r.end], r.maxFrame); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// endErr turns a read error into what Fill reports: io.EOF only at a frame
+// boundary.
+func (r *Reader) endErr(err error) error {
+	if errors.Is(err, io.EOF) {
+		if r.start == r.end {
+			return io.EOF
+		}
+		return fmt.Errorf("%w (%d bytes of it received)", ErrPartialFrame, r.end-r.start)
+	}
+	return err
+}
+
+// ReadOnce makes room for the frame being received and calls read once to
+// add to the buffer: the building block of Fill, and of event loops that
+// read only when the kernel says there is data.
+func (r *Reader) ReadOnce(read func([]byte) (int, error)) (int, error) {
+	if r.start == r.end {
+		r.start, r.end = 0, 0
+	}
+	need := HeaderLen
+	if avail := r.end - r.start; avail >= HeaderLen {
+		if h, err := ParseHeader(r.buf[r.start:r.end], r.maxFrame); err == nil {
+			need = h.FrameLen()
+			r.exact = need >= exactThreshold
+		}
+	}
+	if r.start+need > len(r.buf) {
+		r.makeRoom(need)
+	}
+	limit := len(r.buf)
+	if r.exact {
+		limit = max(r.start+need, r.end)
+	}
+	if limit <= r.end {
+		return 0, nil
+	}
+	n, err := read(r.buf[r.end:limit])
+	if n > 0 {
+		r.end += n
+	}
+	if err == nil && !r.exact && r.end == len(r.buf) && len(r.buf) < greedyReadBuffer && len(r.buf) < r.maxFrame {
+		r.grow(min(greedyReadBuffer, r.maxFrame))
+	}
+	return max(n, 0), err
+}
+
+// EndError is what a caller of ReadOnce reports for a read error: io.EOF
+// only at a frame boundary, ErrPartialFrame inside one.
+func (r *Reader) EndError(err error) error { return r.endErr(err) }
 
 func (r *Reader) complete() bool {
 	avail := r.end - r.start

@@ -217,7 +217,7 @@ func checkRecords(b []byte, count int) error {
 		if err != nil {
 			return err
 		}
-		if err := decodeRecord(b[off:off+n], i, nil); err != nil {
+		if err := validateRecord(b[off:off+n], i); err != nil {
 			return err
 		}
 		off += n
@@ -378,6 +378,51 @@ func (d *decoder) failf(format string, args ...any) {
 	}
 }
 
+// validateRecord checks one record with direct offsets, the relay's hot
+// path; decodeRecord applies the same rules while decoding.
+func validateRecord(b []byte, index int) error {
+	if RecordKind(b[2]) != RecordHop {
+		return decodeRecord(b, index, nil)
+	}
+	bad := func(what string) error { return fmt.Errorf("%w: record %d: %s", ErrMalformed, index, what) }
+	if len(b) < hopFixedLen+2 {
+		return bad("too short")
+	}
+	for _, off := range [...]int{12, 20, 28, 52} {
+		if b[off]&0x80 != 0 {
+			return bad("duration out of range")
+		}
+	}
+	off := hopFixedLen
+	nameLen := int(b[off])
+	if nameLen > MaxNameLen {
+		return bad("name too long")
+	}
+	off += 1 + nameLen
+	if off >= len(b) {
+		return bad("name beyond the record")
+	}
+	nvars := int(b[off])
+	if nvars > MaxVars {
+		return bad("too many variables")
+	}
+	off++
+	for i := 0; i < nvars; i++ {
+		if off >= len(b) {
+			return bad("variable beyond the record")
+		}
+		vn := int(b[off])
+		if vn > MaxNameLen {
+			return bad("variable name too long")
+		}
+		off += 1 + vn + 8
+	}
+	if off != len(b) {
+		return bad(fmt.Sprintf("%d bytes of variables where %d are left", off-hopFixedLen, len(b)-hopFixedLen))
+	}
+	return nil
+}
+
 // decodeRecord checks one record and, when rec is not nil, decodes it.
 func decodeRecord(b []byte, index int, rec *Record) error {
 	d := &decoder{b: b, off: 2, index: index, keep: rec != nil}
@@ -473,4 +518,48 @@ func FirstHopName(tail []byte) ([]byte, bool) {
 		return nil, false
 	}
 	return tail[hopFixedLen+1 : hopFixedLen+1+nameLen], true
+}
+
+// HopTimes is what a streaming consumer needs of a hop record, read in place.
+type HopTimes struct {
+	Name                        []byte
+	Flags                       uint8
+	Forward, Downstream, Return time.Duration
+}
+
+// RecordIter walks the records of a reply that Parse accepted, without
+// allocating: stream mode reads millions of them.
+type RecordIter struct {
+	tail []byte
+	off  int
+}
+
+// NewRecordIter iterates over the records in a parsed reply's tail.
+func NewRecordIter(tail []byte) RecordIter { return RecordIter{tail: tail} }
+
+// Next returns the next record's kind and bytes, or false at the end.
+func (it *RecordIter) Next() (RecordKind, []byte, bool) {
+	if it.off+recordPrefixLen > len(it.tail) {
+		return 0, nil, false
+	}
+	n := int(binary.BigEndian.Uint16(it.tail[it.off:]))
+	if n < recordPrefixLen || it.off+n > len(it.tail) {
+		return 0, nil, false
+	}
+	rec := it.tail[it.off : it.off+n]
+	it.off += n
+	return RecordKind(rec[2]), rec, true
+}
+
+// ReadHopTimes reads a hop record's name and durations in place. The
+// record must come from a frame Parse accepted.
+func ReadHopTimes(rec []byte) HopTimes {
+	nameLen := int(rec[hopFixedLen])
+	return HopTimes{
+		Name:       rec[hopFixedLen+1 : hopFixedLen+1+nameLen],
+		Flags:      rec[3],
+		Forward:    time.Duration(binary.BigEndian.Uint64(rec[12:])),
+		Downstream: time.Duration(binary.BigEndian.Uint64(rec[20:])),
+		Return:     time.Duration(binary.BigEndian.Uint64(rec[28:])),
+	}
 }

@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"sync/atomic"
+	"time"
 
 	"github.com/subsegment/subsegment_exporter/clock"
 	"github.com/subsegment/subsegment_exporter/frame"
@@ -21,6 +22,8 @@ type inflight struct {
 	sync    clock.Sync
 	connect int64 // handshake time when this frame caused the dial
 	dialed  bool
+	// budget is how long this hop may take to answer the request.
+	budget time.Duration
 	// waitUntil is the monotonic time at which this hop stops waiting for
 	// the reply and answers with a timeout itself.
 	waitUntil int64
@@ -73,17 +76,24 @@ func newRing(size int) *ring {
 // free is the number of entries the producer may fill.
 func (r *ring) free() int { return len(r.entries) - int(r.tail.Load()-r.head.Load()) }
 
+// empty reports whether every published entry has been consumed.
+func (r *ring) empty() bool { return r.tail.Load() == r.head.Load() }
+
 // slot returns the k-th unpublished entry for the producer to fill.
 func (r *ring) slot(k int) *inflight { return &r.entries[(r.tail.Load()+uint64(k))&r.mask] }
 
-// publish makes the first n filled slots visible to the consumer.
+// publish makes the first n filled slots visible to the consumer. It does
+// not wake a consumer blocked in peek: call notify for that, after the
+// write, so the wake-up overlaps the downstream round trip instead of
+// delaying the request.
 func (r *ring) publish(n int) {
-	if n == 0 {
-		return
+	if n > 0 {
+		r.tail.Add(uint64(n))
 	}
-	r.tail.Add(uint64(n))
-	signal(r.notEmpty)
 }
+
+// notify wakes a consumer blocked in peek.
+func (r *ring) notify() { signal(r.notEmpty) }
 
 // waitFree blocks the producer until an entry is free.
 func (r *ring) waitFree(ctx context.Context) bool {

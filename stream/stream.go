@@ -7,6 +7,7 @@ package stream
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -195,10 +196,13 @@ type streamer struct {
 
 	confirmed int64
 	frames    int64
-	hops      []string
+	chain     []string // hop names of the first reply, the source first
 	segs      map[[2]string]*timing.Accumulator
 	segOrder  [][2]string
 	res       map[string]*timing.Accumulator
+	path      *path
+	hops      []timing.Hop // scratch, reused per reply
+	names     [][]byte     // scratch, reused per reply
 }
 
 // send reads blocks from in and writes them as frames, several per write
@@ -206,8 +210,6 @@ type streamer struct {
 func (s *streamer) send(in io.Reader) error {
 	br := bufio.NewReaderSize(in, max(256<<10, s.o.BlockSize))
 	var buf []byte
-	block := make([]byte, s.o.BlockSize)
-	path := []uint64{s.id}
 	window := uint64(len(s.stamps))
 	var seq uint64
 	pending := 0
@@ -230,15 +232,28 @@ func (s *streamer) send(in io.Reader) error {
 		buf = buf[:0]
 		return err
 	}
+	trailer := frame.PathEntryLen + s.sign.TrailerLen()
 	for {
-		n, rerr := io.ReadFull(br, block)
-		if n > 0 {
+		// The block is read straight into its frame.
+		start := len(buf)
+		buf = append(buf, make([]byte, frame.MinFrameLen+s.o.BlockSize+trailer)...)
+		data := buf[start+frame.MinFrameLen : start+frame.MinFrameLen+s.o.BlockSize]
+		n, rerr := io.ReadFull(br, data)
+		buf = buf[:start+frame.MinFrameLen+n]
+		if n == 0 {
+			buf = buf[:start]
+		} else {
 			select {
 			case s.slots <- struct{}{}:
 			default:
+				// Window full: send what is built, then wait for a reply.
+				pendingFrame := append([]byte(nil), buf[start:]...)
+				buf = buf[:start]
 				if err := flush(); err != nil {
 					return fmt.Errorf("write to %s: %w", s.o.ForwardTo, err)
 				}
+				buf = append(buf, pendingFrame...)
+				start = 0
 				select {
 				case s.slots <- struct{}{}:
 				case <-s.abort:
@@ -248,8 +263,12 @@ func (s *streamer) send(in io.Reader) error {
 			s.mu.Lock()
 			s.stamps[seq%window] = sent{tBuild: s.o.Clock.Monotonic(), size: n}
 			s.mu.Unlock()
-			buf = frame.AppendRequest(buf, frame.KindStreamRequest,
-				frame.ProbeHeader{Seq: seq, BudgetMicros: uint32(s.o.Timeout / time.Microsecond)}, block[:n], path, s.sign)
+			frame.PutHeader(buf[start:], frame.Header{Kind: frame.KindStreamRequest, Flags: s.sign.HeaderFlags(),
+				Length: uint32(frame.ProbeHdrLen + n + trailer)})
+			frame.PutProbeHeader(buf[start+frame.HeaderLen:], frame.ProbeHeader{Seq: seq, Count: 1,
+				BudgetMicros: uint32(s.o.Timeout / time.Microsecond), DataLen: uint32(n)})
+			buf = binary.BigEndian.AppendUint64(buf, s.id)
+			buf = append(buf, s.sign.Sign(buf[start:])...)
 			seq++
 			pending++
 			s.mu.Lock()
@@ -285,8 +304,6 @@ func (s *streamer) receive(out io.Writer) error {
 	rd := frame.NewReader(s.conn, s.o.maxFrame())
 	window := uint64(len(s.stamps))
 	var next uint64
-	s.segs = map[[2]string]*timing.Accumulator{}
-	s.res = map[string]*timing.Accumulator{}
 	for {
 		s.mu.Lock()
 		done := s.done && next == s.sentN
@@ -382,70 +399,118 @@ func (s *streamer) reply(fr []byte, seq uint64, tIn int64, st *sent) ([]byte, er
 	if v.Header.Kind != frame.KindStreamReply || v.Probe.Seq != seq {
 		return nil, fmt.Errorf("reply from %s: %s seq %d where block %d was due", s.o.ForwardTo, v.Header.Kind, v.Probe.Seq, seq)
 	}
-	recs, err := frame.ParseRecords(v.Tail(fr), int(v.Probe.Count))
-	if err != nil {
-		return nil, fmt.Errorf("reply from %s: %w", s.o.ForwardTo, err)
-	}
-	hops := []timing.Hop{{Name: s.o.Source, Forward: time.Duration(st.tOut - st.tBuild), Downstream: time.Duration(tIn - st.tOut)}}
-	names := []string{s.o.Source}
+	// The source's own times, then every hop's, read in place.
+	hops := append(s.hops[:0], timing.Hop{Forward: time.Duration(st.tOut - st.tBuild), Downstream: time.Duration(tIn - st.tOut)})
+	s.names = s.names[:0]
+	it := frame.NewRecordIter(v.Tail(fr))
 	stripped := false
-	for _, r := range recs {
-		if r.Kind == frame.RecordError {
-			return nil, fmt.Errorf("segment %s → %s failed (%s): %s", names[len(names)-1], r.Err.Peer, r.Err.Reason, r.Err.Message)
+	for {
+		kind, rec, ok := it.Next()
+		if !ok {
+			break
 		}
-		hops = append(hops, timing.Hop{Name: r.Hop.Name, Forward: r.Hop.Forward, Downstream: r.Hop.Downstream, Return: r.Hop.Return})
-		names = append(names, r.Hop.Name)
-		stripped = r.Hop.Flags&frame.RecStripped != 0
+		if kind == frame.RecordError {
+			recs, err := frame.ParseRecords(v.Tail(fr), int(v.Probe.Count))
+			if err != nil {
+				return nil, fmt.Errorf("reply from %s: %w", s.o.ForwardTo, err)
+			}
+			e := recs[len(recs)-1].Err
+			return nil, fmt.Errorf("segment %s → %s failed (%s): %s", e.Name, e.Peer, e.Reason, e.Message)
+		}
+		ht := frame.ReadHopTimes(rec)
+		hops = append(hops, timing.Hop{Forward: ht.Forward, Downstream: ht.Downstream, Return: ht.Return})
+		s.names = append(s.names, ht.Name)
+		stripped = ht.Flags&frame.RecStripped != 0
 	}
+	if stripped {
+		hops = append(hops, timing.Hop{})
+		s.names = append(s.names, hiddenName)
+	}
+	s.hops = hops
 	if int(v.Probe.DataLen) != st.size {
 		return nil, fmt.Errorf("block %d came back with %d bytes, %d sent", seq, v.Probe.DataLen, st.size)
 	}
-	if stripped {
-		hops = append(hops, timing.Hop{Name: "hidden"})
-		names = append(names, "hidden")
+	p := s.pathFor(s.names)
+	for i := 0; i+1 < len(hops); i++ {
+		p.segs[i].Add(timing.SegmentRTT(hops[i], hops[i+1]))
 	}
-	s.account(names, timing.Compute(hops), seq == 0)
+	if seq > 0 {
+		// The first block opened the downstream connections: its
+		// residences include the dials.
+		for i, h := range hops {
+			p.res[i].Add(h.Residence())
+		}
+	}
 	return v.Data(fr), nil
 }
 
-func (s *streamer) account(names []string, b timing.Breakdown, first bool) {
-	if s.hops == nil {
-		s.hops = names
+var hiddenName = []byte("hidden")
+
+// path is the chain as the replies name it, with its accumulators by
+// position, so that a reply from the same chain costs no map lookups.
+type path struct {
+	names []string // hop names after the source
+	segs  []*timing.Accumulator
+	res   []*timing.Accumulator
+}
+
+// pathFor returns the accumulators for a reply whose hops are names.
+func (s *streamer) pathFor(names [][]byte) *path {
+	if p := s.path; p != nil && len(p.names) == len(names) {
+		same := true
+		for i, n := range names {
+			if string(n) != p.names[i] {
+				same = false
+				break
+			}
+		}
+		if same {
+			return p
+		}
 	}
-	for _, seg := range b.Segments {
-		key := [2]string{names[seg.From], names[seg.To]}
-		acc := s.segs[key]
+	p := &path{}
+	all := []string{s.o.Source}
+	for _, n := range names {
+		p.names = append(p.names, string(n))
+		all = append(all, string(n))
+	}
+	if s.segs == nil {
+		s.segs = map[[2]string]*timing.Accumulator{}
+		s.res = map[string]*timing.Accumulator{}
+		s.chain = all
+	}
+	for i := range all {
+		acc := s.res[all[i]]
 		if acc == nil {
 			acc = &timing.Accumulator{}
-			s.segs[key] = acc
+			s.res[all[i]] = acc
+		}
+		p.res = append(p.res, acc)
+		if i == 0 {
+			continue
+		}
+		key := [2]string{all[i-1], all[i]}
+		seg := s.segs[key]
+		if seg == nil {
+			seg = &timing.Accumulator{}
+			s.segs[key] = seg
 			s.segOrder = append(s.segOrder, key)
 		}
-		acc.Add(seg.RTT)
+		p.segs = append(p.segs, seg)
 	}
-	if first {
-		// The first block opened the downstream connections: its
-		// residences include the dials.
-		return
-	}
-	for i, r := range b.Residence {
-		acc := s.res[names[i]]
-		if acc == nil {
-			acc = &timing.Accumulator{}
-			s.res[names[i]] = acc
-		}
-		acc.Add(r)
-	}
+	s.path = p
+	return p
 }
 
 func (s *streamer) result() *Result {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	r := &Result{BytesSent: s.sentBytes, BytesConfirmed: s.confirmed, Frames: s.frames, Duration: time.Since(s.start), Hops: s.hops}
+	r := &Result{BytesSent: s.sentBytes, BytesConfirmed: s.confirmed, Frames: s.frames, Duration: time.Since(s.start), Hops: s.chain}
 	for _, key := range s.segOrder {
 		acc := s.segs[key]
 		r.Segments = append(r.Segments, SegmentStats{From: key[0], To: key[1], RTT: acc.Stats(), P99: acc.Quantile(0.99)})
 	}
-	for _, name := range s.hops {
+	for _, name := range s.chain {
 		if acc := s.res[name]; acc != nil {
 			r.Residence = append(r.Residence, HopStats{Name: name, Residence: acc.Stats(), P99: acc.Quantile(0.99)})
 		}

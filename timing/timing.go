@@ -30,6 +30,11 @@ func (h Hop) Residence() time.Duration { return h.Forward + h.Return }
 // Total is request-in → reply-out at the hop: everything from it onwards.
 func (h Hop) Total() time.Duration { return h.Forward + h.Downstream + h.Return }
 
+// SegmentRTT is the round trip of the segment between two adjacent hops:
+// (reply-in_near − request-out_near) − (reply-out_far − request-in_far),
+// each bracket on its own hop's clock.
+func SegmentRTT(near, far Hop) time.Duration { return near.Downstream - far.Total() }
+
 // Segment is the link between hop From and hop From+1.
 type Segment struct {
 	From, To int
@@ -70,7 +75,7 @@ func Compute(hops []Hop) Breakdown {
 	b.Segments = make([]Segment, 0, len(hops)-1)
 	for i := 0; i+1 < len(hops); i++ {
 		near, far := hops[i], hops[i+1]
-		s := Segment{From: i, To: i + 1, RTT: near.Downstream - far.Total()}
+		s := Segment{From: i, To: i + 1, RTT: SegmentRTT(near, far)}
 		if near.Synced && far.Synced {
 			// request-out_i on the wall clock = WallIn_i + Forward_i.
 			fwd := time.Duration(far.WallIn - (near.WallIn + int64(near.Forward)))

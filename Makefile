@@ -1,0 +1,74 @@
+# subsegment_exporter — `make demo` shows it, `make test` proves it.
+
+GO        ?= go
+BINARY    := subsegment_exporter
+PKG       := github.com/subsegment/subsegment_exporter
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo unknown)
+REVISION  ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+BRANCH    ?= $(shell git rev-parse --abbrev-ref HEAD 2>/dev/null || echo unknown)
+LDFLAGS   := -X github.com/prometheus/common/version.Version=$(VERSION) \
+             -X github.com/prometheus/common/version.Revision=$(REVISION) \
+             -X github.com/prometheus/common/version.Branch=$(BRANCH) \
+             -X github.com/prometheus/common/version.BuildUser=$(shell id -un)@$(shell hostname) \
+             -X github.com/prometheus/common/version.BuildDate=$(shell date -u +%Y%m%d-%H:%M:%S)
+# Time each fuzz target runs in `make test` (go test -fuzztime syntax).
+FUZZTIME  ?= 10s
+# Debian packages the integration tests run for real.
+TEST_PACKAGES := prometheus prometheus-alertmanager snmpd snmp nagios4-core haproxy
+# Debian packages the benchmarks compare against.
+BENCH_PACKAGES := haproxy socat prometheus-blackbox-exporter
+
+.PHONY: all build demo test deps bench-deps check-format vet unit fuzz bench clean
+
+all: build
+
+build:
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BINARY) ./cmd/$(BINARY)
+
+## demo: build, start a local chain with one slow segment and the exporter, print what to open.
+demo: build
+	./$(BINARY) demo
+
+## test: install what the tests need, then every check CI runs.
+test: deps check-format vet unit fuzz
+
+# Installs the Debian packages the integration tests start, when missing.
+deps:
+	@missing=""; for p in $(TEST_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "make deps: missing Debian packages:$$missing — run as root (apt-get install -y$$missing)"; exit 1; fi; \
+	  echo "make deps: installing$$missing"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -q && apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+bench-deps:
+	@$(MAKE) --no-print-directory deps TEST_PACKAGES="$(BENCH_PACKAGES)"
+
+check-format:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet ./...
+
+unit:
+	$(GO) test -race -count=1 -timeout 20m ./...
+
+# Every fuzz target, each for FUZZTIME, after the seed corpus ran in `unit`.
+fuzz:
+	@set -e; for pkg in $$($(GO) list ./...); do \
+	  dir=$$($(GO) list -f '{{.Dir}}' $$pkg); \
+	  for f in $$(grep -ho '^func Fuzz[A-Za-z0-9_]*' $$dir/*_test.go 2>/dev/null | sed 's/^func //'); do \
+	    echo "fuzz $$pkg $$f ($(FUZZTIME))"; \
+	    $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg >/dev/null || { $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime 1x $$pkg; exit 1; }; \
+	  done; \
+	done
+
+## bench: side-by-side figures against haproxy, socat and blackbox_exporter (bench/README.md).
+bench: bench-deps build
+	./bench/run.sh
+
+clean:
+	rm -f $(BINARY)

@@ -1,0 +1,154 @@
+// Command benchclient drives the side-by-side benchmarks in bench/: round
+// trips and stream throughput through a chain of ours, haproxy's or
+// socat's, and a plain echo server to end the non-subsegment chains. It
+// reads and writes on separate goroutines, so it never deadlocks a chain
+// the way a single-threaded copier with blocking writes can.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/subsegment/subsegment_exporter/frame"
+)
+
+func main() {
+	mode := flag.String("mode", "rtt", "rtt, stream or echo")
+	target := flag.String("target", "", "first hop (rtt, stream) or listen address (echo)")
+	proto := flag.String("proto", "raw", "raw (bytes echoed by the chain's end) or subsegment (probe frames)")
+	n := flag.Int("n", 2000, "round trips (rtt)")
+	size := flag.Int("size", 64, "message size in bytes (rtt, raw)")
+	block := flag.Int("block", 8192, "write size in bytes (stream)")
+	input := flag.String("input", "", "file to stream (stream)")
+	flag.Parse()
+	var err error
+	switch *mode {
+	case "rtt":
+		err = rtt(*target, *proto, *n, *size)
+	case "stream":
+		err = streamRaw(*target, *input, *block)
+	case "echo":
+		err = echo(*target)
+	default:
+		err = fmt.Errorf("unknown mode %q", *mode)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "benchclient:", err)
+		os.Exit(1)
+	}
+}
+
+// rtt measures request/response round trips over one connection and prints
+// p50 and p99 in microseconds.
+func rtt(target, proto string, n, size int) error {
+	c, err := net.Dial("tcp", target)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.(*net.TCPConn).SetNoDelay(true)
+	var req []byte
+	var rd *frame.Reader
+	buf := make([]byte, 64<<10)
+	if proto == "subsegment" {
+		rd = frame.NewReader(c, frame.DefaultMaxFrameBytes)
+	} else {
+		req = make([]byte, size)
+	}
+	times := make([]time.Duration, 0, n)
+	for i := 0; i < n+100; i++ {
+		if proto == "subsegment" {
+			req = frame.AppendZeroRequest(req[:0], frame.KindProbeRequest, frame.ProbeHeader{Seq: uint64(i), BudgetMicros: 5_000_000}, 0, []uint64{42}, nil)
+		}
+		t0 := time.Now()
+		if _, err := c.Write(req); err != nil {
+			return err
+		}
+		if rd != nil {
+			if err := rd.Fill(); err != nil {
+				return err
+			}
+			if _, err := rd.Next(); err != nil {
+				return err
+			}
+		} else if _, err := io.ReadFull(c, buf[:size]); err != nil {
+			return err
+		}
+		if i >= 100 { // warm-up excluded
+			times = append(times, time.Since(t0))
+		}
+	}
+	slices.Sort(times)
+	p := func(q float64) float64 { return float64(times[int(q*float64(len(times)-1))]) / 1e3 }
+	fmt.Printf("p50_us=%.1f p99_us=%.1f n=%d\n", p(0.5), p(0.99), len(times))
+	return nil
+}
+
+// streamRaw sends a file through a plain chain and reads the echo back,
+// concurrently, and prints the throughput.
+func streamRaw(target, input string, block int) error {
+	data, err := os.ReadFile(input)
+	if err != nil {
+		return err
+	}
+	c, err := net.Dial("tcp", target)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	start := time.Now()
+	var wg sync.WaitGroup
+	var werr error
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for off := 0; off < len(data); off += block {
+			if _, err := c.Write(data[off:min(off+block, len(data))]); err != nil {
+				werr = err
+				return
+			}
+		}
+		c.(*net.TCPConn).CloseWrite()
+	}()
+	buf := make([]byte, block)
+	var got int
+	for got < len(data) {
+		k, err := c.Read(buf)
+		got += k
+		if err != nil {
+			break
+		}
+	}
+	wg.Wait()
+	took := time.Since(start)
+	if werr != nil || got != len(data) {
+		return fmt.Errorf("sent %d, got back %d (%v)", len(data), got, werr)
+	}
+	fmt.Printf("bytes=%d seconds=%.3f mbps=%.1f\n", got, took.Seconds(), float64(got)/took.Seconds()/1e6)
+	return nil
+}
+
+// echo serves a plain TCP echo, reading and writing on separate goroutines.
+func echo(listen string) error {
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		return err
+	}
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return err
+		}
+		go func() {
+			defer c.Close()
+			c.(*net.TCPConn).SetNoDelay(true)
+			io.Copy(c, c)
+		}()
+	}
+}

@@ -1,0 +1,200 @@
+// Command subsegment_exporter is one binary for every hop of a chain: a
+// relay (--listen), the source exporter scraped like blackbox_exporter
+// (/probe), a one-shot mtr-like probe, the original tool's stdin stream
+// mode, and a Nagios check. This file only wires flags to packages.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/alecthomas/kingpin/v2"
+	"github.com/prometheus/common/promslog"
+	promslogflag "github.com/prometheus/common/promslog/flag"
+	"github.com/prometheus/common/version"
+	"github.com/prometheus/exporter-toolkit/web"
+	"github.com/prometheus/exporter-toolkit/web/kingpinflag"
+
+	"github.com/subsegment/subsegment_exporter/demo"
+	"github.com/subsegment/subsegment_exporter/exporter"
+	"github.com/subsegment/subsegment_exporter/frame"
+	"github.com/subsegment/subsegment_exporter/prober"
+	"github.com/subsegment/subsegment_exporter/relay"
+	"github.com/subsegment/subsegment_exporter/report"
+	"github.com/subsegment/subsegment_exporter/stream"
+)
+
+const name = "subsegment_exporter"
+
+// Exit codes of the probe and send commands.
+const (
+	exitOK     = 0
+	exitBroken = 1
+	exitUsage  = 2
+)
+
+func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+func run(args []string) int {
+	app := kingpin.New(name, "Find which subsegment of a network path adds the delay: a TCP relay chain, a blackbox-style Prometheus exporter, a Nagios check and an mtr-like probe in one binary.")
+	app.Version(version.Print(name))
+	app.HelpFlag.Short('h')
+	var logConfig promslog.Config
+	promslogflag.AddFlags(app, &logConfig)
+
+	// The original tool's flags, with their short forms, shared by every command.
+	var hop relayFlags
+	app.Flag("listen", "TCP address to listen on as a relay: host:port, *:port for all interfaces, [::1]:port. Without it the process is a pure source exporter (or, with --forward-to, the original stdin stream mode).").Short('l').StringVar(&hop.listen)
+	app.Flag("forward-to", "Next hop, host:port. A relay without it is the end of the chain and echoes every probe.").Short('f').StringVar(&hop.forwardTo)
+	app.Flag("timeout", "Timeout of each operation: a connect, a write, the wait for the next frame or a reply; for probe, each probe's round trip.").Short('t').Default("10s").DurationVar(&hop.timeout)
+	app.Flag("remove-perf-headers", "Remove the performance headers received from beyond this relay, in both directions (an administrative boundary: the source sees this relay as the last hop).").Short('r').BoolVar(&hop.removePerfHeaders)
+	app.Flag("stdin-block-size", "Stream mode: bytes of stdin per block (one performance header each).").Short('s').Default(fmt.Sprint(stream.DefaultBlockSize)).IntVar(&hop.blockSize)
+	app.Flag("relay.name", "This hop's name in records, segment labels and errors (letters, digits, '.', '-', '_').").Default(relay.DefaultName()).StringVar(&hop.name)
+	app.Flag("relay.auth-key-file", "File with the chain's shared HMAC-SHA256 key, one per line (a second line is accepted too, for a key rollover). With a key, every frame is signed and unsigned or forged frames are refused.").ExistingFileVar(&hop.keyFile)
+	app.Flag("relay.max-frame-bytes", "Largest frame accepted or sent.").Default(fmt.Sprint(frame.DefaultMaxFrameBytes)).IntVar(&hop.maxFrame)
+	app.Flag("relay.max-hops", "Probes that already passed this many hops are refused (too_many_hops).").Default(fmt.Sprint(frame.DefaultMaxHops)).IntVar(&hop.maxHops)
+	app.Flag("relay.max-connections", "Concurrent upstream connections a relay accepts; more are answered 'overloaded' and closed.").Default(fmt.Sprint(relay.DefaultMaxConnections)).IntVar(&hop.maxConns)
+
+	serveCmd := app.Command("serve", "Run as relay (with --listen) and exporter; the default command, so the original invocation lines work unchanged.").Default()
+	webFlags := kingpinflag.AddFlags(serveCmd, exporter.DefaultListenAddress)
+
+	probeCmd := app.Command("probe", "Probe a chain once and print one row per segment and per hop (mtr-like).")
+	var po probeFlags
+	probeCmd.Arg("target", "First hop of the chain, host:port.").Required().StringVar(&po.target)
+	probeCmd.Flag("count", "Measured probes (a warm-up probe that opens the connections comes first).").Default("5").IntVar(&po.count)
+	probeCmd.Flag("interval", "Pause between probes.").Default("200ms").DurationVar(&po.interval)
+	probeCmd.Flag("payload-bytes", "Padding per probe (0 to 65536 bytes, within --relay.max-frame-bytes): large probes reveal MTU/MSS black holes.").Default("0").IntVar(&po.payload)
+	probeCmd.Flag("output", "Output format: table or json.").Default("table").EnumVar(&po.output, "table", "json")
+
+	sendCmd := app.Command("send", "Stream stdin through the chain (--forward-to) and write what comes back to stdout; timing statistics go to stderr.")
+
+	demoCmd := app.Command("demo", "Start a local chain on 127.0.0.1 with one slow segment and the exporter, print the probe report, and serve until Ctrl-C.")
+	var do demo.Options
+	demoCmd.Flag("demo.base-port", "First of the loopback ports the demo uses.").Default("19000").IntVar(&do.BasePort)
+	demoCmd.Flag("demo.delay", "Added round-trip time of the slow segment (b -> c).").Default("20ms").DurationVar(&do.Delay)
+
+	cmd, err := app.Parse(args)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v (try --help)\n", name, err)
+		return exitUsage
+	}
+	logger := promslog.New(&logConfig)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	keys, err := hop.keys()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
+		return exitUsage
+	}
+	switch cmd {
+	case serveCmd.FullCommand():
+		if hop.listen == "" && hop.forwardTo != "" {
+			// The original tool: no --listen means stream stdin to --forward-to.
+			return send(ctx, hop, keys, logger)
+		}
+		return serve(ctx, hop, keys, webFlags, logger)
+	case probeCmd.FullCommand():
+		return probe(ctx, hop, keys, po, os.Stdout, logger)
+	case sendCmd.FullCommand():
+		return send(ctx, hop, keys, logger)
+	case demoCmd.FullCommand():
+		exe, err := os.Executable()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "%s: cannot find my own binary: %v\n", name, err)
+			return exitUsage
+		}
+		do.Executable, do.Out, do.Logger = exe, os.Stdout, logger
+		if err := demo.Run(ctx, do); err != nil {
+			fmt.Fprintf(os.Stderr, "%s demo: %v\n", name, err)
+			return exitBroken
+		}
+		return exitOK
+	}
+	return exitUsage
+}
+
+type relayFlags struct {
+	listen, forwardTo, name, keyFile string
+	timeout                          time.Duration
+	removePerfHeaders                bool
+	blockSize                        int
+	maxFrame, maxHops, maxConns      int
+}
+
+func (f relayFlags) keys() (frame.Keys, error) {
+	if f.keyFile == "" {
+		return nil, nil
+	}
+	return frame.LoadKeys(f.keyFile)
+}
+
+type probeFlags struct {
+	target, output string
+	count, payload int
+	interval       time.Duration
+}
+
+func probe(ctx context.Context, hop relayFlags, keys frame.Keys, po probeFlags, out io.Writer, logger *slog.Logger) int {
+	o := prober.Options{Target: po.target, Source: hop.name, Count: po.count, Interval: po.interval, PayloadBytes: po.payload,
+		Timeout: hop.timeout, MaxFrameBytes: hop.maxFrame, Keys: keys, Logger: logger}
+	if err := o.Validate(); err != nil {
+		fmt.Fprintf(os.Stderr, "%s probe: %v\n", name, err)
+		return exitUsage
+	}
+	res := prober.Run(ctx, o)
+	write := report.Table
+	if po.output == "json" {
+		write = report.JSON
+	}
+	if err := write(out, res); err != nil {
+		fmt.Fprintf(os.Stderr, "%s probe: write output: %v\n", name, err)
+		return exitUsage
+	}
+	if res.Failure != nil {
+		fmt.Fprintf(os.Stderr, "%s probe: chain broken: segment %s -> %s failed (%s): %s\n", name, res.Failure.From, res.Failure.To, res.Failure.Reason, res.Failure.Message)
+		return exitBroken
+	}
+	return exitOK
+}
+
+func (f relayFlags) relayConfig(keys frame.Keys) relay.Config {
+	return relay.Config{Name: f.name, ForwardTo: f.forwardTo, Timeout: f.timeout, RemovePerfHeaders: f.removePerfHeaders,
+		MaxFrameBytes: f.maxFrame, MaxHops: f.maxHops, MaxConnections: f.maxConns, Keys: keys}
+}
+
+func serve(ctx context.Context, hop relayFlags, keys frame.Keys, webFlags *web.FlagConfig, logger *slog.Logger) int {
+	logger.Info("starting "+name, "version", version.Info(), "build_context", version.BuildContext())
+	err := exporter.Serve(ctx, exporter.Config{ListenAddress: hop.listen, Relay: hop.relayConfig(keys), Web: webFlags, Logger: logger})
+	if err != nil {
+		logger.Error("stopped", "err", err)
+		return exitBroken
+	}
+	return exitOK
+}
+
+func send(ctx context.Context, hop relayFlags, keys frame.Keys, logger *slog.Logger) int {
+	res, err := stream.Send(ctx, os.Stdin, os.Stdout, stream.Options{ForwardTo: hop.forwardTo, Source: hop.name, BlockSize: hop.blockSize,
+		Timeout: hop.timeout, MaxFrameBytes: hop.maxFrame, Keys: keys, Logger: logger})
+	if res != nil {
+		stream.WriteStats(os.Stderr, res)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s send: %v\n", name, err)
+		var incomplete *stream.Error
+		if errors.As(err, &incomplete) {
+			return exitBroken
+		}
+		return exitUsage
+	}
+	return exitOK
+}
