@@ -28,6 +28,7 @@ type Reader struct {
 	end      int
 	maxFrame int
 	exact    bool
+	short    bool // the last read returned less than it asked for
 }
 
 // NewReader returns a reader of frames of at most maxFrameBytes from src.
@@ -114,6 +115,7 @@ func (r *Reader) ReadOnce(read func([]byte) (int, error)) (int, error) {
 		return 0, nil
 	}
 	n, err := read(r.buf[r.end:limit])
+	r.short = n < limit-r.end
 	if n > 0 {
 		r.end += n
 	}
@@ -122,6 +124,11 @@ func (r *Reader) ReadOnce(read func([]byte) (int, error)) (int, error) {
 	}
 	return max(n, 0), err
 }
+
+// Drained reports that the last read returned less than it asked for and
+// no partial frame is left: the socket very likely has nothing more, so an
+// event loop can wait for the next readiness event instead of reading again.
+func (r *Reader) Drained() bool { return r.short && r.start == r.end }
 
 // EndError is what a caller of ReadOnce reports for a read error: io.EOF
 // only at a frame boundary, ErrPartialFrame inside one.

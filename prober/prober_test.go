@@ -2,6 +2,7 @@ package prober
 
 import (
 	"context"
+	"math"
 	"net"
 	"slices"
 	"strings"
@@ -33,7 +34,9 @@ func segNames(r *Result) []string {
 	return out
 }
 
-func TestChainEndToEnd(t *testing.T) {
+func TestChainEndToEnd(t *testing.T) { chaintest.ForEachEngine(t, testChainEndToEnd) }
+
+func testChainEndToEnd(t *testing.T) {
 	target := chaintest.Chain(t, chaintest.ChainOptions{}, "b", "c", "z")
 	r := run(t, opts(target))
 	if !r.Success {
@@ -82,7 +85,9 @@ func TestChainEndToEnd(t *testing.T) {
 	}
 }
 
-func TestIPv6AndHostnames(t *testing.T) {
+func TestIPv6AndHostnames(t *testing.T) { chaintest.ForEachEngine(t, testIPv6AndHostnames) }
+
+func testIPv6AndHostnames(t *testing.T) {
 	ln, err := net.Listen("tcp", "[::1]:0")
 	if err != nil {
 		t.Skip("no IPv6 loopback on this machine:", err)
@@ -91,10 +96,7 @@ func TestIPv6AndHostnames(t *testing.T) {
 	z := chaintest.StartRelay(t, relay.Config{Name: "z"})
 	_, port, _ := net.SplitHostPort(z)
 	c := chaintest.StartRelay(t, relay.Config{Name: "c", ForwardTo: net.JoinHostPort("localhost", port)})
-	srv, err := relay.New(relay.Config{Name: "b", ForwardTo: c})
-	if err != nil {
-		t.Fatal(err)
-	}
+	srv := chaintest.New(t, relay.Config{Name: "b", ForwardTo: c})
 	ln6, err := net.Listen("tcp", "[::1]:0")
 	if err != nil {
 		t.Fatal(err)
@@ -115,91 +117,118 @@ func within(got, want float64) bool {
 	return got >= want-tol && got <= want+tol
 }
 
-// echoRTT measures the median round trip of a plain echo through addr.
-func echoRTT(t *testing.T, addr string, n int) float64 {
-	t.Helper()
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(30 * time.Second))
-	msg := make([]byte, 200)
-	buf := make([]byte, 200)
-	var rtts []time.Duration
-	for i := 0; i < n+1; i++ {
-		t0 := time.Now()
-		if _, err := c.Write(msg); err != nil {
-			t.Fatal(err)
-		}
-		for got := 0; got < len(msg); {
-			k, err := c.Read(buf[got:])
-			if err != nil {
-				t.Fatal(err)
-			}
-			got += k
-		}
-		if i > 0 {
-			rtts = append(rtts, time.Since(t0))
-		}
-	}
-	slices.Sort(rtts)
-	return rtts[len(rtts)/2].Seconds()
+// echoConn is a plain echo connection through the delaying proxy: the
+// reference a segment's delay is compared with.
+type echoConn struct {
+	c   net.Conn
+	msg []byte
+	buf []byte
 }
 
-// delayedChain is a→b→[proxy]→c→z with 10 ms each way on b→c.
-func delayedChain(t *testing.T, configure func(name string, cfg *relay.Config)) (string, func(int) float64) {
-	var proxy interface {
-		SetTarget(string)
-		Addr() string
+func (e *echoConn) roundTrip(t *testing.T) time.Duration {
+	t.Helper()
+	t0 := time.Now()
+	if _, err := e.c.Write(e.msg); err != nil {
+		t.Fatal(err)
 	}
-	var cAddr string
+	for got := 0; got < len(e.msg); {
+		k, err := e.c.Read(e.buf[got:])
+		if err != nil {
+			t.Fatal(err)
+		}
+		got += k
+	}
+	return time.Since(t0)
+}
+
+// delayedChain is a→b→[proxy]→c→z with 10 ms each way on b→c, and a plain
+// echo connection through the same proxy instance.
+func delayedChain(t *testing.T, configure func(name string, cfg *relay.Config)) (string, *echoConn) {
+	var ref *echoConn
 	target := chaintest.Chain(t, chaintest.ChainOptions{
 		Configure: configure,
 		Front: func(name, addr string) string {
 			if name != "c" {
 				return addr
 			}
-			cAddr = addr
-			p := chaintest.DelayProxy(t, addr, 10*time.Millisecond, 10*time.Millisecond)
-			proxy = p
+			p := chaintest.DelayProxy(t, chaintest.Echo(t), 10*time.Millisecond, 10*time.Millisecond)
+			c, err := net.Dial("tcp", p.Addr())
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { c.Close() })
+			c.SetDeadline(time.Now().Add(2 * time.Minute))
+			ref = &echoConn{c: c, msg: make([]byte, 200), buf: make([]byte, 200)}
+			ref.roundTrip(t) // the connection now exists; new ones go to c
+			p.SetTarget(addr)
 			return p.Addr()
 		},
 	}, "b", "c", "z")
-	reference := func(n int) float64 {
-		// The same proxy instance, pointed at a plain echo server.
-		proxy.SetTarget(chaintest.Echo(t))
-		defer proxy.SetTarget(cAddr)
-		return echoRTT(t, proxy.Addr(), n)
-	}
-	return target, reference
+	return target, ref
 }
 
-func TestDelayLandsOnItsSegment(t *testing.T) {
-	target, reference := delayedChain(t, nil)
+// measureInterleaved alternates probe runs and plain echoes, so that load
+// on the machine affects both alike, and returns every sample of every
+// segment and of the echo.
+func measureInterleaved(t *testing.T, o Options, ref *echoConn, rounds int) (map[string][]time.Duration, []time.Duration, *Result) {
+	t.Helper()
+	segs := map[string][]time.Duration{}
+	var echoes []time.Duration
+	var last *Result
+	for i := 0; i < rounds; i++ {
+		r := run(t, o)
+		if !r.Success {
+			t.Fatalf("probe failed: %+v", r.Failure)
+		}
+		for _, smp := range r.Samples {
+			if smp.Warmup {
+				continue
+			}
+			for _, seg := range smp.Breakdown.Segments {
+				key := smp.Records[seg.From].Name + ">" + smp.Records[seg.To].Name
+				segs[key] = append(segs[key], seg.RTT)
+			}
+		}
+		for k := 0; k < o.Count; k++ {
+			echoes = append(echoes, ref.roundTrip(t))
+		}
+		last = r
+	}
+	return segs, echoes, last
+}
+
+func median(d []time.Duration) float64 {
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return s[len(s)/2].Seconds()
+}
+
+func TestDelayLandsOnItsSegment(t *testing.T) { chaintest.ForEachEngine(t, testDelayLandsOnItsSegment) }
+
+func testDelayLandsOnItsSegment(t *testing.T) {
+	target, ref := delayedChain(t, nil)
 	o := opts(target)
-	o.Count = 21
-	r := run(t, o)
-	if !r.Success {
-		t.Fatalf("probe failed: %+v", r.Failure)
+	segs, echoes, last := measureInterleaved(t, o, ref, 6)
+	want, got := median(echoes), median(segs["b>c"])
+	if !within(got, want) {
+		t.Errorf("b→c median rtt %.6fs, plain echo through the same proxy %.6fs: off by more than max(0.3ms, 3%%)", got, want)
 	}
-	want := reference(21)
-	bc := r.Segment("b", "c")
-	if !within(bc.RTT.Median, want) {
-		t.Errorf("b→c median rtt %.6fs, plain echo through the same proxy %.6fs: off by more than max(0.3ms, 3%%)", bc.RTT.Median, want)
+	if !last.Segment("b", "c").Slowest {
+		t.Errorf("b→c is not marked slowest: %+v", last.Segments)
 	}
-	if !bc.Slowest {
-		t.Errorf("b→c is not marked slowest: %+v", r.Segments)
-	}
-	for _, s := range []*SegmentResult{r.Segment("a", "b"), r.Segment("c", "z")} {
-		if s.RTT.Median >= 0.001 {
-			t.Errorf("segment %s→%s median %.6fs, want under 1ms on loopback", s.From, s.To, s.RTT.Median)
+	for _, key := range []string{"a>b", "c>z"} {
+		if m := median(segs[key]); m >= 0.001 {
+			t.Errorf("segment %s median %.6fs, want under 1ms on loopback", key, m)
 		}
 	}
-	t.Logf("b→c %.6fs vs plain echo %.6fs; a→b %.6fs, c→z %.6fs", bc.RTT.Median, want, r.Segment("a", "b").RTT.Median, r.Segment("c", "z").RTT.Median)
+	t.Logf("b→c %.6fs vs plain echo %.6fs; a→b %.6fs, c→z %.6fs", got, want, median(segs["a>b"]), median(segs["c>z"]))
 }
 
 func TestClockSkewLeavesSegmentsUnchanged(t *testing.T) {
+	chaintest.ForEachEngine(t, testClockSkewLeavesSegmentsUnchanged)
+}
+
+func testClockSkewLeavesSegmentsUnchanged(t *testing.T) {
 	synced := clock.Sync{Synced: true, EstErrorMicros: 100, MaxErrorMicros: 200}
 	for _, tc := range []struct {
 		name   string
@@ -216,7 +245,7 @@ func TestClockSkewLeavesSegmentsUnchanged(t *testing.T) {
 			if tc.synced {
 				state = &synced
 			}
-			target, reference := delayedChain(t, func(name string, cfg *relay.Config) {
+			target, ref := delayedChain(t, func(name string, cfg *relay.Config) {
 				skew := tc.skew
 				if name == "c" {
 					skew = -skew // b and c disagree by 20 s
@@ -224,36 +253,39 @@ func TestClockSkewLeavesSegmentsUnchanged(t *testing.T) {
 				cfg.Clock = clock.Skewed{Base: base, Offset: skew, State: state}
 			})
 			o := opts(target)
-			o.Count = 15
 			o.Clock = clock.Skewed{Base: base, State: state}
-			r := run(t, o)
-			if !r.Success {
-				t.Fatalf("probe failed: %+v", r.Failure)
+			segs, echoes, r := measureInterleaved(t, o, ref, 4)
+			want := median(echoes)
+			if got := median(segs["b>c"]); !within(got, want) {
+				t.Errorf("b→c median %.6fs with skewed clocks, plain echo %.6fs", got, want)
 			}
-			want := reference(15)
-			bc := r.Segment("b", "c")
-			if !within(bc.RTT.Median, want) {
-				t.Errorf("b→c median %.6fs with skewed clocks, plain echo %.6fs", bc.RTT.Median, want)
+			for key, samples := range segs {
+				if key == "b>c" {
+					continue
+				}
+				// A leaked skew would be seconds; loopback is far under 1 ms.
+				if m, mx := median(samples), slices.Max(samples); m >= 0.001 || mx > 100*time.Millisecond {
+					t.Errorf("segment %s median %.6fs, max %v: skew leaked into the arithmetic", key, m, mx)
+				}
 			}
 			for _, s := range r.Segments {
-				if s.To != "c" && s.RTT.Max > 0.005 {
-					t.Errorf("segment %s→%s max %.6fs: skew leaked into the arithmetic", s.From, s.To, s.RTT.Max)
-				}
 				if (s.OneWay != nil) != tc.synced {
 					t.Fatalf("segment %s→%s one-way present %v, want %v", s.From, s.To, s.OneWay != nil, tc.synced)
 				}
 			}
 			if tc.synced {
-				ow := bc.OneWay
-				if !within(ow.Forward, want/2) || !within(ow.Return, want/2) || ow.ErrorBound != 0.0004 {
-					t.Errorf("b→c one-way %+v, want about %.6fs each way and bound 0.0004s", *ow, want/2)
+				ow := r.Segment("b", "c").OneWay
+				if math.Abs(ow.Forward-ow.Return) > 0.002 || !within(ow.Forward+ow.Return, r.Segment("b", "c").RTT.Median) || ow.ErrorBound != 0.0004 {
+					t.Errorf("b→c one-way %+v: want two halves of about %.6fs and bound 0.0004s", *ow, want/2)
 				}
 			}
 		})
 	}
 }
 
-func TestBrokenChain(t *testing.T) {
+func TestBrokenChain(t *testing.T) { chaintest.ForEachEngine(t, testBrokenChain) }
+
+func testBrokenChain(t *testing.T) {
 	tests := []struct {
 		name       string
 		end        func(t testing.TB) string
@@ -293,13 +325,17 @@ func TestBrokenChain(t *testing.T) {
 }
 
 func TestBrokenChainNamesKnownHop(t *testing.T) {
+	chaintest.ForEachEngine(t, testBrokenChainNamesKnownHop)
+}
+
+func testBrokenChainNamesKnownHop(t *testing.T) {
 	zCfg := relay.Config{Name: "z"}
 	zAddr := chaintest.FreeAddr(t)
 	ln, err := net.Listen("tcp", zAddr)
 	if err != nil {
 		t.Skip("port taken meanwhile:", err)
 	}
-	srv, _ := relay.New(zCfg)
+	srv := chaintest.New(t, zCfg)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); srv.Serve(ctx, ln) }()
@@ -327,7 +363,9 @@ func TestFirstHopUnreachable(t *testing.T) {
 	}
 }
 
-func TestLoopAndHopLimit(t *testing.T) {
+func TestLoopAndHopLimit(t *testing.T) { chaintest.ForEachEngine(t, testLoopAndHopLimit) }
+
+func testLoopAndHopLimit(t *testing.T) {
 	t.Run("loop", func(t *testing.T) {
 		// b → c → b: c forwards back to b.
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -335,7 +373,7 @@ func TestLoopAndHopLimit(t *testing.T) {
 			t.Fatal(err)
 		}
 		c := chaintest.StartRelay(t, relay.Config{Name: "c", ForwardTo: ln.Addr().String()})
-		srv, _ := relay.New(relay.Config{Name: "b", ForwardTo: c})
+		srv := chaintest.New(t, relay.Config{Name: "b", ForwardTo: c})
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})
 		go func() { defer close(done); srv.Serve(ctx, ln) }()
@@ -361,7 +399,9 @@ func TestLoopAndHopLimit(t *testing.T) {
 	})
 }
 
-func TestAuth(t *testing.T) {
+func TestAuth(t *testing.T) { chaintest.ForEachEngine(t, testAuth) }
+
+func testAuth(t *testing.T) {
 	key := frame.Keys{[]byte("0123456789abcdef0123456789abcdef")}
 	other := frame.Keys{[]byte("fedcba9876543210fedcba9876543210")}
 	tests := []struct {
@@ -396,7 +436,9 @@ func TestAuth(t *testing.T) {
 	}
 }
 
-func TestRotatedKeys(t *testing.T) {
+func TestRotatedKeys(t *testing.T) { chaintest.ForEachEngine(t, testRotatedKeys) }
+
+func testRotatedKeys(t *testing.T) {
 	old := []byte("old-key-0123456789abcdef")
 	next := []byte("new-key-0123456789abcdef")
 	// Mid-rollover: b signs with the new key and still accepts the old one;
@@ -416,7 +458,9 @@ func TestRotatedKeys(t *testing.T) {
 	}
 }
 
-func TestRemovePerfHeaders(t *testing.T) {
+func TestRemovePerfHeaders(t *testing.T) { chaintest.ForEachEngine(t, testRemovePerfHeaders) }
+
+func testRemovePerfHeaders(t *testing.T) {
 	target := chaintest.Chain(t, chaintest.ChainOptions{Configure: func(name string, cfg *relay.Config) {
 		cfg.RemovePerfHeaders = name == "c"
 	}}, "b", "c", "d", "z")
@@ -432,7 +476,9 @@ func TestRemovePerfHeaders(t *testing.T) {
 	}
 }
 
-func TestPayloadBlackHole(t *testing.T) {
+func TestPayloadBlackHole(t *testing.T) { chaintest.ForEachEngine(t, testPayloadBlackHole) }
+
+func testPayloadBlackHole(t *testing.T) {
 	var p interface{ SetBlackHole(int) }
 	target := chaintest.Chain(t, chaintest.ChainOptions{Front: func(name, addr string) string {
 		if name != "z" {

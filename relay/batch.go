@@ -1,8 +1,12 @@
 package relay
 
 import (
+	"errors"
 	"net"
 	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // batch collects the pieces of the frames one read produced and writes
@@ -14,6 +18,10 @@ type batch struct {
 	scratch []byte
 	bufs    net.Buffers
 	store   [][]byte
+	// For non-blocking writes: the first piece not yet fully written, and
+	// how much of it was.
+	next, skip int
+	iov        []unix.Iovec
 }
 
 // piece is either a slice of the read buffer (data != nil) or a range of
@@ -26,6 +34,7 @@ type piece struct {
 func (b *batch) reset() {
 	b.pieces = b.pieces[:0]
 	b.scratch = b.scratch[:0]
+	b.next, b.skip = 0, 0
 }
 
 func (b *batch) empty() bool { return len(b.pieces) == 0 }
@@ -68,4 +77,73 @@ func (b *batch) write(w net.Conn, timeout time.Duration) (int64, error) {
 	n, err := b.bufs.WriteTo(w)
 	b.reset()
 	return n, err
+}
+
+// errAgain is a non-blocking socket's "try again later".
+var errAgain = errors.New("resource temporarily unavailable")
+
+// writeFd writes as much of the batch as the socket takes without
+// blocking, with writev; it returns true once everything is written. The
+// pieces must stay valid until then: the engine stops reading into the
+// buffers they point to.
+func (b *batch) writeFd(fd int) (bool, error) {
+	for b.next < len(b.pieces) {
+		iov := b.iov[:0]
+		for i := b.next; i < len(b.pieces) && len(iov) < maxIovecs; i++ {
+			p := b.bytes(i)
+			if i == b.next {
+				p = p[b.skip:]
+			}
+			if len(p) == 0 {
+				continue
+			}
+			v := unix.Iovec{Base: &p[0]}
+			v.SetLen(len(p))
+			iov = append(iov, v)
+		}
+		b.iov = iov
+		if len(iov) == 0 {
+			break
+		}
+		n, _, errno := unix.Syscall(unix.SYS_WRITEV, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)))
+		switch errno {
+		case 0:
+		case unix.EAGAIN:
+			return false, nil
+		case unix.EINTR:
+			continue
+		default:
+			return false, errno
+		}
+		b.consume(int(n))
+	}
+	b.reset()
+	return true, nil
+}
+
+// maxIovecs is IOV_MAX on Linux.
+const maxIovecs = 1024
+
+// pendingWrite reports whether a non-blocking write left part of the batch.
+func (b *batch) pendingWrite() bool { return len(b.pieces) > 0 }
+
+func (b *batch) bytes(i int) []byte {
+	p := b.pieces[i]
+	if p.data != nil {
+		return p.data
+	}
+	return b.scratch[p.off : p.off+p.n]
+}
+
+func (b *batch) consume(n int) {
+	for n > 0 && b.next < len(b.pieces) {
+		left := len(b.bytes(b.next)) - b.skip
+		if n < left {
+			b.skip += n
+			return
+		}
+		n -= left
+		b.next++
+		b.skip = 0
+	}
 }

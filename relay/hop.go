@@ -487,8 +487,8 @@ func (s *Server) checkPath(v frame.View, fr []byte, upPeer string) *localAnswer 
 
 // nextName is the next hop's name as its last reply gave it, else its address.
 func (s *Server) nextName() string {
-	if v, ok := s.downName.Load(s.cfg.ForwardTo); ok {
-		return v.(string)
+	if name := s.downName.Load(); name != nil {
+		return *name
 	}
 	return s.cfg.ForwardTo
 }
@@ -503,8 +503,9 @@ func (s *Server) learnNextName(tail []byte, count int) {
 	if !ok {
 		return
 	}
-	if v, ok := s.downName.Load(s.cfg.ForwardTo); ok && v.(string) == string(name) {
+	if cur := s.downName.Load(); cur != nil && *cur == string(name) {
 		return
 	}
-	s.downName.Store(s.cfg.ForwardTo, string(name))
+	n := string(name)
+	s.downName.Store(&n)
 }

@@ -15,6 +15,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -90,9 +91,22 @@ type Config struct {
 	Annotate func() []frame.Var
 	Metrics  Metrics
 	Logger   *slog.Logger
+	// Engine drives plain-TCP sessions: EngineEpoll (default) or
+	// EngineGoroutines. TLS sessions always use goroutines.
+	Engine string
 	// ID overrides the random hop identity (tests only).
 	ID uint64
 }
+
+// Engines a relay can drive its sessions with.
+const (
+	// EngineEpoll runs every session on one thread with epoll: a probe
+	// costs no goroutine wake-ups, the lowest round trip.
+	EngineEpoll = "epoll"
+	// EngineGoroutines runs each session with two goroutines over
+	// net.Conn; TLS connections always use it.
+	EngineGoroutines = "goroutines"
+)
 
 // Server is a running relay.
 type Server struct {
@@ -102,7 +116,7 @@ type Server struct {
 	metrics  Metrics
 	log      *slog.Logger
 	slots    chan struct{}
-	downName sync.Map // ForwardTo → last name the next hop reported (string)
+	downName atomic.Pointer[string] // the name the next hop last reported
 
 	mu     sync.Mutex
 	conns  map[net.Conn]struct{}
@@ -137,6 +151,13 @@ func New(cfg Config) (*Server, error) {
 		if err := ValidateAddress(cfg.ForwardTo); err != nil {
 			return nil, fmt.Errorf("--forward-to: %w", err)
 		}
+	}
+	switch cfg.Engine {
+	case "":
+		cfg.Engine = EngineEpoll
+	case EngineEpoll, EngineGoroutines:
+	default:
+		return nil, fmt.Errorf("relay engine %q unknown: use %s or %s", cfg.Engine, EngineEpoll, EngineGoroutines)
 	}
 	if cfg.Clock == nil {
 		cfg.Clock = clock.NewSystem()
@@ -193,6 +214,15 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
 	defer s.shutdown()
+	var ev *loop
+	if s.cfg.Engine == EngineEpoll {
+		var err error
+		if ev, err = newLoop(s); err != nil {
+			return fmt.Errorf("relay %s: %w", s.cfg.Name, err)
+		}
+		go ev.run()
+		defer ev.stop()
+	}
 	var backoff time.Duration
 	for {
 		conn, err := ln.Accept()
@@ -214,6 +244,13 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		case s.slots <- struct{}{}:
 		default:
 			s.refuseOverloaded(conn)
+			continue
+		}
+		if tc, ok := conn.(*net.TCPConn); ok && ev != nil {
+			if err := ev.adopt(tc, func() { <-s.slots }); err != nil {
+				<-s.slots
+				conn.Close()
+			}
 			continue
 		}
 		if !s.track(conn) {

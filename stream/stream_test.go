@@ -34,7 +34,9 @@ func randomBytes(n int, seed uint64) []byte {
 	return b
 }
 
-func TestStreamIsByteExact(t *testing.T) {
+func TestStreamIsByteExact(t *testing.T) { chaintest.ForEachEngine(t, testStreamIsByteExact) }
+
+func testStreamIsByteExact(t *testing.T) {
 	target := chaintest.Chain(t, chaintest.ChainOptions{}, "b", "c", "z")
 	sizes := []int{0, 1, 511, 512, 513, 4096, 1 << 20, 3<<20 + 17}
 	blocks := []int{1, 7, 512, 1000, 8192, 50000}
@@ -59,7 +61,9 @@ func TestStreamIsByteExact(t *testing.T) {
 	}
 }
 
-func TestStreamStats(t *testing.T) {
+func TestStreamStats(t *testing.T) { chaintest.ForEachEngine(t, testStreamStats) }
+
+func testStreamStats(t *testing.T) {
 	target := chaintest.Chain(t, chaintest.ChainOptions{Template: relay.Config{Keys: frame.Keys{[]byte("stream-key-0123456789")}}}, "b", "c", "z")
 	in := randomBytes(200000, 9)
 	out, res, err := send(t, target, in, 512, frame.Keys{[]byte("stream-key-0123456789")})
@@ -103,11 +107,12 @@ func (r *slowReader) Read(p []byte) (int, error) {
 }
 
 func TestStreamReportsConfirmedBytesWhenChainBreaks(t *testing.T) {
+	chaintest.ForEachEngine(t, testStreamReportsConfirmedBytesWhenChainBreaks)
+}
+
+func testStreamReportsConfirmedBytesWhenChainBreaks(t *testing.T) {
 	zCfg := relay.Config{Name: "z"}
-	srv, err := relay.New(zCfg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	srv := chaintest.New(t, zCfg)
 	z := chaintest.FreeAddr(t)
 	ln, err := listen(z)
 	if err != nil {
@@ -158,3 +163,36 @@ func TestStreamOptions(t *testing.T) {
 }
 
 func listen(addr string) (net.Listener, error) { return net.Listen("tcp", addr) }
+
+// slowWriter is a stdout that keeps pausing, so that backpressure reaches
+// back through every relay to the end host: their writes hit EAGAIN.
+type slowWriter struct {
+	buf bytes.Buffer
+}
+
+func (w *slowWriter) Write(p []byte) (int, error) {
+	// About 16 MB/s: far slower than the chain.
+	time.Sleep(time.Duration(len(p)/16) * time.Microsecond)
+	return w.buf.Write(p)
+}
+
+func TestStreamUnderBackpressure(t *testing.T) { chaintest.ForEachEngine(t, testStreamUnderBackpressure) }
+
+func testStreamUnderBackpressure(t *testing.T) {
+	target := chaintest.Chain(t, chaintest.ChainOptions{SmallBuffers: true}, "b", "c", "z")
+	in := randomBytes(12<<20, 77)
+	for _, block := range []int{512, 8192} {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		out := &slowWriter{}
+		// Small socket buffers everywhere make the chain's writes stall
+		// (EAGAIN) all the way back to the end host.
+		_, err := Send(ctx, bytes.NewReader(in), out, Options{ForwardTo: target, Source: "a", BlockSize: block, Timeout: 10 * time.Second, Dial: chaintest.SmallBuffers})
+		cancel()
+		if err != nil {
+			t.Fatalf("block %d: %v", block, err)
+		}
+		if !bytes.Equal(out.buf.Bytes(), in) {
+			t.Fatalf("block %d: output differs from input under backpressure", block)
+		}
+	}
+}

@@ -46,15 +46,16 @@ func NewReader(conn net.Conn) (*Reader, error) {
 	return r, nil
 }
 
-func (r *Reader) getsockopt(fd uintptr) {
+func (r *Reader) getsockopt(fd uintptr) { r.err = getsockopt(int(fd), &r.info) }
+
+func getsockopt(fd int, into *unix.TCPInfo) error {
 	size := uint32(unix.SizeofTCPInfo)
-	_, _, errno := unix.Syscall6(unix.SYS_GETSOCKOPT, fd, unix.IPPROTO_TCP, unix.TCP_INFO,
-		uintptr(unsafe.Pointer(&r.info)), uintptr(unsafe.Pointer(&size)), 0)
+	_, _, errno := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.IPPROTO_TCP, unix.TCP_INFO,
+		uintptr(unsafe.Pointer(into)), uintptr(unsafe.Pointer(&size)), 0)
 	if errno != 0 {
-		r.err = errno
-		return
+		return errno
 	}
-	r.err = nil
+	return nil
 }
 
 // Read returns the connection's current TCP_INFO fields.
@@ -65,13 +66,26 @@ func (r *Reader) Read() (frame.TCPInfo, error) {
 	if r.err != nil {
 		return frame.TCPInfo{}, r.err
 	}
+	return convert(&r.info), nil
+}
+
+// ReadFd reads TCP_INFO of a socket descriptor into buf, for event loops
+// that own their descriptors.
+func ReadFd(fd int, buf *unix.TCPInfo) (frame.TCPInfo, error) {
+	if err := getsockopt(fd, buf); err != nil {
+		return frame.TCPInfo{}, err
+	}
+	return convert(buf), nil
+}
+
+func convert(info *unix.TCPInfo) frame.TCPInfo {
 	return frame.TCPInfo{
-		RTTMicros:    r.info.Rtt,
-		RTTVarMicros: r.info.Rttvar,
-		MinRTTMicros: r.info.Min_rtt,
-		TotalRetrans: r.info.Total_retrans,
-		SndMSS:       r.info.Snd_mss,
-		PMTU:         r.info.Pmtu,
-		SndCwnd:      r.info.Snd_cwnd,
-	}, nil
+		RTTMicros:    info.Rtt,
+		RTTVarMicros: info.Rttvar,
+		MinRTTMicros: info.Min_rtt,
+		TotalRetrans: info.Total_retrans,
+		SndMSS:       info.Snd_mss,
+		PMTU:         info.Pmtu,
+		SndCwnd:      info.Snd_cwnd,
+	}
 }

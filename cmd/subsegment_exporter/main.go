@@ -63,6 +63,7 @@ func run(args []string) int {
 	app.Flag("relay.max-frame-bytes", "Largest frame accepted or sent.").Default(fmt.Sprint(frame.DefaultMaxFrameBytes)).IntVar(&hop.maxFrame)
 	app.Flag("relay.max-hops", "Probes that already passed this many hops are refused (too_many_hops).").Default(fmt.Sprint(frame.DefaultMaxHops)).IntVar(&hop.maxHops)
 	app.Flag("relay.max-connections", "Concurrent upstream connections a relay accepts; more are answered 'overloaded' and closed.").Default(fmt.Sprint(relay.DefaultMaxConnections)).IntVar(&hop.maxConns)
+	app.Flag("relay.engine", "How a relay drives plain-TCP sessions: epoll (one thread, lowest round trip) or goroutines (two per session). TLS sessions always use goroutines.").Default(relay.EngineEpoll).EnumVar(&hop.engine, relay.EngineEpoll, relay.EngineGoroutines)
 
 	serveCmd := app.Command("serve", "Run as relay (with --listen) and exporter; the default command, so the original invocation lines work unchanged.").Default()
 	webFlags := kingpinflag.AddFlags(serveCmd, exporter.DefaultListenAddress)
@@ -124,7 +125,7 @@ func run(args []string) int {
 }
 
 type relayFlags struct {
-	listen, forwardTo, name, keyFile string
+	listen, forwardTo, name, keyFile, engine string
 	timeout                          time.Duration
 	removePerfHeaders                bool
 	blockSize                        int
@@ -169,7 +170,7 @@ func probe(ctx context.Context, hop relayFlags, keys frame.Keys, po probeFlags, 
 
 func (f relayFlags) relayConfig(keys frame.Keys) relay.Config {
 	return relay.Config{Name: f.name, ForwardTo: f.forwardTo, Timeout: f.timeout, RemovePerfHeaders: f.removePerfHeaders,
-		MaxFrameBytes: f.maxFrame, MaxHops: f.maxHops, MaxConnections: f.maxConns, Keys: keys}
+		MaxFrameBytes: f.maxFrame, MaxHops: f.maxHops, MaxConnections: f.maxConns, Keys: keys, Engine: f.engine}
 }
 
 func serve(ctx context.Context, hop relayFlags, keys frame.Keys, webFlags *web.FlagConfig, logger *slog.Logger) int {

@@ -5,6 +5,7 @@ package chaintest
 import (
 	"context"
 	"net"
+	"syscall"
 	"testing"
 	"time"
 
@@ -12,14 +13,50 @@ import (
 	"github.com/subsegment/subsegment_exporter/relay"
 )
 
-// StartRelay serves cfg on 127.0.0.1 and returns its address.
-func StartRelay(t testing.TB, cfg relay.Config) string {
+// engine is the relay engine of the relays the running test starts.
+var engine string
+
+// ForEachEngine runs f as a subtest once per relay engine: every chain test
+// must hold for both the epoll loop and the goroutines (TLS) engine.
+func ForEachEngine(t *testing.T, f func(t *testing.T)) {
+	for _, e := range []string{relay.EngineEpoll, relay.EngineGoroutines} {
+		t.Run(e, func(t *testing.T) {
+			engine = e
+			t.Cleanup(func() { engine = "" })
+			f(t)
+		})
+	}
+}
+
+// New is relay.New with the running test's engine.
+func New(t testing.TB, cfg relay.Config) *relay.Server {
 	t.Helper()
+	if cfg.Engine == "" {
+		cfg.Engine = engine
+	}
 	srv, err := relay.New(cfg)
 	if err != nil {
 		t.Fatalf("relay %s: %v", cfg.Name, err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	return srv
+}
+
+// StartRelay serves cfg on 127.0.0.1 and returns its address.
+func StartRelay(t testing.TB, cfg relay.Config) string {
+	t.Helper()
+	return startRelay(t, cfg, net.ListenConfig{})
+}
+
+func startRelay(t testing.TB, cfg relay.Config, lc net.ListenConfig) string {
+	t.Helper()
+	if cfg.Engine == "" {
+		cfg.Engine = engine
+	}
+	srv, err := relay.New(cfg)
+	if err != nil {
+		t.Fatalf("relay %s: %v", cfg.Name, err)
+	}
+	ln, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("relay %s listen: %v", cfg.Name, err)
 	}
@@ -51,6 +88,9 @@ type ChainOptions struct {
 	// Front, if set, returns the address the hop before name should
 	// forward to instead of name's own (to put a proxy in front of it).
 	Front func(name, addr string) string
+	// SmallBuffers gives every connection between hops 4 KiB socket
+	// buffers (dialled and accepted), so that writes meet backpressure.
+	SmallBuffers bool
 }
 
 // Chain starts relays names[0] (first hop) … names[len-1] (end host), each
@@ -66,7 +106,12 @@ func Chain(t testing.TB, o ChainOptions, names ...string) string {
 		if o.Configure != nil {
 			o.Configure(names[i], &cfg)
 		}
-		next = StartRelay(t, cfg)
+		var lc net.ListenConfig
+		if o.SmallBuffers {
+			cfg.Dial = SmallBuffers
+			lc.Control = smallBuffers
+		}
+		next = startRelay(t, cfg, lc)
 		if o.Front != nil {
 			next = o.Front(names[i], next)
 		}
@@ -160,4 +205,26 @@ func Echo(t testing.TB) string {
 	}()
 	t.Cleanup(func() { ln.Close(); <-done })
 	return ln.Addr().String()
+}
+
+// SmallBuffers dials with 4 KiB socket buffers, so that a few frames fill
+// them and every hop's writes meet backpressure (EAGAIN).
+func SmallBuffers(ctx context.Context, addr string) (net.Conn, error) {
+	d := net.Dialer{Control: smallBuffers}
+	return d.DialContext(ctx, "tcp", addr)
+}
+
+// smallBuffers sets 4 KiB socket buffers; on a listener, accepted
+// connections inherit them.
+func smallBuffers(_, _ string, c syscall.RawConn) error {
+	var serr error
+	err := c.Control(func(fd uintptr) {
+		if serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096); serr == nil {
+			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_SNDBUF, 4096)
+		}
+	})
+	if err != nil {
+		return err
+	}
+	return serr
 }

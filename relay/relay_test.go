@@ -1,0 +1,281 @@
+package relay_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/subsegment/subsegment_exporter/frame"
+	"github.com/subsegment/subsegment_exporter/internal/chaintest"
+	"github.com/subsegment/subsegment_exporter/relay"
+)
+
+// readError reads the answer to a bad frame: an error frame, then EOF.
+func readError(t *testing.T, c net.Conn) frame.ErrorRecord {
+	t.Helper()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	r := frame.NewReader(c, frame.DefaultMaxFrameBytes)
+	if err := r.Fill(); err != nil {
+		t.Fatalf("no error frame: %v", err)
+	}
+	fr, err := r.Next()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, err := frame.ParseErrorFrame(fr, frame.DefaultMaxFrameBytes)
+	if err != nil {
+		t.Fatalf("answer is not an error frame: %v", err)
+	}
+	if err := r.Fill(); !errors.Is(err, io.EOF) {
+		t.Errorf("connection not closed after the error frame: %v", err)
+	}
+	return rec
+}
+
+func TestGarbageGetsAnErrorFrame(t *testing.T) {
+	chaintest.ForEachEngine(t, testGarbageGetsAnErrorFrame)
+}
+
+func testGarbageGetsAnErrorFrame(t *testing.T) {
+	z := chaintest.StartRelay(t, relay.Config{Name: "z"})
+	b := chaintest.StartRelay(t, relay.Config{Name: "b", ForwardTo: z})
+	valid := frame.AppendRequest(nil, frame.KindProbeRequest, frame.ProbeHeader{Seq: 1}, nil, []uint64{1}, nil)
+	for _, target := range []struct{ name, addr string }{{"end host", z}, {"forwarding hop", b}} {
+		for _, tc := range []struct {
+			name   string
+			input  []byte
+			reason frame.Reason
+		}{
+			{"http request", []byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), frame.ReasonBadFrame},
+			{"oversized frame", append([]byte("SSEG\x01\x01\x00\x00\x7f\xff\xff\xff"), make([]byte, 20)...), frame.ReasonBadFrame},
+			{"reply sent upstream-to-downstream", frame.AppendReply(nil, frame.KindProbeReply, frame.ProbeHeader{Seq: 1}, nil, nil, 0, nil), frame.ReasonBadFrame},
+			{"valid then garbage", append(append([]byte{}, valid...), "garbage!garbage!"...), frame.ReasonBadFrame},
+			{"signed frame to a keyless hop", frame.AppendRequest(nil, frame.KindProbeRequest, frame.ProbeHeader{Seq: 1}, nil, []uint64{1},
+				frame.NewSigner(frame.Keys{[]byte("0123456789abcdef")})), frame.ReasonAuth},
+		} {
+			t.Run(target.name+"/"+tc.name, func(t *testing.T) {
+				c, err := net.Dial("tcp", target.addr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer c.Close()
+				if _, err := c.Write(tc.input); err != nil {
+					t.Fatal(err)
+				}
+				if tc.name == "valid then garbage" {
+					// The valid probe is answered first, in order.
+					r := frame.NewReader(c, frame.DefaultMaxFrameBytes)
+					c.SetDeadline(time.Now().Add(5 * time.Second))
+					if err := r.Fill(); err != nil {
+						t.Fatal(err)
+					}
+					fr, _ := r.Next()
+					if v, err := frame.Parse(fr, frame.DefaultMaxFrameBytes, 255); err != nil || v.Header.Kind != frame.KindProbeReply {
+						t.Fatalf("first answer %v %v, want the probe's reply", v.Header.Kind, err)
+					}
+					fr, err := r.Next()
+					if fr == nil && err == nil {
+						if err := r.Fill(); err != nil {
+							t.Fatal(err)
+						}
+						fr, err = r.Next()
+					}
+					rec, perr := frame.ParseErrorFrame(fr, frame.DefaultMaxFrameBytes)
+					if err != nil || perr != nil || rec.Reason != tc.reason {
+						t.Fatalf("second answer %+v (%v %v), want an error frame", rec, err, perr)
+					}
+					return
+				}
+				rec := readError(t, c)
+				if rec.Reason != tc.reason || rec.Side != frame.SideUpstream || rec.Name == "" || rec.Message == "" {
+					t.Errorf("error record %+v, want reason %s from the hop, with a message", rec, tc.reason)
+				}
+			})
+		}
+	}
+	// The relay still serves probes after all that.
+	c, err := net.Dial("tcp", b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Write(valid); err != nil {
+		t.Fatal(err)
+	}
+	r := frame.NewReader(c, frame.DefaultMaxFrameBytes)
+	if err := r.Fill(); err != nil {
+		t.Fatalf("relay stopped answering after garbage: %v", err)
+	}
+}
+
+func TestConnectionLimit(t *testing.T) { chaintest.ForEachEngine(t, testConnectionLimit) }
+
+func testConnectionLimit(t *testing.T) {
+	z := chaintest.StartRelay(t, relay.Config{Name: "z", MaxConnections: 2})
+	var held []net.Conn
+	defer func() {
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	for i := 0; i < 2; i++ {
+		c, err := net.Dial("tcp", z)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, c)
+	}
+	time.Sleep(100 * time.Millisecond) // let the relay accept both
+	c, err := net.Dial("tcp", z)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	rec := readError(t, c)
+	if rec.Reason != frame.ReasonOverloaded || !strings.Contains(rec.Message, "limit of 2") {
+		t.Errorf("third connection got %+v, want overloaded", rec)
+	}
+	// Closing one frees a slot.
+	held[0].Close()
+	held = held[1:]
+	ok := false
+	for i := 0; i < 50 && !ok; i++ {
+		time.Sleep(20 * time.Millisecond)
+		c, err := net.Dial("tcp", z)
+		if err != nil {
+			continue
+		}
+		c.SetDeadline(time.Now().Add(2 * time.Second))
+		c.Write(frame.AppendRequest(nil, frame.KindProbeRequest, frame.ProbeHeader{Seq: 1}, nil, []uint64{1}, nil))
+		r := frame.NewReader(c, frame.DefaultMaxFrameBytes)
+		if r.Fill() == nil {
+			if fr, _ := r.Next(); fr != nil {
+				if _, err := frame.ParseErrorFrame(fr, frame.DefaultMaxFrameBytes); err != nil {
+					ok = true // a reply, not an error frame
+				}
+			}
+		}
+		c.Close()
+	}
+	if !ok {
+		t.Error("no slot came free after a connection closed")
+	}
+}
+
+func TestIdleSessionsClose(t *testing.T) { chaintest.ForEachEngine(t, testIdleSessionsClose) }
+
+func testIdleSessionsClose(t *testing.T) {
+	z := chaintest.StartRelay(t, relay.Config{Name: "z", Timeout: 200 * time.Millisecond})
+	c, err := net.Dial("tcp", z)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	start := time.Now()
+	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+		t.Fatalf("idle connection: %v, want EOF", err)
+	}
+	if took := time.Since(start); took < 150*time.Millisecond || took > 2*time.Second {
+		t.Errorf("idle connection closed after %v, want about the 200ms timeout", took)
+	}
+}
+
+func TestConfigValidation(t *testing.T) {
+	for _, tc := range []struct {
+		cfg  relay.Config
+		want string
+	}{
+		{relay.Config{}, "relay name is empty"},
+		{relay.Config{Name: "b c"}, "use letters"},
+		{relay.Config{Name: strings.Repeat("x", 65)}, "at most 64"},
+		{relay.Config{Name: "b", ForwardTo: "nohost"}, "--forward-to"},
+		{relay.Config{Name: "b", MaxFrameBytes: 10}, "maximum frame size"},
+		{relay.Config{Name: "b", MaxHops: 300}, "maximum hop count"},
+		{relay.Config{Name: "b", Engine: "threads"}, "relay engine"},
+	} {
+		if _, err := relay.New(tc.cfg); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("New(%+v) = %v, want %q", tc.cfg, err, tc.want)
+		}
+	}
+}
+
+func TestListenAddress(t *testing.T) {
+	for _, tc := range []struct{ in, want, err string }{
+		{"*:9000", ":9000", ""},
+		{"127.0.0.1:9000", "127.0.0.1:9000", ""},
+		{"[::1]:9000", "[::1]:9000", ""},
+		{"9000", "", "listen address"},
+	} {
+		got, err := relay.ListenAddress(tc.in)
+		if got != tc.want || (err == nil) != (tc.err == "") {
+			t.Errorf("ListenAddress(%q) = %q, %v", tc.in, got, err)
+		}
+	}
+}
+
+func TestClassify(t *testing.T) {
+	var dnsErr error = &net.DNSError{Err: "no such host", Name: "x"}
+	for _, tc := range []struct {
+		err  error
+		want frame.Reason
+	}{
+		{fmt.Errorf("dial: %w", syscall.ECONNREFUSED), frame.ReasonRefused},
+		{fmt.Errorf("read: %w", os.ErrDeadlineExceeded), frame.ReasonTimeout},
+		{context.DeadlineExceeded, frame.ReasonTimeout},
+		{fmt.Errorf("read: %w", syscall.ECONNRESET), frame.ReasonReset},
+		{syscall.EPIPE, frame.ReasonReset},
+		{io.EOF, frame.ReasonClosed},
+		{frame.ErrPartialFrame, frame.ReasonClosed},
+		{dnsErr, frame.ReasonUnreachable},
+		{syscall.EHOSTUNREACH, frame.ReasonUnreachable},
+		{fmt.Errorf("x: %w", frame.ErrAuth), frame.ReasonAuth},
+		{frame.ErrBadMagic, frame.ReasonBadFrame},
+		{frame.ErrTooManyHops, frame.ReasonTooManyHops},
+		{errors.New("something else"), frame.ReasonUnknown},
+	} {
+		if got := relay.Classify(tc.err); got != tc.want {
+			t.Errorf("Classify(%v) = %s, want %s", tc.err, got, tc.want)
+		}
+	}
+}
+
+// BenchmarkProbeThroughRelay measures a probe's round trip through one
+// relay and an end host in this process, and what the relays allocate.
+func BenchmarkProbeThroughRelay(b *testing.B) {
+	for _, engine := range []string{relay.EngineEpoll, relay.EngineGoroutines} {
+		b.Run(engine, func(b *testing.B) {
+			z := chaintest.StartRelay(b, relay.Config{Name: "z", Engine: engine})
+			r1 := chaintest.StartRelay(b, relay.Config{Name: "b", ForwardTo: z, Engine: engine})
+			c, err := net.Dial("tcp", r1)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			rd := frame.NewReader(c, frame.DefaultMaxFrameBytes)
+			var req []byte
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				req = frame.AppendZeroRequest(req[:0], frame.KindProbeRequest, frame.ProbeHeader{Seq: uint64(i), BudgetMicros: 5_000_000}, 0, []uint64{42}, nil)
+				if _, err := c.Write(req); err != nil {
+					b.Fatal(err)
+				}
+				if err := rd.Fill(); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := rd.Next(); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
