@@ -176,7 +176,9 @@ func (w *slowWriter) Write(p []byte) (int, error) {
 	return w.buf.Write(p)
 }
 
-func TestStreamUnderBackpressure(t *testing.T) { chaintest.ForEachEngine(t, testStreamUnderBackpressure) }
+func TestStreamUnderBackpressure(t *testing.T) {
+	chaintest.ForEachEngine(t, testStreamUnderBackpressure)
+}
 
 func testStreamUnderBackpressure(t *testing.T) {
 	target := chaintest.Chain(t, chaintest.ChainOptions{SmallBuffers: true}, "b", "c", "z")

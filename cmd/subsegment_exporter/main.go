@@ -126,10 +126,10 @@ func run(args []string) int {
 
 type relayFlags struct {
 	listen, forwardTo, name, keyFile, engine string
-	timeout                          time.Duration
-	removePerfHeaders                bool
-	blockSize                        int
-	maxFrame, maxHops, maxConns      int
+	timeout                                  time.Duration
+	removePerfHeaders                        bool
+	blockSize                                int
+	maxFrame, maxHops, maxConns              int
 }
 
 func (f relayFlags) keys() (frame.Keys, error) {
