@@ -9,13 +9,13 @@
 #            tcp probe, and 500 concurrent /probe against a 3-relay chain
 #
 # Usage: bench/run.sh [rtt|stream|probe ...]   (default: all)
-# Env:   ROUNDS (5), RTT_N (5000), STREAM_MB (256), BENCH_BASE_PORT (29000)
+# Env:   ROUNDS (10), RTT_N (2000), STREAM_MB (256), BENCH_BASE_PORT (29000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 BIN=$ROOT/subsegment_exporter
-ROUNDS=${ROUNDS:-5}
-RTT_N=${RTT_N:-5000}
+ROUNDS=${ROUNDS:-10}
+RTT_N=${RTT_N:-2000}
 STREAM_MB=${STREAM_MB:-256}
 B=${BENCH_BASE_PORT:-29000}
 WORK=$(mktemp -d /tmp/subsegment-bench.XXXXXX)

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -216,6 +217,12 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	defer s.shutdown()
 	var ev *loop
 	if s.cfg.Engine == EngineEpoll {
+		// The loop's thread sits in epoll_wait holding its P; with a single
+		// P the runtime would hand it off (waking another thread) on every
+		// wait longer than 20 µs. A second P costs nothing when idle.
+		if runtime.GOMAXPROCS(0) < 2 {
+			runtime.GOMAXPROCS(2)
+		}
 		var err error
 		if ev, err = newLoop(s); err != nil {
 			return fmt.Errorf("relay %s: %w", s.cfg.Name, err)
