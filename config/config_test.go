@@ -1,0 +1,165 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestGoodConfigs(t *testing.T) {
+	files, _ := filepath.Glob("testdata/good/*.yml")
+	if len(files) == 0 {
+		t.Fatal("no good examples")
+	}
+	for _, f := range files {
+		if _, err := Load(f); err != nil {
+			t.Errorf("%s: %v", f, err)
+		}
+	}
+}
+
+// Every bad example starts with "# error: <text>": loading must fail with
+// an error containing that text, with the file name swapped in.
+func TestBadConfigs(t *testing.T) {
+	files, _ := filepath.Glob("testdata/bad/*.yml")
+	if len(files) == 0 {
+		t.Fatal("no bad examples")
+	}
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			data, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			first, _, _ := strings.Cut(string(data), "\n")
+			want, ok := strings.CutPrefix(first, "# error: ")
+			if !ok {
+				t.Fatalf("%s does not start with # error:", f)
+			}
+			want = strings.Replace(want, "bad.yml", f, 1)
+			_, err = Load(f)
+			if err == nil || !strings.Contains(err.Error(), want) {
+				t.Fatalf("error %v\nwant it to contain %q", err, want)
+			}
+		})
+	}
+}
+
+func TestDefaultsAndThresholds(t *testing.T) {
+	c, err := Load("testdata/good/full.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := c.Modules["mtu"]
+	if time.Duration(m.Timeout) != DefaultTimeout || m.Probes != DefaultProbes || time.Duration(m.Interval) != DefaultInterval || m.Inband != InbandNever {
+		t.Errorf("defaults not filled in: %+v", m)
+	}
+	d := c.Modules["default"]
+	if got := d.SLA.Threshold("b", "c"); got != 20*time.Millisecond {
+		t.Errorf("b->c threshold %v", got)
+	}
+	if got := d.SLA.Threshold("a", "b"); got != 100*time.Millisecond {
+		t.Errorf("default threshold %v", got)
+	}
+	if d.SNMP.Hops["z"].Target != "10.0.0.9:161" {
+		t.Errorf("agent port not defaulted: %q", d.SNMP.Hops["z"].Target)
+	}
+}
+
+func TestAllows(t *testing.T) {
+	m := &Module{Targets: []string{"127.0.0.1:*", "[::1]:9000", "relay-*:9000", "10.0.0.*:9000", "Host.Example:80"}}
+	for _, tc := range []struct {
+		target string
+		ok     bool
+	}{
+		{"127.0.0.1:9000", true},
+		{"127.0.0.1:1", true},
+		{"127.0.0.2:9000", false},
+		{"[::1]:9000", true},
+		{"[::1]:9001", false},
+		{"relay-b.example.net:9000", true},
+		{"relay-b.example.net:9001", false},
+		{"evil.example.net:9000", false},
+		{"10.0.0.17:9000", true},
+		{"10.0.1.17:9000", false},
+		{"host.example:80", true},
+		{"127.0.0.1", false},
+		{"127.0.0.1:0", false},
+		{"127.0.0.1:http", false},
+		{"", false},
+	} {
+		err := m.Allows(tc.target)
+		if (err == nil) != tc.ok {
+			t.Errorf("Allows(%q) = %v, want ok=%v", tc.target, err, tc.ok)
+		}
+	}
+}
+
+func TestPlaybookLevels(t *testing.T) {
+	c, err := Load("testdata/good/full.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := c.Modules["default"].SNMP
+	names := func(vs []Variable) string {
+		var out []string
+		for _, v := range vs {
+			out = append(out, v.Name)
+		}
+		return strings.Join(out, ",")
+	}
+	for _, tc := range []struct {
+		from, to string
+		ratio    float64
+		want     string
+	}{
+		{"b", "c", 1.2, "load1,load5"},
+		{"b", "c", 2.5, "load1,load5,if_in_errors"},
+		{"c", "z", 5, "load1,load5,if_in_errors"}, // no playbook: the module's variables
+	} {
+		if got := names(s.VariablesFor(tc.from, tc.to, tc.ratio)); got != tc.want {
+			t.Errorf("%s->%s at %vx: %s, want %s", tc.from, tc.to, tc.ratio, got, tc.want)
+		}
+	}
+	if got := s.HopsFor("b", "c"); len(got) != 1 || got[0] != "c" {
+		t.Errorf("far_end hops %v", got)
+	}
+}
+
+func TestRedactedHidesSecrets(t *testing.T) {
+	c, err := Load("testdata/good/full.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := c.Redacted("default")
+	for _, secret := range []string{"public", "correct horse", "battery staple"} {
+		if strings.Contains(out, secret) {
+			t.Errorf("redacted output shows %q:\n%s", secret, out)
+		}
+	}
+	for _, want := range []string{"<secret>", "monitor", "load1", "timeout: 5s"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("redacted output lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	for _, p := range []string{"testdata/good/full.yml", "testdata/good/minimal.yml", "testdata/bad/unknown_key.yml"} {
+		data, err := os.ReadFile(p)
+		if err == nil {
+			f.Add(data)
+		}
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := Parse(data, "fuzz.yml")
+		if err == nil {
+			for name, m := range c.Modules {
+				_ = m.Allows("127.0.0.1:9000")
+				_ = c.Redacted(name)
+			}
+		}
+	})
+}
