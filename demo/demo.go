@@ -45,6 +45,19 @@ type hop struct {
 	extra     []string
 }
 
+// demoConfig is the source exporter's module: SLAs the slow segment breaks.
+const demoConfig = `modules:
+  default:
+    timeout: 5s
+    probes: 3
+    interval: 50ms
+    targets: ["127.0.0.1:*"]
+    sla:
+      default: 5ms
+      segments:
+        - {from: b, to: c, rtt: 15ms}
+`
+
 // Run starts the chain, prints the report and serves until ctx ends.
 func Run(ctx context.Context, o Options) error {
 	if o.BasePort < 1024 || o.BasePort > 65535-200 {
@@ -87,7 +100,11 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 	defer proxy.Close()
-	sourceArgs := []string{"--relay.name", "a", "--web.listen-address", addr(o.BasePort + 100)}
+	cfgPath := filepath.Join(dir, "subsegment.yml")
+	if err := os.WriteFile(cfgPath, []byte(demoConfig), 0o644); err != nil {
+		return fmt.Errorf("write the demo's config: %w", err)
+	}
+	sourceArgs := []string{"--relay.name", "a", "--web.listen-address", addr(o.BasePort + 100), "--config.file", cfgPath}
 	if err := procs.start(o.Executable, sourceArgs, filepath.Join(dir, "a.log")); err != nil {
 		return err
 	}
@@ -101,14 +118,20 @@ func Run(ctx context.Context, o Options) error {
 	if err := report.Table(o.Out, res); err != nil {
 		return err
 	}
+	exporterURL := "http://" + addr(o.BasePort+100)
 	fmt.Fprintf(o.Out, `
 The chain a -> b -> c -> z is running; b -> c goes through a proxy that adds %v.
-  one-shot probe:   %s probe %s
-  JSON:             %s probe %s --output json
-  relay metrics:    curl -s http://%s/metrics | grep subsegment_   (b; c and z on :%d and :%d)
-  exporter:         http://%s/
+  exporter (source a):  %s/
+  probe, as Prometheus scrapes it:
+    curl -s '%s/probe?target=%s&module=default' | grep -v '^#'
+  the same with the probe's log and module:
+    curl -s '%s/probe?target=%s&module=default&debug=true'
+  one-shot probe:       %s probe %s
+  relay metrics:        curl -s http://%s/metrics | grep subsegment_relay   (b; c and z on :%d and :%d)
+  config (SLA 5ms, b -> c 15ms): %s
 Press Ctrl-C to stop.
-`, o.Delay, o.Executable, target, o.Executable, target, addr(hops[2].webPort), hops[1].webPort, hops[0].webPort, addr(o.BasePort+100))
+`, o.Delay, exporterURL, exporterURL, target, exporterURL, target, o.Executable, target,
+		addr(hops[2].webPort), hops[1].webPort, hops[0].webPort, cfgPath)
 
 	select {
 	case <-ctx.Done():

@@ -38,7 +38,7 @@ func TestDemo(t *testing.T) {
 	p := start(t, "demo", binary, "demo", "--demo.base-port", itoa(base), "--demo.delay", "20ms")
 	p.waitOutput(t, regexp.MustCompile(`Press Ctrl-C to stop`), 60*time.Second)
 	out := p.out.String()
-	for _, want := range []string{"b -> c *", "slowest segment: b -> c", "a -> b", "c -> z"} {
+	for _, want := range []string{"b -> c *", "slowest segment: b -> c", "a -> b", "c -> z", "/probe?target=", "curl -s"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("demo output lacks %q:\n%s", want, out)
 		}
@@ -55,6 +55,13 @@ func TestDemo(t *testing.T) {
 	stdout, _, code := runBinary(t, nil, "probe", "127.0.0.1:"+itoa(base+1), "--count", "2", "--relay.name", "x")
 	if code != 0 || !strings.Contains(stdout, "b -> c") {
 		t.Errorf("probe of the demo chain: exit %d\n%s", code, stdout)
+	}
+	// The exporter answers the printed /probe URL with the slow segment over its SLA.
+	body := httpGet(t, "http://127.0.0.1:"+itoa(base+100)+"/probe?target=127.0.0.1:"+itoa(base+1)+"&module=default")
+	for _, want := range []string{"probe_success 1", `subsegment_segment_sla_exceeded{from="b",to="c"} 1`} {
+		if !strings.Contains(body, want) {
+			t.Errorf("demo /probe lacks %q:\n%s", want, body)
+		}
 	}
 	// Ctrl-C stops the demo and every process it started.
 	if err := p.cmd.Process.Signal(syscall.SIGINT); err != nil {

@@ -7,6 +7,8 @@ package integration
 import (
 	"bytes"
 	"fmt"
+	"io"
+	"net/http"
 	"net"
 	"os"
 	"os/exec"
@@ -229,4 +231,20 @@ func eventually(t *testing.T, timeout time.Duration, what string, f func() error
 		time.Sleep(200 * time.Millisecond)
 	}
 	t.Fatalf("%s: not within %v: %v", what, timeout, err)
+}
+
+// httpGet fetches a URL (bounded) and returns the body; non-200 fails.
+func httpGet(t *testing.T, url string) string {
+	t.Helper()
+	client := http.Client{Timeout: 30 * time.Second}
+	resp, err := client.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		t.Fatalf("GET %s: %d %s", url, resp.StatusCode, body)
+	}
+	return string(body)
 }

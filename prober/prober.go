@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"time"
 
@@ -168,7 +169,15 @@ func Run(ctx context.Context, o Options) *Result {
 	warm.Warmup = true
 	samples = append(samples, warm)
 	if warm.Failure == nil {
+		slowest := warm.Breakdown.RoundTrip
 		for seq := uint64(1); seq <= uint64(o.Count); seq++ {
+			if seq > 1 && !res.fits(ctx, slowest+o.Interval) {
+				// A slow chain, not a broken one: stop before a probe that
+				// cannot come back before the deadline.
+				res.Truncated = true
+				o.Logger.Info("stopping early: no time left for another probe", "probes", seq-1, "slowest_round_trip", slowest)
+				break
+			}
 			if seq > 1 && o.Interval > 0 {
 				if !sleep(ctx, o.Interval) {
 					break
@@ -177,9 +186,14 @@ func Run(ctx context.Context, o Options) *Result {
 			smp := s.probe(ctx, seq, 0)
 			samples = append(samples, smp)
 			if smp.Failure != nil {
+				o.Logger.Info("probe failed", "seq", seq, "err", smp.Failure.Error())
 				break
 			}
+			slowest = max(slowest, smp.Breakdown.RoundTrip)
+			o.Logger.Debug("probe", "seq", seq, "round_trip", smp.Breakdown.RoundTrip, "segments", describe(smp))
 		}
+	} else {
+		o.Logger.Info("warm-up probe failed", "err", warm.Failure.Error())
 	}
 	res.summarise(samples)
 	if res.Failure == nil && o.AnnotateAfter != nil && o.AnnotateAfter(res) {
@@ -191,6 +205,25 @@ func Run(ctx context.Context, o Options) *Result {
 		}
 	}
 	return res
+}
+
+// fits reports whether a probe taking about need still ends before the
+// context's deadline, with a margin.
+func (r *Result) fits(ctx context.Context, need time.Duration) bool {
+	dl, ok := ctx.Deadline()
+	return !ok || time.Until(dl) > need*3/2
+}
+
+// describe lists a probe's segment rtts for the log.
+func describe(smp Sample) string {
+	var b strings.Builder
+	for i, seg := range smp.Breakdown.Segments {
+		if i > 0 {
+			b.WriteString(" ")
+		}
+		fmt.Fprintf(&b, "%s>%s=%s", smp.Records[seg.From].Name, smp.Records[seg.To].Name, seg.RTT)
+	}
+	return b.String()
 }
 
 func annotateFlag(on bool) uint16 {

@@ -19,14 +19,16 @@ type Result struct {
 	// Probes is the number of measured probes that came back.
 	Probes int `json:"probes"`
 	// HopsReached counts the hops beyond the source that answered.
-	HopsReached int               `json:"hops_reached"`
-	Stripped    bool              `json:"stripped"`
-	Hops        []HopResult       `json:"hops"`
-	Segments    []SegmentResult   `json:"segments"`
-	Failure     *FailureResult    `json:"failure"`
-	Samples     []Sample          `json:"-"`
-	fail        *Failure          `json:"-"`
-	segIndex    map[[2]string]int `json:"-"`
+	HopsReached int `json:"hops_reached"`
+	// Truncated: the deadline stopped the run before all probes were sent.
+	Truncated bool              `json:"truncated"`
+	Stripped  bool              `json:"stripped"`
+	Hops      []HopResult       `json:"hops"`
+	Segments  []SegmentResult   `json:"segments"`
+	Failure   *FailureResult    `json:"failure"`
+	Samples   []Sample          `json:"-"`
+	fail      *Failure          `json:"-"`
+	segIndex  map[[2]string]int `json:"-"`
 }
 
 // HopResult is one hop's residence statistics.

@@ -206,6 +206,9 @@ func NewID() uint64 {
 // ID is this hop's identity in probe paths.
 func (s *Server) ID() uint64 { return s.id }
 
+// Engine is the engine plain-TCP sessions run on.
+func (s *Server) Engine() string { return s.cfg.Engine }
+
 // Name is this hop's name.
 func (s *Server) Name() string { return s.cfg.Name }
 

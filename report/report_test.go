@@ -46,7 +46,7 @@ func TestTableAndJSON(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The documented top-level fields, and nothing internal leaking out.
-	for _, key := range []string{"target", "source", "success", "probes", "hops_reached", "stripped", "hops", "segments", "failure", "duration_seconds"} {
+	for _, key := range []string{"target", "source", "success", "probes", "hops_reached", "truncated", "stripped", "hops", "segments", "failure", "duration_seconds"} {
 		if _, ok := doc[key]; !ok {
 			t.Errorf("JSON lacks %q", key)
 		}
@@ -57,7 +57,7 @@ func TestTableAndJSON(t *testing.T) {
 			t.Errorf("segment JSON lacks %q", key)
 		}
 	}
-	if len(doc) != 10 || len(seg) != 9 {
+	if len(doc) != 11 || len(seg) != 9 {
 		t.Errorf("JSON has undocumented fields: %d top-level, %d per segment", len(doc), len(seg))
 	}
 }

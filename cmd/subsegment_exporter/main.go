@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/exporter-toolkit/web"
 	"github.com/prometheus/exporter-toolkit/web/kingpinflag"
 
+	"github.com/subsegment/subsegment_exporter/config"
 	"github.com/subsegment/subsegment_exporter/demo"
 	"github.com/subsegment/subsegment_exporter/exporter"
 	"github.com/subsegment/subsegment_exporter/frame"
@@ -67,6 +68,10 @@ func run(args []string) int {
 
 	serveCmd := app.Command("serve", "Run as relay (with --listen) and exporter; the default command, so the original invocation lines work unchanged.").Default()
 	webFlags := kingpinflag.AddFlags(serveCmd, exporter.DefaultListenAddress)
+	var so serveFlags
+	serveCmd.Flag("config.file", "Modules for /probe (YAML). Without it /probe refuses every request.").StringVar(&so.configFile)
+	serveCmd.Flag("config.check", "Validate --config.file and exit (0 when valid).").BoolVar(&so.check)
+	serveCmd.Flag("probe.timeout-offset", "Taken off Prometheus' scrape timeout, so the /probe answer arrives in time.").Default(exporter.DefaultTimeoutOffset.String()).DurationVar(&so.timeoutOffset)
 
 	probeCmd := app.Command("probe", "Probe a chain once and print one row per segment and per hop (mtr-like).")
 	var po probeFlags
@@ -103,7 +108,10 @@ func run(args []string) int {
 			// The original tool: no --listen means stream stdin to --forward-to.
 			return send(ctx, hop, keys, logger)
 		}
-		return serve(ctx, hop, keys, webFlags, logger)
+		if so.check {
+			return checkConfig(so.configFile)
+		}
+		return serve(ctx, hop, keys, so, webFlags, logger)
 	case probeCmd.FullCommand():
 		return probe(ctx, hop, keys, po, os.Stdout, logger)
 	case sendCmd.FullCommand():
@@ -173,9 +181,30 @@ func (f relayFlags) relayConfig(keys frame.Keys) relay.Config {
 		MaxFrameBytes: f.maxFrame, MaxHops: f.maxHops, MaxConnections: f.maxConns, Keys: keys, Engine: f.engine}
 }
 
-func serve(ctx context.Context, hop relayFlags, keys frame.Keys, webFlags *web.FlagConfig, logger *slog.Logger) int {
+type serveFlags struct {
+	configFile    string
+	check         bool
+	timeoutOffset time.Duration
+}
+
+func checkConfig(path string) int {
+	if path == "" {
+		fmt.Fprintf(os.Stderr, "%s: --config.check needs --config.file\n", name)
+		return exitUsage
+	}
+	c, err := config.Load(path)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
+		return exitBroken
+	}
+	fmt.Printf("%s: %s is valid: %d modules\n", name, path, len(c.Modules))
+	return exitOK
+}
+
+func serve(ctx context.Context, hop relayFlags, keys frame.Keys, so serveFlags, webFlags *web.FlagConfig, logger *slog.Logger) int {
 	logger.Info("starting "+name, "version", version.Info(), "build_context", version.BuildContext())
-	err := exporter.Serve(ctx, exporter.Config{ListenAddress: hop.listen, Relay: hop.relayConfig(keys), Web: webFlags, Logger: logger})
+	err := exporter.Serve(ctx, exporter.Config{ListenAddress: hop.listen, Relay: hop.relayConfig(keys), ConfigFile: so.configFile,
+		TimeoutOffset: so.timeoutOffset, Web: webFlags, Logger: logger})
 	if err != nil {
 		logger.Error("stopped", "err", err)
 		return exitBroken

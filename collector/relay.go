@@ -1,0 +1,101 @@
+// Package collector turns what the relay and the prober do into
+// Prometheus metrics: one file per collector, as in node_exporter.
+package collector
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/subsegment/subsegment_exporter/frame"
+)
+
+const namespace = "subsegment"
+
+// ResidenceBuckets are the classic buckets of the residence histogram,
+// from a fast relay's microseconds to a loaded host's tens of ms.
+var ResidenceBuckets = []float64{10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3}
+
+// Relay is a relay's own metrics (on its /metrics). It implements
+// relay.Metrics; every child is resolved up front so that the hot path
+// does not allocate.
+type Relay struct {
+	relayed     [2][2]prometheus.Counter // [stream][ok]
+	failures    [frame.ReasonOverloaded + 1]prometheus.Counter
+	connections prometheus.Gauge
+	residence   prometheus.Histogram
+	streamBytes prometheus.Counter
+}
+
+// NewRelay registers a relay's metrics with reg.
+func NewRelay(reg prometheus.Registerer) *Relay {
+	relayed := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Subsystem: "relay", Name: "frames_total",
+		Help: "Replies this relay wrote back upstream, by kind (probe, stream) and result (ok, or error when it answered with an error record).",
+	}, []string{"kind", "result"})
+	failures := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Subsystem: "relay", Name: "errors_total",
+		Help: "Failures this relay reported in error records, by reason.",
+	}, []string{"reason"})
+	r := &Relay{
+		connections: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: namespace, Subsystem: "relay", Name: "connections",
+			Help: "Upstream connections this relay serves now.",
+		}),
+		residence: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: namespace, Subsystem: "relay", Name: "residence_seconds",
+			Help:                            "Time frames spent inside this relay (forward + return), per frame.",
+			Buckets:                         ResidenceBuckets,
+			NativeHistogramBucketFactor:     1.1,
+			NativeHistogramMaxBucketNumber:  160,
+			NativeHistogramMinResetDuration: time.Hour,
+		}),
+		streamBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Subsystem: "relay", Name: "stream_bytes_total",
+			Help: "Stream-mode payload bytes this relay carried back upstream.",
+		}),
+	}
+	for i, kind := range []string{"probe", "stream"} {
+		for j, result := range []string{"error", "ok"} {
+			r.relayed[i][j] = relayed.WithLabelValues(kind, result)
+		}
+	}
+	for _, reason := range frame.Reasons() {
+		if int(reason) < len(r.failures) {
+			r.failures[reason] = failures.WithLabelValues(reason.String())
+		}
+	}
+	reg.MustRegister(relayed, failures, r.connections, r.residence, r.streamBytes)
+	return r
+}
+
+// ConnectionOpened implements relay.Metrics.
+func (r *Relay) ConnectionOpened() { r.connections.Inc() }
+
+// ConnectionClosed implements relay.Metrics.
+func (r *Relay) ConnectionClosed() { r.connections.Dec() }
+
+// Relayed implements relay.Metrics.
+func (r *Relay) Relayed(kind frame.Kind, ok bool) {
+	i, j := 0, 0
+	if kind == frame.KindStreamReply || kind == frame.KindStreamRequest {
+		i = 1
+	}
+	if ok {
+		j = 1
+	}
+	r.relayed[i][j].Inc()
+}
+
+// Failed implements relay.Metrics.
+func (r *Relay) Failed(reason frame.Reason) {
+	if int(reason) < len(r.failures) {
+		r.failures[reason].Inc()
+	}
+}
+
+// Residence implements relay.Metrics.
+func (r *Relay) Residence(d time.Duration) { r.residence.Observe(d.Seconds()) }
+
+// StreamBytes implements relay.Metrics.
+func (r *Relay) StreamBytes(n int) { r.streamBytes.Add(float64(n)) }
