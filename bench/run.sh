@@ -126,6 +126,59 @@ bench_stream() {
   log "$(awk -v a="$ours_512" -v b="$socat_512" -v c="$ours_8192" -v d="$socat_8192" 'BEGIN {printf "  ours/socat: %.2fx at 512-byte blocks, %.2fx at 8192 (target >= 1.0x)", a/b, c/d}')"
 }
 
+# cpu_ticks PID: user+system CPU of a process, in clock ticks.
+cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+
+bench_probe() {
+  PROBE_N=${PROBE_N:-2000}
+  printf '%s\n' 'modules:' \
+    '  one: {probes: 1, interval: 1ms, timeout: 5s, targets: ["127.0.0.1:*"]}' \
+    '  three: {probes: 3, interval: 1ms, timeout: 5s, targets: ["127.0.0.1:*"]}' >"$WORK/subsegment.yml"
+  printf '%s\n' 'modules:' '  tcp_connect: {prober: tcp, timeout: 5s}' >"$WORK/blackbox.yml"
+  "$BIN" --relay.name a --config.file "$WORK/subsegment.yml" --web.listen-address 127.0.0.1:$((B+200)) >>"$WORK/procs.log" 2>&1 &
+  local ours=$!; PIDS+=($ours)
+  prometheus-blackbox-exporter --config.file "$WORK/blackbox.yml" --web.listen-address 127.0.0.1:$((B+201)) >>"$WORK/procs.log" 2>&1 &
+  local bb=$!; PIDS+=($bb)
+  wait_port $((B+200)); wait_port $((B+201))
+  local tick; tick=$(getconf CLK_TCK)
+  log "== probe: CPU per /probe against a 1-relay chain (our end host at :$((B+4))), $PROBE_N sequential requests, $ROUNDS rounds (median)"
+  for r in $(seq 1 "$ROUNDS"); do
+    for who in bb one three; do
+      case $who in
+        bb) pid=$bb; url="http://127.0.0.1:$((B+201))/probe?module=tcp_connect&target=127.0.0.1:$((B+4))" ;;
+        *) pid=$ours; url="http://127.0.0.1:$((B+200))/probe?module=$who&target=127.0.0.1:$((B+4))" ;;
+      esac
+      c0=$(cpu_ticks $pid)
+      res=$("$WORK/benchclient" -mode http -target "$url" -n "$PROBE_N" -c 1)
+      c1=$(cpu_ticks $pid)
+      case "$res" in *"failed=0 "*) ;; *) echo "bench: /probe failures: $res"; exit 1 ;; esac
+      echo "$who $(awk -v d=$((c1-c0)) -v n="$PROBE_N" -v hz="$tick" 'BEGIN {printf "%.1f", d/hz/n*1e6}')" >>"$WORK/probecpu"
+    done
+  done
+  for who in bb one three; do
+    v=$(grep "^$who " "$WORK/probecpu" | awk '{print $2}' | median)
+    eval "cpu_$who=$v"
+  done
+  log "$(printf '  blackbox_exporter tcp probe:        %7.1f us CPU per /probe' "$cpu_bb")"
+  log "$(printf '  ours, probes: 1 (after a warm-up):  %7.1f us CPU per /probe  (%.2fx blackbox)' "$cpu_one" "$(awk -v a="$cpu_one" -v b="$cpu_bb" 'BEGIN {print a/b}')")"
+  log "$(printf '  ours, probes: 3 (after a warm-up):  %7.1f us CPU per /probe  (%.2fx blackbox)' "$cpu_three" "$(awk -v a="$cpu_three" -v b="$cpu_bb" 'BEGIN {print a/b}')")"
+  log "  (target: <= 1.5x blackbox_exporter)"
+
+  log "== probe: 500 concurrent /probe against the 3-relay chain (:$((B+1))), 10 waves of 5000"
+  local relays=""
+  for port in $((B+1)) $((B+2)) $((B+3)) $((B+4)); do
+    relays="$relays $(pgrep -f -- "--listen 127.0.0.1:$port ")"
+  done
+  rss() { local s=0; for p in $relays; do s=$((s + $(rss_kb "$p"))); done; echo $s; }
+  log "  relays' RSS before: $(rss) KiB"
+  for wave in $(seq 1 10); do
+    res=$("$WORK/benchclient" -mode http -target "http://127.0.0.1:$((B+200))/probe?module=three&target=127.0.0.1:$((B+1))" -n 5000 -c 500)
+    log "  wave $wave: $res, relays' RSS $(rss) KiB"
+    case "$res" in *"failed=0 "*) ;; *) echo "bench: concurrent /probe failures"; exit 1 ;; esac
+  done
+}
+
 mkdir -p "$RESULTS"
 log "subsegment_exporter benchmarks, $(date -u +%FT%TZ), $(nproc) CPUs, $("$BIN" --version 2>&1 | head -1)"
 what=${*:-rtt stream probe}
@@ -135,7 +188,7 @@ for w in $what; do
   case $w in
     rtt) bench_rtt ;;
     stream) bench_stream ;;
-    probe) [ -x bench/probe.sh ] && B=$B BIN=$BIN WORK=$WORK OUT=$OUT ROUNDS=$ROUNDS bench/probe.sh || log "== probe: bench/probe.sh not present" ;;
+    probe) bench_probe ;;
     *) echo "bench: unknown benchmark $w"; exit 1 ;;
   esac
 done

@@ -136,10 +136,16 @@ func (h *ProbeHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), timeout)
 	defer cancel()
 
+	// The probe's own log is kept only for debug=true; otherwise it goes to
+	// the process log at debug level, where it usually costs nothing.
 	var logs bytes.Buffer
-	logger := slog.New(&teeHandler{a: slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}), b: h.Logger.Handler()}).
-		With("module", moduleName, "target", target)
-	logger.Info("probing", "timeout", timeout)
+	var logger *slog.Logger
+	if debug {
+		logger = slog.New(&teeHandler{a: slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}), b: h.Logger.Handler()})
+	} else {
+		logger = slog.New(&demoteHandler{h.Logger.Handler()})
+	}
+	logger.Info("probing", "module", moduleName, "target", target, "timeout", timeout)
 	res := prober.Run(ctx, prober.Options{
 		Target: target, Source: h.Source, Count: module.Probes, Interval: time.Duration(module.Interval),
 		PayloadBytes: module.PayloadBytes, Timeout: timeout, MaxFrameBytes: h.MaxFrameBytes, Keys: h.Keys,
@@ -161,13 +167,15 @@ func (h *ProbeHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !res.Success {
 		result = "failure"
 	}
-	logger.Info("probe done", "result", result, "duration", res.Duration, "hops_reached", res.HopsReached)
+	logger.Info("probe done", "module", moduleName, "target", target, "result", result, "duration", res.Duration, "hops_reached", res.HopsReached)
 	h.Metrics.Probed(moduleName, result, time.Since(start))
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(&collector.Probe{Result: res, Verdicts: verdicts, Extra: extra.Collect})
 	if !debug {
-		promhttp.HandlerFor(reg, promhttp.HandlerOpts{}).ServeHTTP(w, r)
+		// A /probe answer is a few KiB: compressing it costs more CPU than
+		// it saves (a fresh deflate state per answer).
+		promhttp.HandlerFor(reg, promhttp.HandlerOpts{DisableCompression: true}).ServeHTTP(w, r)
 		return
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -244,3 +252,21 @@ func (t *teeHandler) WithAttrs(as []slog.Attr) slog.Handler {
 func (t *teeHandler) WithGroup(name string) slog.Handler {
 	return &teeHandler{a: t.a.WithGroup(name), b: t.b.WithGroup(name)}
 }
+
+// demoteHandler passes records on at debug level: a probe's log belongs
+// in the process log only when that logs at debug.
+type demoteHandler struct{ h slog.Handler }
+
+func (d *demoteHandler) Enabled(ctx context.Context, _ slog.Level) bool {
+	return d.h.Enabled(ctx, slog.LevelDebug)
+}
+
+func (d *demoteHandler) Handle(ctx context.Context, r slog.Record) error {
+	r2 := slog.NewRecord(r.Time, slog.LevelDebug, r.Message, r.PC)
+	r.Attrs(func(a slog.Attr) bool { r2.AddAttrs(a); return true })
+	return d.h.Handle(ctx, r2)
+}
+
+func (d *demoteHandler) WithAttrs(as []slog.Attr) slog.Handler { return &demoteHandler{d.h.WithAttrs(as)} }
+
+func (d *demoteHandler) WithGroup(name string) slog.Handler { return &demoteHandler{d.h.WithGroup(name)} }

@@ -8,7 +8,7 @@ import (
 
 // Reader sizes for a connection's receive buffer.
 const (
-	initialReadBuffer = 16 << 10
+	initialReadBuffer = 4 << 10
 	greedyReadBuffer  = 64 << 10
 	// exactThreshold: frames this large are read header first, then body,
 	// so that a large frame is never cut at the end of the buffer and moved.
@@ -24,6 +24,7 @@ const (
 type Reader struct {
 	src      io.Reader
 	buf      []byte
+	bufPtr   *[]byte // returns buf to its pool
 	start    int
 	end      int
 	maxFrame int
@@ -33,11 +34,15 @@ type Reader struct {
 
 // NewReader returns a reader of frames of at most maxFrameBytes from src.
 func NewReader(src io.Reader, maxFrameBytes int) *Reader {
-	size := initialReadBuffer
-	if maxFrameBytes < size {
-		size = maxFrameBytes
-	}
-	return &Reader{src: src, buf: make([]byte, size), maxFrame: maxFrameBytes}
+	p := getBuf(min(initialReadBuffer, maxFrameBytes))
+	return &Reader{src: src, buf: *p, bufPtr: p, maxFrame: maxFrameBytes}
+}
+
+// Release returns the reader's buffer to the pool; the reader and every
+// frame it returned must not be used afterwards.
+func (r *Reader) Release() {
+	putBuf(r.bufPtr)
+	r.bufPtr, r.buf, r.start, r.end = nil, nil, 0, 0
 }
 
 // Buffered reports the bytes received but not yet returned by Next.
@@ -158,9 +163,10 @@ func (r *Reader) makeRoom(need int) {
 }
 
 func (r *Reader) grow(size int) {
-	buf := make([]byte, size)
-	n := copy(buf, r.buf[r.start:r.end])
-	r.buf, r.start, r.end = buf, 0, n
+	p := getBuf(size)
+	n := copy(*p, r.buf[r.start:r.end])
+	putBuf(r.bufPtr)
+	r.buf, r.bufPtr, r.start, r.end = *p, p, 0, n
 }
 
 // Next returns the next complete buffered frame, or nil when none is. The

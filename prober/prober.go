@@ -291,7 +291,10 @@ func open(ctx context.Context, o *Options) (*session, *Failure) {
 	return s, nil
 }
 
-func (s *session) close() { s.conn.Close() }
+func (s *session) close() {
+	s.conn.Close()
+	s.rd.Release()
+}
 
 // probeBudget is the time one probe may take: the per-probe timeout, cut
 // down to what is left of the context's deadline.

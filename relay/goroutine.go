@@ -52,7 +52,9 @@ func (f *forwarder) run(ctx context.Context) {
 			f.moveDeadline(time.Now())
 			<-f.retDone
 			f.down.Close()
+			f.downR.Release()
 		}
+		f.upR.Release()
 	}()
 	for {
 		if err := f.up.SetReadDeadline(time.Now().Add(f.s.cfg.Timeout)); err != nil {
@@ -345,6 +347,7 @@ func newEcho(s *Server, up net.Conn) *echo {
 }
 
 func (x *echo) run() {
+	defer x.r.Release()
 	for {
 		if err := x.up.SetReadDeadline(time.Now().Add(x.s.cfg.Timeout)); err != nil {
 			return

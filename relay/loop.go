@@ -802,6 +802,12 @@ func (x *lsession) close() {
 	if x.heapIdx >= 0 {
 		heap.Remove(&x.l.timers, x.heapIdx)
 	}
+	x.upR.Release()
+	if x.downR != nil {
+		x.downR.Release()
+	}
+	x.fwd.reset()
+	x.ret.reset()
 	x.s.metrics.ConnectionClosed()
 	x.release()
 }

@@ -302,6 +302,7 @@ func (s *streamer) receive(out io.Writer) error {
 	bw := bufio.NewWriterSize(out, 256<<10)
 	defer bw.Flush()
 	rd := frame.NewReader(s.conn, s.o.maxFrame())
+	defer rd.Release()
 	window := uint64(len(s.stamps))
 	var next uint64
 	for {

@@ -10,8 +10,10 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -19,13 +21,15 @@ import (
 )
 
 func main() {
-	mode := flag.String("mode", "rtt", "rtt, stream or echo")
+	mode := flag.String("mode", "rtt", "rtt, stream, echo or http")
 	target := flag.String("target", "", "first hop (rtt, stream) or listen address (echo)")
 	proto := flag.String("proto", "raw", "raw (bytes echoed by the chain's end) or subsegment (probe frames)")
 	n := flag.Int("n", 2000, "round trips (rtt)")
 	size := flag.Int("size", 64, "message size in bytes (rtt, raw)")
 	block := flag.Int("block", 8192, "write size in bytes (stream)")
 	input := flag.String("input", "", "file to stream (stream)")
+	concurrency := flag.Int("c", 1, "concurrent requests (http)")
+	expect := flag.String("expect", "probe_success 1", "text every answer must contain (http)")
 	flag.Parse()
 	var err error
 	switch *mode {
@@ -35,6 +39,8 @@ func main() {
 		err = streamRaw(*target, *input, *block)
 	case "echo":
 		err = echo(*target)
+	case "http":
+		err = httpLoad(*target, *n, *concurrency, *expect)
 	default:
 		err = fmt.Errorf("unknown mode %q", *mode)
 	}
@@ -151,4 +157,55 @@ func echo(listen string) error {
 			io.Copy(c, c)
 		}()
 	}
+}
+
+// httpLoad GETs url n times, c at a time, and counts answers that are not
+// 200 or lack expect.
+func httpLoad(url string, n, c int, expect string) error {
+	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: c, MaxConnsPerHost: c}}
+	var mu sync.Mutex
+	var failed int
+	var firstErr string
+	times := make([]time.Duration, 0, n)
+	jobs := make(chan struct{})
+	var wg sync.WaitGroup
+	start := time.Now()
+	for i := 0; i < c; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range jobs {
+				t0 := time.Now()
+				resp, err := client.Get(url)
+				ok := err == nil
+				var body []byte
+				if ok {
+					body, _ = io.ReadAll(resp.Body)
+					resp.Body.Close()
+					ok = resp.StatusCode == 200 && strings.Contains(string(body), expect)
+				}
+				mu.Lock()
+				times = append(times, time.Since(t0))
+				if !ok {
+					failed++
+					if firstErr == "" {
+						firstErr = fmt.Sprint(err, " ", string(body))
+					}
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	for i := 0; i < n; i++ {
+		jobs <- struct{}{}
+	}
+	close(jobs)
+	wg.Wait()
+	slices.Sort(times)
+	fmt.Printf("ok=%d failed=%d seconds=%.2f p50_ms=%.1f p99_ms=%.1f\n", n-failed, failed, time.Since(start).Seconds(),
+		float64(times[len(times)/2])/1e6, float64(times[len(times)*99/100])/1e6)
+	if failed > 0 {
+		fmt.Fprintln(os.Stderr, "first failure:", firstErr)
+	}
+	return nil
 }
