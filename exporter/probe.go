@@ -267,6 +267,10 @@ func (d *demoteHandler) Handle(ctx context.Context, r slog.Record) error {
 	return d.h.Handle(ctx, r2)
 }
 
-func (d *demoteHandler) WithAttrs(as []slog.Attr) slog.Handler { return &demoteHandler{d.h.WithAttrs(as)} }
+func (d *demoteHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	return &demoteHandler{d.h.WithAttrs(as)}
+}
 
-func (d *demoteHandler) WithGroup(name string) slog.Handler { return &demoteHandler{d.h.WithGroup(name)} }
+func (d *demoteHandler) WithGroup(name string) slog.Handler {
+	return &demoteHandler{d.h.WithGroup(name)}
+}
