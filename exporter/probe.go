@@ -84,7 +84,7 @@ type ProbeHandler struct {
 	Names         *prober.NameCache
 	Logger        *slog.Logger
 	// Context adds the SNMP context of a probe run; nil adds nothing.
-	Context func(ctx context.Context, module *config.Module, r *prober.Result, verdicts []sla.Verdict, log *slog.Logger) Extra
+	Context func(ctx context.Context, cfg *config.Config, module *config.Module, r *prober.Result, verdicts []sla.Verdict, log *slog.Logger) Extra
 }
 
 // Extra is what a context provider adds to a /probe answer.
@@ -161,7 +161,7 @@ func (h *ProbeHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	verdicts := sla.Evaluate(res, module.SLA)
 	var extra Extra
 	if h.Context != nil {
-		extra = h.Context(ctx, module, res, verdicts, logger)
+		extra = h.Context(ctx, cfg, module, res, verdicts, logger)
 	}
 	result := "success"
 	if !res.Success {

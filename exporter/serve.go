@@ -26,6 +26,7 @@ import (
 	"github.com/subsegment/subsegment_exporter/collector"
 	"github.com/subsegment/subsegment_exporter/prober"
 	"github.com/subsegment/subsegment_exporter/relay"
+	"github.com/subsegment/subsegment_exporter/snmp"
 )
 
 // DefaultListenAddress is the HTTP port of the exporter.
@@ -46,6 +47,10 @@ type Config struct {
 	Probe func(*ProbeHandler)
 	// Listening, if set, is called with the relay's address once it listens.
 	Listening func(relayAddr string)
+	// Inband are the relay's own variables attached to probes that ask.
+	Inband snmp.LocalOptions
+	// SNMPClient queries agents for context; nil uses gosnmp.
+	SNMPClient snmp.Client
 }
 
 // Serve runs the relay (if configured) and the HTTP server until ctx ends.
@@ -74,6 +79,16 @@ func Serve(ctx context.Context, cfg Config) error {
 		rc := cfg.Relay
 		rc.Logger = logger
 		rc.Metrics = collector.NewRelay(reg)
+		if len(cfg.Inband.Specs) > 0 {
+			local, err := snmp.NewLocal(cfg.Inband)
+			if err != nil {
+				return err
+			}
+			if err := local.Err(); err != nil {
+				logger.Warn("in-band variables: first read failed; probes get what could be read", "err", err)
+			}
+			rc.Annotate = local.Snapshot
+		}
 		srv, err := relay.New(rc)
 		if err != nil {
 			return err
@@ -104,6 +119,13 @@ func Serve(ctx context.Context, cfg Config) error {
 		Config: holder, Source: cfg.Relay.Name, Keys: cfg.Relay.Keys, MaxFrameBytes: cfg.Relay.MaxFrameBytes,
 		TimeoutOffset: cfg.TimeoutOffset, Clock: cfg.Relay.Clock, Metrics: source, Names: &prober.NameCache{}, Logger: logger,
 	}
+	client := cfg.SNMPClient
+	if client == nil {
+		client = snmp.GoSNMP{}
+	}
+	querier := snmp.NewQuerier(client)
+	querier.Errors = source.SNMPError
+	probe.Context = SNMPContext(querier)
 	if cfg.Probe != nil {
 		cfg.Probe(probe)
 	}

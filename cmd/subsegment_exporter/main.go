@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -29,6 +30,7 @@ import (
 	"github.com/subsegment/subsegment_exporter/prober"
 	"github.com/subsegment/subsegment_exporter/relay"
 	"github.com/subsegment/subsegment_exporter/report"
+	"github.com/subsegment/subsegment_exporter/snmp"
 	"github.com/subsegment/subsegment_exporter/stream"
 )
 
@@ -69,6 +71,10 @@ func run(args []string) int {
 	serveCmd := app.Command("serve", "Run as relay (with --listen) and exporter; the default command, so the original invocation lines work unchanged.").Default()
 	webFlags := kingpinflag.AddFlags(serveCmd, exporter.DefaultListenAddress)
 	var so serveFlags
+	serveCmd.Flag("inband.var", "A variable this relay attaches to probes that ask for context (repeatable): load1, load5, load15, an interface counter like if_in_errors:eth0 (if_in|out_bytes|packets|errors|drops), or name=OID of the local agent.").StringsVar(&so.inband.Specs)
+	serveCmd.Flag("inband.snmp-agent", "Local SNMP agent (host:port, v2c) for OID in-band variables.").StringVar(&so.inband.Agent)
+	serveCmd.Flag("inband.snmp-community-file", "File holding the local agent's community (default: public).").ExistingFileVar(&so.communityFile)
+	serveCmd.Flag("inband.refresh", "How old attached in-band values may be; they are read in the background.").Default("1s").DurationVar(&so.inband.Refresh)
 	serveCmd.Flag("config.file", "Modules for /probe (YAML). Without it /probe refuses every request.").StringVar(&so.configFile)
 	serveCmd.Flag("config.check", "Validate --config.file and exit (0 when valid).").BoolVar(&so.check)
 	serveCmd.Flag("probe.timeout-offset", "Taken off Prometheus' scrape timeout, so the /probe answer arrives in time.").Default(exporter.DefaultTimeoutOffset.String()).DurationVar(&so.timeoutOffset)
@@ -185,6 +191,8 @@ type serveFlags struct {
 	configFile    string
 	check         bool
 	timeoutOffset time.Duration
+	inband        snmp.LocalOptions
+	communityFile string
 }
 
 func checkConfig(path string) int {
@@ -203,8 +211,17 @@ func checkConfig(path string) int {
 
 func serve(ctx context.Context, hop relayFlags, keys frame.Keys, so serveFlags, webFlags *web.FlagConfig, logger *slog.Logger) int {
 	logger.Info("starting "+name, "version", version.Info(), "build_context", version.BuildContext())
+	so.inband.Community = "public"
+	if so.communityFile != "" {
+		b, err := os.ReadFile(so.communityFile)
+		if err != nil {
+			logger.Error("cannot read --inband.snmp-community-file", "err", err)
+			return exitUsage
+		}
+		so.inband.Community = strings.TrimSpace(string(b))
+	}
 	err := exporter.Serve(ctx, exporter.Config{ListenAddress: hop.listen, Relay: hop.relayConfig(keys), ConfigFile: so.configFile,
-		TimeoutOffset: so.timeoutOffset, Web: webFlags, Logger: logger})
+		TimeoutOffset: so.timeoutOffset, Web: webFlags, Logger: logger, Inband: so.inband})
 	if err != nil {
 		logger.Error("stopped", "err", err)
 		return exitBroken
