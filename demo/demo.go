@@ -52,6 +52,7 @@ const demoConfig = `modules:
     probes: 3
     interval: 50ms
     targets: ["127.0.0.1:*"]
+    inband: on_violation
     sla:
       default: 5ms
       segments:
@@ -87,7 +88,8 @@ func Run(ctx context.Context, o Options) error {
 	defer procs.stop(o.Out)
 	fmt.Fprintf(o.Out, "subsegment demo: starting a chain on 127.0.0.1 (logs in %s)\n", dir)
 	for _, h := range hops {
-		args := []string{"--listen", addr(h.port), "--relay.name", h.name, "--web.listen-address", addr(h.webPort)}
+		// Each relay attaches its load (from /proc) to probes that ask.
+		args := []string{"--listen", addr(h.port), "--relay.name", h.name, "--web.listen-address", addr(h.webPort), "--inband.var", "load1", "--inband.var", "load5"}
 		if h.forwardTo != "" {
 			args = append(args, "--forward-to", h.forwardTo)
 		}
@@ -124,13 +126,15 @@ The chain a -> b -> c -> z is running; b -> c goes through a proxy that adds %v.
   exporter (source a):  %s/
   probe, as Prometheus scrapes it:
     curl -s '%s/probe?target=%s&module=default' | grep -v '^#'
+  the SLA violation, with the far end's load (read in band from /proc):
+    curl -s '%s/probe?target=%s&module=default' | grep violation_info
   the same with the probe's log and module:
     curl -s '%s/probe?target=%s&module=default&debug=true'
   one-shot probe:       %s probe %s
   relay metrics:        curl -s http://%s/metrics | grep subsegment_relay   (b; c and z on :%d and :%d)
   config (SLA 5ms, b -> c 15ms): %s
 Press Ctrl-C to stop.
-`, o.Delay, exporterURL, exporterURL, target, exporterURL, target, o.Executable, target,
+`, o.Delay, exporterURL, exporterURL, target, exporterURL, target, exporterURL, target, o.Executable, target,
 		addr(hops[2].webPort), hops[1].webPort, hops[0].webPort, cfgPath)
 
 	select {

@@ -58,7 +58,7 @@ func TestDemo(t *testing.T) {
 	}
 	// The exporter answers the printed /probe URL with the slow segment over its SLA.
 	body := httpGet(t, "http://127.0.0.1:"+itoa(base+100)+"/probe?target=127.0.0.1:"+itoa(base+1)+"&module=default")
-	for _, want := range []string{"probe_success 1", `subsegment_segment_sla_exceeded{from="b",to="c"} 1`} {
+	for _, want := range []string{"probe_success 1", `subsegment_segment_sla_exceeded{from="b",to="c"} 1`, `subsegment_sla_violation_info{from="b",hop="c",load1="`} {
 		if !strings.Contains(body, want) {
 			t.Errorf("demo /probe lacks %q:\n%s", want, body)
 		}

@@ -211,6 +211,11 @@ func Classify(err error) string {
 	case errors.Is(err, gosnmp.ErrWrongDigest), errors.Is(err, gosnmp.ErrUnknownUsername), errors.Is(err, gosnmp.ErrDecryption),
 		errors.Is(err, gosnmp.ErrUnknownSecurityLevel), errors.Is(err, errAuthorization):
 		return ReasonAuth
+	case err != nil && (strings.Contains(err.Error(), "packet is not authentic") || strings.Contains(err.Error(), "requires authentication")):
+		// gosnmp reports a reply it cannot authenticate (the agent's
+		// report, signed with the right key when ours is wrong) with a
+		// plain error, no sentinel: match its text.
+		return ReasonAuth
 	case errors.Is(err, gosnmp.ErrMaxRetriesExceeded), errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
 		return ReasonTimeout
 	case errors.Is(err, syscall.ECONNREFUSED), errors.As(err, &dnsErr), errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):

@@ -392,6 +392,7 @@ func TestClassify(t *testing.T) {
 		{fmt.Errorf("x: %w", gosnmp.ErrMaxRetriesExceeded), ReasonTimeout},
 		{context.DeadlineExceeded, ReasonTimeout},
 		{fmt.Errorf("%w: agent answered AuthorizationError", errAuthorization), ReasonAuth},
+		{fmt.Errorf("get: %w", fmt.Errorf("incoming packet is not authentic, discarding")), ReasonAuth},
 		{errors.New("something"), ReasonError},
 	} {
 		if got := Classify(tc.err); got != tc.want {
