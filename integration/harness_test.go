@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -247,4 +248,20 @@ func httpGet(t *testing.T, url string) string {
 		t.Fatalf("GET %s: %d %s", url, resp.StatusCode, body)
 	}
 	return string(body)
+}
+
+func currentUser() string {
+	if u, err := user.Current(); err == nil {
+		return u.Username
+	}
+	return "root"
+}
+
+func currentGroup() string {
+	if u, err := user.Current(); err == nil {
+		if g, err := user.LookupGroupId(u.Gid); err == nil {
+			return g.Name
+		}
+	}
+	return "root"
 }

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -27,6 +28,7 @@ import (
 	"github.com/subsegment/subsegment_exporter/demo"
 	"github.com/subsegment/subsegment_exporter/exporter"
 	"github.com/subsegment/subsegment_exporter/frame"
+	"github.com/subsegment/subsegment_exporter/nagios"
 	"github.com/subsegment/subsegment_exporter/prober"
 	"github.com/subsegment/subsegment_exporter/relay"
 	"github.com/subsegment/subsegment_exporter/report"
@@ -51,6 +53,7 @@ func run(args []string) int {
 	app := kingpin.New(name, "Find which subsegment of a network path adds the delay: a TCP relay chain, a blackbox-style Prometheus exporter, a Nagios check and an mtr-like probe in one binary.")
 	app.Version(version.Print(name))
 	app.HelpFlag.Short('h')
+	app.UsageWriter(os.Stdout)
 	var logConfig promslog.Config
 	promslogflag.AddFlags(app, &logConfig)
 
@@ -87,6 +90,15 @@ func run(args []string) int {
 	probeCmd.Flag("payload-bytes", "Padding per probe (0 to 65536 bytes, within --relay.max-frame-bytes): large probes reveal MTU/MSS black holes.").Default("0").IntVar(&po.payload)
 	probeCmd.Flag("output", "Output format: table or json.").Default("table").EnumVar(&po.output, "table", "json")
 
+	checkCmd := app.Command("check", "Nagios-compatible check: probe the chain once; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (Monitoring Plugins guidelines).")
+	var co nagios.Options
+	checkCmd.Arg("target", "First hop of the chain, host:port.").Required().StringVar(&co.Target)
+	checkCmd.Flag("config.file", "Modules file (probes, SLAs, SNMP context); without it module defaults apply.").StringVar(&co.ConfigFile)
+	checkCmd.Flag("module", "Module of --config.file to use.").Default("default").StringVar(&co.Module)
+	checkCmd.Flag("warning", "Warning range of every segment's rtt (median): 10, 10:, ~:10, 10:20, @10:20; milliseconds, or with ms, s, us.").Short('w').StringVar(&co.Warning)
+	checkCmd.Flag("critical", "Critical range of every segment's rtt, same syntax.").Short('c').StringVar(&co.Critical)
+	checkCmd.Flag("segment", "Per-segment ranges, from:to=WARN,CRIT (repeatable; leave one empty to keep -w or -c).").StringsVar(&co.Segments)
+
 	sendCmd := app.Command("send", "Stream stdin through the chain (--forward-to) and write what comes back to stdout; timing statistics go to stderr.")
 
 	demoCmd := app.Command("demo", "Start a local chain on 127.0.0.1 with one slow segment and the exporter, print the probe report, and serve until Ctrl-C.")
@@ -94,8 +106,16 @@ func run(args []string) int {
 	demoCmd.Flag("demo.base-port", "First of the loopback ports the demo uses.").Default("19000").IntVar(&do.BasePort)
 	demoCmd.Flag("demo.delay", "Added round-trip time of the slow segment (b -> c).").Default("20ms").DurationVar(&do.Delay)
 
+	isCheck := slices.Contains(args, "check")
+	if isCheck {
+		// A plugin answers UNKNOWN (3) for --help and bad arguments, on stdout.
+		app.Terminate(func(int) { os.Exit(int(nagios.Unknown)) })
+	}
 	cmd, err := app.Parse(args)
 	if err != nil {
+		if isCheck {
+			return int(nagios.WriteUnknown(os.Stdout, "%v (try check --help)", err))
+		}
 		fmt.Fprintf(os.Stderr, "%s: %v (try --help)\n", name, err)
 		return exitUsage
 	}
@@ -105,6 +125,9 @@ func run(args []string) int {
 
 	keys, err := hop.keys()
 	if err != nil {
+		if cmd == checkCmd.FullCommand() {
+			return int(nagios.WriteUnknown(os.Stdout, "%v", err))
+		}
 		fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
 		return exitUsage
 	}
@@ -120,6 +143,11 @@ func run(args []string) int {
 		return serve(ctx, hop, keys, so, webFlags, logger)
 	case probeCmd.FullCommand():
 		return probe(ctx, hop, keys, po, os.Stdout, logger)
+	case checkCmd.FullCommand():
+		co.Source, co.Timeout, co.Keys, co.MaxFrameBytes = hop.name, hop.timeout, keys, hop.maxFrame
+		state, out := nagios.Run(ctx, co)
+		fmt.Fprint(os.Stdout, out)
+		return int(state)
 	case sendCmd.FullCommand():
 		return send(ctx, hop, keys, logger)
 	case demoCmd.FullCommand():
