@@ -14,11 +14,11 @@ LDFLAGS   := -X github.com/prometheus/common/version.Version=$(VERSION) \
 # Time each fuzz target runs in `make test` (go test -fuzztime syntax).
 FUZZTIME  ?= 10s
 # Debian packages the integration tests run for real.
-TEST_PACKAGES := prometheus prometheus-alertmanager snmpd snmp nagios4-core haproxy
+TEST_PACKAGES := prometheus prometheus-alertmanager snmpd snmp nagios4-core haproxy jsonnet
 # Debian packages the benchmarks compare against.
 BENCH_PACKAGES := haproxy socat prometheus-blackbox-exporter
 
-.PHONY: all build demo test deps bench-deps check-format vet unit fuzz bench clean
+.PHONY: all build demo test deps bench-deps check-format vet unit fuzz bench clean mixins mixin-check
 
 all: build
 
@@ -30,7 +30,7 @@ demo: build
 	./$(BINARY) demo
 
 ## test: install what the tests need, then every check CI runs.
-test: deps check-format vet unit fuzz
+test: deps check-format vet mixin-check unit fuzz
 
 # Installs the Debian packages the integration tests start, when missing.
 deps:
@@ -43,6 +43,21 @@ deps:
 	  export DEBIAN_FRONTEND=noninteractive; \
 	  apt-get update -q && apt-get install -y -q --no-install-recommends $$missing; \
 	fi
+
+## mixins: render alerts.yaml, rules.yaml and the dashboard from the jsonnet mixin.
+mixins:
+	mixins/generate.sh
+
+# The checked-in mixin output must be what the jsonnet renders, the rules
+# must load, and their unit tests must pass.
+mixin-check:
+	@tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; \
+	mixins/generate.sh $$tmp && \
+	diff -ru --exclude=tests --exclude=alertmanager --exclude='*.libsonnet' --exclude=generate.sh --exclude=alerts --exclude=rules --exclude=dashboards $$tmp mixins \
+	  || { echo "mixins/ is stale: run 'make mixins' and commit the result"; exit 1; }
+	promtool check rules mixins/rules.yaml mixins/alerts.yaml
+	promtool test rules mixins/tests/*.yaml
+	amtool check-config mixins/alertmanager/alertmanager.yml
 
 bench-deps:
 	@$(MAKE) --no-print-directory deps TEST_PACKAGES="$(BENCH_PACKAGES)"

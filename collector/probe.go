@@ -29,6 +29,9 @@ var (
 	segSLA     = prometheus.NewDesc(namespace+"_segment_sla_seconds", "The segment's rtt SLA from the module.", segLabels, nil)
 	segSLAExc  = prometheus.NewDesc(namespace+"_segment_sla_exceeded", "Whether the segment's median rtt is over its SLA (1), or no probe crossed it (1).", segLabels, nil)
 
+	segIndex = prometheus.NewDesc(namespace+"_segment_index", "Position of the segment in the chain, 0 for the source's: what dashboards order segments by.", segLabels, nil)
+	hopIndex = prometheus.NewDesc(namespace+"_hop_index", "Position of the hop in the chain, 0 for the source.", []string{"hop"}, nil)
+
 	hopResidence = prometheus.NewDesc(namespace+"_hop_residence_seconds", "Time probes spent inside the hop (forward + return), median.", []string{"hop"}, nil)
 	hopSynced    = prometheus.NewDesc(namespace+"_hop_clock_synced", "Whether the hop's clock was synchronised (adjtimex without STA_UNSYNC) during the probes.", []string{"hop"}, nil)
 )
@@ -57,7 +60,8 @@ func (p *Probe) Collect(ch chan<- prometheus.Metric) {
 	if f := r.Failure; f != nil {
 		gauge(failedSegment, 1, f.From, f.To, f.Reason)
 	}
-	for _, s := range r.Segments {
+	for i, s := range r.Segments {
+		gauge(segIndex, float64(i), s.From, s.To)
 		if s.Samples > 0 {
 			gauge(segRTT, s.RTT.Median, s.From, s.To)
 			gauge(segRTTMin, s.RTT.Min, s.From, s.To)
@@ -83,10 +87,11 @@ func (p *Probe) Collect(ch chan<- prometheus.Metric) {
 		gauge(segSLA, v.Threshold.Seconds(), v.From, v.To)
 		gauge(segSLAExc, boolValue(v.Exceeded), v.From, v.To)
 	}
-	for _, h := range r.Hops {
+	for i, h := range r.Hops {
 		if h.Name == prober.HiddenHop {
 			continue
 		}
+		gauge(hopIndex, float64(i), h.Name)
 		if h.Residence.Max > 0 {
 			gauge(hopResidence, h.Residence.Median, h.Name)
 		}
