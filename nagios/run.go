@@ -3,6 +3,7 @@ package nagios
 import (
 	"context"
 	"log/slog"
+	"net"
 	"time"
 
 	"github.com/subsegment/subsegment_exporter/config"
@@ -28,6 +29,8 @@ type Options struct {
 	Keys          frame.Keys
 	MaxFrameBytes int
 	SNMPClient    snmp.Client
+	// Dial reaches the first hop (TLS); nil dials plain TCP.
+	Dial func(ctx context.Context, address string) (net.Conn, error)
 }
 
 // Run performs the check and returns its state and output. Problems with
@@ -78,7 +81,7 @@ func Run(ctx context.Context, o Options) (State, string) {
 		}
 	}
 	opts := prober.Options{Target: o.Target, Source: o.Source, Count: module.Probes, Interval: time.Duration(module.Interval),
-		PayloadBytes: module.PayloadBytes, Timeout: min(o.Timeout, time.Duration(module.Timeout)), MaxFrameBytes: o.MaxFrameBytes, Keys: o.Keys,
+		PayloadBytes: module.PayloadBytes, Timeout: min(o.Timeout, time.Duration(module.Timeout)), MaxFrameBytes: o.MaxFrameBytes, Keys: o.Keys, Dial: o.Dial,
 		Logger: slog.New(slog.DiscardHandler), AnnotateWarmup: module.Inband == config.InbandAlways}
 	if err := opts.Validate(); err != nil {
 		return unknown("%v", err)

@@ -26,6 +26,7 @@ type hopState struct {
 	echoes  []echoReply
 
 	hop     frame.HopRecord // scratch record, reused
+	adm     *admission      // marked proven at the first valid frame
 	lastTCP frame.TCPInfo   // the downstream connection's TCP_INFO, read after a write
 	hasTCP  bool
 	tcpAt   int64 // when lastTCP was read (monotonic)
@@ -88,6 +89,9 @@ func (h *hopState) classify(fr []byte, tIn, wall int64, sync clock.Sync) (inflig
 	}
 	if err != nil {
 		return inflight{tIn: tIn}, frame.View{}, h.reject(err)
+	}
+	if h.adm != nil && !h.adm.proven.Load() {
+		h.adm.proven.Store(true)
 	}
 	e := inflight{seq: v.Probe.Seq, kind: v.Header.Kind, pflags: v.Probe.Flags, tIn: tIn, wallIn: wall, sync: sync}
 	e.budget = h.budget(v.Probe.BudgetMicros)

@@ -154,13 +154,13 @@ func (l *loop) shutdown() {
 
 // adopt moves an accepted connection into the loop. release is called when
 // the session ends.
-func (l *loop) adopt(conn *net.TCPConn, release func()) error {
+func (l *loop) adopt(conn *net.TCPConn, adm *admission, release func()) error {
 	fd, err := detach(conn)
 	if err != nil {
 		return err
 	}
 	peer := conn.RemoteAddr().String()
-	if !l.post(func() { l.start(fd, peer, release) }) {
+	if !l.post(func() { l.start(fd, peer, adm, release) }) {
 		unix.Close(fd)
 		return errors.New("relay loop stopped")
 	}
@@ -188,9 +188,11 @@ func detach(conn syscall.Conn) (int, error) {
 	return fd, nil
 }
 
-func (l *loop) start(fd int, peer string, release func()) {
+func (l *loop) start(fd int, peer string, adm *admission, release func()) {
 	x := &lsession{l: l, up: fd, down: -1, echo: l.s.cfg.ForwardTo == "", release: release, heapIdx: -1}
 	x.init(l.s, peer)
+	x.adm = adm
+	adm.session = x
 	x.upR = frame.NewReader(nil, l.s.cfg.MaxFrameBytes)
 	x.readUp = func(p []byte) (int, error) { return readFd(x.up, p) }
 	x.idleUntil = l.s.cfg.Clock.Monotonic() + int64(l.s.cfg.Timeout)
@@ -809,6 +811,7 @@ func (x *lsession) close() {
 	x.fwd.reset()
 	x.ret.reset()
 	x.s.metrics.ConnectionClosed()
+	x.adm.proven.Store(true) // gone: nothing left to evict
 	x.release()
 }
 

@@ -6,6 +6,8 @@ package relay
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -85,8 +87,13 @@ type Config struct {
 	Keys frame.Keys
 	// Clock stamps frames; tests inject skewed clocks.
 	Clock clock.Clock
-	// Dial opens the downstream connection (TLS wraps it).
+	// Dial opens the downstream connection.
 	Dial func(ctx context.Context, address string) (net.Conn, error)
+	// TLS, when set, makes upstream connections TLS (the listener is
+	// wrapped); DialTLS makes the downstream connection TLS. Either puts
+	// the relay on the goroutine engine.
+	TLS     *tls.Config
+	DialTLS *tls.Config
 	// Annotate returns the local variables attached to records of probes
 	// that ask for them (in-band context); nil attaches nothing.
 	Annotate func() []frame.Var
@@ -123,6 +130,90 @@ type Server struct {
 	conns  map[net.Conn]struct{}
 	wg     sync.WaitGroup
 	closed bool
+
+	// Connections that have not sent a valid frame yet, oldest first: at
+	// the connection limit the oldest of them is closed to make room.
+	unprovenMu sync.Mutex
+	unproven   []*admission
+}
+
+// admission follows a connection until its first valid frame. Idle and
+// slow connections (a slowloris, a port scanner) then cannot starve
+// probes: at the connection limit a relay closes the oldest connection that
+// has not proven itself, instead of refusing the new one.
+type admission struct {
+	proven atomic.Bool
+	since  time.Time
+	evict  func()
+	// session is the epoll engine's session; touched only on its thread.
+	session *lsession
+}
+
+// evictAge protects connections younger than this from eviction: a real
+// source sends its first frame well within it.
+const evictAge = 100 * time.Millisecond
+
+func (s *Server) admit(evict func()) *admission {
+	a := &admission{since: time.Now(), evict: evict}
+	s.unprovenMu.Lock()
+	// Drop proven entries from the front as they accumulate.
+	for len(s.unproven) > 0 && s.unproven[0].proven.Load() {
+		s.unproven[0] = nil
+		s.unproven = s.unproven[1:]
+	}
+	s.unproven = append(s.unproven, a)
+	s.unprovenMu.Unlock()
+	return a
+}
+
+// evictOldest closes the oldest connection that has not sent a valid frame
+// and is older than evictAge; false when there is none.
+func (s *Server) evictOldest() bool {
+	s.unprovenMu.Lock()
+	var victim *admission
+	for len(s.unproven) > 0 {
+		a := s.unproven[0]
+		if a.proven.Load() {
+			s.unproven[0] = nil
+			s.unproven = s.unproven[1:]
+			continue
+		}
+		if time.Since(a.since) < evictAge {
+			break
+		}
+		victim = a
+		s.unproven[0] = nil
+		s.unproven = s.unproven[1:]
+		break
+	}
+	s.unprovenMu.Unlock()
+	if victim == nil {
+		return false
+	}
+	s.metrics.Failed(frame.ReasonOverloaded)
+	s.log.Debug("connection limit reached: closing the oldest connection without a valid frame")
+	victim.evict()
+	return true
+}
+
+// slot takes a connection slot, evicting an idle connection if needed.
+func (s *Server) slot() bool {
+	select {
+	case s.slots <- struct{}{}:
+		return true
+	default:
+	}
+	if !s.evictOldest() {
+		return false
+	}
+	t := time.NewTimer(500 * time.Millisecond)
+	defer t.Stop()
+	select {
+	case s.slots <- struct{}{}:
+		return true
+	case <-t.C:
+		return false
+	}
 }
 
 // New validates cfg and returns a relay ready to Serve.
@@ -160,8 +251,15 @@ func New(cfg Config) (*Server, error) {
 	default:
 		return nil, fmt.Errorf("relay engine %q unknown: use %s or %s", cfg.Engine, EngineEpoll, EngineGoroutines)
 	}
+	if cfg.TLS != nil || cfg.DialTLS != nil {
+		// The epoll engine owns raw sockets; TLS needs crypto/tls's net.Conn.
+		cfg.Engine = EngineGoroutines
+	}
 	if cfg.Clock == nil {
 		cfg.Clock = clock.NewSystem()
+	}
+	if cfg.Dial == nil && cfg.DialTLS != nil {
+		cfg.Dial = DialTLS(cfg.DialTLS)
 	}
 	if cfg.Dial == nil {
 		cfg.Dial = func(ctx context.Context, address string) (net.Conn, error) {
@@ -215,6 +313,9 @@ func (s *Server) Name() string { return s.cfg.Name }
 // Serve accepts connections on ln until ctx ends, then closes every
 // connection and waits for their goroutines.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	if s.cfg.TLS != nil {
+		ln = tls.NewListener(ln, s.cfg.TLS)
+	}
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
 	defer s.shutdown()
@@ -250,14 +351,21 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			return fmt.Errorf("accept on %s: %w", ln.Addr(), err)
 		}
 		backoff = 0
-		select {
-		case s.slots <- struct{}{}:
-		default:
+		if !s.slot() {
 			s.refuseOverloaded(conn)
 			continue
 		}
 		if tc, ok := conn.(*net.TCPConn); ok && ev != nil {
-			if err := ev.adopt(tc, func() { <-s.slots }); err != nil {
+			adm := s.admit(nil)
+			adm.evict = func() {
+				ev.post(func() {
+					if x := adm.session; x != nil && !adm.proven.Load() {
+						x.close()
+					}
+				})
+			}
+			if err := ev.adopt(tc, adm, func() { <-s.slots }); err != nil {
+				adm.proven.Store(true)
 				<-s.slots
 				conn.Close()
 			}
@@ -275,7 +383,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			defer s.untrack(conn)
 			s.metrics.ConnectionOpened()
 			defer s.metrics.ConnectionClosed()
-			s.serveConn(ctx, conn)
+			adm := s.admit(func() { conn.Close() })
+			defer adm.proven.Store(true) // gone: nothing left to evict
+			s.serveConn(ctx, conn, adm)
 		}()
 	}
 }
@@ -319,14 +429,18 @@ func (s *Server) refuseOverloaded(conn net.Conn) {
 	conn.Close()
 }
 
-func (s *Server) serveConn(ctx context.Context, conn net.Conn) {
+func (s *Server) serveConn(ctx context.Context, conn net.Conn, adm *admission) {
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
 	if s.cfg.ForwardTo == "" {
-		newEcho(s, conn).run()
+		x := newEcho(s, conn)
+		x.adm = adm
+		x.run()
 		return
 	}
-	newForwarder(s, conn).run(ctx)
+	f := newForwarder(s, conn)
+	f.adm = adm
+	f.run(ctx)
 }
 
 // ValidateName checks a hop name: it becomes a label value and a perfdata
@@ -389,8 +503,11 @@ func Classify(err error) frame.Reason {
 	switch {
 	case err == nil:
 		return frame.ReasonUnknown
-	case errors.Is(err, frame.ErrAuth):
+	case errors.Is(err, frame.ErrAuth), isTLSAuth(err):
 		return frame.ReasonAuth
+	case errors.As(err, new(tls.RecordHeaderError)):
+		// The peer does not speak TLS (or speaks it where we do not).
+		return frame.ReasonBadFrame
 	case errors.Is(err, frame.ErrTooManyHops):
 		return frame.ReasonTooManyHops
 	case errors.Is(err, frame.ErrBadMagic), errors.Is(err, frame.ErrBadVersion), errors.Is(err, frame.ErrBadKind),
@@ -408,4 +525,16 @@ func Classify(err error) frame.Reason {
 		return frame.ReasonUnreachable
 	}
 	return frame.ReasonUnknown
+}
+
+// isTLSAuth reports certificate and TLS alert failures: the peer and this
+// hop do not trust each other.
+func isTLSAuth(err error) bool {
+	var alert tls.AlertError
+	var unknownCA x509.UnknownAuthorityError
+	var invalid x509.CertificateInvalidError
+	var hostname x509.HostnameError
+	var verify *tls.CertificateVerificationError
+	return errors.As(err, &alert) || errors.As(err, &unknownCA) || errors.As(err, &invalid) || errors.As(err, &hostname) || errors.As(err, &verify) ||
+		err != nil && strings.Contains(err.Error(), "tls: ") && strings.Contains(err.Error(), "certificate")
 }

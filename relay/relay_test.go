@@ -118,55 +118,79 @@ func testGarbageGetsAnErrorFrame(t *testing.T) {
 
 func TestConnectionLimit(t *testing.T) { chaintest.ForEachEngine(t, testConnectionLimit) }
 
+// probeOnce sends one probe on c and reports whether a reply (not an error
+// frame) came back.
+func probeOnce(t *testing.T, c net.Conn, seq uint64) bool {
+	t.Helper()
+	c.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := c.Write(frame.AppendRequest(nil, frame.KindProbeRequest, frame.ProbeHeader{Seq: seq}, nil, []uint64{1}, nil)); err != nil {
+		return false
+	}
+	r := frame.NewReader(c, frame.DefaultMaxFrameBytes)
+	if r.Fill() != nil {
+		return false
+	}
+	fr, _ := r.Next()
+	v, err := frame.Parse(fr, frame.DefaultMaxFrameBytes, 255)
+	return err == nil && v.Header.Kind == frame.KindProbeReply
+}
+
 func testConnectionLimit(t *testing.T) {
 	z := chaintest.StartRelay(t, relay.Config{Name: "z", MaxConnections: 2})
-	var held []net.Conn
-	defer func() {
-		for _, c := range held {
-			c.Close()
-		}
-	}()
-	for i := 0; i < 2; i++ {
+	dial := func() net.Conn {
 		c, err := net.Dial("tcp", z)
 		if err != nil {
 			t.Fatal(err)
 		}
-		held = append(held, c)
+		t.Cleanup(func() { c.Close() })
+		return c
 	}
-	time.Sleep(100 * time.Millisecond) // let the relay accept both
-	c, err := net.Dial("tcp", z)
-	if err != nil {
-		t.Fatal(err)
+	// Two connections that proved themselves (sent a valid probe) are never
+	// evicted: a third is refused.
+	p1, p2 := dial(), dial()
+	if !probeOnce(t, p1, 1) || !probeOnce(t, p2, 2) {
+		t.Fatal("probes on the first two connections failed")
 	}
-	defer c.Close()
-	rec := readError(t, c)
-	if rec.Reason != frame.ReasonOverloaded || !strings.Contains(rec.Message, "limit of 2") {
+	time.Sleep(150 * time.Millisecond)
+	if rec := readError(t, dial()); rec.Reason != frame.ReasonOverloaded || !strings.Contains(rec.Message, "limit of 2") {
 		t.Errorf("third connection got %+v, want overloaded", rec)
 	}
-	// Closing one frees a slot.
-	held[0].Close()
-	held = held[1:]
-	ok := false
-	for i := 0; i < 50 && !ok; i++ {
-		time.Sleep(20 * time.Millisecond)
-		c, err := net.Dial("tcp", z)
-		if err != nil {
-			continue
-		}
-		c.SetDeadline(time.Now().Add(2 * time.Second))
-		c.Write(frame.AppendRequest(nil, frame.KindProbeRequest, frame.ProbeHeader{Seq: 1}, nil, []uint64{1}, nil))
-		r := frame.NewReader(c, frame.DefaultMaxFrameBytes)
-		if r.Fill() == nil {
-			if fr, _ := r.Next(); fr != nil {
-				if _, err := frame.ParseErrorFrame(fr, frame.DefaultMaxFrameBytes); err != nil {
-					ok = true // a reply, not an error frame
-				}
+	p1.Close()
+	p2.Close()
+
+	// Two idle connections that never sent a frame: once they are old
+	// enough, a new connection evicts the oldest and is served.
+	var idle []net.Conn
+	for i := 0; i < 2; i++ {
+		var c net.Conn
+		ok := false
+		for try := 0; try < 50 && !ok; try++ { // the closed ones free their slots shortly
+			c = dial()
+			c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+			_, err := c.Read(make([]byte, 1))
+			ok = errors.Is(err, os.ErrDeadlineExceeded) // not refused
+			if !ok {
+				c.Close()
+				time.Sleep(20 * time.Millisecond)
 			}
 		}
-		c.Close()
+		if !ok {
+			t.Fatal("no slot came free after the proven connections closed")
+		}
+		idle = append(idle, c)
 	}
-	if !ok {
-		t.Error("no slot came free after a connection closed")
+	time.Sleep(150 * time.Millisecond)
+	fresh := dial()
+	if !probeOnce(t, fresh, 3) {
+		t.Fatal("a new connection at the limit was not served: the oldest idle one should have been evicted")
+	}
+	idle[0].SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := idle[0].Read(make([]byte, 16)); err == nil {
+		t.Error("the oldest idle connection was not closed")
+	}
+	idle[1].SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	if _, err := idle[1].Read(make([]byte, 16)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("the younger idle connection was closed too: %v", err)
 	}
 }
 

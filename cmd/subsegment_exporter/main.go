@@ -6,10 +6,12 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"slices"
@@ -69,6 +71,11 @@ func run(args []string) int {
 	app.Flag("relay.max-frame-bytes", "Largest frame accepted or sent.").Default(fmt.Sprint(frame.DefaultMaxFrameBytes)).IntVar(&hop.maxFrame)
 	app.Flag("relay.max-hops", "Probes that already passed this many hops are refused (too_many_hops).").Default(fmt.Sprint(frame.DefaultMaxHops)).IntVar(&hop.maxHops)
 	app.Flag("relay.max-connections", "Concurrent upstream connections a relay accepts; more are answered 'overloaded' and closed.").Default(fmt.Sprint(relay.DefaultMaxConnections)).IntVar(&hop.maxConns)
+	app.Flag("relay.tls-cert-file", "This hop's TLS certificate (PEM): serve TLS to the upstream hop, and present it when dialing with TLS.").ExistingFileVar(&hop.tls.Cert)
+	app.Flag("relay.tls-key-file", "Key of --relay.tls-cert-file (PEM).").ExistingFileVar(&hop.tls.Key)
+	app.Flag("relay.tls-ca-file", "CA certificates (PEM): dial the next hop (a source: the first hop) with TLS and verify it against them.").ExistingFileVar(&hop.tls.CA)
+	app.Flag("relay.tls-client-auth", "Require the upstream hop's certificate, signed by --relay.tls-ca-file (mutual TLS).").BoolVar(&hop.tls.ClientAuth)
+	app.Flag("relay.tls-server-name", "Name the next hop's certificate is verified for (default: the host of its address).").StringVar(&hop.tls.ServerName)
 	app.Flag("relay.engine", "How a relay drives plain-TCP sessions: epoll (one thread, lowest round trip) or goroutines (two per session). TLS sessions always use goroutines.").Default(relay.EngineEpoll).EnumVar(&hop.engine, relay.EngineEpoll, relay.EngineGoroutines)
 
 	serveCmd := app.Command("serve", "Run as relay (with --listen) and exporter; the default command, so the original invocation lines work unchanged.").Default()
@@ -124,6 +131,9 @@ func run(args []string) int {
 	defer stop()
 
 	keys, err := hop.keys()
+	if err == nil {
+		hop.tlsServer, hop.tlsClient, err = hop.tls.Load()
+	}
 	if err != nil {
 		if cmd == checkCmd.FullCommand() {
 			return int(nagios.WriteUnknown(os.Stdout, "%v", err))
@@ -144,7 +154,7 @@ func run(args []string) int {
 	case probeCmd.FullCommand():
 		return probe(ctx, hop, keys, po, os.Stdout, logger)
 	case checkCmd.FullCommand():
-		co.Source, co.Timeout, co.Keys, co.MaxFrameBytes = hop.name, hop.timeout, keys, hop.maxFrame
+		co.Source, co.Timeout, co.Keys, co.MaxFrameBytes, co.Dial = hop.name, hop.timeout, keys, hop.maxFrame, hop.sourceDial()
 		state, out := nagios.Run(ctx, co)
 		fmt.Fprint(os.Stdout, out)
 		return int(state)
@@ -168,6 +178,8 @@ func run(args []string) int {
 
 type relayFlags struct {
 	listen, forwardTo, name, keyFile, engine string
+	tls                                      relay.TLSFiles
+	tlsServer, tlsClient                     *tls.Config
 	timeout                                  time.Duration
 	removePerfHeaders                        bool
 	blockSize                                int
@@ -189,7 +201,7 @@ type probeFlags struct {
 
 func probe(ctx context.Context, hop relayFlags, keys frame.Keys, po probeFlags, out io.Writer, logger *slog.Logger) int {
 	o := prober.Options{Target: po.target, Source: hop.name, Count: po.count, Interval: po.interval, PayloadBytes: po.payload,
-		Timeout: hop.timeout, MaxFrameBytes: hop.maxFrame, Keys: keys, Logger: logger}
+		Timeout: hop.timeout, MaxFrameBytes: hop.maxFrame, Keys: keys, Logger: logger, Dial: hop.sourceDial()}
 	if err := o.Validate(); err != nil {
 		fmt.Fprintf(os.Stderr, "%s probe: %v\n", name, err)
 		return exitUsage
@@ -212,7 +224,17 @@ func probe(ctx context.Context, hop relayFlags, keys frame.Keys, po probeFlags, 
 
 func (f relayFlags) relayConfig(keys frame.Keys) relay.Config {
 	return relay.Config{Name: f.name, ForwardTo: f.forwardTo, Timeout: f.timeout, RemovePerfHeaders: f.removePerfHeaders,
-		MaxFrameBytes: f.maxFrame, MaxHops: f.maxHops, MaxConnections: f.maxConns, Keys: keys, Engine: f.engine}
+		MaxFrameBytes: f.maxFrame, MaxHops: f.maxHops, MaxConnections: f.maxConns, Keys: keys, Engine: f.engine,
+		TLS: f.tlsServer, DialTLS: f.tlsClient}
+}
+
+// sourceDial is how a source (probe, send, check, /probe) reaches the
+// first hop: with TLS when --relay.tls-ca-file is set.
+func (f relayFlags) sourceDial() func(ctx context.Context, address string) (net.Conn, error) {
+	if f.tlsClient == nil {
+		return nil
+	}
+	return relay.DialTLS(f.tlsClient)
 }
 
 type serveFlags struct {
@@ -249,7 +271,8 @@ func serve(ctx context.Context, hop relayFlags, keys frame.Keys, so serveFlags, 
 		so.inband.Community = strings.TrimSpace(string(b))
 	}
 	err := exporter.Serve(ctx, exporter.Config{ListenAddress: hop.listen, Relay: hop.relayConfig(keys), ConfigFile: so.configFile,
-		TimeoutOffset: so.timeoutOffset, Web: webFlags, Logger: logger, Inband: so.inband})
+		TimeoutOffset: so.timeoutOffset, Web: webFlags, Logger: logger, Inband: so.inband,
+		Probe: func(p *exporter.ProbeHandler) { p.Dial = hop.sourceDial() }})
 	if err != nil {
 		logger.Error("stopped", "err", err)
 		return exitBroken
@@ -259,7 +282,7 @@ func serve(ctx context.Context, hop relayFlags, keys frame.Keys, so serveFlags, 
 
 func send(ctx context.Context, hop relayFlags, keys frame.Keys, logger *slog.Logger) int {
 	res, err := stream.Send(ctx, os.Stdin, os.Stdout, stream.Options{ForwardTo: hop.forwardTo, Source: hop.name, BlockSize: hop.blockSize,
-		Timeout: hop.timeout, MaxFrameBytes: hop.maxFrame, Keys: keys, Logger: logger})
+		Timeout: hop.timeout, MaxFrameBytes: hop.maxFrame, Keys: keys, Logger: logger, Dial: hop.sourceDial()})
 	if res != nil {
 		stream.WriteStats(os.Stderr, res)
 	}
