@@ -15,6 +15,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"sync"
 	"syscall"
@@ -165,7 +166,10 @@ type hop struct {
 // startHop runs the binary as a relay on loopback ports the kernel picks.
 func startHop(t *testing.T, name, forwardTo string, extra ...string) *hop {
 	t.Helper()
-	args := []string{"--listen", "127.0.0.1:0", "--web.listen-address", "127.0.0.1:0", "--relay.name", name, "--log.level", "debug"}
+	args := []string{"--listen", "127.0.0.1:0", "--web.listen-address", "127.0.0.1:0", "--relay.name", name}
+	if !slices.Contains(extra, "--log.level") {
+		args = append(args, "--log.level", "debug")
+	}
 	if forwardTo != "" {
 		args = append(args, "--forward-to", forwardTo)
 	}

@@ -525,3 +525,40 @@ func TestOptionsValidate(t *testing.T) {
 		}
 	}
 }
+
+// resetter accepts connections, reads a little and resets them (RST).
+func resetter(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Read(make([]byte, 64))
+			c.(*net.TCPConn).SetLinger(0)
+			c.Close()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+func TestDownstreamReset(t *testing.T) { chaintest.ForEachEngine(t, testDownstreamReset) }
+
+func testDownstreamReset(t *testing.T) {
+	end := resetter(t)
+	c := chaintest.StartRelay(t, relay.Config{Name: "c", ForwardTo: end})
+	b := chaintest.StartRelay(t, relay.Config{Name: "b", ForwardTo: c})
+	r := run(t, opts(b))
+	if r.Failure == nil || r.Failure.From != "c" || r.Failure.To != end || r.Failure.Reason != "reset" {
+		t.Fatalf("failure %+v, want c -> %s (reset)", r.Failure, end)
+	}
+	if !strings.Contains(r.Failure.Message, "connection reset") {
+		t.Errorf("message %q does not say the connection was reset", r.Failure.Message)
+	}
+}

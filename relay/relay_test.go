@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -302,4 +303,96 @@ func BenchmarkProbeThroughRelay(b *testing.B) {
 			}
 		})
 	}
+}
+
+// dialRecorder is a relay's Dial that remembers every address dialled.
+type dialRecorder struct {
+	mu    sync.Mutex
+	addrs map[string]int
+}
+
+func (d *dialRecorder) dial(ctx context.Context, addr string) (net.Conn, error) {
+	d.mu.Lock()
+	if d.addrs == nil {
+		d.addrs = map[string]int{}
+	}
+	d.addrs[addr]++
+	d.mu.Unlock()
+	var nd net.Dialer
+	return nd.DialContext(ctx, "tcp", addr)
+}
+
+func (d *dialRecorder) others(allowed string) map[string]int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := map[string]int{}
+	for a, n := range d.addrs {
+		if a != allowed {
+			out[a] = n
+		}
+	}
+	return out
+}
+
+// sendAndDrain writes input to a relay and reads until it closes (bounded).
+func sendAndDrain(addr string, input []byte) {
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(500 * time.Millisecond))
+	c.Write(input)
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.CloseWrite()
+	}
+	io.Copy(io.Discard, c)
+}
+
+func TestRelayDialsOnlyItsNextHop(t *testing.T) {
+	chaintest.ForEachEngine(t, testRelayDialsOnlyItsNextHop)
+}
+
+func testRelayDialsOnlyItsNextHop(t *testing.T) {
+	z := chaintest.StartRelay(t, relay.Config{Name: "z"})
+	rec := &dialRecorder{}
+	b := chaintest.StartRelay(t, relay.Config{Name: "b", ForwardTo: z, Dial: rec.dial})
+	// Frames whose every field, data included, names other places.
+	for i, data := range []string{"127.0.0.1:22", "[::1]:9000", "forward-to 10.0.0.1:80", "\x00\x01evil.example:443"} {
+		for _, kind := range []frame.Kind{frame.KindProbeRequest, frame.KindStreamRequest} {
+			fr := frame.AppendRequest(nil, kind, frame.ProbeHeader{Seq: uint64(i)}, []byte(data), []uint64{uint64(i + 1)}, nil)
+			sendAndDrain(b, fr)
+			sendAndDrain(b, append(fr, []byte(data)...))
+		}
+	}
+	if others := rec.others(z); len(others) > 0 {
+		t.Errorf("relay dialled %v besides its --forward-to %s", others, z)
+	}
+	if rec.addrs[z] == 0 {
+		t.Error("relay never dialled its next hop: the test sent nothing it forwards")
+	}
+}
+
+// FuzzRelayInput throws arbitrary bytes at live relays (both engines):
+// they must not crash, and must dial nothing but their next hop.
+func FuzzRelayInput(f *testing.F) {
+	f.Add(frame.AppendRequest(nil, frame.KindProbeRequest, frame.ProbeHeader{Seq: 1}, []byte("x"), []uint64{9}, nil))
+	f.Add(frame.AppendRequest(nil, frame.KindStreamRequest, frame.ProbeHeader{Seq: 2, BudgetMicros: 1}, nil, []uint64{9, 8}, nil))
+	f.Add([]byte("GET / HTTP/1.0\r\n\r\n"))
+	f.Add([]byte("SSEG\x01\x01\x00\x00\x00\x00\x00\x14"))
+	z := chaintest.StartRelay(f, relay.Config{Name: "z"})
+	rec := &dialRecorder{}
+	targets := []string{
+		chaintest.StartRelay(f, relay.Config{Name: "b", ForwardTo: z, Dial: rec.dial, Engine: relay.EngineEpoll, Timeout: time.Second}),
+		chaintest.StartRelay(f, relay.Config{Name: "b2", ForwardTo: z, Dial: rec.dial, Engine: relay.EngineGoroutines, Timeout: time.Second}),
+		z,
+	}
+	f.Fuzz(func(t *testing.T, input []byte) {
+		for _, addr := range targets {
+			sendAndDrain(addr, input)
+		}
+		if others := rec.others(z); len(others) > 0 {
+			t.Fatalf("relay dialled %v besides %s", others, z)
+		}
+	})
 }

@@ -198,3 +198,19 @@ func testStreamUnderBackpressure(t *testing.T) {
 		}
 	}
 }
+
+// FuzzStreamReply feeds arbitrary replies to the stream receiver: it must
+// refuse what is not the expected block, never panic.
+func FuzzStreamReply(f *testing.F) {
+	h := frame.HopRecord{Name: "b", Flags: frame.RecEnd}
+	f.Add(frame.AppendReply(nil, frame.KindStreamReply, frame.ProbeHeader{Seq: 0}, []byte("data"), frame.AppendHop(nil, &h), 1, nil))
+	f.Add(frame.AppendErrorFrame(nil, &frame.ErrorRecord{Name: "c", Message: "m"}, nil))
+	f.Add([]byte("SSEG"))
+	f.Fuzz(func(t *testing.T, fr []byte) {
+		s := &streamer{o: &Options{Source: "a", ForwardTo: "b:1", MaxFrameBytes: frame.DefaultMaxFrameBytes}, sign: frame.NewSigner(nil)}
+		data, err := s.reply(fr, 0, 100, &sent{tBuild: 1, tOut: 2, size: 4})
+		if err == nil && len(data) != 4 {
+			t.Fatalf("accepted a reply with %d bytes for a 4-byte block", len(data))
+		}
+	})
+}
