@@ -79,8 +79,10 @@ type Config struct {
 	RemovePerfHeaders bool
 	MaxFrameBytes     int
 	MaxHops           int
-	// MaxConnections bounds concurrent upstream connections; one more is
-	// answered with an "overloaded" error frame and closed.
+	// MaxConnections bounds concurrent upstream connections. At the limit
+	// the oldest connection that never sent a valid frame is closed to make
+	// room (idle scanners cannot starve probes); when every connection has
+	// proven itself, the newcomer is answered "overloaded" and closed.
 	MaxConnections int
 	// Keys, when set, make the relay sign everything it sends and refuse
 	// anything not signed with one of them.
