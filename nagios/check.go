@@ -3,10 +3,12 @@ package nagios
 import (
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/subsegment/subsegment_exporter/prober"
+	"github.com/subsegment/subsegment_exporter/relay"
 	"github.com/subsegment/subsegment_exporter/snmp"
 )
 
@@ -24,6 +26,11 @@ func ParseSegment(spec string) (from, to string, warn, crit Range, err error) {
 	from, to, ok2 := strings.Cut(seg, ":")
 	if !ok || !ok2 || from == "" || to == "" {
 		return "", "", Range{}, Range{}, fmt.Errorf("--segment %q: want from:to=WARN,CRIT, e.g. b:c=20,50", spec)
+	}
+	for _, name := range []string{from, to} {
+		if err := relay.ValidateName(name); err != nil {
+			return "", "", Range{}, Range{}, fmt.Errorf("--segment %q: %w (segments are named after --relay.name of their hops)", spec, err)
+		}
 	}
 	w, c, ok := strings.Cut(ranges, ",")
 	if !ok {
@@ -56,6 +63,34 @@ func (t Thresholds) For(from, to string) (warn, crit Range) {
 	return warn, crit
 }
 
+// unknownSegments names the --segment overrides a complete chain does not
+// have: a misspelt or renamed hop would otherwise leave its segment
+// silently on the default thresholds. A broken chain is judged on its
+// failure instead (the missing segments are beyond it).
+func unknownSegments(r *prober.Result, t Thresholds) string {
+	if r.Failure != nil || r.Probes == 0 || len(t.Segments) == 0 {
+		return ""
+	}
+	have := make(map[[2]string]bool, len(r.Segments))
+	var names []string
+	for _, s := range r.Segments {
+		have[[2]string{s.From, s.To}] = true
+		names = append(names, s.From+" -> "+s.To)
+	}
+	var missing []string
+	for k := range t.Segments {
+		if !have[k] {
+			missing = append(missing, k[0]+":"+k[1])
+		}
+	}
+	if len(missing) == 0 {
+		return ""
+	}
+	slices.Sort(missing)
+	return fmt.Sprintf("--segment %s: no such segment in the chain (its segments: %s); fix the hop names or drop the override",
+		strings.Join(missing, ", "), strings.Join(names, ", "))
+}
+
 // segmentState is one segment's verdict.
 type segmentState struct {
 	seg    *prober.SegmentResult
@@ -69,6 +104,10 @@ type segmentState struct {
 // Evaluate turns a probe run into the plugin's state and output. ctx is
 // the SNMP context of segments out of their SLA (may be nil).
 func Evaluate(r *prober.Result, t Thresholds, ctx *snmp.Context) (State, string) {
+	if msg := unknownSegments(r, t); msg != "" {
+		var b strings.Builder
+		return WriteUnknown(&b, "%s", msg), b.String()
+	}
 	var segs []segmentState
 	worst := OK
 	var worstSeg *segmentState

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/subsegment/subsegment_exporter/prober"
+	"github.com/subsegment/subsegment_exporter/relay"
 	"github.com/subsegment/subsegment_exporter/snmp"
 )
 
@@ -67,7 +68,7 @@ func TestParseSegment(t *testing.T) {
 	if _, _, w, c, err := ParseSegment("b:c=,50"); err != nil || w.Defined() || !c.Defined() {
 		t.Errorf("empty warning: %v %v %v", w, c, err)
 	}
-	for _, bad := range []string{"b-c=20,50", "b:c", "b:c=20", ":c=1,2", "b:c=x,1"} {
+	for _, bad := range []string{"b-c=20,50", "b:c", "b:c=20", ":c=1,2", "b:c=x,1", "b:c:d=1,2", "b:c d=1,2", "b:=1,2"} {
 		if _, _, _, _, err := ParseSegment(bad); err == nil {
 			t.Errorf("ParseSegment(%q) accepted", bad)
 		}
@@ -122,6 +123,33 @@ func TestEvaluate(t *testing.T) {
 			}
 			if !strings.Contains(out, "'b_c_rtt'=") || !strings.Contains(out, "'b_res'=") || strings.Count(out, "\n") != 4 {
 				t.Errorf("output:\n%s", out)
+			}
+		})
+	}
+}
+
+func TestEvaluateUnknownSegment(t *testing.T) {
+	w, _ := ParseRange("5")
+	typo := Thresholds{Segments: map[[2]string][2]Range{{"b", "x"}: {w, {}}, bc: {w, {}}}}
+	broken := result(map[[2]string]float64{ab: 0.001}, ab)
+	broken.Success, broken.Failure = false, &prober.FailureResult{From: "b", To: "c", Reason: "refused", Message: "connection refused"}
+	for _, tc := range []struct {
+		name  string
+		r     *prober.Result
+		t     Thresholds
+		state State
+		first string
+	}{
+		{"misspelt segment", result(map[[2]string]float64{ab: 0.001, bc: 0.001, cz: 0.001}, ab, bc, cz), typo, Unknown,
+			"SUBSEGMENT UNKNOWN - --segment b:x: no such segment in the chain (its segments: a -> b, b -> c, c -> z); fix the hop names or drop the override"},
+		{"broken chain is judged on its failure", broken, typo, Critical, "SUBSEGMENT CRITICAL - chain broken at b -> c (refused)"},
+		{"known segments only", result(map[[2]string]float64{ab: 0.001, bc: 0.001, cz: 0.001}, ab, bc, cz), Thresholds{Segments: map[[2]string][2]Range{bc: {w, {}}}}, OK, "SUBSEGMENT OK - "},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			state, out := Evaluate(tc.r, tc.t, nil)
+			first := strings.SplitN(out, "\n", 2)[0]
+			if state != tc.state || !strings.HasPrefix(first, tc.first) || !lineRE.MatchString(first) {
+				t.Errorf("state %v, first line %q; want %v, %q", state, first, tc.state, tc.first)
 			}
 		})
 	}
@@ -197,5 +225,29 @@ func FuzzParseRange(f *testing.F) {
 			t.Fatalf("%q and its perfdata %q disagree on %v", spec, r.Perfdata(), v)
 		}
 		_ = r.Describe()
+	})
+}
+
+func FuzzParseSegment(f *testing.F) {
+	for _, s := range []string{"b:c=20,50", "b:c=,50ms", "b:c=@1:2,~:3", "b:c:d=1,2", ":=,", "b:c=1"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, spec string) {
+		from, to, w, c, err := ParseSegment(spec)
+		if err != nil {
+			return
+		}
+		// An accepted override names two real hop names and ranges that
+		// survive their perfdata form.
+		if relay.ValidateName(from) != nil || relay.ValidateName(to) != nil {
+			t.Fatalf("%q accepted with hop names %q, %q", spec, from, to)
+		}
+		for _, r := range []Range{w, c} {
+			if r.Defined() {
+				if _, err := ParseRange(r.Perfdata()); err != nil {
+					t.Fatalf("%q: perfdata %q does not parse: %v", spec, r.Perfdata(), err)
+				}
+			}
+		}
 	})
 }
