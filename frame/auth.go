@@ -27,6 +27,12 @@ func LoadKeys(path string) (Keys, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read auth key file: %w", err)
 	}
+	return ParseKeys(data, path)
+}
+
+// ParseKeys parses the contents of a key file; name says which file in
+// errors.
+func ParseKeys(data []byte, name string) (Keys, error) {
 	var keys Keys
 	for i, line := range bytes.Split(data, []byte("\n")) {
 		line = bytes.TrimSpace(line)
@@ -34,15 +40,15 @@ func LoadKeys(path string) (Keys, error) {
 			continue
 		}
 		if len(line) < MinKeyLen {
-			return nil, fmt.Errorf("auth key file %s line %d: key is %d bytes, at least %d needed (e.g. `openssl rand -hex 32`)", path, i+1, len(line), MinKeyLen)
+			return nil, fmt.Errorf("auth key file %s line %d: key is %d bytes, at least %d needed (e.g. `openssl rand -hex 32`)", name, i+1, len(line), MinKeyLen)
 		}
 		keys = append(keys, line)
 	}
 	if len(keys) == 0 {
-		return nil, fmt.Errorf("auth key file %s holds no key: put one key per line (e.g. `openssl rand -hex 32 > %s`)", path, path)
+		return nil, fmt.Errorf("auth key file %s holds no key: put one key per line (e.g. `openssl rand -hex 32 > %s`)", name, name)
 	}
 	if len(keys) > 2 {
-		return nil, fmt.Errorf("auth key file %s holds %d keys: at most 2 (the signing key, and the other one during a rollover)", path, len(keys))
+		return nil, fmt.Errorf("auth key file %s holds %d keys: at most 2 (the signing key, and the other one during a rollover)", name, len(keys))
 	}
 	return keys, nil
 }

@@ -454,3 +454,36 @@ func TestRecordIter(t *testing.T) {
 		t.Errorf("times %+v", times)
 	}
 }
+
+func FuzzParseKeys(f *testing.F) {
+	for _, s := range []string{"0123456789abcdef0123456789abcdef\n", "a\nb\n", "\n\n", "k1-0123456789abcdef\r\nk2-0123456789abcdef\r\n", "x\ny\nz"} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		keys, err := ParseKeys(data, "fuzz")
+		if err != nil {
+			return
+		}
+		if len(keys) < 1 || len(keys) > 2 {
+			t.Fatalf("%d keys accepted", len(keys))
+		}
+		for _, k := range keys {
+			if len(k) < MinKeyLen || bytes.ContainsAny(k, "\n") || len(bytes.TrimSpace(k)) != len(k) {
+				t.Fatalf("key %q accepted", k)
+			}
+		}
+		// What one holder of the file signs, another verifies, also one
+		// further in the rollover (the keys in the other order); a hop
+		// without the signing key refuses it.
+		fr := AppendRequest(nil, KindProbeRequest, ProbeHeader{Seq: 1}, nil, nil, NewSigner(keys))
+		if err := NewSigner(keys).Verify(fr); err != nil {
+			t.Fatalf("own signature refused: %v", err)
+		}
+		if err := NewSigner(Keys{keys[len(keys)-1], keys[0]}).Verify(fr); err != nil {
+			t.Fatalf("signature refused mid-rollover: %v", err)
+		}
+		if err := NewSigner(Keys{append([]byte("other"), keys[0]...)}).Verify(fr); err == nil {
+			t.Fatal("signature accepted with another key")
+		}
+	})
+}

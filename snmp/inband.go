@@ -1,8 +1,6 @@
 package snmp
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -189,11 +187,12 @@ func (l *Local) read(ctx context.Context) {
 				}
 				loadavg = strings.Fields(string(b))
 			}
-			if v.index < len(loadavg) {
-				if f, err := strconv.ParseFloat(loadavg[v.index], 64); err == nil {
-					vals = append(vals, frame.Var{Name: v.name, Value: f})
-				}
+			f, err := column(loadavg, v.index)
+			if err != nil {
+				errs = append(errs, fmt.Sprintf("%s: %s/loadavg: %v", v.name, l.procRoot, err))
+				continue
 			}
+			vals = append(vals, frame.Var{Name: v.name, Value: f})
 		case "netdev":
 			if len(netdev) == 0 {
 				var err error
@@ -207,11 +206,12 @@ func (l *Local) read(ctx context.Context) {
 				errs = append(errs, fmt.Sprintf("%s: no interface %q in /proc/net/dev", v.name, v.iface))
 				continue
 			}
-			if v.index < len(cols) {
-				if f, err := strconv.ParseFloat(cols[v.index], 64); err == nil {
-					vals = append(vals, frame.Var{Name: v.name, Value: f})
-				}
+			f, err := column(cols, v.index)
+			if err != nil {
+				errs = append(errs, fmt.Sprintf("%s: %s/net/dev interface %s: %v", v.name, l.procRoot, v.iface, err))
+				continue
 			}
+			vals = append(vals, frame.Var{Name: v.name, Value: f})
 		case "oid":
 			oids = append(oids, v.oid)
 			oidVars = append(oidVars, v)
@@ -247,14 +247,31 @@ func readNetdev(path string) (map[string][]string, error) {
 	if err != nil {
 		return nil, err
 	}
+	return parseNetdev(b), nil
+}
+
+// parseNetdev splits /proc/net/dev: "iface: counters…" lines; the two
+// header lines have no colon.
+func parseNetdev(b []byte) map[string][]string {
 	out := map[string][]string{}
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for sc.Scan() {
-		name, rest, ok := strings.Cut(sc.Text(), ":")
+	for line := range strings.Lines(string(b)) {
+		name, rest, ok := strings.Cut(line, ":")
 		if !ok {
 			continue
 		}
 		out[strings.TrimSpace(name)] = strings.Fields(rest)
 	}
-	return out, nil
+	return out
+}
+
+// column parses field i of a /proc line as a number.
+func column(fields []string, i int) (float64, error) {
+	if i >= len(fields) {
+		return 0, fmt.Errorf("%d fields, column %d missing", len(fields), i+1)
+	}
+	f, err := strconv.ParseFloat(fields[i], 64)
+	if err != nil {
+		return 0, fmt.Errorf("column %d: %w", i+1, err)
+	}
+	return f, nil
 }

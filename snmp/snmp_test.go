@@ -17,6 +17,7 @@ import (
 	"github.com/gosnmp/gosnmp"
 
 	"github.com/subsegment/subsegment_exporter/config"
+	"github.com/subsegment/subsegment_exporter/frame"
 	"github.com/subsegment/subsegment_exporter/prober"
 	"github.com/subsegment/subsegment_exporter/sla"
 )
@@ -380,6 +381,71 @@ func TestLocalVariables(t *testing.T) {
 	if l2.Err() == nil || !strings.Contains(l2.Err().Error(), "wlan9") {
 		t.Errorf("missing interface not reported: %v", l2.Err())
 	}
+	// A /proc file that is not what the kernel writes is reported, and the
+	// variables that could be read are still attached.
+	os.WriteFile(filepath.Join(root, "loadavg"), []byte("0.52 zero\n"), 0o600)
+	os.WriteFile(filepath.Join(root, "net", "dev"), []byte("  eth0: 5000 50\n"), 0o600)
+	l3, _ := NewLocal(LocalOptions{Specs: []string{"load1", "load5", "load15", "if_in_errors:eth0", "if_in_bytes:eth0"}, ProcRoot: root})
+	got = map[string]float64{}
+	for _, v := range l3.Snapshot() {
+		got[v.Name] = v.Value
+	}
+	if fmt.Sprint(got) != "map[if_in_bytes:5000 load1:0.52]" {
+		t.Errorf("partial /proc: %v", got)
+	}
+	for _, want := range []string{"load5: " + root + "/loadavg: column 2: strconv.ParseFloat", "load15: " + root + "/loadavg: 2 fields, column 3 missing", "if_in_errors: " + root + "/net/dev interface eth0: 2 fields, column 3 missing"} {
+		if l3.Err() == nil || !strings.Contains(l3.Err().Error(), want) {
+			t.Errorf("partial /proc: error %v, want %q", l3.Err(), want)
+		}
+	}
+}
+
+func FuzzParseLocal(f *testing.F) {
+	for _, s := range []string{"load1", "load15", "if_in_errors:eth0", "x=if_out_drops:eth0", "idle=1.3.6.1.4.1.2021.11.11.0", "1.3.6", "hop=load1", "a=b=c", "if_in_errors:"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, spec string) {
+		v, err := parseLocal(spec)
+		if err != nil {
+			return
+		}
+		if !localNameRE.MatchString(v.name) || fixedLabel(v.name) || len(v.name) > frame.MaxNameLen {
+			t.Fatalf("%q accepted with name %q", spec, v.name)
+		}
+		switch v.kind {
+		case "loadavg":
+			if v.index < 0 || v.index > 2 {
+				t.Fatalf("%q: loadavg column %d", spec, v.index)
+			}
+		case "netdev":
+			if v.iface == "" || v.index < 0 || v.index > 15 {
+				t.Fatalf("%q: interface %q column %d", spec, v.iface, v.index)
+			}
+		case "oid":
+			if !localOIDRE.MatchString(v.oid) || strings.HasPrefix(v.oid, ".") {
+				t.Fatalf("%q: OID %q", spec, v.oid)
+			}
+		default:
+			t.Fatalf("%q: kind %q", spec, v.kind)
+		}
+	})
+}
+
+func FuzzParseNetdev(f *testing.F) {
+	f.Add([]byte("Inter-|   Receive\n face |bytes\n    lo: 1000 10 0 0 0 0 0 0 1000 10 0 0 0 0 0 0\n"))
+	f.Add([]byte("eth0:1 2 3\r\n:\n::\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		for iface, cols := range parseNetdev(data) {
+			if strings.ContainsAny(iface, ":\n") || iface != strings.TrimSpace(iface) {
+				t.Fatalf("interface %q", iface)
+			}
+			for i := range cols {
+				if _, err := column(cols, i); err != nil && !strings.Contains(err.Error(), "column") {
+					t.Fatalf("column error without its place: %v", err)
+				}
+			}
+		}
+	})
 }
 
 func TestClassify(t *testing.T) {
