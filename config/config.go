@@ -347,7 +347,7 @@ func (m *Module) validate(path string, c *Config) error {
 		if err := relay.ValidateName(s.From); err != nil {
 			return bad(p+".from", "%v", err)
 		}
-		if err := relay.ValidateName(s.To); err != nil && s.To != "hidden" {
+		if err := relay.ValidateName(s.To); err != nil {
 			return bad(p+".to", "%v", err)
 		}
 		if s.RTT <= 0 {
@@ -384,8 +384,8 @@ func checkPattern(p string) error {
 	if host == "" || host == "*" {
 		return fmt.Errorf("target %q allows any host, which would make /probe an open proxy: list the hosts (a trailing * is allowed, e.g. \"10.0.0.*:9000\")", p)
 	}
-	if i := strings.IndexByte(host, '*'); i >= 0 && i != len(host)-1 {
-		return fmt.Errorf("target %q: * is allowed only at the end of the host", p)
+	if strings.Count(host, "*") > 1 {
+		return fmt.Errorf("target %q: at most one * in the host (e.g. \"10.0.0.*:9000\" or \"relay-*.example.net:9000\")", p)
 	}
 	if port != "*" {
 		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
@@ -412,8 +412,8 @@ func (m *Module) Allows(target string) error {
 		if pp != "*" && pp != port {
 			continue
 		}
-		if prefix, ok := strings.CutSuffix(ph, "*"); ok {
-			if strings.HasPrefix(host, prefix) {
+		if prefix, suffix, ok := strings.Cut(ph, "*"); ok {
+			if wildcardMatch(prefix, suffix, host) {
 				return nil
 			}
 		} else if ph == host {
@@ -421,6 +421,28 @@ func (m *Module) Allows(target string) error {
 		}
 	}
 	return fmt.Errorf("target %q is not in the module's targets %q", target, m.Targets)
+}
+
+// wildcardMatch matches a host against a pattern with one *. In an
+// address pattern ("10.0.0.*", "fd00::*") the * stands for the rest of an
+// address and matches only addresses, so "10.0.0.*" does not allow the host
+// name 10.0.0.1.example.org, which resolves anywhere. In a name pattern
+// ("relay-*.example.net", "relay-*") it stands for part of one DNS label,
+// as in a TLS wildcard, so "relay-*" does not allow relay-b.example.org.
+func wildcardMatch(prefix, suffix, host string) bool {
+	if len(host) < len(prefix)+len(suffix) || !strings.HasPrefix(host, prefix) || !strings.HasSuffix(host, suffix) {
+		return false
+	}
+	if addressPattern(prefix + suffix) {
+		return net.ParseIP(host) != nil
+	}
+	return !strings.Contains(host[len(prefix):len(host)-len(suffix)], ".")
+}
+
+// addressPattern reports whether a pattern (without its *) is part of an
+// IPv4 or IPv6 address rather than of a name.
+func addressPattern(p string) bool {
+	return strings.Contains(p, ":") || strings.Trim(p, "0123456789.") == ""
 }
 
 // Redacted returns the module as YAML with every secret hidden, for the

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -69,7 +70,7 @@ func TestDefaultsAndThresholds(t *testing.T) {
 }
 
 func TestAllows(t *testing.T) {
-	m := &Module{Targets: []string{"127.0.0.1:*", "[::1]:9000", "relay-*:9000", "10.0.0.*:9000", "Host.Example:80"}}
+	m := &Module{Targets: []string{"127.0.0.1:*", "[::1]:9000", "relay-*:9000", "relay-*.example.net:9100", "10.0.0.*:9000", "[fd00::*]:9000", "*.hops.example:9000", "Host.Example:80"}}
 	for _, tc := range []struct {
 		target string
 		ok     bool
@@ -79,11 +80,22 @@ func TestAllows(t *testing.T) {
 		{"127.0.0.2:9000", false},
 		{"[::1]:9000", true},
 		{"[::1]:9001", false},
-		{"relay-b.example.net:9000", true},
+		{"relay-b:9000", true},
+		{"relay-b.example.net:9000", false}, // a name * stays within one label
+		{"relay-b.example.net:9100", true},
+		{"relay-b.evil.example.net:9100", false},
+		{"relay-.example.net:9100", true},
 		{"relay-b.example.net:9001", false},
 		{"evil.example.net:9000", false},
+		{"c.hops.example:9000", true},
+		{"hops.example:9000", false},
+		{"x.c.hops.example:9000", false},
 		{"10.0.0.17:9000", true},
 		{"10.0.1.17:9000", false},
+		{"10.0.0.1.evil.example:9000", false}, // an address * matches addresses only
+		{"10.0.0.:9000", false},
+		{"[fd00::1]:9000", true},
+		{"[fd00::1.evil]:9000", false},
 		{"host.example:80", true},
 		{"127.0.0.1", false},
 		{"127.0.0.1:0", false},
@@ -160,6 +172,42 @@ func FuzzParse(f *testing.F) {
 				_ = m.Allows("127.0.0.1:9000")
 				_ = c.Redacted(name)
 			}
+		}
+	})
+}
+
+func FuzzAllows(f *testing.F) {
+	for _, s := range [][2]string{{"10.0.0.*:9000", "10.0.0.1:9000"}, {"relay-*.example.net:*", "relay-b.example.net:1"}, {"[fd00::*]:9000", "[fd00::1]:9000"}, {"b:9000", "B:9000"}, {"10.0.0.*:9000", "10.0.0.1.evil:9000"}} {
+		f.Add(s[0], s[1])
+	}
+	f.Fuzz(func(t *testing.T, pattern, target string) {
+		if checkPattern(pattern) != nil {
+			return
+		}
+		m := &Module{Targets: []string{pattern}}
+		if m.Allows(target) != nil {
+			return
+		}
+		// An allowed target is a real host:port, and a wildcard never
+		// lets a host name through an address pattern or across a label.
+		host, port, err := net.SplitHostPort(target)
+		if err != nil || host == "" || port == "" {
+			t.Fatalf("%q allowed %q, which is not host:port", pattern, target)
+		}
+		ph, _, _ := net.SplitHostPort(pattern)
+		prefix, suffix, wild := strings.Cut(strings.ToLower(ph), "*")
+		if !wild {
+			if !strings.EqualFold(ph, host) {
+				t.Fatalf("%q allowed %q", pattern, target)
+			}
+			return
+		}
+		h := strings.ToLower(host)
+		if addressPattern(prefix+suffix) && net.ParseIP(h) == nil {
+			t.Fatalf("address pattern %q allowed host name %q", pattern, host)
+		}
+		if !addressPattern(prefix+suffix) && strings.Count(h, ".") != strings.Count(prefix+suffix, ".") {
+			t.Fatalf("name pattern %q allowed %q across labels", pattern, host)
 		}
 	})
 }
