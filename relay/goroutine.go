@@ -362,23 +362,9 @@ func (x *echo) run() {
 			}
 			return
 		}
-		tIn, wall, sync := x.now(), x.s.cfg.Clock.Wall(), x.s.cfg.Clock.Sync()
-		for {
-			fr, err := x.r.Next()
-			if err != nil {
-				x.echoes = append(x.echoes, echoReply{e: inflight{tIn: tIn}, local: x.reject(err)})
-				x.flush()
-				return
-			}
-			if fr == nil {
-				break
-			}
-			e, v, ans := x.classify(fr, tIn, wall, sync)
-			x.echoes = append(x.echoes, echoReply{frame: fr, view: v, e: e, local: ans})
-			if ans != nil && ans.fatal {
-				x.flush()
-				return
-			}
+		if stop := x.queueEchoes(x.r, x.now()); stop {
+			x.flush()
+			return
 		}
 		if !x.flush() {
 			return

@@ -103,6 +103,29 @@ func (h *hopState) classify(fr []byte, tIn, wall int64, sync clock.Sync) (inflig
 	return e, v, nil
 }
 
+// queueEchoes turns every complete request buffered in r into an answer
+// of the end host, all stamped with the same request-in time. It reports
+// whether the session must end (an untrusted or unparsable frame); the
+// answers queued so far, its error frame included, are still to be sent.
+func (h *hopState) queueEchoes(r *frame.Reader, tIn int64) (stop bool) {
+	wall, sync := h.s.cfg.Clock.Wall(), h.s.cfg.Clock.Sync()
+	for {
+		fr, err := r.Next()
+		if err != nil {
+			h.echoes = append(h.echoes, echoReply{e: inflight{tIn: tIn}, local: h.reject(err)})
+			return true
+		}
+		if fr == nil {
+			return false
+		}
+		e, v, ans := h.classify(fr, tIn, wall, sync)
+		h.echoes = append(h.echoes, echoReply{frame: fr, view: v, e: e, local: ans})
+		if ans != nil && ans.fatal {
+			return true
+		}
+	}
+}
+
 // reject is the answer to a frame that cannot be trusted or parsed: an
 // error frame, after which the session ends (its stream position is lost).
 func (h *hopState) reject(err error) *localAnswer {

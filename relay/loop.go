@@ -465,22 +465,8 @@ func (x *lsession) answerFatal(ans *localAnswer) {
 
 // processEcho answers every complete request the end host has buffered.
 func (x *lsession) processEcho() {
-	tIn, wall, sync := x.now(), x.s.cfg.Clock.Wall(), x.s.cfg.Clock.Sync()
-	for !x.upStopped {
-		fr, err := x.upR.Next()
-		if err != nil {
-			x.echoes = append(x.echoes, echoReply{e: inflight{tIn: tIn}, local: x.reject(err)})
-			x.upStopped, x.closeAfter = true, true
-			break
-		}
-		if fr == nil {
-			break
-		}
-		e, v, ans := x.classify(fr, tIn, wall, sync)
-		x.echoes = append(x.echoes, echoReply{frame: fr, view: v, e: e, local: ans})
-		if ans != nil && ans.fatal {
-			x.upStopped, x.closeAfter = true, true
-		}
+	if !x.upStopped && x.queueEchoes(x.upR, x.now()) {
+		x.upStopped, x.closeAfter = true, true
 	}
 	x.flushEcho()
 }

@@ -49,13 +49,7 @@ func StartRelay(t testing.TB, cfg relay.Config) string {
 
 func startRelay(t testing.TB, cfg relay.Config, lc net.ListenConfig) string {
 	t.Helper()
-	if cfg.Engine == "" {
-		cfg.Engine = engine
-	}
-	srv, err := relay.New(cfg)
-	if err != nil {
-		t.Fatalf("relay %s: %v", cfg.Name, err)
-	}
+	srv := New(t, cfg)
 	ln, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("relay %s listen: %v", cfg.Name, err)
