@@ -188,7 +188,8 @@ func TestCheckCommandExitCodes(t *testing.T) {
 	}{
 		{[]string{"check", b.addr, "-w", "100", "-c", "200"}, 0, "SUBSEGMENT OK - "},
 		{[]string{"check", b.addr, "-w", "0.5", "-c", "200"}, 1, "SUBSEGMENT WARNING - "},
-		{[]string{"check", b.addr, "-w", "100", "-c", "0.5", "--segment", "a:b=,1s", "--segment", "c:z=,1s"}, 2, "SUBSEGMENT CRITICAL - b -> c"},
+		{[]string{"check", b.addr, "--relay.name", "a", "-w", "100", "-c", "0.5", "--segment", "a:b=,1s", "--segment", "c:z=,1s"}, 2, "SUBSEGMENT CRITICAL - b -> c"},
+		{[]string{"check", b.addr, "--relay.name", "a", "--segment", "b:x=,1s"}, 3, "SUBSEGMENT UNKNOWN - --segment b:x: no such segment in the chain (its segments: a -> b, b -> c, c -> z)"},
 		{[]string{"check", "127.0.0.1:1", "-w", "1"}, 2, "SUBSEGMENT CRITICAL - chain broken at "},
 		{[]string{"check", b.addr, "-w", "abc"}, 3, "SUBSEGMENT UNKNOWN - -w: "},
 		{[]string{"check", b.addr, "--segment", "bc"}, 3, "SUBSEGMENT UNKNOWN - --segment"},
