@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -139,25 +140,19 @@ func (h *ProbeHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// The probe's own log is kept only for debug=true; otherwise it goes to
 	// the process log at debug level, where it usually costs nothing.
 	var logs bytes.Buffer
-	var logger *slog.Logger
+	var debugLog io.Writer
 	if debug {
-		logger = slog.New(&teeHandler{a: slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}), b: h.Logger.Handler()})
-	} else {
-		logger = slog.New(&demoteHandler{h.Logger.Handler()})
+		debugLog = &logs
 	}
+	logger := probeLogger(debugLog, h.Logger.Handler())
 	logger.Info("probing", "module", moduleName, "target", target, "timeout", timeout)
-	res := prober.Run(ctx, prober.Options{
+	opts := prober.Options{
 		Target: target, Source: h.Source, Count: module.Probes, Interval: time.Duration(module.Interval),
 		PayloadBytes: module.PayloadBytes, Timeout: timeout, MaxFrameBytes: h.MaxFrameBytes, Keys: h.Keys,
 		Clock: h.Clock, Dial: h.Dial, Names: h.Names, Logger: logger,
-		AnnotateWarmup: module.Inband == config.InbandAlways,
-		AnnotateAfter: func(r *prober.Result) bool {
-			if module.Inband != config.InbandOnViolation {
-				return false
-			}
-			return slices.ContainsFunc(sla.Evaluate(r, module.SLA), func(v sla.Verdict) bool { return v.Exceeded && !v.Broken })
-		},
-	})
+	}
+	opts.AnnotateWarmup, opts.AnnotateAfter = sla.Annotation(module)
+	res := prober.Run(ctx, opts)
 	verdicts := sla.Evaluate(res, module.SLA)
 	var extra Extra
 	if h.Context != nil {
@@ -224,8 +219,18 @@ func scrapeTimeout(r *http.Request, m *config.Module, offset time.Duration) (tim
 	return timeout, nil
 }
 
+// probeLogger is a probe's logger: everything into debugLog (when not
+// nil, for debug=true), and into the process log at debug level.
+func probeLogger(debugLog io.Writer, process slog.Handler) *slog.Logger {
+	demoted := &demoteHandler{process}
+	if debugLog == nil {
+		return slog.New(demoted)
+	}
+	return slog.New(&teeHandler{a: slog.NewTextHandler(debugLog, &slog.HandlerOptions{Level: slog.LevelDebug}), b: demoted})
+}
+
 // teeHandler sends each record to two handlers: the probe's own log (for
-// debug=true) and the process log.
+// debug=true) and the process log (demoted to debug level).
 type teeHandler struct{ a, b slog.Handler }
 
 func (t *teeHandler) Enabled(ctx context.Context, l slog.Level) bool {
@@ -236,11 +241,8 @@ func (t *teeHandler) Handle(ctx context.Context, r slog.Record) error {
 	if t.a.Enabled(ctx, r.Level) {
 		_ = t.a.Handle(ctx, r.Clone())
 	}
-	if t.b.Enabled(ctx, slog.LevelDebug) && t.b.Enabled(ctx, r.Level) {
-		// The process log gets probe logs at debug level only.
-		r2 := slog.NewRecord(r.Time, slog.LevelDebug, r.Message, r.PC)
-		r.Attrs(func(a slog.Attr) bool { r2.AddAttrs(a); return true })
-		return t.b.Handle(ctx, r2)
+	if t.b.Enabled(ctx, r.Level) {
+		return t.b.Handle(ctx, r)
 	}
 	return nil
 }

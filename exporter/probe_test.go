@@ -1,7 +1,6 @@
 package exporter
 
 import (
-	"context"
 	"io"
 	"log/slog"
 	"net"
@@ -404,12 +403,18 @@ func TestReload(t *testing.T) {
 	}
 }
 
-func TestTeeHandlerDoesNotLeakAboveDebug(t *testing.T) {
+func TestProbeLogDoesNotLeakAboveDebug(t *testing.T) {
 	var probeLog, processLog strings.Builder
-	h := &teeHandler{a: slog.NewTextHandler(&probeLog, &slog.HandlerOptions{Level: slog.LevelDebug}), b: slog.NewTextHandler(&processLog, nil)}
-	slog.New(h).Info("hello", "k", "v")
+	probeLogger(&probeLog, slog.NewTextHandler(&processLog, nil)).Info("hello", "k", "v")
 	if !strings.Contains(probeLog.String(), "hello") || processLog.Len() != 0 {
 		t.Errorf("probe log %q, process log (info level) %q: probe logs go to the process log only at debug", probeLog.String(), processLog.String())
 	}
-	_ = context.Background()
+	// A process logging at debug gets the probe's records, at debug.
+	processLog.Reset()
+	for _, debugLog := range []io.Writer{nil, &probeLog} {
+		probeLogger(debugLog, slog.NewTextHandler(&processLog, &slog.HandlerOptions{Level: slog.LevelDebug})).Info("hello")
+	}
+	if got := strings.Count(processLog.String(), "level=DEBUG msg=hello"); got != 2 {
+		t.Errorf("process log at debug: %q", processLog.String())
+	}
 }

@@ -83,12 +83,11 @@ func (b *syncBuffer) String() string {
 
 // proc is a process the test started.
 type proc struct {
-	name   string
-	cmd    *exec.Cmd
-	out    *syncBuffer
-	done   chan struct{}
-	err    error
-	waited bool
+	name string
+	cmd  *exec.Cmd
+	out  *syncBuffer
+	done chan struct{}
+	err  error
 }
 
 // start runs a program and stops it (by PID) when the test ends.

@@ -82,19 +82,10 @@ func Run(ctx context.Context, o Options) (State, string) {
 	}
 	opts := prober.Options{Target: o.Target, Source: o.Source, Count: module.Probes, Interval: time.Duration(module.Interval),
 		PayloadBytes: module.PayloadBytes, Timeout: min(o.Timeout, time.Duration(module.Timeout)), MaxFrameBytes: o.MaxFrameBytes, Keys: o.Keys, Dial: o.Dial,
-		Logger: slog.New(slog.DiscardHandler), AnnotateWarmup: module.Inband == config.InbandAlways}
+		Logger: slog.New(slog.DiscardHandler)}
+	opts.AnnotateWarmup, opts.AnnotateAfter = sla.Annotation(module)
 	if err := opts.Validate(); err != nil {
 		return unknown("%v", err)
-	}
-	if module.Inband == config.InbandOnViolation {
-		opts.AnnotateAfter = func(r *prober.Result) bool {
-			for _, v := range sla.Evaluate(r, module.SLA) {
-				if v.Exceeded && !v.Broken {
-					return true
-				}
-			}
-			return false
-		}
 	}
 	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
 	defer cancel()

@@ -4,6 +4,7 @@
 package sla
 
 import (
+	"math"
 	"time"
 
 	"github.com/subsegment/subsegment_exporter/config"
@@ -34,7 +35,7 @@ func Evaluate(r *prober.Result, s config.SLA) []Verdict {
 		}
 		v := Verdict{From: seg.From, To: seg.To, Threshold: th}
 		if seg.Samples == 0 {
-			v.Broken, v.Exceeded, v.Ratio = true, true, inf
+			v.Broken, v.Exceeded, v.Ratio = true, true, math.Inf(1)
 		} else {
 			v.RTT = time.Duration(seg.RTT.Median * float64(time.Second))
 			v.Ratio = float64(v.RTT) / float64(th)
@@ -45,4 +46,23 @@ func Evaluate(r *prober.Result, s config.SLA) []Verdict {
 	return out
 }
 
-var inf = func() float64 { var z float64; return 1 / z }()
+// Annotation is how a probe run asks hops for their in-band variables
+// under the module's inband mode: on the warm-up probe (always), or on one
+// more probe after the measured ones when a reachable segment is over its
+// SLA (on_violation).
+func Annotation(m *config.Module) (warmup bool, after func(*prober.Result) bool) {
+	switch m.Inband {
+	case config.InbandAlways:
+		return true, nil
+	case config.InbandOnViolation:
+		return false, func(r *prober.Result) bool {
+			for _, v := range Evaluate(r, m.SLA) {
+				if v.Exceeded && !v.Broken {
+					return true
+				}
+			}
+			return false
+		}
+	}
+	return false, nil
+}
