@@ -4,17 +4,18 @@ import (
 	"bytes"
 	"crypto/hmac"
 	"crypto/sha256"
-	"errors"
 	"fmt"
 	"hash"
 	"os"
+
+	"github.com/subsegment/subsegment_exporter/peer"
 )
 
 // MinKeyLen is the shortest shared key accepted: shorter keys are guessable.
 const MinKeyLen = 16
 
 // ErrAuth marks frames refused because of their signature.
-var ErrAuth = errors.New("authentication failed")
+var ErrAuth = peer.NewError(peer.ReasonAuth, "authentication failed")
 
 // Keys are the shared HMAC keys of a chain. The first key signs; every key
 // verifies, so a rollover is: add the new key second everywhere, then move

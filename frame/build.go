@@ -1,6 +1,32 @@
 package frame
 
-import "encoding/binary"
+import (
+	"encoding/binary"
+	"fmt"
+)
+
+// Overhead is what a probe frame holds besides its payload through a
+// chain of hops hops: the larger of the request (the path) and the reply
+// (a record per hop without variables, and an error record).
+func Overhead(hops int) int {
+	request := MinFrameLen + hops*PathEntryLen + MACLen
+	reply := MinFrameLen + hops*PlainHopRecordLen + MaxErrorRecordLen + MACLen
+	return max(request, reply)
+}
+
+// CheckPayload says whether probes padded with payload bytes fit frames
+// of maxFrame bytes through a chain of up to maxHops hops, and what fits
+// when they do not.
+func CheckPayload(payload, maxFrame, maxHops int) error {
+	if payload < 0 || payload > MaxPayloadBytes {
+		return fmt.Errorf("payload of %d bytes out of range: use 0 to %d", payload, MaxPayloadBytes)
+	}
+	if fits := maxFrame - Overhead(maxHops); payload > fits {
+		return fmt.Errorf("payload of %d bytes does not fit a %d-byte frame (--relay.max-frame-bytes) with the records of %d hops (--relay.max-hops): at most %d bytes fit; lower payload_bytes, or raise --relay.max-frame-bytes on every hop and the source",
+			payload, maxFrame, maxHops, max(fits, 0))
+	}
+	return nil
+}
 
 // AppendRequest appends a complete request frame to dst: the probe header,
 // data (padding or a stream block), the path of hop IDs, and the trailer.

@@ -18,16 +18,19 @@ package frame
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
+
+	"github.com/subsegment/subsegment_exporter/peer"
 )
 
 // Magic starts every frame so that a relay recognises a stray connection
 // (an HTTP client, a port scanner) at its first read.
 const Magic = "SSEG"
 
-// Version is bumped on any incompatible change of the layout.
-const Version = 1
+// Version is bumped on any incompatible change of the layout. Version 2
+// added the hops' waits, kernel-stamp flags and upstream TCP_INFO to hop
+// records, and 16-bit record flags.
+const Version = 2
 
 // Sizes of the fixed parts of a frame.
 const (
@@ -41,10 +44,21 @@ const (
 
 // Defaults bound per-connection memory and the work a single probe can cause.
 const (
-	DefaultMaxFrameBytes = 64 << 10
-	DefaultMaxHops       = 32
+	// DefaultMaxFrameBytes lets a stream block of 16 MiB through a chain of
+	// the maximum hop count with room for every hop's record. Buffers for
+	// frames over 64 KiB come from a per-process budget (BufferBudget).
+	DefaultMaxFrameBytes = MaxBlockBytes + 128<<10
+	// MaxBlockBytes is the largest stream block (--stdin-block-size).
+	MaxBlockBytes = 16 << 20
+	// MaxFrameBytesLimit is the largest --relay.max-frame-bytes.
+	MaxFrameBytesLimit = 64 << 20
+	DefaultMaxHops     = 32
 	// MaxHopsLimit is the largest hop count the count field can express.
 	MaxHopsLimit = 255
+	// StreamWindow is the most stream frames a source keeps in flight;
+	// relays keep room for more, so that no ring fills up and stalls the
+	// pipeline.
+	StreamWindow = 960
 	// MaxPayloadBytes is the largest probe padding a source may request.
 	MaxPayloadBytes = 64 << 10
 )
@@ -127,15 +141,16 @@ func (h Header) Signed() bool { return h.Flags&FlagSigned != 0 }
 // FrameLen is the whole frame's size on the wire.
 func (h Header) FrameLen() int { return HeaderLen + int(h.Length) }
 
-// Errors a parser returns; wrapped with detail, test with errors.Is.
+// Errors a parser returns; wrapped with detail, test with errors.Is. Each
+// carries the reason a hop reports for it (peer.Classify).
 var (
-	ErrBadMagic    = errors.New("bad magic: not a subsegment frame")
-	ErrBadVersion  = errors.New("unsupported protocol version")
-	ErrBadKind     = errors.New("unknown frame kind")
-	ErrTooLarge    = errors.New("frame larger than the maximum frame size")
-	ErrTruncated   = errors.New("frame truncated")
-	ErrMalformed   = errors.New("malformed frame")
-	ErrTooManyHops = errors.New("too many hops")
+	ErrBadMagic    = peer.NewError(peer.ReasonBadFrame, "bad magic: not a subsegment frame")
+	ErrBadVersion  = peer.NewError(peer.ReasonBadFrame, "unsupported protocol version")
+	ErrBadKind     = peer.NewError(peer.ReasonBadFrame, "unknown frame kind")
+	ErrTooLarge    = peer.NewError(peer.ReasonTooLarge, "frame larger than the maximum frame size")
+	ErrTruncated   = peer.NewError(peer.ReasonBadFrame, "frame truncated")
+	ErrMalformed   = peer.NewError(peer.ReasonBadFrame, "malformed frame")
+	ErrTooManyHops = peer.NewError(peer.ReasonTooManyHops, "too many hops")
 )
 
 // ParseHeader validates the fixed header at the start of b. It needs only
@@ -225,6 +240,8 @@ func (v *View) Tail(frame []byte) []byte { return frame[v.TailOff:v.MACOff] }
 
 // Parse validates a complete frame of any kind but KindError and locates its
 // parts. It never panics on any input: every inconsistency is an error.
+// When only a record is refused (a *BadRecord error), the View is still
+// returned.
 func Parse(frame []byte, maxFrameBytes, maxHops int) (View, error) {
 	h, err := ParseHeader(frame, maxFrameBytes)
 	if err != nil {
@@ -264,7 +281,10 @@ func Parse(frame []byte, maxFrameBytes, maxHops int) (View, error) {
 		return v, nil
 	}
 	if err := checkRecords(tail, int(v.Probe.Count)); err != nil {
-		return View{}, err
+		// The frame's structure is known: a receiver may still decode the
+		// records before the refused one (ParseRecords) to say where the
+		// chain went wrong.
+		return v, err
 	}
 	return v, nil
 }

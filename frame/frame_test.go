@@ -11,17 +11,22 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/subsegment/subsegment_exporter/peer"
+	"github.com/subsegment/subsegment_exporter/tcpinfo"
 )
 
 var testKey = Keys{[]byte("0123456789abcdef0123456789abcdef")}
 
 func sampleHop() HopRecord {
 	return HopRecord{
-		ID: 0x1122334455667788, Flags: RecSynced | RecTCPInfo | RecDialed, Name: "hop-b.example",
+		ID: 0x1122334455667788, Flags: RecSynced | RecTCPInfo | RecDialed | RecKernelIn | RecKernelReply | RecTCPInfoUp, Name: "hop-b.example",
 		Forward: 12 * time.Microsecond, Downstream: 20 * time.Millisecond, Return: 9 * time.Microsecond,
+		WaitForward: 3 * time.Microsecond, WaitReturn: 2 * time.Microsecond,
 		WallIn: 1_700_000_000_123_456_789, EstErrorMicros: 100, MaxErrorMicros: 250, Connect: 300 * time.Microsecond,
-		TCP:  TCPInfo{RTTMicros: 20100, RTTVarMicros: 50, MinRTTMicros: 20000, TotalRetrans: 2, SndMSS: 1448, PMTU: 1500, SndCwnd: 10},
-		Vars: []Var{{Name: "load1", Value: 7.2}, {Name: "if_in_errors", Value: 3}},
+		TCP:   tcpinfo.Info{RTTMicros: 20100, RTTVarMicros: 50, MinRTTMicros: 20000, TotalRetrans: 2, SndMSS: 1448, PMTU: 1500, SndCwnd: 10},
+		TCPUp: tcpinfo.Info{RTTMicros: 300, RTTVarMicros: 20, MinRTTMicros: 25, TotalRetrans: 1, SndMSS: 65483, PMTU: 65535, SndCwnd: 10},
+		Vars:  []Var{{Name: "load1", Value: 7.2}, {Name: "if_in_errors", Value: 3}},
 	}
 }
 
@@ -69,7 +74,7 @@ func TestRequestRoundTrip(t *testing.T) {
 func TestReplyRoundTrip(t *testing.T) {
 	hop := sampleHop()
 	end := HopRecord{ID: 9, Flags: RecEnd, Name: "z", Forward: 5 * time.Microsecond}
-	er := ErrorRecord{ID: 7, Name: "c", Peer: "[::1]:9000", Reason: ReasonRefused, Side: SideDownstream, Message: "dial tcp [::1]:9000: connection refused"}
+	er := ErrorRecord{ID: 7, Name: "c", Peer: "[::1]:9000", Reason: peer.ReasonRefused, Side: SideDownstream, Message: "dial tcp [::1]:9000: connection refused"}
 	var recs []byte
 	recs = AppendHop(recs, &hop)
 	recs = AppendHop(recs, &end)
@@ -148,7 +153,7 @@ func TestParseRejectsMalformed(t *testing.T) {
 		{"empty", nil, ErrTruncated},
 		{"short header", []byte("SSEG"), ErrTruncated},
 		{"http request", []byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), ErrBadMagic},
-		{"version 2", mut(validRequest, func(b []byte) []byte { b[4] = 2; return b }), ErrBadVersion},
+		{"version 1", mut(validRequest, func(b []byte) []byte { b[4] = 1; return b }), ErrBadVersion},
 		{"kind 0", mut(validRequest, func(b []byte) []byte { b[5] = 0; return b }), ErrBadKind},
 		{"kind 9", mut(validRequest, func(b []byte) []byte { b[5] = 9; return b }), ErrBadKind},
 		{"unknown flag", mut(validRequest, func(b []byte) []byte { b[6] = 0x80; return b }), ErrMalformed},
@@ -163,7 +168,7 @@ func TestParseRejectsMalformed(t *testing.T) {
 		{"path count mismatch", mut(validRequest, func(b []byte) []byte { b[HeaderLen+10] = 3; return b }), ErrMalformed},
 		{"too many hops", mut(validRequest, func(b []byte) []byte { b[HeaderLen+10] = 200; return b }), ErrTooManyHops},
 		{"reserved probe byte", mut(validRequest, func(b []byte) []byte { b[HeaderLen+11] = 1; return b }), ErrMalformed},
-		{"error kind parsed as probe", AppendErrorFrame(nil, &ErrorRecord{Name: "x"}, nil), ErrMalformed},
+		{"error kind parsed as probe", AppendErrorFrame(nil, &ErrorRecord{Name: "x", Peer: "y"}, nil), ErrMalformed},
 		{"reply record count too high", mut(validReply, func(b []byte) []byte { b[HeaderLen+10] = 2; return b }), ErrMalformed},
 		{"reply record count too low", mut(validReply, func(b []byte) []byte { b[HeaderLen+10] = 0; return b }), ErrMalformed},
 		{"record length past end", mut(validReply, func(b []byte) []byte {
@@ -186,34 +191,101 @@ func TestParseRejectsMalformed(t *testing.T) {
 	}
 }
 
+// recordWith encodes a hop record after changing the sample.
+func recordWith(change func(*HopRecord)) []byte {
+	h := sampleHop()
+	change(&h)
+	return AppendHop(nil, &h)
+}
+
+// rawName writes name into a hop record without the encoder's clipping.
+func rawName(name string) []byte {
+	h := sampleHop()
+	h.Name, h.Vars = "", nil
+	b := AppendHop(nil, &h)
+	b = append(b[:hopFixedLen], byte(len(name)))
+	b = append(b, name...)
+	b = append(b, 0)
+	binary.BigEndian.PutUint16(b, uint16(len(b)))
+	return b
+}
+
+// errorWith writes an error record with raw strings.
+func errorWith(name, peerName, msg string, reason, side byte) []byte {
+	b := []byte{0, 0, byte(RecordError), 0, 0, 0, 0, 0, 0, 0, 0, 0, 7, reason, side, byte(len(name)), byte(len(peerName))}
+	b = binary.BigEndian.AppendUint16(b, uint16(len(msg)))
+	b = append(append(append(b, name...), peerName...), msg...)
+	binary.BigEndian.PutUint16(b, uint16(len(b)))
+	return b
+}
+
+// Every rule a peer's record is held to: the source and every relay apply
+// them through the same decoder.
 func TestParseRecordsRejectsMalformed(t *testing.T) {
 	h := sampleHop()
 	hop := AppendHop(nil, &h)
-	er := AppendError(nil, &ErrorRecord{Name: "c", Message: "m"})
+	er := AppendError(nil, &ErrorRecord{Name: "c", Peer: "z", Message: "m"})
 	tests := []struct {
 		name string
 		b    []byte
 		n    int
+		want string
 	}{
-		{"name length beyond record", func() []byte { b := bytes.Clone(hop); b[hopFixedLen] = 60; return b }(), 1},
-		{"name longer than allowed", func() []byte { b := bytes.Clone(hop); b[hopFixedLen] = MaxNameLen + 1; return b }(), 1},
-		{"var count beyond record", func() []byte { b := bytes.Clone(hop); b[hopFixedLen+1+len(h.Name)] = 30; return b }(), 1},
-		{"too many vars", func() []byte { b := bytes.Clone(hop); b[hopFixedLen+1+len(h.Name)] = MaxVars + 1; return b }(), 1},
+		{"name length beyond record", func() []byte { b := bytes.Clone(hop); b[hopFixedLen] = 60; return b }(), 1, ""},
+		{"name longer than allowed", rawName(strings.Repeat("n", MaxNameLen+1)), 1, "at most 64"},
+		{"empty name", rawName(""), 1, "empty name"},
+		{"name not UTF-8", rawName("z\xff\"}"), 1, "not UTF-8"},
+		{"name with a quote", rawName(`z"}`), 1, `'"'`},
+		{"name with a newline", rawName("z\nCRITICAL"), 1, `'\n'`},
+		{"var count beyond record", func() []byte { b := bytes.Clone(hop); b[hopFixedLen+1+len(h.Name)] = 30; return b }(), 1, ""},
+		{"too many vars", func() []byte { b := bytes.Clone(hop); b[hopFixedLen+1+len(h.Name)] = MaxVars + 1; return b }(), 1, ""},
+		{"variable name not a label name", recordWith(func(h *HopRecord) { h.Vars = []Var{{Name: "load 1", Value: 1}} }), 1, "not a label name"},
+		{"variable NaN", recordWith(func(h *HopRecord) { h.Vars = []Var{{Name: "load1", Value: math.NaN()}} }), 1, "finite"},
+		{"variable Inf", recordWith(func(h *HopRecord) { h.Vars = []Var{{Name: "load1", Value: math.Inf(1)}} }), 1, "finite"},
 		{"trailing bytes in record", func() []byte {
 			b := append(bytes.Clone(hop), 0)
 			binary.BigEndian.PutUint16(b, uint16(len(b)))
 			return b
-		}(), 1},
-		{"negative duration", func() []byte { b := bytes.Clone(hop); b[12] = 0xff; return b }(), 1},
-		{"error side out of range", func() []byte { b := bytes.Clone(er); b[13] = 9; return b }(), 1},
-		{"error flags set", func() []byte { b := bytes.Clone(er); b[3] = 1; return b }(), 1},
-		{"error message beyond record", func() []byte { b := bytes.Clone(er); binary.BigEndian.PutUint16(b[16:], 400); return b }(), 1},
-		{"fewer records than count", hop, 2},
+		}(), 1, "trailing"},
+		{"negative duration", func() []byte { b := bytes.Clone(hop); b[offForward] = 0xff; return b }(), 1, "negative"},
+		{"duration over a day", func() []byte {
+			b := bytes.Clone(hop)
+			binary.BigEndian.PutUint64(b[offDownstream:], uint64(25*time.Hour))
+			return b
+		}(), 1, "over"},
+		{"unknown flag", func() []byte { b := bytes.Clone(hop); b[offFlags] |= 0x80; return b }(), 1, "unknown flags"},
+		{"forward wait exceeds forward", recordWith(func(h *HopRecord) { h.WaitForward = h.Forward + 1 }), 1, "forward wait"},
+		{"return wait exceeds return", recordWith(func(h *HopRecord) { h.WaitReturn = h.Return + 1 }), 1, "return wait"},
+		{"end host with a downstream", recordWith(func(h *HopRecord) { h.Flags |= RecEnd }), 1, "end host"},
+		{"error side out of range", errorWith("c", "z", "m", 1, 9), 1, "side"},
+		{"error reason unknown", errorWith("c", "z", "m", 200, 0), 1, "reason"},
+		{"error flags set", func() []byte { b := bytes.Clone(er); b[offFlags+1] = 1; return b }(), 1, "flags"},
+		{"error message beyond record", func() []byte { b := bytes.Clone(er); binary.BigEndian.PutUint16(b[17:], 400); return b }(), 1, ""},
+		{"error name not UTF-8", errorWith("c\xff", "z", "m", 1, 0), 1, "not UTF-8"},
+		{"error peer with a space", errorWith("c", "z z", "m", 1, 0), 1, "peer"},
+		{"error message with an escape", errorWith("c", "z", "evil \x1b[31m red", 1, 0), 1, "control"},
+		{"error message not UTF-8", errorWith("c", "z", "bad \xc3", 1, 0), 1, "UTF-8"},
+		{"fewer records than count", hop, 2, ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			if _, err := ParseRecords(tc.b, tc.n); !errors.Is(err, ErrMalformed) {
+			_, err := ParseRecords(tc.b, tc.n)
+			if !errors.Is(err, ErrMalformed) {
 				t.Fatalf("ParseRecords = %v, want ErrMalformed", err)
+			}
+			if peer.Classify(err) != peer.ReasonBadFrame {
+				t.Errorf("reason %v, want bad_frame", peer.Classify(err))
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %q does not say %q", err, tc.want)
+			}
+			// The relay's check (no decoding) refuses the same records.
+			if checkRecords(tc.b, tc.n) == nil {
+				t.Errorf("checkRecords accepted what ParseRecords refused")
+			}
+			var br *BadRecord
+			if tc.n == 1 && errors.As(err, &br) && br.Index != 0 {
+				t.Errorf("refusal names record %d, want 0", br.Index)
 			}
 		})
 	}
@@ -347,7 +419,7 @@ func TestReaderErrors(t *testing.T) {
 		{"cut in header", f[:5], ErrPartialFrame},
 		{"cut in body", f[:len(f)-1], ErrPartialFrame},
 		{"garbage", []byte("garbage garbage garbage"), ErrBadMagic},
-		{"oversized", func() []byte { b := bytes.Clone(f); binary.BigEndian.PutUint32(b[8:], 1<<20); return b }(), ErrTooLarge},
+		{"oversized", func() []byte { b := bytes.Clone(f); binary.BigEndian.PutUint32(b[8:], 1<<30); return b }(), ErrTooLarge},
 	}
 	for _, tc := range tests {
 		r := NewReader(bytes.NewReader(tc.in), DefaultMaxFrameBytes)
@@ -363,8 +435,9 @@ func FuzzParse(f *testing.F) {
 	f.Add(validReply())
 	f.Add(AppendRequest(nil, KindStreamRequest, ProbeHeader{Seq: 3}, []byte("x"), []uint64{1, 2}, NewSigner(testKey)))
 	f.Add(AppendErrorFrame(nil, &ErrorRecord{Name: "c", Peer: "z", Message: "m"}, nil))
+	f.Add(AppendReply(nil, KindProbeReply, ProbeHeader{Seq: 1}, nil, rawName("z\xff\"}"), 1, nil))
 	f.Add(AppendReply(nil, KindStreamReply, ProbeHeader{}, []byte("d"), AppendHop(nil, &h), 1, nil))
-	f.Add([]byte("SSEG\x01\x02\x00\x00\x00\x00\x00\x00"))
+	f.Add([]byte("SSEG\x02\x02\x00\x00\x00\x00\x00\x00"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		v, err := Parse(b, DefaultMaxFrameBytes, DefaultMaxHops)
 		if err == nil {
@@ -432,7 +505,7 @@ func TestParseDoesNotAllocate(t *testing.T) {
 func TestRecordIter(t *testing.T) {
 	h := sampleHop()
 	end := HopRecord{ID: 9, Flags: RecEnd, Name: "z", Forward: 5 * time.Microsecond}
-	recs := AppendError(AppendHop(AppendHop(nil, &h), &end), &ErrorRecord{Name: "z"})
+	recs := AppendError(AppendHop(AppendHop(nil, &h), &end), &ErrorRecord{Name: "z", Peer: "y"})
 	it := NewRecordIter(recs)
 	var kinds []RecordKind
 	var times []HopTimes
@@ -449,7 +522,8 @@ func TestRecordIter(t *testing.T) {
 	if !reflect.DeepEqual(kinds, []RecordKind{RecordHop, RecordHop, RecordError}) {
 		t.Fatalf("kinds %v", kinds)
 	}
-	want := HopTimes{Name: []byte(h.Name), Flags: h.Flags, Forward: h.Forward, Downstream: h.Downstream, Return: h.Return}
+	want := HopTimes{ID: h.ID, Name: []byte(h.Name), Flags: h.Flags, Forward: h.Forward, Downstream: h.Downstream, Return: h.Return,
+		WaitForward: h.WaitForward, WaitReturn: h.WaitReturn}
 	if !reflect.DeepEqual(times[0], want) || string(times[1].Name) != "z" || times[1].Flags != RecEnd {
 		t.Errorf("times %+v", times)
 	}

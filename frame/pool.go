@@ -25,6 +25,16 @@ func getBuf(n int) *[]byte {
 	return &b
 }
 
+// bufSize is the size of the buffer getBuf returns for n bytes.
+func bufSize(n int) int {
+	for _, size := range bufClasses {
+		if n <= size {
+			return size
+		}
+	}
+	return n
+}
+
 // putBuf returns a buffer from getBuf to its pool.
 func putBuf(p *[]byte) {
 	if p == nil {

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+
+	"github.com/subsegment/subsegment_exporter/peer"
 )
 
 // Reader sizes for a connection's receive buffer.
@@ -30,6 +32,10 @@ type Reader struct {
 	maxFrame int
 	exact    bool
 	short    bool // the last read returned less than it asked for
+	// Budget, when set, must grant buffers over 64 KiB; charged is what
+	// the current buffer holds of it.
+	Budget  *BufferBudget
+	charged int
 }
 
 // NewReader returns a reader of frames of at most maxFrameBytes from src.
@@ -42,14 +48,15 @@ func NewReader(src io.Reader, maxFrameBytes int) *Reader {
 // frame it returned must not be used afterwards.
 func (r *Reader) Release() {
 	putBuf(r.bufPtr)
-	r.bufPtr, r.buf, r.start, r.end = nil, nil, 0, 0
+	r.Budget.release(r.charged)
+	r.bufPtr, r.buf, r.start, r.end, r.charged = nil, nil, 0, 0, 0
 }
 
 // Buffered reports the bytes received but not yet returned by Next.
 func (r *Reader) Buffered() int { return r.end - r.start }
 
 // ErrPartialFrame is returned when the peer closes in the middle of a frame.
-var ErrPartialFrame = errors.New("connection closed in the middle of a frame")
+var ErrPartialFrame = peer.NewError(peer.ReasonClosed, "connection closed in the middle of a frame")
 
 // Fill blocks until at least one complete frame is buffered. Frames
 // returned by Next before are invalid afterwards. At a clean end of stream
@@ -110,7 +117,9 @@ func (r *Reader) ReadOnce(read func([]byte) (int, error)) (int, error) {
 		}
 	}
 	if r.start+need > len(r.buf) {
-		r.makeRoom(need)
+		if err := r.makeRoom(need); err != nil {
+			return 0, err
+		}
 	}
 	limit := len(r.buf)
 	if r.exact {
@@ -125,7 +134,7 @@ func (r *Reader) ReadOnce(read func([]byte) (int, error)) (int, error) {
 		r.end += n
 	}
 	if err == nil && !r.exact && r.end == len(r.buf) && len(r.buf) < greedyReadBuffer && len(r.buf) < r.maxFrame {
-		r.grow(min(greedyReadBuffer, r.maxFrame))
+		_ = r.grow(min(greedyReadBuffer, r.maxFrame)) // within 64 KiB: never refused
 	}
 	return max(n, 0), err
 }
@@ -151,22 +160,36 @@ func (r *Reader) complete() bool {
 // makeRoom gives the partial frame at start room for need bytes: it moves
 // the received head to the front, growing the buffer when even that is not
 // enough.
-func (r *Reader) makeRoom(need int) {
+func (r *Reader) makeRoom(need int) error {
 	if need > len(r.buf) {
-		r.grow(need)
+		if err := r.grow(need); err != nil {
+			return err
+		}
 		if r.start+need <= len(r.buf) {
-			return
+			return nil
 		}
 	}
 	n := copy(r.buf, r.buf[r.start:r.end])
 	r.start, r.end = 0, n
+	return nil
 }
 
-func (r *Reader) grow(size int) {
+// grow moves the buffered bytes into a buffer of at least size bytes;
+// buffers over 64 KiB must fit the budget.
+func (r *Reader) grow(size int) error {
+	charge := 0
+	if size > greedyReadBuffer {
+		charge = bufSize(size)
+		if err := r.Budget.acquire(charge); err != nil {
+			return err
+		}
+	}
 	p := getBuf(size)
 	n := copy(*p, r.buf[r.start:r.end])
 	putBuf(r.bufPtr)
-	r.buf, r.bufPtr, r.start, r.end = *p, p, 0, n
+	r.Budget.release(r.charged)
+	r.buf, r.bufPtr, r.start, r.end, r.charged = *p, p, 0, n, charge
+	return nil
 }
 
 // Next returns the next complete buffered frame, or nil when none is. The

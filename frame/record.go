@@ -5,6 +5,9 @@ import (
 	"fmt"
 	"math"
 	"time"
+
+	"github.com/subsegment/subsegment_exporter/peer"
+	"github.com/subsegment/subsegment_exporter/tcpinfo"
 )
 
 // RecordKind tells hop records from error records in a reply.
@@ -16,51 +19,68 @@ const (
 	RecordError RecordKind = 2
 )
 
-// Hop record flags.
+// Hop record flags (16 bits; a record with any other bit set is refused).
 const (
 	// RecSynced: the hop's clock was synchronised (adjtimex without
 	// STA_UNSYNC) when the request came in, so its wall clock may be
 	// compared with another synchronised hop's.
-	RecSynced uint8 = 1 << 0
-	// RecTCPInfo: the TCP fields describe the hop's downstream connection.
-	RecTCPInfo uint8 = 1 << 1
+	RecSynced uint16 = 1 << 0
+	// RecTCPInfo: TCP holds TCP_INFO of the hop's downstream connection
+	// (the near end's view of the segment after it).
+	RecTCPInfo uint16 = 1 << 1
 	// RecDialed: the hop opened its downstream connection for this frame;
 	// Connect holds the handshake time.
-	RecDialed uint8 = 1 << 2
+	RecDialed uint16 = 1 << 2
 	// RecEnd: the hop is the end of the chain and echoed the request.
-	RecEnd uint8 = 1 << 3
+	RecEnd uint16 = 1 << 3
 	// RecStripped: the hop runs with --remove-perf-headers and removed
 	// the records of the hops beyond it.
-	RecStripped uint8 = 1 << 4
+	RecStripped uint16 = 1 << 4
+	// RecKernelIn: request-in is the kernel's receive stamp of the
+	// request; WaitForward is how long it waited to be read.
+	RecKernelIn uint16 = 1 << 5
+	// RecKernelReply: reply-in is the kernel's receive stamp of the
+	// reply; WaitReturn is how long it waited to be read.
+	RecKernelReply uint16 = 1 << 6
+	// RecTCPInfoUp: TCPUp holds TCP_INFO of the hop's upstream
+	// connection (the far end's view of the segment before it).
+	RecTCPInfoUp uint16 = 1 << 7
+
+	recKnownFlags = RecSynced | RecTCPInfo | RecDialed | RecEnd | RecStripped | RecKernelIn | RecKernelReply | RecTCPInfoUp
 )
 
 // Sizes and bounds of records.
 const (
-	recordPrefixLen = 2 + 1 + 1 + 8 // len, kind, flags, id
-	hopFixedLen     = recordPrefixLen + 3*8 + 8 + 4 + 4 + 8 + 7*4
+	recordPrefixLen = 2 + 1 + 2 + 8 // len, kind, flags, id
+	tcpInfoLen      = 7 * 4
+	hopFixedLen     = recordPrefixLen + 5*8 + 8 + 4 + 4 + 8 + 2*tcpInfoLen
 	errorFixedLen   = recordPrefixLen + 1 + 1 + 1 + 1 + 2
 	// MaxNameLen bounds hop names and variable names.
-	MaxNameLen = 64
+	MaxNameLen = peer.MaxNameLen
 	// MaxVars bounds the annotations one hop may attach.
 	MaxVars = 32
 	// MaxMessageLen bounds the human-readable text of an error record.
-	MaxMessageLen = 512
+	MaxMessageLen = peer.MaxMessageLen
 	// MaxHopRecordLen is the largest hop record the encoder produces.
 	MaxHopRecordLen = hopFixedLen + 1 + MaxNameLen + 1 + MaxVars*(1+MaxNameLen+8)
+	// PlainHopRecordLen is the largest hop record without variables.
+	PlainHopRecordLen = hopFixedLen + 1 + MaxNameLen + 1
+	// MaxErrorRecordLen is the largest error record.
+	MaxErrorRecordLen = errorFixedLen + MaxNameLen + peer.MaxPeerLen + MaxMessageLen
+	// MaxDuration bounds every duration in a record: no operation of a
+	// hop lasts a day, so a larger value is a broken or hostile peer.
+	MaxDuration = 24 * time.Hour
 )
 
-// TCPInfo is the subset of the kernel's TCP_INFO that explains a
-// segment's delay: smoothed rtt and its variance, the lowest rtt seen,
-// retransmissions, and the sizes that reveal an MTU black hole.
-type TCPInfo struct {
-	RTTMicros    uint32
-	RTTVarMicros uint32
-	MinRTTMicros uint32
-	TotalRetrans uint32
-	SndMSS       uint32
-	PMTU         uint32
-	SndCwnd      uint32
-}
+// Offsets of the fixed fields of a hop record.
+const (
+	offFlags      = 3
+	offForward    = recordPrefixLen
+	offDownstream = offForward + 8
+	offReturn     = offDownstream + 8
+	offWaitFwd    = offReturn + 8
+	offWaitRet    = offWaitFwd + 8
+)
 
 // Var is one local variable a hop attaches to its record (in-band context).
 type Var struct {
@@ -71,57 +91,29 @@ type Var struct {
 // HopRecord is what one hop says about one frame, on its own clocks.
 type HopRecord struct {
 	ID    uint64
-	Flags uint8
+	Flags uint16
 	Name  string
-	// Monotonic durations on the hop's own clock.
+	// Monotonic durations on the hop's own clock. Request-in and reply-in
+	// are the kernel's receive stamps where RecKernelIn/RecKernelReply
+	// say so, else the time the hop read the frame.
 	Forward    time.Duration // request-in → request-out (end host: request-in → reply-out)
 	Downstream time.Duration // request-out → reply-in
 	Return     time.Duration // reply-in → reply-out
+	// WaitForward and WaitReturn are the parts of Forward and Return the
+	// frame spent in the kernel before the hop read it: waiting for a CPU
+	// or for the hop's loop. They are part of the hop's residence.
+	WaitForward time.Duration
+	WaitReturn  time.Duration
 	// WallIn is the hop's wall clock (Unix ns) at request-in.
 	WallIn         int64
 	EstErrorMicros uint32
 	MaxErrorMicros uint32
 	Connect        time.Duration
-	TCP            TCPInfo
-	Vars           []Var
-}
-
-// Reason is why a segment failed; a small fixed set so that it can be a
-// Prometheus label value.
-type Reason uint8
-
-// Failure reasons.
-const (
-	ReasonUnknown Reason = iota
-	ReasonRefused
-	ReasonTimeout
-	ReasonReset
-	ReasonClosed
-	ReasonUnreachable
-	ReasonLoop
-	ReasonTooManyHops
-	ReasonBadFrame
-	ReasonAuth
-	ReasonOverloaded
-	reasonCount
-)
-
-var reasonNames = [...]string{"unknown", "refused", "timeout", "reset", "closed", "unreachable", "loop", "too_many_hops", "bad_frame", "auth", "overloaded"}
-
-func (r Reason) String() string {
-	if r < reasonCount {
-		return reasonNames[r]
-	}
-	return fmt.Sprintf("reason_%d", uint8(r))
-}
-
-// Reasons lists every reason, for documentation and pre-initialised metrics.
-func Reasons() []Reason {
-	out := make([]Reason, 0, reasonCount)
-	for r := ReasonUnknown; r < reasonCount; r++ {
-		out = append(out, r)
-	}
-	return out
+	// TCP is TCP_INFO of the downstream connection (RecTCPInfo), TCPUp of
+	// the upstream connection (RecTCPInfoUp), read for this reply.
+	TCP   tcpinfo.Info
+	TCPUp tcpinfo.Info
+	Vars  []Var
 }
 
 // Side says which segment an error record is about, seen from the hop that
@@ -129,11 +121,11 @@ func Reasons() []Reason {
 type Side uint8
 
 const (
-	// SideDownstream: the hop could not get an answer from its next hop;
-	// the failed segment is reporter → next hop.
+	// SideDownstream says the hop could not get an answer from its next
+	// hop: the failed segment is reporter → next hop.
 	SideDownstream Side = 0
-	// SideUpstream: the hop refused what it received; the failed segment
-	// is previous hop → reporter.
+	// SideUpstream says the hop refused what it received: the failed
+	// segment is previous hop → reporter.
 	SideUpstream Side = 1
 )
 
@@ -142,7 +134,7 @@ type ErrorRecord struct {
 	ID     uint64
 	Name   string // the hop that writes the record
 	Peer   string // the other end of the failed segment: next hop's name or address, or the upstream peer's address
-	Reason Reason
+	Reason peer.Reason
 	Side   Side
 	// Message is the error text, for logs and debug output.
 	Message string
@@ -165,18 +157,18 @@ func AppendHop(dst []byte, r *HopRecord) []byte {
 		vars = vars[:MaxVars]
 	}
 	start := len(dst)
-	dst = append(dst, 0, 0, byte(RecordHop), r.Flags)
+	dst = append(dst, 0, 0, byte(RecordHop))
+	dst = binary.BigEndian.AppendUint16(dst, r.Flags&recKnownFlags)
 	dst = binary.BigEndian.AppendUint64(dst, r.ID)
-	dst = binary.BigEndian.AppendUint64(dst, durationBits(r.Forward))
-	dst = binary.BigEndian.AppendUint64(dst, durationBits(r.Downstream))
-	dst = binary.BigEndian.AppendUint64(dst, durationBits(r.Return))
+	for _, d := range [...]time.Duration{r.Forward, r.Downstream, r.Return, r.WaitForward, r.WaitReturn} {
+		dst = binary.BigEndian.AppendUint64(dst, durationBits(d))
+	}
 	dst = binary.BigEndian.AppendUint64(dst, uint64(r.WallIn))
 	dst = binary.BigEndian.AppendUint32(dst, r.EstErrorMicros)
 	dst = binary.BigEndian.AppendUint32(dst, r.MaxErrorMicros)
 	dst = binary.BigEndian.AppendUint64(dst, durationBits(r.Connect))
-	for _, v := range [...]uint32{r.TCP.RTTMicros, r.TCP.RTTVarMicros, r.TCP.MinRTTMicros, r.TCP.TotalRetrans, r.TCP.SndMSS, r.TCP.PMTU, r.TCP.SndCwnd} {
-		dst = binary.BigEndian.AppendUint32(dst, v)
-	}
+	dst = appendTCP(dst, &r.TCP)
+	dst = appendTCP(dst, &r.TCPUp)
 	dst = append(dst, byte(len(name)))
 	dst = append(dst, name...)
 	dst = append(dst, byte(len(vars)))
@@ -190,26 +182,39 @@ func AppendHop(dst []byte, r *HopRecord) []byte {
 	return dst
 }
 
+func appendTCP(dst []byte, t *tcpinfo.Info) []byte {
+	for _, v := range [...]uint32{t.RTTMicros, t.RTTVarMicros, t.MinRTTMicros, t.TotalRetrans, t.SndMSS, t.PMTU, t.SndCwnd} {
+		dst = binary.BigEndian.AppendUint32(dst, v)
+	}
+	return dst
+}
+
 // AppendError encodes e at the end of dst.
 func AppendError(dst []byte, e *ErrorRecord) []byte {
 	name := clip(e.Name, MaxNameLen)
-	peer := clip(e.Peer, 255)
-	msg := clip(e.Message, MaxMessageLen)
+	p := e.Peer
+	if peer.CheckPeerBytes([]byte(p)) != nil {
+		p = peer.SanitizePeer(p)
+	}
+	msg := e.Message
+	if peer.CheckText([]byte(msg), MaxMessageLen) != nil {
+		msg = peer.SanitizeText(msg, MaxMessageLen)
+	}
 	start := len(dst)
-	dst = append(dst, 0, 0, byte(RecordError), 0)
+	dst = append(dst, 0, 0, byte(RecordError), 0, 0)
 	dst = binary.BigEndian.AppendUint64(dst, e.ID)
-	dst = append(dst, byte(e.Reason), byte(e.Side), byte(len(name)), byte(len(peer)))
+	dst = append(dst, byte(e.Reason), byte(e.Side), byte(len(name)), byte(len(p)))
 	dst = binary.BigEndian.AppendUint16(dst, uint16(len(msg)))
 	dst = append(dst, name...)
-	dst = append(dst, peer...)
+	dst = append(dst, p...)
 	dst = append(dst, msg...)
 	binary.BigEndian.PutUint16(dst[start:], uint16(len(dst)-start))
 	return dst
 }
 
 // checkRecords validates count records in b, which they must exactly fill,
-// without allocating; relays use it to refuse malformed replies at the
-// segment where they appear.
+// without allocating: relays refuse a malformed reply at the segment where
+// it appears, with the same rules a source decodes by.
 func checkRecords(b []byte, count int) error {
 	off := 0
 	for i := 0; i < count; i++ {
@@ -217,7 +222,7 @@ func checkRecords(b []byte, count int) error {
 		if err != nil {
 			return err
 		}
-		if err := validateRecord(b[off:off+n], i); err != nil {
+		if err := decodeRecord(b[off:off+n], i, nil); err != nil {
 			return err
 		}
 		off += n
@@ -230,45 +235,58 @@ func checkRecords(b []byte, count int) error {
 
 func recordLen(b []byte, index int) (int, error) {
 	if len(b) < recordPrefixLen {
-		return 0, fmt.Errorf("%w: record %d: %d bytes left, a record needs at least %d", ErrMalformed, index, len(b), recordPrefixLen)
+		return 0, &BadRecord{Index: index, Err: fmt.Errorf("%w: %d bytes left, a record needs at least %d", ErrMalformed, len(b), recordPrefixLen)}
 	}
 	n := int(binary.BigEndian.Uint16(b))
 	if n > len(b) {
-		return 0, fmt.Errorf("%w: record %d announces %d bytes, %d left", ErrMalformed, index, n, len(b))
+		return 0, &BadRecord{Index: index, Err: fmt.Errorf("%w: announces %d bytes, %d left", ErrMalformed, n, len(b))}
 	}
 	switch RecordKind(b[2]) {
 	case RecordHop:
 		if n < hopFixedLen+2 {
-			return 0, fmt.Errorf("%w: hop record %d is %d bytes, at least %d needed", ErrMalformed, index, n, hopFixedLen+2)
+			return 0, &BadRecord{Index: index, Err: fmt.Errorf("%w: hop record of %d bytes, at least %d needed", ErrMalformed, n, hopFixedLen+2)}
 		}
 	case RecordError:
 		if n < errorFixedLen {
-			return 0, fmt.Errorf("%w: error record %d is %d bytes, at least %d needed", ErrMalformed, index, n, errorFixedLen)
+			return 0, &BadRecord{Index: index, Err: fmt.Errorf("%w: error record of %d bytes, at least %d needed", ErrMalformed, n, errorFixedLen)}
 		}
 	default:
-		return 0, fmt.Errorf("%w: record %d has unknown kind %d", ErrMalformed, index, b[2])
+		return 0, &BadRecord{Index: index, Err: fmt.Errorf("%w: unknown record kind %d", ErrMalformed, b[2])}
 	}
 	return n, nil
 }
 
-// ParseRecords decodes the records of a reply's tail.
+// BadRecord is a record of a reply that was refused. Index is its
+// position in the reply: 0 is the record of the hop right after the one
+// that received the reply, so a source's record i is hop i+1's.
+type BadRecord struct {
+	Index int
+	Err   error
+}
+
+func (e *BadRecord) Error() string { return fmt.Sprintf("record %d: %v", e.Index, e.Err) }
+
+func (e *BadRecord) Unwrap() error { return e.Err }
+
+// ParseRecords decodes the records of a reply's tail. On error it returns
+// the records decoded before the refused one with it.
 func ParseRecords(tail []byte, count int) ([]Record, error) {
 	out := make([]Record, 0, count)
 	off := 0
 	for i := 0; i < count; i++ {
 		n, err := recordLen(tail[off:], i)
 		if err != nil {
-			return nil, err
+			return out, err
 		}
 		var rec Record
 		if err := decodeRecord(tail[off:off+n], i, &rec); err != nil {
-			return nil, err
+			return out, err
 		}
 		out = append(out, rec)
 		off += n
 	}
 	if off != len(tail) {
-		return nil, fmt.Errorf("%w: %d bytes after the last of %d records", ErrMalformed, len(tail)-off, count)
+		return out, fmt.Errorf("%w: %d bytes after the last of %d records", ErrMalformed, len(tail)-off, count)
 	}
 	return out, nil
 }
@@ -317,7 +335,7 @@ func (d *decoder) take(n int) []byte {
 		return nil
 	}
 	if n > len(d.b)-d.off {
-		d.err = fmt.Errorf("%w: record %d: field needs %d bytes, %d left", ErrMalformed, d.index, n, len(d.b)-d.off)
+		d.failf("field needs %d bytes, %d left", n, len(d.b)-d.off)
 		return nil
 	}
 	out := d.b[d.off : d.off+n]
@@ -353,19 +371,34 @@ func (d *decoder) u64() uint64 {
 	return 0
 }
 
-func (d *decoder) duration() time.Duration {
+func (d *decoder) duration(what string) time.Duration {
 	v := d.u64()
-	if v > math.MaxInt64 {
-		if d.err == nil {
-			d.err = fmt.Errorf("%w: record %d: duration out of range", ErrMalformed, d.index)
+	if v > uint64(MaxDuration) {
+		if v > math.MaxInt64 {
+			d.failf("%s is negative", what)
+		} else {
+			d.failf("%s of %v is over %v", what, time.Duration(v), MaxDuration)
 		}
 		return 0
 	}
 	return time.Duration(v)
 }
 
-func (d *decoder) str(n int) string {
+func (d *decoder) tcp() tcpinfo.Info {
+	return tcpinfo.Info{RTTMicros: d.u32(), RTTVarMicros: d.u32(), MinRTTMicros: d.u32(), TotalRetrans: d.u32(), SndMSS: d.u32(), PMTU: d.u32(), SndCwnd: d.u32()}
+}
+
+// str takes n bytes and checks them with check (which allocates only
+// when it fails); it returns them as a string only when decoding.
+func (d *decoder) str(n int, what string, check func([]byte) error) string {
 	b := d.take(n)
+	if d.err != nil {
+		return ""
+	}
+	if err := check(b); err != nil {
+		d.failf("%s: %v", what, err)
+		return ""
+	}
 	if !d.keep {
 		return ""
 	}
@@ -374,112 +407,29 @@ func (d *decoder) str(n int) string {
 
 func (d *decoder) failf(format string, args ...any) {
 	if d.err == nil {
-		d.err = fmt.Errorf("%w: record %d: "+format, append([]any{ErrMalformed, d.index}, args...)...)
+		d.err = &BadRecord{Index: d.index, Err: fmt.Errorf("%w: "+format, append([]any{ErrMalformed}, args...)...)}
 	}
-}
-
-// validateRecord checks one record with direct offsets, the relay's hot
-// path; decodeRecord applies the same rules while decoding.
-func validateRecord(b []byte, index int) error {
-	if RecordKind(b[2]) != RecordHop {
-		return decodeRecord(b, index, nil)
-	}
-	bad := func(what string) error { return fmt.Errorf("%w: record %d: %s", ErrMalformed, index, what) }
-	if len(b) < hopFixedLen+2 {
-		return bad("too short")
-	}
-	for _, off := range [...]int{12, 20, 28, 52} {
-		if b[off]&0x80 != 0 {
-			return bad("duration out of range")
-		}
-	}
-	off := hopFixedLen
-	nameLen := int(b[off])
-	if nameLen > MaxNameLen {
-		return bad("name too long")
-	}
-	off += 1 + nameLen
-	if off >= len(b) {
-		return bad("name beyond the record")
-	}
-	nvars := int(b[off])
-	if nvars > MaxVars {
-		return bad("too many variables")
-	}
-	off++
-	for i := 0; i < nvars; i++ {
-		if off >= len(b) {
-			return bad("variable beyond the record")
-		}
-		vn := int(b[off])
-		if vn > MaxNameLen {
-			return bad("variable name too long")
-		}
-		off += 1 + vn + 8
-	}
-	if off != len(b) {
-		return bad(fmt.Sprintf("%d bytes of variables where %d are left", off-hopFixedLen, len(b)-hopFixedLen))
-	}
-	return nil
 }
 
 // decodeRecord checks one record and, when rec is not nil, decodes it.
+// This is the one place where a peer's bytes become trusted data: every
+// name, number and flag of a record is checked here, for relays (which
+// only validate, without allocating) and for sources alike.
 func decodeRecord(b []byte, index int, rec *Record) error {
-	d := &decoder{b: b, off: 2, index: index, keep: rec != nil}
+	d := decoder{b: b, off: 2, index: index, keep: rec != nil}
 	var scratch Record
 	if rec == nil {
 		rec = &scratch
 	}
 	kind := RecordKind(d.u8())
-	flags := d.u8()
+	flags := d.u16()
 	id := d.u64()
 	rec.Kind = kind
 	switch kind {
 	case RecordHop:
-		h := &rec.Hop
-		h.ID, h.Flags = id, flags
-		h.Forward = d.duration()
-		h.Downstream = d.duration()
-		h.Return = d.duration()
-		h.WallIn = int64(d.u64())
-		h.EstErrorMicros = d.u32()
-		h.MaxErrorMicros = d.u32()
-		h.Connect = d.duration()
-		h.TCP = TCPInfo{RTTMicros: d.u32(), RTTVarMicros: d.u32(), MinRTTMicros: d.u32(), TotalRetrans: d.u32(), SndMSS: d.u32(), PMTU: d.u32(), SndCwnd: d.u32()}
-		if nameLen := int(d.u8()); nameLen > MaxNameLen {
-			d.failf("name of %d bytes, maximum %d", nameLen, MaxNameLen)
-		} else {
-			h.Name = d.str(nameLen)
-		}
-		nvars := int(d.u8())
-		if nvars > MaxVars {
-			d.failf("%d variables, maximum %d", nvars, MaxVars)
-		}
-		for i := 0; i < nvars && d.err == nil; i++ {
-			vn := int(d.u8())
-			if vn > MaxNameLen {
-				d.failf("variable name of %d bytes, maximum %d", vn, MaxNameLen)
-				break
-			}
-			name := d.str(vn)
-			value := math.Float64frombits(d.u64())
-			if d.keep {
-				h.Vars = append(h.Vars, Var{Name: name, Value: value})
-			}
-		}
+		d.hop(&rec.Hop, id, flags)
 	case RecordError:
-		e := &rec.Err
-		e.ID = id
-		e.Reason = Reason(d.u8())
-		e.Side = Side(d.u8())
-		nameLen, peerLen := int(d.u8()), int(d.u8())
-		msgLen := int(d.u16())
-		if flags != 0 || e.Side > SideUpstream || nameLen > MaxNameLen || msgLen > MaxMessageLen {
-			d.failf("error record has out-of-range fields")
-		}
-		e.Name = d.str(nameLen)
-		e.Peer = d.str(peerLen)
-		e.Message = d.str(msgLen)
+		d.errorRecord(&rec.Err, id, flags)
 	default:
 		d.failf("unknown kind %d", kind)
 	}
@@ -487,16 +437,107 @@ func decodeRecord(b []byte, index int, rec *Record) error {
 		return d.err
 	}
 	if d.off != len(b) {
-		return fmt.Errorf("%w: record %d has %d trailing bytes", ErrMalformed, index, len(b)-d.off)
+		return &BadRecord{Index: index, Err: fmt.Errorf("%w: %d trailing bytes", ErrMalformed, len(b)-d.off)}
 	}
 	return nil
+}
+
+func (d *decoder) hop(h *HopRecord, id uint64, flags uint16) {
+	h.ID, h.Flags = id, flags
+	if flags&^recKnownFlags != 0 {
+		d.failf("unknown flags %#04x", flags&^recKnownFlags)
+	}
+	h.Forward = d.duration("forward time")
+	h.Downstream = d.duration("downstream time")
+	h.Return = d.duration("return time")
+	h.WaitForward = d.duration("forward wait")
+	h.WaitReturn = d.duration("return wait")
+	h.WallIn = int64(d.u64())
+	h.EstErrorMicros = d.u32()
+	h.MaxErrorMicros = d.u32()
+	h.Connect = d.duration("connect time")
+	h.TCP = d.tcp()
+	h.TCPUp = d.tcp()
+	if d.err == nil {
+		d.checkTimes(h)
+	}
+	h.Name = d.str(int(d.u8()), "hop name", peer.CheckNameBytes)
+	nvars := int(d.u8())
+	if nvars > MaxVars {
+		d.failf("%d variables, at most %d", nvars, MaxVars)
+	}
+	for i := 0; i < nvars && d.err == nil; i++ {
+		name := d.str(int(d.u8()), "variable name", checkVarName)
+		value := math.Float64frombits(d.u64())
+		if d.err == nil && (math.IsNaN(value) || math.IsInf(value, 0)) {
+			d.failf("variable %d is not a finite number", i)
+		}
+		if d.keep && d.err == nil {
+			h.Vars = append(h.Vars, Var{Name: name, Value: value})
+		}
+	}
+}
+
+// checkTimes enforces what the segment arithmetic relies on: a hop's
+// waits lie within the part of its residence they belong to, and the end
+// host has no downstream.
+func (d *decoder) checkTimes(h *HopRecord) {
+	switch {
+	case h.WaitForward > h.Forward:
+		d.failf("forward wait %v exceeds the forward time %v", h.WaitForward, h.Forward)
+	case h.WaitReturn > h.Return:
+		d.failf("return wait %v exceeds the return time %v", h.WaitReturn, h.Return)
+	case h.Flags&RecEnd != 0 && (h.Downstream != 0 || h.Return != 0):
+		d.failf("the end host's record has a downstream or return time")
+	case h.Flags&RecEnd != 0 && h.Flags&RecStripped != 0:
+		d.failf("a record is both the end host's and a stripping relay's")
+	}
+}
+
+func (d *decoder) errorRecord(e *ErrorRecord, id uint64, flags uint16) {
+	e.ID = id
+	e.Reason = peer.Reason(d.u8())
+	e.Side = Side(d.u8())
+	nameLen, peerLen := int(d.u8()), int(d.u8())
+	msgLen := int(d.u16())
+	switch {
+	case d.err != nil:
+		return
+	case flags != 0:
+		d.failf("error record with flags %#04x", flags)
+	case !e.Reason.Valid():
+		d.failf("unknown reason %d", uint8(e.Reason))
+	case e.Side > SideUpstream:
+		d.failf("unknown side %d", e.Side)
+	}
+	e.Name = d.str(nameLen, "reporting hop's name", peer.CheckNameBytes)
+	e.Peer = d.str(peerLen, "peer", peer.CheckPeerBytes)
+	e.Message = d.str(msgLen, "message", checkMessage)
+}
+
+func checkMessage(b []byte) error { return peer.CheckText(b, MaxMessageLen) }
+
+func checkVarName(b []byte) error {
+	for i, c := range b {
+		if !labelByte(c, i) {
+			return fmt.Errorf("%q is not a label name", b)
+		}
+	}
+	if len(b) == 0 || len(b) > MaxNameLen {
+		return fmt.Errorf("%d bytes, 1 to %d allowed", len(b), MaxNameLen)
+	}
+	return nil
+}
+
+func labelByte(c byte, i int) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c == '_' || i > 0 && c >= '0' && c <= '9'
 }
 
 func durationBits(d time.Duration) uint64 {
 	if d < 0 {
 		return 0
 	}
-	return uint64(d)
+	return uint64(min(d, MaxDuration))
 }
 
 func clip(s string, n int) string {
@@ -508,6 +549,7 @@ func clip(s string, n int) string {
 
 // FirstHopName returns the name in the first record of a reply's tail
 // without decoding the rest; relays use it to learn their next hop's name.
+// The tail must come from a frame Parse accepted.
 func FirstHopName(tail []byte) ([]byte, bool) {
 	if len(tail) < hopFixedLen+1 || RecordKind(tail[2]) != RecordHop {
 		return nil, false
@@ -522,9 +564,11 @@ func FirstHopName(tail []byte) ([]byte, bool) {
 
 // HopTimes is what a streaming consumer needs of a hop record, read in place.
 type HopTimes struct {
+	ID                          uint64
 	Name                        []byte
-	Flags                       uint8
+	Flags                       uint16
 	Forward, Downstream, Return time.Duration
+	WaitForward, WaitReturn     time.Duration
 }
 
 // RecordIter walks the records of a reply that Parse accepted, without
@@ -551,15 +595,18 @@ func (it *RecordIter) Next() (RecordKind, []byte, bool) {
 	return RecordKind(rec[2]), rec, true
 }
 
-// ReadHopTimes reads a hop record's name and durations in place. The
+// ReadHopTimes reads a hop record's identity and durations in place. The
 // record must come from a frame Parse accepted.
 func ReadHopTimes(rec []byte) HopTimes {
 	nameLen := int(rec[hopFixedLen])
 	return HopTimes{
-		Name:       rec[hopFixedLen+1 : hopFixedLen+1+nameLen],
-		Flags:      rec[3],
-		Forward:    time.Duration(binary.BigEndian.Uint64(rec[12:])),
-		Downstream: time.Duration(binary.BigEndian.Uint64(rec[20:])),
-		Return:     time.Duration(binary.BigEndian.Uint64(rec[28:])),
+		ID:          binary.BigEndian.Uint64(rec[5:]),
+		Name:        rec[hopFixedLen+1 : hopFixedLen+1+nameLen],
+		Flags:       binary.BigEndian.Uint16(rec[offFlags:]),
+		Forward:     time.Duration(binary.BigEndian.Uint64(rec[offForward:])),
+		Downstream:  time.Duration(binary.BigEndian.Uint64(rec[offDownstream:])),
+		Return:      time.Duration(binary.BigEndian.Uint64(rec[offReturn:])),
+		WaitForward: time.Duration(binary.BigEndian.Uint64(rec[offWaitFwd:])),
+		WaitReturn:  time.Duration(binary.BigEndian.Uint64(rec[offWaitRet:])),
 	}
 }

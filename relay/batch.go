@@ -7,6 +7,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/subsegment/subsegment_exporter/rxstamp"
 )
 
 // batch collects the pieces of the frames one read produced and writes
@@ -56,6 +58,10 @@ func (b *batch) scratchFrom(off int) {
 // write sends every piece to w in order with one writev where w supports
 // it, and empties the batch.
 func (b *batch) write(w net.Conn, timeout time.Duration) (int64, error) {
+	if rx, ok := w.(*rxstamp.Conn); ok {
+		// Reads stamp; writes go straight to the socket, as one writev.
+		w = rx.Unwrap()
+	}
 	if len(b.pieces) == 0 {
 		return 0, nil
 	}
@@ -105,7 +111,8 @@ func (b *batch) writeFd(fd int) (bool, error) {
 		if len(iov) == 0 {
 			break
 		}
-		n, _, errno := unix.Syscall(unix.SYS_WRITEV, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)))
+		// Raw: a non-blocking write on the loop's thread (rawsys.go).
+		n, _, errno := unix.RawSyscall(unix.SYS_WRITEV, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)))
 		switch errno {
 		case 0:
 		case unix.EAGAIN:

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/subsegment/subsegment_exporter/frame"
+	"github.com/subsegment/subsegment_exporter/peer"
+	"github.com/subsegment/subsegment_exporter/rxstamp"
 	"github.com/subsegment/subsegment_exporter/tcpinfo"
 )
 
@@ -28,9 +30,13 @@ type forwarder struct {
 	upR   *frame.Reader
 	down  net.Conn
 	downR *frame.Reader
-	tcp   *tcpinfo.Reader
+	// upRx and downRx stamp what the connections receive; nil where a
+	// connection does not give kernel stamps (the read time is used).
+	upRx, downRx *rxstamp.Conn
 
-	retDone chan struct{}
+	retDone  chan struct{}
+	ctx      context.Context // the session's, cancelled when the relay stops
+	stopDown func() bool
 	// deadlineGen counts the forward goroutine's deadline moves, so that
 	// the return goroutine notices when one raced with its own.
 	deadlineGen atomic.Uint64
@@ -38,15 +44,39 @@ type forwarder struct {
 }
 
 func newForwarder(s *Server, up net.Conn) *forwarder {
-	f := &forwarder{up: up, upR: frame.NewReader(up, s.cfg.MaxFrameBytes)}
+	f := &forwarder{up: up, upR: frame.NewReader(up, s.cfg.MaxFrameBytes), upRx: rxstamp.Of(up)}
+	f.upR.Budget = s.budget
 	f.init(s, up.RemoteAddr().String())
+	f.tcp.readUp = tcpReader(up)
 	return f
+}
+
+// tcpReader reads TCP_INFO of conn; nil when it is not a TCP connection.
+func tcpReader(conn net.Conn) func() (tcpinfo.Info, error) {
+	r, err := tcpinfo.NewReader(conn)
+	if err != nil {
+		return nil
+	}
+	return r.Read
+}
+
+// received is when the kernel received what the latest read of a
+// connection returned: its stamp, or the read time without one.
+func (h *hopState) received(c *rxstamp.Conn) rxstamp.Stamp {
+	if c != nil {
+		return c.Last()
+	}
+	return rxstamp.Stamp{At: h.now()}
 }
 
 func (f *forwarder) run(ctx context.Context) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	f.ctx = ctx
 	defer func() {
+		if f.stopDown != nil {
+			f.stopDown()
+		}
 		if f.ring != nil {
 			f.ring.close()
 			f.moveDeadline(time.Now())
@@ -64,17 +94,17 @@ func (f *forwarder) run(ctx context.Context) {
 			f.upstreamEnded(ctx, err)
 			return
 		}
-		tIn, wall, sync := f.now(), f.s.cfg.Clock.Wall(), f.s.cfg.Clock.Sync()
+		rx, wall, sync := f.received(f.upRx), f.s.cfg.Clock.Wall(), f.s.cfg.Clock.Sync()
 		for {
 			fr, err := f.upR.Next()
 			if err != nil {
-				f.answer(ctx, inflight{tIn: tIn}, f.reject(err))
+				f.answer(ctx, newEntry(rx), f.reject(err))
 				return
 			}
 			if fr == nil {
 				break
 			}
-			e, v, ans := f.classify(fr, tIn, wall, sync)
+			e, v, ans := f.classify(fr, rx, wall, sync)
 			if ans == nil && f.down == nil {
 				if ans = f.dial(ctx, &e); ans == nil {
 					f.startReturn(ctx, v.Header.Kind)
@@ -101,12 +131,12 @@ func (f *forwarder) run(ctx context.Context) {
 // idle timeout passes the half-close on and lets the replies drain; a
 // malformed header is refused.
 func (f *forwarder) upstreamEnded(ctx context.Context, err error) {
-	switch r := Classify(err); {
+	switch r := peer.Classify(err); {
 	case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed), errors.Is(err, syscall.ECONNRESET):
-	case r == frame.ReasonTimeout:
+	case r == peer.ReasonTimeout:
 		f.s.log.Debug("upstream idle, closing", "peer", f.upPeer, "timeout", f.s.cfg.Timeout)
-	case r == frame.ReasonBadFrame || r == frame.ReasonClosed:
-		f.answer(ctx, inflight{tIn: f.now()}, f.reject(err))
+	case r == peer.ReasonBadFrame || r == peer.ReasonClosed || r == peer.ReasonTooLarge || r == peer.ReasonOverloaded:
+		f.answer(ctx, newEntry(rxstamp.Stamp{At: f.now()}), f.reject(err))
 		return
 	default:
 		f.s.log.Debug("upstream read failed", "peer", f.upPeer, "err", err)
@@ -121,21 +151,23 @@ func (f *forwarder) dial(ctx context.Context, e *inflight) *localAnswer {
 	ctx, cancel := context.WithTimeout(ctx, min(e.budget*7/8, f.s.cfg.Timeout))
 	defer cancel()
 	start := f.now()
-	conn, err := f.s.cfg.Dial(ctx, f.s.cfg.ForwardTo)
+	conn, err := f.s.dialer.DialContext(ctx, f.s.cfg.ForwardTo)
 	if err != nil {
 		return f.dialFailed(err)
 	}
-	if tc, ok := conn.(*net.TCPConn); ok {
-		_ = tc.SetNoDelay(true)
-	}
 	f.down = conn
+	f.downRx = rxstamp.Of(conn)
+	// Shutting down closes the downstream too: a write stuck on a next hop
+	// that stopped reading must not hold the relay up until its deadline.
+	f.stopDown = context.AfterFunc(f.ctx, func() { conn.Close() })
 	e.dialed, e.connect = true, f.now()-start
 	return nil
 }
 
 func (f *forwarder) startReturn(ctx context.Context, kind frame.Kind) {
 	f.downR = frame.NewReader(f.down, f.s.cfg.MaxFrameBytes)
-	f.tcp, _ = tcpinfo.NewReader(f.down)
+	f.downR.Budget = f.s.budget
+	f.tcp.readDown = tcpReader(f.down)
 	f.startRing(kind)
 	f.retDone = make(chan struct{})
 	go f.returnLoop(ctx)
@@ -153,10 +185,14 @@ func (f *forwarder) room(ctx context.Context) bool {
 func (f *forwarder) answer(ctx context.Context, e inflight, ans *localAnswer) bool {
 	if f.ring == nil {
 		// No return goroutine yet: write it here.
-		e.tOut = f.now()
-		appendLocalAnswer(f.s, &f.ret, &f.hop, &e, ans, f.retSign, f.now())
+		f.tcp.refresh(f.now())
+		f.appendLocalAnswer(&e, ans, f.now())
 		if _, err := f.ret.write(f.up, f.s.cfg.Timeout); err != nil {
 			f.s.log.Debug("cannot answer upstream", "peer", f.upPeer, "err", err)
+			return false
+		}
+		if ans.fatal {
+			drainConn(f.up, f.s.cfg.Timeout)
 		}
 		return !ans.fatal
 	}
@@ -208,69 +244,124 @@ func (f *forwarder) flush() bool {
 // goroutine per direction.
 func (f *forwarder) returnLoop(ctx context.Context) {
 	defer close(f.retDone)
-	var broken *localAnswer
-	var tReplyIn int64
+	var st returnState
 	for {
-		e := f.ring.peekReady()
-		if e != nil && (e.local != nil || broken != nil) {
-			if f.takeHead(e, broken) {
-				f.flushReturn()
-				f.fail()
-				return
-			}
-			continue
-		}
-		if e == nil && (broken != nil || f.ring.closed.Load()) {
-			// Nothing to read downstream: wait for entries, or the end.
-			if !f.flushReturn() {
-				f.fail()
-				return
-			}
-			if f.ring.peek(ctx) == nil {
-				return
-			}
-			continue
-		}
-		fr, err := f.downR.Next()
-		if fr == nil && err == nil {
-			if !f.flushReturn() {
-				f.fail()
-				return
-			}
-			if !f.armDeadline() {
-				continue
-			}
-			if err = f.downR.Fill(); err == nil {
-				tReplyIn = f.now()
-				fr, err = f.downR.Next()
-			} else if Classify(err) == frame.ReasonTimeout {
-				// A real timeout only if the oldest entry's time is up;
-				// otherwise the forward goroutine poked or moved the deadline.
-				if e = f.ring.peekReady(); e == nil || e.local != nil || f.now() < e.waitUntil {
-					continue
-				}
-			}
-		}
-		if err == nil {
-			if e = f.ring.peekReady(); e == nil {
-				err = fmt.Errorf("%w: a frame from downstream that answers no request", frame.ErrMalformed)
-			} else if e.local != nil {
-				continue // answer the local entry first; the frame stays buffered
-			}
-		}
-		if err != nil {
-			if werr := f.downErr.Load(); werr != nil {
-				err = *werr
-			}
-			broken = f.downstreamFailure(err, f.ring.peekReady())
-			f.down.Close()
-			continue
-		}
-		if ans := f.takeReply(e, fr, tReplyIn); ans != nil {
-			broken = ans
-			f.down.Close()
+		switch f.returnStep(ctx, &st) {
+		case stepAgain:
+		case stepEnd:
+			return
+		case stepFail:
+			f.fail()
+			return
 		}
 	}
+}
+
+// returnState is what the return goroutine carries between steps.
+type returnState struct {
+	// broken answers every entry once the downstream failed.
+	broken *localAnswer
+	// rx is when the kernel received the latest downstream read.
+	rx rxstamp.Stamp
+}
+
+type stepResult int
+
+const (
+	stepAgain stepResult = iota
+	stepEnd
+	stepFail
+)
+
+// returnStep answers the oldest entry if it can, or waits for what it
+// needs: a published entry, or the downstream's reply.
+func (f *forwarder) returnStep(ctx context.Context, st *returnState) stepResult {
+	e := f.ring.peekReady()
+	switch {
+	case e != nil && (e.local != nil || st.broken != nil):
+		return f.answerHead(e, st.broken)
+	case e == nil && (st.broken != nil || f.ring.closed.Load()):
+		return f.awaitEntries(ctx)
+	}
+	fr, again, err := f.readReply(st)
+	if again {
+		return stepAgain
+	}
+	if err == errUpstreamGone {
+		return stepFail
+	}
+	if err == nil {
+		if e = f.ring.peekReady(); e == nil {
+			err = fmt.Errorf("%w: a frame from downstream that answers no request", frame.ErrMalformed)
+		} else if e.local != nil {
+			return stepAgain // answer the local entry first; the frame stays buffered
+		}
+	}
+	if err != nil {
+		if werr := f.downErr.Load(); werr != nil {
+			err = *werr
+		}
+		st.broken = f.downstreamFailure(err, f.ring.peekReady())
+		f.down.Close()
+		return stepAgain
+	}
+	if ans := f.takeReply(e, fr, st.rx); ans != nil {
+		st.broken = ans
+		f.down.Close()
+	}
+	return stepAgain
+}
+
+// answerHead answers the oldest entry itself; a fatal answer ends the
+// session once it is written.
+func (f *forwarder) answerHead(e *inflight, broken *localAnswer) stepResult {
+	if !f.takeHead(e, broken) {
+		return stepAgain
+	}
+	if f.flushReturn() {
+		drainConn(f.up, f.s.cfg.Timeout)
+	}
+	return stepFail
+}
+
+// awaitEntries writes what is answered and waits for the forward
+// goroutine to publish more, or to end the session.
+func (f *forwarder) awaitEntries(ctx context.Context) stepResult {
+	if !f.flushReturn() {
+		return stepFail
+	}
+	if f.ring.peek(ctx) == nil {
+		return stepEnd
+	}
+	return stepAgain
+}
+
+// readReply returns the next buffered reply, reading the downstream when
+// none is (after writing what is answered). again means: nothing to
+// return yet, look at the ring again (a local entry, a moved deadline).
+func (f *forwarder) readReply(st *returnState) (fr []byte, again bool, err error) {
+	if fr, err = f.downR.Next(); fr != nil || err != nil {
+		return fr, false, err
+	}
+	if !f.flushReturn() {
+		return nil, false, errUpstreamGone
+	}
+	if !f.armDeadline() {
+		return nil, true, nil
+	}
+	if err = f.downR.Fill(); err == nil {
+		st.rx = f.received(f.downRx)
+		fr, err = f.downR.Next()
+		return fr, false, err
+	}
+	if peer.Classify(err) == peer.ReasonTimeout {
+		// A real timeout only if the oldest entry's time is up;
+		// otherwise the forward goroutine poked or moved the deadline.
+		if e := f.ring.peekReady(); e == nil || e.local != nil || f.now() < e.waitUntil {
+			return nil, true, nil
+		}
+	}
+	return nil, false, err
 }
 
 // flushReturn writes the pending replies upstream; false when upstream is gone.
@@ -283,11 +374,11 @@ func (f *forwarder) flushReturn() bool {
 		f.s.log.Debug("cannot write replies upstream", "peer", f.upPeer, "replies", n, "err", err)
 		return false
 	}
-	if f.tcp != nil {
-		f.refreshTCP(f.tcp.Read)
-	}
 	return true
 }
+
+// errUpstreamGone ends the return side when replies cannot be written.
+var errUpstreamGone = errors.New("upstream gone")
 
 // fail stops the session after an upstream write failure or a fatal answer.
 func (f *forwarder) fail() {
@@ -336,13 +427,16 @@ func (f *forwarder) monoTime(mono int64) time.Time {
 // echo is one upstream connection of the end host, driven by one goroutine.
 type echo struct {
 	hopState
-	up net.Conn
-	r  *frame.Reader
+	up   net.Conn
+	r    *frame.Reader
+	upRx *rxstamp.Conn
 }
 
 func newEcho(s *Server, up net.Conn) *echo {
-	x := &echo{up: up, r: frame.NewReader(up, s.cfg.MaxFrameBytes)}
+	x := &echo{up: up, r: frame.NewReader(up, s.cfg.MaxFrameBytes), upRx: rxstamp.Of(up)}
+	x.r.Budget = s.budget
 	x.init(s, up.RemoteAddr().String())
+	x.tcp.readUp = tcpReader(up)
 	return x
 }
 
@@ -354,16 +448,20 @@ func (x *echo) run() {
 		}
 		err := x.r.Fill()
 		if err != nil {
-			if r := Classify(err); r == frame.ReasonBadFrame || errors.Is(err, frame.ErrPartialFrame) {
-				x.echoes = append(x.echoes, echoReply{e: inflight{tIn: x.now()}, local: x.reject(err)})
-				x.flush()
+			if r := peer.Classify(err); r == peer.ReasonBadFrame || r == peer.ReasonTooLarge || r == peer.ReasonOverloaded || errors.Is(err, frame.ErrPartialFrame) {
+				x.echoes = append(x.echoes, echoReply{e: newEntry(rxstamp.Stamp{At: x.now()}), local: x.reject(err)})
+				if x.flush() {
+					drainConn(x.up, x.s.cfg.Timeout)
+				}
 			} else if !errors.Is(err, io.EOF) {
 				x.s.log.Debug("upstream read ended", "peer", x.upPeer, "err", err)
 			}
 			return
 		}
-		if stop := x.queueEchoes(x.r, x.now()); stop {
-			x.flush()
+		if stop := x.queueEchoes(x.r, x.received(x.upRx)); stop {
+			if x.flush() {
+				drainConn(x.up, x.s.cfg.Timeout)
+			}
 			return
 		}
 		if !x.flush() {
@@ -382,6 +480,16 @@ func (x *echo) flush() bool {
 		return false
 	}
 	return true
+}
+
+// drainConn ends a connection whose last answer is written: the write
+// side is shut and what the peer still sends is discarded for a little
+// while, so that a peer still sending reads the answer instead of losing
+// it to a reset.
+func drainConn(c net.Conn, timeout time.Duration) {
+	closeWrite(c)
+	_ = c.SetReadDeadline(time.Now().Add(min(timeout, drainTime)))
+	_, _ = io.CopyN(io.Discard, c, drainBytes)
 }
 
 func closeWrite(c net.Conn) {

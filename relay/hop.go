@@ -1,11 +1,15 @@
 package relay
 
 import (
+	"errors"
 	"fmt"
 	"time"
 
 	"github.com/subsegment/subsegment_exporter/clock"
 	"github.com/subsegment/subsegment_exporter/frame"
+	"github.com/subsegment/subsegment_exporter/peer"
+	"github.com/subsegment/subsegment_exporter/rxstamp"
+	"github.com/subsegment/subsegment_exporter/tcpinfo"
 )
 
 // hopState is one upstream session of a hop, whichever engine drives it:
@@ -25,21 +29,52 @@ type hopState struct {
 	replies []pendingReply
 	echoes  []echoReply
 
-	hop     frame.HopRecord // scratch record, reused
-	adm     *admission      // marked proven at the first valid frame
-	lastTCP frame.TCPInfo   // the downstream connection's TCP_INFO, read after a write
-	hasTCP  bool
-	tcpAt   int64 // when lastTCP was read (monotonic)
+	hop frame.HopRecord // scratch record, reused
+	adm *admission      // marked proven at the first valid frame
+	tcp tcpView
+}
+
+// tcpView is the kernel's view of the session's two connections: the
+// downstream one (this hop is the near end of the segment after it) and
+// the upstream one (the far end of the segment before it). It is read just
+// before a reply is built, so the reply carries it.
+type tcpView struct {
+	down, up       tcpinfo.Info
+	hasDown, hasUp bool
+	read           bool
+	at             int64
+	readDown       func() (tcpinfo.Info, error)
+	readUp         func() (tcpinfo.Info, error)
+}
+
+// tcpInfoEvery bounds how often a session reads TCP_INFO: right before a
+// reply is built, unless the last read is more recent than this, so that
+// a burst of frames does not pay two syscalls each. Probes sent at the
+// usual intervals (50 ms and more) each get a fresh read.
+const tcpInfoEvery = int64(5 * time.Millisecond)
+
+func (t *tcpView) refresh(now int64) {
+	if t.read && now-t.at < tcpInfoEvery {
+		return
+	}
+	t.read, t.at = true, now
+	if t.readDown != nil {
+		info, err := t.readDown()
+		t.down, t.hasDown = info, err == nil
+	}
+	if t.readUp != nil {
+		info, err := t.readUp()
+		t.up, t.hasUp = info, err == nil
+	}
 }
 
 // pendingReply is a reply waiting for the batch write that stamps reply-out.
 type pendingReply struct {
-	e        inflight
-	frame    []byte // the downstream reply as received; nil for local answers
-	view     frame.View
-	tReplyIn int64
-	tcp      frame.TCPInfo
-	hasTCP   bool
+	e     inflight
+	frame []byte // the downstream reply as received; nil for local answers
+	view  frame.View
+	// rx is when the kernel received the reply (reply-in).
+	rx rxstamp.Stamp
 	// downErr is the error record of a KindError frame from downstream.
 	downErr []byte
 	local   *localAnswer
@@ -52,10 +87,6 @@ type echoReply struct {
 	e     inflight
 	local *localAnswer
 }
-
-// tcpInfoEvery bounds how often a session reads TCP_INFO: after a write,
-// at most this often, so that a probe does not pay a syscall each.
-const tcpInfoEvery = int64(10 * time.Millisecond)
 
 func (h *hopState) init(s *Server, upPeer string) {
 	h.s = s
@@ -76,26 +107,35 @@ func (h *hopState) startRing(kind frame.Kind) {
 	h.ring = newRing(size)
 }
 
-// classify checks one request frame. It returns the frame's inflight entry
-// and view, and an answer when the hop must answer it itself instead of
-// forwarding it: fatal ones (an untrusted frame) end the session.
-func (h *hopState) classify(fr []byte, tIn, wall int64, sync clock.Sync) (inflight, frame.View, *localAnswer) {
+// newEntry is the inflight entry of a request received at rx.
+func newEntry(rx rxstamp.Stamp) inflight {
+	return inflight{tIn: rx.At, waitIn: rx.Wait, kernelIn: rx.Kernel}
+}
+
+// classify checks one request frame received at rx. It returns the frame's
+// inflight entry and view, and an answer when the hop must answer it
+// itself instead of forwarding it: fatal ones (an untrusted frame) end the
+// session.
+func (h *hopState) classify(fr []byte, rx rxstamp.Stamp, wall int64, sync clock.Sync) (inflight, frame.View, *localAnswer) {
+	e := newEntry(rx)
 	if err := h.fwdSign.Verify(fr); err != nil {
-		return inflight{tIn: tIn}, frame.View{}, h.reject(err)
+		return e, frame.View{}, h.reject(err)
 	}
 	v, err := frame.Parse(fr, h.s.cfg.MaxFrameBytes, frame.MaxHopsLimit)
 	if err == nil && !v.Header.Kind.IsRequest() {
 		err = fmt.Errorf("%w: %s from upstream, expected a request", frame.ErrMalformed, v.Header.Kind)
 	}
 	if err != nil {
-		return inflight{tIn: tIn}, frame.View{}, h.reject(err)
+		return e, frame.View{}, h.reject(err)
 	}
 	if h.adm != nil && !h.adm.proven.Load() {
 		h.adm.proven.Store(true)
 	}
-	e := inflight{seq: v.Probe.Seq, kind: v.Header.Kind, pflags: v.Probe.Flags, tIn: tIn, wallIn: wall, sync: sync}
+	// The wall clock at request-in: read after the read, moved back by
+	// the time since the kernel received the request.
+	e.seq, e.kind, e.pflags, e.wallIn, e.sync = v.Probe.Seq, v.Header.Kind, v.Probe.Flags, wall-(h.now()-e.tIn), sync
 	e.budget = h.budget(v.Probe.BudgetMicros)
-	e.waitUntil = tIn + int64(e.budget)*15/16
+	e.waitUntil = e.tIn + int64(e.budget)*15/16
 	if ans := h.s.checkPath(v, fr, h.upPeer); ans != nil {
 		h.s.metrics.Failed(ans.reason)
 		return e, v, ans
@@ -104,21 +144,21 @@ func (h *hopState) classify(fr []byte, tIn, wall int64, sync clock.Sync) (inflig
 }
 
 // queueEchoes turns every complete request buffered in r into an answer
-// of the end host, all stamped with the same request-in time. It reports
-// whether the session must end (an untrusted or unparsable frame); the
-// answers queued so far, its error frame included, are still to be sent.
-func (h *hopState) queueEchoes(r *frame.Reader, tIn int64) (stop bool) {
+// of the end host, all received at rx. It reports whether the session
+// must end (an untrusted or unparsable frame); the answers queued so far,
+// its error frame included, are still to be sent.
+func (h *hopState) queueEchoes(r *frame.Reader, rx rxstamp.Stamp) (stop bool) {
 	wall, sync := h.s.cfg.Clock.Wall(), h.s.cfg.Clock.Sync()
 	for {
 		fr, err := r.Next()
 		if err != nil {
-			h.echoes = append(h.echoes, echoReply{e: inflight{tIn: tIn}, local: h.reject(err)})
+			h.echoes = append(h.echoes, echoReply{e: newEntry(rx), local: h.reject(err)})
 			return true
 		}
 		if fr == nil {
 			return false
 		}
-		e, v, ans := h.classify(fr, tIn, wall, sync)
+		e, v, ans := h.classify(fr, rx, wall, sync)
 		h.echoes = append(h.echoes, echoReply{frame: fr, view: v, e: e, local: ans})
 		if ans != nil && ans.fatal {
 			return true
@@ -129,26 +169,35 @@ func (h *hopState) queueEchoes(r *frame.Reader, tIn int64) (stop bool) {
 // reject is the answer to a frame that cannot be trusted or parsed: an
 // error frame, after which the session ends (its stream position is lost).
 func (h *hopState) reject(err error) *localAnswer {
-	reason := Classify(err)
-	if reason == frame.ReasonUnknown || reason == frame.ReasonClosed {
-		reason = frame.ReasonBadFrame
+	s := h.s
+	reason := peer.Classify(err)
+	if reason == peer.ReasonUnknown || reason == peer.ReasonClosed {
+		reason = peer.ReasonBadFrame
 	}
-	h.s.metrics.Failed(reason)
-	h.s.log.Debug("refusing frame from upstream", "peer", h.upPeer, "reason", reason, "err", err)
-	return &localAnswer{reason: reason, side: frame.SideUpstream, peer: h.upPeer,
-		message: fmt.Sprintf("%s refused a frame from %s: %v", h.s.cfg.Name, h.upPeer, err), fatal: true, errorFrame: true}
+	s.metrics.Failed(reason)
+	msg := fmt.Sprintf("%s refused a frame from %s: %v", s.cfg.Name, h.upPeer, err)
+	switch {
+	case errors.Is(err, frame.ErrTooLarge):
+		msg = fmt.Sprintf("%s refuses frames over %d bytes (its --relay.max-frame-bytes): %v; raise it on %s, or send smaller blocks", s.cfg.Name, s.cfg.MaxFrameBytes, err, s.cfg.Name)
+	case errors.Is(err, frame.ErrBudget):
+		msg = fmt.Sprintf("%s cannot take a large frame now: %v (--relay.buffer-budget-bytes); try again, or raise the budget", s.cfg.Name, err)
+	}
+	if s.warned.allow(time.Minute) {
+		s.log.Warn("refusing a frame from upstream (more such refusals this minute are logged at debug level)", "peer", h.upPeer, "reason", reason, "err", err)
+	} else {
+		s.log.Debug("refusing a frame from upstream", "peer", h.upPeer, "reason", reason, "err", err)
+	}
+	return &localAnswer{reason: reason, side: frame.SideUpstream, peer: h.upPeer, message: msg, fatal: true, errorFrame: true}
 }
 
 // dialFailed is the answer when the next hop cannot be reached.
 func (h *hopState) dialFailed(err error) *localAnswer {
-	reason := Classify(err)
-	if reason == frame.ReasonUnknown {
-		reason = frame.ReasonUnreachable
-	}
-	h.s.metrics.Failed(reason)
-	h.s.log.Debug("cannot reach next hop", "next", h.s.cfg.ForwardTo, "reason", reason, "err", err)
-	return &localAnswer{reason: reason, side: frame.SideDownstream, peer: h.s.nextName(),
-		message: fmt.Sprintf("%s cannot reach %s: %v", h.s.cfg.Name, h.s.cfg.ForwardTo, err), fatal: true}
+	s := h.s
+	reason := peer.ClassifyOr(err, peer.ReasonUnreachable)
+	s.metrics.Failed(reason)
+	s.log.Debug("cannot reach next hop", "next", s.cfg.ForwardTo, "reason", reason, "err", err)
+	return &localAnswer{reason: reason, side: frame.SideDownstream, peer: s.nextName(),
+		message: fmt.Sprintf("%s cannot reach %s: %v", s.cfg.Name, s.cfg.ForwardTo, err), fatal: true}
 }
 
 // budget is how long this hop may take to reply: what the request allows,
@@ -233,11 +282,11 @@ func (h *hopState) takeHead(e *inflight, broken *localAnswer) bool {
 	return ans.fatal && e.local != nil
 }
 
-// takeReply matches a downstream frame with the oldest entry. A non-nil
-// answer means the downstream is unusable from here on; consumed says
-// whether the frame still answered the entry (an error frame does).
-func (h *hopState) takeReply(e *inflight, fr []byte, tReplyIn int64) (broken *localAnswer) {
-	r := pendingReply{e: *e, frame: fr, tReplyIn: tReplyIn, tcp: h.lastTCP, hasTCP: h.hasTCP}
+// takeReply matches a downstream frame, received at rx, with the oldest
+// entry. A non-nil answer means the downstream is unusable from here on;
+// the frame still answered the entry when it was an error frame.
+func (h *hopState) takeReply(e *inflight, fr []byte, rx rxstamp.Stamp) (broken *localAnswer) {
+	r := pendingReply{e: *e, frame: fr, rx: rx}
 	if ans := h.checkReply(&r); ans != nil {
 		if r.downErr == nil {
 			return ans
@@ -249,81 +298,77 @@ func (h *hopState) takeReply(e *inflight, fr []byte, tReplyIn int64) (broken *lo
 	return broken
 }
 
-// checkReply validates a downstream frame against the entry it answers.
+// checkReply accepts a downstream frame as the answer to its entry, by the
+// rules every receiver of replies applies (frame.CheckReply).
 func (h *hopState) checkReply(r *pendingReply) *localAnswer {
 	s := h.s
-	bad := func(err error) *localAnswer {
-		s.log.Debug("bad frame from next hop", "next", s.cfg.ForwardTo, "err", err)
-		return &localAnswer{reason: Classify(err), side: frame.SideDownstream, peer: s.nextName(),
-			message: fmt.Sprintf("%s got a bad reply from %s: %v", s.cfg.Name, s.cfg.ForwardTo, err)}
-	}
-	if err := h.retSign.Verify(r.frame); err != nil {
-		if rec, perr := frame.ParseErrorFrame(r.frame, s.cfg.MaxFrameBytes); perr == nil {
+	rep, err := frame.CheckReply(r.frame, h.retSign, s.cfg.MaxFrameBytes, frame.Expect{Request: r.e.kind, Seq: r.e.seq})
+	if rec := rep.Refusal; rec != nil {
+		if rep.Unverified {
 			// The next hop refused us and signs with another key (or none).
-			return &localAnswer{reason: frame.ReasonAuth, side: frame.SideDownstream, peer: rec.Name,
+			return &localAnswer{reason: peer.ReasonAuth, side: frame.SideDownstream, peer: rec.Name,
 				message: fmt.Sprintf("%s: %v; the unverified error frame from %s said: %s", s.cfg.Name, err, rec.Name, rec.Message)}
 		}
-		return bad(err)
-	}
-	hd, _ := frame.ParseHeader(r.frame, s.cfg.MaxFrameBytes)
-	if hd.Kind == frame.KindError {
-		rec, err := frame.ParseErrorFrame(r.frame, s.cfg.MaxFrameBytes)
-		if err != nil {
-			return bad(err)
-		}
-		end := hd.FrameLen()
-		if hd.Signed() {
-			end -= frame.MACLen
-		}
-		r.downErr = r.frame[frame.HeaderLen:end]
+		r.downErr = frame.ErrorRecordBytes(r.frame)
 		r.frame = nil
 		return &localAnswer{reason: rec.Reason, side: frame.SideDownstream, peer: rec.Name,
 			message: fmt.Sprintf("%s refused an earlier frame from %s: %s", rec.Name, s.cfg.Name, rec.Message)}
 	}
-	v, err := frame.Parse(r.frame, s.cfg.MaxFrameBytes, frame.MaxHopsLimit)
+	if err == nil && int(rep.View.Probe.Count)+2 > frame.MaxHopsLimit {
+		err = fmt.Errorf("%w: reply already holds %d records", frame.ErrTooManyHops, rep.View.Probe.Count)
+	}
 	if err != nil {
-		return bad(err)
+		if s.warned.allow(time.Minute) {
+			s.log.Warn("refusing a bad reply from the next hop (more this minute are logged at debug level)", "next", s.cfg.ForwardTo, "err", err)
+		} else {
+			s.log.Debug("refusing a bad reply from the next hop", "next", s.cfg.ForwardTo, "err", err)
+		}
+		return &localAnswer{reason: peer.ClassifyOr(err, peer.ReasonBadFrame), side: frame.SideDownstream, peer: s.nextName(),
+			message: fmt.Sprintf("%s got a bad reply from %s: %s", s.cfg.Name, s.cfg.ForwardTo, positioned(err, s.cfg.Name))}
 	}
-	if v.Header.Kind != r.e.kind.ReplyKind() || v.Probe.Seq != r.e.seq {
-		return bad(fmt.Errorf("%w: %s seq %d does not answer %s seq %d", frame.ErrMalformed, v.Header.Kind, v.Probe.Seq, r.e.kind, r.e.seq))
-	}
-	if int(v.Probe.Count)+2 > frame.MaxHopsLimit {
-		return bad(fmt.Errorf("%w: reply already holds %d records", frame.ErrTooManyHops, v.Probe.Count))
-	}
-	r.view = v
-	s.learnNextName(v.Tail(r.frame), int(v.Probe.Count))
+	r.view = rep.View
+	s.learnNextName(r.view.Tail(r.frame), int(r.view.Probe.Count))
 	return nil
+}
+
+// positioned says which hop a refused record belongs to, counted from the
+// hop that refused it.
+func positioned(err error, self string) string {
+	var br *frame.BadRecord
+	if errors.As(err, &br) {
+		return fmt.Sprintf("the record of hop %d after %s: %v", br.Index+1, self, br.Err)
+	}
+	return err.Error()
 }
 
 // downstreamFailure turns a failed downstream read or write into the
 // answer every remaining entry gets; e is the oldest entry, if any.
 func (h *hopState) downstreamFailure(err error, e *inflight) *localAnswer {
 	s := h.s
-	reason := Classify(err)
+	reason := peer.ClassifyOr(err, peer.ReasonReset)
 	msg := fmt.Sprintf("%s lost %s: %v", s.cfg.Name, s.cfg.ForwardTo, err)
-	if reason == frame.ReasonTimeout && e != nil {
+	if reason == peer.ReasonTimeout && e != nil {
 		msg = fmt.Sprintf("%s got no reply from %s within %s", s.cfg.Name, s.cfg.ForwardTo,
 			time.Duration(e.waitUntil-e.tOut).Round(time.Millisecond))
-	}
-	if reason == frame.ReasonUnknown {
-		reason = frame.ReasonReset
 	}
 	s.log.Debug("next hop failed", "next", s.cfg.ForwardTo, "reason", reason, "err", err)
 	return &localAnswer{reason: reason, side: frame.SideDownstream, peer: s.nextName(), message: msg}
 }
 
-// buildReplies stamps reply-out and turns every pending reply into pieces
-// of the return batch; the engine writes the batch.
+// buildReplies reads the connections' TCP_INFO, stamps reply-out and turns
+// every pending reply into pieces of the return batch; the engine writes
+// the batch.
 func (h *hopState) buildReplies() int {
 	n := len(h.replies)
 	if n == 0 {
 		return 0
 	}
+	h.tcp.refresh(h.now())
 	tOut := h.now()
 	for i := range h.replies {
 		r := &h.replies[i]
 		if r.local != nil {
-			appendLocalAnswer(h.s, &h.ret, &h.hop, &r.e, r.local, h.retSign, tOut)
+			h.appendLocalAnswer(&r.e, r.local, tOut)
 			continue
 		}
 		h.fillHop(r, tOut)
@@ -338,32 +383,32 @@ func (h *hopState) buildReplies() int {
 	return n
 }
 
-// refreshTCP reads the downstream connection's TCP_INFO after a write, at
-// most every tcpInfoEvery; the next reply carries it.
-func (h *hopState) refreshTCP(read func() (frame.TCPInfo, error)) {
-	now := h.now()
-	if h.hasTCP && now-h.tcpAt < tcpInfoEvery {
-		return
-	}
-	info, err := read()
-	h.lastTCP, h.hasTCP, h.tcpAt = info, err == nil, now
-}
-
 // fillHop sets this hop's record for a downstream reply.
 func (h *hopState) fillHop(r *pendingReply, tOut int64) {
 	rec := &h.hop
-	fillCommon(h.s, rec, &r.e)
-	rec.Forward = time.Duration(r.e.tOut - r.e.tIn)
-	rec.Downstream = time.Duration(r.tReplyIn - r.e.tOut)
-	rec.Return = time.Duration(tOut - r.tReplyIn)
-	if r.hasTCP {
+	h.fillCommon(rec, &r.e, r.e.tOut)
+	// Reply-in lies between request-out and reply-out; the clamps absorb
+	// the sub-microsecond error of moving a kernel stamp between clocks.
+	replyIn := min(max(r.rx.At, r.e.tOut), tOut)
+	rec.Downstream = time.Duration(replyIn - r.e.tOut)
+	rec.Return = time.Duration(tOut - replyIn)
+	rec.WaitReturn = min(r.rx.Wait, rec.Return)
+	if r.rx.Kernel {
+		rec.Flags |= frame.RecKernelReply
+	}
+	if h.tcp.hasDown {
 		rec.Flags |= frame.RecTCPInfo
-		rec.TCP = r.tcp
+		rec.TCP = h.tcp.down
 	}
 	if h.s.cfg.RemovePerfHeaders {
 		rec.Flags |= frame.RecStripped
 	}
+	h.observe(rec)
+}
+
+func (h *hopState) observe(rec *frame.HopRecord) {
 	h.s.metrics.Residence(rec.Forward + rec.Return)
+	h.s.metrics.Wait(rec.WaitForward + rec.WaitReturn)
 }
 
 // appendReply adds a downstream reply with this hop's record prepended to
@@ -409,25 +454,26 @@ func (h *hopState) appendErrorReply(r *pendingReply) {
 	h.s.metrics.Relayed(r.e.kind.ReplyKind(), false)
 }
 
-// buildEchoes stamps reply-out and turns the end host's pending requests
-// into replies: same data, the path replaced by this hop's record.
+// buildEchoes reads the upstream connection's TCP_INFO, stamps reply-out
+// and turns the end host's pending requests into replies: same data, the
+// path replaced by this hop's record.
 func (h *hopState) buildEchoes() int {
 	n := len(h.echoes)
 	if n == 0 {
 		return 0
 	}
+	h.tcp.refresh(h.now())
 	tOut := h.now()
 	b := &h.ret
 	for i := range h.echoes {
 		p := &h.echoes[i]
 		if p.local != nil {
-			appendLocalAnswer(h.s, b, &h.hop, &p.e, p.local, h.retSign, tOut)
+			h.appendLocalAnswer(&p.e, p.local, tOut)
 			continue
 		}
-		fillCommon(h.s, &h.hop, &p.e)
+		h.fillCommon(&h.hop, &p.e, tOut)
 		h.hop.Flags |= frame.RecEnd
-		h.hop.Forward = time.Duration(tOut - p.e.tIn)
-		h.s.metrics.Residence(h.hop.Forward)
+		h.observe(&h.hop)
 		fr, v := p.frame, &p.view
 		kind := v.Header.Kind.ReplyKind()
 		pr := v.Probe
@@ -454,7 +500,8 @@ func (h *hopState) buildEchoes() int {
 // appendLocalAnswer adds an answer this hop gives itself: a reply holding
 // its record and an error record, or an error frame for frames it could
 // not trust.
-func appendLocalAnswer(s *Server, b *batch, h *frame.HopRecord, e *inflight, ans *localAnswer, sign *frame.Signer, tOut int64) {
+func (h *hopState) appendLocalAnswer(e *inflight, ans *localAnswer, tOut int64) {
+	s, b, sign := h.s, &h.ret, h.retSign
 	er := frame.ErrorRecord{ID: s.id, Name: s.cfg.Name, Peer: ans.peer, Reason: ans.reason, Side: ans.side, Message: ans.message}
 	start := len(b.scratch)
 	if ans.errorFrame {
@@ -462,11 +509,9 @@ func appendLocalAnswer(s *Server, b *batch, h *frame.HopRecord, e *inflight, ans
 		b.scratchFrom(start)
 		return
 	}
-	fillCommon(s, h, e)
-	h.Forward = time.Duration(tOut - e.tIn)
-	h.Downstream, h.Return = 0, 0
+	h.fillCommon(&h.hop, e, tOut)
 	b.scratch = append(b.scratch, make([]byte, frame.MinFrameLen)...)
-	b.scratch = frame.AppendHop(b.scratch, h)
+	b.scratch = frame.AppendHop(b.scratch, &h.hop)
 	b.scratch = frame.AppendError(b.scratch, &er)
 	finishLocalFrame(b, start, e.kind.ReplyKind(), frame.ProbeHeader{Seq: e.seq, Flags: e.pflags, Count: 2}, sign)
 	s.metrics.Relayed(e.kind.ReplyKind(), false)
@@ -482,19 +527,32 @@ func finishLocalFrame(b *batch, start int, kind frame.Kind, p frame.ProbeHeader,
 	b.scratchFrom(start)
 }
 
-// fillCommon sets the record fields every answer of this hop shares.
-func fillCommon(s *Server, h *frame.HopRecord, e *inflight) {
-	*h = frame.HopRecord{ID: s.id, Name: s.cfg.Name, WallIn: e.wallIn,
-		EstErrorMicros: e.sync.EstErrorMicros, MaxErrorMicros: e.sync.MaxErrorMicros}
+// fillCommon sets the record fields every answer of this hop shares: its
+// identity, clock, the request's way through it (forward time and wait),
+// and the upstream connection's TCP_INFO. out ends the forward time: when
+// the request went on downstream, or when this hop's own answer leaves.
+func (h *hopState) fillCommon(rec *frame.HopRecord, e *inflight, out int64) {
+	s := h.s
+	*rec = frame.HopRecord{ID: s.id, Name: s.cfg.Name, WallIn: e.wallIn,
+		EstErrorMicros: e.sync.EstErrorMicros, MaxErrorMicros: e.sync.MaxErrorMicros,
+		Forward: time.Duration(max(out-e.tIn, 0))}
+	rec.WaitForward = min(e.waitIn, rec.Forward)
+	if e.kernelIn {
+		rec.Flags |= frame.RecKernelIn
+	}
 	if e.sync.Synced {
-		h.Flags |= frame.RecSynced
+		rec.Flags |= frame.RecSynced
 	}
 	if e.dialed {
-		h.Flags |= frame.RecDialed
-		h.Connect = time.Duration(e.connect)
+		rec.Flags |= frame.RecDialed
+		rec.Connect = time.Duration(e.connect)
+	}
+	if h.tcp.hasUp {
+		rec.Flags |= frame.RecTCPInfoUp
+		rec.TCPUp = h.tcp.up
 	}
 	if e.pflags&frame.ProbeAnnotate != 0 && s.cfg.Annotate != nil {
-		h.Vars = s.cfg.Annotate()
+		rec.Vars = s.cfg.Annotate()
 	}
 }
 
@@ -502,11 +560,11 @@ func fillCommon(s *Server, h *frame.HopRecord, e *inflight) {
 // too many hops; it returns nil for requests that may go on.
 func (s *Server) checkPath(v frame.View, fr []byte, upPeer string) *localAnswer {
 	if frame.PathContains(v.Tail(fr), s.id) {
-		return &localAnswer{reason: frame.ReasonLoop, side: frame.SideUpstream, peer: upPeer,
+		return &localAnswer{reason: peer.ReasonLoop, side: frame.SideUpstream, peer: upPeer,
 			message: fmt.Sprintf("%s received a probe that already passed through it (forwarding loop; check --forward-to along the chain)", s.cfg.Name)}
 	}
 	if int(v.Probe.Count) >= s.cfg.MaxHops {
-		return &localAnswer{reason: frame.ReasonTooManyHops, side: frame.SideUpstream, peer: upPeer,
+		return &localAnswer{reason: peer.ReasonTooManyHops, side: frame.SideUpstream, peer: upPeer,
 			message: fmt.Sprintf("%s received a probe that already passed %d hops (limit --relay.max-hops=%d)", s.cfg.Name, v.Probe.Count, s.cfg.MaxHops)}
 	}
 	return nil
@@ -520,8 +578,9 @@ func (s *Server) nextName() string {
 	return s.cfg.ForwardTo
 }
 
-// learnNextName remembers the name in the first record of a reply, the
-// next hop's, so that a later failure can name it.
+// learnNextName remembers the name in the first record of a reply (which
+// frame.CheckReply validated), the next hop's, so that a later failure can
+// name it.
 func (s *Server) learnNextName(tail []byte, count int) {
 	if count == 0 {
 		return

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"runtime"
 	"sync"
 	"syscall"
 	"time"
@@ -15,12 +14,15 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/subsegment/subsegment_exporter/frame"
+	"github.com/subsegment/subsegment_exporter/peer"
+	"github.com/subsegment/subsegment_exporter/rxstamp"
 	"github.com/subsegment/subsegment_exporter/tcpinfo"
 )
 
-// loop is the epoll engine: one locked OS thread runs every plain-TCP
-// session of the relay with non-blocking sockets and level-triggered
-// epoll, the way haproxy does. A probe then costs its reads and writes and
+// loop is the epoll engine: one goroutine, on its own thread while it
+// waits (raw system calls: rawsys.go), runs every plain-TCP session of the
+// relay with non-blocking sockets and level-triggered epoll, the way
+// haproxy does. A probe then costs its reads and writes and
 // no goroutine wake-ups, which keeps a hop's round trip at haproxy's.
 // Dials (name resolution, handshakes) happen in goroutines and are handed
 // back, so a slow next hop never stalls other sessions.
@@ -31,10 +33,14 @@ type loop struct {
 	events []unix.EpollEvent
 	byFd   map[int]*lsession
 	timers timerHeap
+	// onFail is called (once, from the loop's thread) when epoll itself
+	// fails and the loop stops: Serve must stop accepting.
+	onFail func()
 
 	mu      sync.Mutex
 	inbox   []func()
 	stopped bool
+	failed  error
 	done    chan struct{}
 }
 
@@ -80,10 +86,17 @@ func (l *loop) stop() {
 	<-l.done
 }
 
-// run is the event loop; it returns after stop.
+// failure is why the loop stopped on its own, nil while it runs.
+func (l *loop) failure() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.failed
+}
+
+// run is the event loop; it returns after stop, or when epoll fails.
 func (l *loop) run() {
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
+	runningLoops.Add(1)
+	defer runningLoops.Add(-1)
 	defer close(l.done)
 	defer l.shutdown()
 	for {
@@ -92,9 +105,9 @@ func (l *loop) run() {
 			wait := l.timers[0].deadline - l.s.cfg.Clock.Monotonic()
 			timeout = int(max(0, (wait+int64(time.Millisecond)-1)/int64(time.Millisecond)))
 		}
-		n, err := unix.EpollWait(l.ep, l.events, timeout)
+		n, err := epollWait(l.ep, l.events, timeout, len(l.byFd) > 0)
 		if err != nil && !errors.Is(err, unix.EINTR) {
-			l.s.log.Error("epoll_wait failed; relay loop stops", "err", err)
+			l.fail(fmt.Errorf("epoll_wait: %w", err))
 			return
 		}
 		for i := 0; i < n; i++ {
@@ -102,7 +115,7 @@ func (l *loop) run() {
 			fd := int(ev.Fd)
 			if fd == l.wakeFd {
 				var buf [8]byte
-				_, _ = unix.Read(l.wakeFd, buf[:])
+				_, _ = rawRead(l.wakeFd, buf[:])
 				continue
 			}
 			if x := l.byFd[fd]; x != nil {
@@ -113,6 +126,18 @@ func (l *loop) run() {
 			return
 		}
 		l.expire()
+	}
+}
+
+// fail stops the loop on an error of epoll itself: every session is
+// closed (shutdown), and Serve is told to stop accepting.
+func (l *loop) fail(err error) {
+	l.s.log.Error("relay event loop failed; closing its connections and stopping the relay", "err", err)
+	l.mu.Lock()
+	l.failed = err
+	l.mu.Unlock()
+	if l.onFail != nil {
+		l.onFail()
 	}
 }
 
@@ -159,8 +184,8 @@ func (l *loop) adopt(conn *net.TCPConn, adm *admission, release func()) error {
 	if err != nil {
 		return err
 	}
-	peer := conn.RemoteAddr().String()
-	if !l.post(func() { l.start(fd, peer, adm, release) }) {
+	peerAddr := conn.RemoteAddr().String()
+	if !l.post(func() { l.start(fd, peerAddr, adm, release) }) {
 		unix.Close(fd)
 		return errors.New("relay loop stopped")
 	}
@@ -169,6 +194,7 @@ func (l *loop) adopt(conn *net.TCPConn, adm *admission, release func()) error {
 
 // detach takes the socket out of Go's netpoller: it duplicates the
 // descriptor (sharing O_NONBLOCK and TCP_NODELAY) and closes the original.
+// The copy receives the kernel's receive timestamps.
 func detach(conn syscall.Conn) (int, error) {
 	raw, err := conn.SyscallConn()
 	if err != nil {
@@ -185,44 +211,54 @@ func detach(conn syscall.Conn) (int, error) {
 	if c, ok := conn.(io.Closer); ok {
 		c.Close()
 	}
+	// Without stamps the hop falls back to its read time (and says so in
+	// its records); that is no reason to refuse the connection.
+	_ = rxstamp.Enable(fd)
 	return fd, nil
 }
 
-func (l *loop) start(fd int, peer string, adm *admission, release func()) {
-	x := &lsession{l: l, up: fd, down: -1, echo: l.s.cfg.ForwardTo == "", release: release, heapIdx: -1}
-	x.init(l.s, peer)
+func (l *loop) start(fd int, peerAddr string, adm *admission, release func()) {
+	x := &lsession{l: l, up: fd, down: -1, connFd: -1, echo: l.s.cfg.ForwardTo == "", release: release, heapIdx: -1}
+	x.init(l.s, peerAddr)
 	x.adm = adm
-	adm.session = x
+	x.upRx.Clocks = l.s.clocks
+	x.downRx.Clocks = l.s.clocks
 	x.upR = frame.NewReader(nil, l.s.cfg.MaxFrameBytes)
-	x.readUp = func(p []byte) (int, error) { return readFd(x.up, p) }
+	x.upR.Budget = l.s.budget
+	x.readUp = func(p []byte) (int, error) { return readFd(&x.upRx, x.up, p) }
+	x.tcp.readUp = func() (tcpinfo.Info, error) { return tcpinfo.ReadFd(x.up, &x.tcpBuf) }
 	x.idleUntil = l.s.cfg.Clock.Monotonic() + int64(l.s.cfg.Timeout)
-	if err := unix.EpollCtl(l.ep, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd)}); err != nil {
-		l.s.log.Warn("cannot watch connection", "peer", peer, "err", err)
+	if err := epollCtl(l.ep, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd)}); err != nil {
+		// Never registered: the session ends here, once, and an eviction
+		// later finds it closed instead of closing a reused descriptor.
+		l.s.log.Warn("cannot watch connection", "peer", peerAddr, "err", err)
+		x.closed = true
+		adm.proven.Store(true)
+		x.upR.Release()
 		unix.Close(fd)
 		release()
 		return
 	}
-	x.upEvents = unix.EPOLLIN
+	adm.session = x
+	x.upEvents, x.upPolled = unix.EPOLLIN, true
 	l.byFd[fd] = x
 	l.s.metrics.ConnectionOpened()
 	x.schedule()
 }
 
-func readFd(fd int, p []byte) (int, error) {
-	for {
-		n, err := unix.Read(fd, p)
-		switch {
-		case err == unix.EINTR:
-			continue
-		case err == unix.EAGAIN:
-			return 0, errAgain
-		case err != nil:
-			return 0, err
-		case n == 0 && len(p) > 0:
-			return 0, io.EOF
-		}
-		return n, nil
+// readFd reads a socket once with recvmsg (keeping the kernel's stamp),
+// mapping "nothing now" to errAgain and end of stream to io.EOF.
+func readFd(rx *rxstamp.FdReader, fd int, p []byte) (int, error) {
+	n, err := rx.Read(fd, p)
+	switch {
+	case err == unix.EAGAIN:
+		return 0, errAgain
+	case err != nil:
+		return 0, err
+	case n == 0 && len(p) > 0:
+		return 0, io.EOF
 	}
+	return n, nil
 }
 
 // lsession is one upstream connection driven by the loop.
@@ -232,12 +268,20 @@ type lsession struct {
 	up, down int
 	upR      *frame.Reader
 	downR    *frame.Reader
+	upRx     rxstamp.FdReader
+	downRx   rxstamp.FdReader
 	readUp   func([]byte) (int, error)
 	readDown func([]byte) (int, error)
 	echo     bool
 	release  func()
 
 	dialing bool
+	// A connect the loop runs itself (connect.go): the socket while its
+	// handshake is under way, when it started, and when to give up.
+	connFd    int
+	connStart int64
+	connUntil int64
+	connKind  frame.Kind
 	// connectPending is the handshake time of the new downstream
 	// connection until the first forwarded request carries it.
 	connectPending int64
@@ -248,10 +292,20 @@ type lsession struct {
 	upStopped  bool // a fatal answer is queued: no more upstream input
 	broken     *localAnswer
 	closeAfter bool // close once the replies are written
+	// draining: the last answer is out and the write side shut; what the
+	// upstream still sends is read and discarded (so that it gets the
+	// answer instead of a reset) until it closes or the drain ends.
+	draining   bool
+	drainUntil int64
+	drained    int
 	closed     bool
 	tcpBuf     unix.TCPInfo
 
+	// Poll state of each descriptor: the events it is registered for, and
+	// whether it is registered at all. A descriptor with no interest is
+	// removed from epoll, which otherwise keeps reporting ERR/HUP on it.
 	upEvents, downEvents uint32
+	upPolled, downPolled bool
 	idleUntil            int64
 	stallUntil           int64
 	deadline             int64
@@ -269,14 +323,21 @@ func (x *lsession) event(fd int, ev uint32) {
 	if x.closed {
 		return
 	}
-	if fd == x.up {
+	switch fd {
+	case x.up:
 		if ev&unix.EPOLLOUT != 0 {
 			x.writeUp()
 		}
 		if ev&(unix.EPOLLIN|unix.EPOLLHUP|unix.EPOLLERR) != 0 && !x.closed {
-			x.readUpstream()
+			if x.draining {
+				x.drain()
+			} else {
+				x.readUpstream()
+			}
 		}
-	} else if fd == x.down {
+	case x.connFd:
+		x.connectReady()
+	case x.down:
 		if ev&unix.EPOLLOUT != 0 {
 			x.writeDown()
 		}
@@ -295,48 +356,78 @@ func (x *lsession) upPinned() bool { return x.fwd.pendingWrite() || x.echo && x.
 
 func (x *lsession) downPinned() bool { return x.ret.pendingWrite() }
 
+// canReadUp is when the session reads upstream: the same rule decides the
+// epoll interest and guards the read, so the loop is never woken for a
+// descriptor it then does not read.
+func (x *lsession) canReadUp() bool {
+	return !x.closed && !x.upEOF && !x.upStopped && !x.dialing && len(x.held) == 0 && !x.upPinned()
+}
+
+func (x *lsession) canReadDown() bool { return !x.closed && x.down >= 0 && !x.downPinned() }
+
 // settle brings epoll interest and the deadline in line with the state.
 func (x *lsession) settle() {
 	if x.closed {
 		return
 	}
-	if x.closeAfter && !x.ret.pendingWrite() {
-		x.close()
-		return
+	if x.closeAfter && !x.ret.pendingWrite() && !x.draining {
+		x.startDrain()
+		if x.closed {
+			return
+		}
 	}
-	if (x.upEOF || x.upStopped) && !x.ret.pendingWrite() && len(x.held) == 0 && (x.ring == nil || x.ring.empty()) && x.pending == 0 && !x.dialing {
+	if !x.draining && (x.upEOF || x.upStopped) && !x.ret.pendingWrite() && len(x.held) == 0 && (x.ring == nil || x.ring.empty()) && x.pending == 0 && !x.dialing {
 		x.close()
 		return
 	}
 	var up uint32
-	if !x.upEOF && !x.upStopped && !x.dialing && len(x.held) == 0 && !x.upPinned() {
+	if x.draining || x.canReadUp() {
 		up |= unix.EPOLLIN
 	}
 	if x.ret.pendingWrite() {
 		up |= unix.EPOLLOUT
 	}
-	x.watch(x.up, &x.upEvents, up)
+	if !x.watch(x.up, &x.upEvents, &x.upPolled, up) {
+		return
+	}
 	if x.down >= 0 {
 		var down uint32
-		if !x.downPinned() {
+		if x.canReadDown() {
 			down |= unix.EPOLLIN
 		}
 		if x.fwd.pendingWrite() {
 			down |= unix.EPOLLOUT
 		}
-		x.watch(x.down, &x.downEvents, down)
+		if !x.watch(x.down, &x.downEvents, &x.downPolled, down) {
+			return
+		}
 	}
 	x.schedule()
 }
 
-func (x *lsession) watch(fd int, cur *uint32, want uint32) {
-	if *cur == want {
-		return
+// watch registers fd for want: modified, added back, or removed when want
+// is empty. A failed epoll_ctl leaves the state unknown: the session is
+// closed, and watch reports false.
+func (x *lsession) watch(fd int, cur *uint32, polled *bool, want uint32) bool {
+	if *polled && *cur == want || !*polled && want == 0 {
+		return true
 	}
-	if err := unix.EpollCtl(x.l.ep, unix.EPOLL_CTL_MOD, fd, &unix.EpollEvent{Events: want, Fd: int32(fd)}); err != nil {
-		x.s.log.Debug("epoll_ctl failed", "err", err)
+	var err error
+	switch {
+	case want == 0:
+		err = epollCtl(x.l.ep, unix.EPOLL_CTL_DEL, fd, &unix.EpollEvent{})
+	case *polled:
+		err = epollCtl(x.l.ep, unix.EPOLL_CTL_MOD, fd, &unix.EpollEvent{Events: want, Fd: int32(fd)})
+	default:
+		err = epollCtl(x.l.ep, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: want, Fd: int32(fd)})
 	}
-	*cur = want
+	if err != nil {
+		x.s.log.Warn("epoll_ctl failed; closing the session", "peer", x.upPeer, "err", err)
+		x.close()
+		return false
+	}
+	*cur, *polled = want, want != 0
+	return true
 }
 
 // schedule puts the session's next deadline into the timer heap.
@@ -347,6 +438,12 @@ func (x *lsession) schedule() {
 			d = t
 		}
 	}
+	if x.draining {
+		pick(x.drainUntil)
+	}
+	if x.connFd >= 0 {
+		pick(x.connUntil)
+	}
 	if x.fwd.pendingWrite() || x.ret.pendingWrite() {
 		pick(x.stallUntil)
 	}
@@ -355,7 +452,7 @@ func (x *lsession) schedule() {
 			pick(e.waitUntil)
 		}
 	}
-	if !x.upEOF && !x.dialing && (x.ring == nil || x.ring.empty()) {
+	if !x.upEOF && !x.dialing && !x.draining && (x.ring == nil || x.ring.empty()) {
 		pick(x.idleUntil)
 	}
 	x.deadline = d
@@ -373,6 +470,11 @@ func (x *lsession) schedule() {
 // timeout handles the session's deadline.
 func (x *lsession) timeout(now int64) {
 	switch {
+	case x.draining && now >= x.drainUntil:
+		x.close()
+		return
+	case x.connFd >= 0 && now >= x.connUntil:
+		x.connectFailed(fmt.Errorf("connect to %s: %w", x.s.cfg.ForwardTo, errTimeout))
 	case (x.fwd.pendingWrite() || x.ret.pendingWrite()) && x.stallUntil > 0 && now >= x.stallUntil:
 		x.s.log.Debug("peer stopped reading, closing", "peer", x.upPeer, "timeout", x.s.cfg.Timeout)
 		if x.fwd.pendingWrite() && x.ring != nil {
@@ -383,7 +485,7 @@ func (x *lsession) timeout(now int64) {
 		}
 	case x.ring != nil && x.broken == nil && x.ring.peekReady() != nil && x.ring.peekReady().local == nil && now >= x.ring.peekReady().waitUntil:
 		x.breakDown(fmt.Errorf("read from %s: %w", x.s.cfg.ForwardTo, errTimeout))
-	case now >= x.idleUntil:
+	case !x.draining && now >= x.idleUntil:
 		x.s.log.Debug("upstream idle, closing", "peer", x.upPeer, "timeout", x.s.cfg.Timeout)
 		x.upstreamEnded(errTimeout)
 	default:
@@ -408,7 +510,7 @@ const readsPerEvent = 8
 
 func (x *lsession) readUpstream() {
 	for i := 0; i < readsPerEvent; i++ {
-		if x.closed || x.upEOF || x.upStopped || x.dialing || len(x.held) > 0 || x.upPinned() {
+		if !x.canReadUp() {
 			return
 		}
 		_, err := x.upR.ReadOnce(x.readUp)
@@ -431,17 +533,17 @@ func (x *lsession) readUpstream() {
 
 // upstreamEnded handles the end of the upstream side.
 func (x *lsession) upstreamEnded(err error) {
-	switch r := Classify(err); {
-	case errors.Is(err, io.EOF), r == frame.ReasonTimeout, r == frame.ReasonReset:
+	switch r := peer.Classify(err); {
+	case errors.Is(err, io.EOF), r == peer.ReasonTimeout, r == peer.ReasonReset:
 		x.upEOF = true
-		if r == frame.ReasonReset {
+		if r == peer.ReasonReset {
 			x.close()
 			return
 		}
 		if x.down >= 0 {
 			_ = unix.Shutdown(x.down, unix.SHUT_WR)
 		}
-	case r == frame.ReasonBadFrame || r == frame.ReasonClosed:
+	case r == peer.ReasonBadFrame || r == peer.ReasonClosed || r == peer.ReasonTooLarge || r == peer.ReasonOverloaded:
 		x.answerFatal(x.reject(err))
 	default:
 		x.s.log.Debug("upstream read failed", "peer", x.upPeer, "err", err)
@@ -453,32 +555,73 @@ func (x *lsession) upstreamEnded(err error) {
 // upstream input is read, and the session closes once the answer is out.
 func (x *lsession) answerFatal(ans *localAnswer) {
 	x.upStopped = true
+	rx := rxstamp.Stamp{At: x.now()}
 	if x.echo {
-		x.echoes = append(x.echoes, echoReply{e: inflight{tIn: x.now()}, local: ans})
+		x.echoes = append(x.echoes, echoReply{e: newEntry(rx), local: ans})
 		x.closeAfter = true
 		x.flushEcho()
 		return
 	}
-	x.held = append(x.held, heldRequest{e: inflight{tIn: x.now()}, ans: ans})
+	x.held = append(x.held, heldRequest{e: newEntry(rx), ans: ans})
 	x.processUp()
+}
+
+// startDrain begins the end of a session whose last answer is written:
+// the write side is shut, and upstream input is discarded for a little
+// while, so that a peer still sending (a stream) reads the answer instead
+// of losing it to a reset.
+func (x *lsession) startDrain() {
+	if x.upEOF {
+		x.close()
+		return
+	}
+	x.draining = true
+	x.drainUntil = x.now() + int64(min(x.s.cfg.Timeout, drainTime))
+	_ = unix.Shutdown(x.up, unix.SHUT_WR)
+	if x.down >= 0 {
+		x.dropDown()
+	}
+}
+
+// Bounds of the drain after a session's last answer.
+const (
+	drainTime  = 2 * time.Second
+	drainBytes = 32 << 20
+)
+
+// drain discards what the upstream sends after the last answer.
+func (x *lsession) drain() {
+	var buf [16 << 10]byte
+	for i := 0; i < readsPerEvent; i++ {
+		n, err := rawRead(x.up, buf[:])
+		if err == unix.EAGAIN || err == unix.EINTR {
+			return
+		}
+		x.drained += max(n, 0)
+		if err != nil || n == 0 || x.drained > drainBytes {
+			x.close()
+			return
+		}
+	}
 }
 
 // processEcho answers every complete request the end host has buffered.
 func (x *lsession) processEcho() {
-	if !x.upStopped && x.queueEchoes(x.upR, x.now()) {
+	if !x.upStopped && x.queueEchoes(x.upR, x.upRx.Last) {
 		x.upStopped, x.closeAfter = true, true
 	}
 	x.flushEcho()
 }
 
 // processUp admits held requests, then every complete request buffered,
-// and writes what it could admit downstream.
+// and writes what it could admit downstream. The requests were received
+// when the latest upstream read was: the kernel's stamp of it.
 func (x *lsession) processUp() {
 	if x.echo {
 		x.processEcho()
 		return
 	}
-	tIn, wall, sync := x.now(), x.s.cfg.Clock.Wall(), x.s.cfg.Clock.Sync()
+	rx, wall, sync := x.upRx.Last, x.s.cfg.Clock.Wall(), x.s.cfg.Clock.Sync()
 	for !x.closeAfter {
 		if len(x.held) == 0 {
 			if x.upStopped {
@@ -486,12 +629,12 @@ func (x *lsession) processUp() {
 			}
 			fr, err := x.upR.Next()
 			if err != nil {
-				x.held = append(x.held, heldRequest{e: inflight{tIn: tIn}, ans: x.reject(err)})
+				x.held = append(x.held, heldRequest{e: newEntry(rx), ans: x.reject(err)})
 				x.upStopped = true
 			} else if fr == nil {
 				break
 			} else {
-				e, v, ans := x.classify(fr, tIn, wall, sync)
+				e, v, ans := x.classify(fr, rx, wall, sync)
 				x.held = append(x.held, heldRequest{fr: fr, e: e, v: v, ans: ans})
 				if ans != nil && ans.fatal {
 					x.upStopped = true
@@ -548,17 +691,24 @@ func (x *lsession) admit(r heldRequest) bool {
 	return true
 }
 
-// dial opens the downstream connection in a goroutine.
+// dial opens the downstream connection: in the loop itself for an address
+// (connect.go), so that its time is the handshake's however busy the
+// process is; in a goroutine when a name must be resolved or a test dials
+// its own way.
 func (x *lsession) dial(e inflight) {
 	x.dialing = true
 	s := x.s
 	limit := min(e.budget*7/8, s.cfg.Timeout)
 	kind := e.kind
+	if s.downAddr != nil {
+		x.connect(kind, limit)
+		return
+	}
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), limit)
 		defer cancel()
 		start := s.cfg.Clock.Monotonic()
-		conn, err := s.cfg.Dial(ctx, s.cfg.ForwardTo)
+		conn, err := s.dialer.DialContext(ctx, s.cfg.ForwardTo)
 		connect := s.cfg.Clock.Monotonic() - start
 		fd := -1
 		if err == nil {
@@ -584,6 +734,12 @@ func (x *lsession) dialDone(fd int, connect int64, kind frame.Kind, err error) {
 		return
 	}
 	x.dialing = false
+	if err == nil {
+		if err = epollCtl(x.l.ep, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd)}); err != nil {
+			unix.Close(fd)
+			err = fmt.Errorf("epoll_ctl: %w", err)
+		}
+	}
 	if err != nil {
 		ans := x.dialFailed(err)
 		if len(x.held) > 0 {
@@ -594,18 +750,12 @@ func (x *lsession) dialDone(fd int, connect int64, kind frame.Kind, err error) {
 		x.settle()
 		return
 	}
-	if err := unix.EpollCtl(x.l.ep, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd)}); err != nil {
-		unix.Close(fd)
-		x.held[0].ans = x.dialFailed(err)
-		x.processUp()
-		x.closeAfter = true
-		x.settle()
-		return
-	}
-	x.down, x.downEvents = fd, unix.EPOLLIN
+	x.down, x.downEvents, x.downPolled = fd, unix.EPOLLIN, true
 	x.l.byFd[fd] = x
 	x.downR = frame.NewReader(nil, x.s.cfg.MaxFrameBytes)
-	x.readDown = func(p []byte) (int, error) { return readFd(x.down, p) }
+	x.downR.Budget = x.s.budget
+	x.readDown = func(p []byte) (int, error) { return readFd(&x.downRx, x.down, p) }
+	x.tcp.readDown = func() (tcpinfo.Info, error) { return tcpinfo.ReadFd(x.down, &x.tcpBuf) }
 	x.startRing(kind)
 	x.connectPending = max(connect, 1)
 	x.processUp()
@@ -628,7 +778,7 @@ func (x *lsession) flushForward() {
 		x.writeDown()
 	}
 	if local {
-		x.processDown(x.now())
+		x.processDown(x.downRx.Last)
 	}
 }
 
@@ -658,7 +808,7 @@ func (x *lsession) writeDown() {
 
 func (x *lsession) readDownstream() {
 	for i := 0; i < readsPerEvent; i++ {
-		if x.closed || x.downPinned() || x.down < 0 {
+		if !x.canReadDown() {
 			return
 		}
 		_, err := x.downR.ReadOnce(x.readDown)
@@ -670,7 +820,7 @@ func (x *lsession) readDownstream() {
 			return
 		}
 		if x.downR.Complete() {
-			x.processDown(x.now())
+			x.processDown(x.downRx.Last)
 		}
 		if x.downR.Drained() {
 			return
@@ -679,8 +829,9 @@ func (x *lsession) readDownstream() {
 }
 
 // processDown answers entries from the ring head: with the replies
-// buffered from downstream, or by this hop itself.
-func (x *lsession) processDown(tReplyIn int64) {
+// buffered from downstream (received at rx, the stamp of the latest
+// downstream read), or by this hop itself.
+func (x *lsession) processDown(rx rxstamp.Stamp) {
 	for x.ring != nil {
 		e := x.ring.peekReady()
 		if e != nil && (e.local != nil || x.broken != nil) {
@@ -703,7 +854,7 @@ func (x *lsession) processDown(tReplyIn int64) {
 		if fr == nil {
 			break
 		}
-		if ans := x.takeReply(e, fr, tReplyIn); ans != nil {
+		if ans := x.takeReply(e, fr, rx); ans != nil {
 			x.setBroken(ans)
 		}
 	}
@@ -720,17 +871,25 @@ func (x *lsession) breakDown(err error) {
 		return
 	}
 	x.setBroken(x.downstreamFailure(err, x.ring.peekReady()))
-	x.processDown(x.now())
+	x.processDown(rxstamp.Stamp{At: x.now()})
 }
 
 func (x *lsession) setBroken(ans *localAnswer) {
 	x.broken = ans
-	if x.down >= 0 {
-		delete(x.l.byFd, x.down)
-		unix.Close(x.down)
-		x.down = -1
-	}
+	x.dropDown()
 	x.fwd.reset()
+}
+
+// dropDown closes the downstream connection (its buffer stays until the
+// session ends: replies pinned in it may still be on their way up).
+func (x *lsession) dropDown() {
+	if x.down < 0 {
+		return
+	}
+	delete(x.l.byFd, x.down)
+	unix.Close(x.down) // closing removes it from epoll
+	x.down, x.downPolled, x.downEvents = -1, false, 0
+	x.tcp.readDown, x.tcp.hasDown = nil, false
 }
 
 // flushReturn writes the replies upstream.
@@ -763,30 +922,24 @@ func (x *lsession) writeUp() {
 		return
 	}
 	if x.down >= 0 {
-		x.refreshTCP(x.readTCP)
 		// Replies buffered meanwhile may go on.
 		if x.downR.Complete() {
-			x.processDown(x.now())
+			x.processDown(x.downRx.Last)
 		}
 	} else if x.echo && x.upR.Complete() && !x.upStopped {
 		x.processUp()
 	}
 }
 
-func (x *lsession) readTCP() (frame.TCPInfo, error) { return tcpinfo.ReadFd(x.down, &x.tcpBuf) }
-
 func (x *lsession) close() {
 	if x.closed {
 		return
 	}
 	x.closed = true
+	x.dropConnect()
 	delete(x.l.byFd, x.up)
 	unix.Close(x.up)
-	if x.down >= 0 {
-		delete(x.l.byFd, x.down)
-		unix.Close(x.down)
-		x.down = -1
-	}
+	x.dropDown()
 	if x.heapIdx >= 0 {
 		heap.Remove(&x.l.timers, x.heapIdx)
 	}

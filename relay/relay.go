@@ -5,25 +5,24 @@ package relay
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
-	"os"
-	"runtime"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/subsegment/subsegment_exporter/clock"
 	"github.com/subsegment/subsegment_exporter/frame"
+	"github.com/subsegment/subsegment_exporter/peer"
+	"github.com/subsegment/subsegment_exporter/rxstamp"
+	"github.com/subsegment/subsegment_exporter/transport"
 )
 
 // Defaults of the original tool and of the protocol.
@@ -34,10 +33,7 @@ const (
 	// reader. Probe sessions send one probe at a time; stream sessions
 	// pipeline blocks and need room for a window of them.
 	inflightProbe  = 16
-	inflightStream = 1024
-	// StreamWindow is the most stream frames a source keeps in flight, so
-	// that no relay's ring fills up and stalls the pipeline.
-	StreamWindow = inflightStream - 64
+	inflightStream = frame.StreamWindow + 64
 )
 
 // Metrics receives what a relay does; the collector package implements it
@@ -48,9 +44,12 @@ type Metrics interface {
 	// Relayed counts a reply written upstream: ok is false for error replies.
 	Relayed(kind frame.Kind, ok bool)
 	// Failed counts an error this hop reported, by reason.
-	Failed(reason frame.Reason)
+	Failed(reason peer.Reason)
 	// Residence observes forward + return time spent in this hop.
 	Residence(d time.Duration)
+	// Wait observes the part of the residence frames spent in the kernel
+	// before this hop read them (waiting for a CPU or for the loop).
+	Wait(d time.Duration)
 	// StreamBytes counts stream-mode payload bytes relayed back upstream.
 	StreamBytes(n int)
 }
@@ -60,8 +59,9 @@ type nopMetrics struct{}
 func (nopMetrics) ConnectionOpened()        {}
 func (nopMetrics) ConnectionClosed()        {}
 func (nopMetrics) Relayed(frame.Kind, bool) {}
-func (nopMetrics) Failed(frame.Reason)      {}
+func (nopMetrics) Failed(peer.Reason)       {}
 func (nopMetrics) Residence(time.Duration)  {}
+func (nopMetrics) Wait(time.Duration)       {}
 func (nopMetrics) StreamBytes(int)          {}
 
 // Config describes one relay.
@@ -89,13 +89,19 @@ type Config struct {
 	Keys frame.Keys
 	// Clock stamps frames; tests inject skewed clocks.
 	Clock clock.Clock
-	// Dial opens the downstream connection.
+	// Realtime is CLOCK_REALTIME for converting the kernel's receive
+	// stamps; nil reads the system's. Tests step it.
+	Realtime func() int64
+	// Dial opens the downstream TCP connection; nil dials plainly.
 	Dial func(ctx context.Context, address string) (net.Conn, error)
-	// TLS, when set, makes upstream connections TLS (the listener is
-	// wrapped); DialTLS makes the downstream connection TLS. Either puts
-	// the relay on the goroutine engine.
+	// TLS, when set, makes upstream connections TLS; DialTLS makes the
+	// downstream connection TLS. Either puts the relay on the goroutine
+	// engine.
 	TLS     *tls.Config
 	DialTLS *tls.Config
+	// BufferBudget bounds the read buffers over 64 KiB (large stream
+	// blocks) of all connections together; 0 uses the default.
+	BufferBudget int64
 	// Annotate returns the local variables attached to records of probes
 	// that ask for them (in-band context); nil attaches nothing.
 	Annotate func() []frame.Var
@@ -127,6 +133,13 @@ type Server struct {
 	log      *slog.Logger
 	slots    chan struct{}
 	downName atomic.Pointer[string] // the name the next hop last reported
+	budget   *frame.BufferBudget
+	dialer   transport.Dialer
+	// downAddr is --forward-to as a socket address when it is an IP
+	// address (the epoll engine connects to it itself), else nil.
+	downAddr unix.Sockaddr
+	clocks   rxstamp.Clocks
+	warned   rateLimit // warnings about peers' bad input
 
 	mu     sync.Mutex
 	conns  map[net.Conn]struct{}
@@ -192,7 +205,7 @@ func (s *Server) evictOldest() bool {
 	if victim == nil {
 		return false
 	}
-	s.metrics.Failed(frame.ReasonOverloaded)
+	s.metrics.Failed(peer.ReasonOverloaded)
 	s.log.Debug("connection limit reached: closing the oldest connection without a valid frame")
 	victim.evict()
 	return true
@@ -220,7 +233,7 @@ func (s *Server) slot() bool {
 
 // New validates cfg and returns a relay ready to Serve.
 func New(cfg Config) (*Server, error) {
-	if err := ValidateName(cfg.Name); err != nil {
+	if err := peer.ValidateName(cfg.Name); err != nil {
 		return nil, err
 	}
 	if cfg.Timeout <= 0 {
@@ -229,8 +242,14 @@ func New(cfg Config) (*Server, error) {
 	if cfg.MaxFrameBytes == 0 {
 		cfg.MaxFrameBytes = frame.DefaultMaxFrameBytes
 	}
-	if cfg.MaxFrameBytes < 1024 || cfg.MaxFrameBytes > 16<<20 {
-		return nil, fmt.Errorf("maximum frame size %d bytes out of range: use 1024 to 16777216", cfg.MaxFrameBytes)
+	if cfg.MaxFrameBytes < 1024 || cfg.MaxFrameBytes > frame.MaxFrameBytesLimit {
+		return nil, fmt.Errorf("--relay.max-frame-bytes %d out of range: use 1024 to %d", cfg.MaxFrameBytes, frame.MaxFrameBytesLimit)
+	}
+	if cfg.BufferBudget == 0 {
+		cfg.BufferBudget = frame.DefaultBufferBudget
+	}
+	if cfg.BufferBudget < int64(cfg.MaxFrameBytes) && cfg.MaxFrameBytes > 64<<10 {
+		return nil, fmt.Errorf("--relay.buffer-budget-bytes %d is smaller than one frame of --relay.max-frame-bytes %d: raise it, or lower the frame size", cfg.BufferBudget, cfg.MaxFrameBytes)
 	}
 	if cfg.MaxHops == 0 {
 		cfg.MaxHops = frame.DefaultMaxHops
@@ -242,7 +261,7 @@ func New(cfg Config) (*Server, error) {
 		cfg.MaxConnections = DefaultMaxConnections
 	}
 	if cfg.ForwardTo != "" {
-		if err := ValidateAddress(cfg.ForwardTo); err != nil {
+		if err := peer.ValidateAddress(cfg.ForwardTo); err != nil {
 			return nil, fmt.Errorf("--forward-to: %w", err)
 		}
 	}
@@ -260,15 +279,6 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Clock == nil {
 		cfg.Clock = clock.NewSystem()
 	}
-	if cfg.Dial == nil && cfg.DialTLS != nil {
-		cfg.Dial = DialTLS(cfg.DialTLS)
-	}
-	if cfg.Dial == nil {
-		cfg.Dial = func(ctx context.Context, address string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "tcp", address)
-		}
-	}
 	if cfg.Metrics == nil {
 		cfg.Metrics = nopMetrics{}
 	}
@@ -282,25 +292,18 @@ func New(cfg Config) (*Server, error) {
 		log:     cfg.Logger.With("relay", cfg.Name),
 		slots:   make(chan struct{}, cfg.MaxConnections),
 		conns:   make(map[net.Conn]struct{}),
+		budget:  frame.NewBufferBudget(cfg.BufferBudget),
+	}
+	s.clocks = rxstamp.Clocks{Mono: cfg.Clock.Monotonic, Real: cfg.Realtime, MaxWait: cfg.Timeout}
+	s.dialer = transport.Dialer{Dial: cfg.Dial, TLS: cfg.DialTLS, Clocks: s.clocks}
+	if cfg.Dial == nil && cfg.DialTLS == nil {
+		s.downAddr = sockaddrOf(cfg.ForwardTo)
 	}
 	if s.id == 0 {
-		s.id = NewID()
+		s.id = peer.NewID()
 	}
 	binary.BigEndian.PutUint64(s.idBytes[:], s.id)
 	return s, nil
-}
-
-// NewID returns a random hop identity, the key of loop detection.
-func NewID() uint64 {
-	var b [8]byte
-	for {
-		if _, err := rand.Read(b[:]); err != nil {
-			panic(fmt.Sprintf("crypto/rand failed: %v", err))
-		}
-		if id := binary.BigEndian.Uint64(b[:]); id != 0 {
-			return id
-		}
-	}
 }
 
 // ID is this hop's identity in probe paths.
@@ -315,24 +318,18 @@ func (s *Server) Name() string { return s.cfg.Name }
 // Serve accepts connections on ln until ctx ends, then closes every
 // connection and waits for their goroutines.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
-	if s.cfg.TLS != nil {
-		ln = tls.NewListener(ln, s.cfg.TLS)
-	}
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
 	defer s.shutdown()
 	var ev *loop
 	if s.cfg.Engine == EngineEpoll {
-		// The loop's thread sits in epoll_wait holding its P; with a single
-		// P the runtime would hand it off (waking another thread) on every
-		// wait longer than 20 µs. A second P costs nothing when idle.
-		if runtime.GOMAXPROCS(0) < 2 {
-			runtime.GOMAXPROCS(2)
-		}
 		var err error
 		if ev, err = newLoop(s); err != nil {
 			return fmt.Errorf("relay %s: %w", s.cfg.Name, err)
 		}
+		// A loop that fails stops accepting too: the process reports the
+		// error instead of accepting connections nobody serves.
+		ev.onFail = func() { ln.Close() }
 		go ev.run()
 		defer ev.stop()
 	}
@@ -340,6 +337,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	for {
 		conn, err := ln.Accept()
 		if err != nil {
+			if ev != nil && ev.failure() != nil {
+				return fmt.Errorf("relay %s: event loop failed: %w", s.cfg.Name, ev.failure())
+			}
 			if ctx.Err() != nil {
 				return nil
 			}
@@ -367,12 +367,14 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 				})
 			}
 			if err := ev.adopt(tc, adm, func() { <-s.slots }); err != nil {
+				s.log.Warn("cannot serve connection", "peer", conn.RemoteAddr().String(), "err", err)
 				adm.proven.Store(true)
 				<-s.slots
 				conn.Close()
 			}
 			continue
 		}
+		conn = transport.Accept(conn, s.cfg.TLS, s.clocks)
 		if !s.track(conn) {
 			<-s.slots
 			conn.Close()
@@ -422,8 +424,8 @@ func (s *Server) shutdown() {
 // refuseOverloaded answers a connection over the limit with an error frame,
 // without waiting for it to send anything, and closes it.
 func (s *Server) refuseOverloaded(conn net.Conn) {
-	s.metrics.Failed(frame.ReasonOverloaded)
-	e := frame.ErrorRecord{ID: s.id, Name: s.cfg.Name, Peer: conn.RemoteAddr().String(), Reason: frame.ReasonOverloaded, Side: frame.SideUpstream,
+	s.metrics.Failed(peer.ReasonOverloaded)
+	e := frame.ErrorRecord{ID: s.id, Name: s.cfg.Name, Peer: conn.RemoteAddr().String(), Reason: peer.ReasonOverloaded, Side: frame.SideUpstream,
 		Message: fmt.Sprintf("%s has reached its limit of %d connections (--relay.max-connections)", s.cfg.Name, s.cfg.MaxConnections)}
 	buf := frame.AppendErrorFrame(nil, &e, frame.NewSigner(s.cfg.Keys))
 	_ = conn.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
@@ -445,98 +447,12 @@ func (s *Server) serveConn(ctx context.Context, conn net.Conn, adm *admission) {
 	f.run(ctx)
 }
 
-// ValidateName checks a hop name: it becomes a label value and a perfdata
-// label, so it is short and plain.
-func ValidateName(name string) error {
-	if name == "" {
-		return errors.New("relay name is empty: set --relay.name")
-	}
-	if len(name) > frame.MaxNameLen {
-		return fmt.Errorf("relay name %q is %d bytes, at most %d allowed", name, len(name), frame.MaxNameLen)
-	}
-	for _, c := range name {
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '-' || c == '_') {
-			return fmt.Errorf("relay name %q has %q: use letters, digits, '.', '-' and '_'", name, c)
-		}
-	}
-	return nil
-}
+// rateLimit lets one event through per interval: warnings about what
+// peers send are worth a log line, a flood of them is not.
+type rateLimit struct{ last atomic.Int64 }
 
-// DefaultName is the hostname, the original tool's notion of a hop.
-func DefaultName() string {
-	h, err := os.Hostname()
-	if err != nil || ValidateName(h) != nil {
-		return "source"
-	}
-	if i := strings.IndexByte(h, '.'); i > 0 {
-		h = h[:i]
-	}
-	return h
-}
-
-// ListenAddress turns the original tool's "*:port" into Go's ":port" and
-// checks the result.
-func ListenAddress(s string) (string, error) {
-	if strings.HasPrefix(s, "*:") {
-		s = s[1:]
-	}
-	if _, _, err := net.SplitHostPort(s); err != nil {
-		return "", fmt.Errorf("listen address %q: %w (use host:port, *:port or [::1]:port)", s, err)
-	}
-	return s, nil
-}
-
-// ValidateAddress checks a host:port a hop may dial.
-func ValidateAddress(s string) error {
-	host, port, err := net.SplitHostPort(s)
-	if err != nil {
-		return fmt.Errorf("address %q: %w (use host:port or [ipv6]:port)", s, err)
-	}
-	if host == "" || port == "" {
-		return fmt.Errorf("address %q needs both host and port", s)
-	}
-	return nil
-}
-
-// Classify maps a connection error to a failure reason.
-func Classify(err error) frame.Reason {
-	var ne net.Error
-	var dnsErr *net.DNSError
-	switch {
-	case err == nil:
-		return frame.ReasonUnknown
-	case errors.Is(err, frame.ErrAuth), isTLSAuth(err):
-		return frame.ReasonAuth
-	case errors.As(err, new(tls.RecordHeaderError)):
-		// The peer does not speak TLS (or speaks it where we do not).
-		return frame.ReasonBadFrame
-	case errors.Is(err, frame.ErrTooManyHops):
-		return frame.ReasonTooManyHops
-	case errors.Is(err, frame.ErrBadMagic), errors.Is(err, frame.ErrBadVersion), errors.Is(err, frame.ErrBadKind),
-		errors.Is(err, frame.ErrTooLarge), errors.Is(err, frame.ErrMalformed), errors.Is(err, frame.ErrTruncated):
-		return frame.ReasonBadFrame
-	case errors.Is(err, syscall.ECONNREFUSED):
-		return frame.ReasonRefused
-	case errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
-		return frame.ReasonTimeout
-	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE), errors.Is(err, syscall.ECONNABORTED):
-		return frame.ReasonReset
-	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, frame.ErrPartialFrame), errors.Is(err, net.ErrClosed):
-		return frame.ReasonClosed
-	case errors.As(err, &dnsErr), errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH), errors.Is(err, syscall.EADDRNOTAVAIL):
-		return frame.ReasonUnreachable
-	}
-	return frame.ReasonUnknown
-}
-
-// isTLSAuth reports certificate and TLS alert failures: the peer and this
-// hop do not trust each other.
-func isTLSAuth(err error) bool {
-	var alert tls.AlertError
-	var unknownCA x509.UnknownAuthorityError
-	var invalid x509.CertificateInvalidError
-	var hostname x509.HostnameError
-	var verify *tls.CertificateVerificationError
-	return errors.As(err, &alert) || errors.As(err, &unknownCA) || errors.As(err, &invalid) || errors.As(err, &hostname) || errors.As(err, &verify) ||
-		err != nil && strings.Contains(err.Error(), "tls: ") && strings.Contains(err.Error(), "certificate")
+func (r *rateLimit) allow(interval time.Duration) bool {
+	now := time.Now().UnixNano()
+	last := r.last.Load()
+	return now-last >= int64(interval) && r.last.CompareAndSwap(last, now)
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/subsegment/subsegment_exporter/frame"
 	"github.com/subsegment/subsegment_exporter/internal/chaintest"
+	"github.com/subsegment/subsegment_exporter/peer"
 	"github.com/subsegment/subsegment_exporter/relay"
 )
 
@@ -52,14 +53,14 @@ func testGarbageGetsAnErrorFrame(t *testing.T) {
 		for _, tc := range []struct {
 			name   string
 			input  []byte
-			reason frame.Reason
+			reason peer.Reason
 		}{
-			{"http request", []byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), frame.ReasonBadFrame},
-			{"oversized frame", append([]byte("SSEG\x01\x01\x00\x00\x7f\xff\xff\xff"), make([]byte, 20)...), frame.ReasonBadFrame},
-			{"reply sent upstream-to-downstream", frame.AppendReply(nil, frame.KindProbeReply, frame.ProbeHeader{Seq: 1}, nil, nil, 0, nil), frame.ReasonBadFrame},
-			{"valid then garbage", append(append([]byte{}, valid...), "garbage!garbage!"...), frame.ReasonBadFrame},
+			{"http request", []byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"), peer.ReasonBadFrame},
+			{"oversized frame", append([]byte("SSEG\x01\x01\x00\x00\x7f\xff\xff\xff"), make([]byte, 20)...), peer.ReasonBadFrame},
+			{"reply sent upstream-to-downstream", frame.AppendReply(nil, frame.KindProbeReply, frame.ProbeHeader{Seq: 1}, nil, nil, 0, nil), peer.ReasonBadFrame},
+			{"valid then garbage", append(append([]byte{}, valid...), "garbage!garbage!"...), peer.ReasonBadFrame},
 			{"signed frame to a keyless hop", frame.AppendRequest(nil, frame.KindProbeRequest, frame.ProbeHeader{Seq: 1}, nil, []uint64{1},
-				frame.NewSigner(frame.Keys{[]byte("0123456789abcdef")})), frame.ReasonAuth},
+				frame.NewSigner(frame.Keys{[]byte("0123456789abcdef")})), peer.ReasonAuth},
 		} {
 			t.Run(target.name+"/"+tc.name, func(t *testing.T) {
 				c, err := net.Dial("tcp", target.addr)
@@ -153,7 +154,7 @@ func testConnectionLimit(t *testing.T) {
 		t.Fatal("probes on the first two connections failed")
 	}
 	time.Sleep(150 * time.Millisecond)
-	if rec := readError(t, dial()); rec.Reason != frame.ReasonOverloaded || !strings.Contains(rec.Message, "limit of 2") {
+	if rec := readError(t, dial()); rec.Reason != peer.ReasonOverloaded || !strings.Contains(rec.Message, "limit of 2") {
 		t.Errorf("third connection got %+v, want overloaded", rec)
 	}
 	p1.Close()
@@ -209,8 +210,10 @@ func testIdleSessionsClose(t *testing.T) {
 	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
 		t.Fatalf("idle connection: %v, want EOF", err)
 	}
-	if took := time.Since(start); took < 150*time.Millisecond || took > 2*time.Second {
-		t.Errorf("idle connection closed after %v, want about the 200ms timeout", took)
+	// EOF (not our 5 s deadline) says the relay closed it; not before its
+	// 200 ms timeout (less the time the dial took).
+	if took := time.Since(start); took < 150*time.Millisecond {
+		t.Errorf("idle connection closed after %v, before the 200ms timeout", took)
 	}
 }
 
@@ -223,7 +226,7 @@ func TestConfigValidation(t *testing.T) {
 		{relay.Config{Name: "b c"}, "use letters"},
 		{relay.Config{Name: strings.Repeat("x", 65)}, "at most 64"},
 		{relay.Config{Name: "b", ForwardTo: "nohost"}, "--forward-to"},
-		{relay.Config{Name: "b", MaxFrameBytes: 10}, "maximum frame size"},
+		{relay.Config{Name: "b", MaxFrameBytes: 10}, "--relay.max-frame-bytes 10 out of range"},
 		{relay.Config{Name: "b", MaxHops: 300}, "maximum hop count"},
 		{relay.Config{Name: "b", Engine: "threads"}, "relay engine"},
 	} {
@@ -240,7 +243,7 @@ func TestListenAddress(t *testing.T) {
 		{"[::1]:9000", "[::1]:9000", ""},
 		{"9000", "", "listen address"},
 	} {
-		got, err := relay.ListenAddress(tc.in)
+		got, err := peer.ListenAddress(tc.in)
 		if got != tc.want || (err == nil) != (tc.err == "") {
 			t.Errorf("ListenAddress(%q) = %q, %v", tc.in, got, err)
 		}
@@ -251,23 +254,23 @@ func TestClassify(t *testing.T) {
 	var dnsErr error = &net.DNSError{Err: "no such host", Name: "x"}
 	for _, tc := range []struct {
 		err  error
-		want frame.Reason
+		want peer.Reason
 	}{
-		{fmt.Errorf("dial: %w", syscall.ECONNREFUSED), frame.ReasonRefused},
-		{fmt.Errorf("read: %w", os.ErrDeadlineExceeded), frame.ReasonTimeout},
-		{context.DeadlineExceeded, frame.ReasonTimeout},
-		{fmt.Errorf("read: %w", syscall.ECONNRESET), frame.ReasonReset},
-		{syscall.EPIPE, frame.ReasonReset},
-		{io.EOF, frame.ReasonClosed},
-		{frame.ErrPartialFrame, frame.ReasonClosed},
-		{dnsErr, frame.ReasonUnreachable},
-		{syscall.EHOSTUNREACH, frame.ReasonUnreachable},
-		{fmt.Errorf("x: %w", frame.ErrAuth), frame.ReasonAuth},
-		{frame.ErrBadMagic, frame.ReasonBadFrame},
-		{frame.ErrTooManyHops, frame.ReasonTooManyHops},
-		{errors.New("something else"), frame.ReasonUnknown},
+		{fmt.Errorf("dial: %w", syscall.ECONNREFUSED), peer.ReasonRefused},
+		{fmt.Errorf("read: %w", os.ErrDeadlineExceeded), peer.ReasonTimeout},
+		{context.DeadlineExceeded, peer.ReasonTimeout},
+		{fmt.Errorf("read: %w", syscall.ECONNRESET), peer.ReasonReset},
+		{syscall.EPIPE, peer.ReasonReset},
+		{io.EOF, peer.ReasonClosed},
+		{frame.ErrPartialFrame, peer.ReasonClosed},
+		{dnsErr, peer.ReasonUnreachable},
+		{syscall.EHOSTUNREACH, peer.ReasonUnreachable},
+		{fmt.Errorf("x: %w", frame.ErrAuth), peer.ReasonAuth},
+		{frame.ErrBadMagic, peer.ReasonBadFrame},
+		{frame.ErrTooManyHops, peer.ReasonTooManyHops},
+		{errors.New("something else"), peer.ReasonUnknown},
 	} {
-		if got := relay.Classify(tc.err); got != tc.want {
+		if got := peer.Classify(tc.err); got != tc.want {
 			t.Errorf("Classify(%v) = %s, want %s", tc.err, got, tc.want)
 		}
 	}

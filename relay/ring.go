@@ -7,21 +7,25 @@ import (
 
 	"github.com/subsegment/subsegment_exporter/clock"
 	"github.com/subsegment/subsegment_exporter/frame"
+	"github.com/subsegment/subsegment_exporter/peer"
 )
 
 // inflight is what a hop remembers about one request between sending it on
 // and sending its reply back: everything its record needs, so that it can
 // answer on its own when the downstream fails.
 type inflight struct {
-	seq     uint64
-	kind    frame.Kind // request kind
-	pflags  uint16
-	tIn     int64 // monotonic, request-in
-	tOut    int64 // monotonic, request-out
-	wallIn  int64
-	sync    clock.Sync
-	connect int64 // handshake time when this frame caused the dial
-	dialed  bool
+	seq    uint64
+	kind   frame.Kind // request kind
+	pflags uint16
+	tIn    int64 // monotonic, request-in (the kernel's receipt when kernelIn)
+	// waitIn is request-in → the read that returned the request.
+	waitIn   time.Duration
+	kernelIn bool
+	tOut     int64 // monotonic, request-out
+	wallIn   int64
+	sync     clock.Sync
+	connect  int64 // handshake time when this frame caused the dial
+	dialed   bool
 	// budget is how long this hop may take to answer the request.
 	budget time.Duration
 	// waitUntil is the monotonic time at which this hop stops waiting for
@@ -34,7 +38,7 @@ type inflight struct {
 
 // localAnswer is an error this hop reports instead of forwarding.
 type localAnswer struct {
-	reason  frame.Reason
+	reason  peer.Reason
 	side    frame.Side
 	peer    string
 	message string
