@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/subsegment/subsegment_exporter/frame"
+	"github.com/subsegment/subsegment_exporter/peer"
 )
 
 const namespace = "subsegment"
@@ -21,9 +22,10 @@ var ResidenceBuckets = []float64{10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e
 // does not allocate.
 type Relay struct {
 	relayed     [2][2]prometheus.Counter // [stream][ok]
-	failures    [frame.ReasonOverloaded + 1]prometheus.Counter
+	failures    []prometheus.Counter     // by reason
 	connections prometheus.Gauge
 	residence   prometheus.Histogram
+	wait        prometheus.Histogram
 	streamBytes prometheus.Counter
 }
 
@@ -50,6 +52,14 @@ func NewRelay(reg prometheus.Registerer) *Relay {
 			NativeHistogramMaxBucketNumber:  160,
 			NativeHistogramMinResetDuration: time.Hour,
 		}),
+		wait: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: namespace, Subsystem: "relay", Name: "wait_seconds",
+			Help:                            "Part of each frame's residence it spent in the kernel before this relay read it (waiting for a CPU or for the relay's loop), from the kernel's receive timestamps.",
+			Buckets:                         ResidenceBuckets,
+			NativeHistogramBucketFactor:     1.1,
+			NativeHistogramMaxBucketNumber:  160,
+			NativeHistogramMinResetDuration: time.Hour,
+		}),
 		streamBytes: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: namespace, Subsystem: "relay", Name: "stream_bytes_total",
 			Help: "Stream-mode payload bytes this relay carried back upstream.",
@@ -60,12 +70,10 @@ func NewRelay(reg prometheus.Registerer) *Relay {
 			r.relayed[i][j] = relayed.WithLabelValues(kind, result)
 		}
 	}
-	for _, reason := range frame.Reasons() {
-		if int(reason) < len(r.failures) {
-			r.failures[reason] = failures.WithLabelValues(reason.String())
-		}
+	for _, reason := range peer.Reasons() {
+		r.failures = append(r.failures, failures.WithLabelValues(reason.String()))
 	}
-	reg.MustRegister(relayed, failures, r.connections, r.residence, r.streamBytes)
+	reg.MustRegister(relayed, failures, r.connections, r.residence, r.wait, r.streamBytes)
 	return r
 }
 
@@ -88,7 +96,7 @@ func (r *Relay) Relayed(kind frame.Kind, ok bool) {
 }
 
 // Failed implements relay.Metrics.
-func (r *Relay) Failed(reason frame.Reason) {
+func (r *Relay) Failed(reason peer.Reason) {
 	if int(reason) < len(r.failures) {
 		r.failures[reason].Inc()
 	}
@@ -96,6 +104,9 @@ func (r *Relay) Failed(reason frame.Reason) {
 
 // Residence implements relay.Metrics.
 func (r *Relay) Residence(d time.Duration) { r.residence.Observe(d.Seconds()) }
+
+// Wait implements relay.Metrics.
+func (r *Relay) Wait(d time.Duration) { r.wait.Observe(d.Seconds()) }
 
 // StreamBytes implements relay.Metrics.
 func (r *Relay) StreamBytes(n int) { r.streamBytes.Add(float64(n)) }

@@ -5,16 +5,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
-
 	"github.com/subsegment/subsegment_exporter/snmp"
 )
-
-type collectFunc func(ch chan<- prometheus.Metric)
-
-func (f collectFunc) Describe(ch chan<- *prometheus.Desc) { prometheus.DescribeByCollect(f, ch) }
-func (f collectFunc) Collect(ch chan<- prometheus.Metric) { f(ch) }
 
 func TestSNMPContextLabels(t *testing.T) {
 	c := &snmp.Context{
@@ -31,7 +23,7 @@ func TestSNMPContextLabels(t *testing.T) {
 subsegment_hop_snmp_value{hop="c",name="if_in_errors",source="snmp"} 12
 subsegment_hop_snmp_value{hop="c",name="load1",source="snmp"} 7.2000001
 subsegment_hop_snmp_value{hop="d",name="load1",source="inband"} 0.5
-# HELP subsegment_sla_violation_info 1 while the segment is out of its SLA, with the variables of the hop (from its agent, or in band) as labels.
+# HELP subsegment_sla_violation_info 1 while the segment (from, to) or the hop's residence (from and to empty) is out of its SLA, with the variables of the hop (from its agent, or in band) as labels.
 # TYPE subsegment_sla_violation_info gauge
 subsegment_sla_violation_info{from="b",hop="c",if_in_errors="12",load1="7.2",source="snmp",to="c"} 1
 subsegment_sla_violation_info{from="c",hop="d",if_in_errors="",load1="0.5",source="inband",to="d"} 1
@@ -40,16 +32,27 @@ subsegment_sla_violation_info{from="c",hop="d",if_in_errors="",load1="0.5",sourc
 subsegment_snmp_up{hop="c"} 1
 subsegment_snmp_up{hop="z"} 0
 `
-	col := collectFunc(SNMPContext{Context: c}.Collect)
-	if err := testutil.CollectAndCompare(col, strings.NewReader(want)); err != nil {
-		t.Error(err)
-	}
+	var e Exposition
+	WriteSNMPContext(&e, c)
 	// Values join onto the SLA alert through the info metric; the hop z
 	// (no values) has no info metric, d -> z stays visible via
-	// subsegment_segment_sla_exceeded.
-	reg := prometheus.NewPedanticRegistry()
-	reg.MustRegister(col)
-	if _, err := reg.Gather(); err != nil {
-		t.Errorf("inconsistent label sets: %v", err)
+	// subsegment_segment_sla_exceeded. Every info metric has the same
+	// label names.
+	if err := e.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if got := normalize(t, render(t, &e)); got != normalize(t, want) {
+		t.Errorf("got:\n%s\nwant:\n%s", got, normalize(t, want))
+	}
+}
+
+func TestSNMPContextWithoutViolationsHasNoInfo(t *testing.T) {
+	var e Exposition
+	WriteSNMPContext(&e, &snmp.Context{Hops: []snmp.HopResult{{Hop: "c", Source: snmp.SourceInband, Up: true, Values: []snmp.Value{{Name: "load1", Value: 1}}}}})
+	WriteSNMPContext(&e, nil)
+	out := render(t, &e)
+	normalize(t, out)
+	if e.Err() != nil || strings.Contains(out, "violation") || !strings.Contains(out, "subsegment_hop_snmp_value{hop=\"c\",name=\"load1\",source=\"inband\"} 1\n") {
+		t.Errorf("got %v:\n%s", e.Err(), out)
 	}
 }

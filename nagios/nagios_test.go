@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/subsegment/subsegment_exporter/peer"
 	"github.com/subsegment/subsegment_exporter/prober"
-	"github.com/subsegment/subsegment_exporter/relay"
 	"github.com/subsegment/subsegment_exporter/snmp"
 )
 
@@ -219,7 +219,7 @@ func FuzzParseSegment(f *testing.F) {
 		}
 		// An accepted override names two real hop names and ranges that
 		// survive their perfdata form.
-		if relay.ValidateName(from) != nil || relay.ValidateName(to) != nil {
+		if peer.ValidateName(from) != nil || peer.ValidateName(to) != nil {
 			t.Fatalf("%q accepted with hop names %q, %q", spec, from, to)
 		}
 		for _, r := range []Range{w, c} {

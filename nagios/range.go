@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/subsegment/subsegment_exporter/prober"
 )
 
 // State is a plugin's exit code.
@@ -158,3 +160,8 @@ func num(v float64) string { return strconv.FormatFloat(v, 'f', -1, 64) }
 
 // ms is a duration in milliseconds with three decimals.
 func ms(d time.Duration) string { return strconv.FormatFloat(float64(d)/1e6, 'f', 3, 64) }
+
+// msAt is ms with no more digits than a resolution (seconds) carries.
+func msAt(d time.Duration, resolution float64) string {
+	return strconv.FormatFloat(float64(d)/1e6, 'f', prober.MillisDecimals(resolution), 64)
+}

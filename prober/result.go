@@ -1,16 +1,23 @@
 package prober
 
 import (
+	"fmt"
 	"math"
 	"slices"
 	"time"
 
 	"github.com/subsegment/subsegment_exporter/frame"
+	"github.com/subsegment/subsegment_exporter/peer"
+	"github.com/subsegment/subsegment_exporter/tcpinfo"
 	"github.com/subsegment/subsegment_exporter/timing"
 )
 
 // Result summarises one run. It is also the stable JSON of
 // `probe --output json` (documented in the README): durations are seconds.
+//
+// Hops are told apart by their identity (a random ID per relay process);
+// names only label them. When names repeat within a chain, the labels are
+// made unique in chain order: same, same#2, same#3 (peer.Labels).
 type Result struct {
 	Target   string        `json:"target"`
 	Source   string        `json:"source"`
@@ -21,23 +28,44 @@ type Result struct {
 	// HopsReached counts the hops beyond the source that answered.
 	HopsReached int `json:"hops_reached"`
 	// Truncated: the deadline stopped the run before all probes were sent.
-	Truncated bool              `json:"truncated"`
-	Stripped  bool              `json:"stripped"`
-	Hops      []HopResult       `json:"hops"`
-	Segments  []SegmentResult   `json:"segments"`
-	Failure   *FailureResult    `json:"failure"`
-	Samples   []Sample          `json:"-"`
-	fail      *Failure          `json:"-"`
-	segIndex  map[[2]string]int `json:"-"`
+	Truncated bool `json:"truncated"`
+	Stripped  bool `json:"stripped"`
+	// HTTP: the chain was probed over HTTP, its proxies reporting through
+	// the Subsegment-Timing header.
+	HTTP     bool            `json:"http,omitempty"`
+	Hops     []HopResult     `json:"hops"`
+	Segments []SegmentResult `json:"segments"`
+	Failure  *FailureResult  `json:"failure"`
+	// DuplicateNames: hops of the chain share names; their labels carry
+	// a #N suffix.
+	DuplicateNames bool     `json:"duplicate_names"`
+	Samples        []Sample `json:"-"`
+	fail           *Failure
+	byLabel        map[[2]string]int
 }
 
 // HopResult is one hop's residence statistics.
 type HopResult struct {
-	Name        string             `json:"name"`
-	Residence   Seconds            `json:"residence_seconds"`
-	ClockSynced bool               `json:"clock_synced"`
-	Vars        map[string]float64 `json:"vars,omitempty"`
-	samples     []time.Duration
+	// Name is the hop's label: its name, unique within the chain.
+	Name string `json:"name"`
+	// ID is the hop's identity (hex): random per relay process.
+	ID        string  `json:"id"`
+	Residence Seconds `json:"residence_seconds"`
+	// Wait is the part of the residence the probes spent in the kernel
+	// before the hop read them (forward and return together).
+	Wait Seconds `json:"wait_seconds"`
+	// KernelTimestamps: every measured probe's request-in and reply-in at
+	// this hop were the kernel's receive stamps (else the read time).
+	KernelTimestamps bool `json:"kernel_timestamps"`
+	ClockSynced      bool `json:"clock_synced"`
+	// HTTPHeader: the hop reported through its Subsegment-Timing header
+	// (an HTTP proxy), with stamps of Resolution seconds.
+	HTTPHeader bool               `json:"http_header,omitempty"`
+	Resolution float64            `json:"resolution_seconds,omitempty"`
+	Vars       map[string]float64 `json:"vars,omitempty"`
+	id         uint64
+	residences []time.Duration
+	waits      []time.Duration
 }
 
 // SegmentResult is one segment's statistics.
@@ -50,16 +78,26 @@ type SegmentResult struct {
 	// Connect is the handshake time of the connection the near end opened
 	// for this run; nil when it did not open one (reused, or unknown).
 	Connect *float64 `json:"connect_seconds"`
-	// TCP is the kernel's view of the near end's connection after the
-	// last probe; nil when the near end could not read it.
-	TCP     *TCPResult    `json:"tcp"`
-	OneWay  *OneWayResult `json:"one_way"`
-	Slowest bool          `json:"slowest"`
-	samples []time.Duration
-	fwd     []time.Duration
-	ret     []time.Duration
-	bound   time.Duration
-	oneWayN int
+	// TCP is the kernel's view of the near end's connection (forward
+	// direction), TCPFar the far end's (return direction), as the last
+	// probe found them; nil when that end could not read it.
+	TCP    *TCPResult `json:"tcp"`
+	TCPFar *TCPResult `json:"tcp_far"`
+	// Retransmits is both ends' retransmissions during the run.
+	Retransmits uint32        `json:"retransmits"`
+	OneWay      *OneWayResult `json:"one_way"`
+	// Resolution is the coarser of both ends' stamp resolutions (HTTP
+	// chains): the figures are rounded to it.
+	Resolution  float64 `json:"resolution_seconds,omitempty"`
+	Slowest     bool    `json:"slowest"`
+	from, to    int     // hop indexes
+	samples     []time.Duration
+	fwd         []time.Duration
+	ret         []time.Duration
+	bound       time.Duration
+	oneWayN     int
+	nearRetrans uint32
+	farRetrans  uint32
 }
 
 // Seconds is a min/median/max triple in seconds.
@@ -69,7 +107,7 @@ type Seconds struct {
 	Max    float64 `json:"max"`
 }
 
-// TCPResult is TCP_INFO of a segment's near-end connection.
+// TCPResult is TCP_INFO of one end of a segment.
 type TCPResult struct {
 	RTT         float64 `json:"rtt_seconds"`
 	RTTVar      float64 `json:"rttvar_seconds"`
@@ -78,6 +116,11 @@ type TCPResult struct {
 	SndMSS      uint32  `json:"snd_mss_bytes"`
 	PMTU        uint32  `json:"pmtu_bytes"`
 	SndCwnd     uint32  `json:"snd_cwnd_segments"`
+}
+
+func tcpResult(t tcpinfo.Info) *TCPResult {
+	return &TCPResult{RTT: micros(t.RTTMicros), RTTVar: micros(t.RTTVarMicros), MinRTT: micros(t.MinRTTMicros),
+		Retransmits: t.TotalRetrans, SndMSS: t.SndMSS, PMTU: t.PMTU, SndCwnd: t.SndCwnd}
 }
 
 // OneWayResult holds median one-way delays, present only when both ends
@@ -96,12 +139,14 @@ type FailureResult struct {
 	Message string `json:"message"`
 }
 
+// setFailure records a failure that happened before any probe came back.
 func (r *Result) setFailure(f *Failure) {
 	r.fail = f
-	r.Failure = &FailureResult{From: f.From, To: f.To, Reason: f.Reason.String(), Message: f.Message}
+	r.Failure = &FailureResult{From: f.From.Name, To: f.To.Name, Reason: f.Reason.String(), Message: f.Message}
 	if len(r.Segments) == 0 {
-		r.Segments = []SegmentResult{{From: f.From, To: f.To}}
-		r.segIndex = map[[2]string]int{{f.From, f.To}: 0}
+		r.Hops = []HopResult{{Name: f.From.Name}}
+		r.Segments = []SegmentResult{{From: f.From.Name, To: f.To.Name, to: -1}}
+		r.byLabel = map[[2]string]int{{f.From.Name, f.To.Name}: 0}
 	}
 }
 
@@ -112,7 +157,10 @@ func (r *Result) Fail() *Failure { return r.fail }
 func (s *SegmentResult) RTTStats() timing.Stats { return timing.Summarise(s.samples) }
 
 // ResidenceStats returns the full statistics of a hop's residence.
-func (h *HopResult) ResidenceStats() timing.Stats { return timing.Summarise(h.samples) }
+func (h *HopResult) ResidenceStats() timing.Stats { return timing.Summarise(h.residences) }
+
+// Identity is the hop's ID (0 for a hop that never answered).
+func (h *HopResult) Identity() uint64 { return h.id }
 
 // SlowestSegment returns the segment with the highest median rtt, or nil.
 func (r *Result) SlowestSegment() *SegmentResult {
@@ -124,116 +172,31 @@ func (r *Result) SlowestSegment() *SegmentResult {
 	return nil
 }
 
-func (r *Result) summarise(samples []Sample) {
-	r.Samples = samples
-	r.segIndex = map[[2]string]int{}
-	hopIndex := map[string]int{}
-	for _, smp := range samples {
-		if smp.Failure != nil && r.fail == nil {
-			r.fail = smp.Failure
-		}
-		reached := len(smp.Records) - 1
-		if smp.Failure == nil && len(smp.Records) > 0 && smp.Records[len(smp.Records)-1].Name == HiddenHop {
-			reached--
-			r.Stripped = true
-		}
-		r.HopsReached = max(r.HopsReached, reached)
-		// Hops and segments in chain order, as first seen.
-		for i, rec := range smp.Records {
-			if _, ok := hopIndex[rec.Name]; !ok {
-				hopIndex[rec.Name] = len(r.Hops)
-				r.Hops = append(r.Hops, HopResult{Name: rec.Name, ClockSynced: rec.Flags&frame.RecSynced != 0})
-			}
-			if i == 0 {
-				continue
-			}
-			key := [2]string{smp.Records[i-1].Name, rec.Name}
-			if _, ok := r.segIndex[key]; !ok {
-				r.segIndex[key] = len(r.Segments)
-				r.Segments = append(r.Segments, SegmentResult{From: key[0], To: key[1]})
-			}
-		}
-		// Connect times come from the warm-up: the near end dialled then.
-		for i, rec := range smp.Records {
-			if rec.Flags&frame.RecDialed == 0 || i+1 >= len(smp.Records) {
-				continue
-			}
-			seg := &r.Segments[r.segIndex[[2]string{rec.Name, smp.Records[i+1].Name}]]
-			c := rec.Connect.Seconds()
-			seg.Connect = &c
-		}
-		if smp.Warmup {
-			defer r.addVars(smp.Records)
-		}
-		// The warm-up's residences include the dials, so it is left out;
-		// its segment rtts are clean (a dial happens inside a hop) and stand
-		// in when the chain broke before any measured probe came back.
-		if smp.Warmup && (len(samples) > 1 || smp.Failure == nil) || smp.Breakdown.Segments == nil {
-			continue
-		}
-		if !smp.Warmup {
-			for i, rec := range smp.Records {
-				h := &r.Hops[hopIndex[rec.Name]]
-				h.samples = append(h.samples, smp.Breakdown.Residence[i])
-				h.ClockSynced = h.ClockSynced && rec.Flags&frame.RecSynced != 0
-			}
-		}
-		// A broken probe's last hop answered on its own; the segment it
-		// could not cross has no rtt, the ones before it do.
-		for _, seg := range smp.Breakdown.Segments {
-			near, far := smp.Records[seg.From], smp.Records[seg.To]
-			s := &r.Segments[r.segIndex[[2]string{near.Name, far.Name}]]
-			s.samples = append(s.samples, seg.RTT)
-			if seg.OneWay != nil {
-				s.oneWayN++
-				s.fwd = append(s.fwd, seg.OneWay.Forward)
-				s.ret = append(s.ret, seg.OneWay.Return)
-				s.bound = max(s.bound, seg.OneWay.ErrorBound)
-			}
-			if near.Flags&frame.RecTCPInfo != 0 {
-				s.TCP = &TCPResult{
-					RTT: micros(near.TCP.RTTMicros), RTTVar: micros(near.TCP.RTTVarMicros), MinRTT: micros(near.TCP.MinRTTMicros),
-					Retransmits: near.TCP.TotalRetrans, SndMSS: near.TCP.SndMSS, PMTU: near.TCP.PMTU, SndCwnd: near.TCP.SndCwnd,
-				}
-			}
-		}
-		if smp.Failure == nil {
-			r.Probes++
-		}
+// Segment returns the statistics of the segment from → to (labels), or nil.
+func (r *Result) Segment(from, to string) *SegmentResult {
+	if i, ok := r.byLabel[[2]string{from, to}]; ok {
+		return &r.Segments[i]
 	}
-	slowest, slowestRTT := -1, time.Duration(math.MinInt64)
-	for i := range r.Segments {
-		s := &r.Segments[i]
-		st := timing.Summarise(s.samples)
-		s.Samples = st.Count
-		s.RTT = seconds(st)
-		s.Jitter = st.Jitter.Seconds()
-		if st.Count > 0 && s.oneWayN == st.Count {
-			fwd, ret := timing.Summarise(s.fwd), timing.Summarise(s.ret)
-			s.OneWay = &OneWayResult{Forward: fwd.Median.Seconds(), Return: ret.Median.Seconds(), ErrorBound: s.bound.Seconds()}
-		}
-		if st.Count > 0 && st.Median > slowestRTT {
-			slowest, slowestRTT = i, st.Median
-		}
-	}
-	if slowest >= 0 {
-		r.Segments[slowest].Slowest = true
-	}
+	return nil
+}
+
+// Hop returns the statistics of the hop with this label, or nil.
+func (r *Result) Hop(label string) *HopResult {
 	for i := range r.Hops {
-		h := &r.Hops[i]
-		h.Residence = seconds(timing.Summarise(h.samples))
-	}
-	if r.fail != nil {
-		f := r.fail
-		r.setFailure(f)
-		// The failed segment is listed even when no probe crossed it.
-		key := [2]string{f.From, f.To}
-		if _, ok := r.segIndex[key]; !ok {
-			r.segIndex[key] = len(r.Segments)
-			r.Segments = append(r.Segments, SegmentResult{From: f.From, To: f.To})
+		if r.Hops[i].Name == label {
+			return &r.Hops[i]
 		}
 	}
-	r.Success = r.fail == nil && r.Probes > 0
+	return nil
+}
+
+// HopNames lists the hops' labels in chain order.
+func (r *Result) HopNames() []string {
+	out := make([]string, len(r.Hops))
+	for i, h := range r.Hops {
+		out[i] = h.Name
+	}
+	return slices.Clip(out)
 }
 
 // addVars records the variables hops attached to an annotation probe.
@@ -243,34 +206,18 @@ func (r *Result) addVars(records []frame.HopRecord) {
 			continue
 		}
 		for i := range r.Hops {
-			if r.Hops[i].Name != rec.Name {
+			h := &r.Hops[i]
+			if h.id == 0 || h.id != rec.ID {
 				continue
 			}
-			if r.Hops[i].Vars == nil {
-				r.Hops[i].Vars = map[string]float64{}
+			if h.Vars == nil {
+				h.Vars = map[string]float64{}
 			}
 			for _, v := range rec.Vars {
-				r.Hops[i].Vars[v.Name] = v.Value
+				h.Vars[v.Name] = v.Value
 			}
 		}
 	}
-}
-
-// Segment returns the statistics of the segment from → to, or nil.
-func (r *Result) Segment(from, to string) *SegmentResult {
-	if i, ok := r.segIndex[[2]string{from, to}]; ok {
-		return &r.Segments[i]
-	}
-	return nil
-}
-
-// HopNames lists the hops in chain order.
-func (r *Result) HopNames() []string {
-	out := make([]string, len(r.Hops))
-	for i, h := range r.Hops {
-		out[i] = h.Name
-	}
-	return slices.Clip(out)
 }
 
 func seconds(s timing.Stats) Seconds {
@@ -278,3 +225,36 @@ func seconds(s timing.Stats) Seconds {
 }
 
 func micros(v uint32) float64 { return float64(v) / 1e6 }
+
+func hexID(id uint64) string {
+	if id == 0 {
+		return ""
+	}
+	return fmt.Sprintf("%016x", id)
+}
+
+// hopKey identifies a hop within a run: by its ID when it reported one,
+// else (a far end that never answered, the hidden rest of a stripped
+// chain) by how it was named.
+type hopKey struct {
+	id   uint64
+	name string
+}
+
+func keyOf(h peer.Hop) hopKey {
+	if h.ID != 0 {
+		return hopKey{id: h.ID}
+	}
+	return hopKey{name: h.Name}
+}
+
+// MillisDecimals is how many decimals of milliseconds a figure of a
+// resolution (seconds) carries: 3, microseconds, for our own stamps
+// (resolution 0) and finer; 0 for an nginx stamp's millisecond. Outputs
+// never print more digits than that.
+func MillisDecimals(resolution float64) int {
+	if resolution < 1e-6 {
+		return 3
+	}
+	return min(3, max(0, int(math.Round(-math.Log10(resolution*1000)))))
+}

@@ -8,13 +8,14 @@ import (
 	"github.com/subsegment/subsegment_exporter/internal/certtest"
 	"github.com/subsegment/subsegment_exporter/internal/chaintest"
 	"github.com/subsegment/subsegment_exporter/relay"
+	"github.com/subsegment/subsegment_exporter/transport"
 )
 
 // tlsFor loads a hop's TLS configuration from files issued by ca.
 func tlsFor(t *testing.T, ca *certtest.CA, name string, clientAuth bool) (server, client *tls.Config) {
 	t.Helper()
 	cert, key := ca.Issue(t, name)
-	s, c, err := relay.TLSFiles{Cert: cert, Key: key, CA: ca.CAFile, ClientAuth: clientAuth}.Load()
+	s, c, err := transport.TLSFiles{Cert: cert, Key: key, CA: ca.CAFile, ClientAuth: clientAuth}.Load()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,7 +53,7 @@ func TestTLSBetweenHops(t *testing.T) {
 			}}, "b", "c", "z")
 			o := opts(target)
 			if src := tc.source(); src != nil {
-				o.Dial = relay.DialTLS(src)
+				o.TLS = src
 			}
 			r := run(t, o)
 			if tc.wantFail == "" {
@@ -80,13 +81,13 @@ func TestTLSFilesErrors(t *testing.T) {
 	ca := certtest.New(t, dir, "x")
 	cert, key := ca.Issue(t, "b")
 	for _, tc := range []struct {
-		f    relay.TLSFiles
+		f    transport.TLSFiles
 		want string
 	}{
-		{relay.TLSFiles{Cert: cert}, "go together"},
-		{relay.TLSFiles{Cert: cert, Key: key, ClientAuth: true}, "needs --relay.tls-ca-file"},
-		{relay.TLSFiles{CA: cert + ".missing"}, "read --relay.tls-ca-file"},
-		{relay.TLSFiles{Cert: key, Key: cert}, "load TLS certificate"},
+		{transport.TLSFiles{Cert: cert}, "go together"},
+		{transport.TLSFiles{Cert: cert, Key: key, ClientAuth: true}, "needs --relay.tls-ca-file"},
+		{transport.TLSFiles{CA: cert + ".missing"}, "read --relay.tls-ca-file"},
+		{transport.TLSFiles{Cert: key, Key: cert}, "load TLS certificate"},
 	} {
 		if _, _, err := tc.f.Load(); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%+v: %v, want %q", tc.f, err, tc.want)

@@ -46,19 +46,25 @@ func TestTableAndJSON(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The documented top-level fields, and nothing internal leaking out.
-	for _, key := range []string{"target", "source", "success", "probes", "hops_reached", "truncated", "stripped", "hops", "segments", "failure", "duration_seconds"} {
+	for _, key := range []string{"target", "source", "success", "probes", "hops_reached", "truncated", "stripped", "duplicate_names", "hops", "segments", "failure", "duration_seconds"} {
 		if _, ok := doc[key]; !ok {
 			t.Errorf("JSON lacks %q", key)
 		}
 	}
 	seg := doc["segments"].([]any)[1].(map[string]any)
-	for _, key := range []string{"from", "to", "samples", "rtt_seconds", "jitter_seconds", "connect_seconds", "tcp", "one_way", "slowest"} {
+	for _, key := range []string{"from", "to", "samples", "rtt_seconds", "jitter_seconds", "connect_seconds", "tcp", "tcp_far", "retransmits", "one_way", "slowest"} {
 		if _, ok := seg[key]; !ok {
 			t.Errorf("segment JSON lacks %q", key)
 		}
 	}
-	if len(doc) != 11 || len(seg) != 9 {
-		t.Errorf("JSON has undocumented fields: %d top-level, %d per segment", len(doc), len(seg))
+	hop := doc["hops"].([]any)[1].(map[string]any)
+	for _, key := range []string{"name", "id", "residence_seconds", "wait_seconds", "kernel_timestamps", "clock_synced"} {
+		if _, ok := hop[key]; !ok {
+			t.Errorf("hop JSON lacks %q", key)
+		}
+	}
+	if len(doc) != 12 || len(seg) != 11 || len(hop) != 6 {
+		t.Errorf("JSON has undocumented fields: %d top-level, %d per segment, %d per hop", len(doc), len(seg), len(hop))
 	}
 }
 

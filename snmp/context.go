@@ -24,15 +24,44 @@ type Context struct {
 	Violations []Violation
 }
 
-// Violation is a segment over its SLA.
+// ByHop is the context's values by hop and variable: what the chain page
+// shows next to a hop.
+func (c *Context) ByHop() map[string]map[string]float64 {
+	if c == nil || len(c.Hops) == 0 {
+		return nil
+	}
+	out := map[string]map[string]float64{}
+	for _, h := range c.Hops {
+		for _, v := range h.Values {
+			if out[h.Hop] == nil {
+				out[h.Hop] = map[string]float64{}
+			}
+			out[h.Hop][v.Name] = v.Value
+		}
+	}
+	return out
+}
+
+// Violation is a segment (From, To) or a hop's residence (Hop) over its
+// SLA, with the hops whose values explain it.
 type Violation struct {
-	From, To string
-	Ratio    float64
-	Hops     []string
+	From, To, Hop string
+	Ratio         float64
+	Hops          []string
+}
+
+// What names the violation for people: "segment b -> c" or "hop c".
+func (v Violation) What() string {
+	if v.Hop != "" {
+		return "hop " + v.Hop
+	}
+	return "segment " + v.From + " -> " + v.To
 }
 
 // Investigate queries the agents of the hops of every segment out of its
-// SLA (as the module's snmp section says) and collects in-band values.
+// SLA (as the module's snmp section says), and of every hop over its
+// residence SLA (the hop itself: a loaded host gets its own load asked),
+// and collects in-band values.
 func Investigate(ctx context.Context, q *Querier, cfg *config.Config, m *config.Module, r *prober.Result, verdicts []sla.Verdict) *Context {
 	c := &Context{}
 	for _, h := range r.Hops {
@@ -51,11 +80,14 @@ func Investigate(ctx context.Context, q *Querier, cfg *config.Config, m *config.
 		if !v.Exceeded {
 			continue
 		}
-		viol := Violation{From: v.From, To: v.To, Ratio: v.Ratio}
+		viol := Violation{From: v.From, To: v.To, Hop: v.Hop, Ratio: v.Ratio}
 		var hops []string
-		if m.SNMP != nil {
-			hops = m.SNMP.HopsFor(v.From, v.To)
-		} else {
+		switch {
+		case m.SNMP != nil:
+			hops = m.SNMP.HopsFor(v.Subject())
+		case v.Hop != "":
+			hops = []string{v.Hop}
+		default:
 			hops = []string{v.To}
 		}
 		for _, hop := range hops {
@@ -73,7 +105,7 @@ func Investigate(ctx context.Context, q *Querier, cfg *config.Config, m *config.
 				reqIndex[hop] = i
 				reqs = append(reqs, Request{Target: Target{Hop: hop, Address: agent.Target, Auth: cfg.Auths[agent.Auth]}})
 			}
-			reqs[i].Vars = mergeVars(reqs[i].Vars, m.SNMP.VariablesFor(v.From, v.To, v.Ratio))
+			reqs[i].Vars = mergeVars(reqs[i].Vars, m.SNMP.VariablesFor(v.Subject(), v.Ratio))
 		}
 		c.Violations = append(c.Violations, viol)
 	}
@@ -117,7 +149,7 @@ func (c *Context) Debug() string {
 		return "no segment out of its SLA and no in-band variables: nothing queried\n"
 	}
 	for _, v := range c.Violations {
-		fmt.Fprintf(&b, "segment %s -> %s is out of its SLA (%.2fx): context from %s\n", v.From, v.To, v.Ratio, strings.Join(v.Hops, ", "))
+		fmt.Fprintf(&b, "%s is out of its SLA (%.2fx): context from %s\n", v.What(), v.Ratio, strings.Join(v.Hops, ", "))
 	}
 	for _, h := range c.Hops {
 		status := "up"

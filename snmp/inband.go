@@ -13,6 +13,7 @@ import (
 
 	"github.com/subsegment/subsegment_exporter/config"
 	"github.com/subsegment/subsegment_exporter/frame"
+	"github.com/subsegment/subsegment_exporter/peer"
 )
 
 // Local is a relay's own variables, attached to probes that ask for them
@@ -48,10 +49,7 @@ var netdevColumns = map[string]int{
 	"if_out_bytes": 8, "if_out_packets": 9, "if_out_errors": 10, "if_out_drops": 11,
 }
 
-var (
-	localNameRE = regexp.MustCompile(`^[a-zA-Z_][a-zA-Z0-9_]*$`)
-	localOIDRE  = regexp.MustCompile(`^\.?[0-9]+(\.[0-9]+)+$`)
-)
+var localOIDRE = regexp.MustCompile(`^\.?[0-9]+(\.[0-9]+)+$`)
 
 // LocalOptions configure a relay's in-band variables.
 type LocalOptions struct {
@@ -130,19 +128,11 @@ func parseLocal(spec string) (localVar, error) {
 	default:
 		return localVar{}, fmt.Errorf("in-band variable %q: source %q unknown: use load1, load5, load15, a counter like if_in_errors:eth0, or name=OID", spec, source)
 	}
-	if !localNameRE.MatchString(name) || len(name) > frame.MaxNameLen || fixedLabel(name) {
-		return localVar{}, fmt.Errorf("in-band variable %q: name %q is not usable as a label name", spec, name)
+	if err := peer.ValidateVarName(name); err != nil {
+		return localVar{}, fmt.Errorf("in-band variable %q: %w", spec, err)
 	}
 	v.name = name
 	return v, nil
-}
-
-func fixedLabel(name string) bool {
-	switch name {
-	case "from", "to", "hop", "source", "name", "instance", "job", "module":
-		return true
-	}
-	return false
 }
 
 // Snapshot returns the latest values without waiting; when they are older

@@ -7,19 +7,24 @@ package stream
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/subsegment/subsegment_exporter/clock"
 	"github.com/subsegment/subsegment_exporter/frame"
-	"github.com/subsegment/subsegment_exporter/relay"
+	"github.com/subsegment/subsegment_exporter/peer"
+	"github.com/subsegment/subsegment_exporter/rxstamp"
 	"github.com/subsegment/subsegment_exporter/timing"
+	"github.com/subsegment/subsegment_exporter/transport"
 )
 
 // DefaultBlockSize is the original tool's stdin block size.
@@ -38,31 +43,34 @@ type Options struct {
 	MaxFrameBytes int
 	Keys          frame.Keys
 	Clock         clock.Clock
-	Dial          func(ctx context.Context, address string) (net.Conn, error)
-	Logger        *slog.Logger
+	// Dial opens the TCP connection to the first hop (nil: plainly); TLS,
+	// when set, makes it TLS.
+	Dial   func(ctx context.Context, address string) (net.Conn, error)
+	TLS    *tls.Config
+	Logger *slog.Logger
 }
 
 // Validate reports the first bad option.
 func (o *Options) Validate() error {
-	if err := relay.ValidateAddress(o.ForwardTo); err != nil {
+	if o.ForwardTo == "" {
+		return errors.New("--forward-to is required: the first hop of the chain, host:port")
+	}
+	if err := peer.ValidateAddress(o.ForwardTo); err != nil {
 		return fmt.Errorf("--forward-to: %w", err)
 	}
-	if err := relay.ValidateName(o.Source); err != nil {
+	if err := peer.ValidateName(o.Source); err != nil {
 		return err
 	}
 	if o.Timeout <= 0 {
 		return fmt.Errorf("--timeout %v must be positive", o.Timeout)
 	}
-	maxBlock := o.maxFrame() - frame.MinFrameLen - frame.MACLen - frame.DefaultMaxHops*frame.PathEntryLen - replyRecordsBudget
+	maxBlock := min(frame.MaxBlockBytes, o.maxFrame()-frame.Overhead(frame.DefaultMaxHops))
 	if o.BlockSize < 1 || o.BlockSize > maxBlock {
-		return fmt.Errorf("--stdin-block-size %d out of range: use 1 to %d (the maximum frame size of %d bytes less the chain's records; raise --relay.max-frame-bytes on every hop for larger blocks)",
-			o.BlockSize, maxBlock, o.maxFrame())
+		return fmt.Errorf("--stdin-block-size %d out of range: use 1 to %d (at most 16 MiB, and what fits --relay.max-frame-bytes %d with the records of %d hops)",
+			o.BlockSize, maxBlock, o.maxFrame(), frame.DefaultMaxHops)
 	}
 	return nil
 }
-
-// replyRecordsBudget is room left in a frame for the records of a long chain.
-const replyRecordsBudget = 8 << 10
 
 func (o *Options) maxFrame() int {
 	if o.MaxFrameBytes > 0 {
@@ -91,11 +99,13 @@ type SegmentStats struct {
 	P99      time.Duration
 }
 
-// HopStats summarises one hop's residence.
+// HopStats summarises one hop's residence and the part of it frames
+// waited in the kernel before the hop read them.
 type HopStats struct {
 	Name      string
 	Residence timing.Stats
 	P99       time.Duration
+	Wait      timing.Stats
 }
 
 // Error is a stream that did not come back whole; it says how much did.
@@ -127,38 +137,35 @@ func Send(ctx context.Context, in io.Reader, out io.Writer, o Options) (*Result,
 	if err := o.Validate(); err != nil {
 		return nil, err
 	}
-	dial := o.Dial
-	if dial == nil {
-		dial = func(ctx context.Context, address string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "tcp", address)
-		}
-	}
+	dialer := transport.Dialer{Dial: o.Dial, TLS: o.TLS, Clocks: rxstamp.Clocks{Mono: o.Clock.Monotonic, MaxWait: o.Timeout}}
 	dctx, cancel := context.WithTimeout(ctx, o.Timeout)
-	conn, err := dial(dctx, o.ForwardTo)
+	conn, err := dialer.DialContext(dctx, o.ForwardTo)
 	cancel()
 	if err != nil {
 		return nil, &Error{Err: fmt.Errorf("connect to %s: %w", o.ForwardTo, err)}
 	}
 	defer conn.Close()
-	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })
+	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Now()) })
 	defer stop()
 
-	window := min(relay.StreamWindow, max(4, (8<<20)/o.BlockSize))
-	s := &streamer{o: &o, conn: conn, id: relay.NewID(), sign: frame.NewSigner(o.Keys), slots: make(chan struct{}, window),
+	window := min(frame.StreamWindow, max(4, (8<<20)/o.BlockSize))
+	s := &streamer{o: &o, conn: conn, rx: rxstamp.Of(conn), id: peer.NewID(), sign: frame.NewSigner(o.Keys), slots: make(chan struct{}, window),
 		stamps: make([]sent, window), start: time.Now(), abort: make(chan struct{})}
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		if err := s.send(in); err != nil {
-			s.fail(err)
+			s.sendFailed(err)
 		}
 	}()
 	if err := s.receive(out); err != nil {
-		s.fail(err)
+		s.fail(s.explain(err))
 	}
 	wg.Wait()
+	if err := s.sendError(); err != nil {
+		s.fail(err)
+	}
 	res := s.result()
 	if s.firstErr != nil {
 		return res, &Error{Sent: res.BytesSent, Confirmed: res.BytesConfirmed, Err: s.firstErr}
@@ -166,19 +173,68 @@ func Send(ctx context.Context, in io.Reader, out io.Writer, o Options) (*Result,
 	return res, nil
 }
 
+// sendGrace is how long the receiver still reads after a write failed:
+// the chain's answer (an error record saying why a hop refused the
+// stream) says more than the write error does.
+const sendGrace = 2 * time.Second
+
+// sendFailed records why the sender stopped; the receiver goes on for at
+// most sendGrace, then the stream ends with this error unless the chain
+// said something better.
+func (s *streamer) sendFailed(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.sendErr == nil {
+		s.sendErr, s.sendFailedAt = err, time.Now()
+	}
+}
+
+func (s *streamer) sendError() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.sendErr
+}
+
+// readDeadline is the receiver's next read deadline.
+func (s *streamer) readDeadline() time.Time {
+	d := time.Now().Add(s.o.Timeout)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.sendErr != nil {
+		if g := s.sendFailedAt.Add(sendGrace); g.Before(d) {
+			d = g
+		}
+	}
+	return d
+}
+
+// explain prefers the sender's error over the receiver's when the
+// receiver only ran out of replies because the sender had stopped.
+func (s *streamer) explain(err error) error {
+	sendErr := s.sendError()
+	if sendErr == nil {
+		return err
+	}
+	switch peer.Classify(err) {
+	case peer.ReasonTimeout, peer.ReasonClosed, peer.ReasonReset:
+		return sendErr
+	}
+	return err
+}
+
 // fail records the first error of either side and stops the other one.
 func (s *streamer) fail(err error) {
 	s.failOnce.Do(func() {
 		s.firstErr = err
 		close(s.abort)
-		now := time.Now()
-		s.conn.SetDeadline(now)
+		_ = s.conn.SetDeadline(time.Now()) // wakes the other side; closing follows
 	})
 }
 
 type streamer struct {
 	o     *Options
 	conn  net.Conn
+	rx    *rxstamp.Conn
 	id    uint64
 	sign  *frame.Signer
 	slots chan struct{}
@@ -189,6 +245,9 @@ type streamer struct {
 	firstErr error
 	stamps   []sent // by seq % window
 
+	sendErr      error // guarded by mu
+	sendFailedAt time.Time
+
 	mu        sync.Mutex
 	sentBytes int64
 	sentN     uint64
@@ -196,13 +255,16 @@ type streamer struct {
 
 	confirmed int64
 	frames    int64
-	chain     []string // hop names of the first reply, the source first
-	segs      map[[2]string]*timing.Accumulator
-	segOrder  [][2]string
-	res       map[string]*timing.Accumulator
+	chain     []peer.Hop // hops in chain order as first seen, the source first
+	segs      map[[2]uint64]*timing.Accumulator
+	segOrder  [][2]uint64
+	res       map[uint64]*timing.Accumulator
+	waits     map[uint64]*timing.Accumulator
 	path      *path
 	hops      []timing.Hop // scratch, reused per reply
+	ids       []uint64     // scratch, reused per reply
 	names     [][]byte     // scratch, reused per reply
+	hopWaits  []time.Duration
 }
 
 // send reads blocks from in and writes them as frames, several per write
@@ -276,7 +338,10 @@ func (s *streamer) send(in io.Reader) error {
 			s.mu.Unlock()
 		}
 		if rerr != nil && !errors.Is(rerr, io.ErrUnexpectedEOF) && !errors.Is(rerr, io.EOF) {
-			flush()
+			// What was read still goes out: nothing read is lost.
+			if err := flush(); err != nil {
+				return fmt.Errorf("read input: %w (and write to %s: %v)", rerr, s.o.ForwardTo, err)
+			}
 			return fmt.Errorf("read input: %w", rerr)
 		}
 		last := rerr != nil
@@ -297,10 +362,18 @@ func (s *streamer) send(in io.Reader) error {
 	}
 }
 
-// receive reads replies in order and writes their data to out.
+// receive reads replies in order and writes their data to out; what came
+// back confirmed reaches out even when the stream fails.
 func (s *streamer) receive(out io.Writer) error {
 	bw := bufio.NewWriterSize(out, 256<<10)
-	defer bw.Flush()
+	err := s.receiveInto(bw)
+	if ferr := bw.Flush(); ferr != nil && err == nil {
+		err = fmt.Errorf("write output: %w", ferr)
+	}
+	return err
+}
+
+func (s *streamer) receiveInto(bw *bufio.Writer) error {
 	rd := frame.NewReader(s.conn, s.o.maxFrame())
 	defer rd.Release()
 	window := uint64(len(s.stamps))
@@ -323,7 +396,7 @@ func (s *streamer) receive(out io.Writer) error {
 		}
 		// Always a deadline: the sender may put blocks in flight while
 		// this waits; an expiry with nothing outstanding just goes round.
-		s.conn.SetReadDeadline(time.Now().Add(s.o.Timeout))
+		_ = s.conn.SetReadDeadline(s.readDeadline())
 		if err := rd.Fill(); err != nil {
 			if errors.Is(err, io.EOF) {
 				s.mu.Lock()
@@ -332,7 +405,7 @@ func (s *streamer) receive(out io.Writer) error {
 				if done {
 					return bw.Flush()
 				}
-				return fmt.Errorf("%s closed the connection with %d blocks outstanding", s.o.ForwardTo, s.outstanding(next))
+				return fmt.Errorf("%s closed the connection with %d blocks outstanding: %w", s.o.ForwardTo, s.outstanding(next), err)
 			}
 			if isDeadline(err) {
 				s.mu.Lock()
@@ -341,11 +414,14 @@ func (s *streamer) receive(out io.Writer) error {
 				if !stillOut {
 					continue
 				}
-				return fmt.Errorf("no reply from the chain within %s (--timeout)", s.o.Timeout)
+				return fmt.Errorf("no reply from the chain within %s (--timeout): %w", s.o.Timeout, err)
 			}
 			return fmt.Errorf("read from %s: %w", s.o.ForwardTo, err)
 		}
 		tIn := s.o.Clock.Monotonic()
+		if s.rx != nil {
+			tIn = s.rx.Last().At
+		}
 		for {
 			fr, err := rd.Next()
 			if err != nil {
@@ -380,29 +456,24 @@ func (s *streamer) outstanding(next uint64) uint64 {
 	return s.sentN - next
 }
 
-// reply checks one reply and records its timing; it returns the data.
+// reply checks one reply, by the rules every receiver of replies applies
+// (frame.CheckReply), and records its timing; it returns the data.
 func (s *streamer) reply(fr []byte, seq uint64, tIn int64, st *sent) ([]byte, error) {
-	if err := s.sign.Verify(fr); err != nil {
-		return nil, fmt.Errorf("reply from %s: %w", s.o.ForwardTo, err)
-	}
-	h, _ := frame.ParseHeader(fr, s.o.maxFrame())
-	if h.Kind == frame.KindError {
-		rec, err := frame.ParseErrorFrame(fr, s.o.maxFrame())
-		if err != nil {
-			return nil, fmt.Errorf("error frame from %s: %w", s.o.ForwardTo, err)
+	rep, err := frame.CheckReply(fr, s.sign, s.o.maxFrame(), frame.Expect{Request: frame.KindStreamRequest, Seq: seq})
+	if rec := rep.Refusal; rec != nil {
+		if rep.Unverified {
+			return nil, fmt.Errorf("reply from %s: %w; the unverified error frame from %s said: %s", s.o.ForwardTo, err, rec.Name, rec.Message)
 		}
 		return nil, fmt.Errorf("%s refused the stream (%s): %s", rec.Name, rec.Reason, rec.Message)
 	}
-	v, err := frame.Parse(fr, s.o.maxFrame(), frame.MaxHopsLimit)
 	if err != nil {
 		return nil, fmt.Errorf("reply from %s: %w", s.o.ForwardTo, err)
 	}
-	if v.Header.Kind != frame.KindStreamReply || v.Probe.Seq != seq {
-		return nil, fmt.Errorf("reply from %s: %s seq %d where block %d was due", s.o.ForwardTo, v.Header.Kind, v.Probe.Seq, seq)
-	}
+	v := rep.View
 	// The source's own times, then every hop's, read in place.
+	tIn = max(tIn, st.tOut)
 	hops := append(s.hops[:0], timing.Hop{Forward: time.Duration(st.tOut - st.tBuild), Downstream: time.Duration(tIn - st.tOut)})
-	s.names = s.names[:0]
+	s.ids, s.names, s.hopWaits = append(s.ids[:0], s.id), append(s.names[:0], nil), append(s.hopWaits[:0], 0)
 	it := frame.NewRecordIter(v.Tail(fr))
 	stripped := false
 	for {
@@ -411,27 +482,28 @@ func (s *streamer) reply(fr []byte, seq uint64, tIn int64, st *sent) ([]byte, er
 			break
 		}
 		if kind == frame.RecordError {
-			recs, err := frame.ParseRecords(v.Tail(fr), int(v.Probe.Count))
-			if err != nil {
-				return nil, fmt.Errorf("reply from %s: %w", s.o.ForwardTo, err)
-			}
+			recs, _ := frame.ParseRecords(v.Tail(fr), int(v.Probe.Count))
 			e := recs[len(recs)-1].Err
-			return nil, fmt.Errorf("segment %s → %s failed (%s): %s", e.Name, e.Peer, e.Reason, e.Message)
+			return nil, fmt.Errorf("segment %s -> %s failed (%s): %s", e.Name, e.Peer, e.Reason, e.Message)
 		}
 		ht := frame.ReadHopTimes(rec)
 		hops = append(hops, timing.Hop{Forward: ht.Forward, Downstream: ht.Downstream, Return: ht.Return})
+		s.ids = append(s.ids, ht.ID)
 		s.names = append(s.names, ht.Name)
+		s.hopWaits = append(s.hopWaits, ht.WaitForward+ht.WaitReturn)
 		stripped = ht.Flags&frame.RecStripped != 0
 	}
 	if stripped {
 		hops = append(hops, timing.Hop{})
+		s.ids = append(s.ids, 0)
 		s.names = append(s.names, hiddenName)
+		s.hopWaits = append(s.hopWaits, 0)
 	}
 	s.hops = hops
 	if int(v.Probe.DataLen) != st.size {
 		return nil, fmt.Errorf("block %d came back with %d bytes, %d sent", seq, v.Probe.DataLen, st.size)
 	}
-	p := s.pathFor(s.names)
+	p := s.pathFor(s.ids, s.names)
 	for i := 0; i+1 < len(hops); i++ {
 		p.segs[i].Add(timing.SegmentRTT(hops[i], hops[i+1]))
 	}
@@ -440,6 +512,7 @@ func (s *streamer) reply(fr []byte, seq uint64, tIn int64, st *sent) ([]byte, er
 		// residences include the dials.
 		for i, h := range hops {
 			p.res[i].Add(h.Residence())
+			p.waits[i].Add(s.hopWaits[i])
 		}
 	}
 	return v.Data(fr), nil
@@ -447,50 +520,45 @@ func (s *streamer) reply(fr []byte, seq uint64, tIn int64, st *sent) ([]byte, er
 
 var hiddenName = []byte("hidden")
 
-// path is the chain as the replies name it, with its accumulators by
+// path is the chain as the replies identify it, with its accumulators by
 // position, so that a reply from the same chain costs no map lookups.
 type path struct {
-	names []string // hop names after the source
+	ids   []uint64 // hop identities, the source first
 	segs  []*timing.Accumulator
 	res   []*timing.Accumulator
+	waits []*timing.Accumulator
 }
 
-// pathFor returns the accumulators for a reply whose hops are names.
-func (s *streamer) pathFor(names [][]byte) *path {
-	if p := s.path; p != nil && len(p.names) == len(names) {
-		same := true
-		for i, n := range names {
-			if string(n) != p.names[i] {
-				same = false
-				break
-			}
-		}
-		if same {
-			return p
-		}
+// pathFor returns the accumulators for a reply whose hops are ids (names
+// label them; the source's name is the stream's).
+func (s *streamer) pathFor(ids []uint64, names [][]byte) *path {
+	if p := s.path; p != nil && slices.Equal(p.ids, ids) {
+		return p
 	}
-	p := &path{}
-	all := []string{s.o.Source}
-	for _, n := range names {
-		p.names = append(p.names, string(n))
-		all = append(all, string(n))
-	}
+	p := &path{ids: slices.Clone(ids)}
 	if s.segs == nil {
-		s.segs = map[[2]string]*timing.Accumulator{}
-		s.res = map[string]*timing.Accumulator{}
-		s.chain = all
+		s.segs = map[[2]uint64]*timing.Accumulator{}
+		s.res = map[uint64]*timing.Accumulator{}
+		s.waits = map[uint64]*timing.Accumulator{}
 	}
-	for i := range all {
-		acc := s.res[all[i]]
+	for i, id := range ids {
+		name := s.o.Source
+		if i > 0 {
+			name = string(names[i])
+		}
+		acc := s.res[id]
 		if acc == nil {
 			acc = &timing.Accumulator{}
-			s.res[all[i]] = acc
+			s.res[id] = acc
+			s.waits[id] = &timing.Accumulator{}
+			s.chain = append(s.chain, peer.Hop{ID: id, Name: name})
 		}
 		p.res = append(p.res, acc)
+		p.waits = append(p.waits, s.waits[id])
 		if i == 0 {
 			continue
 		}
-		key := [2]string{all[i-1], all[i]}
+		key := [2]uint64{ids[i-1], id}
 		seg := s.segs[key]
 		if seg == nil {
 			seg = &timing.Accumulator{}
@@ -506,41 +574,50 @@ func (s *streamer) pathFor(names [][]byte) *path {
 func (s *streamer) result() *Result {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	r := &Result{BytesSent: s.sentBytes, BytesConfirmed: s.confirmed, Frames: s.frames, Duration: time.Since(s.start), Hops: s.chain}
+	r := &Result{BytesSent: s.sentBytes, BytesConfirmed: s.confirmed, Frames: s.frames, Duration: time.Since(s.start)}
+	labels, _ := peer.Labels(s.chain)
+	label := make(map[uint64]string, len(labels))
+	for i, h := range s.chain {
+		label[h.ID] = labels[i]
+	}
+	r.Hops = labels
 	for _, key := range s.segOrder {
 		acc := s.segs[key]
-		r.Segments = append(r.Segments, SegmentStats{From: key[0], To: key[1], RTT: acc.Stats(), P99: acc.Quantile(0.99)})
+		r.Segments = append(r.Segments, SegmentStats{From: label[key[0]], To: label[key[1]], RTT: acc.Stats(), P99: acc.Quantile(0.99)})
 	}
-	for _, name := range s.chain {
-		if acc := s.res[name]; acc != nil {
-			r.Residence = append(r.Residence, HopStats{Name: name, Residence: acc.Stats(), P99: acc.Quantile(0.99)})
+	for i, h := range s.chain {
+		if acc := s.res[h.ID]; acc != nil {
+			w := s.waits[h.ID]
+			r.Residence = append(r.Residence, HopStats{Name: labels[i], Residence: acc.Stats(), P99: acc.Quantile(0.99), Wait: w.Stats()})
 		}
 	}
 	return r
 }
 
 // WriteStats prints the per-segment and per-hop statistics as a table.
-func WriteStats(w io.Writer, r *Result) {
+func WriteStats(w io.Writer, r *Result) error {
+	var b strings.Builder
 	secs := r.Duration.Seconds()
 	rate := 0.0
 	if secs > 0 {
 		rate = float64(r.BytesConfirmed) / secs / 1e6
 	}
-	fmt.Fprintf(w, "stream: %d bytes in %d blocks, %d confirmed, %.3fs, %.1f MB/s\n", r.BytesSent, r.Frames, r.BytesConfirmed, secs, rate)
-	if len(r.Segments) == 0 {
-		return
+	fmt.Fprintf(&b, "stream: %d bytes in %d blocks, %d confirmed, %.3fs, %.1f MB/s\n", r.BytesSent, r.Frames, r.BytesConfirmed, secs, rate)
+	if len(r.Segments) > 0 {
+		fmt.Fprintf(&b, "%-24s %10s %10s %10s %10s %10s %10s\n", "SEGMENT", "BLOCKS", "MIN", "MEDIAN", "P99", "MAX", "JITTER")
+		for _, s := range r.Segments {
+			fmt.Fprintf(&b, "%-24s %10d %10s %10s %10s %10s %10s\n", s.From+" -> "+s.To, s.RTT.Count,
+				ms(s.RTT.Min), ms(s.RTT.Median), ms(s.P99), ms(s.RTT.Max), ms(s.RTT.Jitter))
+		}
+		fmt.Fprintf(&b, "%-24s %10s %10s %10s %10s %10s %10s\n", "HOP (residence)", "BLOCKS", "MIN", "MEDIAN", "P99", "MAX", "WAIT")
+		for _, h := range r.Residence {
+			fmt.Fprintf(&b, "%-24s %10d %10s %10s %10s %10s %10s\n", h.Name, h.Residence.Count, ms(h.Residence.Min), ms(h.Residence.Median), ms(h.P99), ms(h.Residence.Max), ms(h.Wait.Median))
+		}
 	}
-	fmt.Fprintf(w, "%-24s %10s %10s %10s %10s %10s %10s\n", "SEGMENT", "BLOCKS", "MIN", "MEDIAN", "P99", "MAX", "JITTER")
-	for _, s := range r.Segments {
-		fmt.Fprintf(w, "%-24s %10d %10s %10s %10s %10s %10s\n", s.From+" -> "+s.To, s.RTT.Count,
-			ms(s.RTT.Min), ms(s.RTT.Median), ms(s.P99), ms(s.RTT.Max), ms(s.RTT.Jitter))
-	}
-	fmt.Fprintf(w, "%-24s %10s %10s %10s %10s %10s\n", "HOP (residence)", "BLOCKS", "MIN", "MEDIAN", "P99", "MAX")
-	for _, h := range r.Residence {
-		fmt.Fprintf(w, "%-24s %10d %10s %10s %10s %10s\n", h.Name, h.Residence.Count, ms(h.Residence.Min), ms(h.Residence.Median), ms(h.P99), ms(h.Residence.Max))
-	}
+	_, err := io.WriteString(w, b.String())
+	return err
 }
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.3fms", float64(d)/1e6) }
 
-func isDeadline(err error) bool { return relay.Classify(err) == frame.ReasonTimeout }
+func isDeadline(err error) bool { return peer.Classify(err) == peer.ReasonTimeout }

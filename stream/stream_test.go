@@ -153,7 +153,9 @@ func TestStreamOptions(t *testing.T) {
 	}{
 		{Options{ForwardTo: "x", Source: "a", BlockSize: 512, Timeout: time.Second}, "--forward-to"},
 		{Options{ForwardTo: "h:1", Source: "a", BlockSize: 0, Timeout: time.Second}, "--stdin-block-size"},
-		{Options{ForwardTo: "h:1", Source: "a", BlockSize: 65536, Timeout: time.Second}, "raise --relay.max-frame-bytes"},
+		{Options{ForwardTo: "h:1", Source: "a", BlockSize: 65536, Timeout: time.Second, MaxFrameBytes: 65536}, "--relay.max-frame-bytes 65536"},
+		{Options{ForwardTo: "h:1", Source: "a", BlockSize: 16<<20 + 1, Timeout: time.Second}, "at most 16 MiB"},
+		{Options{Source: "a", BlockSize: 512, Timeout: time.Second}, "--forward-to is required"},
 		{Options{ForwardTo: "h:1", Source: "a", BlockSize: 512}, "--timeout"},
 	} {
 		if err := tc.o.Validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
