@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"reflect"
 	"regexp"
 	"sort"
 	"strconv"
@@ -20,7 +21,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/subsegment/subsegment_exporter/frame"
-	"github.com/subsegment/subsegment_exporter/relay"
+	"github.com/subsegment/subsegment_exporter/peer"
 )
 
 // Config is the whole file.
@@ -28,6 +29,8 @@ type Config struct {
 	Modules map[string]*Module `yaml:"modules"`
 	// Auths are SNMP credentials, referred to by name from modules.
 	Auths map[string]*Auth `yaml:"auths,omitempty"`
+	// Continuous lists the chains probed between scrapes.
+	Continuous []Continuous `yaml:"continuous,omitempty"`
 }
 
 // Module is one way of probing, chosen with /probe?module=NAME.
@@ -50,13 +53,22 @@ type Module struct {
 	// Inband asks the hops to attach their local variables to the probe:
 	// never, on_violation or always.
 	Inband InbandMode `yaml:"inband,omitempty"`
+	// Prober is tcp (a chain of relays, the default) or http (a URL
+	// through HTTP proxies that stamp a Subsegment-Timing header).
+	Prober string `yaml:"prober,omitempty"`
+	// HTTP is how an http module asks for its URL.
+	HTTP *HTTPProbe `yaml:"http,omitempty"`
 }
 
-// SLA is the rtt each segment should stay under.
+// SLA is the rtt each segment should stay under, and the residence each
+// hop should stay under.
 type SLA struct {
 	// Default applies to every segment without its own entry; 0 means none.
 	Default  Duration     `yaml:"default"`
 	Segments []SegmentSLA `yaml:"segments,omitempty"`
+	// Hops are residence SLAs by hop: the median time probes spend inside
+	// the hop, its wait for a CPU included. A hop without one has none.
+	Hops map[string]Duration `yaml:"hops,omitempty"`
 }
 
 // SegmentSLA is one segment's own threshold, by hop names.
@@ -75,6 +87,9 @@ func (s SLA) Threshold(from, to string) time.Duration {
 	}
 	return time.Duration(s.Default)
 }
+
+// HopThreshold is the residence SLA of a hop; 0 means none.
+func (s SLA) HopThreshold(hop string) time.Duration { return time.Duration(s.Hops[hop]) }
 
 // Module defaults.
 const (
@@ -150,17 +165,35 @@ func kindName(k yaml.Kind) string {
 	return "value"
 }
 
-// Load reads and validates a configuration file.
-func Load(path string) (*Config, error) {
+// Limits are the frame limits of the process that loads the file: a
+// module's probes must fit them.
+type Limits struct {
+	MaxFrameBytes int
+	MaxHops       int
+}
+
+func (l Limits) withDefaults() Limits {
+	if l.MaxFrameBytes <= 0 {
+		l.MaxFrameBytes = frame.DefaultMaxFrameBytes
+	}
+	if l.MaxHops <= 0 {
+		l.MaxHops = frame.DefaultMaxHops
+	}
+	return l
+}
+
+// Load reads and validates a configuration file against the frame
+// limits of the process (zero: the defaults).
+func Load(path string, limits Limits) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("read config file: %w", err)
 	}
-	return Parse(data, path)
+	return Parse(data, path, limits)
 }
 
 // Parse decodes and validates configuration text; name labels errors.
-func Parse(data []byte, name string) (*Config, error) {
+func Parse(data []byte, name string, limits Limits) (*Config, error) {
 	var root yaml.Node
 	if err := yaml.Unmarshal(data, &root); err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
@@ -175,7 +208,7 @@ func Parse(data []byte, name string) (*Config, error) {
 		}
 		return nil, locate(err, name, keys)
 	}
-	if err := c.validate(); err != nil {
+	if err := c.validate(limits.withDefaults()); err != nil {
 		var ve *validationError
 		if errors.As(err, &ve) {
 			line := keys.lineOf(ve.path)
@@ -260,7 +293,7 @@ func locate(err error, name string, keys keyIndex) error {
 		m = strings.TrimPrefix(m, "yaml: ")
 		if loc := lineRE.FindStringSubmatchIndex(m); loc != nil {
 			line, _ := strconv.Atoi(m[loc[2]:loc[3]])
-			rest := m[loc[1]:]
+			rest := explainUnknownField(m[loc[1]:])
 			key := keys.byLine[line]
 			if key != "" {
 				out = append(out, fmt.Sprintf("%s:%d: %s: %s", name, line, key, rest))
@@ -274,6 +307,37 @@ func locate(err error, name string, keys keyIndex) error {
 	return errors.New(strings.Join(out, "\n"))
 }
 
+var unknownFieldRE = regexp.MustCompile(`^field (\S+) not found in type config\.(\w+)$`)
+
+// explainUnknownField turns yaml's "field x not found in type
+// config.Module" into a message that names the keys allowed there.
+func explainUnknownField(msg string) string {
+	m := unknownFieldRE.FindStringSubmatch(msg)
+	if m == nil {
+		return msg
+	}
+	keys := allowedKeys[m[2]]
+	if len(keys) == 0 {
+		return msg
+	}
+	return fmt.Sprintf("unknown key %q: allowed here are %s", m[1], strings.Join(keys, ", "))
+}
+
+// allowedKeys lists each configuration type's keys, for the message above.
+var allowedKeys = func() map[string][]string {
+	out := map[string][]string{}
+	for _, v := range []any{Config{}, Module{}, SLA{}, SegmentSLA{}, SNMP{}, SNMPHop{}, Variable{}, Playbook{}, SegmentRef{}, Level{}, Auth{}, HTTPProbe{}, HTTPTLS{}, Continuous{}} {
+		t := reflect.TypeOf(v)
+		for i := 0; i < t.NumField(); i++ {
+			tag, _, _ := strings.Cut(t.Field(i).Tag.Get("yaml"), ",")
+			if tag != "" && tag != "-" {
+				out[t.Name()] = append(out[t.Name()], tag)
+			}
+		}
+	}
+	return out
+}()
+
 // validationError is a bad value found after decoding, at a key path.
 type validationError struct {
 	path, msg string
@@ -286,7 +350,7 @@ func bad(path, format string, args ...any) error {
 }
 
 // validate fills in defaults and checks every value.
-func (c *Config) validate() error {
+func (c *Config) validate(limits Limits) error {
 	if len(c.Modules) == 0 {
 		return bad("modules", "no module defined: add at least one, e.g. modules: {default: {targets: [\"127.0.0.1:*\"]}}")
 	}
@@ -296,7 +360,7 @@ func (c *Config) validate() error {
 		if m == nil {
 			return bad(path, "module is empty: it needs at least targets")
 		}
-		if err := m.validate(path, c); err != nil {
+		if err := m.validate(path, c, limits); err != nil {
 			return err
 		}
 	}
@@ -305,10 +369,10 @@ func (c *Config) validate() error {
 			return err
 		}
 	}
-	return nil
+	return c.validateContinuous()
 }
 
-func (m *Module) validate(path string, c *Config) error {
+func (m *Module) validate(path string, c *Config, limits Limits) error {
 	if m.Timeout == 0 {
 		m.Timeout = Duration(DefaultTimeout)
 	}
@@ -321,14 +385,17 @@ func (m *Module) validate(path string, c *Config) error {
 	if m.Inband == "" {
 		m.Inband = InbandNever
 	}
+	if err := m.validateProber(path); err != nil {
+		return err
+	}
 	if m.Timeout < Duration(10*time.Millisecond) || m.Timeout > Duration(10*time.Minute) {
 		return bad(path+".timeout", "%v out of range: use 10ms to 10m", time.Duration(m.Timeout))
 	}
 	if m.Probes < 1 || m.Probes > 1000 {
 		return bad(path+".probes", "%d out of range: use 1 to 1000", m.Probes)
 	}
-	if m.PayloadBytes < 0 || m.PayloadBytes > frame.MaxPayloadBytes {
-		return bad(path+".payload_bytes", "%d out of range: use 0 to %d", m.PayloadBytes, frame.MaxPayloadBytes)
+	if err := frame.CheckPayload(m.PayloadBytes, limits.MaxFrameBytes, limits.MaxHops); err != nil {
+		return bad(path+".payload_bytes", "%v", err)
 	}
 	if len(m.Targets) == 0 {
 		return bad(path+".targets", "no target allowed: list the first hops this module may probe, e.g. [\"10.0.0.1:9000\", \"relay-*.example.net:*\"]")
@@ -338,29 +405,41 @@ func (m *Module) validate(path string, c *Config) error {
 			return bad(fmt.Sprintf("%s.targets[%d]", path, i), "%v", err)
 		}
 	}
-	if m.SLA.Default < 0 {
-		return bad(path+".sla.default", "negative")
-	}
-	seen := map[[2]string]bool{}
-	for i, s := range m.SLA.Segments {
-		p := fmt.Sprintf("%s.sla.segments[%d]", path, i)
-		if err := relay.ValidateName(s.From); err != nil {
-			return bad(p+".from", "%v", err)
-		}
-		if err := relay.ValidateName(s.To); err != nil {
-			return bad(p+".to", "%v", err)
-		}
-		if s.RTT <= 0 {
-			return bad(p+".rtt", "missing: give the segment's rtt threshold, e.g. rtt: 20ms")
-		}
-		if seen[[2]string{s.From, s.To}] {
-			return bad(p, "segment %s -> %s is listed twice", s.From, s.To)
-		}
-		seen[[2]string{s.From, s.To}] = true
+	if err := m.SLA.validate(path + ".sla"); err != nil {
+		return err
 	}
 	if m.SNMP != nil {
 		if err := m.SNMP.validate(path+".snmp", c); err != nil {
 			return err
+		}
+	}
+	return nil
+}
+
+func (s *SLA) validate(path string) error {
+	seen := map[[2]string]bool{}
+	for i, seg := range s.Segments {
+		p := fmt.Sprintf("%s.segments[%d]", path, i)
+		if err := peer.ValidateLabel(seg.From); err != nil {
+			return bad(p+".from", "%v", err)
+		}
+		if err := peer.ValidateLabel(seg.To); err != nil {
+			return bad(p+".to", "%v", err)
+		}
+		if seg.RTT <= 0 {
+			return bad(p+".rtt", "missing: give the segment's rtt threshold, e.g. rtt: 20ms")
+		}
+		if seen[[2]string{seg.From, seg.To}] {
+			return bad(p, "segment %s -> %s is listed twice", seg.From, seg.To)
+		}
+		seen[[2]string{seg.From, seg.To}] = true
+	}
+	for _, hop := range sortedKeys(s.Hops) {
+		if err := peer.ValidateLabel(hop); err != nil {
+			return bad(path+".hops."+hop, "%v", err)
+		}
+		if s.Hops[hop] <= 0 {
+			return bad(path+".hops."+hop, "missing: give the hop's residence threshold, e.g. %s: 2ms", hop)
 		}
 	}
 	return nil
@@ -395,13 +474,43 @@ func checkPattern(p string) error {
 	return nil
 }
 
-// Allows reports whether the module may probe target (host:port); when
-// not, the error says why.
+// NotAllowedError is a well-formed target the module's targets do not
+// list.
+type NotAllowedError struct {
+	Target  string
+	Targets []string
+}
+
+func (e *NotAllowedError) Error() string {
+	return fmt.Sprintf("target %q is not in the module's targets %q", e.Target, e.Targets)
+}
+
+// Allows reports whether the module may probe target (host:port, or a URL
+// for an http module, checked by its host:port); when
+// not, the error says why: a malformed target, or a *NotAllowedError.
 func (m *Module) Allows(target string) error {
-	host, port, err := net.SplitHostPort(target)
-	if err != nil || host == "" || port == "" {
-		return fmt.Errorf("target %q is not host:port", target)
+	if m.IsHTTP() {
+		if !peer.IsHTTPTarget(target) {
+			return fmt.Errorf("target %q: this module probes URLs (prober: http): give target=http://host:port/path", target)
+		}
+		t, err := peer.ParseHTTPTarget(target)
+		if err != nil {
+			return fmt.Errorf("target: %w", err)
+		}
+		return m.allowsAddress(t.Address)
 	}
+	if peer.IsHTTPTarget(target) {
+		return fmt.Errorf("target %q is a URL: this module probes relay chains (prober: tcp); use a module with prober: http", target)
+	}
+	if err := peer.ValidateAddress(target); err != nil {
+		return fmt.Errorf("target: %w", err)
+	}
+	return m.allowsAddress(target)
+}
+
+// allowsAddress checks host:port against the module's target patterns.
+func (m *Module) allowsAddress(target string) error {
+	host, port, _ := net.SplitHostPort(target)
 	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
 		return fmt.Errorf("target %q: port %q is not 1-65535", target, port)
 	}
@@ -420,7 +529,7 @@ func (m *Module) Allows(target string) error {
 			return nil
 		}
 	}
-	return fmt.Errorf("target %q is not in the module's targets %q", target, m.Targets)
+	return &NotAllowedError{Target: target, Targets: m.Targets}
 }
 
 // wildcardMatch matches a host against a pattern with one *. In an

@@ -15,7 +15,7 @@ func TestGoodConfigs(t *testing.T) {
 		t.Fatal("no good examples")
 	}
 	for _, f := range files {
-		if _, err := Load(f); err != nil {
+		if _, err := Load(f, Limits{}); err != nil {
 			t.Errorf("%s: %v", f, err)
 		}
 	}
@@ -40,7 +40,7 @@ func TestBadConfigs(t *testing.T) {
 				t.Fatalf("%s does not start with # error:", f)
 			}
 			want = strings.Replace(want, "bad.yml", f, 1)
-			_, err = Load(f)
+			_, err = Load(f, Limits{})
 			if err == nil || !strings.Contains(err.Error(), want) {
 				t.Fatalf("error %v\nwant it to contain %q", err, want)
 			}
@@ -49,7 +49,7 @@ func TestBadConfigs(t *testing.T) {
 }
 
 func TestDefaultsAndThresholds(t *testing.T) {
-	c, err := Load("testdata/good/full.yml")
+	c, err := Load("testdata/good/full.yml", Limits{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,7 +110,7 @@ func TestAllows(t *testing.T) {
 }
 
 func TestPlaybookLevels(t *testing.T) {
-	c, err := Load("testdata/good/full.yml")
+	c, err := Load("testdata/good/full.yml", Limits{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -131,17 +131,20 @@ func TestPlaybookLevels(t *testing.T) {
 		{"b", "c", 2.5, "load1,load5,if_in_errors"},
 		{"c", "z", 5, "load1,load5,if_in_errors"}, // no playbook: the module's variables
 	} {
-		if got := names(s.VariablesFor(tc.from, tc.to, tc.ratio)); got != tc.want {
+		if got := names(s.VariablesFor(Subject{From: tc.from, To: tc.to}, tc.ratio)); got != tc.want {
 			t.Errorf("%s->%s at %vx: %s, want %s", tc.from, tc.to, tc.ratio, got, tc.want)
 		}
 	}
-	if got := s.HopsFor("b", "c"); len(got) != 1 || got[0] != "c" {
+	if got := s.HopsFor(Subject{From: "b", To: "c"}); len(got) != 1 || got[0] != "c" {
 		t.Errorf("far_end hops %v", got)
+	}
+	if got := s.HopsFor(Subject{Hop: "c"}); len(got) != 1 || got[0] != "c" {
+		t.Errorf("a hop's residence asks the hop itself: %v", got)
 	}
 }
 
 func TestRedactedHidesSecrets(t *testing.T) {
-	c, err := Load("testdata/good/full.yml")
+	c, err := Load("testdata/good/full.yml", Limits{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -166,7 +169,7 @@ func FuzzParse(f *testing.F) {
 		}
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		c, err := Parse(data, "fuzz.yml")
+		c, err := Parse(data, "fuzz.yml", Limits{})
 		if err == nil {
 			for name, m := range c.Modules {
 				_ = m.Allows("127.0.0.1:9000")
@@ -210,4 +213,18 @@ func FuzzAllows(f *testing.F) {
 			t.Fatalf("name pattern %q allowed %q across labels", pattern, host)
 		}
 	})
+}
+
+func TestContinuousDefaults(t *testing.T) {
+	c, err := Load("testdata/good/http.yml", Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := c.Continuous[0]
+	if time.Duration(e.Interval) != DefaultContinuousInterval || len(e.Buckets) != 19 || e.Buckets[0] != 50e-6 || e.Buckets[18] < 10 {
+		t.Errorf("defaults not filled in: %+v", e)
+	}
+	if got := c.Continuous[1].Buckets; len(got) != 7 {
+		t.Errorf("own buckets replaced: %v", got)
+	}
 }

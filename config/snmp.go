@@ -10,7 +10,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
-	"github.com/subsegment/subsegment_exporter/relay"
+	"github.com/subsegment/subsegment_exporter/peer"
 )
 
 // SNMP says what to ask the hops of a segment that breaks its SLA.
@@ -68,9 +68,11 @@ type Variable struct {
 	Scale float64 `yaml:"scale,omitempty"`
 }
 
-// Playbook applies to one segment (or every segment when Segment is empty).
+// Playbook applies to one segment, to one hop's residence, or (with
+// neither) to every segment and hop.
 type Playbook struct {
 	Segment *SegmentRef `yaml:"segment,omitempty"`
+	Hop     string      `yaml:"hop,omitempty"`
 	Levels  []Level     `yaml:"levels"`
 }
 
@@ -123,13 +125,24 @@ const (
 	DefaultSNMPRetries = 1
 )
 
-var (
-	oidRE      = regexp.MustCompile(`^\.?[0-9]+(\.[0-9]+)+$`)
-	varNameRE  = regexp.MustCompile(`^[a-zA-Z_][a-zA-Z0-9_]*$`)
-	reservedVN = map[string]bool{"from": true, "to": true, "hop": true, "source": true, "name": true, "instance": true, "job": true, "module": true}
-)
+var oidRE = regexp.MustCompile(`^\.?[0-9]+(\.[0-9]+)+$`)
 
+// validate fills in defaults and checks the section, step by step.
 func (s *SNMP) validate(path string, c *Config) error {
+	if err := s.validateLimits(path); err != nil {
+		return err
+	}
+	names, err := s.validateVariables(path)
+	if err != nil {
+		return err
+	}
+	if err := s.validateHops(path, c); err != nil {
+		return err
+	}
+	return s.validatePlaybooks(path, names)
+}
+
+func (s *SNMP) validateLimits(path string) error {
 	if s.Query == "" {
 		s.Query = QueryFarEnd
 	}
@@ -145,33 +158,43 @@ func (s *SNMP) validate(path string, c *Config) error {
 	if s.Retries < 0 || s.Retries > 10 {
 		return bad(path+".retries", "%d out of range: use 0 to 10", s.Retries)
 	}
+	return nil
+}
+
+// validateVariables checks the variables and returns their names.
+func (s *SNMP) validateVariables(path string) (map[string]bool, error) {
 	if len(s.Variables) == 0 {
-		return bad(path+".variables", "no variable: list what to query, e.g. [{name: load1, oid: 1.3.6.1.4.1.2021.10.1.3.1}]")
+		return nil, bad(path+".variables", "no variable: list what to query, e.g. [{name: load1, oid: 1.3.6.1.4.1.2021.10.1.3.1}]")
 	}
 	names := map[string]bool{}
 	for i, v := range s.Variables {
 		p := fmt.Sprintf("%s.variables[%d]", path, i)
-		if !varNameRE.MatchString(v.Name) || reservedVN[v.Name] {
-			return bad(p+".name", "%q is not usable as a label name: use letters, digits and _, not starting with a digit, and none of from, to, hop, source, name, instance, job, module", v.Name)
+		if err := peer.ValidateVarName(v.Name); err != nil {
+			return nil, bad(p+".name", "%v", err)
 		}
 		if names[v.Name] {
-			return bad(p+".name", "variable %q is defined twice", v.Name)
+			return nil, bad(p+".name", "variable %q is defined twice", v.Name)
 		}
 		names[v.Name] = true
 		if !oidRE.MatchString(v.OID) {
-			return bad(p+".oid", "%q is not a numeric OID like 1.3.6.1.4.1.2021.10.1.3.1", v.OID)
+			return nil, bad(p+".oid", "%q is not a numeric OID like 1.3.6.1.4.1.2021.10.1.3.1", v.OID)
 		}
-		if v.Interface != "" && !strings.HasPrefix(strings.TrimPrefix(v.OID, "."), "1.3.6.1.2.1.2.2.1.") && !strings.HasPrefix(strings.TrimPrefix(v.OID, "."), "1.3.6.1.2.1.31.1.1.1.") {
-			return bad(p+".interface", "interface is only for IF-MIB columns (ifTable 1.3.6.1.2.1.2.2.1.N, ifXTable 1.3.6.1.2.1.31.1.1.1.N)")
+		oid := strings.TrimPrefix(v.OID, ".")
+		if v.Interface != "" && !strings.HasPrefix(oid, "1.3.6.1.2.1.2.2.1.") && !strings.HasPrefix(oid, "1.3.6.1.2.1.31.1.1.1.") {
+			return nil, bad(p+".interface", "interface is only for IF-MIB columns (ifTable 1.3.6.1.2.1.2.2.1.N, ifXTable 1.3.6.1.2.1.31.1.1.1.N)")
 		}
 	}
+	return names, nil
+}
+
+func (s *SNMP) validateHops(path string, c *Config) error {
 	if len(s.Hops) == 0 {
 		return bad(path+".hops", "no hop: map hop names to their agents, e.g. {c: {target: \"10.0.0.3:161\", auth: v2}}")
 	}
 	for _, name := range sortedKeys(s.Hops) {
 		h := s.Hops[name]
 		p := path + ".hops." + name
-		if err := relay.ValidateName(name); err != nil {
+		if err := peer.ValidateLabel(name); err != nil {
 			return bad(p, "%v", err)
 		}
 		if h == nil || h.Target == "" {
@@ -187,14 +210,26 @@ func (s *SNMP) validate(path string, c *Config) error {
 			return bad(p+".auth", "auth %q is not defined under auths", h.Auth)
 		}
 	}
+	return nil
+}
+
+func (s *SNMP) validatePlaybooks(path string, names map[string]bool) error {
 	for i, pb := range s.Playbooks {
 		p := fmt.Sprintf("%s.playbooks[%d]", path, i)
+		if pb.Segment != nil && pb.Hop != "" {
+			return bad(p, "a playbook is for a segment or for a hop, not both")
+		}
 		if pb.Segment != nil {
-			if err := relay.ValidateName(pb.Segment.From); err != nil {
+			if err := peer.ValidateLabel(pb.Segment.From); err != nil {
 				return bad(p+".segment.from", "%v", err)
 			}
-			if err := relay.ValidateName(pb.Segment.To); err != nil {
+			if err := peer.ValidateLabel(pb.Segment.To); err != nil {
 				return bad(p+".segment.to", "%v", err)
+			}
+		}
+		if pb.Hop != "" {
+			if err := peer.ValidateLabel(pb.Hop); err != nil {
+				return bad(p+".hop", "%v", err)
 			}
 		}
 		if len(pb.Levels) == 0 {
@@ -274,17 +309,26 @@ func (a *Auth) validate(path string) error {
 	return nil
 }
 
-// VariablesFor returns the variables to query for a segment whose rtt is
-// ratio × its SLA (ratio > 1), in definition order.
-func (s *SNMP) VariablesFor(from, to string, ratio float64) []Variable {
+// Subject is what is out of its SLA: a segment (From, To) or a hop's
+// residence (Hop).
+type Subject struct {
+	From, To, Hop string
+}
+
+// VariablesFor returns the variables to query for a subject whose value
+// is ratio × its SLA (ratio > 1), in definition order: its own playbook's,
+// else the general playbook's, else every variable.
+func (s *SNMP) VariablesFor(subj Subject, ratio float64) []Variable {
 	var pb *Playbook
 	for i := range s.Playbooks {
 		p := &s.Playbooks[i]
-		if p.Segment != nil && p.Segment.From == from && p.Segment.To == to {
+		own := subj.Hop != "" && p.Hop == subj.Hop ||
+			subj.Hop == "" && p.Segment != nil && p.Segment.From == subj.From && p.Segment.To == subj.To
+		if own {
 			pb = p
 			break
 		}
-		if p.Segment == nil && pb == nil {
+		if p.Segment == nil && p.Hop == "" && pb == nil {
 			pb = p
 		}
 	}
@@ -308,8 +352,13 @@ func (s *SNMP) VariablesFor(from, to string, ratio float64) []Variable {
 	return out
 }
 
-// HopsFor returns the hops of segment from → to that query selects.
-func (s *SNMP) HopsFor(from, to string) []string {
+// HopsFor returns the hops whose agents explain a subject: the hop itself
+// for a residence, and for a segment the ends that query selects.
+func (s *SNMP) HopsFor(subj Subject) []string {
+	if subj.Hop != "" {
+		return []string{subj.Hop}
+	}
+	from, to := subj.From, subj.To
 	switch s.Query {
 	case QueryNearEnd:
 		return []string{from}

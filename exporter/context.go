@@ -21,6 +21,6 @@ func SNMPContext(q *snmp.Querier) func(context.Context, *config.Config, *config.
 				log.Info("SNMP context query failed", "hop", h.Hop, "reason", e.Reason, "err", e.Err)
 			}
 		}
-		return Extra{Collect: collector.SNMPContext{Context: c}.Collect, Debug: c.Debug()}
+		return Extra{Write: func(e *collector.Exposition) { collector.WriteSNMPContext(e, c) }, Debug: c.Debug()}
 	}
 }

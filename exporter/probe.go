@@ -3,20 +3,20 @@ package exporter
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"github.com/prometheus/common/expfmt"
 
 	"github.com/subsegment/subsegment_exporter/clock"
 	"github.com/subsegment/subsegment_exporter/collector"
@@ -34,18 +34,22 @@ const DefaultTimeoutOffset = 500 * time.Millisecond
 // reload keeps the previous one.
 type ConfigHolder struct {
 	path    string
+	limits  config.Limits
 	cur     atomic.Pointer[config.Config]
 	metrics *collector.Source
 	log     *slog.Logger
+	onLoad  func(*config.Config)
 }
 
 // NewConfigHolder loads path (none when empty: /probe then refuses every
-// request, there being no module to allow a target).
-func NewConfigHolder(path string, metrics *collector.Source, log *slog.Logger) (*ConfigHolder, error) {
-	h := &ConfigHolder{path: path, metrics: metrics, log: log}
+// request, there being no module to allow a target), checking modules
+// against the process's frame limits.
+func NewConfigHolder(path string, limits config.Limits, metrics *collector.Source, log *slog.Logger) (*ConfigHolder, error) {
+	h := &ConfigHolder{path: path, limits: limits, metrics: metrics, log: log}
 	if path == "" {
 		return h, nil
 	}
+	metrics.WatchConfig()
 	if err := h.Reload(); err != nil {
 		return nil, err
 	}
@@ -60,7 +64,7 @@ func (h *ConfigHolder) Reload() error {
 	if h.path == "" {
 		return fmt.Errorf("no --config.file to reload")
 	}
-	c, err := config.Load(h.path)
+	c, err := config.Load(h.path, h.limits)
 	if err != nil {
 		h.metrics.Reloaded(false)
 		h.log.Error("configuration not loaded; the previous one stays in use", "file", h.path, "err", err)
@@ -69,7 +73,17 @@ func (h *ConfigHolder) Reload() error {
 	h.cur.Store(c)
 	h.metrics.Reloaded(true)
 	h.log.Info("configuration loaded", "file", h.path, "modules", len(c.Modules))
+	if h.onLoad != nil {
+		h.onLoad(c)
+	}
 	return nil
+}
+
+// OnLoad calls fn with the current configuration, and again after every
+// successful reload.
+func (h *ConfigHolder) OnLoad(fn func(*config.Config)) {
+	h.onLoad = fn
+	fn(h.Get())
 }
 
 // ProbeHandler answers /probe?target=HOST:PORT&module=NAME.
@@ -80,43 +94,64 @@ type ProbeHandler struct {
 	MaxFrameBytes int
 	TimeoutOffset time.Duration
 	Clock         clock.Clock
-	Dial          func(ctx context.Context, address string) (net.Conn, error)
-	Metrics       *collector.Source
-	Names         *prober.NameCache
-	Logger        *slog.Logger
+	// Dial opens TCP connections to first hops (nil: plainly); TLS makes
+	// them TLS.
+	Dial    func(ctx context.Context, address string) (net.Conn, error)
+	TLS     *tls.Config
+	Metrics *collector.Source
+	Names   *prober.NameCache
+	// History keeps the latest runs for the landing page; may be nil.
+	History *History
+	Logger  *slog.Logger
 	// Context adds the SNMP context of a probe run; nil adds nothing.
 	Context func(ctx context.Context, cfg *config.Config, module *config.Module, r *prober.Result, verdicts []sla.Verdict, log *slog.Logger) Extra
 }
 
 // Extra is what a context provider adds to a /probe answer.
 type Extra struct {
-	// Collect adds metrics.
-	Collect func(ch chan<- prometheus.Metric)
+	// Write adds metrics to the answer.
+	Write func(e *collector.Exposition)
 	// Debug is shown in debug output.
 	Debug string
 }
 
 func (h *ProbeHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	defer func() {
+		// Defense in depth: nothing a client or a peer sends reaches a
+		// panic, but should a bug, the process serves on.
+		if p := recover(); p != nil {
+			h.Metrics.Panicked()
+			h.Logger.Error("panic while serving /probe; please report it", "panic", p, "url", r.URL.String(), "stack", string(debug.Stack()))
+			http.Error(w, "internal error while probing (logged)", http.StatusInternalServerError)
+		}
+	}()
 	start := time.Now()
 	q := r.URL.Query()
 	moduleName := q.Get("module")
 	if moduleName == "" {
 		moduleName = "default"
 	}
+	cfg := h.Config.Get()
+	var module *config.Module
+	if cfg != nil {
+		module = cfg.Modules[moduleName]
+	}
 	reject := func(format string, args ...any) {
-		h.Metrics.Probed(moduleName, "rejected", 0)
+		if module != nil {
+			h.Metrics.Probed(moduleName, "rejected", 0)
+		} else {
+			h.Metrics.UnknownModule()
+		}
 		msg := fmt.Sprintf(format, args...)
 		h.Logger.Debug("probe request rejected", "reason", msg, "remote", r.RemoteAddr)
 		http.Error(w, msg, http.StatusBadRequest)
 	}
-	cfg := h.Config.Get()
 	if cfg == nil {
 		reject("no module is configured: start the exporter with --config.file")
 		return
 	}
-	module := cfg.Modules[moduleName]
 	if module == nil {
-		reject("unknown module %q: known modules are %s", moduleName, moduleNames(cfg))
+		reject("unknown module %q: known modules are %s", truncate(moduleName, 64), moduleNames(cfg))
 		return
 	}
 	target := q.Get("target")
@@ -125,7 +160,12 @@ func (h *ProbeHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := module.Allows(target); err != nil {
-		reject("%v: add it to modules.%s.targets to allow it", err, moduleName)
+		var na *config.NotAllowedError
+		if errors.As(err, &na) {
+			reject("%v: add it to modules.%s.targets to allow it", err, moduleName)
+			return
+		}
+		reject("%v", err)
 		return
 	}
 	timeout, err := scrapeTimeout(r, module, h.TimeoutOffset)
@@ -133,7 +173,12 @@ func (h *ProbeHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		reject("%v", err)
 		return
 	}
-	debug := q.Get("debug") == "true"
+	h.probe(w, r, cfg, moduleName, module, target, timeout, start)
+}
+
+// probe runs an accepted /probe request and writes the answer.
+func (h *ProbeHandler) probe(w http.ResponseWriter, r *http.Request, cfg *config.Config, moduleName string, module *config.Module, target string, timeout time.Duration, start time.Time) {
+	debug := r.URL.Query().Get("debug") == "true"
 	ctx, cancel := context.WithTimeout(r.Context(), timeout)
 	defer cancel()
 
@@ -145,13 +190,8 @@ func (h *ProbeHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		debugLog = &logs
 	}
 	logger := probeLogger(debugLog, h.Logger.Handler())
-	logger.Info("probing", "module", moduleName, "target", target, "timeout", timeout)
-	opts := prober.Options{
-		Target: target, Source: h.Source, Count: module.Probes, Interval: time.Duration(module.Interval),
-		PayloadBytes: module.PayloadBytes, Timeout: timeout, MaxFrameBytes: h.MaxFrameBytes, Keys: h.Keys,
-		Clock: h.Clock, Dial: h.Dial, Names: h.Names, Logger: logger,
-	}
-	opts.AnnotateWarmup, opts.AnnotateAfter = sla.Annotation(module)
+	logger.Debug("probing", "module", moduleName, "target", target, "timeout", timeout)
+	opts := h.Options(module, target, timeout, logger)
 	res := prober.Run(ctx, opts)
 	verdicts := sla.Evaluate(res, module.SLA)
 	var extra Extra
@@ -162,33 +202,89 @@ func (h *ProbeHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !res.Success {
 		result = "failure"
 	}
-	logger.Info("probe done", "module", moduleName, "target", target, "result", result, "duration", res.Duration, "hops_reached", res.HopsReached)
+	logger.Debug("probe done", "module", moduleName, "target", target, "result", result, "duration", res.Duration, "hops_reached", res.HopsReached)
 	h.Metrics.Probed(moduleName, result, time.Since(start))
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(&collector.Probe{Result: res, Verdicts: verdicts, Extra: extra.Collect})
+	answer := answerPool.Get().(*bytes.Buffer)
+	defer answerPool.Put(answer)
+	answer.Reset()
+	e := collector.Exposition{OnError: h.Metrics.CollectError}
+	collector.WriteProbe(&e, res, verdicts)
+	if extra.Write != nil {
+		extra.Write(&e)
+	}
+	err := e.Err()
+	if err != nil {
+		h.Logger.Error("a metric of the /probe answer could not be built; please report it", "module", moduleName, "target", target, "err", err)
+	}
+	e.WriteTo(answer)
+	item := HistoryItem{Time: start, Module: moduleName, Target: target, Success: res.Success, Duration: time.Since(start), Answer: answer.String(), config: cfg}
+	if f := res.Failure; f != nil {
+		item.Failure = fmt.Sprintf("%s -> %s (%s)", f.From, f.To, f.Reason)
+	}
+	if debug {
+		item.Logs = logs.String()
+	}
+	h.History.Add(item)
 	if !debug {
-		// A /probe answer is a few KiB: compressing it costs more CPU than
-		// it saves (a fresh deflate state per answer).
-		promhttp.HandlerFor(reg, promhttp.HandlerOpts{DisableCompression: true}).ServeHTTP(w, r)
+		if err != nil {
+			// As promhttp does: an answer that would be incomplete is an
+			// error, visible as a failed scrape, never a silent gap.
+			http.Error(w, "the /probe answer could not be built (logged): "+err.Error(), http.StatusInternalServerError)
+			return
+		}
+		w.Header().Set("Content-Type", collector.ContentType)
+		w.Header().Set("Content-Length", strconv.Itoa(answer.Len()))
+		if _, err := w.Write(answer.Bytes()); err != nil {
+			h.Logger.Debug("client left before the answer was written", "err", err)
+		}
 		return
 	}
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	fmt.Fprintf(w, "Logs for the probe:\n%s\n", logs.String())
+	var out bytes.Buffer
+	fmt.Fprintf(&out, "Logs for the probe:\n%s\n", logs.String())
 	if extra.Debug != "" {
-		fmt.Fprintf(w, "SNMP context:\n%s\n", extra.Debug)
+		fmt.Fprintf(&out, "SNMP context:\n%s\n", extra.Debug)
 	}
-	fmt.Fprintf(w, "Metrics that would have been returned:\n")
-	mfs, err := reg.Gather()
+	out.WriteString("Metrics that would have been returned:\n")
 	if err != nil {
-		fmt.Fprintf(w, "gather: %v\n", err)
+		fmt.Fprintf(&out, "errors: %v\n", err)
 	}
-	for _, mf := range mfs {
-		if _, err := expfmt.MetricFamilyToText(w, mf); err != nil {
-			fmt.Fprintf(w, "render %s: %v\n", mf.GetName(), err)
-		}
+	out.Write(answer.Bytes())
+	fmt.Fprintf(&out, "\nModule configuration (secrets redacted):\n%s", cfg.Redacted(moduleName))
+	writeText(w, h.Logger, out.String())
+}
+
+// answerPool keeps answer buffers: an answer is a few KiB, written once.
+var answerPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// Options are the probe options of a target and module, for /probe and
+// for continuous probing alike.
+func (h *ProbeHandler) Options(module *config.Module, target string, timeout time.Duration, logger *slog.Logger) prober.Options {
+	opts := sla.ProbeOptions(module, target)
+	opts.Source, opts.Timeout, opts.MaxFrameBytes, opts.Keys = h.Source, timeout, h.MaxFrameBytes, h.Keys
+	opts.Clock, opts.Dial, opts.Names, opts.Logger = h.Clock, h.Dial, h.Names, logger
+	if opts.HTTP == nil {
+		// Relay chains use the relays' TLS; an http module brings its own.
+		opts.TLS = h.TLS
 	}
-	fmt.Fprintf(w, "\nModule configuration (secrets redacted):\n%s", cfg.Redacted(moduleName))
+	return opts
+}
+
+// writeText answers with plain text; a failed write means the client left,
+// which is worth a debug line and nothing more.
+func writeText(w http.ResponseWriter, log *slog.Logger, text string) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if _, err := io.WriteString(w, text); err != nil {
+		log.Debug("client left before the answer was written", "err", err)
+	}
+}
+
+// truncate keeps client-supplied text short in answers and logs.
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "…"
+	}
+	return s
 }
 
 func moduleNames(c *config.Config) string {
@@ -218,6 +314,10 @@ func scrapeTimeout(r *http.Request, m *config.Module, offset time.Duration) (tim
 	}
 	return timeout, nil
 }
+
+// DemotedLogger logs what a probe run logs at debug level of the process
+// log: a one-shot command's failure is its output, not a log line.
+func DemotedLogger(process *slog.Logger) *slog.Logger { return probeLogger(nil, process.Handler()) }
 
 // probeLogger is a probe's logger: everything into debugLog (when not
 // nil, for debug=true), and into the process log at debug level.

@@ -8,11 +8,15 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/url"
 	"os"
 	"os/signal"
+	"slices"
+	"strings"
 	"syscall"
 	"time"
 
@@ -20,12 +24,15 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	versioncollector "github.com/prometheus/client_golang/prometheus/collectors/version"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"github.com/prometheus/common/version"
 	"github.com/prometheus/exporter-toolkit/web"
 
 	"github.com/subsegment/subsegment_exporter/collector"
+	"github.com/subsegment/subsegment_exporter/config"
+	"github.com/subsegment/subsegment_exporter/continuous"
+	"github.com/subsegment/subsegment_exporter/peer"
 	"github.com/subsegment/subsegment_exporter/prober"
 	"github.com/subsegment/subsegment_exporter/relay"
+	"github.com/subsegment/subsegment_exporter/sla"
 	"github.com/subsegment/subsegment_exporter/snmp"
 )
 
@@ -49,8 +56,13 @@ type Config struct {
 	Listening func(relayAddr string)
 	// Inband are the relay's own variables attached to probes that ask.
 	Inband snmp.LocalOptions
+	// Pprof serves /debug/pprof/ (off by default: it exposes internals
+	// and can cost CPU on demand).
+	Pprof bool
 	// SNMPClient queries agents for context; nil uses gosnmp.
 	SNMPClient snmp.Client
+	// HistoryLimit is how many /probe runs the landing page lists.
+	HistoryLimit int
 }
 
 // Serve runs the relay (if configured) and the HTTP server until ctx ends.
@@ -63,7 +75,7 @@ func Serve(ctx context.Context, cfg Config) error {
 		versioncollector.NewCollector("subsegment_exporter"),
 	)
 	source := collector.NewSource(reg)
-	holder, err := NewConfigHolder(cfg.ConfigFile, source, logger)
+	holder, err := NewConfigHolder(cfg.ConfigFile, config.Limits{MaxFrameBytes: cfg.Relay.MaxFrameBytes, MaxHops: cfg.Relay.MaxHops}, source, logger)
 	if err != nil {
 		return err
 	}
@@ -72,7 +84,7 @@ func Serve(ctx context.Context, cfg Config) error {
 	errc := make(chan error, 2)
 	relayDone := make(chan struct{})
 	if cfg.ListenAddress != "" {
-		addr, err := relay.ListenAddress(cfg.ListenAddress)
+		addr, err := peer.ListenAddress(cfg.ListenAddress)
 		if err != nil {
 			return fmt.Errorf("--listen: %w", err)
 		}
@@ -116,7 +128,8 @@ func Serve(ctx context.Context, cfg Config) error {
 	}
 
 	probe := &ProbeHandler{
-		Config: holder, Source: cfg.Relay.Name, Keys: cfg.Relay.Keys, MaxFrameBytes: cfg.Relay.MaxFrameBytes,
+		History: NewHistory(cfg.HistoryLimit),
+		Config:  holder, Source: cfg.Relay.Name, Keys: cfg.Relay.Keys, MaxFrameBytes: cfg.Relay.MaxFrameBytes,
 		TimeoutOffset: cfg.TimeoutOffset, Clock: cfg.Relay.Clock, Metrics: source, Names: &prober.NameCache{}, Logger: logger,
 	}
 	client := cfg.SNMPClient
@@ -129,14 +142,23 @@ func Serve(ctx context.Context, cfg Config) error {
 	if cfg.Probe != nil {
 		cfg.Probe(probe)
 	}
-	mux, err := Routes(reg, holder, probe, logger)
+	manager := continuous.NewManager(continuous.NewMetrics(reg), func(target string, m *config.Module) prober.Options {
+		return probe.Options(m, target, time.Duration(m.Timeout), logger)
+	}, logger)
+	manager.SetContext(func(ctx context.Context, cfg *config.Config, m *config.Module, r *prober.Result) map[string]map[string]float64 {
+		return snmp.Investigate(ctx, querier, cfg, m, r, sla.Evaluate(r, m.SLA)).ByHop()
+	})
+	holder.OnLoad(manager.Apply)
+	defer manager.Stop()
+	exModule, exTarget := exampleProbe(holder.Get())
+	mux, err := Routes(reg, holder, probe, logger, RouteOptions{Pprof: cfg.Pprof, Module: exModule, Target: exTarget, Chains: manager.Snapshot, History: probe.History})
 	if err != nil {
 		return err
 	}
 	server := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		if err := web.ListenAndServe(server, cfg.Web, logger); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			errc <- fmt.Errorf("web server: %w", err)
+			errc <- webError(err, cfg.Web)
 		}
 	}()
 
@@ -165,35 +187,83 @@ loop:
 	return runErr
 }
 
-// Routes is the HTTP side: landing page with a probe form, /metrics,
-// /probe, /-/healthy, /-/reload and pprof.
-func Routes(reg *prometheus.Registry, holder *ConfigHolder, probe http.Handler, logger *slog.Logger) (*http.ServeMux, error) {
-	mux := http.NewServeMux()
-	landing, err := web.NewLandingPage(web.LandingConfig{
-		Name:        "Subsegment Exporter",
-		Description: "Which subsegment of a network path adds the delay",
-		Version:     version.Info(),
-		Profiling:   "true",
-		Form: web.LandingForm{
-			Action: "probe",
-			Inputs: []web.LandingFormInput{
-				{Label: "Target (first hop)", Type: "text", Name: "target", Placeholder: "host:port"},
-				{Label: "Module", Type: "text", Name: "module", Value: "default"},
-				{Label: "Debug", Type: "checkbox", Name: "debug", Value: "true"},
-			},
-		},
-		Links: []web.LandingLinks{
-			{Address: "metrics", Text: "Metrics", Description: "the exporter's and the relay's own metrics"},
-			{Address: "probe?target=127.0.0.1:9000&module=default&debug=true", Text: "Probe", Description: "an example probe with its log"},
-		},
-	})
-	if err != nil {
-		return nil, fmt.Errorf("landing page: %w", err)
+// webError says what to do when the HTTP port is taken: most often a
+// second relay on the host, started like the first.
+func webError(err error, flags *web.FlagConfig) error {
+	if !errors.Is(err, syscall.EADDRINUSE) {
+		return fmt.Errorf("web server: %w", err)
 	}
-	mux.Handle("/", landing)
+	addr := DefaultListenAddress
+	if flags != nil && flags.WebListenAddresses != nil && len(*flags.WebListenAddresses) > 0 {
+		addr = strings.Join(*flags.WebListenAddresses, ",")
+	}
+	return fmt.Errorf("web server: %w: another process serves HTTP on %s (another relay on this host?): give each process its own --web.listen-address, e.g. --web.listen-address=:9718", err, addr)
+}
+
+// RouteOptions are the optional parts of the HTTP side.
+type RouteOptions struct {
+	// Pprof serves /debug/pprof/.
+	Pprof bool
+	// Module and Target make the landing page's example probe link; no
+	// link without a target.
+	Module, Target string
+	// Chains are the continuously probed chains the landing page draws
+	// (nil: none).
+	Chains func() []continuous.EntryState
+	// History lists recent /probe runs (nil: none).
+	History *History
+}
+
+// exampleProbe picks a probe the landing page can link to: the first
+// target without a wildcard of the default module (else of any module).
+func exampleProbe(c *config.Config) (module, target string) {
+	if c == nil {
+		return "", ""
+	}
+	names := slices.Sorted(maps.Keys(c.Modules))
+	if i := slices.Index(names, "default"); i > 0 {
+		names = append([]string{"default"}, slices.Delete(names, i, i+1)...)
+	}
+	for _, name := range names {
+		for _, t := range c.Modules[name].Targets {
+			if !strings.Contains(t, "*") {
+				return name, t
+			}
+		}
+	}
+	return "", ""
+}
+
+func landingLinks(opts RouteOptions) []web.LandingLinks {
+	links := []web.LandingLinks{
+		{Address: "metrics", Text: "Metrics", Description: "the exporter's and the relay's own metrics"},
+		{Address: "config", Text: "Configuration", Description: "the loaded configuration file, secrets redacted"},
+		{Address: "api/v1/chains", Text: "Chains API", Description: "the continuously probed chains drawn below, as JSON"},
+	}
+	if opts.Target != "" {
+		q := url.Values{"target": {opts.Target}, "module": {opts.Module}, "debug": {"true"}}
+		links = append(links, web.LandingLinks{Address: "probe?" + q.Encode(), Text: "Probe", Description: "an example probe of " + opts.Target + " (module " + opts.Module + ") with its log"})
+	}
+	return links
+}
+
+// Routes is the HTTP side: landing page with a probe form, /metrics,
+// /probe, /-/healthy, /-/reload and, when enabled, pprof.
+func Routes(reg *prometheus.Registry, holder *ConfigHolder, probe http.Handler, logger *slog.Logger, opts RouteOptions) (*http.ServeMux, error) {
+	mux := http.NewServeMux()
+	chains := opts.Chains
+	if chains == nil {
+		chains = func() []continuous.EntryState { return nil }
+	}
+	page := &pageHandlers{chains: chains, history: opts.History, opts: opts, logger: logger}
+	mux.HandleFunc("/", page.landing)
+	mux.HandleFunc("/chains", page.fragment)
+	mux.HandleFunc("/api/v1/chains", page.api)
+	mux.HandleFunc("/probe/history", page.historyItem)
+	mux.Handle("/config", configPage(holder, logger))
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelError), EnableOpenMetrics: true}))
 	mux.Handle("/probe", probe)
-	mux.HandleFunc("/-/healthy", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "Healthy") })
+	mux.HandleFunc("/-/healthy", func(w http.ResponseWriter, _ *http.Request) { writeText(w, logger, "Healthy\n") })
 	mux.HandleFunc("/-/reload", func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodPost {
 			w.Header().Set("Allow", http.MethodPost)
@@ -204,12 +274,14 @@ func Routes(reg *prometheus.Registry, holder *ConfigHolder, probe http.Handler, 
 			http.Error(w, fmt.Sprintf("failed to reload config: %v", err), http.StatusInternalServerError)
 			return
 		}
-		fmt.Fprintln(w, "configuration reloaded")
+		writeText(w, logger, "configuration reloaded\n")
 	})
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	if opts.Pprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	return mux, nil
 }

@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"os/signal"
 	"slices"
@@ -30,12 +29,16 @@ import (
 	"github.com/subsegment/subsegment_exporter/demo"
 	"github.com/subsegment/subsegment_exporter/exporter"
 	"github.com/subsegment/subsegment_exporter/frame"
+	_ "github.com/subsegment/subsegment_exporter/internal/buildinfo" // the version of a plain `go build`
+	"github.com/subsegment/subsegment_exporter/internal/lowlatency"
 	"github.com/subsegment/subsegment_exporter/nagios"
+	"github.com/subsegment/subsegment_exporter/peer"
 	"github.com/subsegment/subsegment_exporter/prober"
 	"github.com/subsegment/subsegment_exporter/relay"
 	"github.com/subsegment/subsegment_exporter/report"
 	"github.com/subsegment/subsegment_exporter/snmp"
 	"github.com/subsegment/subsegment_exporter/stream"
+	"github.com/subsegment/subsegment_exporter/transport"
 )
 
 const name = "subsegment_exporter"
@@ -52,8 +55,12 @@ func main() {
 }
 
 func run(args []string) int {
+	// "@file" is not an argument file here: Nagios and Icinga pass ranges
+	// like @50:100 as separate arguments.
+	kingpin.EnableFileExpansion = false
 	app := kingpin.New(name, "Find which subsegment of a network path adds the delay: a TCP relay chain, a blackbox-style Prometheus exporter, a Nagios check and an mtr-like probe in one binary.")
 	app.Version(version.Print(name))
+	app.VersionFlag.Short('V')
 	app.HelpFlag.Short('h')
 	app.UsageWriter(os.Stdout)
 	var logConfig promslog.Config
@@ -63,14 +70,16 @@ func run(args []string) int {
 	var hop relayFlags
 	app.Flag("listen", "TCP address to listen on as a relay: host:port, *:port for all interfaces, [::1]:port. Without it the process is a pure source exporter (or, with --forward-to, the original stdin stream mode).").Short('l').StringVar(&hop.listen)
 	app.Flag("forward-to", "Next hop, host:port. A relay without it is the end of the chain and echoes every probe.").Short('f').StringVar(&hop.forwardTo)
-	app.Flag("timeout", "Timeout of each operation: a connect, a write, the wait for the next frame or a reply; for probe, each probe's round trip.").Short('t').Default("10s").DurationVar(&hop.timeout)
+	hop.timeout = relay.DefaultTimeout
+	durationVar(app.Flag("timeout", "Timeout of each operation: a connect, a write, the wait for the next frame or a reply; for probe, each probe's round trip; for check, the whole check. Seconds (5, 0.5) or with a unit (5s, 250ms).").Short('t').Default("10s"), &hop.timeout)
 	app.Flag("remove-perf-headers", "Remove the performance headers received from beyond this relay, in both directions (an administrative boundary: the source sees this relay as the last hop).").Short('r').BoolVar(&hop.removePerfHeaders)
-	app.Flag("stdin-block-size", "Stream mode: bytes of stdin per block (one performance header each).").Short('s').Default(fmt.Sprint(stream.DefaultBlockSize)).IntVar(&hop.blockSize)
-	app.Flag("relay.name", "This hop's name in records, segment labels and errors (letters, digits, '.', '-', '_').").Default(relay.DefaultName()).StringVar(&hop.name)
+	app.Flag("stdin-block-size", "Stream mode: bytes of stdin per block (one performance header each), 1 to 16777216.").Short('s').Default(fmt.Sprint(stream.DefaultBlockSize)).IntVar(&hop.blockSize)
+	app.Flag("relay.name", "This hop's name in records, segment labels and errors (letters, digits, '.', '-', '_'; at most 64). Default: the full host name.").Default(peer.DefaultName()).StringVar(&hop.name)
 	app.Flag("relay.auth-key-file", "File with the chain's shared HMAC-SHA256 key, one per line (a second line is accepted too, for a key rollover). With a key, every frame is signed and unsigned or forged frames are refused.").ExistingFileVar(&hop.keyFile)
-	app.Flag("relay.max-frame-bytes", "Largest frame accepted or sent.").Default(fmt.Sprint(frame.DefaultMaxFrameBytes)).IntVar(&hop.maxFrame)
+	app.Flag("relay.max-frame-bytes", "Largest frame accepted or sent (the default fits 16 MiB stream blocks; buffers over 64 KiB come from --relay.buffer-budget-bytes).").Default(fmt.Sprint(frame.DefaultMaxFrameBytes)).IntVar(&hop.maxFrame)
+	app.Flag("relay.buffer-budget-bytes", "Memory all connections together may hold in read buffers over 64 KiB (large stream blocks); a frame that does not fit is refused as overloaded.").Default(fmt.Sprint(frame.DefaultBufferBudget)).Int64Var(&hop.budget)
 	app.Flag("relay.max-hops", "Probes that already passed this many hops are refused (too_many_hops).").Default(fmt.Sprint(frame.DefaultMaxHops)).IntVar(&hop.maxHops)
-	app.Flag("relay.max-connections", "Concurrent upstream connections a relay accepts; more are answered 'overloaded' and closed.").Default(fmt.Sprint(relay.DefaultMaxConnections)).IntVar(&hop.maxConns)
+	app.Flag("relay.max-connections", "Concurrent upstream connections a relay serves. At the limit the oldest connection that has not sent a valid frame is closed to admit the new one; when every connection carries probes, the new one is answered 'overloaded' and closed.").Default(fmt.Sprint(relay.DefaultMaxConnections)).IntVar(&hop.maxConns)
 	app.Flag("relay.tls-cert-file", "This hop's TLS certificate (PEM): serve TLS to the upstream hop, and present it when dialing with TLS.").ExistingFileVar(&hop.tls.Cert)
 	app.Flag("relay.tls-key-file", "Key of --relay.tls-cert-file (PEM).").ExistingFileVar(&hop.tls.Key)
 	app.Flag("relay.tls-ca-file", "CA certificates (PEM): dial the next hop (a source: the first hop) with TLS and verify it against them.").ExistingFileVar(&hop.tls.CA)
@@ -81,47 +90,55 @@ func run(args []string) int {
 	serveCmd := app.Command("serve", "Run as relay (with --listen) and exporter; the default command, so the original invocation lines work unchanged.").Default()
 	webFlags := kingpinflag.AddFlags(serveCmd, exporter.DefaultListenAddress)
 	var so serveFlags
+	serveCmd.Flag("web.enable-pprof", "Serve Go profiling at /debug/pprof/ (off: it exposes internals and costs CPU on demand).").BoolVar(&so.pprof)
+	serveCmd.Flag("history.limit", "How many /probe runs the landing page lists, with their answers (0: none).").Default(fmt.Sprint(exporter.DefaultHistoryLimit)).IntVar(&so.historyLimit)
+	serveCmd.Flag("runtime.gomaxprocs", "Threads running Go code at once (GOMAXPROCS). 0: 1 for a pure source exporter (no --listen: its work is waiting, and one thread wakes for it with less CPU), Go's default (the CPUs available) for a relay.").Default("0").IntVar(&so.gomaxprocs)
 	serveCmd.Flag("inband.var", "A variable this relay attaches to probes that ask for context (repeatable): load1, load5, load15, an interface counter like if_in_errors:eth0 (if_in|out_bytes|packets|errors|drops), or name=OID of the local agent.").StringsVar(&so.inband.Specs)
 	serveCmd.Flag("inband.snmp-agent", "Local SNMP agent (host:port, v2c) for OID in-band variables.").StringVar(&so.inband.Agent)
 	serveCmd.Flag("inband.snmp-community-file", "File holding the local agent's community (default: public).").ExistingFileVar(&so.communityFile)
-	serveCmd.Flag("inband.refresh", "How old attached in-band values may be; they are read in the background.").Default("1s").DurationVar(&so.inband.Refresh)
+	so.inband.Refresh = time.Second
+	durationVar(serveCmd.Flag("inband.refresh", "How old attached in-band values may be; they are read in the background.").Default("1s"), &so.inband.Refresh)
 	serveCmd.Flag("config.file", "Modules for /probe (YAML). Without it /probe refuses every request.").StringVar(&so.configFile)
 	serveCmd.Flag("config.check", "Validate --config.file and exit (0 when valid).").BoolVar(&so.check)
-	serveCmd.Flag("probe.timeout-offset", "Taken off Prometheus' scrape timeout, so the /probe answer arrives in time.").Default(exporter.DefaultTimeoutOffset.String()).DurationVar(&so.timeoutOffset)
+	so.timeoutOffset = exporter.DefaultTimeoutOffset
+	durationVar(serveCmd.Flag("probe.timeout-offset", "Taken off Prometheus' scrape timeout, so the /probe answer arrives in time.").Default(exporter.DefaultTimeoutOffset.String()), &so.timeoutOffset)
 
 	probeCmd := app.Command("probe", "Probe a chain once and print one row per segment and per hop (mtr-like).")
 	var po probeFlags
-	probeCmd.Arg("target", "First hop of the chain, host:port.").Required().StringVar(&po.target)
+	probeCmd.Arg("target", "First hop of the chain, host:port; or a URL (http://, https://) to probe through the HTTP proxies in front of it.").Required().StringVar(&po.target)
 	probeCmd.Flag("count", "Measured probes (a warm-up probe that opens the connections comes first).").Default("5").IntVar(&po.count)
-	probeCmd.Flag("interval", "Pause between probes.").Default("200ms").DurationVar(&po.interval)
+	po.interval = 200 * time.Millisecond
+	durationVar(probeCmd.Flag("interval", "Pause between probes.").Default("200ms"), &po.interval)
 	probeCmd.Flag("payload-bytes", "Padding per probe (0 to 65536 bytes, within --relay.max-frame-bytes): large probes reveal MTU/MSS black holes.").Default("0").IntVar(&po.payload)
 	probeCmd.Flag("output", "Output format: table or json.").Default("table").EnumVar(&po.output, "table", "json")
 
 	checkCmd := app.Command("check", "Nagios-compatible check: probe the chain once; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (Monitoring Plugins guidelines).")
 	var co nagios.Options
-	checkCmd.Arg("target", "First hop of the chain, host:port.").Required().StringVar(&co.Target)
+	checkCmd.Arg("target", "First hop of the chain, host:port; or a URL (http://, https://) to probe through the HTTP proxies in front of it.").Required().StringVar(&co.Target)
 	checkCmd.Flag("config.file", "Modules file (probes, SLAs, SNMP context); without it module defaults apply.").StringVar(&co.ConfigFile)
 	checkCmd.Flag("module", "Module of --config.file to use.").Default("default").StringVar(&co.Module)
 	checkCmd.Flag("warning", "Warning range of every segment's rtt (median): 10, 10:, ~:10, 10:20, @10:20; milliseconds, or with ms, s, us.").Short('w').StringVar(&co.Warning)
-	checkCmd.Flag("critical", "Critical range of every segment's rtt, same syntax.").Short('c').StringVar(&co.Critical)
+	checkCmd.Flag("critical", "Critical range of every segment's rtt, same syntax. Without -w and -c, the module's SLAs are the critical thresholds.").Short('c').StringVar(&co.Critical)
 	checkCmd.Flag("segment", "Per-segment ranges, from:to=WARN,CRIT (repeatable; leave one empty to keep -w or -c).").StringsVar(&co.Segments)
+	checkCmd.Flag("verbose", "More detail in the long text (repeatable: -v hops, -vv the kernel's view).").Short('v').CounterVar(&co.Verbose)
 
 	sendCmd := app.Command("send", "Stream stdin through the chain (--forward-to) and write what comes back to stdout; timing statistics go to stderr.")
 
 	demoCmd := app.Command("demo", "Start a local chain on 127.0.0.1 with one slow segment and the exporter, print the probe report, and serve until Ctrl-C.")
 	var do demo.Options
 	demoCmd.Flag("demo.base-port", "First of the loopback ports the demo uses.").Default("19000").IntVar(&do.BasePort)
-	demoCmd.Flag("demo.delay", "Added round-trip time of the slow segment (b -> c).").Default("20ms").DurationVar(&do.Delay)
+	do.Delay = 20 * time.Millisecond
+	durationVar(demoCmd.Flag("demo.delay", "Added round-trip time of the slow segment (b -> c).").Default("20ms"), &do.Delay)
 
 	isCheck := slices.Contains(args, "check")
 	if isCheck {
-		// A plugin answers UNKNOWN (3) for --help and bad arguments, on stdout.
+		// A plugin answers UNKNOWN (3) for --help, -V and bad arguments, on stdout.
 		app.Terminate(func(int) { os.Exit(int(nagios.Unknown)) })
 	}
 	cmd, err := app.Parse(args)
 	if err != nil {
 		if isCheck {
-			return int(nagios.WriteUnknown(os.Stdout, "%v (try check --help)", err))
+			return pluginOutput(nagios.Unknown, nagios.UnknownText("%v (try check --help)", err))
 		}
 		fmt.Fprintf(os.Stderr, "%s: %v (try --help)\n", name, err)
 		return exitUsage
@@ -136,7 +153,7 @@ func run(args []string) int {
 	}
 	if err != nil {
 		if cmd == checkCmd.FullCommand() {
-			return int(nagios.WriteUnknown(os.Stdout, "%v", err))
+			return pluginOutput(nagios.Unknown, nagios.UnknownText("%v", err))
 		}
 		fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
 		return exitUsage
@@ -148,16 +165,14 @@ func run(args []string) int {
 			return send(ctx, hop, keys, logger)
 		}
 		if so.check {
-			return checkConfig(so.configFile)
+			return checkConfig(so.configFile, hop)
 		}
 		return serve(ctx, hop, keys, so, webFlags, logger)
 	case probeCmd.FullCommand():
 		return probe(ctx, hop, keys, po, os.Stdout, logger)
 	case checkCmd.FullCommand():
-		co.Source, co.Timeout, co.Keys, co.MaxFrameBytes, co.Dial = hop.name, hop.timeout, keys, hop.maxFrame, hop.sourceDial()
-		state, out := nagios.Run(ctx, co)
-		fmt.Fprint(os.Stdout, out)
-		return int(state)
+		co.Source, co.Timeout, co.Keys, co.MaxFrameBytes, co.MaxHops, co.TLS = hop.name, hop.timeout, keys, hop.maxFrame, hop.maxHops, hop.tlsClient
+		return pluginOutput(nagios.Run(ctx, co))
 	case sendCmd.FullCommand():
 		return send(ctx, hop, keys, logger)
 	case demoCmd.FullCommand():
@@ -176,14 +191,24 @@ func run(args []string) int {
 	return exitUsage
 }
 
+// pluginOutput writes a plugin's answer on stdout; when even that fails,
+// the state is UNKNOWN (and there is nowhere left to say why).
+func pluginOutput(state nagios.State, out string) int {
+	if _, err := io.WriteString(os.Stdout, out); err != nil {
+		return int(nagios.Unknown)
+	}
+	return int(state)
+}
+
 type relayFlags struct {
 	listen, forwardTo, name, keyFile, engine string
-	tls                                      relay.TLSFiles
+	tls                                      transport.TLSFiles
 	tlsServer, tlsClient                     *tls.Config
 	timeout                                  time.Duration
 	removePerfHeaders                        bool
 	blockSize                                int
 	maxFrame, maxHops, maxConns              int
+	budget                                   int64
 }
 
 func (f relayFlags) keys() (frame.Keys, error) {
@@ -201,7 +226,12 @@ type probeFlags struct {
 
 func probe(ctx context.Context, hop relayFlags, keys frame.Keys, po probeFlags, out io.Writer, logger *slog.Logger) int {
 	o := prober.Options{Target: po.target, Source: hop.name, Count: po.count, Interval: po.interval, PayloadBytes: po.payload,
-		Timeout: hop.timeout, MaxFrameBytes: hop.maxFrame, Keys: keys, Logger: logger, Dial: hop.sourceDial()}
+		Timeout: hop.timeout, MaxFrameBytes: hop.maxFrame, Keys: keys, Logger: exporter.DemotedLogger(logger), TLS: hop.tlsClient}
+	if peer.IsHTTPTarget(po.target) {
+		// A URL: the chain of HTTP proxies in front of it, with the
+		// defaults of an http module (GET, any 2xx).
+		o.HTTP = &prober.HTTPOptions{}
+	}
 	if err := o.Validate(); err != nil {
 		fmt.Fprintf(os.Stderr, "%s probe: %v\n", name, err)
 		return exitUsage
@@ -225,42 +255,49 @@ func probe(ctx context.Context, hop relayFlags, keys frame.Keys, po probeFlags, 
 func (f relayFlags) relayConfig(keys frame.Keys) relay.Config {
 	return relay.Config{Name: f.name, ForwardTo: f.forwardTo, Timeout: f.timeout, RemovePerfHeaders: f.removePerfHeaders,
 		MaxFrameBytes: f.maxFrame, MaxHops: f.maxHops, MaxConnections: f.maxConns, Keys: keys, Engine: f.engine,
-		TLS: f.tlsServer, DialTLS: f.tlsClient}
-}
-
-// sourceDial is how a source (probe, send, check, /probe) reaches the
-// first hop: with TLS when --relay.tls-ca-file is set.
-func (f relayFlags) sourceDial() func(ctx context.Context, address string) (net.Conn, error) {
-	if f.tlsClient == nil {
-		return nil
-	}
-	return relay.DialTLS(f.tlsClient)
+		TLS: f.tlsServer, DialTLS: f.tlsClient, BufferBudget: f.budget}
 }
 
 type serveFlags struct {
 	configFile    string
 	check         bool
+	pprof         bool
+	gomaxprocs    int
+	historyLimit  int
 	timeoutOffset time.Duration
 	inband        snmp.LocalOptions
 	communityFile string
 }
 
-func checkConfig(path string) int {
+func checkConfig(path string, hop relayFlags) int {
 	if path == "" {
 		fmt.Fprintf(os.Stderr, "%s: --config.check needs --config.file\n", name)
 		return exitUsage
 	}
-	c, err := config.Load(path)
+	c, err := config.Load(path, config.Limits{MaxFrameBytes: hop.maxFrame, MaxHops: hop.maxHops})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
 		return exitBroken
 	}
-	fmt.Printf("%s: %s is valid: %d modules\n", name, path, len(c.Modules))
+	n := len(c.Modules)
+	modules := "modules"
+	if n == 1 {
+		modules = "module"
+	}
+	fmt.Printf("%s: %s is valid: %d %s\n", name, path, n, modules)
 	return exitOK
 }
 
 func serve(ctx context.Context, hop relayFlags, keys frame.Keys, so serveFlags, webFlags *web.FlagConfig, logger *slog.Logger) int {
-	logger.Info("starting "+name, "version", version.Info(), "build_context", version.BuildContext())
+	if hop.listen != "" && hop.engine == relay.EngineEpoll && hop.tlsServer == nil && hop.tlsClient == nil {
+		// The epoll engine waits like a C program only without async
+		// preemption: this re-executes the process when it is on.
+		if err := lowlatency.Ensure(); err != nil {
+			logger.Warn("relay runs with async preemption on: slower to answer on a busy CPU", "err", err)
+		}
+	}
+	procs := lowlatency.Procs(so.gomaxprocs, hop.listen != "")
+	logger.Info("starting "+name, "version", version.Info(), "build_context", version.BuildContext(), "async_preemption_off", lowlatency.Active(), "gomaxprocs", procs)
 	so.inband.Community = "public"
 	if so.communityFile != "" {
 		b, err := os.ReadFile(so.communityFile)
@@ -271,8 +308,8 @@ func serve(ctx context.Context, hop relayFlags, keys frame.Keys, so serveFlags, 
 		so.inband.Community = strings.TrimSpace(string(b))
 	}
 	err := exporter.Serve(ctx, exporter.Config{ListenAddress: hop.listen, Relay: hop.relayConfig(keys), ConfigFile: so.configFile,
-		TimeoutOffset: so.timeoutOffset, Web: webFlags, Logger: logger, Inband: so.inband,
-		Probe: func(p *exporter.ProbeHandler) { p.Dial = hop.sourceDial() }})
+		TimeoutOffset: so.timeoutOffset, Web: webFlags, Logger: logger, Inband: so.inband, Pprof: so.pprof, HistoryLimit: so.historyLimit,
+		Probe: func(p *exporter.ProbeHandler) { p.TLS = hop.tlsClient }})
 	if err != nil {
 		logger.Error("stopped", "err", err)
 		return exitBroken
@@ -282,9 +319,11 @@ func serve(ctx context.Context, hop relayFlags, keys frame.Keys, so serveFlags, 
 
 func send(ctx context.Context, hop relayFlags, keys frame.Keys, logger *slog.Logger) int {
 	res, err := stream.Send(ctx, os.Stdin, os.Stdout, stream.Options{ForwardTo: hop.forwardTo, Source: hop.name, BlockSize: hop.blockSize,
-		Timeout: hop.timeout, MaxFrameBytes: hop.maxFrame, Keys: keys, Logger: logger, Dial: hop.sourceDial()})
+		Timeout: hop.timeout, MaxFrameBytes: hop.maxFrame, Keys: keys, Logger: exporter.DemotedLogger(logger), TLS: hop.tlsClient})
 	if res != nil {
-		stream.WriteStats(os.Stderr, res)
+		if werr := stream.WriteStats(os.Stderr, res); werr != nil && err == nil {
+			err = werr
+		}
 	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "%s send: %v\n", name, err)

@@ -5,10 +5,12 @@ package chaintest
 import (
 	"context"
 	"net"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/subsegment/subsegment_exporter/frame"
 	"github.com/subsegment/subsegment_exporter/internal/delayproxy"
 	"github.com/subsegment/subsegment_exporter/relay"
 )
@@ -183,7 +185,9 @@ func Echo(t testing.TB) string {
 				defer c.Close()
 				buf := make([]byte, 64<<10)
 				for {
-					c.SetDeadline(time.Now().Add(30 * time.Second))
+					if c.SetDeadline(time.Now().Add(30*time.Second)) != nil {
+						return
+					}
 					n, err := c.Read(buf)
 					if n > 0 {
 						if _, werr := c.Write(buf[:n]); werr != nil {
@@ -221,4 +225,66 @@ func smallBuffers(_, _ string, c syscall.RawConn) error {
 		return err
 	}
 	return serr
+}
+
+// Scripted is an end host that answers every request with what answer
+// builds from it: a misbehaving or hostile hop, for tests of what the
+// chain makes of bytes nobody should send. It returns its address.
+func Scripted(t testing.TB, answer func(req []byte, v frame.View) []byte) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	var conns sync.WaitGroup
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				conns.Wait()
+				return
+			}
+			conns.Add(1)
+			go func() {
+				defer conns.Done()
+				defer c.Close()
+				r := frame.NewReader(c, frame.DefaultMaxFrameBytes)
+				defer r.Release()
+				for i := 0; i < 100000; i++ {
+					_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+					if err := r.Fill(); err != nil {
+						return
+					}
+					for {
+						fr, err := r.Next()
+						if err != nil || fr == nil {
+							break
+						}
+						v, err := frame.Parse(fr, frame.DefaultMaxFrameBytes, frame.MaxHopsLimit)
+						if err != nil {
+							return
+						}
+						if _, err := c.Write(answer(fr, v)); err != nil {
+							return
+						}
+					}
+				}
+			}()
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); <-done })
+	return ln.Addr().String()
+}
+
+// EndRecord is a plausible end host's record, for Scripted hops to alter.
+func EndRecord(name string) frame.HopRecord {
+	return frame.HopRecord{ID: 0x5c0ffee, Name: name, Flags: frame.RecEnd, Forward: 20 * time.Microsecond}
+}
+
+// Reply answers req with the given raw records (count of them), unsigned.
+func Reply(v frame.View, req []byte, records []byte, count int) []byte {
+	p := v.Probe
+	return frame.AppendReply(nil, v.Header.Kind.ReplyKind(), p, v.Data(req), records, count, nil)
 }
