@@ -15,9 +15,15 @@
     // Window of the rtt average the SLA alert compares with the SLA, and
     // how far back it looks for the SNMP context of a violation.
     rttWindow: '5m',
+    // Window of the continuous probes' quantiles (recording rules, the
+    // p99 alert) and how long its p99 must stay over the SLA.
+    continuousWindow: '5m',
+    continuousP99For: '10m',
+    continuousBrokenFor: '2m',
     contextWindow: '15m',
 
     dashboardUID: 'subsegment-chain',
+    continuousDashboardUID: 'subsegment-continuous',
     dashboardTags: ['subsegment'],
     dashboardRefresh: '30s',
   },

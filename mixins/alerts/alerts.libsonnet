@@ -8,6 +8,13 @@ local contextQuery =
   '{{ $sep }}{{ $k }} on {{ $s.Labels.hop }} was {{ $v }}{{ if eq $s.Labels.source "inband" }} (in band){{ end }}{{ $sep = ", " }}' +
   '{{ end }}{{ end }}{{ end }}{{ else }}none recorded{{ end }}';
 
+// The same for a hop over its residence SLA: its own values (from/to empty).
+local hopContextQuery =
+  '{{ $sep := "" }}{{ with printf `last_over_time(subsegment_sla_violation_info{job="%%s",instance="%%s",hop="%%s",from=""}[%(window)s])` $labels.job $labels.instance $labels.hop | query }}' +
+  '{{ range $s := . }}{{ range $k, $v := $s.Labels }}{{ if and (ne $v "") (not (match "^(__name__|job|instance|from|to|hop|source|module)$" $k)) }}' +
+  '{{ $sep }}{{ $k }} was {{ $v }}{{ if eq $s.Labels.source "inband" }} (in band){{ end }}{{ $sep = ", " }}' +
+  '{{ end }}{{ end }}{{ end }}{{ else }}none recorded{{ end }}';
+
 {
   prometheusAlerts+:: {
     local c = $._config,
@@ -28,6 +35,21 @@ local contextQuery =
               summary: 'Segment {{ $labels.from }} -> {{ $labels.to }} of chain {{ $labels.instance }} is over its SLA.',
               description: 'The %(rttWindow)s average rtt of segment {{ $labels.from }} -> {{ $labels.to }} (chain {{ $labels.instance }}) is {{ $value | humanizeDuration }}, over its SLA of {{ with printf `subsegment_segment_sla_seconds{job="%%s",instance="%%s",from="%%s",to="%%s"}` $labels.job $labels.instance $labels.from $labels.to | query }}{{ . | first | value | humanizeDuration }}{{ end }}. Context: ' % c + (contextQuery % { window: c.contextWindow }) + '.',
               context: contextQuery % { window: c.contextWindow },
+            },
+          },
+          {
+            alert: 'SubsegmentHopResidenceExceeded',
+            expr: |||
+              hop:subsegment_hop_residence_seconds:avg%(rttWindow)s{%(probeSelector)s}
+                > on (job, instance, hop)
+              subsegment_hop_sla_seconds{%(probeSelector)s}
+            ||| % c,
+            'for': c.slaExceededFor,
+            labels: { severity: 'warning' },
+            annotations: {
+              summary: 'Hop {{ $labels.hop }} of chain {{ $labels.instance }} holds probes longer than its SLA.',
+              description: 'The %(rttWindow)s average residence of hop {{ $labels.hop }} (chain {{ $labels.instance }}) is {{ $value | humanizeDuration }}, over its SLA of {{ with printf `subsegment_hop_sla_seconds{job="%%s",instance="%%s",hop="%%s"}` $labels.job $labels.instance $labels.hop | query }}{{ . | first | value | humanizeDuration }}{{ end }}: the host is slow to handle them (waiting for a CPU counts). Context: ' % c + (hopContextQuery % { window: c.contextWindow }) + '.',
+              context: hopContextQuery % { window: c.contextWindow },
             },
           },
           {
@@ -62,6 +84,34 @@ local contextQuery =
             annotations: {
               summary: 'Hop {{ $labels.hop }} of chain {{ $labels.instance }} has no synchronised clock.',
               description: "Hop {{ $labels.hop }}'s clock is not synchronised (adjtimex reports STA_UNSYNC): one-way delays of its segments are unavailable. Round trips are unaffected.",
+            },
+          },
+          {
+            alert: 'SubsegmentContinuousP99OverSLA',
+            expr: |||
+              from_to:subsegment_continuous_segment_rtt_seconds:p99_%(continuousWindow)s{%(exporterSelector)s}
+                > on (job, instance, target, module, from, to)
+              subsegment_continuous_segment_sla_seconds{%(exporterSelector)s}
+            ||| % c,
+            'for': c.continuousP99For,
+            labels: { severity: 'warning' },
+            annotations: {
+              summary: 'Segment p99 over its SLA between scrapes.',
+              description: 'The %(continuousWindow)s p99 of continuous probes on segment {{ $labels.from }} -> {{ $labels.to }} (chain {{ $labels.target }}, module {{ $labels.module }}, from {{ $labels.instance }}) is {{ $value | humanizeDuration }}, over its SLA of {{ with printf `subsegment_continuous_segment_sla_seconds{job="%%s",instance="%%s",target="%%s",module="%%s",from="%%s",to="%%s"}` $labels.job $labels.instance $labels.target $labels.module $labels.from $labels.to | query }}{{ . | first | value | humanizeDuration }}{{ end }}: spikes the scrapes\' medians do not show.' % c,
+            },
+          },
+          {
+            alert: 'SubsegmentContinuousBroken',
+            expr: |||
+              sum by (job, instance, target, module) (rate(subsegment_continuous_probes_total{%(exporterSelector)s,result="success"}[%(continuousBrokenFor)s])) == 0
+                and on (job, instance, target, module)
+              sum by (job, instance, target, module) (rate(subsegment_continuous_probes_total{%(exporterSelector)s,result="failure"}[%(continuousBrokenFor)s])) > 0
+            ||| % c,
+            'for': c.continuousBrokenFor,
+            labels: { severity: 'critical' },
+            annotations: {
+              summary: 'Continuous probes of a chain all fail.',
+              description: 'No continuous probe of chain {{ $labels.target }} (module {{ $labels.module }}, from {{ $labels.instance }}) came back for %(continuousBrokenFor)s; subsegment_continuous_segment_failures_total says where and why.' % c,
             },
           },
           {
