@@ -5,11 +5,15 @@
 #   rtt      small-probe round trip through 3 relays + an echo end:
 #            ours vs haproxy (mode tcp) vs socat; p50 and p99
 #   stream   bytes/s of the stdin stream mode vs a socat chain
-#   probe    CPU per /probe (1-relay chain) vs prometheus-blackbox-exporter
-#            tcp probe, and 500 concurrent /probe against a 3-relay chain
+#   http     CPU per /probe of an http module (HAProxy -> nginx) vs
+#            prometheus-blackbox-exporter's http probe of the same URL
+#   continuous  CPU and memory of 1000 continuous entries at 1 s
+#   probe    CPU per /probe with the default module (1-relay chain) vs
+#            prometheus-blackbox-exporter's tcp probe, at the same paced
+#            rates, and 500 concurrent /probe against a 3-relay chain
 #
-# Usage: bench/run.sh [rtt|stream|probe ...]   (default: all)
-# Env:   ROUNDS (10), RTT_N (2000), STREAM_MB (256), BENCH_BASE_PORT (29000)
+# Usage: bench/run.sh [rtt|stream|probe|http|continuous ...]   (default: all)
+# Env:   ROUNDS (10), RTT_N (2000), STREAM_MB (256), PROBE_N (200), BENCH_BASE_PORT (29000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -34,7 +38,7 @@ trap cleanup EXIT
 log() { echo "$*" | tee -a "$OUT"; }
 start() { "$@" >>"$WORK/procs.log" 2>&1 & PIDS+=($!); }
 
-for tool in haproxy socat prometheus-blackbox-exporter; do
+for tool in haproxy socat prometheus-blackbox-exporter nginx; do
   command -v "$tool" >/dev/null || { echo "bench: $tool missing: run 'make bench-deps' (as root)"; exit 1; }
 done
 [ -x "$BIN" ] || { echo "bench: $BIN missing: run 'make build'"; exit 1; }
@@ -53,14 +57,14 @@ wait_port() {
 median() { sort -n | awk '{a[NR]=$1} END {if (NR==0) print "nan"; else if (NR%2) print a[(NR+1)/2]; else printf "%.1f\n", (a[NR/2]+a[NR/2+1])/2}'; }
 
 ours_chain() { # ours: client -> b(B+1) -> c(B+2) -> d(B+3) -> z(B+4, echo end)
-  start "$BIN" --listen 127.0.0.1:$((B+4)) --relay.name z --web.listen-address 127.0.0.1:$((B+104))
-  start "$BIN" --listen 127.0.0.1:$((B+3)) --forward-to 127.0.0.1:$((B+4)) --relay.name d --web.listen-address 127.0.0.1:$((B+103))
-  start "$BIN" --listen 127.0.0.1:$((B+2)) --forward-to 127.0.0.1:$((B+3)) --relay.name c --web.listen-address 127.0.0.1:$((B+102))
-  start "$BIN" --listen 127.0.0.1:$((B+1)) --forward-to 127.0.0.1:$((B+2)) --relay.name b --web.listen-address 127.0.0.1:$((B+101))
+  start env ${RELAY_ENV:-X=1} "$BIN" --listen 127.0.0.1:$((B+4)) --relay.name z --relay.max-connections 4096 --web.listen-address 127.0.0.1:$((B+104))
+  start env ${RELAY_ENV:-X=1} "$BIN" --listen 127.0.0.1:$((B+3)) --forward-to 127.0.0.1:$((B+4)) --relay.name d --web.listen-address 127.0.0.1:$((B+103))
+  start env ${RELAY_ENV:-X=1} "$BIN" --listen 127.0.0.1:$((B+2)) --forward-to 127.0.0.1:$((B+3)) --relay.name c --web.listen-address 127.0.0.1:$((B+102))
+  start env ${RELAY_ENV:-X=1} "$BIN" --listen 127.0.0.1:$((B+1)) --forward-to 127.0.0.1:$((B+2)) --relay.name b --web.listen-address 127.0.0.1:$((B+101))
   wait_port $((B+1))
 }
 
-plain_chains() { # haproxy (B+11..13) and socat (B+21..23, B+31..33 with -b 512), all ending at one echo (B+14)
+plain_chains() { # haproxy (B+11..13) and socat (B+21..23; B+31..33 with -b 512; B+41..43 with -b 1048576), all ending at one echo (B+14)
   start "$WORK/benchclient" -mode echo -target 127.0.0.1:$((B+14))
   for i in 1 2 3; do
     next=$((B+11+i)); [ "$i" = 3 ] && next=$((B+14))
@@ -85,8 +89,10 @@ EOF
     start socat TCP-LISTEN:$((B+20+i)),bind=127.0.0.1,fork,reuseaddr TCP:127.0.0.1:$next
     next=$((B+31+i)); [ "$i" = 3 ] && next=$((B+14))
     start socat -b 512 TCP-LISTEN:$((B+30+i)),bind=127.0.0.1,fork,reuseaddr TCP:127.0.0.1:$next
+    next=$((B+41+i)); [ "$i" = 3 ] && next=$((B+14))
+    start socat -b 1048576 TCP-LISTEN:$((B+40+i)),bind=127.0.0.1,fork,reuseaddr TCP:127.0.0.1:$next
   done
-  wait_port $((B+11)); wait_port $((B+21)); wait_port $((B+31))
+  wait_port $((B+11)); wait_port $((B+21)); wait_port $((B+31)); wait_port $((B+41))
 }
 
 bench_rtt() {
@@ -97,8 +103,8 @@ bench_rtt() {
     "$WORK/benchclient" -mode rtt -proto raw -size 64 -target 127.0.0.1:$((B+21)) -n "$RTT_N" | sed 's/^/socat /' >>"$WORK/rtt"
   done
   for who in ours haproxy socat; do
-    p50=$(grep "^$who " "$WORK/rtt" | sed 's/.*p50_us=\([0-9.]*\).*/\1/' | median)
-    p99=$(grep "^$who " "$WORK/rtt" | sed 's/.*p99_us=\([0-9.]*\).*/\1/' | median)
+    p50=$(grep "^$who " "$WORK/rtt" | sed 's/^[a-z]* p50_us=\([0-9.]*\) .*/\1/' | median)
+    p99=$(grep "^$who " "$WORK/rtt" | sed 's/.* p99_us=\([0-9.]*\) .*/\1/' | median)
     eval "${who}_p50=$p50; ${who}_p99=$p99"
     log "$(printf '  %-8s p50 %7.1f us   p99 %7.1f us   (median of %s rounds)' "$who" "$p50" "$p99" "$ROUNDS")"
   done
@@ -108,64 +114,86 @@ bench_rtt() {
 bench_stream() {
   log "== stream: ${STREAM_MB} MiB through 3 relays and back, $ROUNDS rounds, MB/s (median)"
   head -c $((STREAM_MB << 20)) /dev/urandom >"$WORK/input"
+  # Byte-exact once per block size, untimed; the timed runs then discard
+  # what comes back, as the socat client does (writing 256 MiB to a file
+  # inside the timed run cost ours a third of its figure at 1 MiB blocks).
+  for s in 512 8192 32768 1048576; do
+    "$BIN" send -f 127.0.0.1:$((B+1)) -s $s --relay.name a <"$WORK/input" 2>"$WORK/send.err" >"$WORK/output" ||
+      { echo "bench: send failed"; cat "$WORK/send.err"; exit 1; }
+    cmp -s "$WORK/input" "$WORK/output" || { echo "bench: send output differs from its input at $s-byte blocks"; exit 1; }
+  done
+  rm -f "$WORK/output"
   for r in $(seq 1 "$ROUNDS"); do
-    for s in 512 8192 32768; do
-      "$BIN" send -f 127.0.0.1:$((B+1)) -s $s --relay.name a <"$WORK/input" 2>"$WORK/send.err" >"$WORK/output" ||
+    for s in 512 8192 32768 1048576; do
+      "$BIN" send -f 127.0.0.1:$((B+1)) -s $s --relay.name a <"$WORK/input" 2>"$WORK/send.err" >/dev/null ||
         { echo "bench: send failed"; cat "$WORK/send.err"; exit 1; }
-      cmp -s "$WORK/input" "$WORK/output" || { echo "bench: send output differs from its input"; exit 1; }
       echo "ours-$s $(head -1 "$WORK/send.err" | sed 's/.*s, \([0-9.]*\) MB\/s/\1/')" >>"$WORK/stream"
     done
     echo "socat-8192 $("$WORK/benchclient" -mode stream -target 127.0.0.1:$((B+21)) -input "$WORK/input" -block 8192 | sed 's/.*mbps=//')" >>"$WORK/stream"
     echo "socat-512 $("$WORK/benchclient" -mode stream -target 127.0.0.1:$((B+31)) -input "$WORK/input" -block 512 | sed 's/.*mbps=//')" >>"$WORK/stream"
+    echo "socat-1048576 $("$WORK/benchclient" -mode stream -target 127.0.0.1:$((B+41)) -input "$WORK/input" -block 1048576 | sed 's/.*mbps=//')" >>"$WORK/stream"
   done
-  for who in ours-512 socat-512 ours-8192 socat-8192 ours-32768; do
+  for who in ours-512 socat-512 ours-8192 socat-8192 ours-32768 ours-1048576 socat-1048576; do
     v=$(grep "^$who " "$WORK/stream" | awk '{print $2}' | median)
     eval "$(echo "$who" | tr '-' '_')=$v"
     log "$(printf '  %-11s %7.1f MB/s' "$who" "$v")"
   done
-  log "$(awk -v a="$ours_512" -v b="$socat_512" -v c="$ours_8192" -v d="$socat_8192" 'BEGIN {printf "  ours/socat: %.2fx at 512-byte blocks, %.2fx at 8192 (target >= 1.0x)", a/b, c/d}')"
+  log "$(awk -v a="$ours_512" -v b="$socat_512" -v c="$ours_8192" -v d="$socat_8192" -v e="$ours_1048576" -v f="$socat_1048576" 'BEGIN {printf "  ours/socat: %.2fx at 512-byte blocks, %.2fx at 8192, %.2fx at 1 MiB (targets: >= 1.5x at 8192, >= 1.0x at 1 MiB)", a/b, c/d, e/f}')"
 }
 
-# cpu_ticks PID: user+system CPU of a process, in clock ticks.
-cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+# cpu_us PID: CPU time of every thread of a process, in microseconds
+# (schedstat's run time: exact, where /proc/PID/stat counts whole ticks).
+cpu_us() { cat /proc/"$1"/task/*/schedstat | awk '{s += $1} END {printf "%d\n", s / 1000}'; }
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 
 bench_probe() {
-  PROBE_N=${PROBE_N:-2000}
-  printf '%s\n' 'modules:' \
-    '  one: {probes: 1, interval: 1ms, timeout: 5s, targets: ["127.0.0.1:*"]}' \
-    '  three: {probes: 3, interval: 1ms, timeout: 5s, targets: ["127.0.0.1:*"]}' >"$WORK/subsegment.yml"
+  PROBE_N=${PROBE_N:-200}
+  # The module users run: every setting at its default (3 probes after a
+  # warm-up, 50 ms apart), as blackbox_exporter's tcp module is.
+  printf '%s\n' 'modules:' '  default: {targets: ["127.0.0.1:*"]}' >"$WORK/subsegment.yml"
   printf '%s\n' 'modules:' '  tcp_connect: {prober: tcp, timeout: 5s}' >"$WORK/blackbox.yml"
   "$BIN" --relay.name a --config.file "$WORK/subsegment.yml" --web.listen-address 127.0.0.1:$((B+200)) >>"$WORK/procs.log" 2>&1 &
   local ours=$!; PIDS+=($ours)
   prometheus-blackbox-exporter --config.file "$WORK/blackbox.yml" --web.listen-address 127.0.0.1:$((B+201)) >>"$WORK/procs.log" 2>&1 &
   local bb=$!; PIDS+=($bb)
   wait_port $((B+200)); wait_port $((B+201))
-  local tick; tick=$(getconf CLK_TCK)
-  log "== probe: CPU per /probe against a 1-relay chain (our end host at :$((B+4))), $PROBE_N sequential requests, $ROUNDS rounds (median)"
+  # Both exporters get the same paced requests: one at a time, 10 a second
+  # (each request finds the exporter idle, as a scrape does), and 100 a
+  # second, up to 20 at a time (an exporter probing many targets).
+  log "== probe: exporter CPU per /probe, default module, against a 1-relay chain (our end host at :$((B+4))); $PROBE_N requests per run (x5 at 100/s), $ROUNDS alternating rounds (median)"
   for r in $(seq 1 "$ROUNDS"); do
-    for who in bb one three; do
-      case $who in
-        bb) pid=$bb; url="http://127.0.0.1:$((B+201))/probe?module=tcp_connect&target=127.0.0.1:$((B+4))" ;;
-        *) pid=$ours; url="http://127.0.0.1:$((B+200))/probe?module=$who&target=127.0.0.1:$((B+4))" ;;
-      esac
-      c0=$(cpu_ticks $pid)
-      res=$("$WORK/benchclient" -mode http -target "$url" -n "$PROBE_N" -c 1)
-      c1=$(cpu_ticks $pid)
-      case "$res" in *"failed=0 "*) ;; *) echo "bench: /probe failures: $res"; exit 1 ;; esac
-      echo "$who $(awk -v d=$((c1-c0)) -v n="$PROBE_N" -v hz="$tick" 'BEGIN {printf "%.1f", d/hz/n*1e6}')" >>"$WORK/probecpu"
+    for load in idle busy; do
+      case $load in idle) args="-n $PROBE_N -c 1 -rate 10" ;; busy) args="-n $((PROBE_N * 5)) -c 20 -rate 100" ;; esac
+      for conn in keepalive newconn; do
+        nc=""; [ "$conn" = newconn ] && nc=-newconn
+        for who in bb ours; do
+          case $who in
+            bb) pid=$bb; url="http://127.0.0.1:$((B+201))/probe?module=tcp_connect&target=127.0.0.1:$((B+4))" ;;
+            ours) pid=$ours; url="http://127.0.0.1:$((B+200))/probe?target=127.0.0.1:$((B+4))" ;;
+          esac
+          c0=$(cpu_us $pid)
+          # shellcheck disable=SC2086
+          res=$("$WORK/benchclient" -mode http -target "$url" $args $nc)
+          c1=$(cpu_us $pid)
+          case "$res" in *"failed=0 "*) ;; *) echo "bench: /probe failures: $res"; exit 1 ;; esac
+          n=$(echo "$res" | sed 's/ok=\([0-9]*\).*/\1/')
+          echo "$load-$conn-$who $(( (c1 - c0) / n ))" >>"$WORK/probecpu"
+        done
+      done
     done
   done
-  for who in bb one three; do
-    v=$(grep "^$who " "$WORK/probecpu" | awk '{print $2}' | median)
-    eval "cpu_$who=$v"
+  for load in idle busy; do
+    for conn in keepalive newconn; do
+      b=$(grep "^$load-$conn-bb " "$WORK/probecpu" | awk '{print $2}' | median)
+      o=$(grep "^$load-$conn-ours " "$WORK/probecpu" | awk '{print $2}' | median)
+      log "$(printf '  %-4s %-9s blackbox_exporter tcp %6.0f us   ours %6.0f us   ours/blackbox %.2fx' "$load" "$conn" "$b" "$o" "$(awk -v a="$o" -v b="$b" 'BEGIN {print a/b}')")"
+    done
   done
-  log "$(printf '  blackbox_exporter tcp probe:        %7.1f us CPU per /probe' "$cpu_bb")"
-  log "$(printf '  ours, probes: 1 (after a warm-up):  %7.1f us CPU per /probe  (%.2fx blackbox)' "$cpu_one" "$(awk -v a="$cpu_one" -v b="$cpu_bb" 'BEGIN {print a/b}')")"
-  log "$(printf '  ours, probes: 3 (after a warm-up):  %7.1f us CPU per /probe  (%.2fx blackbox)' "$cpu_three" "$(awk -v a="$cpu_three" -v b="$cpu_bb" 'BEGIN {print a/b}')")"
-  log "  (target: <= 1.5x blackbox_exporter)"
+  log "  (target: <= 1.0x; idle: 1 request at a time, 10/s; busy: 100/s, up to 20 at a time)"
+  c0=$(cpu_us $ours); sleep 10; c1=$(cpu_us $ours)
+  log "  idle exporter: $(( c1 - c0 )) us CPU in 10 s"
 
-  log "== probe: 500 concurrent /probe against the 3-relay chain (:$((B+1))), 10 waves of 5000"
+  log "== probe: 500 concurrent /probe (default module) against the 3-relay chain (:$((B+1))), 10 waves of 5000"
   local relays=""
   for port in $((B+1)) $((B+2)) $((B+3)) $((B+4)); do
     relays="$relays $(pgrep -f -- "--listen 127.0.0.1:$port ")"
@@ -173,15 +201,112 @@ bench_probe() {
   rss() { local s=0; for p in $relays; do s=$((s + $(rss_kb "$p"))); done; echo $s; }
   log "  relays' RSS before: $(rss) KiB"
   for wave in $(seq 1 10); do
-    res=$("$WORK/benchclient" -mode http -target "http://127.0.0.1:$((B+200))/probe?module=three&target=127.0.0.1:$((B+1))" -n 5000 -c 500)
+    res=$("$WORK/benchclient" -mode http -target "http://127.0.0.1:$((B+200))/probe?target=127.0.0.1:$((B+1))" -n 5000 -c 500)
     log "  wave $wave: $res, relays' RSS $(rss) KiB"
     case "$res" in *"failed=0 "*) ;; *) echo "bench: concurrent /probe failures"; exit 1 ;; esac
   done
 }
 
+bench_http() {
+  PROBE_N=${PROBE_N:-200}
+  # n1: nginx answering itself, stamping; h1: HAProxy in front, stamping.
+  mkdir -p "$WORK/nginx"
+  cat >"$WORK/nginx/nginx.conf" <<EOF
+daemon off;
+worker_processes 1;
+pid $WORK/nginx/nginx.pid;
+error_log stderr;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/nginx; proxy_temp_path $WORK/nginx; fastcgi_temp_path $WORK/nginx; uwsgi_temp_path $WORK/nginx; scgi_temp_path $WORK/nginx;
+  server {
+    listen 127.0.0.1:$((B+302));
+    location / { add_header Subsegment-Timing "n1;dur=\${request_time}s" always; return 200 "ok\n"; }
+  }
+}
+EOF
+  cat >"$WORK/haproxy-http.cfg" <<EOF
+global
+  maxconn 4000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+frontend f
+  bind 127.0.0.1:$((B+301))
+  http-request set-var(txn.subsegment_in) date(0,us)
+  http-after-response add-header Subsegment-Timing "h1;dur=%[date(0,us),sub(txn.subsegment_in)]us"
+  default_backend b
+backend b
+  server n1 127.0.0.1:$((B+302))
+EOF
+  start nginx -c "$WORK/nginx/nginx.conf" -e stderr
+  start haproxy -f "$WORK/haproxy-http.cfg" -db
+  printf '%s\n' 'modules:' '  web: {prober: http, targets: ["127.0.0.1:*"]}' >"$WORK/subsegment-http.yml"
+  printf '%s\n' 'modules:' '  http_2xx: {prober: http, timeout: 5s}' >"$WORK/blackbox-http.yml"
+  "$BIN" --relay.name a --config.file "$WORK/subsegment-http.yml" --web.listen-address 127.0.0.1:$((B+303)) >>"$WORK/procs.log" 2>&1 &
+  local ours=$!; PIDS+=($ours)
+  prometheus-blackbox-exporter --config.file "$WORK/blackbox-http.yml" --web.listen-address 127.0.0.1:$((B+304)) >>"$WORK/procs.log" 2>&1 &
+  local bb=$!; PIDS+=($bb)
+  wait_port $((B+301)); wait_port $((B+302)); wait_port $((B+303)); wait_port $((B+304))
+  local url="http://127.0.0.1:$((B+301))/"
+  log "== http: exporter CPU per /probe of $url (HAProxy h1 -> nginx n1), module defaults (ours: a warm-up and 3 requests 50 ms apart; blackbox: 1 request); $PROBE_N requests per run (x5 at 100/s), $ROUNDS rounds (median)"
+  for r in $(seq 1 "$ROUNDS"); do
+    for load in idle busy; do
+      case $load in idle) args="-n $PROBE_N -c 1 -rate 10" ;; busy) args="-n $((PROBE_N * 5)) -c 20 -rate 100" ;; esac
+      for who in bb ours; do
+        case $who in
+          bb) pid=$bb; purl="http://127.0.0.1:$((B+304))/probe?module=http_2xx&target=$url" ;;
+          ours) pid=$ours; purl="http://127.0.0.1:$((B+303))/probe?module=web&target=$url" ;;
+        esac
+        c0=$(cpu_us $pid)
+        # shellcheck disable=SC2086
+        res=$("$WORK/benchclient" -mode http -target "$purl" $args)
+        c1=$(cpu_us $pid)
+        case "$res" in *"failed=0 "*) ;; *) echo "bench: http /probe failures: $res"; exit 1 ;; esac
+        n=$(echo "$res" | sed 's/ok=\([0-9]*\).*/\1/')
+        echo "$load-$who $(( (c1 - c0) / n ))" >>"$WORK/httpcpu"
+      done
+    done
+  done
+  for load in idle busy; do
+    b=$(grep "^$load-bb " "$WORK/httpcpu" | awk '{print $2}' | median)
+    o=$(grep "^$load-ours " "$WORK/httpcpu" | awk '{print $2}' | median)
+    log "$(printf '  %-4s blackbox_exporter http %6.0f us   ours %6.0f us   ours/blackbox %.2fx' "$load" "$b" "$o" "$(awk -v a="$o" -v b="$b" 'BEGIN {print a/b}')")"
+  done
+  log "  (target: <= 1.0x)"
+}
+
+bench_continuous() {
+  CONT_N=${CONT_N:-1000}
+  # CONT_N entries at 1 s through one end host, each its own connection
+  # (one module per entry: entries are unique by target and module).
+  {
+    echo "modules:"
+    for i in $(seq 0 $((CONT_N - 1))); do echo "  m$i: {targets: [\"127.0.0.1:*\"], sla: {default: 5ms}}"; done
+    echo "continuous:"
+    for i in $(seq 0 $((CONT_N - 1))); do echo "  - {target: \"127.0.0.1:$((B+4))\", module: m$i}"; done
+  } >"$WORK/continuous.yml"
+  "$BIN" --relay.name a --config.file "$WORK/continuous.yml" --web.listen-address 127.0.0.1:$((B+400)) >>"$WORK/procs.log" 2>&1 &
+  local ours=$!; PIDS+=($ours)
+  wait_port $((B+400))
+  log "== continuous: $CONT_N entries at 1 s (a 1-relay chain each, one connection each), one exporter; CPU over 60 s after 20 s of warm-up"
+  sleep 20
+  local c0 c1 series probes0 probes1
+  probes0=$(curl -s "http://127.0.0.1:$((B+400))/metrics" | awk '/^subsegment_continuous_probes_total/ {s += $2} END {print s}')
+  c0=$(cpu_us $ours); sleep 60; c1=$(cpu_us $ours)
+  probes1=$(curl -s "http://127.0.0.1:$((B+400))/metrics" | awk '/^subsegment_continuous_probes_total/ {s += $2} END {print s}')
+  series=$(curl -s "http://127.0.0.1:$((B+400))/metrics" | grep -c '^subsegment_continuous_')
+  log "$(awk -v d=$((c1 - c0)) -v p=$((probes1 - probes0)) 'BEGIN {printf "  CPU %.1f%% of one core, %.0f probes/s, %.0f us per probe", d / 60e6 * 100, p / 60, d / p}')"
+  log "  RSS $(( $(rss_kb $ours) / 1024 )) MiB; $series continuous series ($(( series / CONT_N )) per entry of a 1-relay chain)"
+  log "  (targets: <= 5% of one core, <= 200 MiB)"
+}
+
 mkdir -p "$RESULTS"
 log "subsegment_exporter benchmarks, $(date -u +%FT%TZ), $(nproc) CPUs, $("$BIN" --version 2>&1 | head -1)"
-what=${*:-rtt stream probe}
+what=${*:-rtt stream probe http continuous}
 ours_chain
 plain_chains
 for w in $what; do
@@ -189,6 +314,8 @@ for w in $what; do
     rtt) bench_rtt ;;
     stream) bench_stream ;;
     probe) bench_probe ;;
+    http) bench_http ;;
+    continuous) bench_continuous ;;
     *) echo "bench: unknown benchmark $w"; exit 1 ;;
   esac
 done

@@ -71,3 +71,15 @@ func TestRelayIsAlsoASourceAndReloadsOnSIGHUP(t *testing.T) {
 		t.Errorf("module from the reloaded file not served:\n%s", body)
 	}
 }
+
+// Two relays started alike on one host: the second says what to do about
+// the web port the first holds, instead of dying with a bare bind error.
+func TestSecondRelayOnTheWebPortSaysWhatToDo(t *testing.T) {
+	web := "127.0.0.1:" + itoa(freePort(t))
+	first := start(t, "first relay", binary, "--listen", "127.0.0.1:0", "--web.listen-address", web, "--relay.name", "b1")
+	first.waitOutput(t, webListening, 10*time.Second)
+	_, errOut, code := runBinary(t, nil, "--listen", "127.0.0.1:0", "--web.listen-address", web, "--relay.name", "b2")
+	if code == 0 || !strings.Contains(errOut, "address already in use") || !strings.Contains(errOut, "give each process its own --web.listen-address") {
+		t.Errorf("second relay: exit %d\n%s", code, errOut)
+	}
+}

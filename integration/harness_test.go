@@ -27,6 +27,9 @@ import (
 var binary string
 
 func TestMain(m *testing.M) {
+	if helper := os.Getenv(helperEnv); helper != "" {
+		os.Exit(runHelper(helper, os.Args[len(os.Args)-3:]))
+	}
 	dir, err := os.MkdirTemp("", "subsegment-it-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -151,6 +154,7 @@ func (p *proc) waitOutput(t *testing.T, re *regexp.Regexp, timeout time.Duration
 }
 
 var (
+	delayListening = regexp.MustCompile(`delay proxy listening on (\S+)`)
 	relayListening = regexp.MustCompile(`msg="relay listening" address=([0-9.:\[\]]+)`)
 	webListening   = regexp.MustCompile(`msg="Listening on" address=([0-9.:\[\]]+)`)
 )
@@ -268,3 +272,5 @@ func currentGroup() string {
 	}
 	return "root"
 }
+
+func regexpOf(s string) *regexp.Regexp { return regexp.MustCompile(s) }

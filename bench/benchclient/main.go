@@ -30,17 +30,20 @@ func main() {
 	input := flag.String("input", "", "file to stream (stream)")
 	concurrency := flag.Int("c", 1, "concurrent requests (http)")
 	expect := flag.String("expect", "probe_success 1", "text every answer must contain (http)")
+	interval := flag.Duration("interval", 0, "pause between round trips (rtt)")
+	newConn := flag.Bool("newconn", false, "a new connection per request (http), as a scraper without keep-alive")
+	rate := flag.Float64("rate", 0, "requests started per second (http; 0: as fast as -c allows); pacing both sides of a comparison alike keeps batching effects out of CPU per request")
 	flag.Parse()
 	var err error
 	switch *mode {
 	case "rtt":
-		err = rtt(*target, *proto, *n, *size)
+		err = rtt(*target, *proto, *n, *size, *interval)
 	case "stream":
 		err = streamRaw(*target, *input, *block)
 	case "echo":
 		err = echo(*target)
 	case "http":
-		err = httpLoad(*target, *n, *concurrency, *expect)
+		err = httpLoad(*target, *n, *concurrency, *expect, *newConn, *rate)
 	default:
 		err = fmt.Errorf("unknown mode %q", *mode)
 	}
@@ -51,14 +54,17 @@ func main() {
 }
 
 // rtt measures request/response round trips over one connection and prints
-// p50 and p99 in microseconds.
-func rtt(target, proto string, n, size int) error {
+// p50 and p99 in microseconds; with the subsegment protocol also the
+// median wait the end host reports (kernel receipt to its read).
+func rtt(target, proto string, n, size int, interval time.Duration) error {
 	c, err := net.Dial("tcp", target)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	c.(*net.TCPConn).SetNoDelay(true)
+	if err := c.(*net.TCPConn).SetNoDelay(true); err != nil {
+		return err
+	}
 	var req []byte
 	var rd *frame.Reader
 	buf := make([]byte, 64<<10)
@@ -68,7 +74,11 @@ func rtt(target, proto string, n, size int) error {
 		req = make([]byte, size)
 	}
 	times := make([]time.Duration, 0, n)
+	var waits []time.Duration
 	for i := 0; i < n+100; i++ {
+		if interval > 0 {
+			time.Sleep(interval)
+		}
 		if proto == "subsegment" {
 			req = frame.AppendZeroRequest(req[:0], frame.KindProbeRequest, frame.ProbeHeader{Seq: uint64(i), BudgetMicros: 5_000_000}, 0, []uint64{42}, nil)
 		}
@@ -80,8 +90,12 @@ func rtt(target, proto string, n, size int) error {
 			if err := rd.Fill(); err != nil {
 				return err
 			}
-			if _, err := rd.Next(); err != nil {
+			fr, err := rd.Next()
+			if err != nil {
 				return err
+			}
+			if i >= 100 {
+				waits = append(waits, endWait(fr))
 			}
 		} else if _, err := io.ReadFull(c, buf[:size]); err != nil {
 			return err
@@ -92,8 +106,32 @@ func rtt(target, proto string, n, size int) error {
 	}
 	slices.Sort(times)
 	p := func(q float64) float64 { return float64(times[int(q*float64(len(times)-1))]) / 1e3 }
-	fmt.Printf("p50_us=%.1f p99_us=%.1f n=%d\n", p(0.5), p(0.99), len(times))
+	fmt.Printf("p50_us=%.1f p99_us=%.1f n=%d", p(0.5), p(0.99), len(times))
+	if len(waits) > 0 {
+		slices.Sort(waits)
+		fmt.Printf(" end_wait_p50_us=%.1f end_wait_p90_us=%.1f", float64(waits[len(waits)/2])/1e3, float64(waits[len(waits)*9/10])/1e3)
+	}
+	fmt.Println()
 	return nil
+}
+
+// endWait is the wait the last hop record of a reply reports.
+func endWait(fr []byte) time.Duration {
+	v, err := frame.Parse(fr, frame.DefaultMaxFrameBytes, frame.MaxHopsLimit)
+	if err != nil {
+		return 0
+	}
+	var w time.Duration
+	it := frame.NewRecordIter(v.Tail(fr))
+	for {
+		kind, rec, ok := it.Next()
+		if !ok {
+			return w
+		}
+		if kind == frame.RecordHop {
+			w = frame.ReadHopTimes(rec).WaitForward
+		}
+	}
 }
 
 // streamRaw sends a file through a plain chain and reads the echo back,
@@ -120,7 +158,9 @@ func streamRaw(target, input string, block int) error {
 				return
 			}
 		}
-		c.(*net.TCPConn).CloseWrite()
+		if err := c.(*net.TCPConn).CloseWrite(); err != nil {
+			werr = err
+		}
 	}()
 	buf := make([]byte, block)
 	var got int
@@ -153,16 +193,18 @@ func echo(listen string) error {
 		}
 		go func() {
 			defer c.Close()
-			c.(*net.TCPConn).SetNoDelay(true)
-			io.Copy(c, c)
+			if err := c.(*net.TCPConn).SetNoDelay(true); err != nil {
+				return
+			}
+			_, _ = io.Copy(c, c) // an echo: its end is the peer's
 		}()
 	}
 }
 
-// httpLoad GETs url n times, c at a time, and counts answers that are not
-// 200 or lack expect.
-func httpLoad(url string, n, c int, expect string) error {
-	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: c, MaxConnsPerHost: c}}
+// httpLoad GETs url n times, c at a time (and rate a second when rate >
+// 0), and counts answers that are not 200 or lack expect.
+func httpLoad(url string, n, c int, expect string, newConn bool, rate float64) error {
+	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: c, MaxConnsPerHost: c, DisableKeepAlives: newConn}}
 	var mu sync.Mutex
 	var failed int
 	var firstErr string
@@ -197,6 +239,11 @@ func httpLoad(url string, n, c int, expect string) error {
 		}()
 	}
 	for i := 0; i < n; i++ {
+		if rate > 0 {
+			if wait := time.Until(start.Add(time.Duration(float64(i) / rate * float64(time.Second)))); wait > 0 {
+				time.Sleep(wait)
+			}
+		}
 		jobs <- struct{}{}
 	}
 	close(jobs)
