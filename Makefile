@@ -13,12 +13,19 @@ LDFLAGS   := -X github.com/prometheus/common/version.Version=$(VERSION) \
              -X github.com/prometheus/common/version.BuildDate=$(shell date -u +%Y%m%d-%H:%M:%S)
 # Time each fuzz target runs in `make test` (go test -fuzztime syntax).
 FUZZTIME  ?= 10s
-# Debian packages the integration tests run for real.
-TEST_PACKAGES := prometheus prometheus-alertmanager snmpd snmp nagios4-core haproxy jsonnet
+# Debian packages the integration tests run for real (stress-ng loads a hop,
+# iptables drops packets inside the tests' network namespaces; HAProxy,
+# nginx and Apache are the HTTP chain's proxies; Chromium loads the chain
+# page).
+TEST_PACKAGES := prometheus prometheus-alertmanager snmpd snmp nagios4-core haproxy nginx apache2 chromium fonts-dejavu-core jsonnet stress-ng iptables iproute2 util-linux
+# golangci-lint, from the Go module proxy, pinned.
+GOLANGCI_LINT_VERSION := v2.15.0
+GOBIN ?= $(shell $(GO) env GOPATH)/bin
+GOLANGCI_LINT := $(GOBIN)/golangci-lint
 # Debian packages the benchmarks compare against.
-BENCH_PACKAGES := haproxy socat prometheus-blackbox-exporter
+BENCH_PACKAGES := haproxy socat prometheus-blackbox-exporter nginx
 
-.PHONY: all build demo test deps bench-deps check-format vet unit fuzz bench clean mixins mixin-check
+.PHONY: all build demo test deps screenshot bench-deps check-format vet lint unit fuzz bench clean mixins mixin-check
 
 all: build
 
@@ -30,7 +37,7 @@ demo: build
 	./$(BINARY) demo
 
 ## test: install what the tests need, then every check CI runs.
-test: deps check-format vet mixin-check unit fuzz
+test: deps check-format vet lint mixin-check unit fuzz
 
 # Installs the Debian packages the integration tests start, when missing.
 deps:
@@ -41,8 +48,18 @@ deps:
 	  if [ "$$(id -u)" != 0 ]; then echo "make deps: missing Debian packages:$$missing — run as root (apt-get install -y$$missing)"; exit 1; fi; \
 	  echo "make deps: installing$$missing"; \
 	  export DEBIAN_FRONTEND=noninteractive; \
-	  apt-get update -q && apt-get install -y -q --no-install-recommends $$missing; \
+	  policy=""; if [ ! -e /usr/sbin/policy-rc.d ]; then \
+	    printf '#!/bin/sh\n# make deps: the tests start their own servers; packages must not start theirs\nexit 101\n' >/usr/sbin/policy-rc.d; \
+	    chmod 755 /usr/sbin/policy-rc.d; policy=1; \
+	  fi; \
+	  apt-get update -q && apt-get install -y -q --no-install-recommends $$missing; status=$$?; \
+	  [ -z "$$policy" ] || rm -f /usr/sbin/policy-rc.d; \
+	  exit $$status; \
 	fi
+
+## screenshot: redraw docs/chain-page.png from the demo, in headless Chromium (the README shows it).
+screenshot:
+	UPDATE_SCREENSHOT=1 $(GO) test -count=1 -run '^TestDemo$$' ./integration
 
 ## mixins: render alerts.yaml, rules.yaml and the dashboard from the jsonnet mixin.
 mixins:
@@ -67,6 +84,15 @@ check-format:
 
 vet:
 	$(GO) vet ./...
+
+# golangci-lint v2 (errcheck, govet, staticcheck, revive; .golangci.yml):
+# installed at the pinned version when missing or different.
+lint:
+	@if ! $(GOLANGCI_LINT) version 2>/dev/null | grep -q "version $(patsubst v%,%,$(GOLANGCI_LINT_VERSION)) "; then \
+	  echo "make lint: installing golangci-lint $(GOLANGCI_LINT_VERSION)"; \
+	  GOFLAGS= $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION); \
+	fi
+	$(GOLANGCI_LINT) run ./...
 
 unit:
 	$(GO) test -race -p 1 -count=1 -timeout 20m ./...
