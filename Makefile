@@ -65,13 +65,15 @@ screenshot:
 mixins:
 	mixins/generate.sh
 
-# The checked-in mixin output must be what the jsonnet renders, the rules
-# must load, and their unit tests must pass.
+# The checked-in mixin output must be what the jsonnet renders, the jsonnet
+# must be jsonnetfmt-clean, the rules must load, and their unit tests pass.
 mixin-check:
 	@tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; \
 	mixins/generate.sh $$tmp && \
 	diff -ru --exclude=tests --exclude=alertmanager --exclude='*.libsonnet' --exclude=generate.sh --exclude=alerts --exclude=rules --exclude=dashboards $$tmp mixins \
 	  || { echo "mixins/ is stale: run 'make mixins' and commit the result"; exit 1; }
+	@bad=$$(for f in $$(find mixins -name '*.libsonnet' -o -name '*.jsonnet'); do jsonnetfmt --test $$f >/dev/null 2>&1 || echo $$f; done); \
+	  if [ -n "$$bad" ]; then echo "jsonnetfmt would change: $$bad (run jsonnetfmt -i on them)"; exit 1; fi
 	promtool check rules mixins/rules.yaml mixins/alerts.yaml
 	promtool test rules mixins/tests/*.yaml
 	amtool check-config mixins/alertmanager/alertmanager.yml

@@ -32,7 +32,7 @@ local hopContextQuery =
             'for': c.slaExceededFor,
             labels: { severity: 'warning' },
             annotations: {
-              summary: 'Segment {{ $labels.from }} -> {{ $labels.to }} of chain {{ $labels.instance }} is over its SLA.',
+              summary: 'A segment of a chain is over its SLA.',
               description: 'The %(rttWindow)s average rtt of segment {{ $labels.from }} -> {{ $labels.to }} (chain {{ $labels.instance }}) is {{ $value | humanizeDuration }}, over its SLA of {{ with printf `subsegment_segment_sla_seconds{job="%%s",instance="%%s",from="%%s",to="%%s"}` $labels.job $labels.instance $labels.from $labels.to | query }}{{ . | first | value | humanizeDuration }}{{ end }}. Context: ' % c + (contextQuery % { window: c.contextWindow }) + '.',
               context: contextQuery % { window: c.contextWindow },
             },
@@ -47,7 +47,7 @@ local hopContextQuery =
             'for': c.slaExceededFor,
             labels: { severity: 'warning' },
             annotations: {
-              summary: 'Hop {{ $labels.hop }} of chain {{ $labels.instance }} holds probes longer than its SLA.',
+              summary: 'A hop holds probes longer than its SLA.',
               description: 'The %(rttWindow)s average residence of hop {{ $labels.hop }} (chain {{ $labels.instance }}) is {{ $value | humanizeDuration }}, over its SLA of {{ with printf `subsegment_hop_sla_seconds{job="%%s",instance="%%s",hop="%%s"}` $labels.job $labels.instance $labels.hop | query }}{{ . | first | value | humanizeDuration }}{{ end }}: the host is slow to handle them (waiting for a CPU counts). Context: ' % c + (hopContextQuery % { window: c.contextWindow }) + '.',
               context: hopContextQuery % { window: c.contextWindow },
             },
@@ -58,7 +58,7 @@ local hopContextQuery =
             'for': c.chainBrokenFor,
             labels: { severity: 'critical' },
             annotations: {
-              summary: 'Chain {{ $labels.instance }} is broken at {{ $labels.from }} -> {{ $labels.to }}.',
+              summary: 'A chain is broken at one segment.',
               description: 'Probes through chain {{ $labels.instance }} stop at segment {{ $labels.from }} -> {{ $labels.to }}: {{ with printf `subsegment_probe_failed_segment_info{job="%s",instance="%s",from="%s",to="%s"}` $labels.job $labels.instance $labels.from $labels.to | query }}{{ (. | first).Labels.reason }}{{ end }}.',
             },
           },
@@ -72,7 +72,7 @@ local hopContextQuery =
             'for': c.probeFailingFor,
             labels: { severity: 'warning' },
             annotations: {
-              summary: 'Probes of chain {{ $labels.instance }} fail.',
+              summary: 'Probes through a chain fail.',
               description: 'For %(probeFailingFor)s no probe went through chain {{ $labels.instance }} and back (or its source exporter did not answer the scrape).' % c,
             },
           },
@@ -82,12 +82,12 @@ local hopContextQuery =
             'for': c.clockUnsyncedFor,
             labels: { severity: 'info' },
             annotations: {
-              summary: 'Hop {{ $labels.hop }} of chain {{ $labels.instance }} has no synchronised clock.',
+              summary: 'A hop has no synchronised clock.',
               description: "Hop {{ $labels.hop }}'s clock is not synchronised (adjtimex reports STA_UNSYNC): one-way delays of its segments are unavailable. Round trips are unaffected.",
             },
           },
           {
-            alert: 'SubsegmentContinuousP99OverSLA',
+            alert: 'SubsegmentContinuousP99OverSla',
             expr: |||
               from_to:subsegment_continuous_segment_rtt_seconds:p99_%(continuousWindow)s{%(exporterSelector)s}
                 > on (job, instance, target, module, from, to)
@@ -120,7 +120,7 @@ local hopContextQuery =
             'for': c.relayDownFor,
             labels: { severity: 'critical' },
             annotations: {
-              summary: 'Relay or exporter {{ $labels.instance }} is down.',
+              summary: 'A relay or exporter is down.',
               description: '{{ $labels.instance }} has not answered scrapes of its /metrics for %(relayDownFor)s: chains through it break.' % c,
             },
           },

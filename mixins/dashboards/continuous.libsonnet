@@ -71,7 +71,7 @@ local heatmap(title, description, expr, gridPos, repeat) = {
         list: [
           { name: 'datasource', label: 'Data source', type: 'datasource', query: 'prometheus', current: {} },
           variable('job', 'Job', 'label_values(subsegment_continuous_probes_total, job)'),
-          variable('instance', 'Source exporter', 'label_values(subsegment_continuous_probes_total{job=~"$job"}, instance)'),
+          variable('instance', 'Instance', 'label_values(subsegment_continuous_probes_total{job=~"$job"}, instance)'),
           variable('target', 'Chain', 'label_values(subsegment_continuous_probes_total{job=~"$job",instance=~"$instance"}, target)'),
           variable('module', 'Module', 'label_values(subsegment_continuous_probes_total{job=~"$job",instance=~"$instance",target=~"$target"}, module)'),
           variable('from', 'Segment (near end)', 'label_values(subsegment_continuous_segment_rtt_seconds_count{job=~"$job",instance=~"$instance",target=~"$target",module=~"$module"}, from)'),
@@ -80,20 +80,22 @@ local heatmap(title, description, expr, gridPos, repeat) = {
       panels: [
         timeseries(
           'Segment rtt p50 and p99 (%s)' % c.continuousWindow,
-          'Quantiles of every continuous probe, from the recording rules; dashed: the segment\'s SLA. A p99 far over the p50 is spikes a scrape every 15 s would miss.',
+          "Quantiles of every continuous probe, from the recording rules; dashed: the segment's SLA. A p99 far over the p50 is spikes a scrape every 15 s would miss.",
           [
             target('from_to:subsegment_continuous_segment_rtt_seconds:p50_%s{%s}' % [c.continuousWindow, sel], 'p50 {{target}} {{from}} -> {{to}}', 'A'),
             target('from_to:subsegment_continuous_segment_rtt_seconds:p99_%s{%s}' % [c.continuousWindow, sel], 'p99 {{target}} {{from}} -> {{to}}', 'B'),
             target('subsegment_continuous_segment_sla_seconds{%s}' % sel, 'SLA {{target}} {{from}} -> {{to}}', 'C'),
           ],
-          's', { x: 0, y: 0, w: 24, h: 9 },
+          's',
+          { x: 0, y: 0, w: 24, h: 9 },
           [{ matcher: { id: 'byRegexp', options: 'SLA .*' }, properties: [{ id: 'custom.lineStyle', value: { fill: 'dash', dash: [10, 10] } }, { id: 'custom.fillOpacity', value: 0 }] }],
         ),
         heatmap(
           'Segment rtt distribution from $from',
-          'Every continuous probe\'s rtt on the segment from $from, as a heatmap of the histogram\'s buckets: bursts and bimodal paths show as bands.',
+          "Every continuous probe's rtt on the segment from $from, as a heatmap of the histogram's buckets: bursts and bimodal paths show as bands.",
           'sum by (le) (rate(subsegment_continuous_segment_rtt_seconds_bucket{%s,from=~"$from"}[$__rate_interval]))' % sel,
-          { x: 0, y: 9, w: 8, h: 9 }, 'from',
+          { x: 0, y: 9, w: 8, h: 9 },
+          'from',
         ),
         timeseries(
           'Hop residence p50 and p99 (%s)' % c.continuousWindow,
@@ -102,7 +104,8 @@ local heatmap(title, description, expr, gridPos, repeat) = {
             target('hop:subsegment_continuous_hop_residence_seconds:p50_%s{%s}' % [c.continuousWindow, sel], 'p50 {{target}} {{hop}}', 'A'),
             target('hop:subsegment_continuous_hop_residence_seconds:p99_%s{%s}' % [c.continuousWindow, sel], 'p99 {{target}} {{hop}}', 'B'),
           ],
-          's', { x: 0, y: 18, w: 12, h: 8 },
+          's',
+          { x: 0, y: 18, w: 12, h: 8 },
         ),
         timeseries(
           'Failures and retransmissions',
@@ -111,7 +114,8 @@ local heatmap(title, description, expr, gridPos, repeat) = {
             target('sum by (target, from, to, reason) (rate(subsegment_continuous_segment_failures_total{%s}[$__rate_interval]))' % sel, 'failed {{target}} {{from}} -> {{to}} ({{reason}})', 'A'),
             target('sum by (target, from, to) (rate(subsegment_continuous_segment_retransmits_total{%s}[$__rate_interval]))' % sel, 'retransmits {{target}} {{from}} -> {{to}}', 'B'),
           ],
-          'ops', { x: 12, y: 18, w: 12, h: 8 },
+          'ops',
+          { x: 12, y: 18, w: 12, h: 8 },
         ),
       ],
     },

@@ -3,7 +3,7 @@
 // and the SNMP context of violations.
 local ds = { type: 'prometheus', uid: '${datasource}' };
 
-local sel = 'job="$job",instance="$instance",module=~"$module"';
+local sel = 'job=~"$job",instance=~"$instance",module=~"$module"';
 
 local target(expr, legend, ref, instant=false) = {
   datasource: ds,
@@ -39,7 +39,9 @@ local dashed(regex) = {
   ],
 };
 
-local variable(name, label, query, includeAll=false) = {
+// Every selector is multi-valued, with .+ as "All" (the mixin linters'
+// rule: a dashboard works for one chain or many).
+local variable(name, label, query) = {
   name: name,
   label: label,
   type: 'query',
@@ -48,8 +50,9 @@ local variable(name, label, query, includeAll=false) = {
   definition: query,
   refresh: 2,
   sort: 1,
-  includeAll: includeAll,
-  [if includeAll then 'allValue']: '.*',
+  multi: true,
+  includeAll: true,
+  allValue: '.+',
   current: {},
 };
 
@@ -64,13 +67,13 @@ local variable(name, label, query, includeAll=false) = {
       refresh: c.dashboardRefresh,
       time: { from: 'now-1h', to: 'now' },
       schemaVersion: 39,
-      editable: true,
+      editable: false,
       templating: {
         list: [
           { name: 'datasource', label: 'Data source', type: 'datasource', query: 'prometheus', current: {} },
           variable('job', 'Job', 'label_values(subsegment_segment_rtt_seconds, job)'),
-          variable('instance', 'Chain (first hop)', 'label_values(subsegment_segment_rtt_seconds{job="$job"}, instance)'),
-          variable('module', 'Module', 'label_values(probe_success{job="$job",instance="$instance"}, module)', includeAll=true),
+          variable('instance', 'Instance', 'label_values(subsegment_segment_rtt_seconds{job=~"$job"}, instance)'),
+          variable('module', 'Module', 'label_values(probe_success{job=~"$job",instance=~"$instance"}, module)'),
         ],
       },
       annotations: {
@@ -127,12 +130,14 @@ local variable(name, label, query, includeAll=false) = {
         },
         timeseries(
           'Segment rtt and SLA',
-          'Round trip of each segment (median of each scrape), from its hops\' own clocks; dashed: the segment\'s SLA.',
+          "Round trip of each segment (median of each scrape), from its hops' own clocks; dashed: the segment's SLA.",
           [
             target('subsegment_segment_rtt_seconds{%s}' % sel, '{{from}} -> {{to}}', 'A'),
             target('subsegment_segment_sla_seconds{%s}' % sel, 'SLA {{from}} -> {{to}}', 'B'),
           ],
-          's', { x: 0, y: 8, w: 12, h: 9 }, [dashed('SLA .*')],
+          's',
+          { x: 0, y: 8, w: 12, h: 9 },
+          [dashed('SLA .*')],
         ),
         timeseries(
           'Segment rtt, %s average and 1h p99' % c.rttWindow,
@@ -141,13 +146,16 @@ local variable(name, label, query, includeAll=false) = {
             target('from_to:subsegment_segment_rtt_seconds:avg%s{%s}' % [c.rttWindow, sel], 'avg %s {{from}} -> {{to}}' % c.rttWindow, 'A'),
             target('from_to:subsegment_segment_rtt_seconds:p99_1h{%s}' % sel, 'p99 1h {{from}} -> {{to}}', 'B'),
           ],
-          's', { x: 12, y: 8, w: 12, h: 9 }, [dashed('p99 .*')],
+          's',
+          { x: 12, y: 8, w: 12, h: 9 },
+          [dashed('p99 .*')],
         ),
         timeseries(
           'Residence per hop',
           'Time probes spend inside each hop (forward + return): a loaded relay shows here.',
           [target('subsegment_hop_residence_seconds{%s}' % sel, '{{hop}}', 'A')],
-          's', { x: 0, y: 17, w: 12, h: 8 },
+          's',
+          { x: 0, y: 17, w: 12, h: 8 },
         ),
         timeseries(
           'Kernel TCP rtt vs. segment rtt',
@@ -157,19 +165,23 @@ local variable(name, label, query, includeAll=false) = {
             target('subsegment_segment_tcp_min_rtt_seconds{%s}' % sel, 'kernel min {{from}} -> {{to}}', 'B'),
             target('subsegment_segment_tcp_rtt_seconds{%s}' % sel, 'kernel srtt {{from}} -> {{to}}', 'C'),
           ],
-          's', { x: 12, y: 17, w: 12, h: 8 }, [dashed('kernel .*')],
+          's',
+          { x: 12, y: 17, w: 12, h: 8 },
+          [dashed('kernel .*')],
         ),
         timeseries(
           'SNMP context during violations',
           'Variables of hops on segments out of their SLA: from their agents (snmp), or attached to the probe by the hops (inband).',
           [target('subsegment_hop_snmp_value{%s}' % sel, '{{hop}} {{name}} ({{source}})', 'A')],
-          'short', { x: 0, y: 25, w: 12, h: 8 },
+          'short',
+          { x: 0, y: 25, w: 12, h: 8 },
         ),
         timeseries(
           'Out of SLA, share of the last hour',
           'Fraction of the last hour each segment spent over its SLA (or broken).',
           [target('from_to:subsegment_segment_sla_exceeded:ratio_1h{%s}' % sel, '{{from}} -> {{to}}', 'A')],
-          'percentunit', { x: 12, y: 25, w: 12, h: 8 },
+          'percentunit',
+          { x: 12, y: 25, w: 12, h: 8 },
         ),
         timeseries(
           'One-way delays',
@@ -178,17 +190,20 @@ local variable(name, label, query, includeAll=false) = {
             target('subsegment_segment_one_way_delay_seconds{%s}' % sel, '{{direction}} {{from}} -> {{to}}', 'A'),
             target('subsegment_segment_one_way_delay_error_bound_seconds{%s}' % sel, 'bound {{from}} -> {{to}}', 'B'),
           ],
-          's', { x: 0, y: 33, w: 12, h: 8 }, [dashed('bound .*')],
+          's',
+          { x: 0, y: 33, w: 12, h: 8 },
+          [dashed('bound .*')],
         ),
         timeseries(
           'Probe success, jitter and connect time',
-          'probe_success of the chain, each segment\'s jitter and the handshake time of its near end\'s connection.',
+          "probe_success of the chain, each segment's jitter and the handshake time of its near end's connection.",
           [
             target('probe_success{%s}' % sel, 'probe success', 'A'),
             target('subsegment_segment_jitter_seconds{%s}' % sel, 'jitter {{from}} -> {{to}}', 'B'),
             target('subsegment_segment_connect_seconds{%s}' % sel, 'connect {{from}} -> {{to}}', 'C'),
           ],
-          's', { x: 12, y: 33, w: 12, h: 8 },
+          's',
+          { x: 12, y: 33, w: 12, h: 8 },
           [{ matcher: { id: 'byName', options: 'probe success' }, properties: [{ id: 'unit', value: 'bool' }, { id: 'custom.axisPlacement', value: 'right' }] }],
         ),
       ],
