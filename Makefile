@@ -3,7 +3,11 @@
 GO        ?= go
 BINARY    := subsegment_exporter
 PKG       := github.com/subsegment/subsegment_exporter
-VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo unknown)
+# A release is the commit tagged v$(cat VERSION); anything else is a
+# development build after it (0.2.0+dev.<revision>, which Debian sorts after
+# 0.2.0).
+RELEASE   := $(shell cat VERSION)
+VERSION   ?= $(or $(patsubst v%,%,$(shell git describe --tags --exact-match --match 'v*' 2>/dev/null)),$(RELEASE)+dev.$(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown))
 REVISION  ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 BRANCH    ?= $(shell git rev-parse --abbrev-ref HEAD 2>/dev/null || echo unknown)
 LDFLAGS   := -X github.com/prometheus/common/version.Version=$(VERSION) \
@@ -17,27 +21,55 @@ FUZZTIME  ?= 10s
 # iptables drops packets inside the tests' network namespaces; HAProxy,
 # nginx and Apache are the HTTP chain's proxies; Chromium loads the chain
 # page).
-TEST_PACKAGES := prometheus prometheus-alertmanager snmpd snmp nagios4-core haproxy nginx apache2 chromium fonts-dejavu-core jsonnet stress-ng iptables iproute2 util-linux
+TEST_PACKAGES := prometheus prometheus-alertmanager snmpd snmp nagios4-core haproxy nginx apache2 chromium fonts-dejavu-core jsonnet stress-ng iptables iproute2 util-linux systemd man-db binutils curl
 # golangci-lint, from the Go module proxy, pinned.
 GOLANGCI_LINT_VERSION := v2.15.0
 GOBIN ?= $(shell $(GO) env GOPATH)/bin
 GOLANGCI_LINT := $(GOBIN)/golangci-lint
+# nfpm builds the Debian package (`make package`), from the Go module proxy,
+# pinned (later releases pull modules the proxy does not serve).
+NFPM_VERSION := v2.45.0
+NFPM := $(GOBIN)/nfpm
+# The static binary the package and the Dockerfile ship (promu's layout).
+GOARCH_HOST := $(shell $(GO) env GOARCH)
+BUILD_DIR := .build/linux-$(GOARCH_HOST)
+DEB := dist/prometheus-subsegment-exporter_$(VERSION)_$(GOARCH_HOST).deb
 # Debian packages the benchmarks compare against.
 BENCH_PACKAGES := haproxy socat prometheus-blackbox-exporter nginx
 
-.PHONY: all build demo test deps screenshot bench-deps check-format vet lint unit fuzz bench clean mixins mixin-check
+.PHONY: all build static package package-test demo test deps screenshot bench-deps check-format vet lint unit fuzz bench clean mixins mixin-check
 
 all: build
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BINARY) ./cmd/$(BINARY)
 
+## static: the statically linked binary of .build/linux-<arch>/, as promu builds it (the Dockerfile copies it).
+static:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BUILD_DIR)/$(BINARY) ./cmd/$(BINARY)
+
+## package: the Debian package in dist/ (nfpm): binary, man page, example config, systemd units.
+package: static
+	@if ! $(GO) version -m $(NFPM) 2>/dev/null | grep -q "nfpm/v2[[:space:]]*$(NFPM_VERSION)[[:space:]]"; then \
+	  echo "make package: installing nfpm $(NFPM_VERSION)"; \
+	  GOFLAGS= $(GO) install github.com/goreleaser/nfpm/v2/cmd/nfpm@$(NFPM_VERSION); \
+	fi
+	rm -rf .build/package && mkdir -p .build/package dist
+	cp $(BUILD_DIR)/$(BINARY) .build/package/
+	$(BUILD_DIR)/$(BINARY) --help-man | gzip -9n >.build/package/$(BINARY).1.gz
+	GOARCH=$(GOARCH_HOST) PACKAGE_VERSION=$(VERSION) \
+	  $(NFPM) package --config packaging/nfpm.yaml --packager deb --target $(DEB)
+
+## package-test: install the package with dpkg, run what it installed, verify its units, remove it.
+package-test: package
+	scripts/package-test.sh $(DEB) $(VERSION) $(BUILD_DIR)/$(BINARY)
+
 ## demo: build, start a local chain with one slow segment and the exporter, print what to open.
 demo: build
 	./$(BINARY) demo
 
 ## test: install what the tests need, then every check CI runs.
-test: deps check-format vet lint mixin-check unit fuzz
+test: deps check-format vet lint mixin-check unit fuzz package-test
 
 # Installs the Debian packages the integration tests start, when missing.
 deps:
@@ -108,4 +140,4 @@ bench: bench-deps build
 	./bench/run.sh
 
 clean:
-	rm -f $(BINARY)
+	rm -rf $(BINARY) .build dist

@@ -59,7 +59,13 @@ func run(args []string) int {
 	// like @50:100 as separate arguments.
 	kingpin.EnableFileExpansion = false
 	app := kingpin.New(name, "Find which subsegment of a network path adds the delay: a TCP relay chain, a blackbox-style Prometheus exporter, a Nagios check and an mtr-like probe in one binary.")
-	app.Version(version.Print(name))
+	versionText := version.Print(name)
+	if slices.Contains(args, "--help-man") {
+		// The man page's title line holds the version: one line, not the
+		// build report --version prints.
+		versionText = version.Version
+	}
+	app.Version(versionText)
 	app.VersionFlag.Short('V')
 	app.HelpFlag.Short('h')
 	app.UsageWriter(os.Stdout)
@@ -74,7 +80,7 @@ func run(args []string) int {
 	durationVar(app.Flag("timeout", "Timeout of each operation: a connect, a write, the wait for the next frame or a reply; for probe, each probe's round trip; for check, the whole check. Seconds (5, 0.5) or with a unit (5s, 250ms).").Short('t').Default("10s"), &hop.timeout)
 	app.Flag("remove-perf-headers", "Remove the performance headers received from beyond this relay, in both directions (an administrative boundary: the source sees this relay as the last hop).").Short('r').BoolVar(&hop.removePerfHeaders)
 	app.Flag("stdin-block-size", "Stream mode: bytes of stdin per block (one performance header each), 1 to 16777216.").Short('s').Default(fmt.Sprint(stream.DefaultBlockSize)).IntVar(&hop.blockSize)
-	app.Flag("relay.name", "This hop's name in records, segment labels and errors (letters, digits, '.', '-', '_'; at most 64). Default: the full host name.").Default(peer.DefaultName()).StringVar(&hop.name)
+	app.Flag("relay.name", "This hop's name in records, segment labels and errors (letters, digits, '.', '-', '_'; at most 64). Default: the full host name.").StringVar(&hop.name)
 	app.Flag("relay.auth-key-file", "File with the chain's shared HMAC-SHA256 key, one per line (a second line is accepted too, for a key rollover). With a key, every frame is signed and unsigned or forged frames are refused.").ExistingFileVar(&hop.keyFile)
 	app.Flag("relay.max-frame-bytes", "Largest frame accepted or sent (the default fits 16 MiB stream blocks; buffers over 64 KiB come from --relay.buffer-budget-bytes).").Default(fmt.Sprint(frame.DefaultMaxFrameBytes)).IntVar(&hop.maxFrame)
 	app.Flag("relay.buffer-budget-bytes", "Memory all connections together may hold in read buffers over 64 KiB (large stream blocks); a frame that does not fit is refused as overloaded.").Default(fmt.Sprint(frame.DefaultBufferBudget)).Int64Var(&hop.budget)
@@ -142,6 +148,11 @@ func run(args []string) int {
 		}
 		fmt.Fprintf(os.Stderr, "%s: %v (try --help)\n", name, err)
 		return exitUsage
+	}
+	if hop.name == "" {
+		// Resolved here, not as the flag's default, so that --help and the
+		// man page do not show the name of the machine that built them.
+		hop.name = peer.DefaultName()
 	}
 	logger := promslog.New(&logConfig)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
