@@ -21,7 +21,7 @@ FUZZTIME  ?= 10s
 # iptables drops packets inside the tests' network namespaces; HAProxy,
 # nginx and Apache are the HTTP chain's proxies; Chromium loads the chain
 # page).
-TEST_PACKAGES := prometheus prometheus-alertmanager snmpd snmp nagios4-core haproxy nginx apache2 chromium fonts-dejavu-core jsonnet stress-ng iptables iproute2 util-linux systemd man-db binutils curl
+TEST_PACKAGES := prometheus prometheus-alertmanager snmpd snmp nagios4-core haproxy nginx apache2 chromium fonts-dejavu-core jsonnet stress-ng iptables iproute2 util-linux systemd man-db binutils curl python3
 # golangci-lint, from the Go module proxy, pinned.
 GOLANGCI_LINT_VERSION := v2.15.0
 GOBIN ?= $(shell $(GO) env GOPATH)/bin
@@ -35,7 +35,7 @@ GOARCH_HOST := $(shell $(GO) env GOARCH)
 BUILD_DIR := .build/linux-$(GOARCH_HOST)
 DEB := dist/prometheus-subsegment-exporter_$(VERSION)_$(GOARCH_HOST).deb
 # Debian packages the benchmarks compare against.
-BENCH_PACKAGES := haproxy socat prometheus-blackbox-exporter nginx
+BENCH_PACKAGES := haproxy socat prometheus-blackbox-exporter nginx stress-ng gcc curl python3 util-linux
 
 .PHONY: all build static package package-test demo test deps screenshot bench-deps check-format vet lint unit fuzz bench clean mixins mixin-check
 

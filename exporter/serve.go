@@ -26,6 +26,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/prometheus/exporter-toolkit/web"
 
+	"github.com/subsegment/subsegment_exporter/clock"
 	"github.com/subsegment/subsegment_exporter/collector"
 	"github.com/subsegment/subsegment_exporter/config"
 	"github.com/subsegment/subsegment_exporter/continuous"
@@ -127,10 +128,17 @@ func Serve(ctx context.Context, cfg Config) error {
 		close(relayDone)
 	}
 
+	probeClock := cfg.Relay.Clock
+	if probeClock == nil {
+		// One clock for every probe of the process: its synchronisation
+		// state (adjtimex) is then read once a second, not once per
+		// probe of each of a thousand continuous entries.
+		probeClock = clock.NewSystem()
+	}
 	probe := &ProbeHandler{
 		History: NewHistory(cfg.HistoryLimit),
 		Config:  holder, Source: cfg.Relay.Name, Keys: cfg.Relay.Keys, MaxFrameBytes: cfg.Relay.MaxFrameBytes,
-		TimeoutOffset: cfg.TimeoutOffset, Clock: cfg.Relay.Clock, Metrics: source, Names: &prober.NameCache{}, Logger: logger,
+		TimeoutOffset: cfg.TimeoutOffset, Clock: probeClock, Metrics: source, Names: &prober.NameCache{}, Logger: logger,
 	}
 	client := cfg.SNMPClient
 	if client == nil {
