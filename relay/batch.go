@@ -58,10 +58,6 @@ func (b *batch) scratchFrom(off int) {
 // write sends every piece to w in order with one writev where w supports
 // it, and empties the batch.
 func (b *batch) write(w net.Conn, timeout time.Duration) (int64, error) {
-	if rx, ok := w.(*rxstamp.Conn); ok {
-		// Reads stamp; writes go straight to the socket, as one writev.
-		w = rx.Unwrap()
-	}
 	if len(b.pieces) == 0 {
 		return 0, nil
 	}
@@ -80,7 +76,14 @@ func (b *batch) write(w net.Conn, timeout time.Duration) (int64, error) {
 			return 0, err
 		}
 	}
-	n, err := b.bufs.WriteTo(w)
+	var n int64
+	var err error
+	if rx, ok := w.(*rxstamp.Conn); ok {
+		// A raw writev under the poller (rxstamp.Conn.Writev says why).
+		n, err = rx.Writev(b.bufs)
+	} else {
+		n, err = b.bufs.WriteTo(w)
+	}
 	b.reset()
 	return n, err
 }

@@ -170,6 +170,12 @@ type Conn struct {
 	wn      int
 	werr    syscall.Errno
 	writeFn func(fd uintptr) bool
+	// the writev in progress: what is left of the buffers, and the iovecs
+	// built from them (kept, so that a writev allocates nothing)
+	wbufs    [][]byte
+	wvn      int64
+	iov      []unix.Iovec
+	writevFn func(fd uintptr) bool
 }
 
 // Wrap returns c reading with kernel stamps when it is a TCP connection
@@ -192,6 +198,7 @@ func Wrap(c net.Conn, clocks Clocks) net.Conn {
 	x.rd.Clocks = clocks
 	x.readFn = x.read
 	x.writeFn = x.write
+	x.writevFn = x.writev
 	return x
 }
 
@@ -259,8 +266,80 @@ func (c *Conn) write(fd uintptr) bool {
 	return true
 }
 
-// Unwrap is the TCP connection under the stamping reads: writes go to
-// it directly, so that net.Buffers still leave with one writev.
+// maxIovecs is the kernel's limit of buffers per writev (UIO_MAXIOV).
+const maxIovecs = 1024
+
+// Writev writes every buffer in order, with as few raw writev(2) calls as
+// the socket allows, under Go's poller (deadlines and waits stay). Like
+// Write, it keeps the runtime's syscall bookkeeping out of the way: a
+// writev through net.Buffers wakes Go's monitor thread whenever the
+// process comes out of idle, and on a CPU shared with busy processes that
+// thread's wake-up preempts the relay and delays the next frame by a
+// whole scheduler slice. bufs is consumed.
+func (c *Conn) Writev(bufs [][]byte) (int64, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.wbufs, c.wvn, c.werr = bufs, 0, 0
+	err := c.raw.Write(c.writevFn)
+	n, errno := c.wvn, c.werr
+	c.wbufs = nil
+	switch {
+	case err != nil:
+		return n, &net.OpError{Op: "writev", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
+	case errno != 0:
+		return n, &net.OpError{Op: "writev", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: errno}
+	}
+	return n, nil
+}
+
+func (c *Conn) writev(fd uintptr) bool {
+	for {
+		for len(c.wbufs) > 0 && len(c.wbufs[0]) == 0 {
+			c.wbufs = c.wbufs[1:]
+		}
+		if len(c.wbufs) == 0 {
+			return true
+		}
+		c.iov = c.iov[:0]
+		for _, b := range c.wbufs {
+			if len(c.iov) == maxIovecs {
+				break
+			}
+			if len(b) == 0 {
+				continue
+			}
+			v := unix.Iovec{Base: &b[0]}
+			v.SetLen(len(b))
+			c.iov = append(c.iov, v)
+		}
+		m, _, errno := unix.RawSyscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&c.iov[0])), uintptr(len(c.iov)))
+		switch errno {
+		case 0:
+			c.wvn += int64(m)
+			c.consume(int(m))
+		case unix.EINTR:
+		case unix.EAGAIN:
+			return false
+		default:
+			c.werr = errno
+			return true
+		}
+	}
+}
+
+// consume drops n written bytes from the front of the pending buffers.
+func (c *Conn) consume(n int) {
+	for n > 0 && len(c.wbufs) > 0 {
+		if n < len(c.wbufs[0]) {
+			c.wbufs[0] = c.wbufs[0][n:]
+			return
+		}
+		n -= len(c.wbufs[0])
+		c.wbufs = c.wbufs[1:]
+	}
+}
+
+// Unwrap is the TCP connection under the stamping reads.
 func (c *Conn) Unwrap() *net.TCPConn { return c.tcp }
 
 // SyscallConn gives the descriptor, for TCP_INFO.

@@ -235,3 +235,49 @@ func TestWriteUnderBackpressure(t *testing.T) {
 		t.Fatal("writes to a closed peer kept succeeding")
 	}
 }
+
+// Writev sends many buffers (more than one writev takes, empty ones among
+// them, a large one that fills the socket) byte-exact and in order, waits
+// on the poller when the socket is full, and keeps deadlines.
+func TestWritevManyBuffersUnderBackpressure(t *testing.T) {
+	client, server := pair(t)
+	if err := client.SetWriteBuffer(16 << 10); err != nil {
+		t.Fatal(err)
+	}
+	conn := Wrap(client, Clocks{Mono: mono, MaxWait: time.Second}).(*Conn)
+
+	var want bytes.Buffer
+	var bufs [][]byte
+	for i := range 3000 {
+		b := []byte(fmt.Sprintf("[%d]", i))
+		if i%7 == 0 {
+			b = nil // empty buffers are skipped
+		}
+		if i == 1500 {
+			b = bytes.Repeat([]byte{'x'}, 4<<20)
+		}
+		bufs = append(bufs, b)
+		want.Write(b)
+	}
+	got := make(chan []byte, 1)
+	go func() {
+		server.SetReadDeadline(time.Now().Add(20 * time.Second))
+		b, _ := io.ReadAll(io.LimitReader(server, int64(want.Len())))
+		got <- b
+	}()
+	conn.SetWriteDeadline(time.Now().Add(20 * time.Second))
+	n, err := conn.Writev(bufs)
+	if err != nil || n != int64(want.Len()) {
+		t.Fatalf("Writev: %d of %d bytes, %v", n, want.Len(), err)
+	}
+	if b := <-got; !bytes.Equal(b, want.Bytes()) {
+		t.Fatalf("the reader got %d bytes, not the %d written in order", len(b), want.Len())
+	}
+
+	// Nobody reading: the deadline ends the wait with what was written.
+	conn.SetWriteDeadline(time.Now().Add(50 * time.Millisecond))
+	n, err = conn.Writev([][]byte{make([]byte, 8<<20), []byte("tail")})
+	if !errors.Is(err, os.ErrDeadlineExceeded) || n <= 0 || n >= 8<<20 {
+		t.Fatalf("nobody reading: wrote %d, err %v; want a part and the deadline", n, err)
+	}
+}
