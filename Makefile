@@ -35,7 +35,7 @@ GOARCH_HOST := $(shell $(GO) env GOARCH)
 BUILD_DIR := .build/linux-$(GOARCH_HOST)
 DEB := dist/prometheus-subsegment-exporter_$(VERSION)_$(GOARCH_HOST).deb
 # Debian packages the benchmarks compare against.
-BENCH_PACKAGES := haproxy socat prometheus-blackbox-exporter nginx stress-ng gcc curl python3 util-linux
+BENCH_PACKAGES := haproxy socat prometheus-blackbox-exporter nginx stress-ng gcc curl python3 util-linux openssl
 
 .PHONY: all build static package package-test demo test deps screenshot bench-deps check-format vet lint unit fuzz bench clean mixins mixin-check
 

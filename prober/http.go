@@ -463,19 +463,8 @@ func listOrNone(names []string) string {
 // attachTCP adds the kernel's view of the source's connection to the
 // last sample, as the tcp prober does.
 func (s *httpSession) attachTCP(samples []Sample) {
-	if s.tcp == nil || s.conn == nil {
-		return
-	}
-	for i := len(samples) - 1; i >= 0; i-- {
-		if len(samples[i].Records) == 0 {
-			continue
-		}
-		if info, err := s.tcp.Read(); err == nil {
-			src := &samples[i].Records[0]
-			src.Flags |= frame.RecTCPInfo
-			src.TCP = info
-		}
-		return
+	if s.conn != nil {
+		attachTCPInfo(s.tcp, samples)
 	}
 }
 

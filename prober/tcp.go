@@ -150,15 +150,19 @@ func (s *session) ownRecord(seq uint64, tBuild, tOut, wall int64, sync clock.Syn
 // probes: the counters are the connection's (new for this run), so the
 // last reading holds every retransmission of the run, and one getsockopt
 // per run costs less than one per probe.
-func (s *session) attachTCP(samples []Sample) {
-	if s.tcp == nil {
+func (s *session) attachTCP(samples []Sample) { attachTCPInfo(s.tcp, samples) }
+
+// attachTCPInfo adds one reading of the source's connection to the last
+// sample that has records (both probers do).
+func attachTCPInfo(tcp *tcpinfo.Reader, samples []Sample) {
+	if tcp == nil {
 		return
 	}
 	for i := len(samples) - 1; i >= 0; i-- {
 		if len(samples[i].Records) == 0 {
 			continue
 		}
-		if info, err := s.tcp.Read(); err == nil {
+		if info, err := tcp.Read(); err == nil {
 			src := &samples[i].Records[0]
 			src.Flags |= frame.RecTCPInfo
 			src.TCP = info

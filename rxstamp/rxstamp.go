@@ -164,16 +164,14 @@ type Conn struct {
 	n      int
 	err    error
 	readFn func(fd uintptr) bool
-	// the write in progress, one at a time
-	wmu     sync.Mutex
-	wp      []byte
-	wn      int
-	werr    syscall.Errno
-	writeFn func(fd uintptr) bool
-	// the writev in progress: what is left of the buffers, and the iovecs
-	// built from them (kept, so that a writev allocates nothing)
+	// the write in progress, one at a time: what is left of its buffers,
+	// the bytes written, and the iovecs built from them (kept, so that a
+	// write allocates nothing)
+	wmu      sync.Mutex
+	one      [1][]byte
 	wbufs    [][]byte
-	wvn      int64
+	wn       int64
+	werr     syscall.Errno
 	iov      []unix.Iovec
 	writevFn func(fd uintptr) bool
 }
@@ -197,7 +195,6 @@ func Wrap(c net.Conn, clocks Clocks) net.Conn {
 	x := &Conn{Conn: tc, tcp: tc, raw: raw}
 	x.rd.Clocks = clocks
 	x.readFn = x.read
-	x.writeFn = x.write
 	x.writevFn = x.writev
 	return x
 }
@@ -228,42 +225,15 @@ func (c *Conn) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// Write implements net.Conn with a raw write(2) under Go's poller (its
-// deadlines and waits stay): the runtime's syscall bookkeeping around a
-// plain write wakes its monitor thread each time the process comes out of
-// idle, a measurable share of a probe's CPU.
+// Write implements net.Conn with a raw write under Go's poller (its
+// deadlines and waits stay); see Writev.
 func (c *Conn) Write(p []byte) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	c.wp, c.wn, c.werr = p, 0, 0
-	err := c.raw.Write(c.writeFn)
-	n, errno := c.wn, c.werr
-	c.wp = nil
-	switch {
-	case err != nil:
-		return n, &net.OpError{Op: "write", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
-	case errno != 0:
-		return n, &net.OpError{Op: "write", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: errno}
-	}
-	return n, nil
-}
-
-func (c *Conn) write(fd uintptr) bool {
-	for c.wn < len(c.wp) {
-		rest := c.wp[c.wn:]
-		m, _, errno := unix.RawSyscall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(&rest[0])), uintptr(len(rest)))
-		switch errno {
-		case 0:
-			c.wn += int(m)
-		case unix.EINTR:
-		case unix.EAGAIN:
-			return false
-		default:
-			c.werr = errno
-			return true
-		}
-	}
-	return true
+	c.one[0] = p
+	n, err := c.writeLocked(c.one[:], "write")
+	c.one[0] = nil
+	return int(n), err
 }
 
 // maxIovecs is the kernel's limit of buffers per writev (UIO_MAXIOV).
@@ -279,15 +249,19 @@ const maxIovecs = 1024
 func (c *Conn) Writev(bufs [][]byte) (int64, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	c.wbufs, c.wvn, c.werr = bufs, 0, 0
+	return c.writeLocked(bufs, "writev")
+}
+
+func (c *Conn) writeLocked(bufs [][]byte, op string) (int64, error) {
+	c.wbufs, c.wn, c.werr = bufs, 0, 0
 	err := c.raw.Write(c.writevFn)
-	n, errno := c.wvn, c.werr
+	n, errno := c.wn, c.werr
 	c.wbufs = nil
 	switch {
 	case err != nil:
-		return n, &net.OpError{Op: "writev", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
+		return n, &net.OpError{Op: op, Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
 	case errno != 0:
-		return n, &net.OpError{Op: "writev", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: errno}
+		return n, &net.OpError{Op: op, Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: errno}
 	}
 	return n, nil
 }
@@ -315,7 +289,7 @@ func (c *Conn) writev(fd uintptr) bool {
 		m, _, errno := unix.RawSyscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&c.iov[0])), uintptr(len(c.iov)))
 		switch errno {
 		case 0:
-			c.wvn += int64(m)
+			c.wn += int64(m)
 			c.consume(int(m))
 		case unix.EINTR:
 		case unix.EAGAIN:

@@ -147,6 +147,13 @@ func Silent(t testing.TB) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return Hold(t, ln)
+}
+
+// Hold accepts every connection on ln and holds it, unread and
+// unanswered, until the test ends; it returns ln's address.
+func Hold(t testing.TB, ln net.Listener) string {
+	t.Helper()
 	var conns []net.Conn
 	done := make(chan struct{})
 	go func() {
