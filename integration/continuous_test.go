@@ -9,8 +9,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/subsegment/subsegment_exporter/internal/delayproxy"
 )
 
 // metricValue reads one sample of a text exposition (the first line that
@@ -42,11 +40,7 @@ func TestContinuousProbingThroughPrometheus(t *testing.T) {
 		return h
 	}
 	c := startC()
-	px, err := delayproxy.Start("127.0.0.1:0", cAddr, 10*time.Millisecond, 10*time.Millisecond)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(px.Close)
+	px := startDelay(t, cAddr, 10*time.Millisecond)
 	b := startHop(t, "b", px.Addr())
 	ex := startExporter(t, "a", fmt.Sprintf(`modules:
   default:

@@ -2,9 +2,7 @@ package integration
 
 import (
 	"bytes"
-	"context"
 	"crypto/sha256"
-	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,25 +12,12 @@ import (
 	"time"
 )
 
-// runIn runs the binary in dir (a working directory of the test's).
-func runIn(t *testing.T, dir string, args ...string) (stdout string, code int) {
+// runIn runs the binary in dir (a working directory of the test's) and
+// returns its stdout and stderr together.
+func runIn(t *testing.T, dir string, args ...string) (output string, code int) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, binary, args...)
-	cmd.Dir = dir
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	err := cmd.Run()
-	var exit *exec.ExitError
-	switch {
-	case err == nil:
-	case errors.As(err, &exit):
-		code = exit.ExitCode()
-	default:
-		t.Fatalf("run %v: %v", args, err)
-	}
-	return out.String(), code
+	stdout, stderr, code := runBinaryIn(t, dir, nil, args...)
+	return stdout + stderr, code
 }
 
 // The original tool's -t <seconds>: a bare number is seconds, in every

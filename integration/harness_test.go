@@ -21,6 +21,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/subsegment/subsegment_exporter/internal/delayproxy"
 )
 
 // binary is the subsegment_exporter built for this test run.
@@ -274,3 +276,15 @@ func currentGroup() string {
 }
 
 func regexpOf(s string) *regexp.Regexp { return regexp.MustCompile(s) }
+
+// startDelay starts a delaying proxy to addr that adds oneWay in each
+// direction, stopped when the test ends.
+func startDelay(t *testing.T, addr string, oneWay time.Duration) *delayproxy.Proxy {
+	t.Helper()
+	px, err := delayproxy.Start("127.0.0.1:0", addr, oneWay, oneWay)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(px.Close)
+	return px
+}

@@ -255,11 +255,7 @@ func TestHTTPChainThroughHAProxyAndNginx(t *testing.T) {
 	backend := startBackend(t)
 	nginx, n1 := startNginx(t, "n1", backend)
 	const oneWay = 10 * time.Millisecond
-	px, err := delayproxy.Start("127.0.0.1:0", n1, oneWay, oneWay)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(px.Close)
+	px := startDelay(t, n1, oneWay)
 	h1 := startHAProxy(t, "h1", px.Addr(), "")
 	url := "http://" + h1 + "/health"
 

@@ -12,8 +12,6 @@ import (
 	"strconv"
 	"testing"
 	"time"
-
-	"github.com/subsegment/subsegment_exporter/internal/delayproxy"
 )
 
 // chromium runs headless Chromium with args and returns its stdout.
@@ -85,11 +83,7 @@ func screenshot(t *testing.T, url string, w, h int) (image.Image, string) {
 func TestChainPageInChromium(t *testing.T) {
 	z := startHop(t, "z", "")
 	c := startHop(t, "c", z.addr)
-	px, err := delayproxy.Start("127.0.0.1:0", c.addr, 10*time.Millisecond, 10*time.Millisecond)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(px.Close)
+	px := startDelay(t, c.addr, 10*time.Millisecond)
 	b := startHop(t, "b", px.Addr())
 	ex := startExporter(t, "a", fmt.Sprintf(`modules:
   default:

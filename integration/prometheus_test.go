@@ -11,8 +11,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/subsegment/subsegment_exporter/internal/delayproxy"
 )
 
 // exporterProc is the binary as a pure source exporter.
@@ -38,11 +36,7 @@ func slowChainProcs(t *testing.T, oneWay time.Duration, extra ...string) (b, c, 
 	t.Helper()
 	z = startHop(t, "z", "", extra...)
 	c = startHop(t, "c", z.addr, extra...)
-	px, err := delayproxy.Start("127.0.0.1:0", c.addr, oneWay, oneWay)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(px.Close)
+	px := startDelay(t, c.addr, oneWay)
 	b = startHop(t, "b", px.Addr(), extra...)
 	return b, c, z
 }
