@@ -1,9 +1,9 @@
 package collector
 
 import (
-	"github.com/subsegment/subsegment_exporter/peer"
-	"github.com/subsegment/subsegment_exporter/prober"
-	"github.com/subsegment/subsegment_exporter/sla"
+	"github.com/subsegment/subsegment_exporter/internal/source/prober"
+	"github.com/subsegment/subsegment_exporter/internal/source/sla"
+	"github.com/subsegment/subsegment_exporter/internal/wire/peer"
 )
 
 var (

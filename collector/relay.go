@@ -7,8 +7,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/subsegment/subsegment_exporter/frame"
-	"github.com/subsegment/subsegment_exporter/peer"
+	"github.com/subsegment/subsegment_exporter/internal/wire/frame"
+	"github.com/subsegment/subsegment_exporter/internal/wire/peer"
 )
 
 const namespace = "subsegment"

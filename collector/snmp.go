@@ -3,7 +3,7 @@ package collector
 import (
 	"slices"
 
-	"github.com/subsegment/subsegment_exporter/peer"
+	"github.com/subsegment/subsegment_exporter/internal/wire/peer"
 	"github.com/subsegment/subsegment_exporter/snmp"
 )
 

@@ -11,8 +11,8 @@ import (
 )
 
 func TestConfigCheck(t *testing.T) {
-	good, _ := filepath.Abs("../config/testdata/good/full.yml")
-	bad, _ := filepath.Abs("../config/testdata/bad/open_proxy.yml")
+	good, _ := filepath.Abs("../internal/config/testdata/good/full.yml")
+	bad, _ := filepath.Abs("../internal/config/testdata/bad/open_proxy.yml")
 	if out, _, code := runBinary(t, nil, "--config.check", "--config.file", good); code != 0 || !strings.Contains(out, "is valid: 2 modules") {
 		t.Errorf("good config: exit %d %q", code, out)
 	}

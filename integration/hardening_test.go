@@ -25,9 +25,9 @@ import (
 
 	"golang.org/x/crypto/bcrypt"
 
-	"github.com/subsegment/subsegment_exporter/frame"
-	"github.com/subsegment/subsegment_exporter/internal/certtest"
-	"github.com/subsegment/subsegment_exporter/prober"
+	"github.com/subsegment/subsegment_exporter/internal/source/prober"
+	"github.com/subsegment/subsegment_exporter/internal/testkit/certtest"
+	"github.com/subsegment/subsegment_exporter/internal/wire/frame"
 )
 
 // metric reads one sample of a relay's /metrics (the first line matching

@@ -14,8 +14,8 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
-	"github.com/subsegment/subsegment_exporter/frame"
-	"github.com/subsegment/subsegment_exporter/internal/chaintest"
+	"github.com/subsegment/subsegment_exporter/internal/testkit/chaintest"
+	"github.com/subsegment/subsegment_exporter/internal/wire/frame"
 )
 
 // hostileHop answers every probe with a record whose name is not UTF-8

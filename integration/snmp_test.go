@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/subsegment/subsegment_exporter/config"
+	"github.com/subsegment/subsegment_exporter/internal/config"
 	"github.com/subsegment/subsegment_exporter/snmp"
 )
 

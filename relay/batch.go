@@ -8,7 +8,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/subsegment/subsegment_exporter/rxstamp"
+	"github.com/subsegment/subsegment_exporter/internal/wire/rxstamp"
 )
 
 // batch collects the pieces of the frames one read produced and writes

@@ -10,10 +10,10 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/subsegment/subsegment_exporter/frame"
-	"github.com/subsegment/subsegment_exporter/peer"
-	"github.com/subsegment/subsegment_exporter/rxstamp"
-	"github.com/subsegment/subsegment_exporter/tcpinfo"
+	"github.com/subsegment/subsegment_exporter/internal/wire/frame"
+	"github.com/subsegment/subsegment_exporter/internal/wire/peer"
+	"github.com/subsegment/subsegment_exporter/internal/wire/rxstamp"
+	"github.com/subsegment/subsegment_exporter/internal/wire/tcpinfo"
 )
 
 // The goroutine engine drives a session with blocking net.Conn calls: one

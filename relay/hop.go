@@ -5,11 +5,11 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/subsegment/subsegment_exporter/clock"
-	"github.com/subsegment/subsegment_exporter/frame"
-	"github.com/subsegment/subsegment_exporter/peer"
-	"github.com/subsegment/subsegment_exporter/rxstamp"
-	"github.com/subsegment/subsegment_exporter/tcpinfo"
+	"github.com/subsegment/subsegment_exporter/internal/host/clock"
+	"github.com/subsegment/subsegment_exporter/internal/wire/frame"
+	"github.com/subsegment/subsegment_exporter/internal/wire/peer"
+	"github.com/subsegment/subsegment_exporter/internal/wire/rxstamp"
+	"github.com/subsegment/subsegment_exporter/internal/wire/tcpinfo"
 )
 
 // hopState is one upstream session of a hop, whichever engine drives it:

@@ -13,10 +13,10 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/subsegment/subsegment_exporter/frame"
-	"github.com/subsegment/subsegment_exporter/peer"
-	"github.com/subsegment/subsegment_exporter/rxstamp"
-	"github.com/subsegment/subsegment_exporter/tcpinfo"
+	"github.com/subsegment/subsegment_exporter/internal/wire/frame"
+	"github.com/subsegment/subsegment_exporter/internal/wire/peer"
+	"github.com/subsegment/subsegment_exporter/internal/wire/rxstamp"
+	"github.com/subsegment/subsegment_exporter/internal/wire/tcpinfo"
 )
 
 // loop is the epoll engine: one goroutine, on its own thread while it

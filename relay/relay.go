@@ -18,11 +18,11 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/subsegment/subsegment_exporter/clock"
-	"github.com/subsegment/subsegment_exporter/frame"
-	"github.com/subsegment/subsegment_exporter/peer"
-	"github.com/subsegment/subsegment_exporter/rxstamp"
-	"github.com/subsegment/subsegment_exporter/transport"
+	"github.com/subsegment/subsegment_exporter/internal/host/clock"
+	"github.com/subsegment/subsegment_exporter/internal/wire/frame"
+	"github.com/subsegment/subsegment_exporter/internal/wire/peer"
+	"github.com/subsegment/subsegment_exporter/internal/wire/rxstamp"
+	"github.com/subsegment/subsegment_exporter/internal/wire/transport"
 )
 
 // Defaults of the original tool and of the protocol.

@@ -5,9 +5,9 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/subsegment/subsegment_exporter/clock"
-	"github.com/subsegment/subsegment_exporter/frame"
-	"github.com/subsegment/subsegment_exporter/peer"
+	"github.com/subsegment/subsegment_exporter/internal/host/clock"
+	"github.com/subsegment/subsegment_exporter/internal/wire/frame"
+	"github.com/subsegment/subsegment_exporter/internal/wire/peer"
 )
 
 // inflight is what a hop remembers about one request between sending it on

@@ -19,7 +19,7 @@ import (
 
 	"github.com/gosnmp/gosnmp"
 
-	"github.com/subsegment/subsegment_exporter/config"
+	"github.com/subsegment/subsegment_exporter/internal/config"
 )
 
 // Target is one hop's agent with its credentials.

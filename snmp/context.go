@@ -10,9 +10,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/subsegment/subsegment_exporter/config"
-	"github.com/subsegment/subsegment_exporter/prober"
-	"github.com/subsegment/subsegment_exporter/sla"
+	"github.com/subsegment/subsegment_exporter/internal/config"
+	"github.com/subsegment/subsegment_exporter/internal/source/prober"
+	"github.com/subsegment/subsegment_exporter/internal/source/sla"
 )
 
 // Context is what was learnt about the hops of a probe run: their agents'

@@ -11,9 +11,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/subsegment/subsegment_exporter/config"
-	"github.com/subsegment/subsegment_exporter/frame"
-	"github.com/subsegment/subsegment_exporter/peer"
+	"github.com/subsegment/subsegment_exporter/internal/config"
+	"github.com/subsegment/subsegment_exporter/internal/wire/frame"
+	"github.com/subsegment/subsegment_exporter/internal/wire/peer"
 )
 
 // Local is a relay's own variables, attached to probes that ask for them

@@ -8,7 +8,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/subsegment/subsegment_exporter/config"
+	"github.com/subsegment/subsegment_exporter/internal/config"
 )
 
 // Request is what to ask one hop.

@@ -16,10 +16,10 @@ import (
 
 	"github.com/gosnmp/gosnmp"
 
-	"github.com/subsegment/subsegment_exporter/config"
-	"github.com/subsegment/subsegment_exporter/peer"
-	"github.com/subsegment/subsegment_exporter/prober"
-	"github.com/subsegment/subsegment_exporter/sla"
+	"github.com/subsegment/subsegment_exporter/internal/config"
+	"github.com/subsegment/subsegment_exporter/internal/source/prober"
+	"github.com/subsegment/subsegment_exporter/internal/source/sla"
+	"github.com/subsegment/subsegment_exporter/internal/wire/peer"
 )
 
 // fakeAgent answers like an agent would: values by OID, a delay, an error.

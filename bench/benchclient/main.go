@@ -17,7 +17,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/subsegment/subsegment_exporter/frame"
+	"github.com/subsegment/subsegment_exporter/internal/wire/frame"
 )
 
 func main() {

@@ -25,20 +25,20 @@ import (
 	"github.com/prometheus/exporter-toolkit/web"
 	"github.com/prometheus/exporter-toolkit/web/kingpinflag"
 
-	"github.com/subsegment/subsegment_exporter/config"
-	"github.com/subsegment/subsegment_exporter/demo"
-	"github.com/subsegment/subsegment_exporter/exporter"
-	"github.com/subsegment/subsegment_exporter/frame"
-	_ "github.com/subsegment/subsegment_exporter/internal/buildinfo" // the version of a plain `go build`
-	"github.com/subsegment/subsegment_exporter/internal/lowlatency"
-	"github.com/subsegment/subsegment_exporter/nagios"
-	"github.com/subsegment/subsegment_exporter/peer"
-	"github.com/subsegment/subsegment_exporter/prober"
+	"github.com/subsegment/subsegment_exporter/internal/config"
+	"github.com/subsegment/subsegment_exporter/internal/demo"
+	"github.com/subsegment/subsegment_exporter/internal/exporter"
+	_ "github.com/subsegment/subsegment_exporter/internal/host/buildinfo" // the version of a plain `go build`
+	"github.com/subsegment/subsegment_exporter/internal/host/lowlatency"
+	"github.com/subsegment/subsegment_exporter/internal/output/nagios"
+	"github.com/subsegment/subsegment_exporter/internal/output/report"
+	"github.com/subsegment/subsegment_exporter/internal/source/prober"
+	"github.com/subsegment/subsegment_exporter/internal/source/stream"
+	"github.com/subsegment/subsegment_exporter/internal/wire/frame"
+	"github.com/subsegment/subsegment_exporter/internal/wire/peer"
+	"github.com/subsegment/subsegment_exporter/internal/wire/transport"
 	"github.com/subsegment/subsegment_exporter/relay"
-	"github.com/subsegment/subsegment_exporter/report"
 	"github.com/subsegment/subsegment_exporter/snmp"
-	"github.com/subsegment/subsegment_exporter/stream"
-	"github.com/subsegment/subsegment_exporter/transport"
 )
 
 const name = "subsegment_exporter"

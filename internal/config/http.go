@@ -1,0 +1,224 @@
+package config
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"net"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/subsegment/subsegment_exporter/internal/wire/peer"
+)
+
+// Probers a module can use.
+const (
+	// ProberTCP probes a chain of relays (the default).
+	ProberTCP = "tcp"
+	// ProberHTTP probes a URL through HTTP proxies that each add a
+	// Subsegment-Timing response header.
+	ProberHTTP = "http"
+)
+
+// HTTPProbe is how an http module asks for its URL.
+type HTTPProbe struct {
+	// Method of every request (GET).
+	Method string `yaml:"method,omitempty"`
+	// Headers added to every request. Their values are never shown
+	// (/config, debug output): they often carry credentials.
+	Headers map[string]Secret `yaml:"headers,omitempty"`
+	// Host overrides the Host header (default: the URL's host).
+	Host string `yaml:"host,omitempty"`
+	// ValidStatusCodes are the statuses that count as success (any 2xx).
+	ValidStatusCodes []int `yaml:"valid_status_codes,omitempty"`
+	// TLS is for https targets.
+	TLS *HTTPTLS `yaml:"tls,omitempty"`
+	// Hops are the proxies expected to stamp, outermost first: a proxy
+	// that stops stamping is then reported (bad_header) instead of
+	// silently merging two segments into one.
+	Hops []string `yaml:"hops,omitempty"`
+	// Backend labels what the innermost proxy forwards to ("backend").
+	// When the backend stamps a Subsegment-Timing entry under this name
+	// itself, it gets a residence and the segment to it is exact.
+	Backend string `yaml:"backend,omitempty"`
+	// tls is built from TLS at load, so that a probe reads no file.
+	tls *tls.Config
+}
+
+// HTTPTLS verifies an https target's first proxy.
+type HTTPTLS struct {
+	CAFile     string `yaml:"ca_file,omitempty"`
+	CertFile   string `yaml:"cert_file,omitempty"`
+	KeyFile    string `yaml:"key_file,omitempty"`
+	ServerName string `yaml:"server_name,omitempty"`
+	// InsecureSkipVerify accepts any certificate: for labs only.
+	InsecureSkipVerify bool `yaml:"insecure_skip_verify,omitempty"`
+}
+
+// DefaultBackend labels the hop behind the innermost proxy.
+const DefaultBackend = "backend"
+
+// headersSetByTheProber cannot be set in http.headers: the prober writes
+// them (Host has its own key), and a second copy would make the request
+// ambiguous to the proxies.
+var headersSetByTheProber = []string{"host", "content-length", "transfer-encoding", "connection", "te", "upgrade", "trailer"}
+
+func (m *Module) validateProber(path string) error {
+	switch m.Prober {
+	case "":
+		m.Prober = ProberTCP
+	case ProberTCP, ProberHTTP:
+	default:
+		return bad(path+".prober", "%q unknown: use tcp (a chain of relays) or http (a URL through HTTP proxies)", m.Prober)
+	}
+	if m.Prober == ProberTCP {
+		if m.HTTP != nil {
+			return bad(path+".http", "http options need prober: http in the same module")
+		}
+		return nil
+	}
+	if m.PayloadBytes != 0 {
+		return bad(path+".payload_bytes", "not used by prober: http (requests carry no padding): remove it")
+	}
+	if m.Inband != "" && m.Inband != InbandNever {
+		return bad(path+".inband", "HTTP proxies cannot attach variables to a request: use snmp for their context")
+	}
+	if m.HTTP == nil {
+		m.HTTP = &HTTPProbe{}
+	}
+	return m.HTTP.validate(path + ".http")
+}
+
+func (h *HTTPProbe) validate(path string) error {
+	if h.Method == "" {
+		h.Method = "GET"
+	}
+	if !isToken(h.Method) || strings.ToUpper(h.Method) != h.Method {
+		return bad(path+".method", "%q is not an HTTP method: use GET, HEAD, POST, …", h.Method)
+	}
+	for _, name := range sortedKeys(h.Headers) {
+		p := path + ".headers." + name
+		if !isToken(name) {
+			return bad(p, "%q is not a header name", name)
+		}
+		if slices.Contains(headersSetByTheProber, strings.ToLower(name)) {
+			return bad(p, "%s is set by the prober (for Host use http.host)", name)
+		}
+		if strings.ContainsAny(string(h.Headers[name]), "\r\n\x00") {
+			return bad(p, "value holds a line break or NUL")
+		}
+	}
+	if h.Host != "" {
+		host := h.Host
+		if hh, _, err := net.SplitHostPort(h.Host); err == nil {
+			host = hh
+		}
+		if host == "" || strings.ContainsAny(h.Host, " \t\r\n\x00/@") {
+			return bad(path+".host", "%q is not host or host:port", h.Host)
+		}
+	}
+	for i, code := range h.ValidStatusCodes {
+		if code < 100 || code > 599 {
+			return bad(fmt.Sprintf("%s.valid_status_codes[%d]", path, i), "%d is not an HTTP status (100-599)", code)
+		}
+	}
+	for i, hop := range h.Hops {
+		if err := peer.ValidateName(hop); err != nil {
+			return bad(fmt.Sprintf("%s.hops[%d]", path, i), "%v", err)
+		}
+	}
+	if h.Backend == "" {
+		h.Backend = DefaultBackend
+	}
+	if err := peer.ValidateName(h.Backend); err != nil {
+		return bad(path+".backend", "%v", err)
+	}
+	if t := h.TLS; t != nil && (t.CertFile == "") != (t.KeyFile == "") {
+		return bad(path+".tls", "cert_file and key_file go together")
+	}
+	c, err := h.TLS.Config()
+	if err != nil {
+		return bad(path+".tls", "%v", err)
+	}
+	h.tls = c
+	return nil
+}
+
+// TLSConfig is the configuration of https targets' connections.
+func (h *HTTPProbe) TLSConfig() *tls.Config { return h.tls }
+
+// Config builds the TLS configuration of an https target's connection.
+func (t *HTTPTLS) Config() (*tls.Config, error) {
+	if t == nil {
+		return &tls.Config{MinVersion: tls.VersionTLS12}, nil
+	}
+	c := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: t.ServerName, InsecureSkipVerify: t.InsecureSkipVerify} //nolint:gosec // an explicit, documented lab option
+	if t.CAFile != "" {
+		pool, err := loadCAs(t.CAFile)
+		if err != nil {
+			return nil, err
+		}
+		c.RootCAs = pool
+	}
+	if t.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("load cert_file %s and key_file %s: %w", t.CertFile, t.KeyFile, err)
+		}
+		c.Certificates = []tls.Certificate{cert}
+	}
+	return c, nil
+}
+
+func loadCAs(path string) (*x509.CertPool, error) {
+	pem, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read ca_file: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("ca_file %s holds no PEM certificate", path)
+	}
+	return pool, nil
+}
+
+// IsHTTP reports whether the module probes URLs.
+func (m *Module) IsHTTP() bool { return m.Prober == ProberHTTP }
+
+// ValidStatus reports whether an http module counts status as success.
+func (h *HTTPProbe) ValidStatus(status int) bool {
+	if len(h.ValidStatusCodes) == 0 {
+		return status >= 200 && status < 300
+	}
+	return slices.Contains(h.ValidStatusCodes, status)
+}
+
+// isToken is RFC 9110's token: what a method and a header name are.
+func isToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// DefaultModule is the module of a command run without --config.file:
+// every default, probing relays, or HTTP proxies for a URL target.
+func DefaultModule(target string, timeout time.Duration) *Module {
+	m := &Module{Probes: DefaultProbes, Interval: Duration(DefaultInterval), Timeout: Duration(timeout), Inband: InbandNever, Prober: ProberTCP}
+	if peer.IsHTTPTarget(target) {
+		m.Prober, m.HTTP = ProberHTTP, &HTTPProbe{}
+		_ = m.HTTP.validate("http") // fills in the defaults; they are valid
+	}
+	return m
+}

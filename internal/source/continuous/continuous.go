@@ -1,0 +1,327 @@
+// Package continuous probes chains between scrapes: for each entry of
+// the configuration's continuous list it keeps one chain of connections
+// open (reconnecting with backoff when it breaks), sends one probe per
+// interval, and records every probe into per-segment and per-hop
+// histograms on /metrics, and into the recent windows the chain page
+// draws. A reload keeps the entries that did not change, with their
+// histograms.
+package continuous
+
+import (
+	"context"
+	"hash/fnv"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.yaml.in/yaml/v3"
+
+	"github.com/subsegment/subsegment_exporter/internal/config"
+	"github.com/subsegment/subsegment_exporter/internal/source/prober"
+	"github.com/subsegment/subsegment_exporter/internal/source/sla"
+)
+
+// ContextFunc reads the context (SNMP, in band) of a probe's hops that are
+// out of their SLA: hop -> variable -> value.
+type ContextFunc func(ctx context.Context, cfg *config.Config, m *config.Module, r *prober.Result) map[string]map[string]float64
+
+// contextEvery bounds how often an entry out of its SLA asks for context.
+const contextEvery = 30 * time.Second
+
+// OptionsFunc builds the probe options of a target and module, as /probe
+// builds them (source name, keys, frame limits, TLS, dialer).
+type OptionsFunc func(target string, m *config.Module) prober.Options
+
+// Manager runs the continuous entries.
+type Manager struct {
+	mu      sync.Mutex
+	metrics *Metrics
+	options OptionsFunc
+	context ContextFunc
+	cfg     *config.Config
+	log     *slog.Logger
+	runners map[entryKey]*runner
+	// order is the configuration's order of the entries.
+	order []entryKey
+	// ctx ends every runner when the manager stops.
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+// NewManager returns a manager with no entries; Apply starts them.
+func NewManager(metrics *Metrics, options OptionsFunc, log *slog.Logger) *Manager {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Manager{metrics: metrics, options: options, log: log, runners: map[entryKey]*runner{}, ctx: ctx, cancel: cancel}
+}
+
+// SetContext makes entries out of their SLA read their hops' context (at
+// most every 30 s each), for the chain page.
+func (m *Manager) SetContext(fn ContextFunc) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.context = fn
+}
+
+// Apply makes the running entries those of cfg: an entry whose target,
+// module settings, interval and buckets are unchanged keeps running with
+// its histograms; others stop (their series go) or start.
+func (m *Manager) Apply(cfg *config.Config) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.cfg = cfg
+	want := map[entryKey]string{}
+	var entries []config.Continuous
+	if cfg != nil {
+		entries = cfg.Continuous
+	}
+	for _, e := range entries {
+		want[entryKey{e.Target, e.Module}] = fingerprint(e, cfg.Modules[e.Module])
+	}
+	for k, r := range m.runners {
+		if fp, ok := want[k]; ok && fp == r.fingerprint {
+			continue
+		}
+		r.stop()
+		m.metrics.remove(k.target, k.module)
+		delete(m.runners, k)
+	}
+	started := 0
+	m.order = m.order[:0]
+	for _, e := range entries {
+		m.order = append(m.order, entryKey{e.Target, e.Module})
+	}
+	for _, e := range entries {
+		k := entryKey{e.Target, e.Module}
+		if _, ok := m.runners[k]; ok {
+			continue
+		}
+		mod := cfg.Modules[e.Module]
+		r := newRunner(e, mod, m.options(e.Target, mod), m.metrics, m.log.With("target", e.Target, "module", e.Module))
+		r.fingerprint = want[k]
+		if m.context != nil {
+			cfg, fn := cfg, m.context
+			r.context = func(ctx context.Context, res *prober.Result) map[string]map[string]float64 {
+				return fn(ctx, cfg, mod, res)
+			}
+		}
+		m.runners[k] = r
+		r.start(m.ctx)
+		started++
+	}
+	if started > 0 || len(entries) > 0 {
+		m.log.Info("continuous probing", "entries", len(entries), "started", started)
+	}
+}
+
+// Stop ends every entry and waits for them.
+func (m *Manager) Stop() {
+	m.cancel()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, r := range m.runners {
+		r.wait()
+	}
+}
+
+// fingerprint is what makes an entry the same across a reload.
+func fingerprint(e config.Continuous, m *config.Module) string {
+	b, _ := yaml.Marshal(struct {
+		E config.Continuous
+		M *config.Module
+	}{e, m})
+	return string(b)
+}
+
+// runner probes one entry.
+type runner struct {
+	entry       config.Continuous
+	module      *config.Module
+	opts        prober.Options
+	metrics     *Metrics
+	series      *entryMetrics
+	log         *slog.Logger
+	fingerprint string
+	cancel      context.CancelFunc
+	done        chan struct{}
+	state       *entryState
+	connection  uint64
+	// context reads the hops' context of a probe out of its SLA.
+	context func(context.Context, *prober.Result) map[string]map[string]float64
+	// the entry's own series, looked up once
+	succeeded, failed prometheus.Counter
+	lastSuccess       prometheus.Gauge
+}
+
+func newRunner(e config.Continuous, m *config.Module, opts prober.Options, metrics *Metrics, log *slog.Logger) *runner {
+	opts.Logger = log
+	return &runner{entry: e, module: m, opts: opts, metrics: metrics, series: metrics.entry(e.Target, e.Module, e.Buckets), log: log,
+		done: make(chan struct{}), state: newEntryState(e, m),
+		succeeded:   metrics.probes.WithLabelValues(e.Target, e.Module, "success"),
+		failed:      metrics.probes.WithLabelValues(e.Target, e.Module, "failure"),
+		lastSuccess: metrics.lastSuccess.WithLabelValues(e.Target, e.Module)}
+}
+
+func (r *runner) start(parent context.Context) {
+	ctx, cancel := context.WithCancel(parent)
+	r.cancel = cancel
+	go func() {
+		defer close(r.done)
+		r.run(ctx)
+	}()
+}
+
+func (r *runner) stop() {
+	r.cancel()
+	r.wait()
+}
+
+func (r *runner) wait() { <-r.done }
+
+// maxBackoff bounds the pause before reconnecting a broken chain.
+const maxBackoff = 30 * time.Second
+
+// run keeps the chain open and probes it every interval until ctx ends.
+// Entries start spread over their interval, so that many entries do not
+// all probe in the same instant.
+func (r *runner) run(ctx context.Context) {
+	interval := time.Duration(r.entry.Interval)
+	h := fnv.New64a()
+	_, _ = h.Write([]byte(r.entry.Target + "\x00" + r.entry.Module))
+	timer := time.NewTimer(time.Duration(h.Sum64() % uint64(interval)))
+	defer timer.Stop()
+	backoff := time.Duration(0)
+	var s *prober.Session
+	defer func() {
+		if s != nil {
+			s.Close()
+		}
+	}()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+		}
+		if s == nil {
+			var warm *prober.Result
+			s, warm = prober.Open(ctx, r.opts)
+			r.connection++
+			r.observe(warm, true)
+			if s == nil {
+				backoff = min(max(2*backoff, interval), maxBackoff)
+				timer.Reset(backoff)
+				continue
+			}
+			backoff = 0
+			timer.Reset(interval)
+			continue
+		}
+		res := s.Probe(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		r.observe(res, false)
+		r.readContext(ctx, res)
+		if res.Failure != nil {
+			s.Close()
+			s = nil
+		}
+		timer.Reset(interval)
+	}
+}
+
+// observe records a probe (or a connection's warm-up) into the metrics
+// and the page's windows.
+func (r *runner) observe(res *prober.Result, warmup bool) {
+	t, mod := r.entry.Target, r.entry.Module
+	now := time.Now()
+	if f := res.Failure; f != nil {
+		r.failed.Inc()
+		if r.metrics.segment(r.series, f.From, f.To) != nil {
+			r.metrics.failures.WithLabelValues(t, mod, f.From, f.To, f.Reason).Inc()
+		}
+		if r.state.fail(now, res) {
+			r.log.Info("continuous probe failed", "segment", f.From+" -> "+f.To, "reason", f.Reason, "err", f.Message)
+		}
+	} else if !warmup {
+		r.succeeded.Inc()
+		r.lastSuccess.Set(float64(now.UnixNano()) / 1e9)
+		if r.state.succeed(now) {
+			r.log.Info("continuous probe works again")
+		}
+	}
+	for i := range res.Segments {
+		seg := &res.Segments[i]
+		s := r.metrics.segment(r.series, seg.From, seg.To)
+		if s == nil {
+			continue
+		}
+		if seg.Connect != nil {
+			s.connect.Observe(*seg.Connect)
+		}
+		if seg.TCP != nil || seg.TCPFar != nil {
+			if s.retransmits == nil {
+				s.retransmits = r.metrics.retransmits.WithLabelValues(t, mod, seg.From, seg.To)
+			}
+			if s.connection == r.connection && seg.Retransmits > s.lastRetrans {
+				s.retransmits.Add(float64(seg.Retransmits - s.lastRetrans))
+			}
+			s.connection, s.lastRetrans = r.connection, seg.Retransmits
+		}
+		if warmup || seg.Samples == 0 {
+			continue
+		}
+		s.rtt.Observe(seg.RTT.Median)
+		r.state.segment(now, seg.From, seg.To, seg.RTT.Median)
+		if !s.slaSet {
+			s.slaSet = true
+			if th := r.module.SLA.Threshold(seg.From, seg.To); th > 0 {
+				r.metrics.segSLA.WithLabelValues(t, mod, seg.From, seg.To).Set(th.Seconds())
+			}
+		}
+	}
+	if warmup {
+		return
+	}
+	r.state.chain(res)
+	for i := range res.Hops {
+		hr := &res.Hops[i]
+		if hr.Residence.Max == 0 {
+			continue // an HTTP proxy, or an end that reported nothing
+		}
+		r.state.hop(now, hr.Name, hr.Residence.Median, hr.Wait.Median, hr.Vars)
+		h := r.metrics.hop(r.series, hr.Name)
+		if h == nil {
+			continue
+		}
+		h.residence.Observe(hr.Residence.Median)
+		if !hr.HTTPHeader {
+			h.wait.Observe(hr.Wait.Median)
+		}
+		if !h.slaSet {
+			h.slaSet = true
+			if th := r.module.SLA.HopThreshold(hr.Name); th > 0 {
+				r.metrics.hopSLA.WithLabelValues(t, mod, hr.Name).Set(th.Seconds())
+			}
+		}
+	}
+}
+
+// readContext asks for the hops' context while the probe shows a segment
+// or hop out of its SLA, at most every contextEvery.
+func (r *runner) readContext(ctx context.Context, res *prober.Result) {
+	if r.context == nil || !r.state.contextDue(time.Now()) {
+		return
+	}
+	violated := res.Failure != nil
+	for _, v := range sla.Evaluate(res, r.module.SLA) {
+		violated = violated || v.Exceeded
+	}
+	if !violated {
+		return
+	}
+	cctx, cancel := context.WithTimeout(ctx, time.Duration(r.module.Timeout))
+	defer cancel()
+	r.state.setContext(time.Now(), r.context(cctx, res))
+}

@@ -1,0 +1,300 @@
+package continuous
+
+import (
+	"sync"
+	"time"
+
+	"github.com/subsegment/subsegment_exporter/internal/config"
+	"github.com/subsegment/subsegment_exporter/internal/source/prober"
+)
+
+// entryState is what the chain page shows of an entry: the chain as the
+// latest probe saw it, the recent windows of its segments and hops, and
+// the current failure. Bounded like the entry's series.
+type entryState struct {
+	mu          sync.Mutex
+	entry       config.Continuous
+	sla         config.SLA
+	hopsInOrder []string
+	segsInOrder [][2]string
+	// resolution of HTTP proxies' stamps and of segments' figures
+	// (seconds; absent: our own, microseconds)
+	hopRes      map[string]float64
+	segRes      map[[2]string]float64
+	segments    map[[2]string]*window
+	hops        map[string]*hopWindows
+	lastSuccess time.Time
+	failure     *prober.FailureResult
+	failedAt    time.Time
+	// context is the latest SNMP or in-band context of a hop out of its
+	// SLA (hop -> variable -> value), and when it was read.
+	context   map[string]map[string]float64
+	contextAt time.Time
+}
+
+type hopWindows struct {
+	residence, wait window
+	vars            map[string]float64
+}
+
+func newEntryState(e config.Continuous, m *config.Module) *entryState {
+	return &entryState{entry: e, sla: m.SLA, segments: map[[2]string]*window{}, hops: map[string]*hopWindows{}}
+}
+
+// fail records a failure; true when the entry was working before (worth
+// a log line).
+func (s *entryState) fail(now time.Time, res *prober.Result) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	was := s.failure == nil
+	s.failure, s.failedAt = res.Failure, now
+	return was
+}
+
+// succeed records a probe through the whole chain; true when it was
+// broken before.
+func (s *entryState) succeed(now time.Time) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	was := s.failure != nil
+	s.failure, s.lastSuccess = nil, now
+	return was
+}
+
+// chain keeps the order of hops and segments of a probe that got through
+// (a failed probe's partial chain would reorder the drawing).
+func (s *entryState) chain(res *prober.Result) {
+	if res.Failure != nil || len(res.Hops) == 0 {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.hopsInOrder = s.hopsInOrder[:0]
+	s.hopRes, s.segRes = map[string]float64{}, map[[2]string]float64{}
+	for _, h := range res.Hops {
+		s.hopsInOrder = append(s.hopsInOrder, h.Name)
+		if h.HTTPHeader {
+			s.hopRes[h.Name] = h.Resolution
+		}
+	}
+	s.segsInOrder = s.segsInOrder[:0]
+	for _, seg := range res.Segments {
+		s.segsInOrder = append(s.segsInOrder, [2]string{seg.From, seg.To})
+		if seg.Resolution > 0 {
+			s.segRes[[2]string{seg.From, seg.To}] = seg.Resolution
+		}
+	}
+}
+
+// contextDue says whether the context may be read again; it reserves the
+// turn, so that a slow agent is not asked again on every probe.
+func (s *entryState) contextDue(now time.Time) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if now.Sub(s.contextAt) < contextEvery {
+		return false
+	}
+	s.contextAt = now
+	return true
+}
+
+func (s *entryState) setContext(now time.Time, c map[string]map[string]float64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.context, s.contextAt = c, now
+}
+
+func (s *entryState) segment(now time.Time, from, to string, rtt float64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	k := [2]string{from, to}
+	w := s.segments[k]
+	if w == nil {
+		if len(s.segments)+len(s.hops) >= maxSeriesKeys {
+			return
+		}
+		w = &window{}
+		s.segments[k] = w
+	}
+	w.add(now, rtt)
+}
+
+func (s *entryState) hop(now time.Time, name string, residence, wait float64, vars map[string]float64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	h := s.hops[name]
+	if h == nil {
+		if len(s.segments)+len(s.hops) >= maxSeriesKeys {
+			return
+		}
+		h = &hopWindows{}
+		s.hops[name] = h
+	}
+	h.residence.add(now, residence)
+	h.wait.add(now, wait)
+	if len(vars) > 0 {
+		h.vars = vars
+	}
+}
+
+// Span is how far back the chain page looks.
+const Span = time.Minute
+
+// EntryState is an entry as the chain page draws it (and its JSON API
+// returns it).
+type EntryState struct {
+	Target          string  `json:"target"`
+	Module          string  `json:"module"`
+	IntervalSeconds float64 `json:"interval_seconds"`
+	// LastSuccess is when a probe last came back (null before the first).
+	LastSuccess *time.Time `json:"last_success"`
+	// Failure is where the chain is broken now, null while it works.
+	Failure  *prober.FailureResult `json:"failure"`
+	Hops     []HopState            `json:"hops"`
+	Segments []SegmentState        `json:"segments"`
+}
+
+// HopState is a hop's last minute.
+type HopState struct {
+	Name string `json:"name"`
+	// Residence and Wait are medians over the last minute (0 for HTTP
+	// proxies, which report one duration).
+	ResidenceSeconds float64 `json:"residence_seconds"`
+	WaitSeconds      float64 `json:"wait_seconds"`
+	SLASeconds       float64 `json:"sla_seconds"`
+	// SLA is ok, exceeded or none (no SLA for the hop).
+	SLA string `json:"sla"`
+	// HTTPHeader: an HTTP proxy, reporting through its Subsegment-Timing
+	// header with stamps of ResolutionSeconds.
+	HTTPHeader        bool    `json:"http_header,omitempty"`
+	ResolutionSeconds float64 `json:"resolution_seconds,omitempty"`
+	// Context is the hop's variables (SNMP or in band) while it or a
+	// segment of it is out of its SLA.
+	Context map[string]float64 `json:"context,omitempty"`
+}
+
+// SegmentState is a segment's last minute.
+type SegmentState struct {
+	From          string  `json:"from"`
+	To            string  `json:"to"`
+	MedianSeconds float64 `json:"median_seconds"`
+	P99Seconds    float64 `json:"p99_seconds"`
+	Samples       int     `json:"samples"`
+	SLASeconds    float64 `json:"sla_seconds"`
+	SLA           string  `json:"sla"`
+	// ResolutionSeconds is the figures' resolution where an end is an
+	// HTTP proxy (its stamps' unit); absent for relays (microseconds).
+	ResolutionSeconds float64 `json:"resolution_seconds,omitempty"`
+	// Broken is the reason the chain breaks here now ("" while it works).
+	Broken string `json:"broken,omitempty"`
+}
+
+// SLA states.
+const (
+	SLAOk       = "ok"
+	SLAExceeded = "exceeded"
+	SLANone     = "none"
+)
+
+func slaState(value, threshold float64, samples int) string {
+	switch {
+	case threshold <= 0:
+		return SLANone
+	case samples == 0 || value > threshold:
+		return SLAExceeded
+	}
+	return SLAOk
+}
+
+// snapshot is the entry's state now.
+func (s *entryState) snapshot(now time.Time) EntryState {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := EntryState{Target: s.entry.Target, Module: s.entry.Module, IntervalSeconds: time.Duration(s.entry.Interval).Seconds(), Failure: s.failure,
+		Hops: []HopState{}, Segments: []SegmentState{}}
+	if !s.lastSuccess.IsZero() {
+		t := s.lastSuccess
+		out.LastSuccess = &t
+	}
+	scratch := make([]float64, 0, windowCap)
+	for _, name := range s.hopsInOrder {
+		h := HopState{Name: name, SLASeconds: s.sla.HopThreshold(name).Seconds()}
+		if res, ok := s.hopRes[name]; ok {
+			h.HTTPHeader, h.ResolutionSeconds = true, res
+		}
+		if w := s.hops[name]; w != nil {
+			res := w.residence.since(now, Span, scratch)
+			h.ResidenceSeconds, h.WaitSeconds = res.Median, w.wait.since(now, Span, scratch).Median
+			h.SLA = slaState(res.Median, h.SLASeconds, res.Samples)
+			if h.SLA == SLAExceeded {
+				h.Context = s.contextOf(name, w)
+			}
+		} else {
+			h.SLA = slaState(0, h.SLASeconds, 0)
+		}
+		out.Hops = append(out.Hops, h)
+	}
+	segs := s.segsInOrder
+	if f := s.failure; f != nil && !containsSeg(segs, f.From, f.To) {
+		segs = append(segs[:len(segs):len(segs)], [2]string{f.From, f.To})
+	}
+	for _, k := range segs {
+		seg := SegmentState{From: k[0], To: k[1], SLASeconds: s.sla.Threshold(k[0], k[1]).Seconds(), ResolutionSeconds: s.segRes[k]}
+		if w := s.segments[k]; w != nil {
+			q := w.since(now, Span, scratch)
+			seg.MedianSeconds, seg.P99Seconds, seg.Samples = q.Median, q.P99, q.Samples
+		}
+		seg.SLA = slaState(seg.MedianSeconds, seg.SLASeconds, seg.Samples)
+		if f := s.failure; f != nil && f.From == k[0] && f.To == k[1] {
+			seg.Broken = f.Reason
+		}
+		out.Segments = append(out.Segments, seg)
+		if seg.SLA == SLAExceeded {
+			for i := range out.Hops {
+				if out.Hops[i].Name == k[1] && out.Hops[i].Context == nil {
+					out.Hops[i].Context = s.contextOf(k[1], s.hops[k[1]])
+				}
+			}
+		}
+	}
+	return out
+}
+
+// contextOf is what is known of a hop's variables: the latest SNMP
+// context, else what the hop attached in band.
+func (s *entryState) contextOf(name string, w *hopWindows) map[string]float64 {
+	if c := s.context[name]; len(c) > 0 {
+		return c
+	}
+	if w != nil && len(w.vars) > 0 {
+		return w.vars
+	}
+	return nil
+}
+
+func containsSeg(segs [][2]string, from, to string) bool {
+	for _, k := range segs {
+		if k[0] == from && k[1] == to {
+			return true
+		}
+	}
+	return false
+}
+
+// Snapshot is every entry's state, in configuration order.
+func (m *Manager) Snapshot() []EntryState {
+	m.mu.Lock()
+	runners := make([]*runner, 0, len(m.runners))
+	for _, k := range m.order {
+		if r := m.runners[k]; r != nil {
+			runners = append(runners, r)
+		}
+	}
+	m.mu.Unlock()
+	now := time.Now()
+	out := make([]EntryState, 0, len(runners))
+	for _, r := range runners {
+		out = append(out, r.state.snapshot(now))
+	}
+	return out
+}

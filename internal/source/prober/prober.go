@@ -1,0 +1,307 @@
+// Package prober is the source end of a chain. Run probes a chain of relays
+// (tcp.go): it opens one connection to the first hop, sends a warm-up probe
+// that opens every downstream connection (and reports their connect
+// times), then the measured probes, and turns what the hops stamped into
+// per-segment and per-hop statistics (summary.go), keyed by each hop's
+// identity. The exporter, the probe command and the Nagios check all run
+// it.
+package prober
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/subsegment/subsegment_exporter/internal/host/clock"
+	"github.com/subsegment/subsegment_exporter/internal/source/timing"
+	"github.com/subsegment/subsegment_exporter/internal/wire/frame"
+	"github.com/subsegment/subsegment_exporter/internal/wire/peer"
+	"github.com/subsegment/subsegment_exporter/internal/wire/rxstamp"
+	"github.com/subsegment/subsegment_exporter/internal/wire/transport"
+)
+
+// HiddenHop names what lies beyond a relay running with
+// --remove-perf-headers: its downstream time is reported as one segment.
+const HiddenHop = "hidden"
+
+// Options describe one run of probes through a chain.
+type Options struct {
+	// Target is the first hop, host:port.
+	Target string
+	// Source names hop 0, this process, in segment labels.
+	Source string
+	// Count is the number of measured probes (the warm-up comes on top).
+	Count    int
+	Interval time.Duration
+	// PayloadBytes pads every probe so that an MTU/MSS black hole on a
+	// segment makes that segment fail.
+	PayloadBytes int
+	// Timeout bounds each probe's round trip; the context's deadline
+	// bounds the whole run.
+	Timeout       time.Duration
+	MaxFrameBytes int
+	Keys          frame.Keys
+	Clock         clock.Clock
+	// Realtime converts kernel receive stamps (nil: the system's clock).
+	Realtime func() int64
+	// Dial opens the TCP connection to the first hop (nil: plainly); TLS,
+	// when set, makes it TLS.
+	Dial func(ctx context.Context, address string) (net.Conn, error)
+	TLS  *tls.Config
+	// AnnotateWarmup asks every hop to attach its local variables to the
+	// warm-up probe's record.
+	AnnotateWarmup bool
+	// AnnotateAfter, when it returns true for the measured result, sends
+	// one more probe asking for the hops' local variables.
+	AnnotateAfter func(*Result) bool
+	// HTTP, when set, makes Target a URL probed through HTTP proxies
+	// (http.go); TLS then applies to https targets.
+	HTTP *HTTPOptions
+	// Names remembers hop names across runs, to name a first hop that
+	// cannot be reached; may be nil.
+	Names  *NameCache
+	Logger *slog.Logger
+}
+
+// Validate reports the first bad option.
+func (o *Options) Validate() error {
+	if o.HTTP != nil {
+		if _, err := peer.ParseHTTPTarget(o.Target); err != nil {
+			return fmt.Errorf("target: %w", err)
+		}
+		if o.PayloadBytes != 0 {
+			return fmt.Errorf("payload bytes are for relay chains, not HTTP")
+		}
+	} else if err := peer.ValidateAddress(o.Target); err != nil {
+		return fmt.Errorf("target: %w", err)
+	}
+	if err := peer.ValidateName(o.Source); err != nil {
+		return fmt.Errorf("source name: %w", err)
+	}
+	if o.Count < 1 || o.Count > 10000 {
+		return fmt.Errorf("probe count %d out of range: use 1 to 10000", o.Count)
+	}
+	if o.Interval < 0 {
+		return fmt.Errorf("probe interval %v is negative", o.Interval)
+	}
+	if o.Timeout <= 0 {
+		return fmt.Errorf("probe timeout %v must be positive", o.Timeout)
+	}
+	return frame.CheckPayload(o.PayloadBytes, o.maxFrame(), frame.DefaultMaxHops)
+}
+
+func defaultTLS() *tls.Config { return &tls.Config{MinVersion: tls.VersionTLS12} }
+
+func (o *Options) maxFrame() int {
+	if o.MaxFrameBytes > 0 {
+		return o.MaxFrameBytes
+	}
+	return frame.DefaultMaxFrameBytes
+}
+
+func (o *Options) dialer() transport.Dialer {
+	// No TCP keep-alive: a run's connection lives for seconds at most,
+	// and its four setsockopt calls were a tenth of a /probe's syscalls.
+	return transport.Dialer{Dial: o.Dial, TLS: o.TLS, KeepAlive: -1, Clocks: rxstamp.Clocks{Mono: o.Clock.Monotonic, Real: o.Realtime, MaxWait: o.Timeout}}
+}
+
+// NameCache remembers, per target, the name its first hop reported. It
+// holds at most maxCachedNames targets (the module's allowed targets in
+// practice), so that it cannot grow without bound.
+type NameCache struct {
+	mu sync.Mutex
+	m  map[string]string
+}
+
+const maxCachedNames = 4096
+
+func (c *NameCache) get(target string) string {
+	if c != nil {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if v, ok := c.m[target]; ok {
+			return v
+		}
+	}
+	return target
+}
+
+// chainOf is the hops an HTTP target's last good response named,
+// outermost first.
+func (c *NameCache) chainOf(target string) []string {
+	if v := c.get("chain " + target); v != "chain "+target {
+		return strings.Fields(v)
+	}
+	return nil
+}
+
+func (c *NameCache) putChain(target string, hops []string) {
+	if len(hops) > 0 {
+		c.put("chain "+target, strings.Join(hops, " "))
+	}
+}
+
+func (c *NameCache) put(target, name string) {
+	if c == nil || name == "" {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil || len(c.m) >= maxCachedNames {
+		c.m = map[string]string{}
+	}
+	c.m[target] = name
+}
+
+// Failure locates where the chain broke: the hop that reported it and the
+// other end of the failed segment.
+type Failure struct {
+	// FromIndex is the position of the near end in the sample's records
+	// (0 = source).
+	FromIndex int
+	// From is the near end; To the far end: a hop, or as the reporting hop
+	// named it (its name, else its address) when it never answered.
+	From, To peer.Hop
+	Reason   peer.Reason
+	Message  string
+}
+
+func (f *Failure) Error() string {
+	return fmt.Sprintf("segment %s -> %s failed (%s): %s", f.From.Name, f.To.Name, f.Reason, f.Message)
+}
+
+// Sample is one probe's result.
+type Sample struct {
+	Seq    uint64
+	Warmup bool
+	// Records holds the source's own record first, then one per hop that
+	// answered, in chain order.
+	Records   []frame.HopRecord
+	Breakdown timing.Breakdown
+	Failure   *Failure
+}
+
+// Run sends the probes and summarises them. It always returns a result; a
+// broken chain is reported in Result.Failure, never as a Go error.
+func Run(ctx context.Context, o Options) *Result {
+	start := time.Now()
+	if o.Clock == nil {
+		o.Clock = clock.NewSystem()
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	res := &Result{Target: o.Target, Source: o.Source}
+	defer func() { res.Duration = time.Since(start) }()
+	if err := o.Validate(); err != nil {
+		res.setFailure(&Failure{From: peer.Hop{Name: o.Source}, To: peer.Hop{Name: o.Target}, Reason: peer.ReasonUnknown, Message: err.Error()})
+		return res
+	}
+	if o.HTTP != nil {
+		runHTTP(ctx, &o, res)
+		return res
+	}
+	s, fail := open(ctx, &o)
+	if fail != nil {
+		res.setFailure(fail)
+		o.Logger.Debug("first hop unreachable", "target", o.Target, "reason", fail.Reason, "err", fail.Message)
+		return res
+	}
+	defer s.close()
+	samples := measure(ctx, s, &o, res)
+	s.attachTCP(samples)
+	res.summarise(samples, o.Logger)
+	if res.fail == nil && o.AnnotateAfter != nil && o.AnnotateAfter(res) {
+		ann := s.probe(ctx, uint64(o.Count)+1, frame.ProbeAnnotate)
+		if ann.Failure == nil {
+			res.addVars(ann.Records)
+		} else {
+			o.Logger.Info("annotation probe failed", "err", ann.Failure.Error())
+		}
+	}
+	return res
+}
+
+// prober sends one probe of a run: through relays (session) or through
+// HTTP proxies (httpSession).
+type prober interface {
+	probe(ctx context.Context, seq uint64, flags uint16) Sample
+}
+
+// measure sends the warm-up and the measured probes, stopping at the
+// first failure or when another probe could not come back in time.
+func measure(ctx context.Context, s prober, o *Options, res *Result) []Sample {
+	warm := s.probe(ctx, 0, frame.ProbeWarmup|annotateFlag(o.AnnotateWarmup))
+	warm.Warmup = true
+	samples := []Sample{warm}
+	if warm.Failure != nil {
+		o.Logger.Info("warm-up probe failed", "err", warm.Failure.Error())
+		return samples
+	}
+	slowest := warm.Breakdown.RoundTrip
+	for seq := uint64(1); seq <= uint64(o.Count); seq++ {
+		if seq > 1 && !fits(ctx, slowest+o.Interval) {
+			// A slow chain, not a broken one: stop before a probe that
+			// cannot come back before the deadline.
+			res.Truncated = true
+			o.Logger.Info("stopping early: no time left for another probe", "probes", seq-1, "slowest_round_trip", slowest)
+			break
+		}
+		if seq > 1 && o.Interval > 0 && !sleep(ctx, o.Interval) {
+			break
+		}
+		smp := s.probe(ctx, seq, 0)
+		samples = append(samples, smp)
+		if smp.Failure != nil {
+			o.Logger.Info("probe failed", "seq", seq, "err", smp.Failure.Error())
+			break
+		}
+		slowest = max(slowest, smp.Breakdown.RoundTrip)
+		if o.Logger.Enabled(ctx, slog.LevelDebug) {
+			o.Logger.Debug("probe", "seq", seq, "round_trip", smp.Breakdown.RoundTrip, "segments", describe(smp))
+		}
+	}
+	return samples
+}
+
+// fits reports whether a probe taking about need still ends before the
+// context's deadline, with a margin.
+func fits(ctx context.Context, need time.Duration) bool {
+	dl, ok := ctx.Deadline()
+	return !ok || time.Until(dl) > need*3/2
+}
+
+// describe lists a probe's segment rtts for the log.
+func describe(smp Sample) string {
+	var b strings.Builder
+	for i, seg := range smp.Breakdown.Segments {
+		if i > 0 {
+			b.WriteString(" ")
+		}
+		fmt.Fprintf(&b, "%s>%s=%s", smp.Records[seg.From].Name, smp.Records[seg.To].Name, seg.RTT)
+	}
+	return b.String()
+}
+
+func annotateFlag(on bool) uint16 {
+	if on {
+		return frame.ProbeAnnotate
+	}
+	return 0
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}

@@ -1,0 +1,260 @@
+package prober
+
+import (
+	"fmt"
+	"math"
+	"slices"
+	"time"
+
+	"github.com/subsegment/subsegment_exporter/internal/source/timing"
+	"github.com/subsegment/subsegment_exporter/internal/wire/frame"
+	"github.com/subsegment/subsegment_exporter/internal/wire/peer"
+	"github.com/subsegment/subsegment_exporter/internal/wire/tcpinfo"
+)
+
+// Result summarises one run. It is also the stable JSON of
+// `probe --output json` (documented in the README): durations are seconds.
+//
+// Hops are told apart by their identity (a random ID per relay process);
+// names only label them. When names repeat within a chain, the labels are
+// made unique in chain order: same, same#2, same#3 (peer.Labels).
+type Result struct {
+	Target   string        `json:"target"`
+	Source   string        `json:"source"`
+	Success  bool          `json:"success"`
+	Duration time.Duration `json:"-"`
+	// Probes is the number of measured probes that came back.
+	Probes int `json:"probes"`
+	// HopsReached counts the hops beyond the source that answered.
+	HopsReached int `json:"hops_reached"`
+	// Truncated: the deadline stopped the run before all probes were sent.
+	Truncated bool `json:"truncated"`
+	Stripped  bool `json:"stripped"`
+	// HTTP: the chain was probed over HTTP, its proxies reporting through
+	// the Subsegment-Timing header.
+	HTTP     bool            `json:"http,omitempty"`
+	Hops     []HopResult     `json:"hops"`
+	Segments []SegmentResult `json:"segments"`
+	Failure  *FailureResult  `json:"failure"`
+	// DuplicateNames: hops of the chain share names; their labels carry
+	// a #N suffix.
+	DuplicateNames bool     `json:"duplicate_names"`
+	Samples        []Sample `json:"-"`
+	fail           *Failure
+	byLabel        map[[2]string]int
+}
+
+// HopResult is one hop's residence statistics.
+type HopResult struct {
+	// Name is the hop's label: its name, unique within the chain.
+	Name string `json:"name"`
+	// ID is the hop's identity (hex): random per relay process.
+	ID        string  `json:"id"`
+	Residence Seconds `json:"residence_seconds"`
+	// Wait is the part of the residence the probes spent in the kernel
+	// before the hop read them (forward and return together).
+	Wait Seconds `json:"wait_seconds"`
+	// KernelTimestamps: every measured probe's request-in and reply-in at
+	// this hop were the kernel's receive stamps (else the read time).
+	KernelTimestamps bool `json:"kernel_timestamps"`
+	ClockSynced      bool `json:"clock_synced"`
+	// HTTPHeader: the hop reported through its Subsegment-Timing header
+	// (an HTTP proxy), with stamps of Resolution seconds.
+	HTTPHeader bool               `json:"http_header,omitempty"`
+	Resolution float64            `json:"resolution_seconds,omitempty"`
+	Vars       map[string]float64 `json:"vars,omitempty"`
+	id         uint64
+	residences []time.Duration
+	waits      []time.Duration
+}
+
+// SegmentResult is one segment's statistics.
+type SegmentResult struct {
+	From    string  `json:"from"`
+	To      string  `json:"to"`
+	Samples int     `json:"samples"`
+	RTT     Seconds `json:"rtt_seconds"`
+	Jitter  float64 `json:"jitter_seconds"`
+	// Connect is the handshake time of the connection the near end opened
+	// for this run; nil when it did not open one (reused, or unknown).
+	Connect *float64 `json:"connect_seconds"`
+	// TCP is the kernel's view of the near end's connection (forward
+	// direction), TCPFar the far end's (return direction), as the last
+	// probe found them; nil when that end could not read it.
+	TCP    *TCPResult `json:"tcp"`
+	TCPFar *TCPResult `json:"tcp_far"`
+	// Retransmits is both ends' retransmissions during the run.
+	Retransmits uint32        `json:"retransmits"`
+	OneWay      *OneWayResult `json:"one_way"`
+	// Resolution is the coarser of both ends' stamp resolutions (HTTP
+	// chains): the figures are rounded to it.
+	Resolution  float64 `json:"resolution_seconds,omitempty"`
+	Slowest     bool    `json:"slowest"`
+	from, to    int     // hop indexes
+	samples     []time.Duration
+	fwd         []time.Duration
+	ret         []time.Duration
+	bound       time.Duration
+	oneWayN     int
+	nearRetrans uint32
+	farRetrans  uint32
+}
+
+// Seconds is a min/median/max triple in seconds.
+type Seconds struct {
+	Min    float64 `json:"min"`
+	Median float64 `json:"median"`
+	Max    float64 `json:"max"`
+}
+
+// TCPResult is TCP_INFO of one end of a segment.
+type TCPResult struct {
+	RTT         float64 `json:"rtt_seconds"`
+	RTTVar      float64 `json:"rttvar_seconds"`
+	MinRTT      float64 `json:"min_rtt_seconds"`
+	Retransmits uint32  `json:"retransmits"`
+	SndMSS      uint32  `json:"snd_mss_bytes"`
+	PMTU        uint32  `json:"pmtu_bytes"`
+	SndCwnd     uint32  `json:"snd_cwnd_segments"`
+}
+
+func tcpResult(t tcpinfo.Info) *TCPResult {
+	return &TCPResult{RTT: micros(t.RTTMicros), RTTVar: micros(t.RTTVarMicros), MinRTT: micros(t.MinRTTMicros),
+		Retransmits: t.TotalRetrans, SndMSS: t.SndMSS, PMTU: t.PMTU, SndCwnd: t.SndCwnd}
+}
+
+// OneWayResult holds median one-way delays, present only when both ends
+// of the segment had synchronised clocks for every probe.
+type OneWayResult struct {
+	Forward    float64 `json:"forward_seconds"`
+	Return     float64 `json:"return_seconds"`
+	ErrorBound float64 `json:"error_bound_seconds"`
+}
+
+// FailureResult is where the chain broke.
+type FailureResult struct {
+	From    string `json:"from"`
+	To      string `json:"to"`
+	Reason  string `json:"reason"`
+	Message string `json:"message"`
+}
+
+// setFailure records a failure that happened before any probe came back.
+func (r *Result) setFailure(f *Failure) {
+	r.fail = f
+	r.Failure = &FailureResult{From: f.From.Name, To: f.To.Name, Reason: f.Reason.String(), Message: f.Message}
+	if len(r.Segments) == 0 {
+		r.Hops = []HopResult{{Name: f.From.Name}}
+		r.Segments = []SegmentResult{{From: f.From.Name, To: f.To.Name, to: -1}}
+		r.byLabel = map[[2]string]int{{f.From.Name, f.To.Name}: 0}
+	}
+}
+
+// Fail returns the failure, nil when the chain worked.
+func (r *Result) Fail() *Failure { return r.fail }
+
+// RTTStats returns the full statistics of a segment.
+func (s *SegmentResult) RTTStats() timing.Stats { return timing.Summarise(s.samples) }
+
+// ResidenceStats returns the full statistics of a hop's residence.
+func (h *HopResult) ResidenceStats() timing.Stats { return timing.Summarise(h.residences) }
+
+// Identity is the hop's ID (0 for a hop that never answered).
+func (h *HopResult) Identity() uint64 { return h.id }
+
+// SlowestSegment returns the segment with the highest median rtt, or nil.
+func (r *Result) SlowestSegment() *SegmentResult {
+	for i := range r.Segments {
+		if r.Segments[i].Slowest {
+			return &r.Segments[i]
+		}
+	}
+	return nil
+}
+
+// Segment returns the statistics of the segment from → to (labels), or nil.
+func (r *Result) Segment(from, to string) *SegmentResult {
+	if i, ok := r.byLabel[[2]string{from, to}]; ok {
+		return &r.Segments[i]
+	}
+	return nil
+}
+
+// Hop returns the statistics of the hop with this label, or nil.
+func (r *Result) Hop(label string) *HopResult {
+	for i := range r.Hops {
+		if r.Hops[i].Name == label {
+			return &r.Hops[i]
+		}
+	}
+	return nil
+}
+
+// HopNames lists the hops' labels in chain order.
+func (r *Result) HopNames() []string {
+	out := make([]string, len(r.Hops))
+	for i, h := range r.Hops {
+		out[i] = h.Name
+	}
+	return slices.Clip(out)
+}
+
+// addVars records the variables hops attached to an annotation probe.
+func (r *Result) addVars(records []frame.HopRecord) {
+	for _, rec := range records {
+		if len(rec.Vars) == 0 {
+			continue
+		}
+		for i := range r.Hops {
+			h := &r.Hops[i]
+			if h.id == 0 || h.id != rec.ID {
+				continue
+			}
+			if h.Vars == nil {
+				h.Vars = map[string]float64{}
+			}
+			for _, v := range rec.Vars {
+				h.Vars[v.Name] = v.Value
+			}
+		}
+	}
+}
+
+func seconds(s timing.Stats) Seconds {
+	return Seconds{Min: s.Min.Seconds(), Median: s.Median.Seconds(), Max: s.Max.Seconds()}
+}
+
+func micros(v uint32) float64 { return float64(v) / 1e6 }
+
+func hexID(id uint64) string {
+	if id == 0 {
+		return ""
+	}
+	return fmt.Sprintf("%016x", id)
+}
+
+// hopKey identifies a hop within a run: by its ID when it reported one,
+// else (a far end that never answered, the hidden rest of a stripped
+// chain) by how it was named.
+type hopKey struct {
+	id   uint64
+	name string
+}
+
+func keyOf(h peer.Hop) hopKey {
+	if h.ID != 0 {
+		return hopKey{id: h.ID}
+	}
+	return hopKey{name: h.Name}
+}
+
+// MillisDecimals is how many decimals of milliseconds a figure of a
+// resolution (seconds) carries: 3, microseconds, for our own stamps
+// (resolution 0) and finer; 0 for an nginx stamp's millisecond. Outputs
+// never print more digits than that.
+func MillisDecimals(resolution float64) int {
+	if resolution < 1e-6 {
+		return 3
+	}
+	return min(3, max(0, int(math.Round(-math.Log10(resolution*1000)))))
+}

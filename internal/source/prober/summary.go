@@ -1,0 +1,283 @@
+package prober
+
+import (
+	"log/slog"
+	"math"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/subsegment/subsegment_exporter/internal/source/timing"
+	"github.com/subsegment/subsegment_exporter/internal/wire/frame"
+	"github.com/subsegment/subsegment_exporter/internal/wire/peer"
+)
+
+// summarise turns a run's samples into per-hop and per-segment statistics.
+// Every step keys hops by identity; labels come last.
+func (r *Result) summarise(samples []Sample, log *slog.Logger) {
+	r.Samples = samples
+	chain := newChain()
+	for i := range samples {
+		chain.add(&samples[i])
+	}
+	r.label(chain, log)
+	for i := range samples {
+		smp := &samples[i]
+		if smp.Failure != nil && r.fail == nil {
+			r.fail = smp.Failure
+		}
+		r.countReached(smp)
+		r.addSegments(chain, smp)
+		r.addConnects(chain, smp)
+		if smp.Warmup {
+			defer r.addVars(smp.Records)
+		}
+		if !r.measured(smp, len(samples)) {
+			continue
+		}
+		if !smp.Warmup {
+			r.addResidences(chain, smp)
+		}
+		r.addRTTs(chain, smp)
+		if smp.Failure == nil {
+			r.Probes++
+		}
+	}
+	r.finishSegments()
+	r.finishHops()
+	r.addFailure(chain)
+	r.Success = r.fail == nil && r.Probes > 0
+}
+
+// measured says whether a sample's timings count. The warm-up's
+// residences include the dials, so it is left out; its segment rtts are
+// clean (a dial happens inside a hop) and stand in when the chain broke
+// before any measured probe came back.
+func (r *Result) measured(smp *Sample, n int) bool {
+	if smp.Breakdown.Segments == nil {
+		return false
+	}
+	return !smp.Warmup || n == 1 && smp.Failure != nil
+}
+
+// chain is the run's hops in chain order, as first seen, by identity.
+type chain struct {
+	hops  []peer.Hop
+	index map[hopKey]int
+	// next is the hop seen after each hop, to recognise the far end of a
+	// failed segment that a hop named without an identity.
+	next map[int]int
+}
+
+func newChain() *chain { return &chain{index: map[hopKey]int{}, next: map[int]int{}} }
+
+func (c *chain) indexOf(h peer.Hop) int {
+	k := keyOf(h)
+	if i, ok := c.index[k]; ok {
+		return i
+	}
+	c.index[k] = len(c.hops)
+	c.hops = append(c.hops, h)
+	return len(c.hops) - 1
+}
+
+func (c *chain) add(smp *Sample) {
+	prev := -1
+	for _, rec := range smp.Records {
+		i := c.indexOf(peerOf(rec))
+		if prev >= 0 {
+			c.next[prev] = i
+		}
+		prev = i
+	}
+	if f := smp.Failure; f != nil {
+		c.indexOf(f.From)
+		c.farEnd(f)
+	}
+}
+
+// farEnd is the index of a failure's far end: a hop already in the chain
+// after the near end when the failure names it so, else a new one.
+func (c *chain) farEnd(f *Failure) int {
+	if f.To.ID == 0 {
+		if n, ok := c.next[c.indexOf(f.From)]; ok && c.hops[n].Name == f.To.Name {
+			return n
+		}
+	}
+	return c.indexOf(f.To)
+}
+
+// dupWarned remembers the chains whose repeated names were logged, so
+// each is logged once; bounded like any cache of what peers send.
+var dupWarned struct {
+	sync.Mutex
+	seen map[string]bool
+}
+
+// label gives every hop its label, unique within the chain, and creates
+// the hop results in chain order.
+func (r *Result) label(c *chain, log *slog.Logger) {
+	labels, dup := peer.Labels(c.hops)
+	r.Hops = make([]HopResult, len(c.hops))
+	for i, h := range c.hops {
+		r.Hops[i] = HopResult{Name: labels[i], ID: hexID(h.ID), id: h.ID, KernelTimestamps: true, ClockSynced: true}
+	}
+	r.DuplicateNames = dup
+	if !dup {
+		return
+	}
+	key := r.Target + " " + strings.Join(labels, ",")
+	dupWarned.Lock()
+	defer dupWarned.Unlock()
+	if dupWarned.seen == nil || len(dupWarned.seen) > 1000 {
+		dupWarned.seen = map[string]bool{}
+	}
+	if !dupWarned.seen[key] {
+		dupWarned.seen[key] = true
+		log.Warn("hops of the chain share names: their labels are numbered in chain order; give each relay its own --relay.name", "target", r.Target, "hops", strings.Join(labels, " "))
+	}
+}
+
+func (r *Result) countReached(smp *Sample) {
+	reached := len(smp.Records) - 1
+	if smp.Failure == nil && len(smp.Records) > 0 && smp.Records[len(smp.Records)-1].Name == HiddenHop {
+		reached--
+		r.Stripped = true
+	}
+	r.HopsReached = max(r.HopsReached, reached)
+}
+
+// segment returns the segment between two hops, created on first use.
+func (r *Result) segment(from, to int) *SegmentResult {
+	if r.byLabel == nil {
+		r.byLabel = map[[2]string]int{}
+	}
+	key := [2]string{r.Hops[from].Name, r.Hops[to].Name}
+	if i, ok := r.byLabel[key]; ok {
+		return &r.Segments[i]
+	}
+	r.byLabel[key] = len(r.Segments)
+	r.Segments = append(r.Segments, SegmentResult{From: key[0], To: key[1], from: from, to: to})
+	return &r.Segments[len(r.Segments)-1]
+}
+
+// addSegments lists the segments in chain order, as first seen, with the
+// kernel's view of both ends and their retransmissions.
+func (r *Result) addSegments(c *chain, smp *Sample) {
+	for i := 1; i < len(smp.Records); i++ {
+		near, far := smp.Records[i-1], smp.Records[i]
+		s := r.segment(c.indexOf(peerOf(near)), c.indexOf(peerOf(far)))
+		if near.Flags&frame.RecTCPInfo != 0 {
+			s.TCP = tcpResult(near.TCP)
+			s.nearRetrans = max(s.nearRetrans, near.TCP.TotalRetrans)
+		}
+		if far.Flags&frame.RecTCPInfoUp != 0 {
+			s.TCPFar = tcpResult(far.TCPUp)
+			s.farRetrans = max(s.farRetrans, far.TCPUp.TotalRetrans)
+		}
+	}
+}
+
+// addConnects takes the connect times from the sample whose hops dialled
+// (the warm-up).
+func (r *Result) addConnects(c *chain, smp *Sample) {
+	for i, rec := range smp.Records {
+		if rec.Flags&frame.RecDialed == 0 || i+1 >= len(smp.Records) {
+			continue
+		}
+		s := r.segment(c.indexOf(peerOf(rec)), c.indexOf(peerOf(smp.Records[i+1])))
+		connect := rec.Connect.Seconds()
+		s.Connect = &connect
+	}
+}
+
+// addResidences adds each hop's residence and wait, and whether its
+// stamps came from the kernel and its clock was synchronised.
+func (r *Result) addResidences(c *chain, smp *Sample) {
+	last := len(smp.Records) - 1
+	for i, rec := range smp.Records {
+		h := &r.Hops[c.indexOf(peerOf(rec))]
+		h.residences = append(h.residences, smp.Breakdown.Residence[i])
+		h.waits = append(h.waits, rec.WaitForward+rec.WaitReturn)
+		h.ClockSynced = h.ClockSynced && rec.Flags&frame.RecSynced != 0
+		want := kernelFlags(i, i == last, rec.Flags)
+		h.KernelTimestamps = h.KernelTimestamps && rec.Flags&want == want
+	}
+}
+
+// kernelFlags are the stamps a hop at position i takes from the kernel:
+// the request's arrival (every hop but the source) and the reply's (every
+// hop but the end of the chain).
+func kernelFlags(i int, end bool, flags uint16) uint16 {
+	var want uint16
+	if i > 0 {
+		want |= frame.RecKernelIn
+	}
+	if !end && flags&frame.RecEnd == 0 {
+		want |= frame.RecKernelReply
+	}
+	return want
+}
+
+// addRTTs adds the segment rtts of a probe. A broken probe's last hop
+// answered on its own; the segment it could not cross has no rtt, the
+// ones before it do.
+func (r *Result) addRTTs(c *chain, smp *Sample) {
+	for _, seg := range smp.Breakdown.Segments {
+		near, far := smp.Records[seg.From], smp.Records[seg.To]
+		s := r.segment(c.indexOf(peerOf(near)), c.indexOf(peerOf(far)))
+		s.samples = append(s.samples, seg.RTT)
+		if seg.OneWay != nil {
+			s.oneWayN++
+			s.fwd = append(s.fwd, seg.OneWay.Forward)
+			s.ret = append(s.ret, seg.OneWay.Return)
+			s.bound = max(s.bound, seg.OneWay.ErrorBound)
+		}
+	}
+}
+
+// finishSegments computes the statistics and marks the slowest segment.
+func (r *Result) finishSegments() {
+	slowest, slowestRTT := -1, time.Duration(math.MinInt64)
+	for i := range r.Segments {
+		s := &r.Segments[i]
+		st := timing.Summarise(s.samples)
+		s.Samples = st.Count
+		s.RTT = seconds(st)
+		s.Jitter = st.Jitter.Seconds()
+		s.Retransmits = s.nearRetrans + s.farRetrans
+		if st.Count > 0 && s.oneWayN == st.Count {
+			fwd, ret := timing.Summarise(s.fwd), timing.Summarise(s.ret)
+			s.OneWay = &OneWayResult{Forward: fwd.Median.Seconds(), Return: ret.Median.Seconds(), ErrorBound: s.bound.Seconds()}
+		}
+		if st.Count > 0 && st.Median > slowestRTT {
+			slowest, slowestRTT = i, st.Median
+		}
+	}
+	// The slowest of a working chain: a broken chain's story is its break.
+	if slowest >= 0 && r.fail == nil {
+		r.Segments[slowest].Slowest = true
+	}
+}
+
+func (r *Result) finishHops() {
+	for i := range r.Hops {
+		h := &r.Hops[i]
+		h.Residence = seconds(timing.Summarise(h.residences))
+		h.Wait = seconds(timing.Summarise(h.waits))
+		if len(h.residences) == 0 {
+			h.KernelTimestamps, h.ClockSynced = false, false
+		}
+	}
+}
+
+// addFailure records where the chain broke; the failed segment is listed
+// even when no probe crossed it.
+func (r *Result) addFailure(c *chain) {
+	f := r.fail
+	if f == nil {
+		return
+	}
+	s := r.segment(c.indexOf(f.From), c.farEnd(f))
+	r.Failure = &FailureResult{From: s.From, To: s.To, Reason: f.Reason.String(), Message: f.Message}
+}

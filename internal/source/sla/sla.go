@@ -1,0 +1,109 @@
+// Package sla compares a probe run's segments and hops with their SLAs
+// and says how a module probes; the exporter exposes the verdicts, and a
+// violation is what triggers the SNMP context.
+package sla
+
+import (
+	"math"
+	"net/http"
+	"time"
+
+	"github.com/subsegment/subsegment_exporter/internal/config"
+	"github.com/subsegment/subsegment_exporter/internal/source/prober"
+)
+
+// Verdict is one segment's rtt, or one hop's residence, against its SLA.
+type Verdict struct {
+	// From and To name a segment; Hop names a hop (a residence SLA).
+	From, To, Hop string
+	Threshold     time.Duration
+	// Value is the median rtt or residence (0 when no probe crossed a
+	// segment).
+	Value time.Duration
+	// Exceeded: the median is over the threshold, or the segment broke.
+	Exceeded bool
+	// Broken: no probe crossed the segment.
+	Broken bool
+	// Ratio is Value / Threshold; +Inf for a broken segment.
+	Ratio float64
+}
+
+// Subject says what the verdict is about, the way the SNMP playbooks name it.
+func (v Verdict) Subject() config.Subject {
+	return config.Subject{From: v.From, To: v.To, Hop: v.Hop}
+}
+
+// Evaluate returns a verdict for every segment and every hop that has an
+// SLA: segments first, in chain order, then hops in chain order.
+func Evaluate(r *prober.Result, s config.SLA) []Verdict {
+	var out []Verdict
+	for _, seg := range r.Segments {
+		th := s.Threshold(seg.From, seg.To)
+		if th <= 0 {
+			continue
+		}
+		v := Verdict{From: seg.From, To: seg.To, Threshold: th}
+		if seg.Samples == 0 {
+			v.Broken, v.Exceeded, v.Ratio = true, true, math.Inf(1)
+		} else {
+			v.judge(seg.RTT.Median)
+		}
+		out = append(out, v)
+	}
+	for _, h := range r.Hops {
+		th := s.HopThreshold(h.Name)
+		if th <= 0 || h.Residence.Max == 0 {
+			continue
+		}
+		v := Verdict{Hop: h.Name, Threshold: th}
+		v.judge(h.Residence.Median)
+		out = append(out, v)
+	}
+	return out
+}
+
+func (v *Verdict) judge(median float64) {
+	v.Value = time.Duration(median * float64(time.Second))
+	v.Ratio = float64(v.Value) / float64(v.Threshold)
+	v.Exceeded = v.Value > v.Threshold
+}
+
+// Annotation is how a probe run asks hops for their in-band variables
+// under the module's inband mode: on the warm-up probe (always), or on one
+// more probe after the measured ones when a reachable segment or a hop is
+// over its SLA (on_violation).
+func Annotation(m *config.Module) (warmup bool, after func(*prober.Result) bool) {
+	switch m.Inband {
+	case config.InbandAlways:
+		return true, nil
+	case config.InbandOnViolation:
+		return false, func(r *prober.Result) bool {
+			for _, v := range Evaluate(r, m.SLA) {
+				if v.Exceeded && !v.Broken {
+					return true
+				}
+			}
+			return false
+		}
+	}
+	return false, nil
+}
+
+// ProbeOptions is how a module probes a target: its probes, interval,
+// padding and in-band requests. The caller adds who probes (Source,
+// Timeout, keys, TLS, clocks). /probe and the Nagios check both use it.
+func ProbeOptions(m *config.Module, target string) prober.Options {
+	o := prober.Options{Target: target, Count: m.Probes, Interval: time.Duration(m.Interval), PayloadBytes: m.PayloadBytes}
+	if m.IsHTTP() && m.HTTP != nil {
+		h := m.HTTP
+		header := http.Header{}
+		for k, v := range h.Headers {
+			header.Set(k, string(v))
+		}
+		o.HTTP = &prober.HTTPOptions{Method: h.Method, Header: header, Host: h.Host, ValidStatus: h.ValidStatus, Hops: h.Hops, Backend: h.Backend}
+		o.TLS = h.TLSConfig()
+		return o
+	}
+	o.AnnotateWarmup, o.AnnotateAfter = Annotation(m)
+	return o
+}

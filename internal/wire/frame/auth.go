@@ -1,0 +1,137 @@
+package frame
+
+import (
+	"bytes"
+	"crypto/hmac"
+	"crypto/sha256"
+	"fmt"
+	"hash"
+	"os"
+
+	"github.com/subsegment/subsegment_exporter/internal/wire/peer"
+)
+
+// MinKeyLen is the shortest shared key accepted: shorter keys are guessable.
+const MinKeyLen = 16
+
+// ErrAuth marks frames refused because of their signature.
+var ErrAuth = peer.NewError(peer.ReasonAuth, "authentication failed")
+
+// Keys are the shared HMAC keys of a chain. The first key signs; every key
+// verifies, so a rollover is: add the new key second everywhere, then move
+// it first everywhere, then drop the old one.
+type Keys [][]byte
+
+// LoadKeys reads a key file: one key per non-empty line, the first signing.
+func LoadKeys(path string) (Keys, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read auth key file: %w", err)
+	}
+	return ParseKeys(data, path)
+}
+
+// ParseKeys parses the contents of a key file; name says which file in
+// errors.
+func ParseKeys(data []byte, name string) (Keys, error) {
+	var keys Keys
+	for i, line := range bytes.Split(data, []byte("\n")) {
+		line = bytes.TrimSpace(line)
+		if len(line) == 0 {
+			continue
+		}
+		if len(line) < MinKeyLen {
+			return nil, fmt.Errorf("auth key file %s line %d: key is %d bytes, at least %d needed (e.g. `openssl rand -hex 32`)", name, i+1, len(line), MinKeyLen)
+		}
+		keys = append(keys, line)
+	}
+	if len(keys) == 0 {
+		return nil, fmt.Errorf("auth key file %s holds no key: put one key per line (e.g. `openssl rand -hex 32 > %s`)", name, name)
+	}
+	if len(keys) > 2 {
+		return nil, fmt.Errorf("auth key file %s holds %d keys: at most 2 (the signing key, and the other one during a rollover)", name, len(keys))
+	}
+	return keys, nil
+}
+
+// Signer signs and verifies frames for one goroutine; it keeps its hash
+// state and scratch space so that signing does not allocate.
+type Signer struct {
+	macs []hash.Hash
+	sum  [sha256.Size]byte
+}
+
+// NewSigner returns a signer for keys; with no keys it signs nothing and
+// accepts only unsigned frames.
+func NewSigner(keys Keys) *Signer {
+	s := &Signer{}
+	for _, k := range keys {
+		s.macs = append(s.macs, hmac.New(sha256.New, k))
+	}
+	return s
+}
+
+// Enabled reports whether frames are signed.
+func (s *Signer) Enabled() bool { return s != nil && len(s.macs) > 0 }
+
+// HeaderFlags are the header flags a frame from this signer carries.
+func (s *Signer) HeaderFlags() uint8 {
+	if s.Enabled() {
+		return FlagSigned
+	}
+	return 0
+}
+
+// TrailerLen is the number of bytes the signature adds to a frame.
+func (s *Signer) TrailerLen() int {
+	if s.Enabled() {
+		return MACLen
+	}
+	return 0
+}
+
+// Sign returns the MAC over the concatenation of parts (the frame as it
+// will be written, without its trailer). The result is valid until the next
+// call. It returns nil when signing is disabled.
+func (s *Signer) Sign(parts ...[]byte) []byte {
+	if !s.Enabled() {
+		return nil
+	}
+	m := s.macs[0]
+	m.Reset()
+	for _, p := range parts {
+		m.Write(p)
+	}
+	return m.Sum(s.sum[:0])
+}
+
+// Verify checks a complete frame against every key. Without keys only
+// unsigned frames pass; with keys only correctly signed ones do.
+func (s *Signer) Verify(frame []byte) error {
+	h, err := ParseHeader(frame, len(frame))
+	if err != nil {
+		return err
+	}
+	if !s.Enabled() {
+		if h.Signed() {
+			return fmt.Errorf("%w: frame is signed but this hop has no key (set --relay.auth-key-file)", ErrAuth)
+		}
+		return nil
+	}
+	if !h.Signed() {
+		return fmt.Errorf("%w: unsigned frame refused: this hop requires HMAC-signed frames", ErrAuth)
+	}
+	end := h.FrameLen()
+	if end > len(frame) || end < HeaderLen+MACLen {
+		return fmt.Errorf("%w: signed frame too short for its trailer", ErrTruncated)
+	}
+	body, mac := frame[:end-MACLen], frame[end-MACLen:end]
+	for _, m := range s.macs {
+		m.Reset()
+		m.Write(body)
+		if hmac.Equal(m.Sum(s.sum[:0]), mac) {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: bad signature (forged frame, or a different key)", ErrAuth)
+}
