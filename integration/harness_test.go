@@ -22,7 +22,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/subsegment/subsegment_exporter/internal/testkit/delayproxy"
+	"github.com/subsegment/subsegment_exporter/internal/demo/delayproxy"
 )
 
 // binary is the subsegment_exporter built for this test run.

@@ -15,8 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/subsegment/subsegment_exporter/internal/demo/delayproxy"
 	"github.com/subsegment/subsegment_exporter/internal/testkit/certtest"
-	"github.com/subsegment/subsegment_exporter/internal/testkit/delayproxy"
 )
 
 // The proxies' lines, as the README gives them.

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/subsegment/subsegment_exporter/internal/testkit/delayproxy"
+	"github.com/subsegment/subsegment_exporter/internal/demo/delayproxy"
 )
 
 // helperEnv makes the test binary a helper process instead of running

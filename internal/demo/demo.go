@@ -20,9 +20,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/subsegment/subsegment_exporter/internal/demo/delayproxy"
 	"github.com/subsegment/subsegment_exporter/internal/output/report"
 	"github.com/subsegment/subsegment_exporter/internal/source/prober"
-	"github.com/subsegment/subsegment_exporter/internal/testkit/delayproxy"
 )
 
 // Options of the demo.

@@ -6,7 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 
-	"github.com/subsegment/subsegment_exporter/internal/testkit/delayproxy"
+	"github.com/subsegment/subsegment_exporter/internal/demo/delayproxy"
 )
 
 // The HTTP chain of the demo: a -> HAProxy (h1) -> delay -> nginx (n1) ->

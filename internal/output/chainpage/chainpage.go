@@ -19,8 +19,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/subsegment/subsegment_exporter/internal/source/timing"
+
 	"github.com/subsegment/subsegment_exporter/internal/source/continuous"
-	"github.com/subsegment/subsegment_exporter/internal/source/prober"
 )
 
 // Geometry of a drawing (SVG user units; the page scales it to its width).
@@ -71,7 +72,7 @@ type chainView struct {
 func ms(s float64) string { return msAt(s, 0) }
 
 func msAt(s, resolution float64) string {
-	return strconv.FormatFloat(s*1000, 'f', prober.MillisDecimals(resolution), 64) + " ms"
+	return strconv.FormatFloat(s*1000, 'f', timing.MillisDecimals(resolution), 64) + " ms"
 }
 
 func view(st continuous.EntryState, now time.Time) chainView {

@@ -10,7 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/subsegment/subsegment_exporter/internal/source/prober"
+	"github.com/subsegment/subsegment_exporter/internal/source/timing"
 )
 
 // State is a plugin's exit code.
@@ -163,5 +163,5 @@ func ms(d time.Duration) string { return strconv.FormatFloat(float64(d)/1e6, 'f'
 
 // msAt is ms with no more digits than a resolution (seconds) carries.
 func msAt(d time.Duration, resolution float64) string {
-	return strconv.FormatFloat(float64(d)/1e6, 'f', prober.MillisDecimals(resolution), 64)
+	return strconv.FormatFloat(float64(d)/1e6, 'f', timing.MillisDecimals(resolution), 64)
 }

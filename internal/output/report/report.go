@@ -12,6 +12,8 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"github.com/subsegment/subsegment_exporter/internal/source/timing"
+
 	"github.com/subsegment/subsegment_exporter/internal/source/prober"
 )
 
@@ -170,7 +172,7 @@ func ms(seconds float64) string { return strconv.FormatFloat(seconds*1000, 'f', 
 // seconds; 0 for the microseconds of our own stamps) carries: an nginx
 // stamp's 1 ms shows as 20ms, never 20.000ms.
 func msAt(seconds, resolution float64) string {
-	return strconv.FormatFloat(seconds*1000, 'f', prober.MillisDecimals(resolution), 64) + "ms"
+	return strconv.FormatFloat(seconds*1000, 'f', timing.MillisDecimals(resolution), 64) + "ms"
 }
 
 func count(n int, one, many string) string {

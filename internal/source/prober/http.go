@@ -103,24 +103,17 @@ func (h *HTTPOptions) backend() string {
 	return h.Backend
 }
 
-func runHTTP(ctx context.Context, o *Options, res *Result) {
+// dialHTTP opens the connection to the first proxy of an HTTP chain.
+func dialHTTP(ctx context.Context, o *Options) (protocol, *Failure) {
 	t, err := peer.ParseHTTPTarget(o.Target)
 	if err != nil {
-		res.setFailure(&Failure{From: peer.Hop{Name: o.Source}, To: peer.Hop{Name: o.Target}, Reason: peer.ReasonUnknown, Message: err.Error()})
-		return
+		return nil, &Failure{From: peer.Hop{Name: o.Source}, To: peer.Hop{Name: o.Target}, Reason: peer.ReasonUnknown, Message: err.Error()}
 	}
-	res.HTTP = true
 	s := newHTTPSession(o, t)
 	if f := s.dial(ctx); f != nil {
-		res.setFailure(f)
-		o.Logger.Debug("first proxy unreachable", "target", o.Target, "reason", f.Reason, "err", f.Message)
-		return
+		return nil, f
 	}
-	defer s.close()
-	samples := measure(ctx, s, o, res)
-	s.attachTCP(samples)
-	res.summarise(samples, o.Logger)
-	s.annotate(res)
+	return s, nil
 }
 
 func newHTTPSession(o *Options, t peer.HTTPTarget) *httpSession {

@@ -190,34 +190,20 @@ type Sample struct {
 // broken chain is reported in Result.Failure, never as a Go error.
 func Run(ctx context.Context, o Options) *Result {
 	start := time.Now()
-	if o.Clock == nil {
-		o.Clock = clock.NewSystem()
-	}
-	if o.Logger == nil {
-		o.Logger = slog.New(slog.DiscardHandler)
-	}
-	res := &Result{Target: o.Target, Source: o.Source}
+	o.defaults()
+	res := newResult(&o)
 	defer func() { res.Duration = time.Since(start) }()
-	if err := o.Validate(); err != nil {
-		res.setFailure(&Failure{From: peer.Hop{Name: o.Source}, To: peer.Hop{Name: o.Target}, Reason: peer.ReasonUnknown, Message: err.Error()})
-		return res
-	}
-	if o.HTTP != nil {
-		runHTTP(ctx, &o, res)
-		return res
-	}
-	s, fail := open(ctx, &o)
+	p, fail := dial(ctx, &o)
 	if fail != nil {
 		res.setFailure(fail)
 		o.Logger.Debug("first hop unreachable", "target", o.Target, "reason", fail.Reason, "err", fail.Message)
 		return res
 	}
-	defer s.close()
-	samples := measure(ctx, s, &o, res)
-	s.attachTCP(samples)
-	res.summarise(samples, o.Logger)
-	if res.fail == nil && o.AnnotateAfter != nil && o.AnnotateAfter(res) {
-		ann := s.probe(ctx, uint64(o.Count)+1, frame.ProbeAnnotate)
+	defer p.close()
+	samples := measure(ctx, p, &o, res)
+	res.build(p, samples, o.Logger)
+	if res.fail == nil && o.HTTP == nil && o.AnnotateAfter != nil && o.AnnotateAfter(res) {
+		ann := p.probe(ctx, uint64(o.Count)+1, frame.ProbeAnnotate)
 		if ann.Failure == nil {
 			res.addVars(ann.Records)
 		} else {
@@ -227,15 +213,49 @@ func Run(ctx context.Context, o Options) *Result {
 	return res
 }
 
-// prober sends one probe of a run: through relays (session) or through
-// HTTP proxies (httpSession).
-type prober interface {
+// defaults fills what a caller may leave unset.
+func (o *Options) defaults() {
+	if o.Clock == nil {
+		o.Clock = clock.NewSystem()
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// protocol is one way of probing a chain, one file each: through relays
+// (tcp.go) or through HTTP proxies (http.go).
+type protocol interface {
+	// probe sends one probe and reads what came back.
 	probe(ctx context.Context, seq uint64, flags uint16) Sample
+	// attachTCP adds the kernel's view of the source's connection to the
+	// samples, once per run.
+	attachTCP(samples []Sample)
+	// annotate adds to a built result what only the protocol knows (an
+	// HTTP hop's stamp resolution).
+	annotate(r *Result)
+	close()
+}
+
+// dial validates the options and opens the first connection of the
+// chain with the protocol they ask for.
+func dial(ctx context.Context, o *Options) (protocol, *Failure) {
+	if err := o.Validate(); err != nil {
+		return nil, &Failure{From: peer.Hop{Name: o.Source}, To: peer.Hop{Name: o.Target}, Reason: peer.ReasonUnknown, Message: err.Error()}
+	}
+	if o.HTTP != nil {
+		return dialHTTP(ctx, o)
+	}
+	s, fail := open(ctx, o)
+	if fail != nil {
+		return nil, fail
+	}
+	return s, nil
 }
 
 // measure sends the warm-up and the measured probes, stopping at the
 // first failure or when another probe could not come back in time.
-func measure(ctx context.Context, s prober, o *Options, res *Result) []Sample {
+func measure(ctx context.Context, s protocol, o *Options, res *Result) []Sample {
 	warm := s.probe(ctx, 0, frame.ProbeWarmup|annotateFlag(o.AnnotateWarmup))
 	warm.Warmup = true
 	samples := []Sample{warm}

@@ -113,6 +113,20 @@ func testIPv6AndHostnames(t *testing.T) {
 }
 
 // within reports whether got is within max(0.3 ms, 3 %) of want.
+// proxyDelay is what the delaying proxy in front of c adds to a round trip.
+const proxyDelay = 20 * time.Millisecond
+
+// bracketed reports whether a segment's rtt lies between what the proxy
+// adds (the physical floor: the segment cannot be faster) and the plain
+// echo through the same proxy, which carries the echo server's and the
+// test's own scheduling on top (on a busy machine, more than the
+// segment, which excludes the hops' user-space time), with the tolerance
+// of within.
+func bracketed(got, echo float64) bool {
+	tol := max(0.0003, 0.03*echo)
+	return got >= proxyDelay.Seconds() && got <= echo+tol
+}
+
 func within(got, want float64) bool {
 	tol := max(0.0003, 0.03*want)
 	return got >= want-tol && got <= want+tol
@@ -152,7 +166,7 @@ func delayedChain(t *testing.T, configure func(name string, cfg *relay.Config)) 
 			if name != "c" {
 				return addr
 			}
-			p := chaintest.DelayProxy(t, chaintest.Echo(t), 10*time.Millisecond, 10*time.Millisecond)
+			p := chaintest.DelayProxy(t, chaintest.Echo(t), proxyDelay/2, proxyDelay/2)
 			c, err := net.Dial("tcp", p.Addr())
 			if err != nil {
 				t.Fatal(err)
@@ -211,8 +225,8 @@ func testDelayLandsOnItsSegment(t *testing.T) {
 	o := opts(target)
 	segs, echoes, last := measureInterleaved(t, o, ref, 6)
 	want, got := median(echoes), median(segs["b>c"])
-	if !within(got, want) {
-		t.Errorf("b→c median rtt %.6fs, plain echo through the same proxy %.6fs: off by more than max(0.3ms, 3%%)", got, want)
+	if !bracketed(got, want) {
+		t.Errorf("b→c median rtt %.6fs, plain echo through the same proxy %.6fs: not between the proxy's %v and the echo + max(0.3ms, 3%%)", got, want, proxyDelay)
 	}
 	if !last.Segment("b", "c").Slowest {
 		t.Errorf("b→c is not marked slowest: %+v", last.Segments)
@@ -257,7 +271,7 @@ func testClockSkewLeavesSegmentsUnchanged(t *testing.T) {
 			o.Clock = clock.Skewed{Base: base, State: state}
 			segs, echoes, r := measureInterleaved(t, o, ref, 4)
 			want := median(echoes)
-			if got := median(segs["b>c"]); !within(got, want) {
+			if got := median(segs["b>c"]); !bracketed(got, want) {
 				t.Errorf("b→c median %.6fs with skewed clocks, plain echo %.6fs", got, want)
 			}
 			for key, samples := range segs {

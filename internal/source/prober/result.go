@@ -1,15 +1,10 @@
 package prober
 
 import (
-	"fmt"
-	"math"
 	"slices"
 	"time"
 
 	"github.com/subsegment/subsegment_exporter/internal/source/timing"
-	"github.com/subsegment/subsegment_exporter/internal/wire/frame"
-	"github.com/subsegment/subsegment_exporter/internal/wire/peer"
-	"github.com/subsegment/subsegment_exporter/internal/wire/tcpinfo"
 )
 
 // Result summarises one run. It is also the stable JSON of
@@ -118,11 +113,6 @@ type TCPResult struct {
 	SndCwnd     uint32  `json:"snd_cwnd_segments"`
 }
 
-func tcpResult(t tcpinfo.Info) *TCPResult {
-	return &TCPResult{RTT: micros(t.RTTMicros), RTTVar: micros(t.RTTVarMicros), MinRTT: micros(t.MinRTTMicros),
-		Retransmits: t.TotalRetrans, SndMSS: t.SndMSS, PMTU: t.PMTU, SndCwnd: t.SndCwnd}
-}
-
 // OneWayResult holds median one-way delays, present only when both ends
 // of the segment had synchronised clocks for every probe.
 type OneWayResult struct {
@@ -137,17 +127,6 @@ type FailureResult struct {
 	To      string `json:"to"`
 	Reason  string `json:"reason"`
 	Message string `json:"message"`
-}
-
-// setFailure records a failure that happened before any probe came back.
-func (r *Result) setFailure(f *Failure) {
-	r.fail = f
-	r.Failure = &FailureResult{From: f.From.Name, To: f.To.Name, Reason: f.Reason.String(), Message: f.Message}
-	if len(r.Segments) == 0 {
-		r.Hops = []HopResult{{Name: f.From.Name}}
-		r.Segments = []SegmentResult{{From: f.From.Name, To: f.To.Name, to: -1}}
-		r.byLabel = map[[2]string]int{{f.From.Name, f.To.Name}: 0}
-	}
 }
 
 // Fail returns the failure, nil when the chain worked.
@@ -197,64 +176,4 @@ func (r *Result) HopNames() []string {
 		out[i] = h.Name
 	}
 	return slices.Clip(out)
-}
-
-// addVars records the variables hops attached to an annotation probe.
-func (r *Result) addVars(records []frame.HopRecord) {
-	for _, rec := range records {
-		if len(rec.Vars) == 0 {
-			continue
-		}
-		for i := range r.Hops {
-			h := &r.Hops[i]
-			if h.id == 0 || h.id != rec.ID {
-				continue
-			}
-			if h.Vars == nil {
-				h.Vars = map[string]float64{}
-			}
-			for _, v := range rec.Vars {
-				h.Vars[v.Name] = v.Value
-			}
-		}
-	}
-}
-
-func seconds(s timing.Stats) Seconds {
-	return Seconds{Min: s.Min.Seconds(), Median: s.Median.Seconds(), Max: s.Max.Seconds()}
-}
-
-func micros(v uint32) float64 { return float64(v) / 1e6 }
-
-func hexID(id uint64) string {
-	if id == 0 {
-		return ""
-	}
-	return fmt.Sprintf("%016x", id)
-}
-
-// hopKey identifies a hop within a run: by its ID when it reported one,
-// else (a far end that never answered, the hidden rest of a stripped
-// chain) by how it was named.
-type hopKey struct {
-	id   uint64
-	name string
-}
-
-func keyOf(h peer.Hop) hopKey {
-	if h.ID != 0 {
-		return hopKey{id: h.ID}
-	}
-	return hopKey{name: h.Name}
-}
-
-// MillisDecimals is how many decimals of milliseconds a figure of a
-// resolution (seconds) carries: 3, microseconds, for our own stamps
-// (resolution 0) and finer; 0 for an nginx stamp's millisecond. Outputs
-// never print more digits than that.
-func MillisDecimals(resolution float64) int {
-	if resolution < 1e-6 {
-		return 3
-	}
-	return min(3, max(0, int(math.Round(-math.Log10(resolution*1000)))))
 }

@@ -152,6 +152,9 @@ func (s *session) ownRecord(seq uint64, tBuild, tOut, wall int64, sync clock.Syn
 // per run costs less than one per probe.
 func (s *session) attachTCP(samples []Sample) { attachTCPInfo(s.tcp, samples) }
 
+// annotate has nothing to add: relays report everything in their records.
+func (s *session) annotate(*Result) {}
+
 // attachTCPInfo adds one reading of the source's connection to the last
 // sample that has records (both probers do).
 func attachTCPInfo(tcp *tcpinfo.Reader, samples []Sample) {

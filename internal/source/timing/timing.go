@@ -121,3 +121,15 @@ func Summarise(samples []time.Duration) Stats {
 	}
 	return s
 }
+
+// MillisDecimals is how many decimals of milliseconds a figure of a
+// resolution (seconds) carries: 3, microseconds, for our own stamps
+// (resolution 0) and finer; 0 for an nginx stamp's millisecond. Every
+// output (the table, JSON, the chain page, Nagios perfdata) prints no more
+// digits than that.
+func MillisDecimals(resolution float64) int {
+	if resolution < 1e-6 {
+		return 3
+	}
+	return min(3, max(0, int(math.Round(-math.Log10(resolution*1000)))))
+}

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/subsegment/subsegment_exporter/internal/testkit/delayproxy"
+	"github.com/subsegment/subsegment_exporter/internal/demo/delayproxy"
 	"github.com/subsegment/subsegment_exporter/internal/wire/frame"
 	"github.com/subsegment/subsegment_exporter/relay"
 )

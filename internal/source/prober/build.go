@@ -1,6 +1,7 @@
 package prober
 
 import (
+	"fmt"
 	"log/slog"
 	"math"
 	"strings"
@@ -10,7 +11,22 @@ import (
 	"github.com/subsegment/subsegment_exporter/internal/source/timing"
 	"github.com/subsegment/subsegment_exporter/internal/wire/frame"
 	"github.com/subsegment/subsegment_exporter/internal/wire/peer"
+	"github.com/subsegment/subsegment_exporter/internal/wire/tcpinfo"
 )
+
+// newResult is the result of a run of o before anything happened.
+func newResult(o *Options) *Result {
+	return &Result{Target: o.Target, Source: o.Source, HTTP: o.HTTP != nil}
+}
+
+// build is the one place a result is made from a run's samples: the
+// kernel's view of the source's connection, the statistics, then what
+// only the protocol knows.
+func (r *Result) build(p protocol, samples []Sample, log *slog.Logger) {
+	p.attachTCP(samples)
+	r.summarise(samples, log)
+	p.annotate(r)
+}
 
 // summarise turns a run's samples into per-hop and per-segment statistics.
 // Every step keys hops by identity; labels come last.
@@ -280,4 +296,69 @@ func (r *Result) addFailure(c *chain) {
 	}
 	s := r.segment(c.indexOf(f.From), c.farEnd(f))
 	r.Failure = &FailureResult{From: s.From, To: s.To, Reason: f.Reason.String(), Message: f.Message}
+}
+
+// setFailure records a failure that happened before any probe came back.
+func (r *Result) setFailure(f *Failure) {
+	r.fail = f
+	r.Failure = &FailureResult{From: f.From.Name, To: f.To.Name, Reason: f.Reason.String(), Message: f.Message}
+	if len(r.Segments) == 0 {
+		r.Hops = []HopResult{{Name: f.From.Name}}
+		r.Segments = []SegmentResult{{From: f.From.Name, To: f.To.Name, to: -1}}
+		r.byLabel = map[[2]string]int{{f.From.Name, f.To.Name}: 0}
+	}
+}
+
+// addVars records the variables hops attached to an annotation probe.
+func (r *Result) addVars(records []frame.HopRecord) {
+	for _, rec := range records {
+		if len(rec.Vars) == 0 {
+			continue
+		}
+		for i := range r.Hops {
+			h := &r.Hops[i]
+			if h.id == 0 || h.id != rec.ID {
+				continue
+			}
+			if h.Vars == nil {
+				h.Vars = map[string]float64{}
+			}
+			for _, v := range rec.Vars {
+				h.Vars[v.Name] = v.Value
+			}
+		}
+	}
+}
+
+func seconds(s timing.Stats) Seconds {
+	return Seconds{Min: s.Min.Seconds(), Median: s.Median.Seconds(), Max: s.Max.Seconds()}
+}
+
+func micros(v uint32) float64 { return float64(v) / 1e6 }
+
+func hexID(id uint64) string {
+	if id == 0 {
+		return ""
+	}
+	return fmt.Sprintf("%016x", id)
+}
+
+// hopKey identifies a hop within a run: by its ID when it reported one,
+// else (a far end that never answered, the hidden rest of a stripped
+// chain) by how it was named.
+type hopKey struct {
+	id   uint64
+	name string
+}
+
+func keyOf(h peer.Hop) hopKey {
+	if h.ID != 0 {
+		return hopKey{id: h.ID}
+	}
+	return hopKey{name: h.Name}
+}
+
+func tcpResult(t tcpinfo.Info) *TCPResult {
+	return &TCPResult{RTT: micros(t.RTTMicros), RTTVar: micros(t.RTTVarMicros), MinRTT: micros(t.MinRTTMicros),
+		Retransmits: t.TotalRetrans, SndMSS: t.SndMSS, PMTU: t.PMTU, SndCwnd: t.SndCwnd}
 }

@@ -1,0 +1,108 @@
+// Package internal_test holds the test that keeps the architecture the
+// folder layout shows: floors, each importing only floors at or below its
+// own, the relay imported only by the processes that run one, and the
+// test kit imported only by tests.
+package internal_test
+
+import (
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+const module = "github.com/subsegment/subsegment_exporter/"
+
+// floors, lowest first: a package may import its own floor and the ones
+// below. The first matching prefix wins.
+var floors = []struct {
+	prefix string
+	floor  int
+	what   string
+}{
+	{"internal/host/", 0, "the process's host: clocks, build info, scheduling"},
+	{"internal/wire/", 1, "what crosses between hops"},
+	{"internal/config", 2, "the configuration file"},
+	{"internal/source/timing", 3, "the segment arithmetic"},
+	{"internal/source/", 3, "the source end"},
+	{"relay", 3, "a hop"},
+	{"internal/source/continuous", 4, "probing between scrapes"},
+	{"snmp", 4, "SNMP and in-band context"},
+	{"collector", 5, "metrics"},
+	{"internal/output/", 5, "what a person reads"},
+	{"internal/exporter", 6, "the long-running process"},
+	{"internal/demo", 6, "make demo"},
+	{"cmd/", 7, "flags"},
+	{"bench/", 7, "benchmarks"},
+}
+
+// relayImporters are the only packages that may import the relay: the
+// command that wires it and the process that runs it.
+var relayImporters = map[string]bool{
+	"cmd/subsegment_exporter": true,
+	"internal/exporter":       true,
+}
+
+func floorOf(pkg string) (int, string, bool) {
+	best, bestLen := -1, -1
+	what := ""
+	for _, f := range floors {
+		if (pkg == strings.TrimSuffix(f.prefix, "/") || strings.HasPrefix(pkg, f.prefix)) && len(f.prefix) > bestLen {
+			best, bestLen, what = f.floor, len(f.prefix), f.what
+		}
+	}
+	return best, what, best >= 0
+}
+
+func TestLayering(t *testing.T) {
+	out, err := exec.Command("go", "list", "-f", `{{.ImportPath}}|{{join .Imports ","}}`, "../...").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go list: %v\n%s", err, out)
+	}
+	checked := 0
+	for line := range strings.SplitSeq(strings.TrimSpace(string(out)), "\n") {
+		path, imports, _ := strings.Cut(line, "|")
+		pkg := strings.TrimPrefix(path, module)
+		if strings.HasPrefix(pkg, "internal/testkit/") || pkg == "integration" || pkg == "internal" {
+			continue // test helpers and tests may reach anything
+		}
+		floor, what, ok := floorOf(pkg)
+		if !ok {
+			t.Errorf("package %s has no floor: add its folder to floors in %s", pkg, "internal/architecture_test.go")
+			continue
+		}
+		checked++
+		for imp := range strings.SplitSeq(imports, ",") {
+			if !strings.HasPrefix(imp, module) {
+				continue
+			}
+			dep := strings.TrimPrefix(imp, module)
+			if strings.HasPrefix(dep, "internal/testkit/") {
+				t.Errorf("%s imports the test kit %s: only tests may", pkg, dep)
+				continue
+			}
+			if dep == "relay" && !relayImporters[pkg] {
+				t.Errorf("%s imports relay: only the command and the exporter run a relay; move the rule it needs to internal/wire", pkg)
+			}
+			df, dwhat, ok := floorOf(dep)
+			if ok && df > floor {
+				t.Errorf("%s (floor %d, %s) imports %s (floor %d, %s): a lower floor must not import a higher one", pkg, floor, what, dep, df, dwhat)
+			}
+		}
+	}
+	if checked < 20 {
+		t.Fatalf("checked only %d packages: go list found less than the module has", checked)
+	}
+}
+
+// TestFloorsSeeAViolation makes sure the rule can fail: a wire package
+// importing the prober is refused.
+func TestFloorsSeeAViolation(t *testing.T) {
+	low, _, _ := floorOf("internal/wire/frame")
+	high, _, _ := floorOf("internal/source/prober")
+	if low >= high {
+		t.Fatalf("wire floor %d is not below the source floor %d", low, high)
+	}
+	if f, _, _ := floorOf("internal/source/continuous"); f != 4 {
+		t.Fatalf("the longest prefix must win: continuous on floor %d", f)
+	}
+}
