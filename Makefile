@@ -37,7 +37,7 @@ DEB := dist/prometheus-subsegment-exporter_$(VERSION)_$(GOARCH_HOST).deb
 # Debian packages the benchmarks compare against.
 BENCH_PACKAGES := haproxy socat prometheus-blackbox-exporter nginx stress-ng gcc curl python3 util-linux openssl
 
-.PHONY: all build static package package-test demo test deps screenshot bench-deps check-format vet lint unit fuzz bench clean mixins mixin-check
+.PHONY: all build static package package-test demo test deps screenshot bench-deps check-format vet lint unit fuzz bench clean mixins mixin-check docs
 
 all: build
 
@@ -93,6 +93,11 @@ deps:
 screenshot:
 	UPDATE_SCREENSHOT=1 $(GO) test -count=1 -run '^TestDemo$$' ./integration
 
+## docs: the documentation's tests alone: links, markers, examples, flag and metric tables (docs/development.md).
+docs:
+	$(GO) test -count=1 ./docs ./cmd/$(BINARY)
+	$(GO) test -count=1 -run '^TestDoc' ./integration
+
 ## mixins: render alerts.yaml, rules.yaml and the dashboard from the jsonnet mixin.
 mixins:
 	mixins/generate.sh
@@ -102,7 +107,7 @@ mixins:
 mixin-check:
 	@tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; \
 	mixins/generate.sh $$tmp && \
-	diff -ru --exclude=tests --exclude=alertmanager --exclude='*.libsonnet' --exclude=generate.sh --exclude=alerts --exclude=rules --exclude=dashboards $$tmp mixins \
+	diff -ru --exclude=README.md --exclude=tests --exclude=alertmanager --exclude='*.libsonnet' --exclude=generate.sh --exclude=alerts --exclude=rules --exclude=dashboards $$tmp mixins \
 	  || { echo "mixins/ is stale: run 'make mixins' and commit the result"; exit 1; }
 	@bad=$$(for f in $$(find mixins -name '*.libsonnet' -o -name '*.jsonnet'); do jsonnetfmt --test $$f >/dev/null 2>&1 || echo $$f; done); \
 	  if [ -n "$$bad" ]; then echo "jsonnetfmt would change: $$bad (run jsonnetfmt -i on them)"; exit 1; fi
