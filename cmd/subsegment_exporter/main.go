@@ -50,6 +50,10 @@ const (
 	exitUsage  = 2
 )
 
+// inspect, set only by tests, receives the application with every command
+// and flag declared, before any argument is parsed.
+var inspect func(*kingpin.Application)
+
 func main() {
 	os.Exit(run(os.Args[1:]))
 }
@@ -136,6 +140,12 @@ func run(args []string) int {
 	do.Delay = 20 * time.Millisecond
 	durationVar(demoCmd.Flag("demo.delay", "Added round-trip time of the slow segment (b -> c).").Default("20ms"), &do.Delay)
 
+	if inspect != nil {
+		// A test reads the declared commands and flags (docs/flags.md is
+		// checked against them); nothing is parsed or run.
+		inspect(app)
+		return exitOK
+	}
 	isCheck := slices.Contains(args, "check")
 	if isCheck {
 		// A plugin answers UNKNOWN (3) for --help, -V and bad arguments, on stdout.
