@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"slices"
 	"sort"
@@ -25,6 +26,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/subsegment/subsegment_exporter/internal/config"
 	"github.com/subsegment/subsegment_exporter/internal/testkit/doccheck"
 )
 
@@ -464,4 +466,205 @@ func TestMetricsTablesMatchTheCode(t *testing.T) {
 	for _, u := range unknown {
 		t.Errorf("docs/metrics.md documents %s, which the code does not declare", u)
 	}
+}
+
+// configTypes are the configuration's types by the name a
+// <!-- keys: TYPE --> table of docs/configuration.md gives.
+var configTypes = map[string]reflect.Type{
+	"Config":     reflect.TypeFor[config.Config](),
+	"Module":     reflect.TypeFor[config.Module](),
+	"SLA":        reflect.TypeFor[config.SLA](),
+	"HTTPProbe":  reflect.TypeFor[config.HTTPProbe](),
+	"SNMP":       reflect.TypeFor[config.SNMP](),
+	"Auth":       reflect.TypeFor[config.Auth](),
+	"Continuous": reflect.TypeFor[config.Continuous](),
+}
+
+// yamlFields returns a struct's keys and their types (pointers, lists and
+// maps looked through), nil for a type that is no struct.
+func yamlFields(t reflect.Type) map[string]reflect.Type {
+	t = elem(t)
+	if t.Kind() != reflect.Struct {
+		return nil
+	}
+	out := map[string]reflect.Type{}
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		tag, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+		if tag != "" && tag != "-" && f.IsExported() {
+			out[tag] = elem(f.Type)
+		}
+	}
+	return out
+}
+
+func elem(t reflect.Type) reflect.Type {
+	for t.Kind() == reflect.Pointer || t.Kind() == reflect.Slice || t.Kind() == reflect.Map {
+		t = t.Elem()
+	}
+	return t
+}
+
+// braceSets returns the key names of every {a, b: {c, d}} group of a code
+// span, nested groups included.
+func braceSets(span string) [][]string {
+	var out [][]string
+	var stack [][]string
+	word := strings.Builder{}
+	inValue := false
+	flush := func() {
+		if w := strings.TrimSpace(word.String()); w != "" && len(stack) > 0 && !inValue {
+			stack[len(stack)-1] = append(stack[len(stack)-1], w)
+		}
+		word.Reset()
+	}
+	for _, r := range span {
+		switch r {
+		case '{':
+			flush()
+			stack = append(stack, nil)
+			inValue = false
+		case '}':
+			flush()
+			if len(stack) > 0 {
+				out = append(out, stack[len(stack)-1])
+				stack = stack[:len(stack)-1]
+			}
+			inValue = len(stack) > 0
+		case ',':
+			flush()
+			inValue = false
+		case ':':
+			flush()
+			inValue = true
+		default:
+			if !inValue {
+				word.WriteRune(r)
+			}
+		}
+	}
+	return out
+}
+
+// Every key of the configuration is in a table of docs/configuration.md,
+// and every key there exists: a renamed YAML key fails here even where no
+// example uses it.
+func TestConfigurationKeysMatchTheCode(t *testing.T) {
+	d, err := doccheck.Read(root, "docs/configuration.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tables := map[string]doccheck.Table{}
+	for _, tab := range d.Tables() {
+		if name, ok := strings.CutPrefix(tab.Marker, "keys: "); ok {
+			if configTypes[name] == nil {
+				t.Errorf("docs/configuration.md:%d: keys table of %q, which is no configuration type", tab.Line, name)
+				continue
+			}
+			tables[name] = tab
+		}
+	}
+	own := map[reflect.Type]bool{}
+	for name := range tables {
+		own[configTypes[name]] = true
+	}
+	for name, typ := range configTypes {
+		tab, ok := tables[name]
+		if !ok {
+			t.Errorf("docs/configuration.md has no <!-- keys: %s --> table", name)
+			continue
+		}
+		checkKeysTable(t, tab, typ, own)
+	}
+}
+
+func checkKeysTable(t *testing.T, tab doccheck.Table, typ reflect.Type, own map[reflect.Type]bool) {
+	t.Helper()
+	fields := yamlFields(typ)
+	documented := map[string]bool{}
+	for i, row := range tab.Rows {
+		line := tab.Line + 2 + i
+		var sets [][]string
+		for _, cell := range row {
+			for _, span := range doccheck.CodeSpans(cell) {
+				sets = append(sets, braceSets(span)...)
+			}
+		}
+		for _, key := range doccheck.CodeSpans(row[0]) {
+			first, rest, dotted := strings.Cut(key, ".")
+			ft, ok := fields[first]
+			if !ok {
+				t.Errorf("docs/configuration.md:%d: key %q: %s has no key %q (it has %v)", line, key, typ.Name(), first, keysOf(fields))
+				continue
+			}
+			documented[first] = true
+			if dotted {
+				if _, ok := yamlFields(ft)[rest]; !ok {
+					t.Errorf("docs/configuration.md:%d: key %q: %s has no key %q", line, key, ft.Name(), rest)
+				}
+				continue
+			}
+			checkNested(t, line, key, ft, sets, own)
+		}
+	}
+	for _, k := range keysOf(fields) {
+		if !documented[k] {
+			t.Errorf("docs/configuration.md:%d: key %q of %s is not in its table", tab.Line, k, typ.Name())
+		}
+	}
+	// Dotted rows document their struct's keys one by one: all of them.
+	for k, ft := range fields {
+		sub := yamlFields(ft)
+		if sub == nil || own[ft] {
+			continue
+		}
+		dottedRows := false
+		for _, row := range tab.Rows {
+			for _, key := range doccheck.CodeSpans(row[0]) {
+				if strings.HasPrefix(key, k+".") {
+					dottedRows = true
+				}
+			}
+		}
+		if !dottedRows {
+			continue
+		}
+		for s := range sub {
+			if !slices.ContainsFunc(tab.Rows, func(row []string) bool { return slices.Contains(doccheck.CodeSpans(row[0]), k+"."+s) }) {
+				t.Errorf("docs/configuration.md:%d: key %s.%s of %s is not in its table", tab.Line, k, s, typ.Name())
+			}
+		}
+	}
+}
+
+// checkNested requires a key whose value is a struct without a table of
+// its own (a list of {from, to, rtt}) to list that struct's keys in its row,
+// and theirs in turn.
+func checkNested(t *testing.T, line int, key string, ft reflect.Type, sets [][]string, own map[reflect.Type]bool) {
+	t.Helper()
+	sub := yamlFields(ft)
+	if sub == nil || own[ft] {
+		return
+	}
+	want := keysOf(sub)
+	if !slices.ContainsFunc(sets, func(s []string) bool {
+		s = slices.Clone(s)
+		slices.Sort(s)
+		return slices.Equal(s, want)
+	}) {
+		t.Errorf("docs/configuration.md:%d: key %q holds %v: list them in its row as `{%s}`", line, key, want, strings.Join(want, ", "))
+		return
+	}
+	for k, st := range sub {
+		checkNested(t, line, key+"."+k, st, sets, own)
+	}
+}
+
+func keysOf(m map[string]reflect.Type) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
 }
