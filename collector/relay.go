@@ -1,5 +1,11 @@
 // Package collector turns what the relay and the prober do into
 // Prometheus metrics: one file per collector, as in node_exporter.
+//
+// It owns every metric name and help text; docs/metrics.md lists them and a
+// test compares the two. Layering (internal/architecture_test.go): floor 5;
+// it may import the source end, snmp, internal/config and internal/wire,
+// never relay (it implements relay.Metrics without importing it),
+// internal/exporter or cmd.
 package collector
 
 import (

@@ -19,7 +19,8 @@ import (
 	"github.com/subsegment/subsegment_exporter/internal/testkit/certtest"
 )
 
-// The proxies' lines, as the README gives them.
+// The proxies' lines, as docs/http-chains.md gives them (docs/docs_test.go
+// checks that the page's lines are these).
 const (
 	haproxyStamp = `  http-request set-var(txn.subsegment_in) date(0,us)
   http-after-response add-header Subsegment-Timing "%s;dur=%%[date(0,us),sub(txn.subsegment_in)]us"`

@@ -5,7 +5,12 @@
 package internal_test
 
 import (
+	"go/parser"
+	"go/token"
 	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -83,6 +88,9 @@ func TestLayering(t *testing.T) {
 			if dep == "relay" && !relayImporters[pkg] {
 				t.Errorf("%s imports relay: only the command and the exporter run a relay; move the rule it needs to internal/wire", pkg)
 			}
+			if pkg == "relay" && strings.HasPrefix(dep, "internal/source/") {
+				t.Errorf("relay imports %s: a hop and the source end share floor 3 but not code; move the rule both need to internal/wire", dep)
+			}
 			df, dwhat, ok := floorOf(dep)
 			if ok && df > floor {
 				t.Errorf("%s (floor %d, %s) imports %s (floor %d, %s): a lower floor must not import a higher one", pkg, floor, what, dep, df, dwhat)
@@ -104,5 +112,58 @@ func TestFloorsSeeAViolation(t *testing.T) {
 	}
 	if f, _, _ := floorOf("internal/source/continuous"); f != 4 {
 		t.Fatalf("the longest prefix must win: continuous on floor %d", f)
+	}
+}
+
+var floorInDocRE = regexp.MustCompile(`floor (\d+)`)
+
+// TestPackageDocsSayTheirFloor: every package's doc comment names the floor
+// this test gives it (and a test kit package says only tests import it), so
+// that what a reader is told is what the test enforces.
+func TestPackageDocsSayTheirFloor(t *testing.T) {
+	out, err := exec.Command("go", "list", "-f", `{{.ImportPath}}|{{.Dir}}|{{join .GoFiles ","}}`, "../...").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go list: %v\n%s", err, out)
+	}
+	checked := 0
+	for line := range strings.SplitSeq(strings.TrimSpace(string(out)), "\n") {
+		parts := strings.SplitN(line, "|", 3)
+		pkg, dir := strings.TrimPrefix(parts[0], module), parts[1]
+		if parts[2] == "" {
+			continue // only tests: their package comment is in a _test.go file
+		}
+		doc := ""
+		for f := range strings.SplitSeq(parts[2], ",") {
+			file, err := parser.ParseFile(token.NewFileSet(), filepath.Join(dir, f), nil, parser.PackageClauseOnly|parser.ParseComments)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if file.Doc != nil {
+				doc += file.Doc.Text()
+			}
+		}
+		if doc == "" {
+			t.Errorf("package %s has no doc comment: say what it owns and what it must never import", pkg)
+			continue
+		}
+		checked++
+		doc = strings.Join(strings.Fields(doc), " ")
+		if strings.HasPrefix(pkg, "internal/testkit/") {
+			if !strings.Contains(doc, "Only tests import it") {
+				t.Errorf("package %s: its doc comment must say \"Only tests import it\"", pkg)
+			}
+			continue
+		}
+		floor, _, ok := floorOf(pkg)
+		if !ok {
+			continue // TestLayering reports it
+		}
+		m := floorInDocRE.FindStringSubmatch(doc)
+		if m == nil || m[1] != strconv.Itoa(floor) {
+			t.Errorf("package %s is on floor %d: its doc comment must say so (\"Layering (internal/architecture_test.go): floor %d; …\"), it says %q", pkg, floor, floor, m)
+		}
+	}
+	if checked < 20 {
+		t.Fatalf("checked only %d package comments", checked)
 	}
 }

@@ -1,6 +1,13 @@
 // Package relay is one hop of a subsegment chain: it listens, forwards each
 // frame to its configured next hop (or echoes it when it is the end of the
 // chain), and stamps its own timing record into every reply on the way back.
+//
+// It owns the hop's side of the protocol and its two engines (epoll and
+// goroutines). Layering (internal/architecture_test.go): floor 3; it imports
+// only internal/host and internal/wire, never the source end, snmp,
+// collector, internal/output or internal/exporter; and only
+// cmd/subsegment_exporter and internal/exporter import it (a rule another
+// package needs belongs in internal/wire).
 package relay
 
 import (

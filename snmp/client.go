@@ -3,6 +3,10 @@
 // hops' SNMP agents (v2c and v3) with gosnmp within what is left of the
 // scrape, and reads a relay's own variables for in-band annotation. SNMP
 // failures never fail a probe; they are counted and reported.
+//
+// Layering (internal/architecture_test.go): floor 4; it may import the
+// prober's results, sla's verdicts, internal/config and internal/wire,
+// never relay, collector, internal/output or internal/exporter.
 package snmp
 
 import (

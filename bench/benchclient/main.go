@@ -3,6 +3,9 @@
 // socat's, and a plain echo server to end the non-subsegment chains. It
 // reads and writes on separate goroutines, so it never deadlocks a chain
 // the way a single-threaded copier with blocking writes can.
+//
+// Layering (internal/architecture_test.go): floor 7, the top; nothing
+// imports it.
 package main
 
 import (

@@ -2,6 +2,9 @@
 // relay (--listen), the source exporter scraped like blackbox_exporter
 // (/probe), a one-shot mtr-like probe, the original tool's stdin stream
 // mode, and a Nagios check. This file only wires flags to packages.
+//
+// Layering (internal/architecture_test.go): floor 7, the top; nothing
+// imports it.
 package main
 
 import (

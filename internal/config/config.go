@@ -3,6 +3,10 @@
 // segments' SLAs) and, for SNMP, the credentials kept apart from modules.
 // Loading is strict: an unknown key or a bad value is an error naming the
 // file, the line and the key.
+//
+// Layering (internal/architecture_test.go): floor 2; it imports only
+// internal/host and internal/wire, never the source end, relay, snmp or
+// anything that reads a configuration.
 package config
 
 import (

@@ -3,6 +3,10 @@
 // process, so no root and no tc), the source exporter, and a printed report
 // of what to open and curl. It serves until interrupted and then stops
 // every process it started and removes what it wrote.
+//
+// Layering (internal/architecture_test.go): floor 6; it may import the
+// packages below it but not relay (it runs this binary's relays as
+// processes), and never cmd.
 package demo
 
 import (

@@ -51,7 +51,7 @@ func httpTools() (haproxy, nginx string, ok bool) {
 }
 
 // startHTTPChain starts nginx, the delaying proxy and HAProxy, with the
-// lines the README gives.
+// lines docs/http-chains.md gives.
 func (d *run) startHTTPChain(haproxy, nginx string) error {
 	base := d.o.BasePort
 	nginxConf := fmt.Sprintf(`daemon off;

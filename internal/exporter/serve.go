@@ -1,6 +1,12 @@
 // Package exporter is the long-running process: the relay (when it
 // listens) and the HTTP side — /metrics of the process itself and /probe,
 // scraped like blackbox_exporter, that runs the source end of a chain.
+//
+// It owns the HTTP routes, reloads, the probe history and the wiring of the
+// relay, the probe handler, continuous probing and SNMP context.
+// Layering (internal/architecture_test.go): floor 6; it may import every
+// package below it, relay included (only it and the command import relay),
+// and never cmd or internal/demo.
 package exporter
 
 import (

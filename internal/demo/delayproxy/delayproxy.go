@@ -1,6 +1,10 @@
 // Package delayproxy is a TCP proxy that delays every chunk by a fixed time
 // in each direction: a slow segment on loopback without root or tc, for the
 // demo and for tests that check where the segment arithmetic puts a delay.
+//
+// Layering (internal/architecture_test.go): floor 6, with the demo; it
+// imports nothing of the project, so the test kit and the integration
+// tests use it too.
 package delayproxy
 
 import (

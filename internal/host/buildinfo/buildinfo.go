@@ -3,6 +3,9 @@
 // and `go install …@version` leave those empty, and then the module
 // version and the VCS revision, time and state recorded by the Go
 // toolchain fill them in.
+//
+// Layering (internal/architecture_test.go): floor 0; it imports nothing of
+// the project.
 package buildinfo
 
 import (

@@ -1,6 +1,9 @@
 // Package clock gives every hop two clocks: a monotonic one for the
 // durations the segment arithmetic needs, and the wall clock with its
 // kernel-reported synchronisation state for one-way delays.
+//
+// Layering (internal/architecture_test.go): floor 0; it imports nothing of
+// the project.
 package clock
 
 import (

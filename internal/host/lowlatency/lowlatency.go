@@ -9,6 +9,9 @@
 //
 // The setting is read only at process start, so Ensure re-executes the
 // process with it (same PID, arguments and descriptors).
+//
+// Layering (internal/architecture_test.go): floor 0; it imports nothing of
+// the project.
 package lowlatency
 
 import (

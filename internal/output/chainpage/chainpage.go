@@ -8,6 +8,10 @@
 //
 // Every segment element carries data-from, data-to, data-rtt-seconds (the
 // median) and data-sla (ok, exceeded or none), for tests and scripts.
+//
+// Layering (internal/architecture_test.go): floor 5; it reads continuous
+// probing's snapshots and takes number formats from timing (not from the
+// prober), and never imports relay, internal/exporter or cmd.
 package chainpage
 
 import (

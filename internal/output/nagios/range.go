@@ -1,6 +1,10 @@
 // Package nagios is the check command: it runs the probe once and answers
 // the way the Monitoring Plugins development guidelines say a plugin must,
 // so Nagios, Icinga and friends run it as they run check_ping.
+//
+// Layering (internal/architecture_test.go): floor 5; it may import the source
+// end, snmp, internal/config and internal/wire, never relay,
+// internal/exporter or cmd.
 package nagios
 
 import (

@@ -1,5 +1,9 @@
 // Package report prints a probe run the way a person reads it (an
 // mtr-like table) or the way a program does (stable JSON).
+//
+// The JSON is documented in docs/probe.md. Layering
+// (internal/architecture_test.go): floor 5; it may import the source end,
+// never relay, internal/exporter or cmd.
 package report
 
 import (
@@ -155,7 +159,7 @@ func writeNotes(w io.Writer, r *prober.Result) error {
 	return err
 }
 
-// JSON writes the result as the stable JSON documented in the README.
+// JSON writes the result as the stable JSON documented in docs/probe.md.
 func JSON(w io.Writer, r *prober.Result) error {
 	out := struct {
 		*prober.Result

@@ -5,6 +5,11 @@
 // histograms on /metrics, and into the recent windows the chain page
 // draws. A reload keeps the entries that did not change, with their
 // histograms.
+//
+// Layering (internal/architecture_test.go): floor 4; it may import the
+// prober, sla, internal/config and internal/wire, never relay, snmp (the
+// exporter hands it a context function), collector, internal/output or
+// internal/exporter.
 package continuous
 
 import (

@@ -1,10 +1,15 @@
 // Package prober is the source end of a chain. Run probes a chain of relays
-// (tcp.go): it opens one connection to the first hop, sends a warm-up probe
-// that opens every downstream connection (and reports their connect
-// times), then the measured probes, and turns what the hops stamped into
-// per-segment and per-hop statistics (summary.go), keyed by each hop's
-// identity. The exporter, the probe command and the Nagios check all run
-// it.
+// (tcp.go) or of HTTP proxies (http.go): it opens one connection to the
+// first hop, sends a warm-up probe that opens every downstream connection
+// (and reports their connect times), then the measured probes, and turns
+// what the hops stamped into per-segment and per-hop statistics, keyed by
+// each hop's identity: result.go is the model, build.go the one place a
+// result is built. Session keeps a chain open for continuous probing. The
+// exporter, the probe command and the Nagios check all run it.
+//
+// Layering (internal/architecture_test.go): floor 3; it may import timing,
+// internal/wire, internal/config and internal/host, never relay, snmp,
+// collector, internal/output or internal/exporter.
 package prober
 
 import (

@@ -8,7 +8,7 @@ import (
 )
 
 // Result summarises one run. It is also the stable JSON of
-// `probe --output json` (documented in the README): durations are seconds.
+// `probe --output json` (documented in docs/probe.md): durations are seconds.
 //
 // Hops are told apart by their identity (a random ID per relay process);
 // names only label them. When names repeat within a chain, the labels are

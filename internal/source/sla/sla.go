@@ -1,6 +1,10 @@
 // Package sla compares a probe run's segments and hops with their SLAs
 // and says how a module probes; the exporter exposes the verdicts, and a
 // violation is what triggers the SNMP context.
+//
+// Layering (internal/architecture_test.go): floor 3; it may import the
+// prober and internal/config, never relay, snmp, collector, internal/output
+// or internal/exporter.
 package sla
 
 import (

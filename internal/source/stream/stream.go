@@ -2,6 +2,10 @@
 // (stdin) through the chain in blocks, each block carrying the hops'
 // performance records, and writes what comes back — byte-identical — to
 // stdout, with per-segment timing statistics on the side.
+//
+// Layering (internal/architecture_test.go): floor 3; it may import timing,
+// internal/wire and internal/host, never relay, snmp, collector,
+// internal/output or internal/exporter.
 package stream
 
 import (

@@ -3,6 +3,11 @@
 // residence time of every hop, TWAMP style, so that no two clocks are ever
 // compared. Only where both ends of a segment report a synchronised wall
 // clock does it also give one-way delays, with their error bound.
+//
+// It also owns how many digits a resolution supports (MillisDecimals),
+// which the table, the page and JSON share. Layering
+// (internal/architecture_test.go): floor 3; it imports nothing of the
+// project.
 package timing
 
 import (

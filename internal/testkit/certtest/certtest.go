@@ -1,5 +1,7 @@
 // Package certtest makes a throwaway CA and certificates for tests of TLS
 // between hops and of the web server's TLS.
+//
+// Only tests import it (internal/architecture_test.go).
 package certtest
 
 import (

@@ -1,5 +1,8 @@
 // Package chaintest starts relays inside a test process, on loopback ports
 // the kernel picks, and stops them when the test ends.
+//
+// Only tests import it (internal/architecture_test.go); it may import
+// anything, relay included.
 package chaintest
 
 import (

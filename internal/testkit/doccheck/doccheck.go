@@ -4,7 +4,8 @@
 // document. It owns the marker syntax (docs/development.md, "Examples in
 // the documentation"); the tests that run the examples live beside what
 // they need (docs/, integration/, cmd/subsegment_exporter/). Only tests
-// import it; it imports nothing of the project.
+// import it (internal/architecture_test.go); it imports nothing of the
+// project.
 package doccheck
 
 import (

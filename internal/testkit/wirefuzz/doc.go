@@ -2,4 +2,6 @@
 // sends on the wire, through the source's decoding and summary, to what a
 // user reads — the /probe text exposition, the Nagios plugin output, the
 // probe table and JSON. It has no code of its own.
+//
+// Only tests import it (internal/architecture_test.go).
 package wirefuzz

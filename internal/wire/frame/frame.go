@@ -14,6 +14,10 @@
 // prepends its full record to the reply on the way back. That keeps the
 // forward path cheap and lets a hop rebuild a reply on its own when its
 // downstream dies mid-probe. All integers are big-endian.
+//
+// Layering (internal/architecture_test.go): floor 1; it imports only
+// internal/host and internal/wire, never internal/config, the source end,
+// relay or anything above.
 package frame
 
 import (

@@ -8,6 +8,10 @@
 // header each or comma-separated in one. Everything in them comes from
 // peers: names follow the hop-name rules, numbers are range-checked, and
 // anything else is an error of reason bad_header that quotes the entry.
+//
+// Layering (internal/architecture_test.go): floor 1; it imports only
+// internal/host and internal/wire, never internal/config, the source end,
+// relay or anything above.
 package httpstamp
 
 import (

@@ -4,6 +4,8 @@
 // perfdata or terminal output. Both ends of a chain (relays and sources)
 // import it; it imports nothing of the project, so the wire format can
 // apply the same rules when it decodes what a peer sent.
+//
+// Layering (internal/architecture_test.go): floor 1.
 package peer
 
 import (

@@ -12,6 +12,10 @@
 // the caller's monotonic clock; a pair that straddles a step of the
 // realtime clock (a negative wait, or one longer than the operation's
 // timeout) is dropped and the read time is used instead.
+//
+// Layering (internal/architecture_test.go): floor 1; it imports only
+// internal/host and internal/wire, never internal/config, the source end,
+// relay or anything above.
 package rxstamp
 
 import (

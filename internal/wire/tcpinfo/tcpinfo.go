@@ -1,6 +1,10 @@
 // Package tcpinfo reads the kernel's view of a TCP connection (TCP_INFO),
 // which tells a segment's network rtt apart from the time spent in the
 // hops' user space, and exposes retransmissions and path MTU.
+//
+// Layering (internal/architecture_test.go): floor 1; it imports only
+// internal/host and internal/wire, never internal/config, the source end,
+// relay or anything above.
 package tcpinfo
 
 import (

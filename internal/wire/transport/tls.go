@@ -1,6 +1,10 @@
 // Package transport opens the connections of a chain the same way for
 // relays and sources: plain TCP or TLS, with the kernel's receive
 // timestamps enabled under either (rxstamp).
+//
+// Layering (internal/architecture_test.go): floor 1; it imports only
+// internal/host and internal/wire, never internal/config, the source end,
+// relay or anything above.
 package transport
 
 import (
