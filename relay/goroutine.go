@@ -94,36 +94,41 @@ func (f *forwarder) run(ctx context.Context) {
 			f.upstreamEnded(ctx, err)
 			return
 		}
-		rx, wall, sync := f.received(f.upRx), f.s.cfg.Clock.Wall(), f.s.cfg.Clock.Sync()
-		for {
-			fr, err := f.upR.Next()
-			if err != nil {
-				f.answer(ctx, newEntry(rx), f.reject(err))
-				return
-			}
-			if fr == nil {
-				break
-			}
-			e, v, ans := f.classify(fr, rx, wall, sync)
-			if ans == nil && f.down == nil {
-				if ans = f.dial(ctx, &e); ans == nil {
-					f.startReturn(ctx, v.Header.Kind)
-				}
-			}
-			if ans != nil {
-				if !f.answer(ctx, e, ans) {
-					return
-				}
-				continue
-			}
-			if !f.room(ctx) {
-				return
-			}
-			f.enqueueForward(e, fr, &v)
-		}
-		if !f.flush() {
+		if !f.forwardBuffered(ctx) || !f.flush() {
 			return
 		}
+	}
+}
+
+// forwardBuffered batches every complete request the upstream buffer
+// holds (or this hop's answer to it); false ends the session.
+func (f *forwarder) forwardBuffered(ctx context.Context) bool {
+	rx, wall, sync := f.received(f.upRx), f.s.cfg.Clock.Wall(), f.s.cfg.Clock.Sync()
+	for {
+		fr, err := f.upR.Next()
+		if err != nil {
+			f.answer(ctx, newEntry(rx), f.reject(err))
+			return false
+		}
+		if fr == nil {
+			return true
+		}
+		e, v, ans := f.classify(fr, rx, wall, sync)
+		if ans == nil && f.down == nil {
+			if ans = f.dial(ctx, &e); ans == nil {
+				f.startReturn(ctx, v.Header.Kind)
+			}
+		}
+		if ans != nil {
+			if !f.answer(ctx, e, ans) {
+				return false
+			}
+			continue
+		}
+		if !f.room(ctx) {
+			return false
+		}
+		f.enqueueForward(e, fr, &v)
 	}
 }
 

@@ -343,14 +343,10 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			if ctx.Err() != nil {
 				return nil
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				s.log.Warn("accept failed, retrying", "err", err, "backoff", backoff)
-				time.Sleep(backoff)
-				continue
+			if !s.retryAccept(err, &backoff) {
+				return fmt.Errorf("accept on %s: %w", ln.Addr(), err)
 			}
-			return fmt.Errorf("accept on %s: %w", ln.Addr(), err)
+			continue
 		}
 		backoff = 0
 		if !s.slot() {
@@ -358,40 +354,65 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			continue
 		}
 		if tc, ok := conn.(*net.TCPConn); ok && ev != nil {
-			adm := s.admit(nil)
-			adm.evict = func() {
-				ev.post(func() {
-					if x := adm.session; x != nil && !adm.proven.Load() {
-						x.close()
-					}
-				})
-			}
-			if err := ev.adopt(tc, adm, func() { <-s.slots }); err != nil {
-				s.log.Warn("cannot serve connection", "peer", conn.RemoteAddr().String(), "err", err)
-				adm.proven.Store(true)
-				<-s.slots
-				conn.Close()
-			}
+			s.serveInLoop(ev, tc)
 			continue
 		}
-		conn = transport.Accept(conn, s.cfg.TLS, s.clocks)
-		if !s.track(conn) {
-			<-s.slots
-			conn.Close()
-			continue
-		}
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			defer func() { <-s.slots }()
-			defer s.untrack(conn)
-			s.metrics.ConnectionOpened()
-			defer s.metrics.ConnectionClosed()
-			adm := s.admit(func() { conn.Close() })
-			defer adm.proven.Store(true) // gone: nothing left to evict
-			s.serveConn(ctx, conn, adm)
-		}()
+		s.serveInGoroutines(ctx, conn)
 	}
+}
+
+// retryAccept waits before the next accept after a temporary failure (a
+// timeout, or out of descriptors); false for an error that stops Serve.
+func (s *Server) retryAccept(err error, backoff *time.Duration) bool {
+	var ne net.Error
+	if !(errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE)) {
+		return false
+	}
+	*backoff = min(max(2*(*backoff), 5*time.Millisecond), time.Second)
+	s.log.Warn("accept failed, retrying", "err", err, "backoff", *backoff)
+	time.Sleep(*backoff)
+	return true
+}
+
+// serveInLoop hands an accepted connection, which holds a slot, to the
+// epoll engine.
+func (s *Server) serveInLoop(ev *loop, tc *net.TCPConn) {
+	adm := s.admit(nil)
+	adm.evict = func() {
+		ev.post(func() {
+			if x := adm.session; x != nil && !adm.proven.Load() {
+				x.close()
+			}
+		})
+	}
+	if err := ev.adopt(tc, adm, func() { <-s.slots }); err != nil {
+		s.log.Warn("cannot serve connection", "peer", tc.RemoteAddr().String(), "err", err)
+		adm.proven.Store(true)
+		<-s.slots
+		tc.Close()
+	}
+}
+
+// serveInGoroutines serves an accepted connection, which holds a slot,
+// with the goroutine engine (TLS, or --relay.engine=goroutines).
+func (s *Server) serveInGoroutines(ctx context.Context, conn net.Conn) {
+	conn = transport.Accept(conn, s.cfg.TLS, s.clocks)
+	if !s.track(conn) {
+		<-s.slots
+		conn.Close()
+		return
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		defer func() { <-s.slots }()
+		defer s.untrack(conn)
+		s.metrics.ConnectionOpened()
+		defer s.metrics.ConnectionClosed()
+		adm := s.admit(func() { conn.Close() })
+		defer adm.proven.Store(true) // gone: nothing left to evict
+		s.serveConn(ctx, conn, adm)
+	}()
 }
 
 func (s *Server) track(c net.Conn) bool {

@@ -41,6 +41,32 @@ func readError(t *testing.T, c net.Conn) frame.ErrorRecord {
 	return rec
 }
 
+// expectReplyThenError reads the answers to a valid probe followed by
+// garbage: the probe's reply first, in order, then an error frame.
+func expectReplyThenError(t *testing.T, c net.Conn, reason peer.Reason) {
+	t.Helper()
+	r := frame.NewReader(c, frame.DefaultMaxFrameBytes)
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if err := r.Fill(); err != nil {
+		t.Fatal(err)
+	}
+	fr, _ := r.Next()
+	if v, err := frame.Parse(fr, frame.DefaultMaxFrameBytes, 255); err != nil || v.Header.Kind != frame.KindProbeReply {
+		t.Fatalf("first answer %v %v, want the probe's reply", v.Header.Kind, err)
+	}
+	fr, err := r.Next()
+	if fr == nil && err == nil {
+		if err := r.Fill(); err != nil {
+			t.Fatal(err)
+		}
+		fr, err = r.Next()
+	}
+	rec, perr := frame.ParseErrorFrame(fr, frame.DefaultMaxFrameBytes)
+	if err != nil || perr != nil || rec.Reason != reason {
+		t.Fatalf("second answer %+v (%v %v), want an error frame", rec, err, perr)
+	}
+}
+
 func TestGarbageGetsAnErrorFrame(t *testing.T) {
 	chaintest.ForEachEngine(t, testGarbageGetsAnErrorFrame)
 }
@@ -72,27 +98,7 @@ func testGarbageGetsAnErrorFrame(t *testing.T) {
 					t.Fatal(err)
 				}
 				if tc.name == "valid then garbage" {
-					// The valid probe is answered first, in order.
-					r := frame.NewReader(c, frame.DefaultMaxFrameBytes)
-					c.SetDeadline(time.Now().Add(5 * time.Second))
-					if err := r.Fill(); err != nil {
-						t.Fatal(err)
-					}
-					fr, _ := r.Next()
-					if v, err := frame.Parse(fr, frame.DefaultMaxFrameBytes, 255); err != nil || v.Header.Kind != frame.KindProbeReply {
-						t.Fatalf("first answer %v %v, want the probe's reply", v.Header.Kind, err)
-					}
-					fr, err := r.Next()
-					if fr == nil && err == nil {
-						if err := r.Fill(); err != nil {
-							t.Fatal(err)
-						}
-						fr, err = r.Next()
-					}
-					rec, perr := frame.ParseErrorFrame(fr, frame.DefaultMaxFrameBytes)
-					if err != nil || perr != nil || rec.Reason != tc.reason {
-						t.Fatalf("second answer %+v (%v %v), want an error frame", rec, err, perr)
-					}
+					expectReplyThenError(t, c, tc.reason)
 					return
 				}
 				rec := readError(t, c)
