@@ -129,7 +129,7 @@ func (h *hopState) classify(fr []byte, rx rxstamp.Stamp, wall int64, sync clock.
 		return e, frame.View{}, h.reject(err)
 	}
 	if h.adm != nil && !h.adm.proven.Load() {
-		h.adm.proven.Store(true)
+		h.s.settle(h.adm)
 	}
 	// The wall clock at request-in: read after the read, moved back by
 	// the time since the kernel received the request.

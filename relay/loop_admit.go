@@ -74,7 +74,7 @@ func (l *loop) start(fd int, peerAddr string, adm *admission, release func()) {
 		// later finds it closed instead of closing a reused descriptor.
 		l.s.log.Warn("cannot watch connection", "peer", peerAddr, "err", err)
 		x.closed = true
-		adm.proven.Store(true)
+		l.s.settle(adm)
 		x.upR.Release()
 		unix.Close(fd)
 		release()
@@ -106,6 +106,7 @@ func (x *lsession) close() {
 	x.fwd.reset()
 	x.ret.reset()
 	x.s.metrics.ConnectionClosed()
-	x.adm.proven.Store(true) // gone: nothing left to evict
+	x.s.settle(x.adm) // gone: nothing left to evict
+	x.adm.session = nil
 	x.release()
 }

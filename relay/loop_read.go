@@ -47,8 +47,11 @@ func (x *lsession) readUpstream() {
 			x.upstreamEnded(x.upR.EndError(err))
 			return
 		}
-		x.idleUntil = x.now() + int64(x.s.cfg.Timeout)
 		if x.upR.Complete() {
+			// The next frame's --timeout starts when one is complete:
+			// bytes of a partial frame never extend it, so a trickle
+			// cannot keep a connection (and its slot) open.
+			x.idleUntil = x.now() + int64(x.s.cfg.Timeout)
 			x.processUp()
 		}
 		if x.upR.Drained() {

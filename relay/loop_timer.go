@@ -72,7 +72,8 @@ func (x *lsession) timeout(now int64) {
 	case x.ring != nil && x.broken == nil && x.ring.peekReady() != nil && x.ring.peekReady().local == nil && now >= x.ring.peekReady().waitUntil:
 		x.breakDown(fmt.Errorf("read from %s: %w", x.s.cfg.ForwardTo, errTimeout))
 	case !x.draining && now >= x.idleUntil:
-		x.s.log.Debug("upstream idle, closing", "peer", x.upPeer, "timeout", x.s.cfg.Timeout)
+		// Idle, or a frame that did not arrive whole within --timeout.
+		x.s.log.Debug("upstream idle, closing", "peer", x.upPeer, "timeout", x.s.cfg.Timeout, "partial_frame_bytes", x.upR.Buffered())
 		x.upstreamEnded(errTimeout)
 	default:
 		// The deadline moved meanwhile.

@@ -71,8 +71,9 @@ type Config struct {
 	// ForwardTo is the next hop's address; empty makes this hop the end
 	// of the chain, which echoes every request.
 	ForwardTo string
-	// Timeout bounds every single operation: the wait for the next frame,
-	// a dial, a write, and the wait for a reply.
+	// Timeout bounds every single operation: the wait for the next frame
+	// (which must arrive whole within it: bytes of a partial frame do not
+	// extend it), a dial, a write, and the wait for a reply.
 	Timeout time.Duration
 	// RemovePerfHeaders drops the path and records received from beyond
 	// this hop in both directions (an administrative boundary).
@@ -149,86 +150,7 @@ type Server struct {
 	// Connections that have not sent a valid frame yet, oldest first: at
 	// the connection limit the oldest of them is closed to make room.
 	unprovenMu sync.Mutex
-	unproven   []*admission
-}
-
-// admission follows a connection until its first valid frame. Idle and
-// slow connections (a slowloris, a port scanner) then cannot starve
-// probes: at the connection limit a relay closes the oldest connection that
-// has not proven itself, instead of refusing the new one.
-type admission struct {
-	proven atomic.Bool
-	since  time.Time
-	evict  func()
-	// session is the epoll engine's session; touched only on its thread.
-	session *lsession
-}
-
-// evictAge protects connections younger than this from eviction: a real
-// source sends its first frame well within it.
-const evictAge = 100 * time.Millisecond
-
-func (s *Server) admit(evict func()) *admission {
-	a := &admission{since: time.Now(), evict: evict}
-	s.unprovenMu.Lock()
-	// Drop proven entries from the front as they accumulate.
-	for len(s.unproven) > 0 && s.unproven[0].proven.Load() {
-		s.unproven[0] = nil
-		s.unproven = s.unproven[1:]
-	}
-	s.unproven = append(s.unproven, a)
-	s.unprovenMu.Unlock()
-	return a
-}
-
-// evictOldest closes the oldest connection that has not sent a valid frame
-// and is older than evictAge; false when there is none.
-func (s *Server) evictOldest() bool {
-	s.unprovenMu.Lock()
-	var victim *admission
-	for len(s.unproven) > 0 {
-		a := s.unproven[0]
-		if a.proven.Load() {
-			s.unproven[0] = nil
-			s.unproven = s.unproven[1:]
-			continue
-		}
-		if time.Since(a.since) < evictAge {
-			break
-		}
-		victim = a
-		s.unproven[0] = nil
-		s.unproven = s.unproven[1:]
-		break
-	}
-	s.unprovenMu.Unlock()
-	if victim == nil {
-		return false
-	}
-	s.metrics.Failed(peer.ReasonOverloaded)
-	s.log.Debug("connection limit reached: closing the oldest connection without a valid frame")
-	victim.evict()
-	return true
-}
-
-// slot takes a connection slot, evicting an idle connection if needed.
-func (s *Server) slot() bool {
-	select {
-	case s.slots <- struct{}{}:
-		return true
-	default:
-	}
-	if !s.evictOldest() {
-		return false
-	}
-	t := time.NewTimer(500 * time.Millisecond)
-	defer t.Stop()
-	select {
-	case s.slots <- struct{}{}:
-		return true
-	case <-t.C:
-		return false
-	}
+	unproven   unprovenList
 }
 
 // New validates cfg and returns a relay ready to Serve.
@@ -387,7 +309,7 @@ func (s *Server) serveInLoop(ev *loop, tc *net.TCPConn) {
 	}
 	if err := ev.adopt(tc, adm, func() { <-s.slots }); err != nil {
 		s.log.Warn("cannot serve connection", "peer", tc.RemoteAddr().String(), "err", err)
-		adm.proven.Store(true)
+		s.settle(adm)
 		<-s.slots
 		tc.Close()
 	}
@@ -410,7 +332,7 @@ func (s *Server) serveInGoroutines(ctx context.Context, conn net.Conn) {
 		s.metrics.ConnectionOpened()
 		defer s.metrics.ConnectionClosed()
 		adm := s.admit(func() { conn.Close() })
-		defer adm.proven.Store(true) // gone: nothing left to evict
+		defer s.settle(adm) // gone: nothing left to evict
 		s.serveConn(ctx, conn, adm)
 	}()
 }

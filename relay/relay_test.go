@@ -124,6 +124,52 @@ func testGarbageGetsAnErrorFrame(t *testing.T) {
 	}
 }
 
+func TestFrameMustArriveWithinTimeout(t *testing.T) {
+	chaintest.ForEachEngine(t, testFrameMustArriveWithinTimeout)
+}
+
+// A frame must arrive whole within --timeout: a connection that trickles
+// one byte at a time is closed after it, however often bytes come; one
+// that sends whole probes more often than --timeout stays open.
+func testFrameMustArriveWithinTimeout(t *testing.T) {
+	const timeout = time.Second
+	z := chaintest.StartRelay(t, relay.Config{Name: "z"})
+	b := chaintest.StartRelay(t, relay.Config{Name: "b", ForwardTo: z, Timeout: timeout})
+	trickler, err := net.Dial("tcp", b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer trickler.Close()
+	opened := time.Now()
+	fr := frame.AppendRequest(nil, frame.KindProbeRequest, frame.ProbeHeader{Seq: 1}, make([]byte, 200), []uint64{1}, nil)
+	closed := make(chan time.Duration, 1)
+	go func() {
+		io.Copy(io.Discard, trickler)
+		closed <- time.Since(opened)
+	}()
+	prober, err := net.Dial("tcp", b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prober.Close()
+	var lived time.Duration
+	for i := 0; time.Since(opened) < 3*timeout; i++ {
+		if lived == 0 && i < len(fr)-1 {
+			trickler.Write(fr[i : i+1])
+		}
+		if i%2 == 0 && !probeOnce(t, prober, uint64(i)) {
+			t.Fatalf("the connection sending a whole probe every %v was not answered at %v", 2*50*time.Millisecond, time.Since(opened))
+		}
+		select {
+		case lived = <-closed:
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	if lived == 0 || lived > 2*timeout {
+		t.Fatalf("trickling connection lived %v (0: still open after %v), want closed within 2 × --timeout %v", lived, time.Since(opened), timeout)
+	}
+}
+
 func TestConnectionLimit(t *testing.T) { chaintest.ForEachEngine(t, testConnectionLimit) }
 
 // probeOnce sends one probe on c and reports whether a reply (not an error
