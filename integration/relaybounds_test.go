@@ -1,10 +1,15 @@
 package integration
 
 import (
+	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -146,6 +151,53 @@ func TestTricklerKeepsNothingAlive(t *testing.T) {
 			}
 			if r := probeOK(context.Background(), b.addr); !r.Success {
 				t.Errorf("probe after the churn: %+v", r.Failure)
+			}
+		})
+	}
+}
+
+// Eight unsigned connections that send only a header claiming a 1.9 MiB
+// frame hold nothing of the buffer budget: a signed stream of 300 KiB
+// blocks passes byte-exact beside them.
+func TestHeaderClaimsDoNotLockTheBudget(t *testing.T) {
+	dir := t.TempDir()
+	key := filepath.Join(dir, "key")
+	if err := os.WriteFile(key, []byte("budget-0123456789abcdef0123456789\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	bounds := []string{"--relay.auth-key-file", key, "--relay.max-frame-bytes", "2097152", "--relay.buffer-budget-bytes", "8388608"}
+	for _, engine := range []string{"epoll", "goroutines"} {
+		t.Run(engine, func(t *testing.T) {
+			z := startHop(t, "z", "", append([]string{"--relay.engine", engine, "--log.level", "info"}, bounds...)...)
+			b := startHop(t, "b", z.addr, append([]string{"--relay.engine", engine, "--log.level", "info"}, bounds...)...)
+			claim := make([]byte, frame.HeaderLen)
+			frame.PutHeader(claim, frame.Header{Kind: frame.KindStreamRequest, Length: 1900<<10 - frame.HeaderLen})
+			for i := 0; i < 8; i++ {
+				conn, err := net.Dial("tcp", b.addr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { conn.Close() })
+				if _, err := conn.Write(claim); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// The claims are read at once; a moment lets the relay do so
+			// before the stream starts (the stream must pass either way).
+			time.Sleep(500 * time.Millisecond)
+
+			in := make([]byte, 3*300<<10)
+			rng := rand.New(rand.NewPCG(20, 2))
+			for i := range in {
+				in[i] = byte(rng.Uint32())
+			}
+			out, errOut, code := runBinary(t, bytes.NewReader(in), append([]string{"send", "-f", b.addr, "-s", fmt.Sprint(300 << 10), "-t", "10s", "--relay.name", "a"}, bounds[:4]...)...)
+			if code != 0 || out != string(in) {
+				t.Fatalf("stream of 300 KiB blocks beside 8 header-only claims: exit %d, %d of %d bytes back byte-exact=%v\n%s",
+					code, len(out), len(in), out == string(in), tail(errOut, 2000))
+			}
+			if strings.Contains(b.out.String(), "budget") {
+				t.Errorf("relay b logged a budget refusal:\n%s", tail(b.out.String(), 2000))
 			}
 		})
 	}

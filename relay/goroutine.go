@@ -46,6 +46,7 @@ type forwarder struct {
 func newForwarder(s *Server, up net.Conn) *forwarder {
 	f := &forwarder{up: up, upR: frame.NewReader(up, s.cfg.MaxFrameBytes), upRx: rxstamp.Of(up)}
 	f.upR.Budget = s.budget
+	f.upReader = f.upR
 	f.init(s, up.RemoteAddr().String())
 	f.tcp.readUp = tcpReader(up)
 	return f
@@ -172,6 +173,9 @@ func (f *forwarder) dial(ctx context.Context, e *inflight) *localAnswer {
 func (f *forwarder) startReturn(ctx context.Context, kind frame.Kind) {
 	f.downR = frame.NewReader(f.down, f.s.cfg.MaxFrameBytes)
 	f.downR.Budget = f.s.budget
+	// The downstream is this hop's own --forward-to, dialled for a session
+	// that sent a valid frame: its reader is proven from the start.
+	f.downR.Prove()
 	f.tcp.readDown = tcpReader(f.down)
 	f.startRing(kind)
 	f.retDone = make(chan struct{})
@@ -440,6 +444,7 @@ type echo struct {
 func newEcho(s *Server, up net.Conn) *echo {
 	x := &echo{up: up, r: frame.NewReader(up, s.cfg.MaxFrameBytes), upRx: rxstamp.Of(up)}
 	x.r.Budget = s.budget
+	x.upReader = x.r
 	x.init(s, up.RemoteAddr().String())
 	x.tcp.readUp = tcpReader(up)
 	return x

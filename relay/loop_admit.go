@@ -66,6 +66,7 @@ func (l *loop) start(fd int, peerAddr string, adm *admission, release func()) {
 	x.downRx.Clocks = l.s.clocks
 	x.upR = frame.NewReader(nil, l.s.cfg.MaxFrameBytes)
 	x.upR.Budget = l.s.budget
+	x.upReader = x.upR
 	x.readUp = func(p []byte) (int, error) { return readFd(&x.upRx, x.up, p) }
 	x.tcp.readUp = func() (tcpinfo.Info, error) { return tcpinfo.ReadFd(x.up, &x.tcpBuf) }
 	x.idleUntil = l.s.cfg.Clock.Monotonic() + int64(l.s.cfg.Timeout)

@@ -79,6 +79,9 @@ func (x *lsession) dialDone(fd int, connect int64, kind frame.Kind, err error) {
 	x.l.byFd[fd] = x
 	x.downR = frame.NewReader(nil, x.s.cfg.MaxFrameBytes)
 	x.downR.Budget = x.s.budget
+	// The downstream is this hop's own --forward-to, dialled for a session
+	// that sent a valid frame: its reader is proven from the start.
+	x.downR.Prove()
 	x.readDown = func(p []byte) (int, error) { return readFd(&x.downRx, x.down, p) }
 	x.tcp.readDown = func() (tcpinfo.Info, error) { return tcpinfo.ReadFd(x.down, &x.tcpBuf) }
 	x.startRing(kind)

@@ -101,7 +101,9 @@ type Config struct {
 	TLS     *tls.Config
 	DialTLS *tls.Config
 	// BufferBudget bounds the read buffers over 64 KiB (large stream
-	// blocks) of all connections together; 0 uses the default.
+	// blocks) of all connections together; 0 uses the default. Buffers
+	// grow with bytes that arrived, and connections that have not sent a
+	// valid frame yet share at most half of it (frame.BufferBudget).
 	BufferBudget int64
 	// Annotate returns the local variables attached to records of probes
 	// that ask for them (in-band context); nil attaches nothing.
@@ -214,7 +216,7 @@ func New(cfg Config) (*Server, error) {
 		log:     cfg.Logger.With("relay", cfg.Name),
 		slots:   make(chan struct{}, cfg.MaxConnections),
 		conns:   make(map[net.Conn]struct{}),
-		budget:  frame.NewBufferBudget(cfg.BufferBudget),
+		budget:  frame.NewBufferBudget(cfg.BufferBudget, cfg.MaxFrameBytes),
 	}
 	s.clocks = rxstamp.Clocks{Mono: cfg.Clock.Monotonic, Real: cfg.Realtime, MaxWait: cfg.Timeout}
 	s.dialer = transport.Dialer{Dial: cfg.Dial, TLS: cfg.DialTLS, Clocks: s.clocks}
