@@ -289,7 +289,8 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 // timeout, or out of descriptors); false for an error that stops Serve.
 func (s *Server) retryAccept(err error, backoff *time.Duration) bool {
 	var ne net.Error
-	if !(errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE)) {
+	temporary := errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE)
+	if !temporary {
 		return false
 	}
 	*backoff = min(max(2*(*backoff), 5*time.Millisecond), time.Second)
@@ -313,7 +314,7 @@ func (s *Server) serveInLoop(ev *loop, tc *net.TCPConn) {
 		s.log.Warn("cannot serve connection", "peer", tc.RemoteAddr().String(), "err", err)
 		s.settle(adm)
 		<-s.slots
-		tc.Close()
+		_ = tc.Close()
 	}
 }
 
