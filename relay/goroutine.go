@@ -46,6 +46,7 @@ type forwarder struct {
 func newForwarder(s *Server, up net.Conn) *forwarder {
 	f := &forwarder{up: up, upR: frame.NewReader(up, s.cfg.MaxFrameBytes), upRx: rxstamp.Of(up)}
 	f.upR.Budget = s.budget
+	f.upReader = f.upR
 	f.init(s, up.RemoteAddr().String())
 	f.tcp.readUp = tcpReader(up)
 	return f
@@ -94,36 +95,41 @@ func (f *forwarder) run(ctx context.Context) {
 			f.upstreamEnded(ctx, err)
 			return
 		}
-		rx, wall, sync := f.received(f.upRx), f.s.cfg.Clock.Wall(), f.s.cfg.Clock.Sync()
-		for {
-			fr, err := f.upR.Next()
-			if err != nil {
-				f.answer(ctx, newEntry(rx), f.reject(err))
-				return
-			}
-			if fr == nil {
-				break
-			}
-			e, v, ans := f.classify(fr, rx, wall, sync)
-			if ans == nil && f.down == nil {
-				if ans = f.dial(ctx, &e); ans == nil {
-					f.startReturn(ctx, v.Header.Kind)
-				}
-			}
-			if ans != nil {
-				if !f.answer(ctx, e, ans) {
-					return
-				}
-				continue
-			}
-			if !f.room(ctx) {
-				return
-			}
-			f.enqueueForward(e, fr, &v)
-		}
-		if !f.flush() {
+		if !f.forwardBuffered(ctx) || !f.flush() {
 			return
 		}
+	}
+}
+
+// forwardBuffered batches every complete request the upstream buffer
+// holds (or this hop's answer to it); false ends the session.
+func (f *forwarder) forwardBuffered(ctx context.Context) bool {
+	rx, wall, sync := f.received(f.upRx), f.s.cfg.Clock.Wall(), f.s.cfg.Clock.Sync()
+	for {
+		fr, err := f.upR.Next()
+		if err != nil {
+			f.answer(ctx, newEntry(rx), f.reject(err))
+			return false
+		}
+		if fr == nil {
+			return true
+		}
+		e, v, ans := f.classify(fr, rx, wall, sync)
+		if ans == nil && f.down == nil {
+			if ans = f.dial(ctx, &e); ans == nil {
+				f.startReturn(ctx, v.Header.Kind)
+			}
+		}
+		if ans != nil {
+			if !f.answer(ctx, e, ans) {
+				return false
+			}
+			continue
+		}
+		if !f.room(ctx) {
+			return false
+		}
+		f.enqueueForward(e, fr, &v)
 	}
 }
 
@@ -167,6 +173,9 @@ func (f *forwarder) dial(ctx context.Context, e *inflight) *localAnswer {
 func (f *forwarder) startReturn(ctx context.Context, kind frame.Kind) {
 	f.downR = frame.NewReader(f.down, f.s.cfg.MaxFrameBytes)
 	f.downR.Budget = f.s.budget
+	// The downstream is this hop's own --forward-to, dialled for a session
+	// that sent a valid frame: its reader is proven from the start.
+	f.downR.Prove()
 	f.tcp.readDown = tcpReader(f.down)
 	f.startRing(kind)
 	f.retDone = make(chan struct{})
@@ -435,6 +444,7 @@ type echo struct {
 func newEcho(s *Server, up net.Conn) *echo {
 	x := &echo{up: up, r: frame.NewReader(up, s.cfg.MaxFrameBytes), upRx: rxstamp.Of(up)}
 	x.r.Budget = s.budget
+	x.upReader = x.r
 	x.init(s, up.RemoteAddr().String())
 	x.tcp.readUp = tcpReader(up)
 	return x

@@ -31,7 +31,10 @@ type hopState struct {
 
 	hop frame.HopRecord // scratch record, reused
 	adm *admission      // marked proven at the first valid frame
-	tcp tcpView
+	// upReader reads the upstream; proven (frame.Reader.Prove) at the
+	// first valid frame, when its buffer leaves the budget's unproven share.
+	upReader *frame.Reader
+	tcp      tcpView
 }
 
 // tcpView is the kernel's view of the session's two connections: the
@@ -129,7 +132,10 @@ func (h *hopState) classify(fr []byte, rx rxstamp.Stamp, wall int64, sync clock.
 		return e, frame.View{}, h.reject(err)
 	}
 	if h.adm != nil && !h.adm.proven.Load() {
-		h.adm.proven.Store(true)
+		h.s.settle(h.adm)
+	}
+	if h.upReader != nil {
+		h.upReader.Prove()
 	}
 	// The wall clock at request-in: read after the read, moved back by
 	// the time since the kernel received the request.

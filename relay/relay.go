@@ -78,8 +78,9 @@ type Config struct {
 	// ForwardTo is the next hop's address; empty makes this hop the end
 	// of the chain, which echoes every request.
 	ForwardTo string
-	// Timeout bounds every single operation: the wait for the next frame,
-	// a dial, a write, and the wait for a reply.
+	// Timeout bounds every single operation: the wait for the next frame
+	// (which must arrive whole within it: bytes of a partial frame do not
+	// extend it), a dial, a write, and the wait for a reply.
 	Timeout time.Duration
 	// RemovePerfHeaders drops the path and records received from beyond
 	// this hop in both directions (an administrative boundary).
@@ -107,7 +108,9 @@ type Config struct {
 	TLS     *tls.Config
 	DialTLS *tls.Config
 	// BufferBudget bounds the read buffers over 64 KiB (large stream
-	// blocks) of all connections together; 0 uses the default.
+	// blocks) of all connections together; 0 uses the default. Buffers
+	// grow with bytes that arrived, and connections that have not sent a
+	// valid frame yet share at most half of it (frame.BufferBudget).
 	BufferBudget int64
 	// Annotate returns the local variables attached to records of probes
 	// that ask for them (in-band context); nil attaches nothing.
@@ -156,86 +159,7 @@ type Server struct {
 	// Connections that have not sent a valid frame yet, oldest first: at
 	// the connection limit the oldest of them is closed to make room.
 	unprovenMu sync.Mutex
-	unproven   []*admission
-}
-
-// admission follows a connection until its first valid frame. Idle and
-// slow connections (a slowloris, a port scanner) then cannot starve
-// probes: at the connection limit a relay closes the oldest connection that
-// has not proven itself, instead of refusing the new one.
-type admission struct {
-	proven atomic.Bool
-	since  time.Time
-	evict  func()
-	// session is the epoll engine's session; touched only on its thread.
-	session *lsession
-}
-
-// evictAge protects connections younger than this from eviction: a real
-// source sends its first frame well within it.
-const evictAge = 100 * time.Millisecond
-
-func (s *Server) admit(evict func()) *admission {
-	a := &admission{since: time.Now(), evict: evict}
-	s.unprovenMu.Lock()
-	// Drop proven entries from the front as they accumulate.
-	for len(s.unproven) > 0 && s.unproven[0].proven.Load() {
-		s.unproven[0] = nil
-		s.unproven = s.unproven[1:]
-	}
-	s.unproven = append(s.unproven, a)
-	s.unprovenMu.Unlock()
-	return a
-}
-
-// evictOldest closes the oldest connection that has not sent a valid frame
-// and is older than evictAge; false when there is none.
-func (s *Server) evictOldest() bool {
-	s.unprovenMu.Lock()
-	var victim *admission
-	for len(s.unproven) > 0 {
-		a := s.unproven[0]
-		if a.proven.Load() {
-			s.unproven[0] = nil
-			s.unproven = s.unproven[1:]
-			continue
-		}
-		if time.Since(a.since) < evictAge {
-			break
-		}
-		victim = a
-		s.unproven[0] = nil
-		s.unproven = s.unproven[1:]
-		break
-	}
-	s.unprovenMu.Unlock()
-	if victim == nil {
-		return false
-	}
-	s.metrics.Failed(peer.ReasonOverloaded)
-	s.log.Debug("connection limit reached: closing the oldest connection without a valid frame")
-	victim.evict()
-	return true
-}
-
-// slot takes a connection slot, evicting an idle connection if needed.
-func (s *Server) slot() bool {
-	select {
-	case s.slots <- struct{}{}:
-		return true
-	default:
-	}
-	if !s.evictOldest() {
-		return false
-	}
-	t := time.NewTimer(500 * time.Millisecond)
-	defer t.Stop()
-	select {
-	case s.slots <- struct{}{}:
-		return true
-	case <-t.C:
-		return false
-	}
+	unproven   unprovenList
 }
 
 // New validates cfg and returns a relay ready to Serve.
@@ -299,7 +223,7 @@ func New(cfg Config) (*Server, error) {
 		log:     cfg.Logger.With("relay", cfg.Name),
 		slots:   make(chan struct{}, cfg.MaxConnections),
 		conns:   make(map[net.Conn]struct{}),
-		budget:  frame.NewBufferBudget(cfg.BufferBudget),
+		budget:  frame.NewBufferBudget(cfg.BufferBudget, cfg.MaxFrameBytes),
 	}
 	s.clocks = rxstamp.Clocks{Mono: cfg.Clock.Monotonic, Real: cfg.Realtime, MaxWait: cfg.Timeout}
 	s.dialer = transport.Dialer{Dial: cfg.Dial, TLS: cfg.DialTLS, Clocks: s.clocks}
@@ -350,14 +274,10 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			if ctx.Err() != nil {
 				return nil
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				s.log.Warn("accept failed, retrying", "err", err, "backoff", backoff)
-				time.Sleep(backoff)
-				continue
+			if !s.retryAccept(err, &backoff) {
+				return fmt.Errorf("accept on %s: %w", ln.Addr(), err)
 			}
-			return fmt.Errorf("accept on %s: %w", ln.Addr(), err)
+			continue
 		}
 		backoff = 0
 		if !s.slot() {
@@ -365,40 +285,66 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			continue
 		}
 		if tc, ok := conn.(*net.TCPConn); ok && ev != nil {
-			adm := s.admit(nil)
-			adm.evict = func() {
-				ev.post(func() {
-					if x := adm.session; x != nil && !adm.proven.Load() {
-						x.close()
-					}
-				})
-			}
-			if err := ev.adopt(tc, adm, func() { <-s.slots }); err != nil {
-				s.log.Warn("cannot serve connection", "peer", conn.RemoteAddr().String(), "err", err)
-				adm.proven.Store(true)
-				<-s.slots
-				conn.Close()
-			}
+			s.serveInLoop(ev, tc)
 			continue
 		}
-		conn = transport.Accept(conn, s.cfg.TLS, s.clocks)
-		if !s.track(conn) {
-			<-s.slots
-			conn.Close()
-			continue
-		}
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			defer func() { <-s.slots }()
-			defer s.untrack(conn)
-			s.metrics.ConnectionOpened()
-			defer s.metrics.ConnectionClosed()
-			adm := s.admit(func() { conn.Close() })
-			defer adm.proven.Store(true) // gone: nothing left to evict
-			s.serveConn(ctx, conn, adm)
-		}()
+		s.serveInGoroutines(ctx, conn)
 	}
+}
+
+// retryAccept waits before the next accept after a temporary failure (a
+// timeout, or out of descriptors); false for an error that stops Serve.
+func (s *Server) retryAccept(err error, backoff *time.Duration) bool {
+	var ne net.Error
+	temporary := errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE)
+	if !temporary {
+		return false
+	}
+	*backoff = min(max(2*(*backoff), 5*time.Millisecond), time.Second)
+	s.log.Warn("accept failed, retrying", "err", err, "backoff", *backoff)
+	time.Sleep(*backoff)
+	return true
+}
+
+// serveInLoop hands an accepted connection, which holds a slot, to the
+// epoll engine.
+func (s *Server) serveInLoop(ev *loop, tc *net.TCPConn) {
+	adm := s.admit(nil)
+	adm.evict = func() {
+		ev.post(func() {
+			if x := adm.session; x != nil && !adm.proven.Load() {
+				x.close()
+			}
+		})
+	}
+	if err := ev.adopt(tc, adm, func() { <-s.slots }); err != nil {
+		s.log.Warn("cannot serve connection", "peer", tc.RemoteAddr().String(), "err", err)
+		s.settle(adm)
+		<-s.slots
+		_ = tc.Close()
+	}
+}
+
+// serveInGoroutines serves an accepted connection, which holds a slot,
+// with the goroutine engine (TLS, or --relay.engine=goroutines).
+func (s *Server) serveInGoroutines(ctx context.Context, conn net.Conn) {
+	conn = transport.Accept(conn, s.cfg.TLS, s.clocks)
+	if !s.track(conn) {
+		<-s.slots
+		conn.Close()
+		return
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		defer func() { <-s.slots }()
+		defer s.untrack(conn)
+		s.metrics.ConnectionOpened()
+		defer s.metrics.ConnectionClosed()
+		adm := s.admit(func() { conn.Close() })
+		defer s.settle(adm) // gone: nothing left to evict
+		s.serveConn(ctx, conn, adm)
+	}()
 }
 
 func (s *Server) track(c net.Conn) bool {

@@ -41,6 +41,32 @@ func readError(t *testing.T, c net.Conn) frame.ErrorRecord {
 	return rec
 }
 
+// expectReplyThenError reads the answers to a valid probe followed by
+// garbage: the probe's reply first, in order, then an error frame.
+func expectReplyThenError(t *testing.T, c net.Conn, reason peer.Reason) {
+	t.Helper()
+	r := frame.NewReader(c, frame.DefaultMaxFrameBytes)
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if err := r.Fill(); err != nil {
+		t.Fatal(err)
+	}
+	fr, _ := r.Next()
+	if v, err := frame.Parse(fr, frame.DefaultMaxFrameBytes, 255); err != nil || v.Header.Kind != frame.KindProbeReply {
+		t.Fatalf("first answer %v %v, want the probe's reply", v.Header.Kind, err)
+	}
+	fr, err := r.Next()
+	if fr == nil && err == nil {
+		if err := r.Fill(); err != nil {
+			t.Fatal(err)
+		}
+		fr, err = r.Next()
+	}
+	rec, perr := frame.ParseErrorFrame(fr, frame.DefaultMaxFrameBytes)
+	if err != nil || perr != nil || rec.Reason != reason {
+		t.Fatalf("second answer %+v (%v %v), want an error frame", rec, err, perr)
+	}
+}
+
 func TestGarbageGetsAnErrorFrame(t *testing.T) {
 	chaintest.ForEachEngine(t, testGarbageGetsAnErrorFrame)
 }
@@ -72,27 +98,7 @@ func testGarbageGetsAnErrorFrame(t *testing.T) {
 					t.Fatal(err)
 				}
 				if tc.name == "valid then garbage" {
-					// The valid probe is answered first, in order.
-					r := frame.NewReader(c, frame.DefaultMaxFrameBytes)
-					c.SetDeadline(time.Now().Add(5 * time.Second))
-					if err := r.Fill(); err != nil {
-						t.Fatal(err)
-					}
-					fr, _ := r.Next()
-					if v, err := frame.Parse(fr, frame.DefaultMaxFrameBytes, 255); err != nil || v.Header.Kind != frame.KindProbeReply {
-						t.Fatalf("first answer %v %v, want the probe's reply", v.Header.Kind, err)
-					}
-					fr, err := r.Next()
-					if fr == nil && err == nil {
-						if err := r.Fill(); err != nil {
-							t.Fatal(err)
-						}
-						fr, err = r.Next()
-					}
-					rec, perr := frame.ParseErrorFrame(fr, frame.DefaultMaxFrameBytes)
-					if err != nil || perr != nil || rec.Reason != tc.reason {
-						t.Fatalf("second answer %+v (%v %v), want an error frame", rec, err, perr)
-					}
+					expectReplyThenError(t, c, tc.reason)
 					return
 				}
 				rec := readError(t, c)
@@ -115,6 +121,52 @@ func testGarbageGetsAnErrorFrame(t *testing.T) {
 	r := frame.NewReader(c, frame.DefaultMaxFrameBytes)
 	if err := r.Fill(); err != nil {
 		t.Fatalf("relay stopped answering after garbage: %v", err)
+	}
+}
+
+func TestFrameMustArriveWithinTimeout(t *testing.T) {
+	chaintest.ForEachEngine(t, testFrameMustArriveWithinTimeout)
+}
+
+// A frame must arrive whole within --timeout: a connection that trickles
+// one byte at a time is closed after it, however often bytes come; one
+// that sends whole probes more often than --timeout stays open.
+func testFrameMustArriveWithinTimeout(t *testing.T) {
+	const timeout = time.Second
+	z := chaintest.StartRelay(t, relay.Config{Name: "z"})
+	b := chaintest.StartRelay(t, relay.Config{Name: "b", ForwardTo: z, Timeout: timeout})
+	trickler, err := net.Dial("tcp", b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer trickler.Close()
+	opened := time.Now()
+	fr := frame.AppendRequest(nil, frame.KindProbeRequest, frame.ProbeHeader{Seq: 1}, make([]byte, 200), []uint64{1}, nil)
+	closed := make(chan time.Duration, 1)
+	go func() {
+		io.Copy(io.Discard, trickler)
+		closed <- time.Since(opened)
+	}()
+	prober, err := net.Dial("tcp", b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prober.Close()
+	var lived time.Duration
+	for i := 0; time.Since(opened) < 3*timeout; i++ {
+		if lived == 0 && i < len(fr)-1 {
+			trickler.Write(fr[i : i+1])
+		}
+		if i%2 == 0 && !probeOnce(t, prober, uint64(i)) {
+			t.Fatalf("the connection sending a whole probe every %v was not answered at %v", 2*50*time.Millisecond, time.Since(opened))
+		}
+		select {
+		case lived = <-closed:
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	if lived == 0 || lived > 2*timeout {
+		t.Fatalf("trickling connection lived %v (0: still open after %v), want closed within 2 × --timeout %v", lived, time.Since(opened), timeout)
 	}
 }
 
@@ -294,6 +346,42 @@ func BenchmarkProbeThroughRelay(b *testing.B) {
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
 				req = frame.AppendZeroRequest(req[:0], frame.KindProbeRequest, frame.ProbeHeader{Seq: uint64(i), BudgetMicros: 5_000_000}, 0, []uint64{42}, nil)
+				if _, err := c.Write(req); err != nil {
+					b.Fatal(err)
+				}
+				if err := rd.Fill(); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := rd.Next(); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkStreamBlockThroughRelay measures a 256 KiB stream block's
+// round trip through one relay and an end host in this process: the
+// large-frame path (budgeted buffers, read header first then body), which
+// must stay copy-once and allocation-free per block.
+func BenchmarkStreamBlockThroughRelay(b *testing.B) {
+	const block = 256 << 10
+	for _, engine := range []string{relay.EngineEpoll, relay.EngineGoroutines} {
+		b.Run(engine, func(b *testing.B) {
+			z := chaintest.StartRelay(b, relay.Config{Name: "z", Engine: engine})
+			r1 := chaintest.StartRelay(b, relay.Config{Name: "b", ForwardTo: z, Engine: engine})
+			c, err := net.Dial("tcp", r1)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			rd := frame.NewReader(c, frame.DefaultMaxFrameBytes)
+			var req []byte
+			b.SetBytes(block)
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				req = frame.AppendZeroRequest(req[:0], frame.KindStreamRequest, frame.ProbeHeader{Seq: uint64(i), BudgetMicros: 5_000_000, DataLen: block}, block, []uint64{42}, nil)
 				if _, err := c.Write(req); err != nil {
 					b.Fatal(err)
 				}

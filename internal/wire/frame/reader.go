@@ -21,8 +21,16 @@ const (
 // are then rewritten and written from: every byte is copied once from the
 // kernel and once back. Small frames are read greedily, as many as the
 // kernel holds per syscall; a frame cut at the end of the buffer has its
-// head (at most exactThreshold bytes) moved to the front. Memory stays
-// bounded by max(maxFrameBytes, 64 KiB).
+// head (at most exactThreshold bytes) moved to the front.
+//
+// Beyond 64 KiB the buffer grows with the bytes of a frame that arrived,
+// never with what its header claims: one size class (4×) at a time, when
+// the frame fills the buffer. A claim of 16 MiB that sends nothing more
+// then holds 64 KiB and none of the Budget, and a buffer's charge is at
+// most four times the bytes that arrived. The buffer keeps its size, so a
+// stream of large frames pays the moves of growing once, on its first
+// frame; later frames are read in place. Memory stays bounded by
+// max(maxFrameBytes, 64 KiB) rounded up to a size class.
 type Reader struct {
 	src      io.Reader
 	buf      []byte
@@ -33,9 +41,12 @@ type Reader struct {
 	exact    bool
 	short    bool // the last read returned less than it asked for
 	// Budget, when set, must grant buffers over 64 KiB; charged is what
-	// the current buffer holds of it.
+	// the current buffer holds of it. Until Prove, the charge also counts
+	// against the budget's share for connections that have not proven
+	// themselves.
 	Budget  *BufferBudget
 	charged int
+	proven  bool
 }
 
 // NewReader returns a reader of frames of at most maxFrameBytes from src.
@@ -48,8 +59,20 @@ func NewReader(src io.Reader, maxFrameBytes int) *Reader {
 // frame it returned must not be used afterwards.
 func (r *Reader) Release() {
 	putBuf(r.bufPtr)
-	r.Budget.release(r.charged)
+	r.Budget.release(r.charged, r.proven)
 	r.bufPtr, r.buf, r.start, r.end, r.charged = nil, nil, 0, 0, 0
+}
+
+// Prove records that a frame this reader returned was verified (signed
+// with the chain's key, or well formed where no key is shared), or that
+// the connection is one this process opened itself: its buffer leaves the
+// budget's share for connections that have not proven themselves.
+func (r *Reader) Prove() {
+	if r.proven {
+		return
+	}
+	r.proven = true
+	r.Budget.promote(r.charged)
 }
 
 // Buffered reports the bytes received but not yet returned by Next.
@@ -123,7 +146,7 @@ func (r *Reader) ReadOnce(read func([]byte) (int, error)) (int, error) {
 	}
 	limit := len(r.buf)
 	if r.exact {
-		limit = max(r.start+need, r.end)
+		limit = min(max(r.start+need, r.end), len(r.buf))
 	}
 	if limit <= r.end {
 		return 0, nil
@@ -157,21 +180,38 @@ func (r *Reader) complete() bool {
 	return err != nil || avail >= h.FrameLen()
 }
 
-// makeRoom gives the partial frame at start room for need bytes: it moves
-// the received head to the front, growing the buffer when even that is not
-// enough.
+// makeRoom gives the partial frame at start room for need bytes, as much
+// as the bytes that arrived justify (roomFor): it grows the buffer (which
+// moves the received head to the front), or moves the head to the front.
 func (r *Reader) makeRoom(need int) error {
-	if need > len(r.buf) {
-		if err := r.grow(need); err != nil {
-			return err
-		}
-		if r.start+need <= len(r.buf) {
-			return nil
-		}
+	if size := r.roomFor(need); size > len(r.buf) {
+		return r.grow(size)
 	}
-	n := copy(r.buf, r.buf[r.start:r.end])
-	r.start, r.end = 0, n
+	if r.start > 0 {
+		n := copy(r.buf, r.buf[r.start:r.end])
+		r.start, r.end = 0, n
+	}
 	return nil
+}
+
+// growthFactor is how much larger than the bytes of a frame that arrived
+// its buffer may become: one size class.
+const growthFactor = 4
+
+// roomFor is the buffer size the frame being received, need bytes long,
+// may have now. Up to 64 KiB (never budgeted) its claim is taken; beyond,
+// the buffer grows only when the frame's bytes fill it, by one size class:
+// a header's claim reserves nothing of the budget.
+func (r *Reader) roomFor(need int) int {
+	switch {
+	case need <= greedyReadBuffer:
+		return need
+	case len(r.buf) < greedyReadBuffer:
+		return greedyReadBuffer
+	case r.end-r.start < len(r.buf):
+		return len(r.buf) // room left once the head is at the front
+	}
+	return min(need, growthFactor*len(r.buf))
 }
 
 // grow moves the buffered bytes into a buffer of at least size bytes;
@@ -180,14 +220,18 @@ func (r *Reader) grow(size int) error {
 	charge := 0
 	if size > greedyReadBuffer {
 		charge = bufSize(size)
-		if err := r.Budget.acquire(charge); err != nil {
+	}
+	// The old buffer goes back at once: only the difference is taken.
+	if d := charge - r.charged; d > 0 {
+		if err := r.Budget.acquire(d, r.proven); err != nil {
 			return err
 		}
+	} else {
+		r.Budget.release(-d, r.proven)
 	}
 	p := getBuf(size)
 	n := copy(*p, r.buf[r.start:r.end])
 	putBuf(r.bufPtr)
-	r.Budget.release(r.charged)
 	r.buf, r.bufPtr, r.start, r.end, r.charged = *p, p, 0, n, charge
 	return nil
 }

@@ -1,0 +1,213 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/subsegment/subsegment_exporter/internal/wire/frame"
+)
+
+// The bounds a relay on the open internet keeps against what one
+// connection sends (issue 20, items 1 and 2): a frame must arrive whole
+// within --timeout, and a connection cannot keep others' sessions alive;
+// the buffer budget is held by bytes that arrived, not by headers' claims.
+
+// churn runs n short connections against addr from workers goroutines:
+// valid probes (read back), garbage (answered with an error frame) and
+// connections that close without a word. Every connection is bounded in time.
+func churn(t *testing.T, addr string, n, workers int, seed uint64) {
+	t.Helper()
+	var next atomic.Int64
+	var failed atomic.Int64
+	var wg sync.WaitGroup
+	deadline := time.Now().Add(3 * time.Minute)
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(seed, uint64(w)))
+			for i := next.Add(1); i <= int64(n) && time.Now().Before(deadline); i = next.Add(1) {
+				if !churnOne(addr, int(i%3), rng) {
+					failed.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if next.Load() <= int64(n) {
+		t.Fatalf("only %d of %d connections churned within 3 minutes", next.Load()-1, n)
+	}
+	if f := failed.Load(); f > int64(n)/100 {
+		t.Fatalf("%d of %d churned probes got no reply", f, n)
+	}
+}
+
+// churnOne is one connection of churn; false when a valid probe got no reply.
+func churnOne(addr string, kind int, rng *rand.Rand) bool {
+	conn, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		return kind != 0
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	switch kind {
+	case 0: // a valid probe, answered
+		if _, err := conn.Write(benign(rng)); err != nil {
+			return false
+		}
+		r := frame.NewReader(conn, frame.DefaultMaxFrameBytes)
+		defer r.Release()
+		if err := r.Fill(); err != nil {
+			return false
+		}
+		fr, err := r.Next()
+		return err == nil && fr != nil
+	case 1: // garbage, refused with an error frame
+		conn.Write(garbage(rng))
+		conn.(*net.TCPConn).CloseWrite()
+		io.Copy(io.Discard, conn)
+	}
+	return true // case 2: connected, closed without a word
+}
+
+// trickle sends a valid probe one byte every interval until the relay
+// closes the connection; it returns when the relay closed it, measured
+// from the connect.
+func trickle(t *testing.T, addr string, interval time.Duration) <-chan time.Duration {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	opened := time.Now()
+	fr := frame.AppendRequest(nil, frame.KindProbeRequest, frame.ProbeHeader{Seq: 1, BudgetMicros: 1_000_000}, make([]byte, 200), []uint64{7}, nil)
+	closed := make(chan time.Duration, 1)
+	go func() {
+		io.Copy(io.Discard, conn) // returns when the relay closes (or the test does)
+		closed <- time.Since(opened)
+	}()
+	go func() {
+		for i := 0; i < len(fr)-1; i++ { // never the last byte: the frame stays partial
+			if _, err := conn.Write(fr[i : i+1]); err != nil {
+				return
+			}
+			time.Sleep(interval)
+		}
+	}()
+	return closed
+}
+
+// heapAfterGC is the relay's live heap after forced collections
+// (--web.enable-pprof).
+func heapAfterGC(t *testing.T, web string) float64 {
+	t.Helper()
+	collect(t, web)
+	return metric(t, web, "go_memstats_heap_alloc_bytes")
+}
+
+// A connection that trickles one byte of a frame every 0.3 s is closed
+// within 2 × --timeout, and 3000 connections that come and go meanwhile
+// leave no memory behind: none of them is kept alive by the trickler.
+func TestTricklerKeepsNothingAlive(t *testing.T) {
+	// Long enough that the churn runs while the trickler lives, even on a
+	// busy machine (the log line says whether it did).
+	const timeout = 5 * time.Second
+	for _, engine := range []string{"epoll", "goroutines"} {
+		t.Run(engine, func(t *testing.T) {
+			z := startHop(t, "z", "", "--relay.engine", engine, "--log.level", "info")
+			b := startHop(t, "b", z.addr, "--relay.engine", engine, "--log.level", "info", "--web.enable-pprof", "--timeout", timeout.String())
+			churn(t, b.addr, 300, 4, 1) // pools and maps at their working size
+			heap0 := heapAfterGC(t, b.web)
+
+			closed := trickle(t, b.addr, 300*time.Millisecond)
+			started := time.Now()
+			churn(t, b.addr, 3000, 4, 2)
+			churnTime := time.Since(started)
+			heap1 := heapAfterGC(t, b.web)
+			growth := heap1 - heap0
+			var lived time.Duration
+			select {
+			case lived = <-closed:
+			default:
+			}
+			t.Logf("heap after GC %.2f MiB before, %.2f MiB after 3000 connections (%+.2f MiB) churned in %v next to a trickler (still open when measured: %v)",
+				heap0/(1<<20), heap1/(1<<20), growth/(1<<20), churnTime.Round(time.Millisecond), lived == 0)
+			if growth >= 1<<20 {
+				t.Errorf("heap grew by %.2f MiB over 3000 connections next to a trickling one (want under 1 MiB)", growth/(1<<20))
+			}
+			if lived == 0 {
+				select {
+				case lived = <-closed:
+				case <-time.After(max(3*timeout-time.Since(started), 0)):
+					t.Fatalf("trickler still open after %v (--timeout %v): a partial frame keeps a connection alive", time.Since(started).Round(time.Millisecond), timeout)
+				}
+			}
+			t.Logf("trickler closed after %v (--timeout %v)", lived.Round(time.Millisecond), timeout)
+			if lived > 2*timeout {
+				t.Errorf("trickler lived %v, over 2 × --timeout %v", lived, timeout)
+			}
+			if r := probeOK(context.Background(), b.addr); !r.Success {
+				t.Errorf("probe after the churn: %+v", r.Failure)
+			}
+		})
+	}
+}
+
+// Eight unsigned connections that send only a header claiming a 1.9 MiB
+// frame hold nothing of the buffer budget: a signed stream of 300 KiB
+// blocks passes byte-exact beside them.
+func TestHeaderClaimsDoNotLockTheBudget(t *testing.T) {
+	dir := t.TempDir()
+	key := filepath.Join(dir, "key")
+	if err := os.WriteFile(key, []byte("budget-0123456789abcdef0123456789\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	bounds := []string{"--relay.auth-key-file", key, "--relay.max-frame-bytes", "2097152", "--relay.buffer-budget-bytes", "8388608"}
+	for _, engine := range []string{"epoll", "goroutines"} {
+		t.Run(engine, func(t *testing.T) {
+			z := startHop(t, "z", "", append([]string{"--relay.engine", engine, "--log.level", "info"}, bounds...)...)
+			b := startHop(t, "b", z.addr, append([]string{"--relay.engine", engine, "--log.level", "info"}, bounds...)...)
+			claim := make([]byte, frame.HeaderLen)
+			frame.PutHeader(claim, frame.Header{Kind: frame.KindStreamRequest, Length: 1900<<10 - frame.HeaderLen})
+			for i := 0; i < 8; i++ {
+				conn, err := net.Dial("tcp", b.addr)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { conn.Close() })
+				if _, err := conn.Write(claim); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// The claims are read at once; a moment lets the relay do so
+			// before the stream starts (the stream must pass either way).
+			time.Sleep(500 * time.Millisecond)
+
+			in := make([]byte, 3*300<<10)
+			rng := rand.New(rand.NewPCG(20, 2))
+			for i := range in {
+				in[i] = byte(rng.Uint32())
+			}
+			out, errOut, code := runBinary(t, bytes.NewReader(in), append([]string{"send", "-f", b.addr, "-s", fmt.Sprint(300 << 10), "-t", "10s", "--relay.name", "a"}, bounds[:4]...)...)
+			if code != 0 || out != string(in) {
+				t.Fatalf("stream of 300 KiB blocks beside 8 header-only claims: exit %d, %d of %d bytes back byte-exact=%v\n%s",
+					code, len(out), len(in), out == string(in), tail(errOut, 2000))
+			}
+			if strings.Contains(b.out.String(), "budget") {
+				t.Errorf("relay b logged a budget refusal:\n%s", tail(b.out.String(), 2000))
+			}
+		})
+	}
+}
