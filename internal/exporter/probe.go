@@ -114,6 +114,8 @@ type ProbeHandler struct {
 	Logger  *slog.Logger
 	// Context adds the SNMP context of a probe run; nil adds nothing.
 	Context func(ctx context.Context, cfg *config.Config, module *config.Module, r *prober.Result, verdicts []sla.Verdict, log *slog.Logger) Extra
+	// Limit bounds the requests that probe at once; nil: no bound.
+	Limit *ProbeLimit
 }
 
 // Extra is what a context provider adds to a /probe answer.
@@ -182,6 +184,11 @@ func (h *ProbeHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		reject("%v", err)
 		return
 	}
+	if !h.Limit.acquire(w) {
+		h.Logger.Debug("probe request refused: --probe.max-concurrent reached", "remote", r.RemoteAddr)
+		return
+	}
+	defer h.Limit.release()
 	h.probe(w, r, cfg, moduleName, module, target, timeout, start)
 }
 

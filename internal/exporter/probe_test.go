@@ -34,6 +34,7 @@ type testExporter struct {
 	source *collector.Source
 	reg    *prometheus.Registry
 	holder *ConfigHolder
+	probe  *ProbeHandler
 }
 
 func newTestExporter(t *testing.T, cfgText string, configure func(*ProbeHandler)) *testExporter {
@@ -63,7 +64,7 @@ func newTestExporter(t *testing.T, cfgText string, configure func(*ProbeHandler)
 	}
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
-	return &testExporter{srv: srv, path: path, source: source, reg: reg, holder: holder}
+	return &testExporter{srv: srv, path: path, source: source, reg: reg, holder: holder, probe: probe}
 }
 
 type answer struct {
