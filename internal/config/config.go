@@ -175,7 +175,7 @@ func (l Limits) withDefaults() Limits {
 func Load(path string, limits Limits) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("read config file: %w", err)
+		return nil, fmt.Errorf("read config file %w", fileError(path, err, "create it or fix --config.file"))
 	}
 	return Parse(data, path, limits)
 }

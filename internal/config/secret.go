@@ -85,17 +85,23 @@ func readSecretFile(path string) (Secret, error) {
 
 // secretFileError says what is wrong with a secret file and what to do.
 func secretFileError(path string, err error) error {
+	return fmt.Errorf("cannot read %w", fileError(path, err, "create it (the secret on one line) or fix the path (a relative path is relative to the configuration file's directory)"))
+}
+
+// fileError says why a file of the configuration cannot be read (path
+// first) and what to do; missing says what to do when it does not exist.
+func fileError(path string, err error, missing string) error {
 	var pe *fs.PathError
 	if errors.As(err, &pe) {
 		err = pe.Err
 	}
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		return fmt.Errorf("cannot read %s: it does not exist: create it (the secret on one line) or fix the path (a relative path is relative to the configuration file's directory)", path)
+		return fmt.Errorf("%s: it does not exist: %s", path, missing)
 	case errors.Is(err, fs.ErrPermission):
-		return fmt.Errorf("cannot read %s: permission denied: make it readable by the user the exporter runs as (the Debian package: owner root, group subsegment, mode 0640)", path)
+		return fmt.Errorf("%s: permission denied: make it readable by the user the exporter runs as (the Debian package: owner root, group subsegment, mode 0640)", path)
 	}
-	return fmt.Errorf("cannot read %s: %v: give the path of a file holding the secret", path, err)
+	return fmt.Errorf("%s: %w", path, err)
 }
 
 // lastKey is the last key of a dotted path.
