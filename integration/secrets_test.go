@@ -76,6 +76,61 @@ func chainContext(t *testing.T, web, hop string) map[string]float64 {
 	return nil
 }
 
+// waitToken waits until the backend got want after its first n requests,
+// and returns the index of that request.
+func (b *headerBackend) waitToken(t *testing.T, n int, want string) int {
+	t.Helper()
+	eventually(t, 30*time.Second, "continuous probes sending "+want, func() error {
+		if got, _ := b.since(n); !slices.Contains(got, want) {
+			return fmt.Errorf("backend got %d requests since, the last %q", len(got), got[max(0, len(got)-3):])
+		}
+		return nil
+	})
+	got, _ := b.since(n)
+	return n + slices.Index(got, want)
+}
+
+// rotated waits until the backend gets want, then checks that old never
+// comes again over the next ten probes.
+func (b *headerBackend) rotated(t *testing.T, old, want string) {
+	t.Helper()
+	_, from := b.since(0)
+	at := b.waitToken(t, from, want)
+	eventually(t, 30*time.Second, "more probes", func() error {
+		if _, n := b.since(0); n < at+10 {
+			return fmt.Errorf("%d requests", n)
+		}
+		return nil
+	})
+	if after, _ := b.since(at); slices.Contains(after, old) {
+		t.Errorf("%s sent again after %s: %q", old, want, after)
+	}
+}
+
+// waitContext waits until the chain page shows the hop's load1 as read
+// from the agent.
+func waitContext(t *testing.T, web, hop string, load1 float64) {
+	t.Helper()
+	eventually(t, 30*time.Second, "context read from snmpd with the password of the file", func() error {
+		if c := chainContext(t, web, hop); c["load1"] != load1 {
+			return fmt.Errorf("context %v", c)
+		}
+		return nil
+	})
+}
+
+// postReload asks for a reload and returns the status and answer.
+func postReload(t *testing.T, web string) (int, string) {
+	t.Helper()
+	resp, err := http.Post("http://"+web+"/-/reload", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
+}
+
 // Items 2 and 6 of issue 20: a header secret and an SNMPv3 password given
 // as *_file references are rotated in their files; after SIGHUP, and
 // after POST /-/reload, the next continuous probes send the new header
@@ -109,42 +164,8 @@ continuous:
 	authErrors := func() float64 {
 		return metricValue(httpGet(t, "http://"+ex.web+"/metrics"), `subsegment_snmp_errors_total{hop="backend",reason="auth"}`)
 	}
-	// rotated waits until the backend gets want, then checks that the
-	// value before it never comes again over the next probes.
-	rotated := func(old, want string) {
-		t.Helper()
-		_, from := backend.since(0)
-		eventually(t, 30*time.Second, "continuous probes sending "+want, func() error {
-			if got, _ := backend.since(from); !slices.Contains(got, want) {
-				return fmt.Errorf("backend got %d requests since, the last %q", len(got), got[max(0, len(got)-3):])
-			}
-			return nil
-		})
-		got, _ := backend.since(from)
-		at := from + slices.Index(got, want)
-		eventually(t, 30*time.Second, "more probes", func() error {
-			if _, n := backend.since(0); n < at+10 {
-				return fmt.Errorf("%d requests", n)
-			}
-			return nil
-		})
-		if after, _ := backend.since(at); slices.Contains(after, old) {
-			t.Errorf("%s sent again after %s: %q", old, want, after)
-		}
-	}
-
-	eventually(t, 30*time.Second, "continuous probes sending token-1", func() error {
-		if got, _ := backend.since(0); !slices.Contains(got, "token-1") {
-			return fmt.Errorf("backend got %d requests, the last %q", len(got), got[max(0, len(got)-3):])
-		}
-		return nil
-	})
-	eventually(t, 30*time.Second, "context read from snmpd with the password of the file", func() error {
-		if c := chainContext(t, ex.web, "backend"); c["load1"] != 7.25 {
-			return fmt.Errorf("context %v", c)
-		}
-		return nil
-	})
+	backend.waitToken(t, 0, "token-1")
+	waitContext(t, ex.web, "backend", 7.25)
 	if n := authErrors(); n > 0 {
 		t.Fatalf("auth errors with the right password: %v", n)
 	}
@@ -155,7 +176,7 @@ continuous:
 	if err := ex.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	rotated("token-1", "token-2")
+	backend.rotated(t, "token-1", "token-2")
 	eventually(t, 30*time.Second, "the continuous entry asking snmpd with the rotated password", func() error {
 		if n := authErrors(); n < 1 {
 			return fmt.Errorf("%v auth errors", n)
@@ -169,21 +190,11 @@ continuous:
 	// POST /-/reload: the right password again, and a third token.
 	mustWrite(t, token, "token-3\n")
 	mustWrite(t, password, "authpass123\n")
-	resp, err := http.Post("http://"+ex.web+"/-/reload", "", nil)
-	if err != nil {
-		t.Fatal(err)
+	if code, body := postReload(t, ex.web); code != http.StatusOK {
+		t.Fatalf("/-/reload: %d %s", code, body)
 	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("/-/reload: %d", resp.StatusCode)
-	}
-	rotated("token-2", "token-3")
-	eventually(t, 30*time.Second, "context read again with the rotated password", func() error {
-		if c := chainContext(t, ex.web, "backend"); c["load1"] != 7.25 {
-			return fmt.Errorf("context %v", c)
-		}
-		return nil
-	})
+	backend.rotated(t, "token-2", "token-3")
+	waitContext(t, ex.web, "backend", 7.25)
 
 	// Nothing shows a secret: /config, the log.
 	cfg := httpGet(t, "http://"+ex.web+"/config")
@@ -201,16 +212,11 @@ continuous:
 	if err := os.Remove(token); err != nil {
 		t.Fatal(err)
 	}
-	resp, err = http.Post("http://"+ex.web+"/-/reload", "", nil)
-	if err != nil {
-		t.Fatal(err)
+	code, body := postReload(t, ex.web)
+	if code != http.StatusInternalServerError || !regexp.MustCompile(`subsegment\.yml:7: modules\.web\.http\.header_files\.X-Token: cannot read `+regexp.QuoteMeta(token)+`: it does not exist: create it`).MatchString(body) {
+		t.Errorf("reload with a missing secret file: %d %s", code, body)
 	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusInternalServerError || !regexp.MustCompile(`subsegment\.yml:7: modules\.web\.http\.header_files\.X-Token: cannot read `+regexp.QuoteMeta(token)+`: it does not exist: create it`).Match(body) {
-		t.Errorf("reload with a missing secret file: %d %s", resp.StatusCode, body)
-	}
-	rotated("token-2", "token-3") // still probing, with the last good configuration
+	backend.rotated(t, "token-2", "token-3") // still probing, with the last good configuration
 }
 
 // A secret file the service user cannot read says so, and what to do.
