@@ -241,38 +241,54 @@ func (s *SNMP) validateHops(path string, c *Config) error {
 func (s *SNMP) validatePlaybooks(path string, names map[string]bool) error {
 	for i, pb := range s.Playbooks {
 		p := fmt.Sprintf("%s.playbooks[%d]", path, i)
-		if pb.Segment != nil && pb.Hop != "" {
-			return bad(p, "a playbook is for a segment or for a hop, not both")
-		}
-		if pb.Segment != nil {
-			if err := peer.ValidateLabel(pb.Segment.From); err != nil {
-				return bad(p+".segment.from", "%v", err)
-			}
-			if err := peer.ValidateLabel(pb.Segment.To); err != nil {
-				return bad(p+".segment.to", "%v", err)
-			}
-		}
-		if pb.Hop != "" {
-			if err := peer.ValidateLabel(pb.Hop); err != nil {
-				return bad(p+".hop", "%v", err)
-			}
+		if err := pb.validateSubject(p); err != nil {
+			return err
 		}
 		if len(pb.Levels) == 0 {
 			return bad(p+".levels", "no level: e.g. [{above: 1x, variables: [load1]}, {above: 2x, variables: [if_in_errors]}]")
 		}
 		for j, l := range pb.Levels {
-			lp := fmt.Sprintf("%s.levels[%d]", p, j)
-			if l.Above == 0 {
-				return bad(lp+".above", "missing: a multiple of the SLA like 1x")
+			if err := l.validate(fmt.Sprintf("%s.levels[%d]", p, j), names); err != nil {
+				return err
 			}
-			if len(l.Variables) == 0 {
-				return bad(lp+".variables", "no variable named")
-			}
-			for k, v := range l.Variables {
-				if !names[v] {
-					return bad(fmt.Sprintf("%s.variables[%d]", lp, k), "variable %q is not defined in the module's snmp.variables", v)
-				}
-			}
+		}
+	}
+	return nil
+}
+
+// validateSubject checks what a playbook is for: a segment, a hop, or
+// (neither) everything.
+func (pb Playbook) validateSubject(p string) error {
+	if pb.Segment != nil && pb.Hop != "" {
+		return bad(p, "a playbook is for a segment or for a hop, not both")
+	}
+	if pb.Segment != nil {
+		if err := peer.ValidateLabel(pb.Segment.From); err != nil {
+			return bad(p+".segment.from", "%v", err)
+		}
+		if err := peer.ValidateLabel(pb.Segment.To); err != nil {
+			return bad(p+".segment.to", "%v", err)
+		}
+	}
+	if pb.Hop != "" {
+		if err := peer.ValidateLabel(pb.Hop); err != nil {
+			return bad(p+".hop", "%v", err)
+		}
+	}
+	return nil
+}
+
+// validate checks a level against the module's variable names.
+func (l Level) validate(lp string, names map[string]bool) error {
+	if l.Above == 0 {
+		return bad(lp+".above", "missing: a multiple of the SLA like 1x")
+	}
+	if len(l.Variables) == 0 {
+		return bad(lp+".variables", "no variable named")
+	}
+	for k, v := range l.Variables {
+		if !names[v] {
+			return bad(fmt.Sprintf("%s.variables[%d]", lp, k), "variable %q is not defined in the module's snmp.variables", v)
 		}
 	}
 	return nil
