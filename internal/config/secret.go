@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 )
 
 // Secret is a value never shown: logs, debug output and config dumps
@@ -64,11 +65,20 @@ func secretPair(key, dir string, value *Secret, file *string) error {
 // readSecretFile reads a secret: the file's text without the white space
 // around it (a trailing newline is not part of a password).
 func readSecretFile(path string) (Secret, error) {
-	f, err := os.Open(path)
+	// O_NONBLOCK: opening a FIFO nobody writes to returns at once (and is
+	// refused below) instead of waiting for a writer.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return "", secretFileError(path, err)
 	}
 	defer f.Close()
+	// A FIFO or a terminal would hold the load (and every reload after
+	// it) until someone writes: only regular files hold secrets.
+	if fi, err := f.Stat(); err != nil {
+		return "", secretFileError(path, err)
+	} else if !fi.Mode().IsRegular() {
+		return "", fmt.Errorf("cannot read %s: it is not a regular file (%s): give the path of a file holding the secret", path, fi.Mode().Type())
+	}
 	b, err := io.ReadAll(io.LimitReader(f, maxSecretFileBytes+1))
 	if err != nil {
 		return "", secretFileError(path, err)

@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
+	"syscall"
 	"testing"
 
 	"go.yaml.in/yaml/v3"
@@ -224,5 +225,22 @@ continuous:
 	}
 	if got := fingerprints(); got[0] == second[0] {
 		t.Error("a renewed TLS certificate and key leave the fingerprint as it was")
+	}
+}
+
+// A secret file that is not a regular file (a FIFO nobody writes to, a
+// directory) is an error at once, never a load that waits.
+func TestSecretFileMustBeARegularFile(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range []string{fifo, dir} {
+		text := "modules:\n  default: {targets: [\"127.0.0.1:*\"]}\nauths:\n  v2: {version: 2, community_file: " + path + "}\n"
+		_, err := Parse([]byte(text), filepath.Join(dir, "subsegment.yml"), Limits{})
+		if err == nil || !strings.Contains(err.Error(), ":4: auths.v2.community_file: cannot read "+path+": it is not a regular file") {
+			t.Errorf("%s: %v", path, err)
+		}
 	}
 }
