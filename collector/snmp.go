@@ -21,28 +21,11 @@ func WriteSNMPContext(e *Exposition, c *snmp.Context) {
 	if c == nil {
 		return
 	}
-	for _, h := range c.Hops {
-		if h.Source == snmp.SourceSNMP {
-			e.Gauge(snmpUp, boolValue(h.Up), h.Hop)
-		}
-		for _, v := range h.Values {
-			e.Gauge(snmpValue, v.Value, h.Hop, v.Name, h.Source)
-		}
-	}
+	writeHopValues(e, c.Hops)
 	if len(c.Violations) == 0 {
 		return
 	}
-	// Every info metric of the answer carries the same label names: the
-	// union of the variables; a hop without one leaves it empty (absent).
-	var names []string
-	for _, h := range c.Hops {
-		for _, v := range h.Values {
-			if peer.ValidateVarName(v.Name) == nil && !slices.Contains(names, v.Name) {
-				names = append(names, v.Name)
-			}
-		}
-	}
-	slices.Sort(names)
+	names := variableNames(c.Hops)
 	info, err := NewFamily(namespace+"_sla_violation_info", violationHelp, append([]string{"from", "to", "hop", "source"}, names...)...)
 	if err != nil {
 		e.Fail(err)
@@ -51,21 +34,55 @@ func WriteSNMPContext(e *Exposition, c *snmp.Context) {
 	for _, v := range c.Violations {
 		for _, hop := range v.Hops {
 			for _, h := range c.Hops {
-				if h.Hop != hop || len(h.Values) == 0 {
-					continue
+				if h.Hop == hop && len(h.Values) > 0 {
+					e.Gauge(info, 1, violationLabels(v.From, v.To, h, names)...)
 				}
-				labels := append(make([]string, 0, 4+len(names)), v.From, v.To, hop, h.Source)
-				for _, n := range names {
-					val := ""
-					for _, hv := range h.Values {
-						if hv.Name == n {
-							val = snmp.FormatValue(hv.Value)
-						}
-					}
-					labels = append(labels, val)
-				}
-				e.Gauge(info, 1, labels...)
 			}
 		}
 	}
+}
+
+// writeHopValues writes each hop's snmp_up (for agents) and its values.
+func writeHopValues(e *Exposition, hops []snmp.HopResult) {
+	for _, h := range hops {
+		if h.Source == snmp.SourceSNMP {
+			e.Gauge(snmpUp, boolValue(h.Up), h.Hop)
+		}
+		for _, v := range h.Values {
+			e.Gauge(snmpValue, v.Value, h.Hop, v.Name, h.Source)
+		}
+	}
+}
+
+// variableNames is the union of the hops' variable names that are label
+// names, sorted: every info metric of one answer carries the same label
+// names, and a hop without one leaves it empty (absent).
+func variableNames(hops []snmp.HopResult) []string {
+	var names []string
+	for _, h := range hops {
+		for _, v := range h.Values {
+			if peer.ValidateVarName(v.Name) == nil && !slices.Contains(names, v.Name) {
+				names = append(names, v.Name)
+			}
+		}
+	}
+	slices.Sort(names)
+	return names
+}
+
+// violationLabels are the label values of one info metric: the segment
+// (or, with from and to empty, the hop's residence), the hop, its source,
+// and its value of each variable name ("" where it has none).
+func violationLabels(from, to string, h snmp.HopResult, names []string) []string {
+	labels := append(make([]string, 0, 4+len(names)), from, to, h.Hop, h.Source)
+	for _, n := range names {
+		val := ""
+		for _, hv := range h.Values {
+			if hv.Name == n {
+				val = snmp.FormatValue(hv.Value)
+			}
+		}
+		labels = append(labels, val)
+	}
+	return labels
 }

@@ -58,7 +58,42 @@ type Client interface {
 
 // GoSNMP is the real client. It is safe for concurrent use: every request
 // gets its own socket.
-type GoSNMP struct{}
+type GoSNMP struct {
+	// WalkLimits bound what a walk may collect; zero fields: the defaults.
+	WalkLimits WalkLimits
+}
+
+// WalkLimits bound one walk of an agent's table (the interface names an
+// interface variable is looked up by): an agent that answers with an
+// endless or huge table is cut off at these, not at the scrape deadline.
+type WalkLimits struct {
+	// MaxEntries is the most variables a walk collects
+	// (--snmp.walk-max-entries).
+	MaxEntries int
+	// MaxBytes is the most bytes of OIDs and values a walk collects
+	// (--snmp.walk-max-bytes).
+	MaxBytes int
+}
+
+// Defaults of WalkLimits: the interface tables of the largest routers
+// (tens of thousands of rows, names of tens of bytes) fit.
+const (
+	DefaultWalkMaxEntries = 50000
+	DefaultWalkMaxBytes   = 4 << 20
+)
+
+func (l WalkLimits) withDefaults() WalkLimits {
+	if l.MaxEntries <= 0 {
+		l.MaxEntries = DefaultWalkMaxEntries
+	}
+	if l.MaxBytes <= 0 {
+		l.MaxBytes = DefaultWalkMaxBytes
+	}
+	return l
+}
+
+// ErrWalkLimit is a walk cut off by WalkLimits.
+var ErrWalkLimit = errors.New("walk too large")
 
 func (GoSNMP) session(ctx context.Context, t Target, a Attempt) (*gosnmp.GoSNMP, error) {
 	host, port, err := net.SplitHostPort(t.Address)
@@ -138,25 +173,36 @@ func (c GoSNMP) Get(ctx context.Context, t Target, oids []string, a Attempt) ([]
 	return out, nil
 }
 
-// Walk implements Client.
+// Walk implements Client, within c.WalkLimits: the walk stops with
+// ErrWalkLimit at the first variable beyond them.
 func (c GoSNMP) Walk(ctx context.Context, t Target, root string, a Attempt) ([]PDU, error) {
 	g, err := c.session(ctx, t, a)
 	if err != nil {
 		return nil, err
 	}
 	defer g.Conn.Close()
-	var pdus []gosnmp.SnmpPDU
+	limits := c.WalkLimits.withDefaults()
+	var out []PDU
+	size := 0
+	collect := func(v gosnmp.SnmpPDU) error {
+		p := convert(v)
+		size += len(v.Name) + len(p.Text)
+		if len(out) >= limits.MaxEntries {
+			return fmt.Errorf("%w: %s answered more than %d variables under %s (--snmp.walk-max-entries)", ErrWalkLimit, t.Address, limits.MaxEntries, root)
+		}
+		if size > limits.MaxBytes {
+			return fmt.Errorf("%w: %s answered more than %d bytes under %s (--snmp.walk-max-bytes)", ErrWalkLimit, t.Address, limits.MaxBytes, root)
+		}
+		out = append(out, p)
+		return nil
+	}
 	if g.Version == gosnmp.Version1 {
-		pdus, err = g.WalkAll(root)
+		err = g.Walk(root, collect)
 	} else {
-		pdus, err = g.BulkWalkAll(root)
+		err = g.BulkWalk(root, collect)
 	}
 	if err != nil {
 		return nil, err
-	}
-	out := make([]PDU, len(pdus))
-	for i, v := range pdus {
-		out[i] = convert(v)
 	}
 	return out, nil
 }
@@ -204,6 +250,7 @@ const (
 	ReasonNotANumber      = "not_a_number"
 	ReasonUnreachable     = "unreachable"
 	ReasonNoSuchInterface = "no_such_interface"
+	ReasonWalkLimit       = "walk_limit"
 	ReasonError           = "error"
 )
 
@@ -212,6 +259,8 @@ func Classify(err error) string {
 	var ne net.Error
 	var dnsErr *net.DNSError
 	switch {
+	case errors.Is(err, ErrWalkLimit):
+		return ReasonWalkLimit
 	case errors.Is(err, gosnmp.ErrWrongDigest), errors.Is(err, gosnmp.ErrUnknownUsername), errors.Is(err, gosnmp.ErrDecryption),
 		errors.Is(err, gosnmp.ErrUnknownSecurityLevel), errors.Is(err, errAuthorization):
 		return ReasonAuth

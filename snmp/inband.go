@@ -160,74 +160,97 @@ func (l *Local) Err() error {
 
 // read collects every variable and publishes a new snapshot.
 func (l *Local) read(ctx context.Context) {
-	var vals []frame.Var
-	var errs []string
-	var loadavg []string
-	netdev := map[string][]string{}
-	var oids []string
+	r := localRead{procRoot: l.procRoot}
 	var oidVars []localVar
 	for _, v := range l.vars {
 		switch v.kind {
 		case "loadavg":
-			if loadavg == nil {
-				b, err := os.ReadFile(filepath.Join(l.procRoot, "loadavg"))
-				if err != nil {
-					errs = append(errs, err.Error())
-					continue
-				}
-				loadavg = strings.Fields(string(b))
-			}
-			f, err := column(loadavg, v.index)
-			if err != nil {
-				errs = append(errs, fmt.Sprintf("%s: %s/loadavg: %v", v.name, l.procRoot, err))
-				continue
-			}
-			vals = append(vals, frame.Var{Name: v.name, Value: f})
+			r.loadavg(v)
 		case "netdev":
-			if len(netdev) == 0 {
-				var err error
-				if netdev, err = readNetdev(filepath.Join(l.procRoot, "net", "dev")); err != nil {
-					errs = append(errs, err.Error())
-					continue
-				}
-			}
-			cols, ok := netdev[v.iface]
-			if !ok {
-				errs = append(errs, fmt.Sprintf("%s: no interface %q in /proc/net/dev", v.name, v.iface))
-				continue
-			}
-			f, err := column(cols, v.index)
-			if err != nil {
-				errs = append(errs, fmt.Sprintf("%s: %s/net/dev interface %s: %v", v.name, l.procRoot, v.iface, err))
-				continue
-			}
-			vals = append(vals, frame.Var{Name: v.name, Value: f})
+			r.netdev(v)
 		case "oid":
-			oids = append(oids, v.oid)
 			oidVars = append(oidVars, v)
 		}
 	}
-	if len(oids) > 0 {
-		timeout := time.Second
-		if dl, ok := ctx.Deadline(); ok {
-			timeout = max(time.Until(dl), 10*time.Millisecond)
-		}
-		pdus, err := l.client.Get(ctx, l.agent, oids, Attempt{Timeout: timeout})
-		if err != nil {
-			errs = append(errs, fmt.Sprintf("local agent %s: %v", l.agent.Address, err))
-		}
-		for i, p := range pdus {
-			if i < len(oidVars) && p.Missing == "" {
-				vals = append(vals, frame.Var{Name: oidVars[i].name, Value: p.Value})
-			}
-		}
+	if len(oidVars) > 0 {
+		l.readOIDs(ctx, &r, oidVars)
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.snapshot, l.at, l.refreshing = vals, time.Now(), false
+	l.snapshot, l.at, l.refreshing = r.vals, time.Now(), false
 	l.lastErr = nil
-	if len(errs) > 0 {
-		l.lastErr = fmt.Errorf("in-band variables: %s", strings.Join(errs, "; "))
+	if len(r.errs) > 0 {
+		l.lastErr = fmt.Errorf("in-band variables: %s", strings.Join(r.errs, "; "))
+	}
+}
+
+// localRead is one read of the local variables: what was read, what
+// failed, and the /proc files, each read once (again only after a
+// failure).
+type localRead struct {
+	procRoot   string
+	vals       []frame.Var
+	errs       []string
+	loadavgs   []string
+	interfaces map[string][]string
+}
+
+func (r *localRead) loadavg(v localVar) {
+	if r.loadavgs == nil {
+		b, err := os.ReadFile(filepath.Join(r.procRoot, "loadavg"))
+		if err != nil {
+			r.errs = append(r.errs, err.Error())
+			return
+		}
+		r.loadavgs = strings.Fields(string(b))
+	}
+	f, err := column(r.loadavgs, v.index)
+	if err != nil {
+		r.errs = append(r.errs, fmt.Sprintf("%s: %s/loadavg: %v", v.name, r.procRoot, err))
+		return
+	}
+	r.vals = append(r.vals, frame.Var{Name: v.name, Value: f})
+}
+
+func (r *localRead) netdev(v localVar) {
+	if len(r.interfaces) == 0 {
+		var err error
+		if r.interfaces, err = readNetdev(filepath.Join(r.procRoot, "net", "dev")); err != nil {
+			r.errs = append(r.errs, err.Error())
+			return
+		}
+	}
+	cols, ok := r.interfaces[v.iface]
+	if !ok {
+		r.errs = append(r.errs, fmt.Sprintf("%s: no interface %q in /proc/net/dev", v.name, v.iface))
+		return
+	}
+	f, err := column(cols, v.index)
+	if err != nil {
+		r.errs = append(r.errs, fmt.Sprintf("%s: %s/net/dev interface %s: %v", v.name, r.procRoot, v.iface, err))
+		return
+	}
+	r.vals = append(r.vals, frame.Var{Name: v.name, Value: f})
+}
+
+// readOIDs asks the local agent for the OID variables, in one request.
+func (l *Local) readOIDs(ctx context.Context, r *localRead, vars []localVar) {
+	oids := make([]string, len(vars))
+	for i, v := range vars {
+		oids[i] = v.oid
+	}
+	timeout := time.Second
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = max(time.Until(dl), 10*time.Millisecond)
+	}
+	pdus, err := l.client.Get(ctx, l.agent, oids, Attempt{Timeout: timeout})
+	if err != nil {
+		r.errs = append(r.errs, fmt.Sprintf("local agent %s: %v", l.agent.Address, err))
+	}
+	for i, p := range pdus {
+		if i < len(vars) && p.Missing == "" {
+			r.vals = append(r.vals, frame.Var{Name: vars[i].name, Value: p.Value})
+		}
 	}
 }
 

@@ -115,6 +115,11 @@ func run(args []string) int {
 	serveCmd.Flag("config.check", "Validate --config.file and exit (0 when valid).").BoolVar(&so.check)
 	so.timeoutOffset = exporter.DefaultTimeoutOffset
 	durationVar(serveCmd.Flag("probe.timeout-offset", "Taken off Prometheus' scrape timeout, so the /probe answer arrives in time.").Default(exporter.DefaultTimeoutOffset.String()), &so.timeoutOffset)
+	serveCmd.Flag("probe.max-concurrent", "Most /probe requests probing at once; more are answered 503 at once and counted in subsegment_exporter_probes_over_limit_total (0: no limit). Size it to at least targets x module timeout / scrape interval.").Default(fmt.Sprint(exporter.DefaultMaxConcurrentProbes)).IntVar(&so.maxProbes)
+	so.idleTimeout = exporter.DefaultIdleTimeout
+	durationVar(serveCmd.Flag("web.idle-timeout", "Close keep-alive HTTP connections idle this long.").Default(exporter.DefaultIdleTimeout.String()), &so.idleTimeout)
+	serveCmd.Flag("snmp.walk-max-entries", "Most variables one SNMP walk (an interface lookup) collects from an agent; a longer walk is cut off (reason walk_limit).").Default(fmt.Sprint(snmp.DefaultWalkMaxEntries)).IntVar(&so.walk.MaxEntries)
+	serveCmd.Flag("snmp.walk-max-bytes", "Most bytes of OIDs and values one SNMP walk collects from an agent; a larger walk is cut off (reason walk_limit).").Default(fmt.Sprint(snmp.DefaultWalkMaxBytes)).IntVar(&so.walk.MaxBytes)
 
 	probeCmd := app.Command("probe", "Probe a chain once and print one row per segment and per hop (mtr-like).")
 	var po probeFlags
@@ -190,6 +195,10 @@ func run(args []string) int {
 		}
 		if so.check {
 			return checkConfig(so.configFile, hop)
+		}
+		if err := so.validate(); err != nil {
+			fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
+			return exitUsage
 		}
 		return serve(ctx, hop, keys, so, webFlags, logger)
 	case probeCmd.FullCommand():
@@ -291,6 +300,24 @@ type serveFlags struct {
 	timeoutOffset time.Duration
 	inband        snmp.LocalOptions
 	communityFile string
+	maxProbes     int
+	idleTimeout   time.Duration
+	walk          snmp.WalkLimits
+}
+
+// validate checks the bounds a flag cannot check itself.
+func (so serveFlags) validate() error {
+	switch {
+	case so.maxProbes < 0:
+		return fmt.Errorf("--probe.max-concurrent=%d: give a number of probes, or 0 for no limit", so.maxProbes)
+	case so.idleTimeout <= 0:
+		return fmt.Errorf("--web.idle-timeout=%v: give a positive duration, e.g. 2m", so.idleTimeout)
+	case so.walk.MaxEntries < 1:
+		return fmt.Errorf("--snmp.walk-max-entries=%d: give at least 1 (the default is %d)", so.walk.MaxEntries, snmp.DefaultWalkMaxEntries)
+	case so.walk.MaxBytes < 1:
+		return fmt.Errorf("--snmp.walk-max-bytes=%d: give at least 1 (the default is %d)", so.walk.MaxBytes, snmp.DefaultWalkMaxBytes)
+	}
+	return nil
 }
 
 func checkConfig(path string, hop relayFlags) int {
@@ -333,6 +360,7 @@ func serve(ctx context.Context, hop relayFlags, keys frame.Keys, so serveFlags, 
 	}
 	err := exporter.Serve(ctx, exporter.Config{ListenAddress: hop.listen, Relay: hop.relayConfig(keys), ConfigFile: so.configFile,
 		TimeoutOffset: so.timeoutOffset, Web: webFlags, Logger: logger, Inband: so.inband, Pprof: so.pprof, HistoryLimit: so.historyLimit,
+		MaxConcurrentProbes: so.maxProbes, IdleTimeout: so.idleTimeout, SNMPWalk: so.walk,
 		Probe: func(p *exporter.ProbeHandler) { p.TLS = hop.tlsClient }})
 	if err != nil {
 		logger.Error("stopped", "err", err)

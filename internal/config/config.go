@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"reflect"
 	"regexp"
 	"sort"
@@ -35,6 +36,8 @@ type Config struct {
 	Auths map[string]*Auth `yaml:"auths,omitempty"`
 	// Continuous lists the chains probed between scrapes.
 	Continuous []Continuous `yaml:"continuous,omitempty"`
+	// dir is the file's directory: relative paths in it start there.
+	dir string
 }
 
 // Module is one way of probing, chosen with /probe?module=NAME.
@@ -124,21 +127,6 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 // MarshalYAML writes the duration back as a string.
 func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
 
-// Secret is a value never shown: logs, debug output and config dumps
-// print it as <secret>.
-type Secret string
-
-// MarshalYAML redacts the secret.
-func (s Secret) MarshalYAML() (any, error) {
-	if s == "" {
-		return "", nil
-	}
-	return "<secret>", nil
-}
-
-// String redacts the secret in fmt output too.
-func (s Secret) String() string { return "<secret>" }
-
 // InbandMode says when hops attach their local variables to a probe.
 type InbandMode string
 
@@ -191,7 +179,7 @@ func (l Limits) withDefaults() Limits {
 func Load(path string, limits Limits) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("read config file: %w", err)
+		return nil, fmt.Errorf("read config file %w", fileError(path, err, "create it or fix --config.file"))
 	}
 	return Parse(data, path, limits)
 }
@@ -205,7 +193,7 @@ func Parse(data []byte, name string, limits Limits) (*Config, error) {
 	keys := keyLines(&root)
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
-	var c Config
+	c := Config{dir: filepath.Dir(name)}
 	if err := dec.Decode(&c); err != nil {
 		if errors.Is(err, errEOF) || strings.Contains(err.Error(), "EOF") && len(bytes.TrimSpace(data)) == 0 {
 			return nil, fmt.Errorf("%s: the file is empty: it needs a modules: section", name)
@@ -369,7 +357,7 @@ func (c *Config) validate(limits Limits) error {
 		}
 	}
 	for _, name := range sortedKeys(c.Auths) {
-		if err := c.Auths[name].validate("auths." + name); err != nil {
+		if err := c.Auths[name].validate("auths."+name, c.dir); err != nil {
 			return err
 		}
 	}
@@ -389,7 +377,7 @@ func (m *Module) validate(path string, c *Config, limits Limits) error {
 	if m.Inband == "" {
 		m.Inband = InbandNever
 	}
-	if err := m.validateProber(path); err != nil {
+	if err := m.validateProber(path, c.dir); err != nil {
 		return err
 	}
 	if m.Timeout < Duration(10*time.Millisecond) || m.Timeout > Duration(10*time.Minute) {

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
@@ -27,8 +28,13 @@ type HTTPProbe struct {
 	// Method of every request (GET).
 	Method string `yaml:"method,omitempty"`
 	// Headers added to every request. Their values are never shown
-	// (/config, debug output): they often carry credentials.
+	// (/config, debug output): they often carry credentials. After
+	// loading, Headers holds the values of HeaderFiles too.
 	Headers map[string]Secret `yaml:"headers,omitempty"`
+	// HeaderFiles are headers whose values are read from files (a
+	// relative path starts at the configuration file's directory), at
+	// load and at every reload: header name -> file.
+	HeaderFiles map[string]string `yaml:"header_files,omitempty"`
 	// Host overrides the Host header (default: the URL's host).
 	Host string `yaml:"host,omitempty"`
 	// ValidStatusCodes are the statuses that count as success (any 2xx).
@@ -45,6 +51,24 @@ type HTTPProbe struct {
 	Backend string `yaml:"backend,omitempty"`
 	// tls is built from TLS at load, so that a probe reads no file.
 	tls *tls.Config
+	// tlsFiles is a digest of the TLS files' contents as loaded: a new
+	// certificate or key changes the module's fingerprint.
+	tlsFiles [sha256.Size]byte
+}
+
+// MarshalYAML shows the headers read from files by their files only.
+func (h HTTPProbe) MarshalYAML() (any, error) {
+	type plain HTTPProbe
+	p := plain(h)
+	if len(h.HeaderFiles) > 0 {
+		p.Headers = map[string]Secret{}
+		for k, v := range h.Headers {
+			if _, fromFile := h.HeaderFiles[k]; !fromFile {
+				p.Headers[k] = v
+			}
+		}
+	}
+	return p, nil
 }
 
 // HTTPTLS verifies an https target's first proxy.
@@ -65,7 +89,7 @@ const DefaultBackend = "backend"
 // ambiguous to the proxies.
 var headersSetByTheProber = []string{"host", "content-length", "transfer-encoding", "connection", "te", "upgrade", "trailer"}
 
-func (m *Module) validateProber(path string) error {
+func (m *Module) validateProber(path, dir string) error {
 	switch m.Prober {
 	case "":
 		m.Prober = ProberTCP
@@ -88,27 +112,18 @@ func (m *Module) validateProber(path string) error {
 	if m.HTTP == nil {
 		m.HTTP = &HTTPProbe{}
 	}
-	return m.HTTP.validate(path + ".http")
+	return m.HTTP.validate(path+".http", dir)
 }
 
-func (h *HTTPProbe) validate(path string) error {
+func (h *HTTPProbe) validate(path, dir string) error {
 	if h.Method == "" {
 		h.Method = "GET"
 	}
 	if !isToken(h.Method) || strings.ToUpper(h.Method) != h.Method {
 		return bad(path+".method", "%q is not an HTTP method: use GET, HEAD, POST, …", h.Method)
 	}
-	for _, name := range sortedKeys(h.Headers) {
-		p := path + ".headers." + name
-		if !isToken(name) {
-			return bad(p, "%q is not a header name", name)
-		}
-		if slices.Contains(headersSetByTheProber, strings.ToLower(name)) {
-			return bad(p, "%s is set by the prober (for Host use http.host)", name)
-		}
-		if strings.ContainsAny(string(h.Headers[name]), "\r\n\x00") {
-			return bad(p, "value holds a line break or NUL")
-		}
+	if err := h.validateHeaders(path, dir); err != nil {
+		return err
 	}
 	if h.Host != "" {
 		host := h.Host
@@ -138,50 +153,109 @@ func (h *HTTPProbe) validate(path string) error {
 	if t := h.TLS; t != nil && (t.CertFile == "") != (t.KeyFile == "") {
 		return bad(path+".tls", "cert_file and key_file go together")
 	}
-	c, err := h.TLS.Config()
+	c, digest, err := h.TLS.build(dir)
 	if err != nil {
 		return bad(path+".tls", "%v", err)
 	}
-	h.tls = c
+	h.tls, h.tlsFiles = c, digest
+	return nil
+}
+
+// validateHeaders checks headers and header_files, and reads the files
+// into Headers.
+func (h *HTTPProbe) validateHeaders(path, dir string) error {
+	name := func(p, name string) error {
+		if !isToken(name) {
+			return bad(p, "%q is not a header name", name)
+		}
+		if slices.Contains(headersSetByTheProber, strings.ToLower(name)) {
+			return bad(p, "%s is set by the prober (for Host use http.host)", name)
+		}
+		return nil
+	}
+	for _, k := range sortedKeys(h.Headers) {
+		p := path + ".headers." + k
+		if err := name(p, k); err != nil {
+			return err
+		}
+		if strings.ContainsAny(string(h.Headers[k]), "\r\n\x00") {
+			return bad(p, "value holds a line break or NUL")
+		}
+	}
+	for _, k := range sortedKeys(h.HeaderFiles) {
+		p := path + ".header_files." + k
+		if err := name(p, k); err != nil {
+			return err
+		}
+		for other := range h.Headers {
+			if strings.EqualFold(other, k) {
+				return bad(p, "%s is in headers too: keep one", k)
+			}
+		}
+	}
+	for _, k := range sortedKeys(h.HeaderFiles) {
+		p := path + ".header_files." + k
+		file := resolvePath(dir, h.HeaderFiles[k])
+		h.HeaderFiles[k] = file
+		v, err := readSecretFile(file)
+		if err != nil {
+			return bad(p, "%v", err)
+		}
+		if strings.ContainsAny(string(v), "\r\n\x00") {
+			return bad(p, "%s holds more than one line, or a NUL: a header value is one line", file)
+		}
+		if h.Headers == nil {
+			h.Headers = map[string]Secret{}
+		}
+		h.Headers[k] = v
+	}
 	return nil
 }
 
 // TLSConfig is the configuration of https targets' connections.
 func (h *HTTPProbe) TLSConfig() *tls.Config { return h.tls }
 
-// Config builds the TLS configuration of an https target's connection.
-func (t *HTTPTLS) Config() (*tls.Config, error) {
+// build makes the TLS configuration of an https target's connection,
+// and a digest of the files it read.
+func (t *HTTPTLS) build(dir string) (*tls.Config, [sha256.Size]byte, error) {
+	digest := sha256.New()
+	var sum [sha256.Size]byte
 	if t == nil {
-		return &tls.Config{MinVersion: tls.VersionTLS12}, nil
+		return &tls.Config{MinVersion: tls.VersionTLS12}, sum, nil
 	}
 	c := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: t.ServerName, InsecureSkipVerify: t.InsecureSkipVerify} //nolint:gosec // an explicit, documented lab option
+	t.CAFile, t.CertFile, t.KeyFile = resolvePath(dir, t.CAFile), resolvePath(dir, t.CertFile), resolvePath(dir, t.KeyFile)
 	if t.CAFile != "" {
-		pool, err := loadCAs(t.CAFile)
+		pem, err := os.ReadFile(t.CAFile)
 		if err != nil {
-			return nil, err
+			return nil, sum, fmt.Errorf("read ca_file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, sum, fmt.Errorf("ca_file %s holds no PEM certificate", t.CAFile)
 		}
 		c.RootCAs = pool
+		digest.Write(pem)
 	}
 	if t.CertFile != "" {
-		cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
+		certPEM, err := os.ReadFile(t.CertFile)
 		if err != nil {
-			return nil, fmt.Errorf("load cert_file %s and key_file %s: %w", t.CertFile, t.KeyFile, err)
+			return nil, sum, fmt.Errorf("read cert_file: %w", err)
+		}
+		keyPEM, err := os.ReadFile(t.KeyFile)
+		if err != nil {
+			return nil, sum, fmt.Errorf("read key_file: %w", err)
+		}
+		cert, err := tls.X509KeyPair(certPEM, keyPEM)
+		if err != nil {
+			return nil, sum, fmt.Errorf("load cert_file %s and key_file %s: %w", t.CertFile, t.KeyFile, err)
 		}
 		c.Certificates = []tls.Certificate{cert}
+		digest.Write(certPEM)
+		digest.Write(keyPEM)
 	}
-	return c, nil
-}
-
-func loadCAs(path string) (*x509.CertPool, error) {
-	pem, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("read ca_file: %w", err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("ca_file %s holds no PEM certificate", path)
-	}
-	return pool, nil
+	digest.Sum(sum[:0])
+	return c, sum, nil
 }
 
 // IsHTTP reports whether the module probes URLs.
@@ -218,7 +292,7 @@ func DefaultModule(target string, timeout time.Duration) *Module {
 	m := &Module{Probes: DefaultProbes, Interval: Duration(DefaultInterval), Timeout: Duration(timeout), Inband: InbandNever, Prober: ProberTCP}
 	if peer.IsHTTPTarget(target) {
 		m.Prober, m.HTTP = ProberHTTP, &HTTPProbe{}
-		_ = m.HTTP.validate("http") // fills in the defaults; they are valid
+		_ = m.HTTP.validate("http", "") // fills in the defaults; they are valid
 	}
 	return m
 }

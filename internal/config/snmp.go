@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"math"
 	"net"
 	"regexp"
 	"strconv"
@@ -95,28 +96,49 @@ type Ratio float64
 // UnmarshalYAML parses "2x" or "2".
 func (r *Ratio) UnmarshalYAML(n *yaml.Node) error {
 	v, err := strconv.ParseFloat(strings.TrimSuffix(n.Value, "x"), 64)
-	if err != nil || v < 1 {
+	if err != nil || !(v >= 1) || math.IsInf(v, 0) {
 		return fmt.Errorf("line %d: above %q: want a multiple of the SLA of at least 1, like 1x or 2x", n.Line, n.Value)
 	}
 	*r = Ratio(v)
 	return nil
 }
 
-// Auth is a set of SNMP credentials.
+// Auth is a set of SNMP credentials. Each secret may instead be read
+// from a file (community_file, password_file, priv_password_file; a
+// relative path starts at the configuration file's directory), at load
+// and at every reload.
 type Auth struct {
 	// Version is 2 (v2c) or 3.
-	Version   int    `yaml:"version"`
-	Community Secret `yaml:"community,omitempty"`
+	Version       int    `yaml:"version"`
+	Community     Secret `yaml:"community,omitempty"`
+	CommunityFile string `yaml:"community_file,omitempty"`
 	// v3: security_level noAuthNoPriv, authNoPriv or authPriv.
 	SecurityLevel string `yaml:"security_level,omitempty"`
 	Username      string `yaml:"username,omitempty"`
 	// AuthProtocol: SHA, SHA224, SHA256, SHA384, SHA512 (MD5 is refused).
 	AuthProtocol string `yaml:"auth_protocol,omitempty"`
 	Password     Secret `yaml:"password,omitempty"`
+	PasswordFile string `yaml:"password_file,omitempty"`
 	// PrivProtocol: AES, AES192, AES256 (DES is refused).
-	PrivProtocol string `yaml:"priv_protocol,omitempty"`
-	PrivPassword Secret `yaml:"priv_password,omitempty"`
-	ContextName  string `yaml:"context_name,omitempty"`
+	PrivProtocol     string `yaml:"priv_protocol,omitempty"`
+	PrivPassword     Secret `yaml:"priv_password,omitempty"`
+	PrivPasswordFile string `yaml:"priv_password_file,omitempty"`
+	ContextName      string `yaml:"context_name,omitempty"`
+}
+
+// MarshalYAML shows a secret read from a file by its file only.
+func (a Auth) MarshalYAML() (any, error) {
+	type plain Auth
+	p := plain(a)
+	for _, s := range []struct {
+		value *Secret
+		file  string
+	}{{&p.Community, a.CommunityFile}, {&p.Password, a.PasswordFile}, {&p.PrivPassword, a.PrivPasswordFile}} {
+		if s.file != "" {
+			*s.value = ""
+		}
+	}
+	return p, nil
 }
 
 // Defaults of the SNMP section.
@@ -179,6 +201,9 @@ func (s *SNMP) validateVariables(path string) (map[string]bool, error) {
 		if !oidRE.MatchString(v.OID) {
 			return nil, bad(p+".oid", "%q is not a numeric OID like 1.3.6.1.4.1.2021.10.1.3.1", v.OID)
 		}
+		if math.IsNaN(v.Scale) || math.IsInf(v.Scale, 0) {
+			return nil, bad(p+".scale", "%v is not a finite number", v.Scale)
+		}
 		oid := strings.TrimPrefix(v.OID, ".")
 		if v.Interface != "" && !strings.HasPrefix(oid, "1.3.6.1.2.1.2.2.1.") && !strings.HasPrefix(oid, "1.3.6.1.2.1.31.1.1.1.") {
 			return nil, bad(p+".interface", "interface is only for IF-MIB columns (ifTable 1.3.6.1.2.1.2.2.1.N, ifXTable 1.3.6.1.2.1.31.1.1.1.N)")
@@ -216,51 +241,76 @@ func (s *SNMP) validateHops(path string, c *Config) error {
 func (s *SNMP) validatePlaybooks(path string, names map[string]bool) error {
 	for i, pb := range s.Playbooks {
 		p := fmt.Sprintf("%s.playbooks[%d]", path, i)
-		if pb.Segment != nil && pb.Hop != "" {
-			return bad(p, "a playbook is for a segment or for a hop, not both")
-		}
-		if pb.Segment != nil {
-			if err := peer.ValidateLabel(pb.Segment.From); err != nil {
-				return bad(p+".segment.from", "%v", err)
-			}
-			if err := peer.ValidateLabel(pb.Segment.To); err != nil {
-				return bad(p+".segment.to", "%v", err)
-			}
-		}
-		if pb.Hop != "" {
-			if err := peer.ValidateLabel(pb.Hop); err != nil {
-				return bad(p+".hop", "%v", err)
-			}
+		if err := pb.validateSubject(p); err != nil {
+			return err
 		}
 		if len(pb.Levels) == 0 {
 			return bad(p+".levels", "no level: e.g. [{above: 1x, variables: [load1]}, {above: 2x, variables: [if_in_errors]}]")
 		}
 		for j, l := range pb.Levels {
-			lp := fmt.Sprintf("%s.levels[%d]", p, j)
-			if l.Above == 0 {
-				return bad(lp+".above", "missing: a multiple of the SLA like 1x")
-			}
-			if len(l.Variables) == 0 {
-				return bad(lp+".variables", "no variable named")
-			}
-			for k, v := range l.Variables {
-				if !names[v] {
-					return bad(fmt.Sprintf("%s.variables[%d]", lp, k), "variable %q is not defined in the module's snmp.variables", v)
-				}
+			if err := l.validate(fmt.Sprintf("%s.levels[%d]", p, j), names); err != nil {
+				return err
 			}
 		}
 	}
 	return nil
 }
 
-func (a *Auth) validate(path string) error {
+// validateSubject checks what a playbook is for: a segment, a hop, or
+// (neither) everything.
+func (pb Playbook) validateSubject(p string) error {
+	if pb.Segment != nil && pb.Hop != "" {
+		return bad(p, "a playbook is for a segment or for a hop, not both")
+	}
+	if pb.Segment != nil {
+		if err := peer.ValidateLabel(pb.Segment.From); err != nil {
+			return bad(p+".segment.from", "%v", err)
+		}
+		if err := peer.ValidateLabel(pb.Segment.To); err != nil {
+			return bad(p+".segment.to", "%v", err)
+		}
+	}
+	if pb.Hop != "" {
+		if err := peer.ValidateLabel(pb.Hop); err != nil {
+			return bad(p+".hop", "%v", err)
+		}
+	}
+	return nil
+}
+
+// validate checks a level against the module's variable names.
+func (l Level) validate(lp string, names map[string]bool) error {
+	if l.Above == 0 {
+		return bad(lp+".above", "missing: a multiple of the SLA like 1x")
+	}
+	if len(l.Variables) == 0 {
+		return bad(lp+".variables", "no variable named")
+	}
+	for k, v := range l.Variables {
+		if !names[v] {
+			return bad(fmt.Sprintf("%s.variables[%d]", lp, k), "variable %q is not defined in the module's snmp.variables", v)
+		}
+	}
+	return nil
+}
+
+func (a *Auth) validate(path, dir string) error {
 	if a == nil {
 		return bad(path, "empty auth")
+	}
+	for _, s := range []struct {
+		key   string
+		value *Secret
+		file  *string
+	}{{"community", &a.Community, &a.CommunityFile}, {"password", &a.Password, &a.PasswordFile}, {"priv_password", &a.PrivPassword, &a.PrivPasswordFile}} {
+		if err := secretPair(path+"."+s.key, dir, s.value, s.file); err != nil {
+			return err
+		}
 	}
 	switch a.Version {
 	case 2:
 		if a.Community == "" {
-			return bad(path+".community", "missing for version 2")
+			return bad(path+".community", "missing for version 2: give community or community_file")
 		}
 		if a.Username != "" || a.SecurityLevel != "" {
 			return bad(path, "username and security_level are for version 3")
@@ -287,7 +337,7 @@ func (a *Auth) validate(path string) error {
 			return bad(path+".auth_protocol", "%q unknown: use SHA, SHA224, SHA256, SHA384 or SHA512", a.AuthProtocol)
 		}
 		if len(a.Password) < 8 {
-			return bad(path+".password", "missing or shorter than 8 characters (SNMPv3 requires 8)")
+			return bad(path+".password", "missing or shorter than 8 characters (SNMPv3 requires 8): give password or password_file")
 		}
 		if a.SecurityLevel == "authPriv" {
 			switch strings.ToUpper(a.PrivProtocol) {
@@ -298,7 +348,7 @@ func (a *Auth) validate(path string) error {
 				return bad(path+".priv_protocol", "%q unknown: use AES, AES192 or AES256", a.PrivProtocol)
 			}
 			if len(a.PrivPassword) < 8 {
-				return bad(path+".priv_password", "missing or shorter than 8 characters")
+				return bad(path+".priv_password", "missing or shorter than 8 characters: give priv_password or priv_password_file")
 			}
 		}
 	case "":

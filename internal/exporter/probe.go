@@ -31,14 +31,18 @@ import (
 const DefaultTimeoutOffset = 500 * time.Millisecond
 
 // ConfigHolder holds the loaded configuration and reloads it; a failed
-// reload keeps the previous one.
+// reload keeps the previous one. Reloads (SIGHUP, /-/reload) run one at a
+// time: each stores its configuration and applies it as one step, so that
+// /config and the continuous runners never end on different ones.
 type ConfigHolder struct {
 	path    string
 	limits  config.Limits
 	cur     atomic.Pointer[config.Config]
 	metrics *collector.Source
 	log     *slog.Logger
-	onLoad  func(*config.Config)
+	// reloading serialises Reload and OnLoad.
+	reloading sync.Mutex
+	onLoad    func(*config.Config)
 }
 
 // NewConfigHolder loads path (none when empty: /probe then refuses every
@@ -59,8 +63,11 @@ func NewConfigHolder(path string, limits config.Limits, metrics *collector.Sourc
 // Get returns the current configuration, nil when none was given.
 func (h *ConfigHolder) Get() *config.Config { return h.cur.Load() }
 
-// Reload reads the file again.
+// Reload reads the file again (secret files included) and applies it;
+// a concurrent reload waits for this one.
 func (h *ConfigHolder) Reload() error {
+	h.reloading.Lock()
+	defer h.reloading.Unlock()
 	if h.path == "" {
 		return fmt.Errorf("no --config.file to reload")
 	}
@@ -82,6 +89,8 @@ func (h *ConfigHolder) Reload() error {
 // OnLoad calls fn with the current configuration, and again after every
 // successful reload.
 func (h *ConfigHolder) OnLoad(fn func(*config.Config)) {
+	h.reloading.Lock()
+	defer h.reloading.Unlock()
 	h.onLoad = fn
 	fn(h.Get())
 }
@@ -105,6 +114,8 @@ type ProbeHandler struct {
 	Logger  *slog.Logger
 	// Context adds the SNMP context of a probe run; nil adds nothing.
 	Context func(ctx context.Context, cfg *config.Config, module *config.Module, r *prober.Result, verdicts []sla.Verdict, log *slog.Logger) Extra
+	// Limit bounds the requests that probe at once; nil: no bound.
+	Limit *ProbeLimit
 }
 
 // Extra is what a context provider adds to a /probe answer.
@@ -173,6 +184,11 @@ func (h *ProbeHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		reject("%v", err)
 		return
 	}
+	if !h.Limit.acquire(w) {
+		h.Logger.Debug("probe request refused: --probe.max-concurrent reached", "remote", r.RemoteAddr)
+		return
+	}
+	defer h.Limit.release()
 	h.probe(w, r, cfg, moduleName, module, target, timeout, start)
 }
 

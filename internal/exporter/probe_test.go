@@ -33,6 +33,8 @@ type testExporter struct {
 	path   string
 	source *collector.Source
 	reg    *prometheus.Registry
+	holder *ConfigHolder
+	probe  *ProbeHandler
 }
 
 func newTestExporter(t *testing.T, cfgText string, configure func(*ProbeHandler)) *testExporter {
@@ -62,7 +64,7 @@ func newTestExporter(t *testing.T, cfgText string, configure func(*ProbeHandler)
 	}
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
-	return &testExporter{srv: srv, path: path, source: source, reg: reg}
+	return &testExporter{srv: srv, path: path, source: source, reg: reg, holder: holder, probe: probe}
 }
 
 type answer struct {

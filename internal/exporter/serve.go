@@ -66,11 +66,30 @@ type Config struct {
 	// Pprof serves /debug/pprof/ (off by default: it exposes internals
 	// and can cost CPU on demand).
 	Pprof bool
-	// SNMPClient queries agents for context; nil uses gosnmp.
+	// SNMPClient queries agents for context; nil uses gosnmp, within
+	// SNMPWalk.
 	SNMPClient snmp.Client
+	// SNMPWalk bounds the walks of the gosnmp client (zero: defaults).
+	SNMPWalk snmp.WalkLimits
 	// HistoryLimit is how many /probe runs the landing page lists.
 	HistoryLimit int
+	// IdleTimeout closes keep-alive connections idle this long (0:
+	// DefaultIdleTimeout).
+	IdleTimeout time.Duration
+	// MaxConcurrentProbes bounds the /probe requests probing at once; 0:
+	// no bound.
+	MaxConcurrentProbes int
 }
+
+// DefaultIdleTimeout closes keep-alive HTTP connections idle this long
+// (--web.idle-timeout): longer than the usual scrape intervals, so that
+// Prometheus keeps its connections, short enough that idle clients do
+// not pile up.
+const DefaultIdleTimeout = 2 * time.Minute
+
+// readHeaderTimeout bounds how long a client may take to send a request's
+// headers.
+const readHeaderTimeout = 10 * time.Second
 
 // Serve runs the relay (if configured) and the HTTP server until ctx ends.
 func Serve(ctx context.Context, cfg Config) error {
@@ -89,51 +108,91 @@ func Serve(ctx context.Context, cfg Config) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	errc := make(chan error, 2)
-	relayDone := make(chan struct{})
-	if cfg.ListenAddress != "" {
-		addr, err := peer.ListenAddress(cfg.ListenAddress)
-		if err != nil {
-			return fmt.Errorf("--listen: %w", err)
-		}
-		rc := cfg.Relay
-		rc.Logger = logger
-		rc.Metrics = collector.NewRelay(reg)
-		if len(cfg.Inband.Specs) > 0 {
-			local, err := snmp.NewLocal(cfg.Inband)
-			if err != nil {
-				return err
-			}
-			if err := local.Err(); err != nil {
-				logger.Warn("in-band variables: first read failed; probes get what could be read", "err", err)
-			}
-			rc.Annotate = local.Snapshot
-		}
-		srv, err := relay.New(rc)
-		if err != nil {
-			return err
-		}
-		ln, err := net.Listen("tcp", addr)
-		if err != nil {
-			return fmt.Errorf("relay listen on %s: %w", addr, err)
-		}
-		next := rc.ForwardTo
-		if next == "" {
-			next = "(end of chain: echo)"
-		}
-		logger.Info("relay listening", "address", ln.Addr().String(), "name", rc.Name, "forward_to", next, "engine", srv.Engine())
-		if cfg.Listening != nil {
-			cfg.Listening(ln.Addr().String())
-		}
-		go func() {
-			defer close(relayDone)
-			if err := srv.Serve(ctx, ln); err != nil {
-				errc <- err
-			}
-		}()
-	} else {
-		close(relayDone)
+	relayDone, err := startRelay(ctx, cfg, reg, errc)
+	if err != nil {
+		return err
 	}
+	probe, querier := newProbeHandler(cfg, reg, holder, source)
+	manager := startContinuous(reg, holder, probe, querier, logger)
+	defer manager.Stop()
+	exModule, exTarget := exampleProbe(holder.Get())
+	mux, err := Routes(reg, holder, probe, logger, RouteOptions{Pprof: cfg.Pprof, Module: exModule, Target: exTarget, Chains: manager.Snapshot, History: probe.History})
+	if err != nil {
+		return err
+	}
+	idle := cfg.IdleTimeout
+	if idle <= 0 {
+		idle = DefaultIdleTimeout
+	}
+	server := &http.Server{Handler: mux, ReadHeaderTimeout: readHeaderTimeout, IdleTimeout: idle}
+	go func() {
+		if err := web.ListenAndServe(server, cfg.Web, logger); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errc <- webError(err, cfg.Web)
+		}
+	}()
+	runErr := waitForEnd(ctx, holder, errc)
+	cancel()
+	shutdown, cancelShutdown := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancelShutdown()
+	_ = server.Shutdown(shutdown)
+	<-relayDone
+	return runErr
+}
 
+// startRelay starts the relay when the process listens, and returns a
+// channel closed once it has stopped (at once without a relay).
+func startRelay(ctx context.Context, cfg Config, reg *prometheus.Registry, errc chan<- error) (<-chan struct{}, error) {
+	done := make(chan struct{})
+	if cfg.ListenAddress == "" {
+		close(done)
+		return done, nil
+	}
+	logger := cfg.Logger
+	addr, err := peer.ListenAddress(cfg.ListenAddress)
+	if err != nil {
+		return nil, fmt.Errorf("--listen: %w", err)
+	}
+	rc := cfg.Relay
+	rc.Logger = logger
+	rc.Metrics = collector.NewRelay(reg)
+	if len(cfg.Inband.Specs) > 0 {
+		local, err := snmp.NewLocal(cfg.Inband)
+		if err != nil {
+			return nil, err
+		}
+		if err := local.Err(); err != nil {
+			logger.Warn("in-band variables: first read failed; probes get what could be read", "err", err)
+		}
+		rc.Annotate = local.Snapshot
+	}
+	srv, err := relay.New(rc)
+	if err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("relay listen on %s: %w", addr, err)
+	}
+	next := rc.ForwardTo
+	if next == "" {
+		next = "(end of chain: echo)"
+	}
+	logger.Info("relay listening", "address", ln.Addr().String(), "name", rc.Name, "forward_to", next, "engine", srv.Engine())
+	if cfg.Listening != nil {
+		cfg.Listening(ln.Addr().String())
+	}
+	go func() {
+		defer close(done)
+		if err := srv.Serve(ctx, ln); err != nil {
+			errc <- err
+		}
+	}()
+	return done, nil
+}
+
+// newProbeHandler builds /probe: its clock, its SNMP context (through the
+// querier it returns, shared with continuous entries) and its limit.
+func newProbeHandler(cfg Config, reg *prometheus.Registry, holder *ConfigHolder, source *collector.Source) (*ProbeHandler, *snmp.Querier) {
 	probeClock := cfg.Relay.Clock
 	if probeClock == nil {
 		// One clock for every probe of the process: its synchronisation
@@ -144,11 +203,12 @@ func Serve(ctx context.Context, cfg Config) error {
 	probe := &ProbeHandler{
 		History: NewHistory(cfg.HistoryLimit),
 		Config:  holder, Source: cfg.Relay.Name, Keys: cfg.Relay.Keys, MaxFrameBytes: cfg.Relay.MaxFrameBytes,
-		TimeoutOffset: cfg.TimeoutOffset, Clock: probeClock, Metrics: source, Names: &prober.NameCache{}, Logger: logger,
+		TimeoutOffset: cfg.TimeoutOffset, Clock: probeClock, Metrics: source, Names: &prober.NameCache{}, Logger: cfg.Logger,
+		Limit: NewProbeLimit(reg, cfg.MaxConcurrentProbes),
 	}
 	client := cfg.SNMPClient
 	if client == nil {
-		client = snmp.GoSNMP{}
+		client = snmp.GoSNMP{WalkLimits: cfg.SNMPWalk}
 	}
 	querier := snmp.NewQuerier(client)
 	querier.Errors = source.SNMPError
@@ -156,6 +216,12 @@ func Serve(ctx context.Context, cfg Config) error {
 	if cfg.Probe != nil {
 		cfg.Probe(probe)
 	}
+	return probe, querier
+}
+
+// startContinuous runs the configuration's continuous entries, probed as
+// /probe probes, and applies every reload to them.
+func startContinuous(reg *prometheus.Registry, holder *ConfigHolder, probe *ProbeHandler, querier *snmp.Querier, logger *slog.Logger) *continuous.Manager {
 	manager := continuous.NewManager(continuous.NewMetrics(reg), func(target string, m *config.Module) prober.Options {
 		return probe.Options(m, target, time.Duration(m.Timeout), logger)
 	}, logger)
@@ -163,42 +229,27 @@ func Serve(ctx context.Context, cfg Config) error {
 		return snmp.Investigate(ctx, querier, cfg, m, r, sla.Evaluate(r, m.SLA)).ByHop()
 	})
 	holder.OnLoad(manager.Apply)
-	defer manager.Stop()
-	exModule, exTarget := exampleProbe(holder.Get())
-	mux, err := Routes(reg, holder, probe, logger, RouteOptions{Pprof: cfg.Pprof, Module: exModule, Target: exTarget, Chains: manager.Snapshot, History: probe.History})
-	if err != nil {
-		return err
-	}
-	server := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	go func() {
-		if err := web.ListenAndServe(server, cfg.Web, logger); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			errc <- webError(err, cfg.Web)
-		}
-	}()
+	return manager
+}
 
+// waitForEnd reloads the configuration on SIGHUP until ctx ends or a
+// server fails, and returns that failure.
+func waitForEnd(ctx context.Context, holder *ConfigHolder, errc <-chan error) error {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	var runErr error
-loop:
 	for {
 		select {
 		case <-ctx.Done():
-			break loop
+			return nil
 		case <-hup:
 			if holder.path != "" {
 				_ = holder.Reload()
 			}
-		case runErr = <-errc:
-			break loop
+		case err := <-errc:
+			return err
 		}
 	}
-	cancel()
-	shutdown, cancelShutdown := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancelShutdown()
-	_ = server.Shutdown(shutdown)
-	<-relayDone
-	return runErr
 }
 
 // webError says what to do when the HTTP port is taken: most often a

@@ -4,7 +4,8 @@
 // interval, and records every probe into per-segment and per-hop
 // histograms on /metrics, and into the recent windows the chain page
 // draws. A reload keeps the entries that did not change, with their
-// histograms.
+// histograms, and restarts those that did with the new configuration,
+// secrets included.
 //
 // Layering (internal/architecture_test.go): floor 4; it may import the
 // prober, sla, internal/config and internal/wire, never relay, snmp (the
@@ -16,11 +17,12 @@ import (
 	"context"
 	"hash/fnv"
 	"log/slog"
+	"maps"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"go.yaml.in/yaml/v3"
 
 	"github.com/subsegment/subsegment_exporter/internal/config"
 	"github.com/subsegment/subsegment_exporter/internal/source/prober"
@@ -40,13 +42,16 @@ type OptionsFunc func(target string, m *config.Module) prober.Options
 
 // Manager runs the continuous entries.
 type Manager struct {
-	mu      sync.Mutex
-	metrics *Metrics
-	options OptionsFunc
-	context ContextFunc
-	cfg     *config.Config
-	log     *slog.Logger
-	runners map[entryKey]*runner
+	// applying serialises Apply and Stop; mu guards the fields below and
+	// is held only briefly, since the chain page takes it.
+	applying sync.Mutex
+	mu       sync.Mutex
+	metrics  *Metrics
+	options  OptionsFunc
+	context  ContextFunc
+	cfg      *config.Config
+	log      *slog.Logger
+	runners  map[entryKey]*runner
 	// order is the configuration's order of the entries.
 	order []entryKey
 	// ctx ends every runner when the manager stops.
@@ -68,34 +73,69 @@ func (m *Manager) SetContext(fn ContextFunc) {
 	m.context = fn
 }
 
-// Apply makes the running entries those of cfg: an entry whose target,
-// module settings, interval and buckets are unchanged keeps running with
-// its histograms; others stop (their series go) or start.
+// Apply makes the running entries those of cfg: an entry whose
+// fingerprint (target, module settings, interval, buckets, and every
+// secret and file it uses, by value) is unchanged keeps running with its
+// histograms; others stop (their series go) and start again with the new
+// configuration. Apply returns once the stopped entries have ended; the
+// chain page keeps answering meanwhile.
 func (m *Manager) Apply(cfg *config.Config) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.cfg = cfg
-	want := map[entryKey]string{}
+	m.applying.Lock()
+	defer m.applying.Unlock()
 	var entries []config.Continuous
+	want := map[entryKey]string{}
 	if cfg != nil {
 		entries = cfg.Continuous
+		for _, e := range entries {
+			want[entryKey{e.Target, e.Module}] = cfg.Fingerprint(e)
+		}
 	}
-	for _, e := range entries {
-		want[entryKey{e.Target, e.Module}] = fingerprint(e, cfg.Modules[e.Module])
+	m.stopChanged(cfg, entries, want)
+	started := m.startMissing(cfg, entries, want)
+	if started > 0 || len(entries) > 0 {
+		m.log.Info("continuous probing", "entries", len(entries), "started", started)
 	}
+}
+
+// stopChanged ends the runners whose entry is gone or changed. They are
+// all cancelled at once under the lock, then awaited outside it: a runner
+// in an SNMP query ends only at that query's timeout, and the chain page
+// must not wait for it (nor for the sum of several).
+func (m *Manager) stopChanged(cfg *config.Config, entries []config.Continuous, want map[entryKey]string) {
+	type stopping struct {
+		key entryKey
+		r   *runner
+	}
+	var stop []stopping
+	m.mu.Lock()
+	m.cfg = cfg
 	for k, r := range m.runners {
 		if fp, ok := want[k]; ok && fp == r.fingerprint {
 			continue
 		}
-		r.stop()
-		m.metrics.remove(k.target, k.module)
+		r.cancel()
+		stop = append(stop, stopping{k, r})
 		delete(m.runners, k)
 	}
-	started := 0
 	m.order = m.order[:0]
 	for _, e := range entries {
 		m.order = append(m.order, entryKey{e.Target, e.Module})
 	}
+	m.mu.Unlock()
+	for _, s := range stop {
+		s.r.wait()
+		// Only once it has ended: a running entry would make its series
+		// again. A changed entry starts after this, with new series.
+		m.metrics.remove(s.key.target, s.key.module)
+	}
+}
+
+// startMissing starts a runner for every entry without one and returns
+// how many it started.
+func (m *Manager) startMissing(cfg *config.Config, entries []config.Continuous, want map[entryKey]string) int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	started := 0
 	for _, e := range entries {
 		k := entryKey{e.Target, e.Module}
 		if _, ok := m.runners[k]; ok {
@@ -105,7 +145,7 @@ func (m *Manager) Apply(cfg *config.Config) {
 		r := newRunner(e, mod, m.options(e.Target, mod), m.metrics, m.log.With("target", e.Target, "module", e.Module))
 		r.fingerprint = want[k]
 		if m.context != nil {
-			cfg, fn := cfg, m.context
+			fn := m.context
 			r.context = func(ctx context.Context, res *prober.Result) map[string]map[string]float64 {
 				return fn(ctx, cfg, mod, res)
 			}
@@ -114,28 +154,20 @@ func (m *Manager) Apply(cfg *config.Config) {
 		r.start(m.ctx)
 		started++
 	}
-	if started > 0 || len(entries) > 0 {
-		m.log.Info("continuous probing", "entries", len(entries), "started", started)
-	}
+	return started
 }
 
-// Stop ends every entry and waits for them.
+// Stop ends every entry and waits for them, outside the page's lock.
 func (m *Manager) Stop() {
+	m.applying.Lock()
+	defer m.applying.Unlock()
 	m.cancel()
 	m.mu.Lock()
-	defer m.mu.Unlock()
-	for _, r := range m.runners {
+	runners := slices.Collect(maps.Values(m.runners))
+	m.mu.Unlock()
+	for _, r := range runners {
 		r.wait()
 	}
-}
-
-// fingerprint is what makes an entry the same across a reload.
-func fingerprint(e config.Continuous, m *config.Module) string {
-	b, _ := yaml.Marshal(struct {
-		E config.Continuous
-		M *config.Module
-	}{e, m})
-	return string(b)
 }
 
 // runner probes one entry.
@@ -174,11 +206,6 @@ func (r *runner) start(parent context.Context) {
 		defer close(r.done)
 		r.run(ctx)
 	}()
-}
-
-func (r *runner) stop() {
-	r.cancel()
-	r.wait()
 }
 
 func (r *runner) wait() { <-r.done }
@@ -316,14 +343,16 @@ func (r *runner) observe(res *prober.Result, warmup bool) {
 // readContext asks for the hops' context while the probe shows a segment
 // or hop out of its SLA, at most every contextEvery.
 func (r *runner) readContext(ctx context.Context, res *prober.Result) {
-	if r.context == nil || !r.state.contextDue(time.Now()) {
+	if r.context == nil {
 		return
 	}
 	violated := res.Failure != nil
 	for _, v := range sla.Evaluate(res, r.module.SLA) {
 		violated = violated || v.Exceeded
 	}
-	if !violated {
+	// The turn is taken only by a probe that needs the context: one
+	// within its SLA must not delay the next violation's by contextEvery.
+	if !violated || !r.state.contextDue(time.Now()) {
 		return
 	}
 	cctx, cancel := context.WithTimeout(ctx, time.Duration(r.module.Timeout))
