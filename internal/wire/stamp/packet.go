@@ -111,13 +111,16 @@ func (p *SenderPacket) Put(b []byte, m Mode) error {
 	if err := checkLen(b, m); err != nil {
 		return err
 	}
-	l := m.layout()
+	p.put(b, m.layout())
+	return nil
+}
+
+func (p *SenderPacket) put(b []byte, l *layout) {
 	clear(b[:l.base])
 	binary.BigEndian.PutUint32(b[l.seq:], p.Seq)
 	putTimestamp(b[l.ts:], p.Timestamp)
 	binary.BigEndian.PutUint16(b[l.errest:], uint16(p.ErrorEstimate))
 	binary.BigEndian.PutUint16(b[l.ssid:], p.SSID)
-	return nil
 }
 
 // ReflectorPacket is the fixed part of a Session-Reflector test packet.

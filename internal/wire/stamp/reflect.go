@@ -12,6 +12,10 @@ type Request struct {
 	Mode Mode
 	// Auth verifies authenticated packets and HMAC TLVs; nil: no keys.
 	Auth *Auth
+	// Verified: the caller already checked the packet's HMAC (Verify)
+	// with key KeyIndex, before it created state for the packet.
+	Verified bool
+	KeyIndex int
 	// RxTime is T2 in Unix nanoseconds: the kernel's receive stamp
 	// (RxKernel) or, without one, when the packet was read.
 	RxTime   int64
@@ -86,9 +90,12 @@ func Reflect(pkt []byte, req *Request, rep *Reply) error {
 	}
 	*rep = Reply{Len: len(pkt), mode: req.Mode, auth: req.Auth, tai: req.TAIOffset}
 	if req.Mode == Authenticated {
-		k, err := req.Auth.Verify(pkt)
-		if err != nil {
-			return err
+		k := req.KeyIndex
+		if !req.Verified {
+			var err error
+			if k, err = req.Auth.Verify(pkt); err != nil {
+				return err
+			}
 		}
 		rep.key = k
 	}
@@ -118,6 +125,16 @@ func Reflect(pkt []byte, req *Request, rep *Reply) error {
 		signTLVs(pkt, l.base, hmacOff, req.Auth, rep.key)
 	}
 	return nil
+}
+
+// PeekSSID reads a request's SSID (0 when the packet is too short), for
+// finding its session before Reflect.
+func PeekSSID(pkt []byte, m Mode) uint16 {
+	l := m.layout()
+	if len(pkt) < l.base {
+		return 0
+	}
+	return uint16(pkt[l.ssid])<<8 | uint16(pkt[l.ssid+1])
 }
 
 // Finish writes T3 (Unix nanoseconds) and, in authenticated mode, the

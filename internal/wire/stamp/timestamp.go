@@ -97,5 +97,5 @@ func (t Timestamp) Time(f Format, taiOffset int32) time.Time {
 	return time.Unix(0, ns)
 }
 
-func getTimestamp(b []byte) Timestamp   { return Timestamp(binary.BigEndian.Uint64(b)) }
+func getTimestamp(b []byte) Timestamp    { return Timestamp(binary.BigEndian.Uint64(b)) }
 func putTimestamp(b []byte, t Timestamp) { binary.BigEndian.PutUint64(b, uint64(t)) }

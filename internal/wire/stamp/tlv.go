@@ -145,7 +145,9 @@ func ParseTimestampInfo(v []byte) (TimestampInfo, error) {
 }
 
 // Put writes the first 4 octets of the value.
-func (t TimestampInfo) Put(v []byte) { v[0], v[1], v[2], v[3] = t.SyncIn, t.MethodIn, t.SyncOut, t.MethodOut }
+func (t TimestampInfo) Put(v []byte) {
+	v[0], v[1], v[2], v[3] = t.SyncIn, t.MethodIn, t.SyncOut, t.MethodOut
+}
 
 // ClassOfService is the Class of Service TLV's value (4 octets; RFC 8972
 // §4.4): DSCP1 (6 bits) the DSCP the sender asks for the reflected packet,
@@ -230,17 +232,17 @@ func (f FollowUp) Put(v []byte) {
 // sender asks with a zeroed request sub-TLV, the reflector answers by
 // changing its type to the variant it fills.
 const (
-	SubSourceMAC    uint8 = 1
-	SubSourceEUI48  uint8 = 2
-	SubSourceEUI64  uint8 = 3
-	SubDestIP       uint8 = 4
-	SubDestIPv4     uint8 = 5
-	SubDestIPv6     uint8 = 6
-	SubSourceIP     uint8 = 7
-	SubSourceIPv4   uint8 = 8
-	SubSourceIPv6   uint8 = 9
-	locationAddrLen       = 16
-	locationPortsLen      = 4
+	SubSourceMAC     uint8 = 1
+	SubSourceEUI48   uint8 = 2
+	SubSourceEUI64   uint8 = 3
+	SubDestIP        uint8 = 4
+	SubDestIPv4      uint8 = 5
+	SubDestIPv6      uint8 = 6
+	SubSourceIP      uint8 = 7
+	SubSourceIPv4    uint8 = 8
+	SubSourceIPv6    uint8 = 9
+	locationAddrLen        = 16
+	locationPortsLen       = 4
 )
 
 // Location is what the reflector saw of a request (RFC 8972 §4.2): the

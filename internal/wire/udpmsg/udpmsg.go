@@ -36,14 +36,30 @@ type Conn struct {
 	connected bool
 	tx        bool
 	// callbacks kept, so that a call allocates no closure
-	recvFn, sendFn    func(fd uintptr) bool
-	tryRecvFn, errqFn func(fd uintptr)
-	remote4           bool
-	cur               *Batch
-	curN, curDone     int
-	curErr            unix.Errno
-	stampFn           func(key uint32, unixNano int64)
-	stamps            int
+	remote4   bool
+	recvFn    func(fd uintptr) bool
+	tryRecvFn func(fd uintptr)
+	sendFn    func(fd uintptr) bool
+	errqFn    func(fd uintptr)
+	// The state of the call in progress, one group per kind of call:
+	// Recv and TryRecv from one goroutine, Send from one, ReadTxStamps
+	// from one (any of them may be the same).
+	rx struct {
+		b   *Batch
+		n   int
+		err unix.Errno
+	}
+	txs struct {
+		b    *Batch
+		done int
+		err  unix.Errno
+	}
+	errq struct {
+		b   *Batch
+		n   int
+		err unix.Errno
+		fn  func(key uint32, unixNano int64)
+	}
 }
 
 // Config sets a socket up.
@@ -257,43 +273,43 @@ var ErrClosed = net.ErrClosed
 // Recv waits for datagrams (until the read deadline) and returns how many
 // of b's messages it filled, at least one.
 func (c *Conn) Recv(b *Batch) (int, error) {
-	c.cur, c.curN, c.curErr = b, 0, 0
+	c.rx.b, c.rx.n, c.rx.err = b, 0, 0
 	err := c.raw.Read(c.recvFn)
-	c.cur = nil
+	c.rx.b = nil
 	if err != nil {
 		return 0, err
 	}
-	if c.curErr != 0 {
-		return 0, c.curErr
+	if c.rx.err != 0 {
+		return 0, c.rx.err
 	}
-	return c.curN, nil
+	return c.rx.n, nil
 }
 
 // TryRecv is Recv without waiting: 0 when nothing is queued.
 func (c *Conn) TryRecv(b *Batch) (int, error) {
-	c.cur, c.curN, c.curErr = b, 0, 0
+	c.rx.b, c.rx.n, c.rx.err = b, 0, 0
 	err := c.raw.Control(c.tryRecvFn)
-	c.cur = nil
+	c.rx.b = nil
 	if err != nil {
 		return 0, err
 	}
-	if c.curErr == unix.EAGAIN {
+	if c.rx.err == unix.EAGAIN {
 		return 0, nil
 	}
-	if c.curErr != 0 {
-		return 0, c.curErr
+	if c.rx.err != 0 {
+		return 0, c.rx.err
 	}
-	return c.curN, nil
+	return c.rx.n, nil
 }
 
-func (c *Conn) tryRecv(fd uintptr) { c.curN, c.curErr = recvmmsg(int(fd), c.cur, c.v6, 0) }
+func (c *Conn) tryRecv(fd uintptr) { c.rx.n, c.rx.err = recvmmsg(int(fd), c.rx.b, c.v6, 0) }
 
 func (c *Conn) recv(fd uintptr) bool {
-	n, errno := recvmmsg(int(fd), c.cur, c.v6, 0)
+	n, errno := recvmmsg(int(fd), c.rx.b, c.v6, 0)
 	if errno == unix.EAGAIN {
 		return false
 	}
-	c.curN, c.curErr = n, errno
+	c.rx.n, c.rx.err = n, errno
 	return true
 }
 
@@ -424,31 +440,31 @@ func (c *Conn) Send(b *Batch, n int) (int, error) {
 	for k, i := range b.txIdx {
 		c.prepareSend(b, k, &b.Msgs[i])
 	}
-	c.cur, c.curDone, c.curErr = b, 0, 0
+	c.txs.b, c.txs.done, c.txs.err = b, 0, 0
 	err := c.raw.Write(c.sendFn)
-	c.cur = nil
+	c.txs.b = nil
 	if err != nil {
-		return c.curDone, err
+		return c.txs.done, err
 	}
-	return c.curDone, nil
+	return c.txs.done, nil
 }
 
 func (c *Conn) send(fd uintptr) bool {
-	b := c.cur
-	for c.curDone < len(b.txIdx) {
-		rest := b.hdrs[c.curDone:len(b.txIdx)]
+	b := c.txs.b
+	for c.txs.done < len(b.txIdx) {
+		rest := b.hdrs[c.txs.done:len(b.txIdx)]
 		r, _, e := unix.RawSyscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&rest[0])), uintptr(len(rest)), unix.MSG_DONTWAIT, 0, 0)
 		switch e {
 		case 0:
-			c.curDone += int(r)
+			c.txs.done += int(r)
 		case unix.EINTR:
 		case unix.EAGAIN:
 			return false
 		default:
 			// The first datagram of the rest failed (ECONNREFUSED from
 			// an earlier ICMP error, EPERM from a firewall): skip it.
-			c.curDone++
-			c.curErr = e
+			c.txs.done++
+			c.txs.err = e
 		}
 	}
 	return true
@@ -547,24 +563,24 @@ func putCmsg(oob []byte, off int, level, typ int, data []byte) int {
 // nanoseconds. It returns how many it read. b is scratch space: a batch
 // of its own, not one whose messages are in use.
 func (c *Conn) ReadTxStamps(b *Batch, fn func(key uint32, unixNano int64)) (int, error) {
-	c.cur, c.stampFn, c.stamps, c.curErr = b, fn, 0, 0
+	c.errq.b, c.errq.fn, c.errq.n, c.errq.err = b, fn, 0, 0
 	err := c.raw.Control(c.errqFn)
-	c.cur, c.stampFn = nil, nil
+	c.errq.b, c.errq.fn = nil, nil
 	if err != nil {
-		return c.stamps, err
+		return c.errq.n, err
 	}
-	if c.curErr != 0 && c.curErr != unix.EAGAIN {
-		return c.stamps, c.curErr
+	if c.errq.err != 0 && c.errq.err != unix.EAGAIN {
+		return c.errq.n, c.errq.err
 	}
-	return c.stamps, nil
+	return c.errq.n, nil
 }
 
 func (c *Conn) readErrQueue(fd uintptr) {
-	b := c.cur
+	b := c.errq.b
 	for {
 		n, errno := recvmmsg(int(fd), b, c.v6, unix.MSG_ERRQUEUE)
 		if errno != 0 {
-			c.curErr = errno
+			c.errq.err = errno
 			return
 		}
 		for i := 0; i < n; i++ {
@@ -603,9 +619,9 @@ func (c *Conn) txStamp(oob []byte) {
 		}
 		oob = oob[next:]
 	}
-	if haveKey && ns != 0 && c.stampFn != nil {
-		c.stamps++
-		c.stampFn(key, ns)
+	if haveKey && ns != 0 && c.errq.fn != nil {
+		c.errq.n++
+		c.errq.fn(key, ns)
 	}
 }
 
