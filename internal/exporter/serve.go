@@ -34,6 +34,7 @@ import (
 	"github.com/subsegment/subsegment_exporter/internal/source/sla"
 	"github.com/subsegment/subsegment_exporter/internal/wire/peer"
 	"github.com/subsegment/subsegment_exporter/relay"
+	"github.com/subsegment/subsegment_exporter/relay/reflector"
 	"github.com/subsegment/subsegment_exporter/snmp"
 )
 
@@ -64,6 +65,9 @@ type Config struct {
 	SNMPClient snmp.Client
 	// HistoryLimit is how many /probe runs the landing page lists.
 	HistoryLimit int
+	// STAMP, when set, runs a STAMP reflector (--stamp.listen-address)
+	// with the relay's keys; its metrics join /metrics.
+	STAMP *reflector.Config
 }
 
 // Serve runs the relay (if configured) and the HTTP server until ctx ends.
@@ -82,7 +86,7 @@ func Serve(ctx context.Context, cfg Config) error {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
 	relayDone := make(chan struct{})
 	if cfg.ListenAddress != "" {
 		addr, err := peer.ListenAddress(cfg.ListenAddress)
@@ -126,6 +130,14 @@ func Serve(ctx context.Context, cfg Config) error {
 		}()
 	} else {
 		close(relayDone)
+	}
+
+	if cfg.STAMP != nil {
+		done, err := serveReflector(ctx, cfg, reg, errc)
+		if err != nil {
+			return err
+		}
+		defer func() { cancel(); <-done }()
 	}
 
 	probeClock := cfg.Relay.Clock
@@ -193,6 +205,28 @@ loop:
 	_ = server.Shutdown(shutdown)
 	<-relayDone
 	return runErr
+}
+
+// serveReflector starts the STAMP reflector; done closes when it stopped.
+func serveReflector(ctx context.Context, cfg Config, reg *prometheus.Registry, errc chan<- error) (<-chan struct{}, error) {
+	rc := *cfg.STAMP
+	rc.Keys, rc.Logger = cfg.Relay.Keys, cfg.Logger
+	if rc.Clock == nil {
+		rc.Clock = cfg.Relay.Clock
+	}
+	r, err := reflector.New(rc)
+	if err != nil {
+		return nil, err
+	}
+	reg.MustRegister(r)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := r.Serve(ctx); err != nil {
+			errc <- err
+		}
+	}()
+	return done, nil
 }
 
 // webError says what to do when the HTTP port is taken: most often a
