@@ -32,7 +32,7 @@ func TestTimestampFormats(t *testing.T) {
 			}
 		}
 	}
-	if _, err := Timestamp(uint64(1)<<32 | 1_000_000_000).UnixNano(FormatPTP, 0); !errors.Is(err, ErrTimestamp) {
+	if _, err := Timestamp(uint64(1)<<32|1_000_000_000).UnixNano(FormatPTP, 0); !errors.Is(err, ErrTimestamp) {
 		t.Errorf("PTP nanoseconds of 1e9 accepted: %v", err)
 	}
 }
