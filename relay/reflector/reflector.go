@@ -183,9 +183,9 @@ func (r *Reflector) Mode() stamp.Mode { return r.mode }
 
 // Serve answers packets until ctx ends; it closes the socket.
 func (r *Reflector) Serve(ctx context.Context) error {
-	stop := context.AfterFunc(ctx, func() { r.conn.Close() })
+	stop := context.AfterFunc(ctx, func() { _ = r.conn.Close() })
 	defer stop()
-	defer r.conn.Close()
+	defer func() { _ = r.conn.Close() }()
 	if r.cfg.Logger != nil {
 		r.cfg.Logger.Info("STAMP reflector listening", "address", r.Addr().String(), "mode", r.mode.String(), "sessions", r.cfg.Mode,
 			"max_sessions", r.cfg.MaxSessions, "max_packets_per_second", r.cfg.MaxRate, "max_packet_bytes", r.cfg.MaxPacketBytes)

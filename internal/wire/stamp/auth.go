@@ -12,7 +12,7 @@ import (
 // ErrAuth marks a packet whose HMAC does not verify with any key.
 var ErrAuth = errors.New("STAMP HMAC does not verify (forged packet, or a different key)")
 
-// ErrNoKey: authenticated mode without a key.
+// ErrNoKey is authenticated mode without a key.
 var ErrNoKey = errors.New("authenticated STAMP needs a key (--relay.auth-key-file)")
 
 // Auth computes and checks STAMP's HMAC-SHA-256 truncated to 128 bits

@@ -119,8 +119,10 @@ func (s *Session) Close() error { return s.conn.Close() }
 // SSID is the session's SSID.
 func (s *Session) SSID() uint16 { return s.ssid }
 
-// Local and Remote are the socket's addresses.
-func (s *Session) Local() netip.AddrPort  { return s.conn.LocalAddr() }
+// Local is the socket's own address.
+func (s *Session) Local() netip.AddrPort { return s.conn.LocalAddr() }
+
+// Remote is the reflector's address.
 func (s *Session) Remote() netip.AddrPort { return s.conn.RemoteAddr() }
 
 // Mode is the session's mode.

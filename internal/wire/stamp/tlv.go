@@ -55,7 +55,7 @@ type TLV struct {
 	Off int
 }
 
-// ErrMalformedTLV: a TLV's Length runs past the end of the packet, or a
+// ErrMalformedTLV says a TLV's Length runs past the end of the packet, or a
 // known TLV's value has the wrong length.
 var ErrMalformedTLV = errors.New("malformed STAMP TLV")
 

@@ -102,7 +102,7 @@ func Dial(ctx context.Context, address string, cfg Config) (*Conn, error) {
 func wrap(uc *net.UDPConn, connected bool, cfg Config) (*Conn, error) {
 	raw, err := uc.SyscallConn()
 	if err != nil {
-		uc.Close()
+		_ = uc.Close()
 		return nil, err
 	}
 	c := &Conn{uc: uc, raw: raw, connected: connected, tx: cfg.TxTimestamps}
@@ -112,7 +112,7 @@ func wrap(uc *net.UDPConn, connected bool, cfg Config) (*Conn, error) {
 		err = serr
 	}
 	if err != nil {
-		uc.Close()
+		_ = uc.Close()
 		return nil, err
 	}
 	c.recvFn, c.sendFn, c.tryRecvFn, c.errqFn = c.recv, c.send, c.tryRecv, c.readErrQueue
