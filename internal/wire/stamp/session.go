@@ -66,13 +66,15 @@ func (o *SessionOptions) Validate() error {
 // counters that go on across Probe calls (a stateful reflector keeps its
 // state per session too). It is not safe for concurrent Probe calls.
 type Session struct {
-	opts  SessionOptions
-	conn  *udpmsg.Conn
-	tmpl  *Template
-	auth  *Auth
-	clock clock.Clock
-	tai   int32
-	ssid  uint16
+	opts SessionOptions
+	conn *udpmsg.Conn
+	tmpl *Template
+	// auth signs (the sending goroutine), rauth verifies replies (the
+	// receiving one): an Auth serves one goroutine.
+	auth, rauth *Auth
+	clock       clock.Clock
+	tai         int32
+	ssid        uint16
 	// next is the next sequence number (also the number sent so far).
 	next uint32
 	// cumulative, for loss per direction across Probe calls
@@ -90,7 +92,7 @@ func Open(ctx context.Context, o SessionOptions) (*Session, error) {
 	if err != nil {
 		return nil, fmt.Errorf("STAMP sender: %w", err)
 	}
-	s := &Session{opts: o, conn: conn, tmpl: tmpl, auth: NewAuth(o.Keys), clock: o.Clock, tai: o.TAIOffset, ssid: o.SSID}
+	s := &Session{opts: o, conn: conn, tmpl: tmpl, auth: NewAuth(o.Keys), rauth: NewAuth(o.Keys), clock: o.Clock, tai: o.TAIOffset, ssid: o.SSID}
 	if s.clock == nil {
 		s.clock = clock.NewSystem()
 	}
@@ -357,7 +359,7 @@ func (r *receiver) reply(m *udpmsg.Message, now int64) {
 	}
 	authOK := true
 	if s.opts.Mode == Authenticated {
-		_, err := s.auth.Verify(pkt)
+		_, err := s.rauth.Verify(pkt)
 		authOK = err == nil
 		if !authOK {
 			r.bad++
@@ -384,7 +386,7 @@ func (r *receiver) reply(m *udpmsg.Message, now int64) {
 	p.SenderTTL, p.ReturnTTL = rp.SenderTTL, m.TTL
 	p.ReturnTOS, p.HasReturnTOS = m.TOS, m.HasTOS
 	p.ReplyLength = m.N
-	p.TLVs = ParseReplyTLVs(pkt, s.opts.Mode, s.auth)
+	p.TLVs = ParseReplyTLVs(pkt, s.opts.Mode, s.rauth)
 	// echoed fields, checked in merge against what was sent
 	p.T1 = int64(rp.SenderTimestamp)
 	p.SenderError = rp.SenderErrorEstimate
