@@ -20,8 +20,8 @@ FUZZTIME  ?= 10s
 # Debian packages the integration tests run for real (stress-ng loads a hop,
 # iptables drops packets inside the tests' network namespaces; HAProxy,
 # nginx and Apache are the HTTP chain's proxies; Chromium loads the chain
-# page).
-TEST_PACKAGES := prometheus prometheus-alertmanager snmpd snmp nagios4-core haproxy nginx apache2 chromium fonts-dejavu-core jsonnet stress-ng iptables iproute2 util-linux systemd man-db binutils curl python3
+# page; tshark decodes our STAMP packets with Wireshark's own dissector).
+TEST_PACKAGES := prometheus prometheus-alertmanager snmpd snmp nagios4-core haproxy nginx apache2 chromium fonts-dejavu-core jsonnet stress-ng iptables iproute2 util-linux systemd man-db binutils curl python3 tshark
 # golangci-lint, from the Go module proxy, pinned.
 GOLANGCI_LINT_VERSION := v2.15.0
 GOBIN ?= $(shell $(GO) env GOPATH)/bin

@@ -10,11 +10,15 @@
 #   continuous  CPU and memory of 1000 continuous entries at 1 s
 #   contention  median wait of a relay and of a blocking C echo pinned
 #            with 4 busy processes to one CPU
+#   stamp    the STAMP reflector (--stamp.listen-address) vs a blocking C
+#            reflector (bench/cstamp), both pinned to CPU 1, driven by
+#            bench/cstamp/stampload on CPU 0: replies/s, reflector CPU per
+#            packet, residence T3 - T2 p50/p99 at 10k, 50k, 100k and 400k pps
 #   probe    CPU per /probe with the default module (1-relay chain) vs
 #            prometheus-blackbox-exporter's tcp probe, at the same paced
 #            rates, and 500 concurrent /probe against a 3-relay chain
 #
-# Usage: bench/run.sh [rtt|stream|probe|http|continuous|contention ...]   (default: all)
+# Usage: bench/run.sh [rtt|stream|probe|http|continuous|contention|stamp ...]   (default: all)
 # Env:   ROUNDS (10), RTT_N (2000), STREAM_MB (256), PROBE_N (200), BENCH_BASE_PORT (29000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -356,9 +360,49 @@ bench_contention() {
   log "  (target: the relay <= 2x cecho)"
 }
 
+# stamp: our reflector and bench/cstamp, each alone on CPU 1, driven in
+# alternating rounds by stampload on CPU 0 at each offered rate for
+# STAMP_SECONDS. CPU per packet is the reflector process's schedstat time
+# (every thread, kernel included) over the replies it sent: 1e6 / that is
+# what one core of this machine answers, whatever else shares the CPU.
+bench_stamp() {
+  command -v cc >/dev/null && command -v taskset >/dev/null || { echo "bench: stamp needs cc and taskset: run 'make bench-deps' (as root)"; exit 1; }
+  cc -O2 -Wall -o "$WORK/cstamp" bench/cstamp/cstamp.c
+  cc -O2 -Wall -pthread -o "$WORK/stampload" bench/cstamp/stampload.c
+  local secs=${STAMP_SECONDS:-3} ours=$((B+600)) c=$((B+601)) r rate who pid port
+  taskset -c 1 "$BIN" --relay.name s --stamp.listen-address 127.0.0.1:$ours --stamp.max-packets-per-second 10000000 \
+    --web.listen-address 127.0.0.1:$((B+602)) >>"$WORK/procs.log" 2>&1 &
+  local gp=$!; PIDS+=($gp)
+  taskset -c 1 "$WORK/cstamp" $c >>"$WORK/procs.log" 2>&1 &
+  local cp=$!; PIDS+=($cp)
+  wait_port $((B+602)); sleep 0.5
+  log "== stamp: STAMP reflector on CPU 1 (ours: --stamp.listen-address, stateful, unauthenticated; cstamp: blocking C), stampload on CPU 0 sending 44-octet packets for ${secs}s per run, $ROUNDS alternating rounds (median)"
+  : >"$WORK/stamp"
+  for r in $(seq 1 "$ROUNDS"); do
+    for rate in 10000 50000 100000 400000; do
+      for who in ours cstamp; do
+        case $who in ours) pid=$gp; port=$ours ;; cstamp) pid=$cp; port=$c ;; esac
+        c0=$(cpu_us $pid)
+        res=$(taskset -c 0 "$WORK/stampload" $port $rate "$secs")
+        c1=$(cpu_us $pid)
+        n=$(echo "$res" | sed 's/.*received=\([0-9]*\).*/\1/')
+        echo "$who-$rate $res cpu_ns=$(( (c1 - c0) * 1000 / (n > 0 ? n : 1) ))" >>"$WORK/stamp"
+      done
+    done
+  done
+  for rate in 10000 50000 100000 400000; do
+    for who in ours cstamp; do
+      f() { grep "^$who-$rate " "$WORK/stamp" | sed "s/.* $1=\([0-9.]*\).*/\1/" | median; }
+      log "$(printf '  %-6s offered %6d/s: replies %8.0f/s, CPU %5.2f us/packet (%6.0f packets/s per core), residence p50 %8.1f us p99 %9.1f us' \
+        "$who" "$rate" "$(f rx_pps)" "$(awk -v n="$(f cpu_ns)" 'BEGIN {print n / 1000}')" "$(awk -v n="$(f cpu_ns)" 'BEGIN {print (n > 0 ? 1e9 / n : 0)}')" "$(f residence_p50_us)" "$(f residence_p99_us)")"
+    done
+  done
+  log "  (targets, issue 22/23: >= 100000 packets/s on one core with a kernel stamp per packet, residence p50 < 20 us)"
+}
+
 mkdir -p "$RESULTS"
 log "subsegment_exporter benchmarks, $(date -u +%FT%TZ), $(nproc) CPUs, $("$BIN" --version 2>&1 | head -1)"
-what=${*:-rtt stream probe http continuous contention}
+what=${*:-rtt stream probe http continuous contention stamp}
 ours_chain
 plain_chains
 for w in $what; do
@@ -369,6 +413,7 @@ for w in $what; do
     http) bench_http ;;
     continuous) bench_continuous ;;
     contention) bench_contention ;;
+    stamp) bench_stamp ;;
     *) echo "bench: unknown benchmark $w"; exit 1 ;;
   esac
 done

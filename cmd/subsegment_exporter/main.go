@@ -41,6 +41,7 @@ import (
 	"github.com/subsegment/subsegment_exporter/internal/wire/peer"
 	"github.com/subsegment/subsegment_exporter/internal/wire/transport"
 	"github.com/subsegment/subsegment_exporter/relay"
+	"github.com/subsegment/subsegment_exporter/relay/reflector"
 	"github.com/subsegment/subsegment_exporter/snmp"
 )
 
@@ -121,6 +122,16 @@ func run(args []string) int {
 	serveCmd.Flag("snmp.walk-max-entries", "Most variables one SNMP walk (an interface lookup) collects from an agent; a longer walk is cut off (reason walk_limit).").Default(fmt.Sprint(snmp.DefaultWalkMaxEntries)).IntVar(&so.walk.MaxEntries)
 	serveCmd.Flag("snmp.walk-max-bytes", "Most bytes of OIDs and values one SNMP walk collects from an agent; a larger walk is cut off (reason walk_limit).").Default(fmt.Sprint(snmp.DefaultWalkMaxBytes)).IntVar(&so.walk.MaxBytes)
 
+	var stampCfg reflector.Config
+	serveCmd.Flag("stamp.listen-address", "Answer STAMP test packets (RFC 8762/8972, TWAMP-Light compatible) on this UDP address, e.g. :862 (STAMP's registered port; below 1024 needs CAP_NET_BIND_SERVICE) or :8620. Off when empty.").StringVar(&stampCfg.Address)
+	serveCmd.Flag("stamp.auth", "STAMP mode: auto (authenticated, HMAC-SHA-256 with --relay.auth-key-file, when the relay has a key file), on, off (unauthenticated).").Default(reflector.AuthAuto).EnumVar(&stampCfg.Auth, reflector.AuthAuto, reflector.AuthOn, reflector.AuthOff)
+	serveCmd.Flag("stamp.mode", "STAMP sessions: stateful (the reflector numbers its replies and counts per session, so that loss is named per direction) or stateless (copies the sender's numbers).").Default(reflector.ModeStateful).EnumVar(&stampCfg.Mode, reflector.ModeStateful, reflector.ModeStateless)
+	serveCmd.Flag("stamp.max-sessions", "Stateful STAMP sessions kept at once; packets of further senders are refused (counted as reason sessions).").Default(fmt.Sprint(reflector.DefaultMaxSessions)).IntVar(&stampCfg.MaxSessions)
+	stampCfg.SessionTimeout = reflector.DefaultSessionTimeout
+	durationVar(serveCmd.Flag("stamp.session-timeout", "A STAMP session idle this long is forgotten.").Default(reflector.DefaultSessionTimeout.String()), &stampCfg.SessionTimeout)
+	serveCmd.Flag("stamp.max-packets-per-second", "STAMP packets answered per second, all senders together; the rest are refused (reason rate).").Default(fmt.Sprint(reflector.DefaultMaxRate)).IntVar(&stampCfg.MaxRate)
+	serveCmd.Flag("stamp.max-packet-bytes", "Largest STAMP packet answered (UDP payload); a reply is always the size of its request.").Default(fmt.Sprint(reflector.DefaultMaxPacketBytes)).IntVar(&stampCfg.MaxPacketBytes)
+
 	probeCmd := app.Command("probe", "Probe a chain once and print one row per segment and per hop (mtr-like).")
 	var po probeFlags
 	probeCmd.Arg("target", "First hop of the chain, host:port; or a URL (http://, https://) to probe through the HTTP proxies in front of it.").Required().StringVar(&po.target)
@@ -199,6 +210,9 @@ func run(args []string) int {
 		if err := so.validate(); err != nil {
 			fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
 			return exitUsage
+		}
+		if stampCfg.Address != "" {
+			so.stamp = &stampCfg
 		}
 		return serve(ctx, hop, keys, so, webFlags, logger)
 	case probeCmd.FullCommand():
@@ -303,6 +317,7 @@ type serveFlags struct {
 	maxProbes     int
 	idleTimeout   time.Duration
 	walk          snmp.WalkLimits
+	stamp         *reflector.Config
 }
 
 // validate checks the bounds a flag cannot check itself.
@@ -361,7 +376,7 @@ func serve(ctx context.Context, hop relayFlags, keys frame.Keys, so serveFlags, 
 	err := exporter.Serve(ctx, exporter.Config{ListenAddress: hop.listen, Relay: hop.relayConfig(keys), ConfigFile: so.configFile,
 		TimeoutOffset: so.timeoutOffset, Web: webFlags, Logger: logger, Inband: so.inband, Pprof: so.pprof, HistoryLimit: so.historyLimit,
 		MaxConcurrentProbes: so.maxProbes, IdleTimeout: so.idleTimeout, SNMPWalk: so.walk,
-		Probe: func(p *exporter.ProbeHandler) { p.TLS = hop.tlsClient }})
+		Probe: func(p *exporter.ProbeHandler) { p.TLS = hop.tlsClient }, STAMP: so.stamp})
 	if err != nil {
 		logger.Error("stopped", "err", err)
 		return exitBroken

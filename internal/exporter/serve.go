@@ -40,6 +40,7 @@ import (
 	"github.com/subsegment/subsegment_exporter/internal/source/sla"
 	"github.com/subsegment/subsegment_exporter/internal/wire/peer"
 	"github.com/subsegment/subsegment_exporter/relay"
+	"github.com/subsegment/subsegment_exporter/relay/reflector"
 	"github.com/subsegment/subsegment_exporter/snmp"
 )
 
@@ -79,6 +80,9 @@ type Config struct {
 	// MaxConcurrentProbes bounds the /probe requests probing at once; 0:
 	// no bound.
 	MaxConcurrentProbes int
+	// STAMP, when set, runs a STAMP reflector (--stamp.listen-address)
+	// with the relay's keys; its metrics join /metrics.
+	STAMP *reflector.Config
 }
 
 // DefaultIdleTimeout closes keep-alive HTTP connections idle this long
@@ -107,9 +111,15 @@ func Serve(ctx context.Context, cfg Config) error {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
 	relayDone, err := startRelay(ctx, cfg, reg, errc)
 	if err != nil {
+		return err
+	}
+	reflectorDone, err := startReflector(ctx, cfg, reg, errc)
+	if err != nil {
+		cancel()
+		<-relayDone
 		return err
 	}
 	probe, querier := newProbeHandler(cfg, reg, holder, source)
@@ -136,6 +146,7 @@ func Serve(ctx context.Context, cfg Config) error {
 	defer cancelShutdown()
 	_ = server.Shutdown(shutdown)
 	<-relayDone
+	<-reflectorDone
 	return runErr
 }
 
@@ -250,6 +261,34 @@ func waitForEnd(ctx context.Context, holder *ConfigHolder, errc <-chan error) er
 			return err
 		}
 	}
+}
+
+// startReflector starts the STAMP reflector when one is configured, and
+// returns a channel closed once it has stopped (at once without one).
+func startReflector(ctx context.Context, cfg Config, reg *prometheus.Registry, errc chan<- error) (<-chan struct{}, error) {
+	if cfg.STAMP == nil {
+		done := make(chan struct{})
+		close(done)
+		return done, nil
+	}
+	rc := *cfg.STAMP
+	rc.Keys, rc.Logger = cfg.Relay.Keys, cfg.Logger
+	if rc.Clock == nil {
+		rc.Clock = cfg.Relay.Clock
+	}
+	r, err := reflector.New(rc)
+	if err != nil {
+		return nil, err
+	}
+	reg.MustRegister(r)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := r.Serve(ctx); err != nil {
+			errc <- err
+		}
+	}()
+	return done, nil
 }
 
 // webError says what to do when the HTTP port is taken: most often a

@@ -19,6 +19,9 @@ import (
 //     constants resolved; a Name taken from a parameter of the enclosing
 //     function is resolved at every call of that function;
 //   - a /probe family: the first argument of NewFamily or mustFamily;
+//   - a descriptor of a collector: the first argument of
+//     prometheus.NewDesc, a constant or prometheus.BuildFQName of
+//     constants;
 //   - versioncollector.NewCollector(x): x_build_info.
 //
 // It reads declarations, not a running process, so a metric exposed only
@@ -194,6 +197,10 @@ func (s *scan) declarations(f *ast.File) {
 				if v, ok := s.eval(n.Args[0]); ok {
 					s.add(v, n.Pos())
 				}
+			case pkg == "prometheus" && name == "NewDesc" && len(n.Args) > 0:
+				if v, ok := s.descName(n.Args[0]); ok {
+					s.add(v, n.Pos())
+				}
 			case pkg == "versioncollector" && name == "NewCollector" && len(n.Args) == 1:
 				if v, ok := s.eval(n.Args[0]); ok {
 					s.add(v+"_build_info", n.Pos())
@@ -202,6 +209,25 @@ func (s *scan) declarations(f *ast.File) {
 		}
 		return true
 	})
+}
+
+// descName is a descriptor's name: a constant, or BuildFQName of constants.
+func (s *scan) descName(e ast.Expr) (string, bool) {
+	if call, ok := e.(*ast.CallExpr); ok {
+		if pkg, name := calleeName(call); pkg == "prometheus" && name == "BuildFQName" && len(call.Args) == 3 {
+			var parts [3]string
+			for i, a := range call.Args {
+				v, ok := s.eval(a)
+				if !ok {
+					return "", false
+				}
+				parts[i] = v
+			}
+			return fqName(parts[0], parts[1], parts[2]), true
+		}
+		return "", false
+	}
+	return s.eval(e)
 }
 
 func (s *scan) options(cl *ast.CompositeLit, fn *ast.FuncDecl) {

@@ -1,0 +1,215 @@
+package reflector
+
+import (
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/subsegment/subsegment_exporter/internal/wire/frame"
+	"github.com/subsegment/subsegment_exporter/internal/wire/stamp"
+	"github.com/subsegment/subsegment_exporter/internal/wire/udpmsg"
+)
+
+// waitStats waits (bounded) until cond holds for the reflector's counters.
+func waitStats(t *testing.T, r *Reflector, cond func(Stats) bool) Stats {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		s := r.Stats()
+		if cond(s) || time.Now().After(deadline) {
+			return s
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// An authenticated reflector refuses a sender with another key, and counts
+// it; the right key still gets answers.
+func TestWrongKeyRefusedAndCounted(t *testing.T) {
+	r := start(t, Config{Keys: testKeys})
+	wrong := frame.Keys{[]byte("not the chain's key at all!!")}
+	_, sum := probe(t, stamp.SessionOptions{Target: r.Addr().String(), Mode: stamp.Authenticated, Keys: wrong}, 5)
+	if sum.Received != 0 {
+		t.Errorf("wrong key answered: %+v", sum)
+	}
+	s := waitStats(t, r, func(s Stats) bool { return s.Refused["auth"] >= 5 })
+	if s.Refused["auth"] != 5 || s.Reflected != 0 {
+		t.Errorf("counters %+v", s)
+	}
+	// An unauthenticated sender is refused too: its 44 octets are short
+	// of the authenticated base packet.
+	_, sum = probe(t, stamp.SessionOptions{Target: r.Addr().String()}, 3)
+	if sum.Received != 0 {
+		t.Errorf("unauthenticated sender answered: %+v", sum)
+	}
+	_, sum = probe(t, stamp.SessionOptions{Target: r.Addr().String(), Mode: stamp.Authenticated, Keys: testKeys}, 5)
+	if sum.Received != 5 {
+		t.Errorf("right key: %+v", sum)
+	}
+	s = waitStats(t, r, func(s Stats) bool { return s.Refused["short"] >= 3 })
+	if s.Refused["short"] != 3 || s.Reflected != 5 {
+		t.Errorf("counters %+v", s)
+	}
+}
+
+// Short, oversized, malformed and unknown-TLV packets get the RFC's
+// behaviour: the first two are refused and counted, the others answered
+// with their TLVs flagged; the reflector keeps serving.
+func TestBadInput(t *testing.T) {
+	r := start(t, Config{MaxPacketBytes: 1000})
+	c, err := net.Dial("udp", r.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	unknownTLV := append(make([]byte, 44), 0x80, 250, 0, 4, 1, 2, 3, 4)
+	malformed := append(make([]byte, 44), 0x80, byte(stamp.TLVDirectMeasurement), 0, 5, 1, 2, 3, 4, 5)
+	overrun := append(make([]byte, 44), 0x80, byte(stamp.TLVExtraPadding), 0xff, 0xff, 9)
+	for _, p := range [][]byte{{}, make([]byte, 43), make([]byte, 1001), unknownTLV, malformed, overrun} {
+		if _, err := c.Write(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := map[int][]byte{}
+	for len(got) < 3 {
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		b := make([]byte, 2048)
+		n, err := c.Read(b)
+		if err != nil {
+			t.Fatalf("%d replies: %v", len(got), err)
+		}
+		got[n] = append(got[n], b[:n]...)
+	}
+	if u := got[len(unknownTLV)]; len(u) != len(unknownTLV) || u[44] != 0x80 || u[45] != 250 || string(u[48:52]) != "\x01\x02\x03\x04" {
+		t.Errorf("unknown TLV reply %x: want it returned unchanged with U set", u)
+	}
+	if m := got[len(malformed)]; len(m) != len(malformed) || m[44]&stamp.FlagM == 0 || m[44]&stamp.FlagU != 0 {
+		t.Errorf("malformed TLV reply flags %#x: want M, not U", m[44])
+	}
+	if o := got[len(overrun)]; len(o) != len(overrun) || o[44]&stamp.FlagM == 0 {
+		t.Errorf("overrun TLV reply %x: want M", o)
+	}
+	s := waitStats(t, r, func(s Stats) bool { return s.Refused["short"] >= 1 && s.Refused["too_large"] >= 1 })
+	// The empty datagram: the kernel delivers it (0 octets), short.
+	if s.Refused["short"] != 2 || s.Refused["too_large"] != 1 || s.Reflected != 3 || s.Flagged["unrecognized"] != 1 || s.Flagged["malformed"] != 2 {
+		t.Errorf("counters %+v", s)
+	}
+}
+
+// The session table is bounded: at the limit a new sender is refused and
+// counted, known senders go on.
+func TestSessionsBounded(t *testing.T) {
+	r := start(t, Config{MaxSessions: 2})
+	for i := 0; i < 2; i++ {
+		if _, sum := probe(t, stamp.SessionOptions{Target: r.Addr().String()}, 2); sum.Received != 2 {
+			t.Fatalf("session %d: %+v", i, sum)
+		}
+	}
+	if _, sum := probe(t, stamp.SessionOptions{Target: r.Addr().String()}, 2); sum.Received != 0 {
+		t.Errorf("a third session was answered with 2 allowed: %+v", sum)
+	}
+	if s := waitStats(t, r, func(s Stats) bool { return s.Refused["sessions"] >= 2 }); s.Refused["sessions"] != 2 {
+		t.Errorf("counters %+v", s)
+	}
+}
+
+// The rate bound refuses what is over it (counted as rate).
+func TestRateBounded(t *testing.T) {
+	r := start(t, Config{MaxRate: 100}) // a burst of 32, then 100/s
+	_, sum := probe(t, stamp.SessionOptions{Target: r.Addr().String()}, 200)
+	s := waitStats(t, r, func(s Stats) bool { return s.Refused["rate"]+s.Reflected >= 200 })
+	if s.Refused["rate"] == 0 || sum.Received >= 200 || uint64(sum.Received) != s.Reflected {
+		t.Errorf("200 packets in about 0.2 s at 100/s: %d answered, counters %+v", sum.Received, s)
+	}
+}
+
+// newOffline is a reflector whose loop the test drives itself.
+func newOffline(t testing.TB, cfg Config) *Reflector {
+	cfg.Address = "127.0.0.1:0"
+	r, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.conn.Close() })
+	return r
+}
+
+// FuzzReflector: packet bytes → the reflector's processing → reply. The
+// reply is never larger than the request and always decodes.
+func FuzzReflector(f *testing.F) {
+	for _, m := range []stamp.Mode{stamp.Unauthenticated, stamp.Authenticated} {
+		tm, _ := stamp.NewTemplate(m, 0, stamp.TLVRequest{Location: true, TimestampInfo: true, ClassOfService: true, DirectMeasurement: true, FollowUp: true, HMAC: true})
+		b := make([]byte, tm.Len)
+		_, _ = tm.Fill(b, stamp.Fields{Seq: 1}, stamp.NewAuth(testKeys))
+		f.Add(b, m == stamp.Authenticated)
+	}
+	f.Add(append(make([]byte, 44), 0x80, 2, 0, 8, 0, 0, 0, 0, 0x80, 4, 0, 16), false)
+	un, au := newOffline(f, Config{}), newOffline(f, Config{Keys: testKeys})
+	f.Fuzz(func(t *testing.T, b []byte, authenticated bool) {
+		r := un
+		if authenticated {
+			r = au
+		}
+		if len(b) > r.cfg.MaxPacketBytes+1 {
+			return
+		}
+		m := &r.batch.Msgs[0]
+		m.Buf = m.Buf[:cap(m.Buf)]
+		m.N = copy(m.Buf, b)
+		m.Buf = m.Buf[:m.N]
+		m.Addr, m.Local = netip.MustParseAddrPort("192.0.2.7:4000"), netip.MustParseAddr("192.0.2.8")
+		m.Truncated = len(b) > m.N
+		if !r.process(0, m, monotonic()) {
+			return
+		}
+		stamp.Finish(m.Buf[:m.N], &r.replies[0], time.Now().UnixNano())
+		if m.N != len(b) {
+			t.Fatalf("reply of %d octets for %d", m.N, len(b))
+		}
+		if _, err := stamp.ParseReflector(m.Buf[:m.N], r.mode); err != nil {
+			t.Fatalf("reply does not decode: %v", err)
+		}
+	})
+}
+
+// A batch through the loop allocates nothing.
+func TestLoopAllocatesNothing(t *testing.T) {
+	r := newOffline(t, Config{})
+	c, err := udpmsg.Dial(t.Context(), r.Addr().String(), udpmsg.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	tm, _ := stamp.NewTemplate(stamp.Unauthenticated, 0, stamp.TLVRequest{Location: true, TimestampInfo: true, ClassOfService: true, DirectMeasurement: true, FollowUp: true})
+	out := udpmsg.NewBatch(8, tm.Len)
+	for i := range out.Msgs {
+		out.Msgs[i].N, _ = tm.Fill(out.Msgs[i].Buf[:cap(out.Msgs[i].Buf)], stamp.Fields{Seq: uint32(i)}, nil)
+		out.Msgs[i].Send = true
+	}
+	in := udpmsg.NewBatch(8, 2048)
+	allocs := testing.AllocsPerRun(100, func() {
+		if _, err := c.Send(out, 8); err != nil {
+			t.Fatal(err)
+		}
+		got := 0
+		for got < 8 {
+			n, err := r.conn.Recv(r.batch)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r.handle(n)
+			got += n
+		}
+		for got > 0 {
+			n, err := c.Recv(in)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got -= n
+		}
+	})
+	if allocs != 0 {
+		t.Errorf("%.1f allocations per batch of 8", allocs)
+	}
+}

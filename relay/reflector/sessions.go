@@ -1,0 +1,110 @@
+package reflector
+
+import (
+	"net/netip"
+
+	"github.com/subsegment/subsegment_exporter/internal/wire/stamp"
+)
+
+// sessionKey identifies a STAMP session: the sender's address and port,
+// and its SSID (RFC 8972 §3).
+type sessionKey struct {
+	addr [16]byte
+	port uint16
+	ssid uint16
+}
+
+type session struct {
+	key     sessionKey
+	gen     uint32
+	used    bool
+	nextSeq uint32
+	rx, tx  uint32
+	seen    int64
+	prev    stamp.PrevReflected
+}
+
+// sessions is a fixed-size table: the map is sized for its bound up front
+// and the entries live in one slice, so that a new session allocates
+// nothing.
+type sessions struct {
+	index     map[sessionKey]int32
+	list      []session
+	free      []int32
+	timeout   int64
+	lastEvict int64
+}
+
+func newSessions(max int, timeout int64) *sessions {
+	s := &sessions{index: make(map[sessionKey]int32, max), list: make([]session, max), free: make([]int32, max), timeout: timeout}
+	for i := range s.free {
+		s.free[i] = int32(max - 1 - i)
+	}
+	return s
+}
+
+// get finds or creates the session of a packet; -1 when the table is full
+// of live sessions.
+func (s *sessions) get(from netip.AddrPort, ssid uint16, now int64) int32 {
+	k := sessionKey{addr: from.Addr().As16(), port: from.Port(), ssid: ssid}
+	if i, ok := s.index[k]; ok {
+		s.list[i].seen = now
+		return i
+	}
+	if len(s.free) == 0 && now-s.lastEvict >= int64(100e6) {
+		// Full: forget idle sessions now, at most 10 times a second
+		// (a flood of new senders must not make every packet scan).
+		s.lastEvict = now
+		s.sweep(now)
+	}
+	if len(s.free) == 0 {
+		return -1
+	}
+	i := s.free[len(s.free)-1]
+	s.free = s.free[:len(s.free)-1]
+	e := &s.list[i]
+	*e = session{key: k, gen: e.gen + 1, used: true, seen: now}
+	s.index[k] = i
+	return i
+}
+
+// sweep forgets the sessions idle longer than the timeout.
+func (s *sessions) sweep(now int64) {
+	for i := range s.list {
+		e := &s.list[i]
+		if e.used && now-e.seen > s.timeout {
+			delete(s.index, e.key)
+			e.used = false
+			s.free = append(s.free, int32(i))
+		}
+	}
+}
+
+func (s *sessions) live() int { return len(s.index) }
+
+// tokenBucket bounds the packets answered per second, with a burst of a
+// tenth of a second.
+type tokenBucket struct {
+	rate, burst, tokens float64
+	last                int64
+}
+
+func newTokenBucket(rate int) tokenBucket {
+	burst := max(float64(rate)/10, batchSize)
+	return tokenBucket{rate: float64(rate), burst: burst, tokens: burst}
+}
+
+func (b *tokenBucket) refill(now int64) {
+	if b.last != 0 {
+		b.tokens = min(b.burst, b.tokens+float64(now-b.last)*b.rate/1e9)
+	}
+	b.last = now
+}
+
+func (b *tokenBucket) take() bool {
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
+}
