@@ -111,7 +111,7 @@ func Investigate(ctx context.Context, q *Querier, cfg *config.Config, m *config.
 	}
 	if len(reqs) > 0 {
 		mq := *q
-		mq.Timeout, mq.Retries = time.Duration(m.SNMP.Timeout), m.SNMP.Retries
+		mq.Timeout, mq.Retries = time.Duration(m.SNMP.Timeout), m.SNMP.RetryCount()
 		c.Hops = append(c.Hops, mq.Query(ctx, reqs)...)
 	}
 	return c

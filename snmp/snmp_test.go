@@ -271,7 +271,8 @@ func TestQueryKeepsTheScrapeDeadline(t *testing.T) {
 	cfg := testConfig(t, "both")
 	m := cfg.Modules["default"]
 	m.SNMP.Timeout = config.Duration(time.Second)
-	m.SNMP.Retries = 5
+	retries := 5
+	m.SNMP.Retries = &retries
 	fc := &fakeClient{agents: map[string]*fakeAgent{"b-agent:161": {delay: time.Hour}, "c-agent:161": {delay: time.Hour}}}
 	q := NewQuerier(fc)
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)

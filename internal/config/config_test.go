@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -226,5 +227,38 @@ func TestContinuousDefaults(t *testing.T) {
 	}
 	if got := c.Continuous[1].Buckets; len(got) != 7 {
 		t.Errorf("own buckets replaced: %v", got)
+	}
+}
+
+func TestSNMPRetriesZeroMeansNone(t *testing.T) {
+	base := `modules:
+  default:
+    targets: ["127.0.0.1:*"]
+    snmp:
+      hops: {c: {target: "127.0.0.1:161", auth: v2}}
+      variables: [{name: load1, oid: 1.3.6.1.4.1.2021.10.1.3.1}]
+%s
+auths:
+  v2: {version: 2, community: public}
+`
+	for _, tc := range []struct {
+		line string
+		want int
+	}{
+		{"", DefaultSNMPRetries},
+		{"      retries: 0", 0},
+		{"      retries: 3", 3},
+	} {
+		path := filepath.Join(t.TempDir(), "subsegment.yml")
+		if err := os.WriteFile(path, fmt.Appendf(nil, base, tc.line), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		c, err := Load(path, Limits{})
+		if err != nil {
+			t.Fatalf("%q: %v", tc.line, err)
+		}
+		if got := c.Modules["default"].SNMP.RetryCount(); got != tc.want {
+			t.Errorf("%q: %d retries, want %d", tc.line, got, tc.want)
+		}
 	}
 }

@@ -19,9 +19,11 @@ type SNMP struct {
 	// Query picks the hops: far_end (default), near_end or both.
 	Query Query `yaml:"query"`
 	// Timeout bounds one request to one hop; Retries repeat it. Both are
-	// cut down to what is left of the scrape.
+	// cut down to what is left of the scrape. Retries is nil when the file
+	// leaves it out (DefaultSNMPRetries; validation fills it in), so that
+	// retries: 0 means none.
 	Timeout Duration `yaml:"timeout"`
-	Retries int      `yaml:"retries"`
+	Retries *int     `yaml:"retries"`
 	// Hops maps hop names to their SNMP agents.
 	Hops map[string]*SNMPHop `yaml:"hops"`
 	// Variables are what is queried when a segment breaks its SLA and no
@@ -174,13 +176,23 @@ func (s *SNMP) validateLimits(path string) error {
 	if s.Timeout < Duration(10*time.Millisecond) {
 		return bad(path+".timeout", "%v is too short: use at least 10ms", time.Duration(s.Timeout))
 	}
-	if s.Retries == 0 {
-		s.Retries = DefaultSNMPRetries
+	if s.Retries == nil {
+		retries := DefaultSNMPRetries
+		s.Retries = &retries
 	}
-	if s.Retries < 0 || s.Retries > 10 {
-		return bad(path+".retries", "%d out of range: use 0 to 10", s.Retries)
+	if *s.Retries < 0 || *s.Retries > 10 {
+		return bad(path+".retries", "%d out of range: use 0 to 10", *s.Retries)
 	}
 	return nil
+}
+
+// RetryCount is how often a request to one hop is repeated: retries, or
+// DefaultSNMPRetries when the file leaves it out.
+func (s *SNMP) RetryCount() int {
+	if s.Retries == nil {
+		return DefaultSNMPRetries
+	}
+	return *s.Retries
 }
 
 // validateVariables checks the variables and returns their names.
