@@ -102,6 +102,10 @@ type Tracer struct {
 
 	mu      sync.Mutex
 	running map[netip.AddrPort]*flight
+	// farEnd is when each far end last answered a TCP probe: it answers
+	// at most one per half second, so the next trace of it waits for
+	// FarEndSpacing to pass (entries older than that are pruned).
+	farEnd map[netip.AddrPort]time.Time
 }
 
 // flight is a trace in progress that later callers wait for.
@@ -122,7 +126,8 @@ func NewTracer(cfg Config) (*Tracer, error) {
 	if cfg.Rate < 0 || cfg.Burst < 1 {
 		return nil, fmt.Errorf("trace: rate %v/s with burst %d: want a positive rate and a burst of at least 1", cfg.Rate, cfg.Burst)
 	}
-	return &Tracer{limiter: newBucket(cfg.Rate, cfg.Burst), running: map[netip.AddrPort]*flight{}}, nil
+	return &Tracer{limiter: newBucket(cfg.Rate, cfg.Burst), running: map[netip.AddrPort]*flight{},
+		farEnd: map[netip.AddrPort]time.Time{}}, nil
 }
 
 // Packets is the probe packets this Tracer sent, over all its traces.
@@ -172,8 +177,41 @@ func (t *Tracer) Trace(ctx context.Context, conn Conn, opts Options) (*Result, e
 		t.mu.Unlock()
 		close(f.done)
 	}()
+	t.coolDown(ctx, info.remote, opts.FarEndSpacing)
 	f.res, f.err = t.trace(ctx, info, opts)
 	return f.res, f.err
+}
+
+// coolDown waits until the far end can answer a probe again after the
+// previous trace's last answer (or until ctx ends: the trace then runs
+// with what is left, and ends at once).
+func (t *Tracer) coolDown(ctx context.Context, remote netip.AddrPort, spacing time.Duration) {
+	t.mu.Lock()
+	last, ok := t.farEnd[remote]
+	t.mu.Unlock()
+	if !ok {
+		return
+	}
+	if d := time.Until(last.Add(spacing)); d > 0 {
+		timer := time.NewTimer(d)
+		defer timer.Stop()
+		select {
+		case <-timer.C:
+		case <-ctx.Done():
+		}
+	}
+}
+
+// farEndAnswered records when a far end last answered a TCP probe.
+func (t *Tracer) farEndAnswered(remote netip.AddrPort, at time.Time, spacing time.Duration) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for r, when := range t.farEnd {
+		if time.Since(when) > max(spacing, DefaultFarEndSpacing) {
+			delete(t.farEnd, r)
+		}
+	}
+	t.farEnd[remote] = at
 }
 
 // Capability says which method a trace from this process would use, and
@@ -221,6 +259,9 @@ func (t *Tracer) trace(ctx context.Context, info connInfo, opts Options) (*Resul
 	stop := s.run(ctx)
 	p.close()
 	s.drain()
+	if !s.lastFarEnd.IsZero() {
+		t.farEndAnswered(info.remote, s.lastFarEnd, opts.FarEndSpacing)
+	}
 	res := &Result{
 		Flow:     flow,
 		Local:    info.local,
@@ -316,6 +357,8 @@ type session struct {
 	maxRTT  time.Duration
 	sendErr error
 	tracer  *Tracer
+	// lastFarEnd is when the far end last answered a TCP probe.
+	lastFarEnd time.Time
 }
 
 // span is the index range of ttl's probes.
@@ -468,6 +511,9 @@ func (s *session) record(pr *probeRec, a answer, guessed bool) {
 	pr.answered, pr.guessed, pr.from, pr.rtt, pr.kind, pr.code = true, guessed, a.from, rtt, a.kind, a.code
 	if a.kind != kindTimeExceeded && sameAddr(a.from, s.info.remote.Addr()) {
 		pr.kind = kindFarEnd
+		if s.method == MethodTCP && a.at.After(s.lastFarEnd) {
+			s.lastFarEnd = a.at
+		}
 	}
 	s.maxRTT = max(s.maxRTT, rtt)
 }
