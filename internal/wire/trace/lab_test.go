@@ -70,6 +70,10 @@ func newChainLab(t *testing.T) *chainLab {
 	for _, r := range []*netlab.Host{l.r1, l.r2, l.ra} {
 		r.Router()
 	}
+	// c answers every UDP probe that reaches it (port unreachable is
+	// otherwise rate-limited to one a second after a burst of six).
+	l.c.Sysctl("net.ipv4.icmp_ratelimit", "0")
+	l.c.Sysctl("net.ipv6.icmp.ratelimit", "0")
 	route(l.b, "10.61.2.0/24", "10.61.1.2")
 	route(l.b, "10.61.3.0/24", "10.61.1.2")
 	route(l.b, "10.61.5.0/24", "10.61.4.2")
