@@ -82,6 +82,26 @@ func hasCapNetRaw() bool {
 	return false
 }
 
+// runHelper runs the test binary as a helper in b, behind prefix (a
+// command that drops privileges, or none), tracing its connection to target.
+func runHelper(t *testing.T, l *chainLab, prefix []string, target string) helperOut {
+	t.Helper()
+	cmd := l.b.Command(append(prefix, os.Args[0], "-test.run=^$")...)
+	cmd.Env = append(os.Environ(), helperEnv+"="+target)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("helper: %v\n%s", err, stderr.String())
+	}
+	var got helperOut
+	if err := json.Unmarshal(out, &got); err != nil {
+		t.Fatalf("helper output %q: %v", out, err)
+	}
+	t.Logf("%+v", got)
+	return got
+}
+
 // Without CAP_NET_RAW (a process whose bounding set lacks it, as a relay
 // run without the unit's AmbientCapabilities): the UDP fallback runs, the
 // result says so and why, and the routers are still listed. With it, the
@@ -97,6 +117,7 @@ func TestTraceUnprivileged(t *testing.T) {
 		addr func(string) string
 	}{{"ipv4", func(a string) string { return a }}, {"ipv6", v6}} {
 		target := echo(t, l.c, net.JoinHostPort(v.addr("10.61.3.2"), "0"))
+		want := []string{v.addr("10.61.1.2"), v.addr("10.61.2.2"), v.addr("10.61.3.2")}
 		for _, c := range []struct {
 			name       string
 			prefix     []string
@@ -107,19 +128,7 @@ func TestTraceUnprivileged(t *testing.T) {
 			{"privileged", nil, true, "tcp"},
 		} {
 			t.Run(v.name+"/"+c.name, func(t *testing.T) {
-				cmd := l.b.Command(append(c.prefix, os.Args[0], "-test.run=^$")...)
-				cmd.Env = append(os.Environ(), helperEnv+"="+target)
-				var stderr bytes.Buffer
-				cmd.Stderr = &stderr
-				out, err := cmd.Output()
-				if err != nil {
-					t.Fatalf("helper: %v\n%s", err, stderr.String())
-				}
-				var got helperOut
-				if err := json.Unmarshal(out, &got); err != nil {
-					t.Fatalf("helper output %q: %v", out, err)
-				}
-				t.Logf("%+v", got)
+				got := runHelper(t, l, c.prefix, target)
 				if got.CapNetRaw != c.raw {
 					t.Fatalf("CAP_NET_RAW %v in the helper, want %v", got.CapNetRaw, c.raw)
 				}
@@ -129,7 +138,6 @@ func TestTraceUnprivileged(t *testing.T) {
 				if !c.raw && (!strings.Contains(got.Reason, "no CAP_NET_RAW") || !strings.Contains(got.Why, "no CAP_NET_RAW")) {
 					t.Errorf("reason %q, capability %q: want them to say CAP_NET_RAW is missing", got.Reason, got.Why)
 				}
-				want := []string{v.addr("10.61.1.2"), v.addr("10.61.2.2"), v.addr("10.61.3.2")}
 				if strings.Join(got.Path, " ") != strings.Join(want, " ") || !got.Reached {
 					t.Errorf("path %v (reached %v), want %v", got.Path, got.Reached, want)
 				}

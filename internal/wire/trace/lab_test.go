@@ -271,7 +271,7 @@ func startPump(conn *net.TCPConn) *pump {
 				return
 			}
 			off += int64(n)
-			if ne, ok := err.(net.Error); err != nil && !(ok && ne.Timeout()) {
+			if ne, ok := err.(net.Error); err != nil && (!ok || !ne.Timeout()) {
 				p.checked <- fmt.Errorf("read after %d bytes: %w", off, err)
 				return
 			}

@@ -25,15 +25,15 @@ const (
 type Stop string
 
 const (
-	// StopReached: the far end answered.
+	// StopReached is a trace the far end answered.
 	StopReached Stop = "reached"
-	// StopMaxTTL: the last allowed TTL was probed without reaching it.
+	// StopMaxTTL is a trace that probed its last TTL without reaching it.
 	StopMaxTTL Stop = "max_ttl"
-	// StopSilent: Options.MaxSilent TTLs in a row got no answer at all.
+	// StopSilent is a trace whose last Options.MaxSilent TTLs got no answer.
 	StopSilent Stop = "silent"
-	// StopUnreachable: a router answered destination unreachable.
+	// StopUnreachable is a trace a router answered destination unreachable.
 	StopUnreachable Stop = "unreachable"
-	// StopDeadline: the context ended (the scrape's budget) first.
+	// StopDeadline is a trace whose context (the scrape's budget) ended first.
 	StopDeadline Stop = "deadline"
 )
 
@@ -140,7 +140,7 @@ func (r *Result) Fingerprint() string {
 	h := fnv.New64a()
 	for _, hop := range r.Hops {
 		if hop.Address.IsValid() {
-			fmt.Fprintf(h, "%d=%s;", hop.TTL, hop.Address)
+			_, _ = fmt.Fprintf(h, "%d=%s;", hop.TTL, hop.Address)
 		}
 	}
 	return fmt.Sprintf("%016x", h.Sum64())

@@ -159,7 +159,7 @@ func TestSessionMatching(t *testing.T) {
 	}
 	s.take(answer{from: router, kind: kindTimeExceeded, id: 1001, hasID: true, at: t0.Add(ms)}, 1)
 	s.take(answer{from: router, kind: kindTimeExceeded, id: 1001, hasID: true, at: t0.Add(2 * ms)}, 1) // duplicate
-	s.take(answer{from: router, kind: kindTimeExceeded, id: 7, hasID: true, at: t0.Add(ms)}, 1)       // not ours
+	s.take(answer{from: router, kind: kindTimeExceeded, id: 7, hasID: true, at: t0.Add(ms)}, 1)        // not ours
 	if st := s.status(1); st.answered != 1 || st.done {
 		t.Fatalf("TTL 1: %+v, want one answer", st)
 	}
