@@ -2,12 +2,17 @@ package trace_test
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/rand/v2"
+	"net/netip"
 	"runtime"
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/subsegment/subsegment_exporter/internal/testkit/netlab"
 	"github.com/subsegment/subsegment_exporter/internal/wire/trace"
@@ -271,5 +276,84 @@ func TestTraceMemoryStaysBounded(t *testing.T) {
 	t.Logf("heap after a forced GC: %d bytes after 10 traces, %d after 210 (%+d)", before, after, int64(after)-int64(before))
 	if after > before+256<<10 {
 		t.Errorf("heap grew by %d bytes over 200 traces", after-before)
+	}
+}
+
+// floodICMP sends forged ICMP time exceeded from h to the flow's local
+// address, quoting the flow with random sequence numbers, until stop; it
+// returns how many it sent.
+func floodICMP(t *testing.T, h *netlab.Host, local, remote netip.AddrPort, stop <-chan struct{}) <-chan int {
+	t.Helper()
+	var fd int
+	if err := h.Do(func() (err error) { fd, err = unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_ICMP); return err }); err != nil {
+		t.Fatal(err)
+	}
+	sent := make(chan int, 1)
+	go func() {
+		defer unix.Close(fd)
+		msg := make([]byte, 8+20+8)
+		msg[0] = 11
+		q := msg[8:]
+		q[0], q[8], q[9] = 0x45, 1, 6
+		binary.BigEndian.PutUint16(q[2:], 40)
+		copy(q[12:], local.Addr().AsSlice())
+		copy(q[16:], remote.Addr().AsSlice())
+		binary.BigEndian.PutUint16(q[20:], local.Port())
+		binary.BigEndian.PutUint16(q[22:], remote.Port())
+		to := &unix.SockaddrInet4{Addr: local.Addr().As4()}
+		n := 0
+		for ; n < 200000; n++ {
+			select {
+			case <-stop:
+				sent <- n
+				return
+			default:
+			}
+			binary.BigEndian.PutUint32(q[24:], rand.Uint32())
+			binary.BigEndian.PutUint16(msg[2:], 0)
+			binary.BigEndian.PutUint16(msg[2:], icmpChecksum(msg))
+			_ = unix.Sendto(fd, msg, 0, to)
+		}
+		sent <- n
+	}()
+	return sent
+}
+
+func icmpChecksum(b []byte) uint16 {
+	var sum uint32
+	for i := 0; i+1 < len(b); i += 2 {
+		sum += uint32(b[i])<<8 | uint32(b[i+1])
+	}
+	for sum>>16 != 0 {
+		sum = sum&0xffff + sum>>16
+	}
+	return ^uint16(sum)
+}
+
+// A flood of forged ICMP errors that quote the flow (as an attacker on the
+// path could send) neither confuses a trace nor grows its memory: answers
+// whose sequence number is not one of the trace's probes are dropped by
+// the reader, and the trace finds the path.
+func TestTraceUnderForgedICMPFlood(t *testing.T) {
+	l := newLineLab(t)
+	conn := dial(t, l.b, echo(t, l.c, "10.63.4.2:9000"))
+	local := netip.MustParseAddrPort(conn.LocalAddr().String())
+	remote := netip.MustParseAddrPort(conn.RemoteAddr().String())
+	tr := newTracer(t, trace.Config{})
+	stop := make(chan struct{})
+	sent := floodICMP(t, l.routers[1], local, remote, stop)
+	var ms0, ms1 runtime.MemStats
+	runtime.ReadMemStats(&ms0)
+	res := traceFrom(t, l.b, tr, conn, trace.Options{}, 10*time.Second)
+	runtime.ReadMemStats(&ms1)
+	close(stop)
+	n := <-sent
+	t.Logf("%d forged ICMP errors during the trace; %d bytes allocated", n, ms1.TotalAlloc-ms0.TotalAlloc)
+	wantPath(t, res, lineHops...)
+	if n < 1000 {
+		t.Errorf("only %d forged errors sent", n)
+	}
+	if alloc := ms1.TotalAlloc - ms0.TotalAlloc; alloc > 1<<20 {
+		t.Errorf("%d bytes allocated during the trace under the flood", alloc)
 	}
 }

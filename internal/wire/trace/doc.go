@@ -36,8 +36,13 @@
 // packet the connection sees. The far end's challenge ACK is how the trace
 // knows it reached the far end: a raw TCP socket filtered to the flow sees
 // it (a pure ACK that acknowledges nothing new), and matches it to the
-// outstanding probe of the TTL being probed. At the far end's TTL the
-// probes are spaced by Options.FarEndSpacing so that each can be answered.
+// outstanding probe of the TTL being probed. It carries nothing of the
+// probe, so the match is by time: on a busy connection a duplicate ACK of
+// the connection's own arriving while a silent router's TTL is probed
+// could end a trace early (an ICMP answer that quotes the probe always
+// overrides such a match). At the far end's TTL the probes are spaced by
+// Options.FarEndSpacing so that each can be answered, and a trace of a
+// far end starts only FarEndSpacing after the previous one's last answer.
 //
 // The kernel routes a raw socket's packets without their ports, so a
 // multipath route on this host would hash the probes differently from
@@ -55,9 +60,12 @@
 // address and port, with IP_TTL per probe; the kernel queues the ICMP
 // answers on the socket (IP_RECVERR) with their sender (SO_EE_OFFENDER),
 // and the far end answers port unreachable. The probe's identity is in
-// its 8-byte payload. The protocol differs from the connection's, so
-// routers that hash on it may choose another branch: Flow says which
-// method ran and why.
+// its 8-byte payload (a router that quotes less is matched by time). The
+// protocol differs from the connection's, so routers that hash on it may
+// choose another branch: Flow says which method ran and why. Routers
+// and the far end rate-limit their ICMP per destination (Linux: one a
+// second after a burst of six), which traces closer together than that
+// see as loss.
 //
 // A systemd unit gives a relay the privilege with
 //
@@ -74,7 +82,8 @@
 // the far end; it never outlives its context (the scrape's budget): every
 // wait ends at the deadline and no probe leaves after it; it gives up
 // after Options.MaxSilent silent TTLs in a row; a Tracer runs one trace
-// per far end at a time (later callers share its result) and sends at
+// per far end (address and port) at a time (later callers share its
+// result) and sends at
 // most Config.Rate probe packets per second over all traces (a token
 // bucket, default 100/s, bursts of 10). A trace's memory is bounded by
 // its probes: one record per probe, fixed read buffers, and a bounded
@@ -90,5 +99,7 @@
 //
 // IPv4 and IPv6 are both traced. IPv6 probes carry flow label 0 where the
 // connection's packets carry the kernel's automatic label: routers that
-// hash IPv6 on the flow label may send them another way.
+// hash IPv6 on the flow label may send them another way. The route lookup
+// with ports needs Linux 4.17 or later (older kernels answer it without
+// the ports).
 package trace

@@ -527,3 +527,18 @@ func TestTraceUDP(t *testing.T) {
 		}
 	}
 }
+
+// A connection over loopback (a chain on one host) has no router: the far
+// end answers the first TTL, in both methods and both families.
+func TestTraceLoopback(t *testing.T) {
+	l := netlab.New(t)
+	a := l.Host("a")
+	tr := newTracer(t, trace.Config{})
+	for _, addr := range []string{"127.0.0.1", "::1"} {
+		conn := dial(t, a, echo(t, a, net.JoinHostPort(addr, "0")))
+		for _, m := range []trace.Method{trace.MethodTCP, trace.MethodUDP} {
+			res := traceFrom(t, a, tr, conn, trace.Options{Method: m}, 10*time.Second)
+			wantPath(t, res, addr)
+		}
+	}
+}

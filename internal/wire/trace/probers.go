@@ -37,9 +37,11 @@ type prober interface {
 	// send sends the probe with identity id and time to live ttl, and
 	// returns when it went.
 	send(ttl int, id uint32) (time.Time, error)
-	// start delivers answers to out until close; when out is full an
-	// answer is dropped (memory stays bounded whatever arrives).
-	start(out chan<- answer)
+	// start delivers answers to out until close: those without identity,
+	// and those whose identity ours says is one of the trace's probes
+	// (forged or stale ones never reach out). When out is full an answer
+	// is dropped: memory stays bounded whatever arrives.
+	start(out chan<- answer, ours func(id uint32) bool)
 	close()
 }
 
@@ -109,8 +111,9 @@ type tcpProber struct {
 }
 
 // openTCP opens the raw sockets; an error that isPermission means no
-// CAP_NET_RAW.
-func openTCP(info connInfo, rt route) (_ *tcpProber, note string, err error) {
+// CAP_NET_RAW. The ICMP socket's filter keeps only errors that quote one
+// of the n probes from identity base on.
+func openTCP(info connInfo, rt route, base, n uint32) (_ *tcpProber, note string, err error) {
 	domain, icmpProto := unix.AF_INET, unix.IPPROTO_ICMP
 	if !info.v4() {
 		domain, icmpProto = unix.AF_INET6, unix.IPPROTO_ICMPV6
@@ -132,6 +135,7 @@ func openTCP(info connInfo, rt route) (_ *tcpProber, note string, err error) {
 	remote := netip.AddrPortFrom(info.remote.Addr(), 0)
 	steps := []func() error{
 		func() error { return icmpFilter(p.icmp, info.v4()) },
+		func() error { return quoteFilter(p.icmp, info, base, n) },
 		func() error { return p.icmp.setInt(unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, 1, "SO_TIMESTAMPNS") },
 		func() error { return wrap("bind ICMP socket", unix.Bind(p.icmp.fd, sockaddr(local))) },
 		func() error { return p.tcp.setInt(unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, 1, "SO_TIMESTAMPNS") },
@@ -174,6 +178,64 @@ func icmpFilter(s *sock, v4 bool) error {
 	return wrap("ICMP6_FILTER", unix.SetsockoptICMPv6Filter(s.fd, unix.IPPROTO_ICMPV6, unix.ICMPV6_FILTER, &f))
 }
 
+// quoteFilter attaches a socket filter that keeps only ICMP errors quoting
+// one of the trace's probes: protocol TCP, the flow's ports, a sequence
+// number in [base, base+n). Forged or stray errors are dropped in the
+// kernel and never fill the socket's buffer (where they would crowd out
+// the routers' answers). An IPv4 raw socket sees the outer IP header, an
+// IPv6 one starts at the ICMPv6 header.
+func quoteFilter(s *sock, info connInfo, base, n uint32) error {
+	lport, rport := uint32(info.local.Port()), uint32(info.remote.Port())
+	const (
+		ld  = unix.BPF_LD | unix.BPF_ABS
+		ldi = unix.BPF_LD | unix.BPF_IND
+		jeq = unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K
+		jge = unix.BPF_JMP | unix.BPF_JGE | unix.BPF_K
+	)
+	var prog []unix.SockFilter
+	if info.v4() {
+		prog = []unix.SockFilter{
+			{Code: unix.BPF_LDX | unix.BPF_B | unix.BPF_MSH, K: 0},    // 0: X = outer header length
+			{Code: ldi | unix.BPF_B, K: 8 + 9},                        // 1: quoted protocol
+			{Code: jeq, K: protoTCP, Jf: 13},                          // 2
+			{Code: ldi | unix.BPF_B, K: 8},                            // 3: quoted version and length
+			{Code: unix.BPF_ALU | unix.BPF_AND | unix.BPF_K, K: 0x0f}, // 4
+			{Code: unix.BPF_ALU | unix.BPF_LSH | unix.BPF_K, K: 2},    // 5
+			{Code: unix.BPF_ALU | unix.BPF_ADD | unix.BPF_X},          // 6: outer + quoted header
+			{Code: unix.BPF_MISC | unix.BPF_TAX},                      // 7
+			{Code: ldi | unix.BPF_H, K: 8},                            // 8: quoted source port
+			{Code: jeq, K: lport, Jf: 6},                              // 9
+			{Code: ldi | unix.BPF_H, K: 10},                           // 10: quoted destination port
+			{Code: jeq, K: rport, Jf: 4},                              // 11
+			{Code: ldi | unix.BPF_W, K: 12},                           // 12: quoted sequence number
+			{Code: unix.BPF_ALU | unix.BPF_SUB | unix.BPF_K, K: base}, // 13
+			{Code: jge, K: n, Jt: 1},                                  // 14
+			{Code: unix.BPF_RET | unix.BPF_K, K: 0xffff},              // 15
+			{Code: unix.BPF_RET | unix.BPF_K, K: 0},                   // 16
+		}
+	} else {
+		prog = []unix.SockFilter{
+			{Code: ld | unix.BPF_B, K: 8 + 6},                         // 0: quoted next header
+			{Code: jeq, K: protoTCP, Jf: 8},                           // 1
+			{Code: ld | unix.BPF_H, K: 8 + ipv6HeaderLen},             // 2: quoted source port
+			{Code: jeq, K: lport, Jf: 6},                              // 3
+			{Code: ld | unix.BPF_H, K: 8 + ipv6HeaderLen + 2},         // 4: quoted destination port
+			{Code: jeq, K: rport, Jf: 4},                              // 5
+			{Code: ld | unix.BPF_W, K: 8 + ipv6HeaderLen + 4},         // 6: quoted sequence number
+			{Code: unix.BPF_ALU | unix.BPF_SUB | unix.BPF_K, K: base}, // 7
+			{Code: jge, K: n, Jt: 1},                                  // 8
+			{Code: unix.BPF_RET | unix.BPF_K, K: 0xffff},              // 9
+			{Code: unix.BPF_RET | unix.BPF_K, K: 0},                   // 10
+		}
+	}
+	return attachFilter(s, prog)
+}
+
+func attachFilter(s *sock, prog []unix.SockFilter) error {
+	fprog := unix.SockFprog{Len: uint16(len(prog)), Filter: unsafe.SliceData(prog)}
+	return wrap("socket filter", unix.SetsockoptSockFprog(s.fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER, &fprog))
+}
+
 // portFilter attaches a socket filter that keeps only the connection's
 // segments from the far end (the raw TCP socket otherwise gets a copy of
 // every TCP segment from that address). An IPv4 raw socket sees the IP
@@ -201,8 +263,7 @@ func portFilter(s *sock, info connInfo) error {
 			{Code: unix.BPF_RET | unix.BPF_K, K: 0},
 		}
 	}
-	fprog := unix.SockFprog{Len: uint16(len(prog)), Filter: unsafe.SliceData(prog)}
-	return wrap("socket filter", unix.SetsockoptSockFprog(s.fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER, &fprog))
+	return attachFilter(s, prog)
 }
 
 func (p *tcpProber) send(ttl int, id uint32) (time.Time, error) {
@@ -215,9 +276,9 @@ func (p *tcpProber) send(ttl int, id uint32) (time.Time, error) {
 	return now, wrap("send", err)
 }
 
-func (p *tcpProber) start(out chan<- answer) {
+func (p *tcpProber) start(out chan<- answer, ours func(id uint32) bool) {
 	p.wg.Add(2)
-	go p.readICMP(out)
+	go p.readICMP(out, ours)
 	go p.readTCP(out)
 }
 
@@ -230,22 +291,22 @@ func (p *tcpProber) close() {
 // readICMP reports the ICMP errors that quote one of the probes: the
 // flow's addresses and ports, protocol TCP (the sequence number is
 // checked by the trace, which knows the identities it sent).
-func (p *tcpProber) readICMP(out chan<- answer) {
+func (p *tcpProber) readICMP(out chan<- answer, ours func(id uint32) bool) {
 	defer p.wg.Done()
-	buf, oob := make([]byte, readBuf), make([]byte, 256)
+	r := newReader(p.icmp, readBuf, 0)
 	for {
-		pk, err := p.icmp.read(buf, oob, false)
+		pk, err := r.read()
 		if err != nil {
 			return
 		}
 		at := time.Now()
 		var m icmpError
 		if p.info.v4() {
-			m, err = parseICMPv4(buf[:pk.n])
+			m, err = parseICMPv4(r.buf[:pk.n])
 		} else {
-			m, err = parseICMPv6(buf[:pk.n], pk.from)
+			m, err = parseICMPv6(r.buf[:pk.n], pk.from)
 		}
-		if err != nil || !m.hasSeq || !p.quotesFlow(m) {
+		if err != nil || !m.hasSeq || !p.quotesFlow(m) || !ours(m.seq) {
 			continue
 		}
 		deliver(out, answer{from: m.from, kind: icmpKind(p.info.v4(), m.icmpType), code: m.code,
@@ -274,20 +335,20 @@ func icmpKind(v4 bool, typ uint8) answerKind {
 // (an ACK of the connection's own data moves that number on).
 func (p *tcpProber) readTCP(out chan<- answer) {
 	defer p.wg.Done()
-	buf, oob := make([]byte, readBuf), make([]byte, 256)
+	r := newReader(p.tcp, readBuf, 0)
 	var lastAck uint32
 	seen := false
 	for {
-		pk, err := p.tcp.read(buf, oob, false)
+		pk, err := r.read()
 		if err != nil {
 			return
 		}
 		at := time.Now()
 		var seg segment
 		if p.info.v4() {
-			seg, err = parseTCPv4(buf[:pk.n])
+			seg, err = parseTCPv4(r.buf[:pk.n])
 		} else {
-			seg, err = parseTCP(buf[:pk.n], pk.n)
+			seg, err = parseTCP(r.buf[:pk.n], pk.n)
 		}
 		if err != nil || seg.sport != p.info.remote.Port() || seg.dport != p.info.local.Port() {
 			continue
@@ -391,9 +452,9 @@ func pendingICMP(err error) bool {
 	return false
 }
 
-func (p *udpProber) start(out chan<- answer) {
+func (p *udpProber) start(out chan<- answer, ours func(id uint32) bool) {
 	p.wg.Add(1)
-	go p.read(out)
+	go p.read(out, ours)
 }
 
 func (p *udpProber) close() {
@@ -403,20 +464,20 @@ func (p *udpProber) close() {
 
 // read reports the ICMP errors of the error queue, and data from the far
 // end (a far end with a UDP service on the port answers that way).
-func (p *udpProber) read(out chan<- answer) {
+func (p *udpProber) read(out chan<- answer, ours func(id uint32) bool) {
 	defer p.wg.Done()
-	buf, oob := make([]byte, readBuf), make([]byte, 512)
+	r := newReader(p.s, readBuf, unix.MSG_ERRQUEUE, 0)
 	for {
-		pk, fromQueue, err := p.readAny(buf, oob)
+		pk, err := r.read()
 		if err != nil {
 			return
 		}
 		at := time.Now()
-		if !fromQueue {
+		if r.got != 0 {
 			deliver(out, answer{from: p.info.remote.Addr(), kind: kindFarEnd, at: at, kernelNs: pk.kernelNs})
 			continue
 		}
-		if a, ok := p.errAnswer(pk, buf[:pk.n]); ok {
+		if a, ok := p.errAnswer(pk, r.buf[:pk.n]); ok && (!a.hasID || ours(a.id)) {
 			a.at = at
 			deliver(out, a)
 		}
@@ -435,35 +496,4 @@ func (p *udpProber) errAnswer(pk packet, quoted []byte) (answer, bool) {
 		a.kind = kindFarEnd
 	}
 	return a, true
-}
-
-// readAny waits for a message of the error queue or of the socket.
-func (p *udpProber) readAny(buf, oob []byte) (pk packet, fromQueue bool, err error) {
-	var rerr error
-	err = p.s.rc.Read(func(fd uintptr) bool {
-		for _, flags := range []int{unix.MSG_ERRQUEUE, unix.MSG_DONTWAIT} {
-			n, oobn, _, from, err := unix.Recvmsg(int(fd), buf, oob, flags)
-			if err == unix.EAGAIN || err == unix.EINTR {
-				continue
-			}
-			if err != nil {
-				if flags == unix.MSG_DONTWAIT && pendingICMP(err) {
-					// A pending ICMP error reported by recv: the error
-					// queue holds its details.
-					continue
-				}
-				rerr = err
-				return true
-			}
-			pk.n, pk.from = n, addrOf(from)
-			pk.kernelNs, pk.ee, pk.hasEE = parseControl(oob[:oobn])
-			fromQueue = flags == unix.MSG_ERRQUEUE
-			return true
-		}
-		return false
-	})
-	if err == nil {
-		err = rerr
-	}
-	return pk, fromQueue, err
 }

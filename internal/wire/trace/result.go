@@ -69,7 +69,8 @@ type Hop struct {
 	// because it had just answered another (RFC 5961 rate limit) does
 	// not count.
 	Sent, Answered int
-	// RTTs are the answered probes' round trips, in answer order.
+	// RTTs are the answered probes' round trips, in the order the probes
+	// were sent.
 	RTTs []time.Duration
 	// FarEnd: the answer came from the connection's far end.
 	FarEnd bool

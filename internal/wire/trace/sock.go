@@ -50,7 +50,7 @@ func (s *sock) setInt(level, opt, value int, what string) error {
 	return nil
 }
 
-// packet is one read: its bytes, who sent it, and the kernel's receive
+// packet is one read: its length, who sent it, and the kernel's receive
 // time (CLOCK_REALTIME ns, 0 when there was none).
 type packet struct {
 	n        int
@@ -61,41 +61,81 @@ type packet struct {
 	hasEE bool
 }
 
-// read waits for one message (from the error queue with errQueue) into buf
-// and oob. It returns an error only when the socket was closed or broke.
-func (s *sock) read(buf, oob []byte, errQueue bool) (packet, error) {
-	var p packet
-	var rerr error
-	flags := 0
-	if errQueue {
-		flags = unix.MSG_ERRQUEUE
-	}
-	err := s.rc.Read(func(fd uintptr) bool {
-		n, oobn, _, from, err := unix.Recvmsg(int(fd), buf, oob, flags)
-		if err == unix.EAGAIN || err == unix.EINTR {
-			return false
-		}
-		if err != nil {
-			rerr = err
-			return true
-		}
-		p.n = n
-		p.from = addrOf(from)
-		p.kernelNs, p.ee, p.hasEE = parseControl(oob[:oobn])
-		return true
-	})
-	if err != nil {
-		return p, err
-	}
-	return p, rerr
+// reader reads one socket with recvmsg into its own buffers, without
+// allocating: a flood of packets costs no memory, only the time to drop
+// them.
+type reader struct {
+	s    *sock
+	buf  []byte
+	oob  []byte
+	msg  unix.Msghdr
+	iov  unix.Iovec
+	from unix.RawSockaddrAny
+	// flags are tried in turn on every attempt (the error queue, then the
+	// socket's data); got is the index of the flags that read something.
+	flags []int
+	got   int
+	n     int
+	err   error
+	fn    func(fd uintptr) bool
 }
 
-// addrOf is the address of a socket address (zero for others).
-func addrOf(sa unix.Sockaddr) netip.Addr {
-	switch a := sa.(type) {
-	case *unix.SockaddrInet4:
+func newReader(s *sock, size int, flags ...int) *reader {
+	r := &reader{s: s, buf: make([]byte, size), oob: make([]byte, 512), flags: flags}
+	r.fn = r.attempt
+	return r
+}
+
+// attempt is one round of recvmsg calls under the poller: false when
+// nothing is there yet.
+func (r *reader) attempt(fd uintptr) bool {
+	for i, flags := range r.flags {
+		r.iov.Base = &r.buf[0]
+		r.iov.SetLen(len(r.buf))
+		r.msg = unix.Msghdr{Name: (*byte)(unsafe.Pointer(&r.from)), Namelen: unix.SizeofSockaddrAny,
+			Iov: &r.iov, Control: &r.oob[0]}
+		r.msg.SetIovlen(1)
+		r.msg.SetControllen(len(r.oob))
+		n, _, errno := unix.RawSyscall(unix.SYS_RECVMSG, fd, uintptr(unsafe.Pointer(&r.msg)), uintptr(flags|unix.MSG_DONTWAIT))
+		switch {
+		case errno == unix.EAGAIN || errno == unix.EINTR:
+			continue
+		case errno != 0 && i > 0 && pendingICMP(errno):
+			// A pending ICMP error reported by a data read: the error
+			// queue holds its details.
+			continue
+		case errno != 0:
+			r.err = errno
+			return true
+		}
+		r.n, r.got, r.err = int(n), i, nil
+		return true
+	}
+	return false
+}
+
+// read waits for one message. It returns an error only when the socket
+// was closed or broke; the data is r.buf[:p.n].
+func (r *reader) read() (packet, error) {
+	if err := r.s.rc.Read(r.fn); err != nil {
+		return packet{}, err
+	}
+	if r.err != nil {
+		return packet{}, r.err
+	}
+	p := packet{n: r.n, from: rawAddr(&r.from)}
+	p.kernelNs, p.ee, p.hasEE = parseControl(r.oob[:r.msg.Controllen])
+	return p, nil
+}
+
+// rawAddr is the address of a raw socket address (zero for others).
+func rawAddr(sa *unix.RawSockaddrAny) netip.Addr {
+	switch sa.Addr.Family {
+	case unix.AF_INET:
+		a := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
 		return netip.AddrFrom4(a.Addr)
-	case *unix.SockaddrInet6:
+	case unix.AF_INET6:
+		a := (*unix.RawSockaddrInet6)(unsafe.Pointer(sa))
 		return netip.AddrFrom16(a.Addr).Unmap()
 	}
 	return netip.Addr{}

@@ -238,24 +238,25 @@ func (t *Tracer) trace(ctx context.Context, info connInfo, opts Options) (*Resul
 	if err != nil {
 		return nil, fmt.Errorf("trace to %v: the connection's route: %w", info.remote, err)
 	}
-	p, flow, err := open(info, rt, opts)
+	var rnd [4]byte
+	_, _ = rand.Read(rnd[:])
+	base, n := binary.BigEndian.Uint32(rnd[:]), opts.MaxTTL*opts.Probes+opts.Probes
+	p, flow, err := open(info, rt, opts, base, uint32(n))
 	if err != nil {
 		return nil, fmt.Errorf("trace to %v: %w", info.remote, err)
 	}
-	var base [4]byte
-	_, _ = rand.Read(base[:])
 	s := &session{
 		opts:    opts,
 		info:    info,
 		method:  flow.Protocol,
 		p:       p,
 		answers: make(chan answer, 4*opts.Probes*2),
-		base:    binary.BigEndian.Uint32(base[:]),
-		probes:  make([]probeRec, 0, opts.MaxTTL*opts.Probes+opts.Probes),
+		base:    base,
+		probes:  make([]probeRec, 0, n),
 		first:   make([]int, 1, opts.MaxTTL+2),
 		tracer:  t,
 	}
-	p.start(s.answers)
+	p.start(s.answers, s.ours)
 	stop := s.run(ctx)
 	p.close()
 	s.drain()
@@ -281,11 +282,11 @@ func (t *Tracer) trace(ctx context.Context, info connInfo, opts Options) (*Resul
 
 // open picks the method and opens its sockets, pinned to the
 // connection's route.
-func open(info connInfo, rt route, opts Options) (prober, Flow, error) {
+func open(info connInfo, rt route, opts Options, base, n uint32) (prober, Flow, error) {
 	flow := Flow{Local: info.local, Remote: info.remote, Route: rt.String()}
 	reason := "udp: asked for"
 	if opts.Method != MethodUDP {
-		switch tp, note, err := openTCP(info, rt); {
+		switch tp, note, err := openTCP(info, rt, base, n); {
 		case err == nil && !info.sack:
 			tp.close()
 			reason = "udp: the connection has no SACK, where a TCP probe's challenge ACK could count as a duplicate ACK"
@@ -372,6 +373,10 @@ func (s *session) span(ttl int) (lo, hi int) {
 	}
 	return lo, hi
 }
+
+// ours says whether id can be one of this trace's probes (the readers call
+// it: base and the capacity never change).
+func (s *session) ours(id uint32) bool { return id-s.base < uint32(cap(s.probes)) }
 
 // run probes TTL after TTL until the far end answers or a bound ends it.
 func (s *session) run(ctx context.Context) Stop {
