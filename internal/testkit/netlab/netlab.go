@@ -1,7 +1,8 @@
 // Package netlab builds a network of namespaces for tests that need real
 // routers: hosts joined by veth pairs, addresses, routes, forwarding,
 // iptables rules and their packet counters, all inside namespaces the
-// test creates (../../../../shared/lab.md is the recipe it follows).
+// test creates, after the lab recipe the integration tests follow
+// (integration/lab_test.go).
 //
 // Every namespace is named sstr<pid>x<random>-<host>, so that a lab never
 // collides with another test's, and is deleted when the test ends (its

@@ -65,7 +65,9 @@
 // choose another branch: Flow says which method ran and why. Routers
 // and the far end rate-limit their ICMP per destination (Linux: one a
 // second after a burst of six), which traces closer together than that
-// see as loss.
+// see as loss. A far end with a UDP service on the connection's port
+// number receives the 8-byte probes (its answer, if any, counts as
+// reaching it).
 //
 // A systemd unit gives a relay the privilege with
 //

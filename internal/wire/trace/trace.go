@@ -314,12 +314,12 @@ func open(info connInfo, rt route, opts Options, base, n uint32) (prober, Flow, 
 // connection's interface, and says so when that is not the connection's
 // nexthop (two nexthops of a multipath route on one interface).
 func pinCheck(info connInfo, rt route, proto uint8, local netip.AddrPort) string {
-	probeLocal := local
+	probeLocal, probeRemote := local, info.remote
 	if proto == protoTCP {
 		// A raw socket's route lookup carries no ports.
-		probeLocal = netip.AddrPortFrom(local.Addr(), 0)
+		probeLocal, probeRemote = netip.AddrPortFrom(local.Addr(), 0), netip.AddrPortFrom(info.remote.Addr(), 0)
 	}
-	prt, err := lookupRoute(probeLocal, netip.AddrPortFrom(info.remote.Addr(), 0), proto, info.mark, rt.oif)
+	prt, err := lookupRoute(probeLocal, probeRemote, proto, info.mark, rt.oif)
 	if err != nil {
 		return fmt.Sprintf(" (the probes' route: %v)", err)
 	}
