@@ -149,3 +149,63 @@ func TestTraceFollowsTheConnectionsBranch(t *testing.T) {
 		}
 	}
 }
+
+// Two nexthops of b's multipath route on one interface (a LAN with two
+// gateways): pinning the probes to the interface cannot tell them apart,
+// and the result says so when the connection's nexthop is not the one the
+// probes take.
+func TestTraceSaysWhenNexthopsShareAnInterface(t *testing.T) {
+	l := netlab.New(t)
+	b, sw, r1, r2, c := l.Host("b"), l.Host("sw"), l.Host("r1"), l.Host("r2"), l.Host("c")
+	sw.Run("ip", "link", "add", "br0", "type", "bridge")
+	sw.Run("ip", "link", "set", "br0", "up")
+	for _, h := range []struct {
+		host *netlab.Host
+		port string
+		addr string
+	}{{b, "pb", "10.64.1.1/24"}, {r1, "p1", "10.64.1.2/24"}, {r2, "p2", "10.64.1.3/24"}} {
+		l.Link(h.host, "eth1", h.addr, sw, h.port, "")
+		sw.Run("ip", "link", "set", h.port, "master", "br0")
+	}
+	l.Link(r1, "eth2", "10.64.2.1/24", c, "eth1", "10.64.2.2/24")
+	l.Link(r2, "eth2", "10.64.3.1/24", c, "eth2", "10.64.3.2/24")
+	b.Run("ip", "addr", "add", "10.64.8.1/32", "dev", "lo")
+	c.Run("ip", "addr", "add", "10.64.9.1/32", "dev", "lo")
+	r1.Router()
+	r2.Router()
+	b.Sysctl("net.ipv4.fib_multipath_hash_policy", "1")
+	b.Route("add", "10.64.9.0/24", "nexthop", "via", "10.64.1.2", "nexthop", "via", "10.64.1.3")
+	r1.Route("add", "10.64.9.0/24", "via", "10.64.2.2")
+	r2.Route("add", "10.64.9.0/24", "via", "10.64.3.2")
+	r1.Route("add", "10.64.8.0/24", "via", "10.64.1.1")
+	r2.Route("add", "10.64.8.0/24", "via", "10.64.1.1")
+	c.Route("add", "10.64.8.0/24", "via", "10.64.2.1")
+	target := echo(t, c, "10.64.9.1:9000")
+	tr := newTracer(t, trace.Config{})
+	seen := map[bool]bool{}
+	for attempt := 0; attempt < 40 && len(seen) < 2; attempt++ {
+		var nc net.Conn
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("10.64.8.1")}, Timeout: 5 * time.Second}
+		if err := b.Do(func() (err error) { nc, err = d.Dial("tcp", target); return err }); err != nil {
+			t.Fatal(err)
+		}
+		sport := strconv.Itoa(nc.LocalAddr().(*net.TCPAddr).Port)
+		r2.Run("iptables", "-A", "FORWARD", "-p", "tcp", "--sport", sport, "-m", "comment", "--comment", "c"+sport)
+		roundTrip(t, nc, 3)
+		viaR2 := r2.Packets(false, "filter", "FORWARD", "c"+sport) > 0
+		if seen[viaR2] {
+			nc.Close()
+			continue
+		}
+		seen[viaR2] = true
+		res := traceFrom(t, b, tr, nc.(*net.TCPConn), trace.Options{MaxTTL: 3}, 10*time.Second)
+		warned := strings.Contains(res.Flow.Route, "two nexthops share its interface")
+		if warned != viaR2 {
+			t.Errorf("connection via r2 %v: route %q, want a warning exactly when it goes via r2 (the probes take r1, the first nexthop on eth1)", viaR2, res.Flow.Route)
+		}
+		nc.Close()
+	}
+	if len(seen) < 2 {
+		t.Fatalf("40 connections took one gateway only (%v)", seen)
+	}
+}
