@@ -256,7 +256,9 @@ func (t *Tracer) trace(ctx context.Context, info connInfo, opts Options) (*Resul
 		first:   make([]int, 1, opts.MaxTTL+2),
 		tracer:  t,
 	}
-	p.start(s.answers, s.ours)
+	// The readers check identities against copies of base and n: the
+	// session's own fields are the trace loop's.
+	p.start(s.answers, func(id uint32) bool { return id-base < uint32(n) })
 	stop := s.run(ctx)
 	p.close()
 	s.drain()
@@ -373,10 +375,6 @@ func (s *session) span(ttl int) (lo, hi int) {
 	}
 	return lo, hi
 }
-
-// ours says whether id can be one of this trace's probes (the readers call
-// it: base and the capacity never change).
-func (s *session) ours(id uint32) bool { return id-s.base < uint32(cap(s.probes)) }
 
 // run probes TTL after TTL until the far end answers or a bound ends it.
 func (s *session) run(ctx context.Context) Stop {
