@@ -20,7 +20,9 @@
 // A probe that reaches the far end lands on the established connection.
 // Linux (since 3.6, RFC 5961 section 4) never accepts a SYN there,
 // whatever its sequence number: it drops it and answers with a challenge
-// ACK, at most one per 500 ms per connection (tcp_invalid_ratelimit). That
+// ACK, at most one per 500 ms per connection (tcp_invalid_ratelimit). (A
+// stack older than RFC 5961 would reset the connection on a SYN that falls
+// in its window: the far ends here are the chain's hops, on Linux.) That
 // ACK repeats the far end's current acknowledgement and window: for this
 // host's TCP it is a duplicate ACK carrying nothing new, which a
 // connection with SACK (and RACK, Linux's default) ignores; without SACK
