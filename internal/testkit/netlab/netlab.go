@@ -10,6 +10,8 @@
 // SIGTERM or SIGINT, and otherwise by the next lab created on the machine,
 // which deletes the namespaces of labs whose process is gone (a test
 // binary killed by -timeout runs no cleanup).
+//
+// Only tests import it (internal/architecture_test.go).
 package netlab
 
 import (

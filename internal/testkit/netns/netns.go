@@ -9,6 +9,8 @@
 //
 // The function itself must open its sockets: goroutines it starts run on
 // other threads, in the process's own namespace.
+//
+// Only tests import it (internal/architecture_test.go).
 package netns
 
 import (

@@ -19,6 +19,8 @@
 // queue drops everything, unless the rule has --queue-bypass), and remove
 // the rule before Close: Close accepts every packet still held, then
 // unbinds the queue.
+//
+// Only tests import it (internal/architecture_test.go).
 package nfqdelay
 
 import (

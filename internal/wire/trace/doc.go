@@ -106,4 +106,8 @@
 // hash IPv6 on the flow label may send them another way. The route lookup
 // with ports needs Linux 4.17 or later (older kernels answer it without
 // the ports).
+//
+// Layering (internal/architecture_test.go): floor 1; it imports only
+// internal/host and internal/wire, never internal/config, the source end,
+// relay or anything above.
 package trace
