@@ -74,6 +74,8 @@ type httpSession struct {
 	// how the far end of a failed segment is named.
 	chain []string
 	res   map[string]time.Duration
+	// stopWake unregisters the open connection's wake-up (wakeOnDone).
+	stopWake func() bool
 }
 
 // limitedReader bounds what one response may make the prober read.
@@ -191,14 +193,16 @@ func (s *httpSession) dial(ctx context.Context) *Failure {
 		s.br.Reset(s.limit)
 	}
 	s.tcp, _ = tcpinfo.NewReader(conn)
-	context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Now()) })
+	s.stopWake = wakeOnDone(ctx, conn)
 	return nil
 }
 
+// close closes the connection; the next probe opens another.
 func (s *httpSession) close() {
 	if s.conn != nil {
+		s.stopWake()
 		s.conn.Close()
-		s.conn = nil
+		s.conn, s.stopWake = nil, nil
 	}
 }
 

@@ -28,6 +28,9 @@ type session struct {
 	buf     []byte
 	// firstHop is the name the first hop reported in this session.
 	firstHop string
+	// stopWake unregisters the wake-up on the dial's context: a
+	// continuous session's context outlives every connection it opens.
+	stopWake func() bool
 }
 
 func open(ctx context.Context, o *Options) (*session, *Failure) {
@@ -46,13 +49,22 @@ func open(ctx context.Context, o *Options) (*session, *Failure) {
 	s := &session{o: o, conn: conn, rx: rxstamp.Of(conn), rd: frame.NewReader(conn, o.maxFrame()), sign: frame.NewSigner(o.Keys), id: peer.NewID(),
 		connect: time.Duration(o.Clock.Monotonic() - t0)}
 	s.tcp, _ = tcpinfo.NewReader(conn)
-	context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Now()) })
+	s.stopWake = wakeOnDone(ctx, conn)
 	return s, nil
 }
 
 func (s *session) close() {
+	s.stopWake()
 	s.conn.Close()
 	s.rd.Release()
+}
+
+// wakeOnDone makes a blocked read or write on conn return when ctx ends.
+// The caller must call the returned stop when it closes conn: a context
+// that outlives the connection (a continuous session's) would otherwise
+// keep the registration, and the connection with it, until it ends.
+func wakeOnDone(ctx context.Context, conn net.Conn) func() bool {
+	return context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Now()) })
 }
 
 // probeBudget is the time one probe may take: the per-probe timeout, cut
