@@ -14,7 +14,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/subsegment/subsegment_exporter/internal/source/timing"
 	"github.com/subsegment/subsegment_exporter/internal/wire/frame"
 	"github.com/subsegment/subsegment_exporter/internal/wire/httpstamp"
 	"github.com/subsegment/subsegment_exporter/internal/wire/peer"
@@ -244,13 +243,14 @@ func (s *httpSession) probe(ctx context.Context, seq uint64, _ uint16) Sample {
 		return smp
 	}
 	s.limit.n = maxHTTPHeaderBytes
-	tBuild := o.Clock.Monotonic()
+	// Request-out is stamped before the write, as the relays and the tcp
+	// prober stamp it: the proxy may answer before the write returns.
+	tOut := o.Clock.Monotonic()
 	if _, err := s.conn.Write(s.req); err != nil {
 		s.close()
 		smp.Failure = s.fail(peer.ClassifyOr(err, peer.ReasonReset), "write to %s: %v", s.target.Address, err)
 		return smp
 	}
-	tOut := o.Clock.Monotonic()
 	resp, rx, err := s.readResponse()
 	if err != nil {
 		s.close()
@@ -264,7 +264,7 @@ func (s *httpSession) probe(ctx context.Context, seq uint64, _ uint16) Sample {
 		}
 		return smp
 	}
-	src := s.ownRecord(tBuild, tOut, rx)
+	src := s.ownRecord(tOut, rx)
 	if o.Logger.Enabled(ctx, slog.LevelDebug) {
 		o.Logger.Debug("response", "seq", seq, "status", resp.StatusCode, "round_trip", src.Downstream, "kernel_stamp", rx.Kernel,
 			httpstamp.Header, peer.SanitizeText(strings.Join(resp.Header.Values(httpstamp.Header), ", "), 512))
@@ -319,10 +319,11 @@ func (s *httpSession) readResponse() (*http.Response, rxstamp.Stamp, error) {
 }
 
 // ownRecord is the source's record: the request left at tOut and the
-// kernel received the response's first byte at rx.
-func (s *httpSession) ownRecord(tBuild, tOut int64, rx rxstamp.Stamp) frame.HopRecord {
+// kernel received the response's first byte at rx. The request is built
+// once, so no time goes forward.
+func (s *httpSession) ownRecord(tOut int64, rx rxstamp.Stamp) frame.HopRecord {
 	in := max(rx.At, tOut)
-	src := frame.HopRecord{ID: s.id, Name: s.o.Source, Forward: time.Duration(tOut - tBuild), Downstream: time.Duration(in - tOut), WaitReturn: rx.Wait}
+	src := frame.HopRecord{ID: s.id, Name: s.o.Source, Downstream: time.Duration(in - tOut), WaitReturn: rx.Wait}
 	if rx.Kernel {
 		src.Flags |= frame.RecKernelReply
 	}
@@ -341,14 +342,14 @@ func (s *httpSession) decode(resp *http.Response, smp *Sample, src frame.HopReco
 	smp.Records = []frame.HopRecord{src}
 	entries, err := httpstamp.Parse(resp.Header.Values(httpstamp.Header))
 	if err != nil {
-		smp.Failure = s.fail(peer.ReasonBadHeader, "%v", err)
+		smp.Failure = s.entryFailure(err)
 		return
 	}
 	if d, dup := httpstamp.Duplicate(entries); dup {
 		smp.Failure = s.fail(peer.ReasonBadHeader, "%s entry %q appears twice: one proxy stamps twice (two add-header lines?)", httpstamp.Header, d.Text)
 		return
 	}
-	entries = httpstamp.Outermost(entries)
+	entries = s.order(entries)
 	for i, e := range entries {
 		rec := frame.HopRecord{ID: httpHopIDBase | uint64(i+1), Name: e.Hop, Downstream: e.Duration}
 		if i == len(entries)-1 && e.Hop == s.h.backend() {
@@ -374,13 +375,49 @@ func (s *httpSession) decode(resp *http.Response, smp *Sample, src frame.HopReco
 		smp.Failure = f
 		return
 	}
-	s.o.Names.putChain(s.o.Target, names)
-	smp.Breakdown = timing.Compute(timingHops(smp.Records))
-	for i := range smp.Breakdown.Segments {
-		// A coarse inner value may exceed the outer one within their
-		// resolutions (Outermost ordered them): the segment is then 0.
-		smp.Breakdown.Segments[i].RTT = max(smp.Breakdown.Segments[i].RTT, 0)
+	// A proxy's time lies within what the source (or the proxy outside
+	// it) measured around it, give or take both resolutions: the segment
+	// arithmetic holds every entry to it (bad_header naming the proxy).
+	hops := timingHops(smp.Records)
+	for i, e := range entries {
+		hops[i+1].Resolution = e.Resolution
 	}
+	breakDown(smp, hops, peer.ReasonBadHeader, fmt.Sprintf("response from %s: the %s entry", s.target.Address, httpstamp.Header))
+	if smp.Failure == nil {
+		s.o.Names.putChain(s.o.Target, names)
+	}
+}
+
+// order puts the entries outermost first: in the order of the module's
+// hops when they name exactly those proxies (then an inner proxy that
+// claims more than the outer one measured is refused as such), else by
+// their durations (httpstamp.Outermost).
+func (s *httpSession) order(entries []httpstamp.Entry) []httpstamp.Entry {
+	want := s.h.Hops
+	if len(want) == 0 {
+		return httpstamp.Outermost(entries)
+	}
+	out := make([]httpstamp.Entry, 0, len(entries))
+	used := make([]bool, len(entries))
+	take := func(name string) bool {
+		for i, e := range entries {
+			if !used[i] && e.Hop == name {
+				used[i] = true
+				out = append(out, e)
+				return true
+			}
+		}
+		return false
+	}
+	for _, name := range want {
+		if !take(name) {
+			return httpstamp.Outermost(entries)
+		}
+	}
+	if len(out) < len(entries) && !take(s.h.backend()) || len(out) < len(entries) {
+		return httpstamp.Outermost(entries)
+	}
+	return out
 }
 
 // statusFailure names the segment after the innermost proxy that
@@ -393,15 +430,7 @@ func (s *httpSession) statusFailure(resp *http.Response, records []frame.HopReco
 	}
 	inner := len(names)
 	next, known := s.h.backend(), false
-	expected := s.chain
-	switch {
-	case len(s.h.Hops) > 0:
-		expected = s.h.Hops
-	case expected == nil:
-		// What an earlier run saw: a scrape after a good one names the
-		// hop that broke.
-		expected = s.o.Names.chainOf(s.o.Target)
-	}
+	expected := s.expected()
 	if k := slices.Index(expected, names[len(names)-1]); k >= 0 && k+1 < len(expected) {
 		next, known = expected[k+1], true
 	}
@@ -411,6 +440,35 @@ func (s *httpSession) statusFailure(resp *http.Response, records []frame.HopReco
 	}
 	return &Failure{FromIndex: inner, From: peerOf(records[inner]), To: peer.Hop{Name: next}, Reason: peer.ReasonHTTPStatus,
 		Message: fmt.Sprintf("%s, stamped by %s (innermost): %s did not answer it with a valid response", msg, names[len(names)-1], behind)}
+}
+
+// expected is the chain's proxies as far as they are known, outermost
+// first: the module's hops, else the warm-up's, else what an earlier run
+// saw (a scrape after a good one names the hop that broke).
+func (s *httpSession) expected() []string {
+	switch {
+	case len(s.h.Hops) > 0:
+		return s.h.Hops
+	case s.chain != nil:
+		return s.chain
+	}
+	return s.o.Names.chainOf(s.o.Target)
+}
+
+// entryFailure reports a Subsegment-Timing entry that could not be read:
+// on the segment into its proxy when the chain's order is known, else on
+// the segment from the source to the first proxy.
+func (s *httpSession) entryFailure(err error) *Failure {
+	f := s.fail(peer.ReasonBadHeader, "%v", err)
+	var ee *httpstamp.EntryError
+	if !errors.As(err, &ee) {
+		return f
+	}
+	expected := s.expected()
+	if k := slices.Index(expected, ee.Hop); k > 0 {
+		f.From, f.To = peer.Hop{Name: expected[k-1]}, peer.Hop{Name: ee.Hop}
+	}
+	return f
 }
 
 // checkChain holds a response's proxies to the configured hops, else to

@@ -11,7 +11,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
+	"github.com/subsegment/subsegment_exporter/internal/wire/httpstamp"
 	"github.com/subsegment/subsegment_exporter/internal/wire/peer"
 )
 
@@ -25,7 +27,16 @@ type scriptedHTTP struct {
 	requests []string
 }
 
+// serveHTTP answers as a chain of proxies that took the time they stamp:
+// each response leaves after its outermost entry's duration.
 func serveHTTP(t *testing.T, respond func(n int) string) *scriptedHTTP {
+	t.Helper()
+	return serveHTTPSpending(t, true, respond)
+}
+
+// serveHTTPSpending answers at once when spend is false: its proxies'
+// stamps then claim time nobody spent.
+func serveHTTPSpending(t *testing.T, spend bool, respond func(n int) string) *scriptedHTTP {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -56,6 +67,9 @@ func serveHTTP(t *testing.T, respond func(n int) string) *scriptedHTTP {
 					if out == "" {
 						return // hang up without a response
 					}
+					if spend {
+						time.Sleep(stamped(out))
+					}
 					if _, err := io.WriteString(c, out); err != nil {
 						return
 					}
@@ -67,6 +81,21 @@ func serveHTTP(t *testing.T, respond func(n int) string) *scriptedHTTP {
 		}
 	}()
 	return s
+}
+
+// stamped is the longest time a response's entries claim (0 when it
+// has none, or they do not parse).
+func stamped(response string) time.Duration {
+	resp, err := http.ReadResponse(bufio.NewReader(strings.NewReader(response)), nil)
+	if err != nil {
+		return 0
+	}
+	entries, _ := httpstamp.Parse(resp.Header.Values(httpstamp.Header))
+	var d time.Duration
+	for _, e := range entries {
+		d = max(d, e.Duration)
+	}
+	return min(d, time.Second)
 }
 
 func (s *scriptedHTTP) url() string { return "http://" + s.ln.Addr().String() + "/health?x=1" }
@@ -107,7 +136,7 @@ func TestHTTPChainArithmetic(t *testing.T) {
 		t.Errorf("h1>n1 %+v res %v, n1>backend %+v res %v; want 20 ms and 5 ms at 1 ms", h1n1.RTT, h1n1.Resolution, n1b.RTT, n1b.Resolution)
 	}
 	// The source's segment: its round trip less h1's 25 ms, which the
-	// scripted server did not spend: clamped at 0, never negative.
+	// scripted server spent.
 	if a := r.Segments[0]; a.RTT.Min < 0 || a.Resolution != 1e-6 {
 		t.Errorf("a>h1 %+v res %v", a.RTT, a.Resolution)
 	}
