@@ -66,8 +66,12 @@ type httpSession struct {
 	method *http.Request
 	id     uint64
 	// connect is the handshake (TCP and TLS) of the connection opened for
-	// the next probe; 0 once reported.
+	// the next probe; 0 once reported. dialed is when that dial began.
 	connect time.Duration
+	dialed  int64
+	// lead is, for the probe being decoded, how long before its request
+	// the first proxy may have started its clock (timing.Hop.Lead).
+	lead time.Duration
 	// chain is the hops the warm-up's response named, outermost first:
 	// what later responses are held to when no hops are configured, and
 	// how the far end of a failed segment is named.
@@ -184,7 +188,7 @@ func (s *httpSession) dial(ctx context.Context) *Failure {
 	if err != nil {
 		return s.fail(peer.ClassifyOr(err, peer.ReasonUnreachable), "connect to %s: %v", s.target.Address, err)
 	}
-	s.conn, s.rx, s.connect = conn, rxstamp.Of(conn), time.Duration(o.Clock.Monotonic()-t0)
+	s.conn, s.rx, s.connect, s.dialed = conn, rxstamp.Of(conn), time.Duration(o.Clock.Monotonic()-t0), t0
 	s.limit = &limitedReader{r: conn}
 	if s.br == nil {
 		s.br = bufio.NewReaderSize(s.limit, 16<<10)
@@ -246,6 +250,10 @@ func (s *httpSession) probe(ctx context.Context, seq uint64, _ uint16) Sample {
 	// Request-out is stamped before the write, as the relays and the tcp
 	// prober stamp it: the proxy may answer before the write returns.
 	tOut := o.Clock.Monotonic()
+	s.lead = 0
+	if s.connect > 0 {
+		s.lead = time.Duration(tOut - s.dialed)
+	}
 	if _, err := s.conn.Write(s.req); err != nil {
 		s.close()
 		smp.Failure = s.fail(peer.ClassifyOr(err, peer.ReasonReset), "write to %s: %v", s.target.Address, err)
@@ -379,6 +387,7 @@ func (s *httpSession) decode(resp *http.Response, smp *Sample, src frame.HopReco
 	// it) measured around it, give or take both resolutions: the segment
 	// arithmetic holds every entry to it (bad_header naming the proxy).
 	hops := timingHops(smp.Records)
+	hops[0].Lead = s.lead
 	for i, e := range entries {
 		hops[i+1].Resolution = e.Resolution
 	}

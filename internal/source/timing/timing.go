@@ -27,6 +27,13 @@ type Hop struct {
 	// for relays and the source (nanoseconds), the unit of an HTTP
 	// proxy's Subsegment-Timing stamp (1 ms for nginx).
 	Resolution time.Duration
+	// Lead is how long before this hop's request-out the next hop may
+	// already have started its clock: 0 but for an HTTP source on a
+	// connection opened for the probe, where it is the time from the dial
+	// to the request (HAProxy stamps a request with the time of the
+	// event-loop pass that accepted the connection or finished its TLS
+	// handshake, nginx with that of the pass that read it first).
+	Lead time.Duration
 }
 
 // Residence is the time the probe spent inside the hop.
@@ -51,9 +58,9 @@ const ClockRate = 1000
 
 // Tolerance is how much more than near measured around it far may claim
 // before its record is refused (SegmentRTT): ClockGranularity, 1/ClockRate
-// of far's time, and both hops' resolutions.
+// of far's time, both hops' resolutions, and near's Lead.
 func Tolerance(near, far Hop) time.Duration {
-	return ClockGranularity + far.Total()/ClockRate + near.Resolution + far.Resolution
+	return ClockGranularity + far.Total()/ClockRate + near.Resolution + far.Resolution + near.Lead
 }
 
 // Overclaim is a hop whose record says it took longer (request-in →

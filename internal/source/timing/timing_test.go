@@ -312,6 +312,8 @@ func TestOverclaimBeyondTheTolerance(t *testing.T) {
 		{"first hop claiming a day", []Hop{src, {Name: "b", Forward: 8 * time.Hour, Downstream: 8 * time.Hour, Return: 8 * time.Hour}, {Name: "z"}}, 1, 0},
 		{"stamps of a millisecond within it", []Hop{src, {Name: "n1", Downstream: 1400 * us, Resolution: time.Millisecond}, {Name: "backend"}}, 0, 0},
 		{"stamps of a millisecond beyond it", []Hop{src, {Name: "n1", Downstream: 1600 * us, Resolution: time.Millisecond}, {Name: "backend"}}, 1, 0},
+		{"a proxy's clock started with the connection, before the request", []Hop{{Name: "a", Downstream: 300 * us, Lead: 2 * time.Millisecond}, {Name: "h1", Downstream: 2 * time.Millisecond}, {Name: "backend"}}, 0, 0},
+		{"beyond the connection's lead", []Hop{{Name: "a", Downstream: 300 * us, Lead: 2 * time.Millisecond}, {Name: "h1", Downstream: 3 * time.Millisecond}, {Name: "backend"}}, 1, 0},
 		{"rate: a tenth of a percent of a second", []Hop{{Name: "a", Downstream: time.Second}, {Name: "z", Forward: time.Second + 900*us}}, 0, 0},
 		{"rate: beyond it", []Hop{{Name: "a", Downstream: time.Second}, {Name: "z", Forward: time.Second + 1100*us}}, 1, 0},
 	}
