@@ -10,6 +10,7 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"net/url"
 	"slices"
 	"strings"
 	"time"
@@ -143,7 +144,7 @@ func (s *httpSession) request() []byte {
 		host = s.target.URL.Host
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "%s %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: subsegment_exporter\r\nAccept: */*\r\n", s.methodName(), s.target.URL.RequestURI(), host)
+	fmt.Fprintf(&b, "%s %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: subsegment_exporter\r\nAccept: */*\r\n", s.methodName(), requestTarget(s.target.URL), host)
 	names := make([]string, 0, len(s.h.Header))
 	for k := range s.h.Header {
 		names = append(names, k)
@@ -159,6 +160,52 @@ func (s *httpSession) request() []byte {
 	}
 	b.WriteString("\r\n")
 	return []byte(b.String())
+}
+
+// requestTarget is the URL's request-target (origin form): its path as
+// url escapes it, and its query with every byte RFC 3986 does not allow
+// in a query percent-encoded — a space as %20, a % that starts no escape
+// as %25, escapes already there kept — so that the request line is valid
+// whatever the target's query holds, and decodes to what was written.
+func requestTarget(u *url.URL) string {
+	path := u.EscapedPath()
+	if path == "" {
+		path = "/"
+	}
+	if u.RawQuery == "" && !u.ForceQuery {
+		return path
+	}
+	return path + "?" + escapeQuery(u.RawQuery)
+}
+
+func escapeQuery(q string) string {
+	var b strings.Builder
+	for i := 0; i < len(q); i++ {
+		c := q[i]
+		switch {
+		case c == '%' && i+2 < len(q) && isHex(q[i+1]) && isHex(q[i+2]):
+			b.WriteByte(c)
+		case c != '%' && queryByte(c):
+			b.WriteByte(c)
+		default:
+			fmt.Fprintf(&b, "%%%02X", c)
+		}
+	}
+	return b.String()
+}
+
+// queryByte says whether RFC 3986 allows c as it is in a query: pchar
+// (unreserved, sub-delims, ":" and "@"), "/" and "?".
+func queryByte(c byte) bool {
+	switch {
+	case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		return true
+	}
+	return strings.IndexByte("-._~!$&'()*+,;=:@/?", c) >= 0
+}
+
+func isHex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
 }
 
 // dial opens the connection to the first proxy (TLS for https).

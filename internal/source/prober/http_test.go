@@ -6,6 +6,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -261,4 +263,57 @@ func TestHTTPRefusesTargetsItCannotProbe(t *testing.T) {
 			t.Errorf("%q accepted", target)
 		}
 	}
+}
+
+// A target whose query holds characters a request line cannot carry (a
+// space, quotes, non-ASCII) is sent with them percent-encoded (RFC 3986):
+// the request line stays valid, and decodes to what was written.
+func TestHTTPRequestLineEscapesTheQuery(t *testing.T) {
+	for _, c := range []struct{ target, want string }{
+		{"/search?q=a b", "/search?q=a%20b"},
+		{"/search?q=\"x\"&r=<y>|{z}^`\\", "/search?q=%22x%22&r=%3Cy%3E%7C%7Bz%7D%5E%60%5C"},
+		{"/s?q=é", "/s?q=%C3%A9"},
+		{"/s?q=a%20b&pct=100%", "/s?q=a%20b&pct=100%25"},
+		{"/a b/c?x=1/2?y=:@!$'()*+,;=", "/a%20b/c?x=1/2?y=:@!$'()*+,;="},
+		{"/s?", "/s?"},
+		{"/s", "/s"},
+	} {
+		srv := serveHTTP(t, func(int) string { return response(200, "edge;dur=1us") })
+		target := "http://" + srv.ln.Addr().String() + c.target
+		r := run(t, httpOpts(target, HTTPOptions{}))
+		if !r.Success {
+			t.Errorf("%q: %+v", c.target, r.Failure)
+			continue
+		}
+		srv.mu.Lock()
+		got := strings.Fields(srv.requests[0])[1]
+		srv.mu.Unlock()
+		if got != c.want {
+			t.Errorf("%q sent as %q, want %q", c.target, got, c.want)
+		}
+	}
+}
+
+// FuzzRequestTarget: whatever path and query a target holds, the request
+// line parses, and its query decodes to what the target's decodes to.
+func FuzzRequestTarget(f *testing.F) {
+	for _, s := range []string{"search?q=a b", "s?q=é&x=%zz", "a b/c?x=1/2?y=:@", "?", "s?q=%41%4"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		target, err := peer.ParseHTTPTarget("http://h/" + s)
+		if err != nil {
+			return
+		}
+		rt := requestTarget(target.URL)
+		req, err := http.ReadRequest(bufio.NewReader(strings.NewReader("GET " + rt + " HTTP/1.1\r\nHost: h\r\n\r\n")))
+		if err != nil {
+			t.Fatalf("%q sent as %q: %v", s, rt, err)
+		}
+		want, werr := url.ParseQuery(target.URL.RawQuery)
+		got, gerr := url.ParseQuery(req.URL.RawQuery)
+		if werr == nil && (gerr != nil || !reflect.DeepEqual(want, got)) {
+			t.Fatalf("%q sent as %q: query %v, want %v (%v)", s, rt, got, want, gerr)
+		}
+	})
 }
