@@ -163,15 +163,32 @@ func Compute(hops []Hop) (Breakdown, error) {
 	for i := 0; i+1 < len(hops); i++ {
 		near, far := hops[i], hops[i+1]
 		rtt, _ := segmentRTT(near, far)
-		s := Segment{From: i, To: i + 1, RTT: rtt}
-		if near.Synced && far.Synced {
-			// request-out_i on the wall clock = WallIn_i + Forward_i.
-			fwd := time.Duration(far.WallIn - (near.WallIn + int64(near.Forward)))
-			s.OneWay = &OneWay{Forward: fwd, Return: s.RTT - fwd, ErrorBound: near.MaxError + far.MaxError}
-		}
+		s := Segment{From: i, To: i + 1, RTT: rtt, OneWay: oneWay(near, far, rtt)}
 		b.Segments = append(b.Segments, s)
 	}
 	return b, nil
+}
+
+// oneWay splits a segment's rtt by both hops' wall clocks, when both say
+// they are synchronised: request-out_near on the wall clock is WallIn +
+// Forward. Forward is kept within [0, rtt] (the truth lies within
+// ErrorBound of it); when the clocks disagree by more than their errors
+// allow (forward more than ErrorBound outside [0, rtt]), one of them is
+// not synchronised as it says, and there is no one-way delay.
+func oneWay(near, far Hop, rtt time.Duration) *OneWay {
+	if !near.Synced || !far.Synced {
+		return nil
+	}
+	bound := near.MaxError + far.MaxError
+	// Checked in floating point first: wall clocks come from peers, and
+	// their difference may not fit an int64. Within the range it does.
+	approx := float64(far.WallIn) - float64(near.WallIn) - float64(near.Forward)
+	if approx < -float64(bound) || approx > float64(rtt+bound) {
+		return nil
+	}
+	fwd := time.Duration(far.WallIn-near.WallIn) - near.Forward
+	f := min(max(fwd, 0), rtt)
+	return &OneWay{Forward: f, Return: rtt - f, ErrorBound: bound}
 }
 
 // Stats summarises samples of one quantity across the probes of a run.

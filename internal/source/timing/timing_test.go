@@ -347,3 +347,40 @@ func TestOverclaimBeyondTheTolerance(t *testing.T) {
 		})
 	}
 }
+
+// Both hops say their clocks are synchronised within MaxError: a forward
+// delay outside [0, rtt] by more than both errors means one of them is
+// not, and there is no one-way delay; within, it is kept in [0, rtt].
+func TestOneWayWithinWhatTheClocksClaim(t *testing.T) {
+	us := time.Microsecond
+	near := Hop{Name: "b", Forward: 10 * us, Downstream: 1000 * us, Synced: true, MaxError: 50 * us, WallIn: 1_000_000}
+	for _, tc := range []struct {
+		name    string
+		farWall int64
+		want    *OneWay
+	}{
+		// rtt: 1000 µs downstream less c's 100 µs
+		{"halves", 1_000_000 + 10_000 + 400_000, &OneWay{Forward: 400 * us, Return: 500 * us, ErrorBound: 100 * us}},
+		{"negative within the errors", 1_000_000 + 10_000 - 80_000, &OneWay{Forward: 0, Return: 900 * us, ErrorBound: 100 * us}},
+		{"over the rtt within the errors", 1_000_000 + 10_000 + 990_000, &OneWay{Forward: 900 * us, Return: 0, ErrorBound: 100 * us}},
+		{"over the rtt beyond them", 1_000_000 + 10_000 + 1_001_000, nil},
+		{"negative beyond them", 1_000_000 + 10_000 - 101_000, nil},
+		{"two days", 1_000_000 + int64(48*time.Hour), nil},
+		{"the far end of int64", math.MaxInt64, nil},
+		{"the near end of int64", math.MinInt64, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			far := Hop{Name: "c", Forward: 100 * us, Synced: true, MaxError: 50 * us, WallIn: tc.farWall}
+			b := mustCompute(t, []Hop{near, far})
+			got := b.Segments[0].OneWay
+			if (got == nil) != (tc.want == nil) || got != nil && *got != *tc.want {
+				t.Errorf("one-way %+v, want %+v", got, tc.want)
+			}
+		})
+	}
+	n := near
+	n.WallIn = math.MinInt64
+	if got := mustCompute(t, []Hop{n, {Name: "c", Synced: true, WallIn: math.MaxInt64}}).Segments[0].OneWay; got != nil {
+		t.Errorf("wall clocks at both ends of int64: one-way %+v", got)
+	}
+}
