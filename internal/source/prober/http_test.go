@@ -27,6 +27,9 @@ type scriptedHTTP struct {
 	conns    atomic.Int32
 	mu       sync.Mutex
 	requests []string
+	n        atomic.Int32
+	respond  func(n int) string
+	spend    bool
 }
 
 // serveHTTP answers as a chain of proxies that took the time they stamp:
@@ -44,9 +47,8 @@ func serveHTTPSpending(t *testing.T, spend bool, respond func(n int) string) *sc
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &scriptedHTTP{ln: ln}
+	s := &scriptedHTTP{ln: ln, respond: respond, spend: spend}
 	t.Cleanup(func() { ln.Close() })
-	var n atomic.Int32
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -54,35 +56,35 @@ func serveHTTPSpending(t *testing.T, spend bool, respond func(n int) string) *sc
 				return
 			}
 			s.conns.Add(1)
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					req, err := http.ReadRequest(br)
-					if err != nil {
-						return
-					}
-					s.mu.Lock()
-					s.requests = append(s.requests, req.Method+" "+req.RequestURI+" host="+req.Host+" x="+req.Header.Get("X-Probe"))
-					s.mu.Unlock()
-					out := respond(int(n.Add(1) - 1))
-					if out == "" {
-						return // hang up without a response
-					}
-					if spend {
-						time.Sleep(stamped(out))
-					}
-					if _, err := io.WriteString(c, out); err != nil {
-						return
-					}
-					if strings.Contains(out, "Connection: close") {
-						return
-					}
-				}
-			}()
+			go s.serve(c)
 		}
 	}()
 	return s
+}
+
+// serve answers the requests of one connection.
+func (s *scriptedHTTP) serve(c net.Conn) {
+	defer c.Close()
+	br := bufio.NewReader(c)
+	for {
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			return
+		}
+		s.mu.Lock()
+		s.requests = append(s.requests, req.Method+" "+req.RequestURI+" host="+req.Host+" x="+req.Header.Get("X-Probe"))
+		s.mu.Unlock()
+		out := s.respond(int(s.n.Add(1) - 1))
+		if out == "" {
+			return // hang up without a response
+		}
+		if s.spend {
+			time.Sleep(stamped(out))
+		}
+		if _, err := io.WriteString(c, out); err != nil || strings.Contains(out, "Connection: close") {
+			return
+		}
+	}
 }
 
 // stamped is the longest time a response's entries claim (0 when it

@@ -320,31 +320,45 @@ func TestOverclaimBeyondTheTolerance(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			bd, err := Compute(tc.hops)
-			var oc *Overclaim
 			if tc.far == 0 {
-				if err != nil {
-					t.Fatalf("refused: %v", err)
-				}
-				for i, s := range bd.Segments {
-					if s.RTT < 0 || (i == tc.zeroSeg) != (s.RTT == 0) {
-						t.Errorf("segment %d rtt %v", i, s.RTT)
-					}
-				}
+				accepted(t, bd, err, tc.zeroSeg)
 				return
 			}
-			if !errors.As(err, &oc) || oc.Far != tc.far || oc.Name != tc.hops[tc.far].Name || oc.Near != tc.hops[tc.far-1].Name {
-				t.Fatalf("error %v (%+v), want an overclaim of hop %d", err, oc, tc.far)
-			}
-			if len(bd.Residence) != tc.far || len(bd.Segments) != tc.far-1 {
-				t.Errorf("breakdown %+v: want the %d hops before the refused one", bd, tc.far)
-			}
-			if !strings.Contains(err.Error(), tc.hops[tc.far].Name+" says it took") {
-				t.Errorf("message does not name the hop: %v", err)
-			}
-			if _, err := SegmentRTT(tc.hops[tc.far-1], tc.hops[tc.far]); err == nil {
-				t.Errorf("SegmentRTT accepts what Compute refused")
-			}
+			refused(t, tc.hops, bd, err, tc.far)
 		})
+	}
+}
+
+// accepted checks a breakdown Compute accepted: no negative segment, and
+// only the one at zeroSeg (-1: none) counted 0.
+func accepted(t *testing.T, bd Breakdown, err error, zeroSeg int) {
+	t.Helper()
+	if err != nil {
+		t.Fatalf("refused: %v", err)
+	}
+	for i, s := range bd.Segments {
+		if s.RTT < 0 || (i == zeroSeg) != (s.RTT == 0) {
+			t.Errorf("segment %d rtt %v", i, s.RTT)
+		}
+	}
+}
+
+// refused checks that Compute refused hop far of hops, naming it, with
+// the breakdown of the hops before it.
+func refused(t *testing.T, hops []Hop, bd Breakdown, err error, far int) {
+	t.Helper()
+	var oc *Overclaim
+	if !errors.As(err, &oc) || oc.Far != far || oc.Name != hops[far].Name || oc.Near != hops[far-1].Name {
+		t.Fatalf("error %v (%+v), want an overclaim of hop %d", err, oc, far)
+	}
+	if len(bd.Residence) != far || len(bd.Segments) != far-1 {
+		t.Errorf("breakdown %+v: want the %d hops before the refused one", bd, far)
+	}
+	if !strings.Contains(err.Error(), hops[far].Name+" says it took") {
+		t.Errorf("message does not name the hop: %v", err)
+	}
+	if _, err := SegmentRTT(hops[far-1], hops[far]); err == nil {
+		t.Errorf("SegmentRTT accepts what Compute refused")
 	}
 }
 
