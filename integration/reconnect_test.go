@@ -54,9 +54,9 @@ func reconnectHeap(t *testing.T, target, module, result string) (before, after, 
 continuous:
   - {target: %q, module: m, interval: 10ms}
 `, module, target), "--web.enable-pprof")
-	n0 := waitProbes(t, ex.web, target, result, 200, 2*time.Minute)
+	waitProbes(t, ex.web, target, result, 200, 2*time.Minute)
 	before = heapAfterGC(t, ex.web)
-	n0 = probesCounted(t, ex.web, target, result)
+	n0 := probesCounted(t, ex.web, target, result)
 	n1 := waitProbes(t, ex.web, target, result, n0+2000, 5*time.Minute)
 	after = heapAfterGC(t, ex.web)
 	return before, after, n1 - n0
