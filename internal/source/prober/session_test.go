@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/subsegment/subsegment_exporter/internal/testkit/chaintest"
+	"github.com/subsegment/subsegment_exporter/internal/wire/frame"
 	"github.com/subsegment/subsegment_exporter/relay"
 )
 
@@ -80,5 +81,64 @@ func TestSessionReportsAFirstHopThatCloses(t *testing.T) {
 	rs := sessionProbes(t, httpOpts(srv.url(), HTTPOptions{}), 10*time.Millisecond)
 	if f := rs[0].Failure; f == nil || f.Reason != "closed" {
 		t.Errorf("failure %+v, want closed", f)
+	}
+}
+
+// A first hop that closed the idle connection and is gone when the
+// session opens another: the probe fails on the dial (refused), and the
+// session closes without touching the closed connection again.
+func TestSessionWhoseFirstHopIsGone(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		answerThenIdleClose(c, 100*time.Millisecond)
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s, warm := Open(ctx, opts(ln.Addr().String()))
+	if s == nil {
+		t.Fatalf("open: %+v", warm.Failure)
+	}
+	time.Sleep(1200 * time.Millisecond)
+	ln.Close()
+	r := s.Probe(ctx)
+	if f := r.Failure; f == nil || f.Reason != "refused" {
+		t.Errorf("failure %+v, want refused", f)
+	}
+	s.Close()
+	s.Close()
+}
+
+// answerThenIdleClose answers probes on c as an end host named z, and
+// closes c once it has been idle for idle.
+func answerThenIdleClose(c net.Conn, idle time.Duration) {
+	defer c.Close()
+	r := frame.NewReader(c, frame.DefaultMaxFrameBytes)
+	defer r.Release()
+	for range 100 {
+		_ = c.SetReadDeadline(time.Now().Add(idle))
+		if r.Fill() != nil {
+			return
+		}
+		for {
+			fr, err := r.Next()
+			if err != nil || fr == nil {
+				break
+			}
+			v, err := frame.Parse(fr, frame.DefaultMaxFrameBytes, frame.MaxHopsLimit)
+			if err != nil {
+				return
+			}
+			rec := chaintest.EndRecord("z")
+			if _, err := c.Write(chaintest.Reply(v, fr, frame.AppendHop(nil, &rec), 1)); err != nil {
+				return
+			}
+		}
 	}
 }
