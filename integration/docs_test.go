@@ -484,12 +484,12 @@ auths:
 // block shows.
 var jsonScenarios = map[string]func(t *testing.T, ran map[string]string) string{
 	"probe":  func(t *testing.T, ran map[string]string) string { return need(t, ran, "probe-json") },
-	"chains": chainsAPI,
+	"chains": chainsAPIExample,
 }
 
-// chainsAPI is /api/v1/chains of an exporter probing b -> c -> z
+// chainsAPIExample is /api/v1/chains of an exporter probing b -> c -> z
 // continuously, c over its residence SLA with its load from a real snmpd.
-func chainsAPI(t *testing.T, _ map[string]string) string {
+func chainsAPIExample(t *testing.T, _ map[string]string) string {
 	t.Helper()
 	agent := startSNMPD(t, "7.25", "3.10")
 	b, _, _ := slowChainProcs(t, 5*time.Millisecond)

@@ -52,6 +52,14 @@ func collect(t *testing.T, web string) {
 	}
 }
 
+// heapAfterGC is a process's live heap (bytes of allocated objects) right
+// after a forced full GC: what memory claims are measured with.
+func heapAfterGC(t *testing.T, web string) float64 {
+	t.Helper()
+	collect(t, web)
+	return metric(t, web, "go_memstats_heap_alloc_bytes")
+}
+
 func probeOK(ctx context.Context, target string) *prober.Result {
 	return prober.Run(ctx, prober.Options{Target: target, Source: "a", Count: 2, Interval: time.Millisecond, Timeout: 3 * time.Second})
 }

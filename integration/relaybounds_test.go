@@ -109,14 +109,6 @@ func trickle(t *testing.T, addr string, interval time.Duration) <-chan time.Dura
 	return closed
 }
 
-// heapAfterGC is the relay's live heap after forced collections
-// (--web.enable-pprof).
-func heapAfterGC(t *testing.T, web string) float64 {
-	t.Helper()
-	collect(t, web)
-	return metric(t, web, "go_memstats_heap_alloc_bytes")
-}
-
 // A connection that trickles one byte of a frame every 0.3 s is closed
 // within 2 × --timeout, and 3000 connections that come and go meanwhile
 // leave no memory behind: none of them is kept alive by the trickler.

@@ -7,7 +7,7 @@
 // every few seconds, so there is one rule for what is drawn.
 //
 // Every segment element carries data-from, data-to, data-rtt-seconds (the
-// median) and data-sla (ok, exceeded or none), for tests and scripts.
+// median) and data-sla (ok, exceeded, none or no_data), for tests and scripts.
 //
 // Layering (internal/architecture_test.go): floor 5; it reads continuous
 // probing's snapshots and takes number formats from timing (not from the
@@ -43,6 +43,7 @@ var colours = map[string]string{
 	continuous.SLAOk:       "#2e7d32",
 	continuous.SLAExceeded: "#c62828",
 	continuous.SLANone:     "#616161",
+	continuous.SLANoData:   "#616161",
 }
 
 type hopView struct {
@@ -124,7 +125,7 @@ func view(st continuous.EntryState, now time.Time) chainView {
 			sv.Median = "median " + msAt(s.MedianSeconds, s.ResolutionSeconds)
 			detail = append(detail, "p99 "+msAt(s.P99Seconds, s.ResolutionSeconds))
 		} else {
-			sv.Median = "no probe crossed it in the last minute"
+			sv.Median = "no probe crossed it in the last " + windowText(st.WindowSeconds)
 		}
 		switch s.SLA {
 		case continuous.SLAExceeded:
@@ -142,6 +143,14 @@ func view(st continuous.EntryState, now time.Time) chainView {
 	v.Height = max(y-segH+margin, hopH+2*margin)
 	v.Label = describe(st)
 	return v
+}
+
+// windowText says how far back the page looks: "minute", else "10m0s".
+func windowText(seconds float64) string {
+	if seconds <= 60 {
+		return "minute"
+	}
+	return (time.Duration(seconds) * time.Second).String()
 }
 
 // hopsOf is the hops to draw: those of the latest good probe, and the

@@ -3,6 +3,7 @@ package chainpage
 import (
 	"bytes"
 	"encoding/xml"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -33,6 +34,12 @@ func TestRender(t *testing.T) {
 			Hops:     []continuous.HopState{{Name: "a", SLA: continuous.SLANone}, {Name: "h1", HTTPHeader: true, ResolutionSeconds: 1e-6, SLA: continuous.SLANone}},
 			Segments: []continuous.SegmentState{{From: "a", To: "h1", MedianSeconds: 0.0001, Samples: 3, SLA: continuous.SLANone}, {From: "h1", To: "n1", SLA: continuous.SLANone, Broken: "http_status", ResolutionSeconds: 0.001}},
 		},
+		{
+			// Probed every 5 minutes, none in the window: no data, grey.
+			Target: "x:9000", Module: "rare", LastSuccess: &ok, IntervalSeconds: 300, WindowSeconds: 600,
+			Hops:     []continuous.HopState{{Name: "a", SLA: continuous.SLANone}, {Name: "x", SLASeconds: 0.001, SLA: continuous.SLANoData}},
+			Segments: []continuous.SegmentState{{From: "a", To: "x", SLASeconds: 0.01, SLA: continuous.SLANoData}},
+		},
 	}
 	var b bytes.Buffer
 	if err := Render(&b, states, now); err != nil {
@@ -61,10 +68,14 @@ func TestRender(t *testing.T) {
 		`HTTP proxy, stamps of 0.001 ms`,
 		`data-hop="n1"`, // the far end of a broken segment is drawn too
 		`working, last probe 1s ago`,
+		`no probe crossed it in the last 10m0s`,
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("drawing lacks %q", want)
 		}
+	}
+	if !regexp.MustCompile(`data-to="x" [^>]*data-sla="no_data">\n<line [^>]*stroke="#616161"`).MatchString(out) {
+		t.Errorf("a segment without data is not drawn grey as no_data:\n%s", out)
 	}
 	if strings.Contains(out, "<script>alert") {
 		t.Errorf("a target was not escaped:\n%s", out)

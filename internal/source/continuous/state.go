@@ -30,6 +30,8 @@ type entryState struct {
 	// SLA (hop -> variable -> value), and when it was read.
 	context   map[string]map[string]float64
 	contextAt time.Time
+	// moment stamps and ages the windows' samples (monotonic).
+	moment moments
 }
 
 type hopWindows struct {
@@ -38,7 +40,14 @@ type hopWindows struct {
 }
 
 func newEntryState(e config.Continuous, m *config.Module) *entryState {
-	return &entryState{entry: e, sla: m.SLA, segments: map[[2]string]*window{}, hops: map[string]*hopWindows{}}
+	return &entryState{entry: e, sla: m.SLA, segments: map[[2]string]*window{}, hops: map[string]*hopWindows{}, moment: monotonicSince(time.Now())}
+}
+
+// span is how far back the page looks for this entry: Span, or two
+// intervals when they are longer, so that a healthy chain always has a
+// sample in it.
+func (s *entryState) span() time.Duration {
+	return max(Span, 2*time.Duration(s.entry.Interval))
 }
 
 // fail records a failure; true when the entry was working before (worth
@@ -116,7 +125,7 @@ func (s *entryState) segment(now time.Time, from, to string, rtt float64) {
 		w = &window{}
 		s.segments[k] = w
 	}
-	w.add(now, rtt)
+	w.add(s.moment(now), rtt)
 }
 
 func (s *entryState) hop(now time.Time, name string, residence, wait float64, vars map[string]float64) {
@@ -130,14 +139,16 @@ func (s *entryState) hop(now time.Time, name string, residence, wait float64, va
 		h = &hopWindows{}
 		s.hops[name] = h
 	}
-	h.residence.add(now, residence)
-	h.wait.add(now, wait)
+	at := s.moment(now)
+	h.residence.add(at, residence)
+	h.wait.add(at, wait)
 	if len(vars) > 0 {
 		h.vars = vars
 	}
 }
 
-// Span is how far back the chain page looks.
+// Span is how far back the chain page looks, at least: an entry whose
+// interval is longer looks back two intervals.
 const Span = time.Minute
 
 // EntryState is an entry as the chain page draws it (and its JSON API
@@ -146,6 +157,9 @@ type EntryState struct {
 	Target          string  `json:"target"`
 	Module          string  `json:"module"`
 	IntervalSeconds float64 `json:"interval_seconds"`
+	// WindowSeconds is how far back the medians and states look: a
+	// minute, or two intervals when they are longer.
+	WindowSeconds float64 `json:"window_seconds"`
 	// LastSuccess is when a probe last came back (null before the first).
 	LastSuccess *time.Time `json:"last_success"`
 	// Failure is where the chain is broken now, null while it works.
@@ -194,13 +208,18 @@ const (
 	SLAOk       = "ok"
 	SLAExceeded = "exceeded"
 	SLANone     = "none"
+	// SLANoData: no sample in the window. Not a violation: a broken
+	// chain shows as broken, a healthy one probed rarely as waiting.
+	SLANoData = "no_data"
 )
 
 func slaState(value, threshold float64, samples int) string {
 	switch {
 	case threshold <= 0:
 		return SLANone
-	case samples == 0 || value > threshold:
+	case samples == 0:
+		return SLANoData
+	case value > threshold:
 		return SLAExceeded
 	}
 	return SLAOk
@@ -210,8 +229,9 @@ func slaState(value, threshold float64, samples int) string {
 func (s *entryState) snapshot(now time.Time) EntryState {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := EntryState{Target: s.entry.Target, Module: s.entry.Module, IntervalSeconds: time.Duration(s.entry.Interval).Seconds(), Failure: s.failure,
-		Hops: []HopState{}, Segments: []SegmentState{}}
+	span, at := s.span(), s.moment(now)
+	out := EntryState{Target: s.entry.Target, Module: s.entry.Module, IntervalSeconds: time.Duration(s.entry.Interval).Seconds(), WindowSeconds: span.Seconds(),
+		Failure: s.failure, Hops: []HopState{}, Segments: []SegmentState{}}
 	if !s.lastSuccess.IsZero() {
 		t := s.lastSuccess
 		out.LastSuccess = &t
@@ -223,8 +243,8 @@ func (s *entryState) snapshot(now time.Time) EntryState {
 			h.HTTPHeader, h.ResolutionSeconds = true, res
 		}
 		if w := s.hops[name]; w != nil {
-			res := w.residence.since(now, Span, scratch)
-			h.ResidenceSeconds, h.WaitSeconds = res.Median, w.wait.since(now, Span, scratch).Median
+			res := w.residence.since(at, span, scratch)
+			h.ResidenceSeconds, h.WaitSeconds = res.Median, w.wait.since(at, span, scratch).Median
 			h.SLA = slaState(res.Median, h.SLASeconds, res.Samples)
 			if h.SLA == SLAExceeded {
 				h.Context = s.contextOf(name, w)
@@ -241,7 +261,7 @@ func (s *entryState) snapshot(now time.Time) EntryState {
 	for _, k := range segs {
 		seg := SegmentState{From: k[0], To: k[1], SLASeconds: s.sla.Threshold(k[0], k[1]).Seconds(), ResolutionSeconds: s.segRes[k]}
 		if w := s.segments[k]; w != nil {
-			q := w.since(now, Span, scratch)
+			q := w.since(at, span, scratch)
 			seg.MedianSeconds, seg.P99Seconds, seg.Samples = q.Median, q.P99, q.Samples
 		}
 		seg.SLA = slaState(seg.MedianSeconds, seg.SLASeconds, seg.Samples)

@@ -11,16 +11,29 @@ import (
 const windowCap = 128
 
 // window keeps a series' recent samples for the chain page, in constant
-// memory.
+// memory. Samples are stamped and aged on a monotonic clock (moment): a
+// step of the wall clock neither keeps old samples nor drops new ones.
 type window struct {
-	at    [windowCap]int64 // Unix ns
+	at    [windowCap]int64 // monotonic ns (a moment)
 	value [windowCap]float64
 	next  int
 	n     int
 }
 
-func (w *window) add(at time.Time, v float64) {
-	w.at[w.next], w.value[w.next] = at.UnixNano(), v
+// moments turns a time into nanoseconds on a monotonic clock: its
+// monotonic reading (time.Now() carries one) against the origin's. Tests
+// replace it to step the wall clock under a steady monotonic one.
+type moments func(time.Time) int64
+
+// monotonicSince is the moments of a process: since origin, by the
+// monotonic readings of both times (time.Time.Sub uses them when both
+// carry one).
+func monotonicSince(origin time.Time) moments {
+	return func(t time.Time) int64 { return int64(t.Sub(origin)) }
+}
+
+func (w *window) add(at int64, v float64) {
+	w.at[w.next], w.value[w.next] = at, v
 	w.next = (w.next + 1) % windowCap
 	w.n = min(w.n+1, windowCap)
 }
@@ -31,12 +44,13 @@ type Quantiles struct {
 	Samples     int
 }
 
-// since summarises the samples newer than span before now.
-func (w *window) since(now time.Time, span time.Duration, scratch []float64) Quantiles {
-	cut := now.Add(-span).UnixNano()
+// since summarises the samples of the span before now (moments), and
+// none stamped after now.
+func (w *window) since(now int64, span time.Duration, scratch []float64) Quantiles {
+	cut := now - int64(span)
 	vals := scratch[:0]
 	for i := 0; i < w.n; i++ {
-		if w.at[i] >= cut {
+		if w.at[i] >= cut && w.at[i] <= now {
 			vals = append(vals, w.value[i])
 		}
 	}

@@ -10,11 +10,11 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"net/url"
 	"slices"
 	"strings"
 	"time"
 
-	"github.com/subsegment/subsegment_exporter/internal/source/timing"
 	"github.com/subsegment/subsegment_exporter/internal/wire/frame"
 	"github.com/subsegment/subsegment_exporter/internal/wire/httpstamp"
 	"github.com/subsegment/subsegment_exporter/internal/wire/peer"
@@ -67,13 +67,19 @@ type httpSession struct {
 	method *http.Request
 	id     uint64
 	// connect is the handshake (TCP and TLS) of the connection opened for
-	// the next probe; 0 once reported.
+	// the next probe; 0 once reported. dialed is when that dial began.
 	connect time.Duration
+	dialed  int64
+	// lead is, for the probe being decoded, how long before its request
+	// the first proxy may have started its clock (timing.Hop.Lead).
+	lead time.Duration
 	// chain is the hops the warm-up's response named, outermost first:
 	// what later responses are held to when no hops are configured, and
 	// how the far end of a failed segment is named.
 	chain []string
 	res   map[string]time.Duration
+	// stopWake unregisters the open connection's wake-up (wakeOnDone).
+	stopWake func() bool
 }
 
 // limitedReader bounds what one response may make the prober read.
@@ -138,7 +144,7 @@ func (s *httpSession) request() []byte {
 		host = s.target.URL.Host
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "%s %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: subsegment_exporter\r\nAccept: */*\r\n", s.methodName(), s.target.URL.RequestURI(), host)
+	fmt.Fprintf(&b, "%s %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: subsegment_exporter\r\nAccept: */*\r\n", s.methodName(), requestTarget(s.target.URL), host)
 	names := make([]string, 0, len(s.h.Header))
 	for k := range s.h.Header {
 		names = append(names, k)
@@ -154,6 +160,52 @@ func (s *httpSession) request() []byte {
 	}
 	b.WriteString("\r\n")
 	return []byte(b.String())
+}
+
+// requestTarget is the URL's request-target (origin form): its path as
+// url escapes it, and its query with every byte RFC 3986 does not allow
+// in a query percent-encoded — a space as %20, a % that starts no escape
+// as %25, escapes already there kept — so that the request line is valid
+// whatever the target's query holds, and decodes to what was written.
+func requestTarget(u *url.URL) string {
+	path := u.EscapedPath()
+	if path == "" {
+		path = "/"
+	}
+	if u.RawQuery == "" && !u.ForceQuery {
+		return path
+	}
+	return path + "?" + escapeQuery(u.RawQuery)
+}
+
+func escapeQuery(q string) string {
+	var b strings.Builder
+	for i := 0; i < len(q); i++ {
+		c := q[i]
+		switch {
+		case c == '%' && i+2 < len(q) && isHex(q[i+1]) && isHex(q[i+2]):
+			b.WriteByte(c)
+		case c != '%' && queryByte(c):
+			b.WriteByte(c)
+		default:
+			fmt.Fprintf(&b, "%%%02X", c)
+		}
+	}
+	return b.String()
+}
+
+// queryByte says whether RFC 3986 allows c as it is in a query: pchar
+// (unreserved, sub-delims, ":" and "@"), "/" and "?".
+func queryByte(c byte) bool {
+	switch {
+	case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		return true
+	}
+	return strings.IndexByte("-._~!$&'()*+,;=:@/?", c) >= 0
+}
+
+func isHex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
 }
 
 // dial opens the connection to the first proxy (TLS for https).
@@ -183,7 +235,7 @@ func (s *httpSession) dial(ctx context.Context) *Failure {
 	if err != nil {
 		return s.fail(peer.ClassifyOr(err, peer.ReasonUnreachable), "connect to %s: %v", s.target.Address, err)
 	}
-	s.conn, s.rx, s.connect = conn, rxstamp.Of(conn), time.Duration(o.Clock.Monotonic()-t0)
+	s.conn, s.rx, s.connect, s.dialed = conn, rxstamp.Of(conn), time.Duration(o.Clock.Monotonic()-t0), t0
 	s.limit = &limitedReader{r: conn}
 	if s.br == nil {
 		s.br = bufio.NewReaderSize(s.limit, 16<<10)
@@ -191,14 +243,16 @@ func (s *httpSession) dial(ctx context.Context) *Failure {
 		s.br.Reset(s.limit)
 	}
 	s.tcp, _ = tcpinfo.NewReader(conn)
-	context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Now()) })
+	s.stopWake = wakeOnDone(ctx, conn)
 	return nil
 }
 
+// close closes the connection; the next probe opens another.
 func (s *httpSession) close() {
 	if s.conn != nil {
+		s.stopWake()
 		s.conn.Close()
-		s.conn = nil
+		s.conn, s.stopWake = nil, nil
 	}
 }
 
@@ -240,13 +294,18 @@ func (s *httpSession) probe(ctx context.Context, seq uint64, _ uint16) Sample {
 		return smp
 	}
 	s.limit.n = maxHTTPHeaderBytes
-	tBuild := o.Clock.Monotonic()
+	// Request-out is stamped before the write, as the relays and the tcp
+	// prober stamp it: the proxy may answer before the write returns.
+	tOut := o.Clock.Monotonic()
+	s.lead = 0
+	if s.connect > 0 {
+		s.lead = time.Duration(tOut - s.dialed)
+	}
 	if _, err := s.conn.Write(s.req); err != nil {
 		s.close()
 		smp.Failure = s.fail(peer.ClassifyOr(err, peer.ReasonReset), "write to %s: %v", s.target.Address, err)
 		return smp
 	}
-	tOut := o.Clock.Monotonic()
 	resp, rx, err := s.readResponse()
 	if err != nil {
 		s.close()
@@ -260,7 +319,7 @@ func (s *httpSession) probe(ctx context.Context, seq uint64, _ uint16) Sample {
 		}
 		return smp
 	}
-	src := s.ownRecord(tBuild, tOut, rx)
+	src := s.ownRecord(tOut, rx)
 	if o.Logger.Enabled(ctx, slog.LevelDebug) {
 		o.Logger.Debug("response", "seq", seq, "status", resp.StatusCode, "round_trip", src.Downstream, "kernel_stamp", rx.Kernel,
 			httpstamp.Header, peer.SanitizeText(strings.Join(resp.Header.Values(httpstamp.Header), ", "), 512))
@@ -315,10 +374,11 @@ func (s *httpSession) readResponse() (*http.Response, rxstamp.Stamp, error) {
 }
 
 // ownRecord is the source's record: the request left at tOut and the
-// kernel received the response's first byte at rx.
-func (s *httpSession) ownRecord(tBuild, tOut int64, rx rxstamp.Stamp) frame.HopRecord {
+// kernel received the response's first byte at rx. The request is built
+// once, so no time goes forward.
+func (s *httpSession) ownRecord(tOut int64, rx rxstamp.Stamp) frame.HopRecord {
 	in := max(rx.At, tOut)
-	src := frame.HopRecord{ID: s.id, Name: s.o.Source, Forward: time.Duration(tOut - tBuild), Downstream: time.Duration(in - tOut), WaitReturn: rx.Wait}
+	src := frame.HopRecord{ID: s.id, Name: s.o.Source, Downstream: time.Duration(in - tOut), WaitReturn: rx.Wait}
 	if rx.Kernel {
 		src.Flags |= frame.RecKernelReply
 	}
@@ -337,14 +397,14 @@ func (s *httpSession) decode(resp *http.Response, smp *Sample, src frame.HopReco
 	smp.Records = []frame.HopRecord{src}
 	entries, err := httpstamp.Parse(resp.Header.Values(httpstamp.Header))
 	if err != nil {
-		smp.Failure = s.fail(peer.ReasonBadHeader, "%v", err)
+		smp.Failure = s.entryFailure(err)
 		return
 	}
 	if d, dup := httpstamp.Duplicate(entries); dup {
 		smp.Failure = s.fail(peer.ReasonBadHeader, "%s entry %q appears twice: one proxy stamps twice (two add-header lines?)", httpstamp.Header, d.Text)
 		return
 	}
-	entries = httpstamp.Outermost(entries)
+	entries = s.order(entries)
 	for i, e := range entries {
 		rec := frame.HopRecord{ID: httpHopIDBase | uint64(i+1), Name: e.Hop, Downstream: e.Duration}
 		if i == len(entries)-1 && e.Hop == s.h.backend() {
@@ -370,13 +430,50 @@ func (s *httpSession) decode(resp *http.Response, smp *Sample, src frame.HopReco
 		smp.Failure = f
 		return
 	}
-	s.o.Names.putChain(s.o.Target, names)
-	smp.Breakdown = timing.Compute(timingHops(smp.Records))
-	for i := range smp.Breakdown.Segments {
-		// A coarse inner value may exceed the outer one within their
-		// resolutions (Outermost ordered them): the segment is then 0.
-		smp.Breakdown.Segments[i].RTT = max(smp.Breakdown.Segments[i].RTT, 0)
+	// A proxy's time lies within what the source (or the proxy outside
+	// it) measured around it, give or take both resolutions: the segment
+	// arithmetic holds every entry to it (bad_header naming the proxy).
+	hops := timingHops(smp.Records)
+	hops[0].Lead = s.lead
+	for i, e := range entries {
+		hops[i+1].Resolution = e.Resolution
 	}
+	breakDown(smp, hops, peer.ReasonBadHeader, fmt.Sprintf("response from %s: the %s entry", s.target.Address, httpstamp.Header))
+	if smp.Failure == nil {
+		s.o.Names.putChain(s.o.Target, names)
+	}
+}
+
+// order puts the entries outermost first: in the order of the module's
+// hops when they name exactly those proxies (then an inner proxy that
+// claims more than the outer one measured is refused as such), else by
+// their durations (httpstamp.Outermost).
+func (s *httpSession) order(entries []httpstamp.Entry) []httpstamp.Entry {
+	want := s.h.Hops
+	if len(want) == 0 {
+		return httpstamp.Outermost(entries)
+	}
+	out := make([]httpstamp.Entry, 0, len(entries))
+	used := make([]bool, len(entries))
+	take := func(name string) bool {
+		for i, e := range entries {
+			if !used[i] && e.Hop == name {
+				used[i] = true
+				out = append(out, e)
+				return true
+			}
+		}
+		return false
+	}
+	for _, name := range want {
+		if !take(name) {
+			return httpstamp.Outermost(entries)
+		}
+	}
+	if len(out) < len(entries) && !take(s.h.backend()) || len(out) < len(entries) {
+		return httpstamp.Outermost(entries)
+	}
+	return out
 }
 
 // statusFailure names the segment after the innermost proxy that
@@ -389,15 +486,7 @@ func (s *httpSession) statusFailure(resp *http.Response, records []frame.HopReco
 	}
 	inner := len(names)
 	next, known := s.h.backend(), false
-	expected := s.chain
-	switch {
-	case len(s.h.Hops) > 0:
-		expected = s.h.Hops
-	case expected == nil:
-		// What an earlier run saw: a scrape after a good one names the
-		// hop that broke.
-		expected = s.o.Names.chainOf(s.o.Target)
-	}
+	expected := s.expected()
 	if k := slices.Index(expected, names[len(names)-1]); k >= 0 && k+1 < len(expected) {
 		next, known = expected[k+1], true
 	}
@@ -407,6 +496,35 @@ func (s *httpSession) statusFailure(resp *http.Response, records []frame.HopReco
 	}
 	return &Failure{FromIndex: inner, From: peerOf(records[inner]), To: peer.Hop{Name: next}, Reason: peer.ReasonHTTPStatus,
 		Message: fmt.Sprintf("%s, stamped by %s (innermost): %s did not answer it with a valid response", msg, names[len(names)-1], behind)}
+}
+
+// expected is the chain's proxies as far as they are known, outermost
+// first: the module's hops, else the warm-up's, else what an earlier run
+// saw (a scrape after a good one names the hop that broke).
+func (s *httpSession) expected() []string {
+	switch {
+	case len(s.h.Hops) > 0:
+		return s.h.Hops
+	case s.chain != nil:
+		return s.chain
+	}
+	return s.o.Names.chainOf(s.o.Target)
+}
+
+// entryFailure reports a Subsegment-Timing entry that could not be read:
+// on the segment into its proxy when the chain's order is known, else on
+// the segment from the source to the first proxy.
+func (s *httpSession) entryFailure(err error) *Failure {
+	f := s.fail(peer.ReasonBadHeader, "%v", err)
+	var ee *httpstamp.EntryError
+	if !errors.As(err, &ee) {
+		return f
+	}
+	expected := s.expected()
+	if k := slices.Index(expected, ee.Hop); k > 0 {
+		f.From, f.To = peer.Hop{Name: expected[k-1]}, peer.Hop{Name: ee.Hop}
+	}
+	return f
 }
 
 // checkChain holds a response's proxies to the configured hops, else to

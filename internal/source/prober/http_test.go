@@ -6,12 +6,16 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
+	"github.com/subsegment/subsegment_exporter/internal/wire/httpstamp"
 	"github.com/subsegment/subsegment_exporter/internal/wire/peer"
 )
 
@@ -23,17 +27,28 @@ type scriptedHTTP struct {
 	conns    atomic.Int32
 	mu       sync.Mutex
 	requests []string
+	n        atomic.Int32
+	respond  func(n int) string
+	spend    bool
 }
 
+// serveHTTP answers as a chain of proxies that took the time they stamp:
+// each response leaves after its outermost entry's duration.
 func serveHTTP(t *testing.T, respond func(n int) string) *scriptedHTTP {
+	t.Helper()
+	return serveHTTPSpending(t, true, respond)
+}
+
+// serveHTTPSpending answers at once when spend is false: its proxies'
+// stamps then claim time nobody spent.
+func serveHTTPSpending(t *testing.T, spend bool, respond func(n int) string) *scriptedHTTP {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &scriptedHTTP{ln: ln}
+	s := &scriptedHTTP{ln: ln, respond: respond, spend: spend}
 	t.Cleanup(func() { ln.Close() })
-	var n atomic.Int32
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -41,32 +56,50 @@ func serveHTTP(t *testing.T, respond func(n int) string) *scriptedHTTP {
 				return
 			}
 			s.conns.Add(1)
-			go func() {
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					req, err := http.ReadRequest(br)
-					if err != nil {
-						return
-					}
-					s.mu.Lock()
-					s.requests = append(s.requests, req.Method+" "+req.RequestURI+" host="+req.Host+" x="+req.Header.Get("X-Probe"))
-					s.mu.Unlock()
-					out := respond(int(n.Add(1) - 1))
-					if out == "" {
-						return // hang up without a response
-					}
-					if _, err := io.WriteString(c, out); err != nil {
-						return
-					}
-					if strings.Contains(out, "Connection: close") {
-						return
-					}
-				}
-			}()
+			go s.serve(c)
 		}
 	}()
 	return s
+}
+
+// serve answers the requests of one connection.
+func (s *scriptedHTTP) serve(c net.Conn) {
+	defer c.Close()
+	br := bufio.NewReader(c)
+	for {
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			return
+		}
+		s.mu.Lock()
+		s.requests = append(s.requests, req.Method+" "+req.RequestURI+" host="+req.Host+" x="+req.Header.Get("X-Probe"))
+		s.mu.Unlock()
+		out := s.respond(int(s.n.Add(1) - 1))
+		if out == "" {
+			return // hang up without a response
+		}
+		if s.spend {
+			time.Sleep(stamped(out))
+		}
+		if _, err := io.WriteString(c, out); err != nil || strings.Contains(out, "Connection: close") {
+			return
+		}
+	}
+}
+
+// stamped is the longest time a response's entries claim (0 when it
+// has none, or they do not parse).
+func stamped(response string) time.Duration {
+	resp, err := http.ReadResponse(bufio.NewReader(strings.NewReader(response)), nil)
+	if err != nil {
+		return 0
+	}
+	entries, _ := httpstamp.Parse(resp.Header.Values(httpstamp.Header))
+	var d time.Duration
+	for _, e := range entries {
+		d = max(d, e.Duration)
+	}
+	return min(d, time.Second)
 }
 
 func (s *scriptedHTTP) url() string { return "http://" + s.ln.Addr().String() + "/health?x=1" }
@@ -107,7 +140,7 @@ func TestHTTPChainArithmetic(t *testing.T) {
 		t.Errorf("h1>n1 %+v res %v, n1>backend %+v res %v; want 20 ms and 5 ms at 1 ms", h1n1.RTT, h1n1.Resolution, n1b.RTT, n1b.Resolution)
 	}
 	// The source's segment: its round trip less h1's 25 ms, which the
-	// scripted server did not spend: clamped at 0, never negative.
+	// scripted server spent.
 	if a := r.Segments[0]; a.RTT.Min < 0 || a.Resolution != 1e-6 {
 		t.Errorf("a>h1 %+v res %v", a.RTT, a.Resolution)
 	}
@@ -232,4 +265,57 @@ func TestHTTPRefusesTargetsItCannotProbe(t *testing.T) {
 			t.Errorf("%q accepted", target)
 		}
 	}
+}
+
+// A target whose query holds characters a request line cannot carry (a
+// space, quotes, non-ASCII) is sent with them percent-encoded (RFC 3986):
+// the request line stays valid, and decodes to what was written.
+func TestHTTPRequestLineEscapesTheQuery(t *testing.T) {
+	for _, c := range []struct{ target, want string }{
+		{"/search?q=a b", "/search?q=a%20b"},
+		{"/search?q=\"x\"&r=<y>|{z}^`\\", "/search?q=%22x%22&r=%3Cy%3E%7C%7Bz%7D%5E%60%5C"},
+		{"/s?q=é", "/s?q=%C3%A9"},
+		{"/s?q=a%20b&pct=100%", "/s?q=a%20b&pct=100%25"},
+		{"/a b/c?x=1/2?y=:@!$'()*+,;=", "/a%20b/c?x=1/2?y=:@!$'()*+,;="},
+		{"/s?", "/s?"},
+		{"/s", "/s"},
+	} {
+		srv := serveHTTP(t, func(int) string { return response(200, "edge;dur=1us") })
+		target := "http://" + srv.ln.Addr().String() + c.target
+		r := run(t, httpOpts(target, HTTPOptions{}))
+		if !r.Success {
+			t.Errorf("%q: %+v", c.target, r.Failure)
+			continue
+		}
+		srv.mu.Lock()
+		got := strings.Fields(srv.requests[0])[1]
+		srv.mu.Unlock()
+		if got != c.want {
+			t.Errorf("%q sent as %q, want %q", c.target, got, c.want)
+		}
+	}
+}
+
+// FuzzRequestTarget: whatever path and query a target holds, the request
+// line parses, and its query decodes to what the target's decodes to.
+func FuzzRequestTarget(f *testing.F) {
+	for _, s := range []string{"search?q=a b", "s?q=é&x=%zz", "a b/c?x=1/2?y=:@", "?", "s?q=%41%4"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		target, err := peer.ParseHTTPTarget("http://h/" + s)
+		if err != nil {
+			return
+		}
+		rt := requestTarget(target.URL)
+		req, err := http.ReadRequest(bufio.NewReader(strings.NewReader("GET " + rt + " HTTP/1.1\r\nHost: h\r\n\r\n")))
+		if err != nil {
+			t.Fatalf("%q sent as %q: %v", s, rt, err)
+		}
+		want, werr := url.ParseQuery(target.URL.RawQuery)
+		got, gerr := url.ParseQuery(req.URL.RawQuery)
+		if werr == nil && (gerr != nil || !reflect.DeepEqual(want, got)) {
+			t.Fatalf("%q sent as %q: query %v, want %v (%v)", s, rt, got, want, gerr)
+		}
+	})
 }

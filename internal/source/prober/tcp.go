@@ -28,6 +28,9 @@ type session struct {
 	buf     []byte
 	// firstHop is the name the first hop reported in this session.
 	firstHop string
+	// stopWake unregisters the wake-up on the dial's context: a
+	// continuous session's context outlives every connection it opens.
+	stopWake func() bool
 }
 
 func open(ctx context.Context, o *Options) (*session, *Failure) {
@@ -46,13 +49,22 @@ func open(ctx context.Context, o *Options) (*session, *Failure) {
 	s := &session{o: o, conn: conn, rx: rxstamp.Of(conn), rd: frame.NewReader(conn, o.maxFrame()), sign: frame.NewSigner(o.Keys), id: peer.NewID(),
 		connect: time.Duration(o.Clock.Monotonic() - t0)}
 	s.tcp, _ = tcpinfo.NewReader(conn)
-	context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Now()) })
+	s.stopWake = wakeOnDone(ctx, conn)
 	return s, nil
 }
 
 func (s *session) close() {
+	s.stopWake()
 	s.conn.Close()
 	s.rd.Release()
+}
+
+// wakeOnDone makes a blocked read or write on conn return when ctx ends.
+// The caller must call the returned stop when it closes conn: a context
+// that outlives the connection (a continuous session's) would otherwise
+// keep the registration, and the connection with it, until it ends.
+func wakeOnDone(ctx context.Context, conn net.Conn) func() bool {
+	return context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Now()) })
 }
 
 // probeBudget is the time one probe may take: the per-probe timeout, cut
@@ -118,7 +130,7 @@ func (s *session) probe(ctx context.Context, seq uint64, flags uint16) Sample {
 	src := s.ownRecord(seq, tBuild, tOut, wall, sync, rx)
 	s.decode(fr, seq, &smp, src)
 	smp.Records[0].Return = time.Duration(o.Clock.Monotonic() - rx.At)
-	smp.Breakdown = timing.Compute(timingHops(smp.Records))
+	breakDown(&smp, timingHops(smp.Records), peer.ReasonBadFrame, "reply from "+o.Target+": the record")
 	if len(smp.Records) > 1 {
 		s.firstHop = smp.Records[1].Name
 		o.Names.put(o.Target, s.firstHop)
@@ -182,6 +194,27 @@ func timingHops(records []frame.HopRecord) []timing.Hop {
 			Synced: r.Flags&frame.RecSynced != 0, MaxError: time.Duration(r.MaxErrorMicros) * time.Microsecond}
 	}
 	return hops
+}
+
+// breakDown is how both protocols turn a sample's records into segments
+// and residences: the segment arithmetic (timing.Compute), which also
+// holds every hop to what its near neighbour measured around it. A hop
+// that claims more fails the sample on the segment into it, with reason
+// (bad_frame for a relay's record, bad_header for a proxy's stamp), in
+// place of any failure reported from behind it; its record and those
+// after it are dropped, as nothing they say can be trusted.
+func breakDown(smp *Sample, hops []timing.Hop, reason peer.Reason, what string) {
+	b, err := timing.Compute(hops)
+	smp.Breakdown = b
+	var oc *timing.Overclaim
+	if !errors.As(err, &oc) {
+		return
+	}
+	far := smp.Records[oc.Far]
+	smp.Records = smp.Records[:oc.Far]
+	near := oc.Far - 1
+	smp.Failure = &Failure{FromIndex: near, From: peerOf(smp.Records[near]), To: peerOf(far), Reason: reason,
+		Message: fmt.Sprintf("%s of hop %d (%s) was refused: %v", what, oc.Far, far.Name, oc)}
 }
 
 // read waits for the next reply and says when the kernel received it.

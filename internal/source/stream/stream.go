@@ -269,6 +269,7 @@ type streamer struct {
 	ids       []uint64     // scratch, reused per reply
 	names     [][]byte     // scratch, reused per reply
 	hopWaits  []time.Duration
+	rtts      []time.Duration // scratch, reused per reply
 }
 
 // send reads blocks from in and writes them as frames, several per write
@@ -507,9 +508,20 @@ func (s *streamer) reply(fr []byte, seq uint64, tIn int64, st *sent) ([]byte, er
 	if int(v.Probe.DataLen) != st.size {
 		return nil, fmt.Errorf("block %d came back with %d bytes, %d sent", seq, v.Probe.DataLen, st.size)
 	}
-	p := s.pathFor(s.ids, s.names)
+	// Every segment is checked (timing.SegmentRTT: no hop claims more
+	// than its near neighbour measured around it) before any is recorded.
+	rtts := s.rtts[:0]
 	for i := 0; i+1 < len(hops); i++ {
-		p.segs[i].Add(timing.SegmentRTT(hops[i], hops[i+1]))
+		rtt, err := timing.SegmentRTT(hops[i], hops[i+1])
+		if err != nil {
+			return nil, s.overclaimed(seq, i+1, err)
+		}
+		rtts = append(rtts, rtt)
+	}
+	s.rtts = rtts
+	p := s.pathFor(s.ids, s.names)
+	for i, rtt := range rtts {
+		p.segs[i].Add(rtt)
 	}
 	if seq > 0 {
 		// The first block opened the downstream connections: its
@@ -523,6 +535,23 @@ func (s *streamer) reply(fr []byte, seq uint64, tIn int64, st *sent) ([]byte, er
 }
 
 var hiddenName = []byte("hidden")
+
+// errBadFrame classifies a reply refused by the source (peer.Classify).
+var errBadFrame = peer.NewError(peer.ReasonBadFrame, peer.ReasonBadFrame.String())
+
+// overclaimed is the stream's end when the record of the hop at position
+// far claims more time than its near neighbour measured around it:
+// bad_frame, naming the hop.
+func (s *streamer) overclaimed(seq uint64, far int, err error) error {
+	var oc *timing.Overclaim
+	if errors.As(err, &oc) {
+		oc.Far, oc.Name, oc.Near = far, string(s.names[far]), string(s.names[far-1])
+		if far == 1 {
+			oc.Near = s.o.Source
+		}
+	}
+	return fmt.Errorf("%w: reply to block %d from %s: the record of hop %d (%s) was refused: %w", errBadFrame, seq, s.o.ForwardTo, far, s.names[far], err)
+}
 
 // path is the chain as the replies identify it, with its accumulators by
 // position, so that a reply from the same chain costs no map lookups.

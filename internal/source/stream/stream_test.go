@@ -208,11 +208,27 @@ func FuzzStreamReply(f *testing.F) {
 	f.Add(frame.AppendReply(nil, frame.KindStreamReply, frame.ProbeHeader{Seq: 0}, []byte("data"), frame.AppendHop(nil, &h), 1, nil))
 	f.Add(frame.AppendErrorFrame(nil, &frame.ErrorRecord{Name: "c", Message: "m"}, nil))
 	f.Add([]byte("SSEG"))
+	// A hop claiming a day inside itself, around a round trip of 98 ns.
+	b := frame.HopRecord{ID: 1, Name: "b", Forward: 12 * time.Hour, Downstream: time.Microsecond, Return: 12 * time.Hour}
+	f.Add(frame.AppendReply(nil, frame.KindStreamReply, frame.ProbeHeader{Seq: 0}, []byte("data"), frame.AppendHop(frame.AppendHop(nil, &b), &h), 2, nil))
 	f.Fuzz(func(t *testing.T, fr []byte) {
 		s := &streamer{o: &Options{Source: "a", ForwardTo: "b:1", MaxFrameBytes: frame.DefaultMaxFrameBytes}, sign: frame.NewSigner(nil)}
 		data, err := s.reply(fr, 0, 100, &sent{tBuild: 1, tOut: 2, size: 4})
 		if err == nil && len(data) != 4 {
 			t.Fatalf("accepted a reply with %d bytes for a 4-byte block", len(data))
+		}
+		// No hop claims more than its neighbour measured around it, so
+		// no segment is negative and no residence over a day.
+		res := s.result()
+		for _, seg := range res.Segments {
+			if seg.RTT.Min < 0 || seg.RTT.Max > 24*time.Hour {
+				t.Fatalf("segment %s -> %s: %+v", seg.From, seg.To, seg.RTT)
+			}
+		}
+		for _, h := range res.Residence {
+			if h.Residence.Min < 0 || h.Residence.Max > 24*time.Hour {
+				t.Fatalf("residence of %s: %+v", h.Name, h.Residence)
+			}
 		}
 	})
 }

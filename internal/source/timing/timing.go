@@ -11,6 +11,7 @@
 package timing
 
 import (
+	"fmt"
 	"math"
 	"slices"
 	"time"
@@ -27,6 +28,17 @@ type Hop struct {
 	// Synced: the wall clock was synchronised; MaxError bounds its offset.
 	Synced   bool
 	MaxError time.Duration
+	// Resolution is the smallest step the hop's durations can show: 0
+	// for relays and the source (nanoseconds), the unit of an HTTP
+	// proxy's Subsegment-Timing stamp (1 ms for nginx).
+	Resolution time.Duration
+	// Lead is how long before this hop's request-out the next hop may
+	// already have started its clock: 0 but for an HTTP source on a
+	// connection opened for the probe, where it is the time from the dial
+	// to the request (HAProxy stamps a request with the time of the
+	// event-loop pass that accepted the connection or finished its TLS
+	// handshake, nginx with that of the pass that read it first).
+	Lead time.Duration
 }
 
 // Residence is the time the probe spent inside the hop.
@@ -35,10 +47,72 @@ func (h Hop) Residence() time.Duration { return h.Forward + h.Return }
 // Total is request-in → reply-out at the hop: everything from it onwards.
 func (h Hop) Total() time.Duration { return h.Forward + h.Downstream + h.Return }
 
+// ClockGranularity is how much longer than its near neighbour measured
+// around it (request-out → reply-in) a hop may say it took (request-in →
+// reply-out) for reasons of the clocks alone, besides the stamps'
+// resolution and ClockRate: the stamps are nanoseconds, but a kernel
+// receive stamp is moved from the realtime clock to the monotonic one by
+// reading both (rxstamp), and the relays clamp reply-in between
+// request-out and reply-out; both err by well under a microsecond.
+const ClockGranularity = 20 * time.Microsecond
+
+// ClockRate bounds how far two hosts' monotonic clocks may run apart, as
+// a fraction of the time measured: NTP slews each by at most 500 ppm, so
+// two clocks by at most 1/1000.
+const ClockRate = 1000
+
+// Tolerance is how much more than near measured around it far may claim
+// before its record is refused (SegmentRTT): ClockGranularity, 1/ClockRate
+// of far's time, both hops' resolutions, and near's Lead.
+func Tolerance(near, far Hop) time.Duration {
+	return ClockGranularity + far.Total()/ClockRate + near.Resolution + far.Resolution + near.Lead
+}
+
+// Overclaim is a hop whose record says it took longer (request-in →
+// reply-out) than its near neighbour measured around it (request-out →
+// reply-in), by more than Tolerance: the segment between them would have
+// a negative round trip, so one of the two records is false — the far
+// one, as the near end's own measurement is what the probe trusts.
+type Overclaim struct {
+	// Far is the position of the hop that claims too much (≥ 1).
+	Far      int
+	Name     string
+	Claimed  time.Duration
+	Measured time.Duration
+	// Near is the name of the hop that measured around it.
+	Near      string
+	Tolerance time.Duration
+}
+
+func (e *Overclaim) Error() string {
+	return fmt.Sprintf("%s says it took %v from request in to reply out, but %s measured only %v around it (request out to reply in), beyond the tolerance of %v: %s's record, or its clock, is wrong",
+		e.Name, e.Claimed, e.Near, e.Measured, e.Tolerance, e.Name)
+}
+
 // SegmentRTT is the round trip of the segment between two adjacent hops:
 // (reply-in_near − request-out_near) − (reply-out_far − request-in_far),
-// each bracket on its own hop's clock.
-func SegmentRTT(near, far Hop) time.Duration { return near.Downstream - far.Total() }
+// each bracket on its own hop's clock. It is the one rule on what a hop
+// may claim: a far hop claiming more than near measured around it by
+// more than Tolerance is an *Overclaim (Far is left for the caller, who
+// knows the position); within it the segment is 0, never negative.
+func SegmentRTT(near, far Hop) (time.Duration, error) {
+	rtt, oc := segmentRTT(near, far)
+	if oc != nil {
+		return 0, oc
+	}
+	return rtt, nil
+}
+
+func segmentRTT(near, far Hop) (time.Duration, *Overclaim) {
+	rtt := near.Downstream - far.Total()
+	if rtt >= 0 {
+		return rtt, nil
+	}
+	if tol := Tolerance(near, far); -rtt > tol {
+		return 0, &Overclaim{Name: far.Name, Claimed: far.Total(), Near: near.Name, Measured: near.Downstream, Tolerance: tol}
+	}
+	return 0, nil
+}
 
 // Segment is the link between hop From and hop From+1.
 type Segment struct {
@@ -66,11 +140,24 @@ type Breakdown struct {
 }
 
 // Compute breaks a probe down. With n+1 hops it returns n segments; the
-// identity Σ segments + Σ residences of hops 1..n = RoundTrip holds exactly.
-func Compute(hops []Hop) Breakdown {
+// identity Σ segments + Σ residences of hops 1..n = RoundTrip holds
+// exactly, except where a segment within Tolerance of negative counts 0.
+//
+// When a hop claims more than its near neighbour measured around it
+// (SegmentRTT), Compute returns an *Overclaim naming it, and the
+// breakdown of the hops before it only: its record, and what lies beyond
+// it, are not to be trusted.
+func Compute(hops []Hop) (Breakdown, error) {
+	for i := 0; i+1 < len(hops); i++ {
+		if _, oc := segmentRTT(hops[i], hops[i+1]); oc != nil {
+			oc.Far = i + 1
+			b, _ := Compute(hops[:i+1])
+			return b, oc
+		}
+	}
 	var b Breakdown
 	if len(hops) == 0 {
-		return b
+		return b, nil
 	}
 	b.RoundTrip = hops[0].Downstream
 	b.Residence = make([]time.Duration, len(hops))
@@ -80,15 +167,33 @@ func Compute(hops []Hop) Breakdown {
 	b.Segments = make([]Segment, 0, len(hops)-1)
 	for i := 0; i+1 < len(hops); i++ {
 		near, far := hops[i], hops[i+1]
-		s := Segment{From: i, To: i + 1, RTT: SegmentRTT(near, far)}
-		if near.Synced && far.Synced {
-			// request-out_i on the wall clock = WallIn_i + Forward_i.
-			fwd := time.Duration(far.WallIn - (near.WallIn + int64(near.Forward)))
-			s.OneWay = &OneWay{Forward: fwd, Return: s.RTT - fwd, ErrorBound: near.MaxError + far.MaxError}
-		}
+		rtt, _ := segmentRTT(near, far)
+		s := Segment{From: i, To: i + 1, RTT: rtt, OneWay: oneWay(near, far, rtt)}
 		b.Segments = append(b.Segments, s)
 	}
-	return b
+	return b, nil
+}
+
+// oneWay splits a segment's rtt by both hops' wall clocks, when both say
+// they are synchronised: request-out_near on the wall clock is WallIn +
+// Forward. Forward is kept within [0, rtt] (the truth lies within
+// ErrorBound of it); when the clocks disagree by more than their errors
+// allow (forward more than ErrorBound outside [0, rtt]), one of them is
+// not synchronised as it says, and there is no one-way delay.
+func oneWay(near, far Hop, rtt time.Duration) *OneWay {
+	if !near.Synced || !far.Synced {
+		return nil
+	}
+	bound := near.MaxError + far.MaxError
+	// Checked in floating point first: wall clocks come from peers, and
+	// their difference may not fit an int64. Within the range it does.
+	approx := float64(far.WallIn) - float64(near.WallIn) - float64(near.Forward)
+	if approx < -float64(bound) || approx > float64(rtt+bound) {
+		return nil
+	}
+	fwd := time.Duration(far.WallIn-near.WallIn) - near.Forward
+	f := min(max(fwd, 0), rtt)
+	return &OneWay{Forward: f, Return: rtt - f, ErrorBound: bound}
 }
 
 // Stats summarises samples of one quantity across the probes of a run.

@@ -1,8 +1,10 @@
 package timing
 
 import (
+	"errors"
 	"math"
 	"math/rand/v2"
+	"strings"
 	"testing"
 	"time"
 )
@@ -13,6 +15,7 @@ type simHop struct {
 	name              string
 	fwdRes, retRes    time.Duration // time spent inside the hop each way
 	clockOffset       time.Duration
+	clockPPM          float64 // how fast the hop's clock runs, parts per million
 	synced            bool
 	maxError          time.Duration
 	forwardDelayAfter time.Duration // one-way delay of the segment to the next hop
@@ -48,7 +51,9 @@ func simulate(hops []simHop, start time.Duration) []Hop {
 	}
 	out := make([]Hop, n)
 	for i, h := range hops {
-		local := func(tt time.Duration) int64 { return int64(tt + h.clockOffset) }
+		local := func(tt time.Duration) int64 {
+			return int64(h.clockOffset) + int64(float64(tt)*(1+h.clockPPM/1e6))
+		}
 		out[i] = Hop{Name: h.name, WallIn: local(reqIn[i]), Synced: h.synced, MaxError: h.maxError}
 		if i == n-1 {
 			out[i].Forward = time.Duration(local(repOut[i]) - local(reqIn[i]))
@@ -73,7 +78,7 @@ func fourHops() []simHop {
 
 func TestComputeSegments(t *testing.T) {
 	hops := simulate(fourHops(), time.Hour)
-	b := Compute(hops)
+	b := mustCompute(t, hops)
 	want := []time.Duration{3 * time.Millisecond, 20 * time.Millisecond, 500 * time.Microsecond}
 	if len(b.Segments) != len(want) {
 		t.Fatalf("got %d segments, want %d", len(b.Segments), len(want))
@@ -110,7 +115,7 @@ func TestSumIdentity(t *testing.T) {
 			}
 		}
 		hops := simulate(sim, time.Duration(rng.Int64N(int64(24*time.Hour))))
-		b := Compute(hops)
+		b := mustCompute(t, hops)
 		var sum time.Duration
 		for _, s := range b.Segments {
 			sum += s.RTT
@@ -128,7 +133,7 @@ func TestSumIdentity(t *testing.T) {
 }
 
 func TestClockSkewLeavesSegmentsUnchanged(t *testing.T) {
-	base := Compute(simulate(fourHops(), time.Hour))
+	base := mustCompute(t, simulate(fourHops(), time.Hour))
 	for _, skew := range []time.Duration{10 * time.Second, -10 * time.Second} {
 		sim := fourHops()
 		for i := range sim {
@@ -138,7 +143,7 @@ func TestClockSkewLeavesSegmentsUnchanged(t *testing.T) {
 				sim[i].clockOffset = -skew
 			}
 		}
-		got := Compute(simulate(sim, time.Hour))
+		got := mustCompute(t, simulate(sim, time.Hour))
 		for i := range base.Segments {
 			if got.Segments[i].RTT != base.Segments[i].RTT {
 				t.Errorf("skew %v: segment %d rtt %v, without skew %v", skew, i, got.Segments[i].RTT, base.Segments[i].RTT)
@@ -177,7 +182,7 @@ func TestOneWayOnlyWithSynchronisedClocks(t *testing.T) {
 					sim[i].clockOffset = tc.offsets[i]
 				}
 			}
-			b := Compute(simulate(sim, time.Hour))
+			b := mustCompute(t, simulate(sim, time.Hour))
 			k := 0
 			for i, s := range b.Segments {
 				if (s.OneWay != nil) != tc.wantOWD[i] {
@@ -246,5 +251,150 @@ func TestAccumulator(t *testing.T) {
 				t.Errorf("bucket %d mid %v too far from %v", b, mid, d)
 			}
 		}
+	}
+}
+
+func mustCompute(t *testing.T, hops []Hop) Breakdown {
+	t.Helper()
+	b, err := Compute(hops)
+	if err != nil {
+		t.Fatalf("Compute: %v", err)
+	}
+	return b
+}
+
+// Honest chains are never refused: clocks whose rates differ by up to
+// the 500 ppm NTP may slew each, arbitrary offsets, delays and
+// residences from nothing to seconds.
+func TestHonestChainsAreNeverRefused(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	dur := func(max time.Duration) time.Duration {
+		return time.Duration(rng.Int64N(int64(max)))
+	}
+	for iter := 0; iter < 20000; iter++ {
+		n := 2 + rng.IntN(8)
+		sim := make([]simHop, n)
+		for i := range sim {
+			scale := []time.Duration{time.Microsecond, time.Millisecond, time.Second}[rng.IntN(3)]
+			sim[i] = simHop{name: "h", fwdRes: dur(scale), retRes: dur(scale), clockOffset: dur(time.Hour),
+				clockPPM: rng.Float64()*1000 - 500, forwardDelayAfter: dur(scale), returnDelayAfter: dur(scale)}
+		}
+		hops := simulate(sim, dur(24*time.Hour))
+		b, err := Compute(hops)
+		if err != nil {
+			t.Fatalf("iteration %d: an honest chain refused: %v\n%+v", iter, err, hops)
+		}
+		for _, seg := range b.Segments {
+			if seg.RTT < 0 {
+				t.Fatalf("iteration %d: negative segment %+v", iter, seg)
+			}
+		}
+	}
+}
+
+// A hop that claims more than its near neighbour measured around it is
+// refused beyond the tolerance (Overclaim, naming it and its position,
+// with the breakdown of the hops before it), and counts 0 within it.
+func TestOverclaimBeyondTheTolerance(t *testing.T) {
+	us := time.Microsecond
+	src := Hop{Name: "a", Forward: us, Downstream: 500 * us}
+	b := Hop{Name: "b", Forward: 10 * us, Downstream: 300 * us, Return: 10 * us}
+	tests := []struct {
+		name    string
+		hops    []Hop
+		far     int // 0: accepted
+		zeroSeg int // with far 0: the segment that counts 0 (-1: none)
+	}{
+		{"honest", []Hop{src, b, {Name: "z", Forward: 200 * us}}, 0, -1},
+		{"end host within the granularity", []Hop{src, b, {Name: "z", Forward: 300*us + ClockGranularity}}, 0, 1},
+		{"end host beyond it", []Hop{src, b, {Name: "z", Forward: 300*us + ClockGranularity + us}}, 2, 0},
+		{"end host claiming a second", []Hop{src, b, {Name: "z", Forward: time.Second}}, 2, 0},
+		{"first hop claiming a day", []Hop{src, {Name: "b", Forward: 8 * time.Hour, Downstream: 8 * time.Hour, Return: 8 * time.Hour}, {Name: "z"}}, 1, 0},
+		{"stamps of a millisecond within it", []Hop{src, {Name: "n1", Downstream: 1400 * us, Resolution: time.Millisecond}, {Name: "backend"}}, 0, 0},
+		{"stamps of a millisecond beyond it", []Hop{src, {Name: "n1", Downstream: 1600 * us, Resolution: time.Millisecond}, {Name: "backend"}}, 1, 0},
+		{"a proxy's clock started with the connection, before the request", []Hop{{Name: "a", Downstream: 300 * us, Lead: 2 * time.Millisecond}, {Name: "h1", Downstream: 2 * time.Millisecond}, {Name: "backend"}}, 0, 0},
+		{"beyond the connection's lead", []Hop{{Name: "a", Downstream: 300 * us, Lead: 2 * time.Millisecond}, {Name: "h1", Downstream: 3 * time.Millisecond}, {Name: "backend"}}, 1, 0},
+		{"rate: a tenth of a percent of a second", []Hop{{Name: "a", Downstream: time.Second}, {Name: "z", Forward: time.Second + 900*us}}, 0, 0},
+		{"rate: beyond it", []Hop{{Name: "a", Downstream: time.Second}, {Name: "z", Forward: time.Second + 1100*us}}, 1, 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			bd, err := Compute(tc.hops)
+			if tc.far == 0 {
+				accepted(t, bd, err, tc.zeroSeg)
+				return
+			}
+			refused(t, tc.hops, bd, err, tc.far)
+		})
+	}
+}
+
+// accepted checks a breakdown Compute accepted: no negative segment, and
+// only the one at zeroSeg (-1: none) counted 0.
+func accepted(t *testing.T, bd Breakdown, err error, zeroSeg int) {
+	t.Helper()
+	if err != nil {
+		t.Fatalf("refused: %v", err)
+	}
+	for i, s := range bd.Segments {
+		if s.RTT < 0 || (i == zeroSeg) != (s.RTT == 0) {
+			t.Errorf("segment %d rtt %v", i, s.RTT)
+		}
+	}
+}
+
+// refused checks that Compute refused hop far of hops, naming it, with
+// the breakdown of the hops before it.
+func refused(t *testing.T, hops []Hop, bd Breakdown, err error, far int) {
+	t.Helper()
+	var oc *Overclaim
+	if !errors.As(err, &oc) || oc.Far != far || oc.Name != hops[far].Name || oc.Near != hops[far-1].Name {
+		t.Fatalf("error %v (%+v), want an overclaim of hop %d", err, oc, far)
+	}
+	if len(bd.Residence) != far || len(bd.Segments) != far-1 {
+		t.Errorf("breakdown %+v: want the %d hops before the refused one", bd, far)
+	}
+	if !strings.Contains(err.Error(), hops[far].Name+" says it took") {
+		t.Errorf("message does not name the hop: %v", err)
+	}
+	if _, err := SegmentRTT(hops[far-1], hops[far]); err == nil {
+		t.Errorf("SegmentRTT accepts what Compute refused")
+	}
+}
+
+// Both hops say their clocks are synchronised within MaxError: a forward
+// delay outside [0, rtt] by more than both errors means one of them is
+// not, and there is no one-way delay; within, it is kept in [0, rtt].
+func TestOneWayWithinWhatTheClocksClaim(t *testing.T) {
+	us := time.Microsecond
+	near := Hop{Name: "b", Forward: 10 * us, Downstream: 1000 * us, Synced: true, MaxError: 50 * us, WallIn: 1_000_000}
+	for _, tc := range []struct {
+		name    string
+		farWall int64
+		want    *OneWay
+	}{
+		// rtt: 1000 µs downstream less c's 100 µs
+		{"halves", 1_000_000 + 10_000 + 400_000, &OneWay{Forward: 400 * us, Return: 500 * us, ErrorBound: 100 * us}},
+		{"negative within the errors", 1_000_000 + 10_000 - 80_000, &OneWay{Forward: 0, Return: 900 * us, ErrorBound: 100 * us}},
+		{"over the rtt within the errors", 1_000_000 + 10_000 + 990_000, &OneWay{Forward: 900 * us, Return: 0, ErrorBound: 100 * us}},
+		{"over the rtt beyond them", 1_000_000 + 10_000 + 1_001_000, nil},
+		{"negative beyond them", 1_000_000 + 10_000 - 101_000, nil},
+		{"two days", 1_000_000 + int64(48*time.Hour), nil},
+		{"the far end of int64", math.MaxInt64, nil},
+		{"the near end of int64", math.MinInt64, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			far := Hop{Name: "c", Forward: 100 * us, Synced: true, MaxError: 50 * us, WallIn: tc.farWall}
+			b := mustCompute(t, []Hop{near, far})
+			got := b.Segments[0].OneWay
+			if (got == nil) != (tc.want == nil) || got != nil && *got != *tc.want {
+				t.Errorf("one-way %+v, want %+v", got, tc.want)
+			}
+		})
+	}
+	n := near
+	n.WallIn = math.MinInt64
+	if got := mustCompute(t, []Hop{n, {Name: "c", Synced: true, WallIn: math.MaxInt64}}).Segments[0].OneWay; got != nil {
+		t.Errorf("wall clocks at both ends of int64: one-way %+v", got)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"math"
 	"net"
 	"net/http"
 	"strings"
@@ -71,7 +72,9 @@ func probeWith(reply []byte) *prober.Result {
 func validReply(names ...string) []byte {
 	var recs []byte
 	for i, name := range names {
-		r := frame.HopRecord{ID: uint64(i + 1), Name: name, Forward: 3 * time.Microsecond, Downstream: 40 * time.Microsecond, Return: 2 * time.Microsecond,
+		// Within what the source can measure through a pipe: a hop's
+		// claim beyond the tolerance of the segment arithmetic is refused.
+		r := frame.HopRecord{ID: uint64(i + 1), Name: name, Forward: 3 * time.Microsecond, Downstream: 10 * time.Microsecond, Return: 2 * time.Microsecond,
 			WaitForward: time.Microsecond, Flags: frame.RecKernelIn | frame.RecKernelReply | frame.RecTCPInfo | frame.RecTCPInfoUp}
 		if i == len(names)-1 {
 			r.Flags, r.Downstream, r.Return = frame.RecEnd|frame.RecKernelIn, 0, 0
@@ -79,6 +82,27 @@ func validReply(names ...string) []byte {
 		recs = frame.AppendHop(recs, &r)
 	}
 	return frame.AppendReply(nil, frame.KindProbeReply, frame.ProbeHeader{}, nil, recs, len(names), nil)
+}
+
+// claimingReply is a valid reply whose hop b claims to have spent claim
+// inside itself, each way, and the end host z as long in all.
+func claimingReply(claim time.Duration) []byte {
+	b := frame.HopRecord{ID: 1, Name: "b", Forward: claim, Downstream: 40 * time.Microsecond, Return: claim, Flags: frame.RecKernelIn | frame.RecKernelReply}
+	z := frame.HopRecord{ID: 2, Name: "z", Forward: 2 * claim, Flags: frame.RecEnd | frame.RecKernelIn}
+	recs := frame.AppendHop(frame.AppendHop(nil, &b), &z)
+	return frame.AppendReply(nil, frame.KindProbeReply, frame.ProbeHeader{}, nil, recs, 2, nil)
+}
+
+// skewedReply is a valid reply of b and c that both say their clocks
+// are synchronised within 100 µs, while c's wall clock reads skew after
+// b's.
+func skewedReply(skew time.Duration) []byte {
+	base := int64(1_800_000_000) * int64(time.Second)
+	b := frame.HopRecord{ID: 1, Name: "b", Forward: 3 * time.Microsecond, Downstream: 10 * time.Microsecond, Return: 2 * time.Microsecond,
+		WallIn: base, MaxErrorMicros: 100, Flags: frame.RecSynced}
+	c := frame.HopRecord{ID: 2, Name: "c", Forward: 2 * time.Microsecond, WallIn: base + int64(skew), MaxErrorMicros: 100, Flags: frame.RecEnd | frame.RecSynced}
+	recs := frame.AppendHop(frame.AppendHop(nil, &b), &c)
+	return frame.AppendReply(nil, frame.KindProbeReply, frame.ProbeHeader{}, nil, recs, 2, nil)
 }
 
 func errorReply() []byte {
@@ -113,14 +137,79 @@ func FuzzReplyToEveryOutput(f *testing.F) {
 	f.Add(bytes.ReplaceAll(validReply("b", "zzzz"), []byte("zzzz"), []byte("z\xff\"}")))
 	f.Add(frame.AppendErrorFrame(nil, &frame.ErrorRecord{Name: "b", Peer: "a", Reason: peer.ReasonAuth, Message: "no"}, nil))
 	f.Add([]byte("HTTP/1.1 400 Bad Request\r\n\r\n"))
+	f.Add(claimingReply(time.Second))    // negative segments
+	f.Add(claimingReply(20 * time.Hour)) // a residence of 40 hours
+	f.Add(skewedReply(48 * time.Hour))   // a one-way delay of two days
+	f.Add(skewedReply(-time.Second))     // a negative one
 	module := &config.Module{SLA: config.SLA{Default: config.Duration(time.Millisecond), Hops: map[string]config.Duration{"b": config.Duration(time.Microsecond)}}}
 	f.Fuzz(func(t *testing.T, reply []byte) {
 		r := probeWith(reply)
 		everyOutput(t, r, module)
+		plausible(t, r)
 		if r.Success && binary.BigEndian.Uint32(reply[8:12]) == 0 {
 			t.Fatalf("success from a reply with no body")
 		}
 	})
+}
+
+// day bounds every duration an output may show: no probe takes longer.
+const day = 24 * time.Hour
+
+// plausible fails the test when a duration a run reports, in the result
+// every output is written from or in the /probe exposition itself, is
+// negative or over a day: the decoder and the segment arithmetic must
+// refuse whatever would make one (an overflow, a hop claiming more time
+// than its neighbour measured around it).
+func plausible(t *testing.T, r *prober.Result) {
+	t.Helper()
+	check := func(what string, v float64) {
+		t.Helper()
+		if v < 0 || v > day.Seconds() || math.IsNaN(v) {
+			t.Fatalf("%s is %v s (failure %+v)", what, v, r.Failure)
+		}
+	}
+	for _, s := range r.Segments {
+		name := s.From + " -> " + s.To
+		for _, v := range []float64{s.RTT.Min, s.RTT.Median, s.RTT.Max} {
+			check("rtt of "+name, v)
+		}
+		check("jitter of "+name, s.Jitter)
+		if s.Connect != nil {
+			check("connect time of "+name, *s.Connect)
+		}
+		if ow := s.OneWay; ow != nil {
+			check("one-way forward delay of "+name, ow.Forward)
+			check("one-way return delay of "+name, ow.Return)
+			check("one-way error bound of "+name, ow.ErrorBound)
+		}
+	}
+	for _, h := range r.Hops {
+		for _, v := range []float64{h.Residence.Min, h.Residence.Median, h.Residence.Max, h.Wait.Median, h.Wait.Max} {
+			check("residence or wait of "+h.Name, v)
+		}
+		for name, v := range h.Vars {
+			if math.IsNaN(v) || math.IsInf(v, 0) {
+				t.Fatalf("variable %s of %s is %v", name, h.Name, v)
+			}
+		}
+	}
+	var e collector.Exposition
+	collector.WriteProbe(&e, r, nil)
+	var text bytes.Buffer
+	e.WriteTo(&text)
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	mfs, err := parser.TextToMetricFamilies(bytes.NewReader(text.Bytes()))
+	if err != nil {
+		t.Fatalf("the /probe answer does not parse: %v", err)
+	}
+	for name, mf := range mfs {
+		if !strings.HasSuffix(name, "_seconds") {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			check(name+" "+m.String(), m.GetGauge().GetValue())
+		}
+	}
 }
 
 // everyOutput checks what a user reads of a run: the /probe exposition
@@ -200,16 +289,20 @@ func FuzzHTTPResponseToEveryOutput(f *testing.F) {
 	f.Add([]byte("HTTP/1.1 200 OK\r\nSubsegment-Timing: z\xff\"};dur=1ms\r\nContent-Length: 0\r\n\r\n"))
 	f.Add([]byte("HTTP/1.1 200 OK\r\nSubsegment-Timing: same;dur=1ms, same;dur=2ms\r\nConnection: close\r\n\r\n"))
 	f.Add([]byte("SSEG\x02\x02\x00\x00\x00\x00\x00\x00"))
+	// The same within what the source measures through a pipe.
+	f.Add([]byte("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nSubsegment-Timing: n1;dur=0.000s\r\nSubsegment-Timing: h1;dur=4us\r\n\r\nok"))
+	f.Add([]byte("HTTP/1.1 200 OK\r\nSubsegment-Timing: a1;dur=D=3us, n1;dur=0.000s\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"))
+	f.Add([]byte("HTTP/1.1 200 OK\r\nSubsegment-Timing: same;dur=1us, same;dur=2us\r\nConnection: close\r\n\r\n"))
+	// An overflowing value: a segment of 292 years with two proxies.
+	f.Add([]byte("HTTP/1.1 200 OK\r\nSubsegment-Timing: n1;dur=10000000000s, h1;dur=20400us\r\nContent-Length: 0\r\n\r\n"))
+	// A proxy claiming 23 hours of a round trip of microseconds.
+	f.Add([]byte("HTTP/1.1 200 OK\r\nSubsegment-Timing: n1;dur=82800s\r\nContent-Length: 0\r\n\r\n"))
 	module := &config.Module{SLA: config.SLA{Default: config.Duration(time.Millisecond)}}
 	f.Fuzz(func(t *testing.T, response []byte) {
 		for _, h := range []prober.HTTPOptions{{}, {Hops: []string{"h1", "n1"}, Backend: "app"}} {
 			r := probeHTTPWith(response, h)
 			everyOutput(t, r, module)
-			for _, s := range r.Segments {
-				if s.RTT.Min < 0 || s.Jitter < 0 {
-					t.Fatalf("negative segment %s -> %s: %+v", s.From, s.To, s.RTT)
-				}
-			}
+			plausible(t, r)
 		}
 	})
 }

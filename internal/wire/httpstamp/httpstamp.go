@@ -55,6 +55,17 @@ func badf(format string, args ...any) error {
 	return fmt.Errorf("%w: "+format, append([]any{ErrBadHeader}, args...)...)
 }
 
+// EntryError is an entry refused after its hop name was found valid: the
+// prober names that proxy's segment.
+type EntryError struct {
+	Hop string
+	err error
+}
+
+func (e *EntryError) Error() string { return e.err.Error() }
+
+func (e *EntryError) Unwrap() error { return e.err }
+
 // quote shows peer text in a message: made valid, short.
 func quote(s string) string {
 	t := peer.SanitizeText(s, 80)
@@ -101,17 +112,17 @@ func parseEntry(text string) (Entry, error) {
 			continue // desc= and other Server-Timing parameters
 		}
 		if found {
-			return Entry{}, badf("entry %s has dur twice", quote(text))
+			return Entry{}, &EntryError{Hop: name, err: badf("entry %s has dur twice", quote(text))}
 		}
 		found = true
 		d, res, err := parseDuration(strings.TrimSpace(v))
 		if err != nil {
-			return Entry{}, badf("entry %s: %v", quote(text), err)
+			return Entry{}, &EntryError{Hop: name, err: badf("entry %s: %v", quote(text), err)}
 		}
 		e.Duration, e.Resolution = d, res
 	}
 	if !found {
-		return Entry{}, badf("entry %s has no dur=: write it as %s;dur=<number>us|ms|s", quote(text), name)
+		return Entry{}, &EntryError{Hop: name, err: badf("entry %s has no dur=: write it as %s;dur=<number>us|ms|s", quote(text), name)}
 	}
 	return e, nil
 }
@@ -139,16 +150,20 @@ func parseDuration(v string) (time.Duration, time.Duration, error) {
 	if intPart == "" || len(intPart) > 12 || len(frac) > 9 || hasDot && frac == "" || !digits(intPart) || !digits(frac) {
 		return 0, 0, errors.New("dur is not a plain decimal number")
 	}
-	f, err := strconv.ParseFloat(v, 64)
-	if err != nil || f < 0 {
-		return 0, 0, errors.New("dur is not a plain decimal number")
+	// In integers, range-checked before every multiplication: a value
+	// past what time.Duration holds must not wrap round into range.
+	whole, _ := strconv.ParseInt(intPart, 10, 64) // at most 12 digits
+	if whole > int64(MaxDuration/unit) {
+		return 0, 0, fmt.Errorf("dur over %v", MaxDuration)
 	}
-	res := time.Duration(float64(unit) / math.Pow10(len(frac)))
-	d := time.Duration(math.Round(f * float64(unit)))
+	scale := int64(math.Pow10(len(frac)))
+	part, _ := strconv.ParseInt("0"+frac, 10, 64) // at most 9 digits
+	// part < scale ≤ 1e9 and unit ≤ 1e9: the product fits.
+	d := time.Duration(whole)*unit + time.Duration((part*int64(unit)+scale/2)/scale)
 	if d > MaxDuration {
 		return 0, 0, fmt.Errorf("dur over %v", MaxDuration)
 	}
-	return d, max(res, time.Nanosecond), nil
+	return d, max(unit/time.Duration(scale), time.Nanosecond), nil
 }
 
 func digits(s string) bool {

@@ -35,6 +35,14 @@ func TestParse(t *testing.T) {
 		{"NaN", []string{"h1;dur=NaNs"}, nil, "not a plain decimal"},
 		{"trailing dot", []string{"h1;dur=1.ms"}, nil, "not a plain decimal"},
 		{"too long", []string{"h1;dur=90000s"}, nil, "dur over 24h0m0s"},
+		{"a day exactly", []string{"h1;dur=86400s"}, []Entry{{Hop: "h1", Duration: 24 * time.Hour, Resolution: time.Second}}, ""},
+		{"a nanosecond over a day", []string{"h1;dur=86400.000000001s"}, nil, "dur over 24h0m0s"},
+		// Past what time.Duration holds: the conversion used to wrap to
+		// a negative value that passed the range check.
+		{"overflow", []string{"be;dur=10000000000s"}, nil, `"be;dur=10000000000s": dur over 24h0m0s`},
+		{"overflow, largest accepted digits", []string{"be;dur=999999999999.999999999s"}, nil, "dur over 24h0m0s"},
+		{"overflow in ms", []string{"be;dur=999999999999ms"}, nil, "dur over 24h0m0s"},
+		{"overflow after D=", []string{"a1;dur=D=999999999999s"}, nil, "dur over 24h0m0s"},
 		{"bad name", []string{"h 1;dur=1ms"}, nil, "hop"},
 		{"hostile name", []string{"z\xff\"};dur=1ms"}, nil, `"z?\"};dur=1ms"`},
 		{"too many", []string{strings.Repeat("h;dur=1ms,", 33)}, nil, "more than 32 entries"},
@@ -110,7 +118,7 @@ func TestDuplicate(t *testing.T) {
 // FuzzParse: whatever a proxy sends, Parse neither panics nor returns an
 // entry a label or a terminal cannot take.
 func FuzzParse(f *testing.F) {
-	for _, s := range []string{"h1;dur=2226us", "n1;dur=0.002s, a1;dur=D=12us", "x;desc=\"a,b\";dur=1.5ms", "h1;dur=", ";dur=1s", "\xff;dur=1s"} {
+	for _, s := range []string{"h1;dur=2226us", "n1;dur=0.002s, a1;dur=D=12us", "x;desc=\"a,b\";dur=1.5ms", "h1;dur=", ";dur=1s", "\xff;dur=1s", "be;dur=10000000000s"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, v string) {

@@ -62,17 +62,20 @@ type Clocks struct {
 func systemReal() int64 { return time.Now().UnixNano() }
 
 // stamp turns the kernel's realtime stamp (0: none) into a Stamp, reading
-// the clocks now, right after the read.
+// the clocks now, right after the read: the realtime clock first, so that
+// a pause between the two readings can only make the stamp later, never
+// earlier than the receipt (a segment then looks longer by it, never
+// negative).
 func (c *Clocks) stamp(kernelNs int64) Stamp {
-	mono := c.Mono()
 	if kernelNs == 0 {
-		return Stamp{At: mono}
+		return Stamp{At: c.Mono()}
 	}
 	real := c.Real
 	if real == nil {
 		real = systemReal
 	}
 	wait := time.Duration(real() - kernelNs)
+	mono := c.Mono()
 	if wait < 0 || wait > c.MaxWait {
 		return Stamp{At: mono}
 	}

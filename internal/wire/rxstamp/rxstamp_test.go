@@ -281,3 +281,20 @@ func TestWritevManyBuffersUnderBackpressure(t *testing.T) {
 		t.Fatalf("nobody reading: wrote %d, err %v; want a part and the deadline", n, err)
 	}
 }
+
+// A pause between the two clock readings (the thread preempted on a busy
+// CPU) can only make a stamp later than the kernel's receipt, never
+// earlier: a segment's rtt may come out longer by it, never shorter, so
+// the segment arithmetic's tolerance need not cover preemptions.
+func TestPauseBetweenClockReadsNeverMovesTheStampEarlier(t *testing.T) {
+	const offset = int64(1e18) // realtime = monotonic + offset
+	const pause = int64(3 * time.Millisecond)
+	now := int64(1e12)
+	tick := func() int64 { v := now; now += pause; return v }
+	c := Clocks{Mono: tick, Real: func() int64 { return tick() + offset }, MaxWait: time.Second}
+	received := now - int64(time.Millisecond) // on the monotonic clock
+	st := c.stamp(received + offset)
+	if !st.Kernel || st.At < received {
+		t.Fatalf("stamp %+v: before the kernel's receipt at %d by %v", st, received, time.Duration(received-st.At))
+	}
+}

@@ -1,0 +1,144 @@
+package prober
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/subsegment/subsegment_exporter/internal/testkit/chaintest"
+	"github.com/subsegment/subsegment_exporter/internal/wire/frame"
+	"github.com/subsegment/subsegment_exporter/relay"
+)
+
+// sessionProbes opens a session on o and probes it after each idle pause.
+func sessionProbes(t *testing.T, o Options, pauses ...time.Duration) []*Result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s, warm := Open(ctx, o)
+	if s == nil {
+		t.Fatalf("open: %+v", warm.Failure)
+	}
+	defer s.Close()
+	var out []*Result
+	for _, d := range pauses {
+		time.Sleep(d)
+		out = append(out, s.Probe(ctx))
+	}
+	return out
+}
+
+// A first hop closes a connection idle for longer than its timeout: a
+// continuous entry probed less often than that failed every probe. The
+// session opens a new connection (with its warm-up) and sends the probe
+// on it.
+func TestSessionOutlivesTheFirstHopsIdleTimeout(t *testing.T) {
+	chaintest.ForEachEngine(t, testSessionOutlivesIdleTimeout)
+}
+
+func testSessionOutlivesIdleTimeout(t *testing.T) {
+	z := chaintest.StartRelay(t, relay.Config{Name: "z"})
+	b := chaintest.StartRelay(t, relay.Config{Name: "b", ForwardTo: z, Timeout: 200 * time.Millisecond})
+	for i, r := range sessionProbes(t, opts(b), 10*time.Millisecond, 1200*time.Millisecond, 1200*time.Millisecond) {
+		if !r.Success || r.Segment("b", "z") == nil {
+			t.Errorf("probe %d after the relay closed the idle connection: %+v", i, r.Failure)
+		}
+	}
+}
+
+// The same for an HTTP proxy's keep-alive timeout.
+func TestHTTPSessionOutlivesTheProxysKeepAlive(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{IdleTimeout: 200 * time.Millisecond, ReadHeaderTimeout: 5 * time.Second,
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Add("Subsegment-Timing", "edge;dur=1us")
+			_, _ = io.WriteString(w, "ok")
+		})}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { srv.Close() })
+	for i, r := range sessionProbes(t, httpOpts("http://"+ln.Addr().String()+"/", HTTPOptions{}), 10*time.Millisecond, 1200*time.Millisecond) {
+		if !r.Success {
+			t.Errorf("probe %d after the proxy closed the idle connection: %+v", i, r.Failure)
+		}
+	}
+}
+
+// A first hop that closes the connection of a probe sent right after
+// the previous one is a failure, not a stale connection.
+func TestSessionReportsAFirstHopThatCloses(t *testing.T) {
+	srv := serveHTTP(t, func(n int) string {
+		if n > 0 {
+			return "" // hang up
+		}
+		return response(200, "edge;dur=1us")
+	})
+	rs := sessionProbes(t, httpOpts(srv.url(), HTTPOptions{}), 10*time.Millisecond)
+	if f := rs[0].Failure; f == nil || f.Reason != "closed" {
+		t.Errorf("failure %+v, want closed", f)
+	}
+}
+
+// A first hop that closed the idle connection and is gone when the
+// session opens another: the probe fails on the dial (refused), and the
+// session closes without touching the closed connection again.
+func TestSessionWhoseFirstHopIsGone(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		answerThenIdleClose(c, 100*time.Millisecond)
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s, warm := Open(ctx, opts(ln.Addr().String()))
+	if s == nil {
+		t.Fatalf("open: %+v", warm.Failure)
+	}
+	time.Sleep(1200 * time.Millisecond)
+	ln.Close()
+	r := s.Probe(ctx)
+	if f := r.Failure; f == nil || f.Reason != "refused" {
+		t.Errorf("failure %+v, want refused", f)
+	}
+	s.Close()
+	s.Close()
+}
+
+// answerThenIdleClose answers probes on c as an end host named z, and
+// closes c once it has been idle for idle.
+func answerThenIdleClose(c net.Conn, idle time.Duration) {
+	defer c.Close()
+	r := frame.NewReader(c, frame.DefaultMaxFrameBytes)
+	defer r.Release()
+	for range 100 {
+		_ = c.SetReadDeadline(time.Now().Add(idle))
+		if r.Fill() != nil {
+			return
+		}
+		for {
+			fr, err := r.Next()
+			if err != nil || fr == nil {
+				break
+			}
+			v, err := frame.Parse(fr, frame.DefaultMaxFrameBytes, frame.MaxHopsLimit)
+			if err != nil {
+				return
+			}
+			rec := chaintest.EndRecord("z")
+			if _, err := c.Write(chaintest.Reply(v, fr, frame.AppendHop(nil, &rec), 1)); err != nil {
+				return
+			}
+		}
+	}
+}
