@@ -98,7 +98,7 @@ const (
 	// MaxPathProbes is the most probes per TTL a trace may ask for.
 	MaxPathProbes = 10
 	// MaxPathText bounds the reason and the route.
-	MaxPathText = 255
+	MaxPathText  = 255
 	pathFixedLen = 1 + 1 + 1 + 1 + 2 + 8
 	pathHopLen   = 4 + 1 + 3*8 // without the address
 	// MaxPathLen is the largest path section.
