@@ -150,13 +150,41 @@ var ErrBusy = errors.New("a trace of this far end is already running")
 // is not an established TCP connection, bad options, and a trace that
 // could not start.
 func (t *Tracer) Trace(ctx context.Context, conn Conn, opts Options) (*Result, error) {
+	target, err := Inspect(conn)
+	if err != nil {
+		return nil, err
+	}
+	return t.TraceTarget(ctx, target, opts)
+}
+
+// Target is what a trace needs of a connection, read from it at once by
+// Inspect: its addresses, options and state. An event loop inspects the
+// connection it owns on its own thread and traces the Target elsewhere,
+// so that the trace never touches a descriptor the loop may close.
+type Target struct{ info connInfo }
+
+// Local and Remote are the connection's addresses.
+func (t Target) Local() netip.AddrPort  { return t.info.local }
+func (t Target) Remote() netip.AddrPort { return t.info.remote }
+
+// Inspect reads what a trace of conn needs (a handful of getsockopt calls).
+func Inspect(conn Conn) (Target, error) {
+	info, err := inspect(conn)
+	if err != nil {
+		return Target{}, fmt.Errorf("trace: %w", err)
+	}
+	return Target{info: info}, nil
+}
+
+// TraceTarget is Trace of a connection inspected before.
+func (t *Tracer) TraceTarget(ctx context.Context, target Target, opts Options) (*Result, error) {
 	opts, err := opts.withDefaults()
 	if err != nil {
 		return nil, err
 	}
-	info, err := inspect(conn)
-	if err != nil {
-		return nil, fmt.Errorf("trace: %w", err)
+	info := target.info
+	if !info.remote.IsValid() {
+		return nil, fmt.Errorf("trace: %w: an empty target", ErrNotTCP)
 	}
 	t.mu.Lock()
 	if f, ok := t.running[info.remote]; ok {
@@ -267,6 +295,8 @@ func (t *Tracer) trace(ctx context.Context, info connInfo, opts Options) (*Resul
 	}
 	res := &Result{
 		Flow:     flow,
+		Probes:   opts.Probes,
+		MaxTTL:   opts.MaxTTL,
 		Local:    info.local,
 		Remote:   info.remote,
 		Hops:     s.hops(),
