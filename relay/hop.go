@@ -35,6 +35,7 @@ type hopState struct {
 	// first valid frame, when its buffer leaves the budget's unproven share.
 	upReader *frame.Reader
 	tcp      tcpView
+	traceState
 }
 
 // tcpView is the kernel's view of the session's two connections: the
@@ -225,12 +226,16 @@ func (h *hopState) roomInRing() bool { return h.pending < h.ring.free() }
 func (h *hopState) enqueueForward(e inflight, fr []byte, v *frame.View) {
 	*h.ring.slot(h.pending) = e
 	h.pending++
+	if e.pflags&frame.ProbeTrace != 0 {
+		h.traceFlags(&e)
+	}
 	tailEnd := v.MACOff
 	p := v.Probe
 	if h.s.cfg.RemovePerfHeaders {
 		tailEnd = v.TailOff
 		p.Count = 0
-		p.Flags |= frame.ProbeStripped
+		// No trace beyond the boundary: its paths would be removed.
+		p.Flags = p.Flags&^(frame.ProbeTrace|frame.ProbePath) | frame.ProbeStripped
 	}
 	p.Count++
 	p.BudgetMicros = uint32(max(e.budget*7/8/time.Microsecond, 1))
@@ -409,6 +414,12 @@ func (h *hopState) fillHop(r *pendingReply, tOut int64) {
 	if h.s.cfg.RemovePerfHeaders {
 		rec.Flags |= frame.RecStripped
 	}
+	if r.e.pflags&(frame.ProbeTrace|frame.ProbePath) != 0 {
+		// A trace's frame, which may have waited for it: not a measure
+		// of this hop's residence.
+		rec.Path = h.pathFor(&r.e)
+		return
+	}
 	h.observe(rec)
 }
 
@@ -516,6 +527,7 @@ func (h *hopState) appendLocalAnswer(e *inflight, ans *localAnswer, tOut int64) 
 		return
 	}
 	h.fillCommon(&h.hop, e, tOut)
+	h.hop.Path = h.pathFor(e)
 	b.scratch = append(b.scratch, make([]byte, frame.MinFrameLen)...)
 	b.scratch = frame.AppendHop(b.scratch, &h.hop)
 	b.scratch = frame.AppendError(b.scratch, &er)

@@ -11,6 +11,7 @@ import (
 	"github.com/subsegment/subsegment_exporter/internal/wire/frame"
 	"github.com/subsegment/subsegment_exporter/internal/wire/rxstamp"
 	"github.com/subsegment/subsegment_exporter/internal/wire/tcpinfo"
+	"github.com/subsegment/subsegment_exporter/internal/wire/trace"
 )
 
 // The downstream connection: dialled when the first request needs it,
@@ -84,6 +85,7 @@ func (x *lsession) dialDone(fd int, connect int64, kind frame.Kind, err error) {
 	x.downR.Prove()
 	x.readDown = func(p []byte) (int, error) { return readFd(&x.downRx, x.down, p) }
 	x.tcp.readDown = func() (tcpinfo.Info, error) { return tcpinfo.ReadFd(x.down, &x.tcpBuf) }
+	x.downTarget = func() (trace.Target, error) { return trace.Inspect(trace.FD(x.down)) }
 	x.startRing(kind)
 	x.connectPending = max(connect, 1)
 	x.processUp()
@@ -116,4 +118,5 @@ func (x *lsession) dropDown() {
 	unix.Close(x.down) // closing removes it from epoll
 	x.down, x.downPolled, x.downEvents = -1, false, 0
 	x.tcp.readDown, x.tcp.hasDown = nil, false
+	x.downTarget = nil
 }
