@@ -85,7 +85,9 @@ func dialT(t *testing.T, addr string) net.Conn {
 // first TTL), the end host's record has none, and a request without the
 // flags gets no path. Meanwhile a probe on another session through the
 // same relays is not held: it comes back while the traces run.
-func TestRelaysTraceTheirNextHop(t *testing.T) { chaintest.ForEachEngine(t, testRelaysTraceTheirNextHop) }
+func TestRelaysTraceTheirNextHop(t *testing.T) {
+	chaintest.ForEachEngine(t, testRelaysTraceTheirNextHop)
+}
 
 func testRelaysTraceTheirNextHop(t *testing.T) {
 	m := &traceMetrics{}
