@@ -289,9 +289,9 @@ func isToken(s string) bool {
 // DefaultModule is the module of a command run without --config.file:
 // every default, probing relays, or HTTP proxies for a URL target.
 func DefaultModule(target string, timeout time.Duration) *Module {
-	m := &Module{Probes: DefaultProbes, Interval: Duration(DefaultInterval), Timeout: Duration(timeout), Inband: InbandNever, Prober: ProberTCP}
+	m := &Module{Probes: DefaultProbes, Interval: Duration(DefaultInterval), Timeout: Duration(timeout), Inband: InbandNever, Prober: ProberTCP, Trace: TraceOnViolation}
 	if peer.IsHTTPTarget(target) {
-		m.Prober, m.HTTP = ProberHTTP, &HTTPProbe{}
+		m.Prober, m.HTTP, m.Trace = ProberHTTP, &HTTPProbe{}, TraceNever
 		_ = m.HTTP.validate("http", "") // fills in the defaults; they are valid
 	}
 	return m
