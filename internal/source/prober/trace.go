@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"strings"
 	"syscall"
 	"time"
 
@@ -71,6 +72,35 @@ type PathDelayResult struct {
 	TTL     int     `json:"ttl"`
 	Address string  `json:"address"`
 	Delay   float64 `json:"delay_seconds"`
+}
+
+// String says where the delay first appears, as every output writes it:
+// "+19.8 ms at 10.61.2.2 (TTL 2)".
+func (d *PathDelayResult) String() string {
+	return fmt.Sprintf("+%.1f ms at %s (TTL %d)", d.Delay*1000, d.Address, d.TTL)
+}
+
+// String says how a segment's path was traced, on one line.
+func (f *PathFlowResult) String() string {
+	if f.Protocol == "none" {
+		return fmt.Sprintf("no path (%s): %s", f.Status, f.Reason)
+	}
+	return fmt.Sprintf("%s %s:%d -> %s:%d, %s, %d packets in %.2fs; %s", f.Protocol, f.Local, f.LocalPort, f.Remote, f.RemotePort,
+		f.Status, f.Packets, f.DurationSeconds, f.Reason)
+}
+
+// PathText is the segment's path on one line: "1 10.61.1.2 0.090ms,
+// 2 * , 3 10.61.3.2 20.100ms"; "" when it was not traced.
+func (s *SegmentResult) PathText() string {
+	var parts []string
+	for _, h := range s.Path {
+		if h.Address == nil || h.RTT == nil {
+			parts = append(parts, fmt.Sprintf("%d *", h.TTL))
+			continue
+		}
+		parts = append(parts, fmt.Sprintf("%d %s %.3fms", h.TTL, *h.Address, h.RTT.Median*1000))
+	}
+	return strings.Join(parts, ", ")
 }
 
 // WirePath is the segment's path as its near end reported it; nil when
