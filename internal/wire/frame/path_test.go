@@ -82,7 +82,7 @@ func pathSection(rec []byte) (prefix []byte, section []byte) {
 func withSection(prefix, section []byte) []byte {
 	rec := append(bytes.Clone(prefix), section...)
 	rec[0], rec[1] = byte(len(rec)>>8), byte(len(rec))
-	rec[3], rec[4] = byte(RecPath>>8)|rec[3], rec[4]
+	rec[3] |= byte(RecPath >> 8)
 	return rec
 }
 
