@@ -32,7 +32,7 @@ func (m *TraceMode) UnmarshalYAML(n *yaml.Node) error {
 // Continuous traces: every trace_interval, and within these bounds.
 const (
 	DefaultTraceInterval = 5 * time.Minute
-	minTraceInterval     = 10 * time.Second
+	minTraceInterval     = time.Second
 	maxTraceInterval     = 24 * time.Hour
 )
 
