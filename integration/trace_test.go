@@ -283,7 +283,6 @@ func TestNamespaceTraceChainAndDelay(t *testing.T) {
 	}
 }
 
-
 // b's route moved to another router: the next trace shows the new path,
 // with another fingerprint, and the chain's packets took it too.
 func TestNamespaceTraceRouteChange(t *testing.T) {
