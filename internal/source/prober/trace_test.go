@@ -1,6 +1,7 @@
 package prober
 
 import (
+	"context"
 	"os"
 	"strings"
 	"testing"
@@ -128,5 +129,57 @@ func TestRunTraceFailuresAreClear(t *testing.T) {
 	}
 	if f := r.Segment("a", "old").PathFlow; f == nil || f.Status != "reached" {
 		t.Errorf("the source's own segment after a refused request: %+v", f)
+	}
+}
+
+// A continuous session starts the traces without waiting for them: the
+// next measured probe comes back while they run; the paths are collected
+// later, and no reply waits then either.
+func TestSessionTraceStartAndPaths(t *testing.T) { chaintest.ForEachEngine(t, testSessionTraceStartAndPaths) }
+
+func testSessionTraceStartAndPaths(t *testing.T) {
+	tr := newTracer(t)
+	target := chaintest.Chain(t, chaintest.ChainOptions{Template: relay.Config{Tracer: tr}}, "b", "c", "z")
+	o := opts(target)
+	o.Trace = &TraceOptions{Tracer: tr}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s, res := Open(ctx, o)
+	if s == nil {
+		t.Fatalf("open: %+v", res.Failure)
+	}
+	defer s.Close()
+	if s.TracePaths(ctx) != nil {
+		t.Error("paths of a session that started no trace")
+	}
+	start := time.Now()
+	if !s.TraceStart(ctx) {
+		t.Fatal("TraceStart failed")
+	}
+	started := time.Since(start)
+	p := s.Probe(ctx)
+	probed := time.Since(start)
+	if !p.Success || p.Segments[1].PathFlow != nil {
+		t.Fatalf("measured probe: %+v", p.Failure)
+	}
+	// The traces (1.1 s on loopback: the far end's spacing) run meanwhile.
+	time.Sleep(1500 * time.Millisecond)
+	before := time.Now()
+	paths := s.TracePaths(ctx)
+	collected := time.Since(before)
+	var traced time.Duration
+	for _, seg := range paths.Segments {
+		f := seg.PathFlow
+		if f == nil || f.Status != "reached" || len(seg.Path) != 1 {
+			t.Fatalf("%s -> %s: %+v", seg.From, seg.To, f)
+		}
+		traced = max(traced, time.Duration(f.DurationSeconds*float64(time.Second)))
+	}
+	t.Logf("TraceStart %v, the next probe back after %v, paths collected in %v; the traces took %v", started, probed, collected, traced)
+	if probed*4 > traced || collected*4 > traced {
+		t.Errorf("a probe waited for the traces (%v): start %v, probe %v, collect %v", traced, started, probed, collected)
+	}
+	if s.TracePaths(ctx) != nil {
+		t.Error("paths collected twice")
 	}
 }
