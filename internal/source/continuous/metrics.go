@@ -28,6 +28,7 @@ type Metrics struct {
 	dropped     *prometheus.CounterVec
 	segSLA      *prometheus.GaugeVec
 	hopSLA      *prometheus.GaugeVec
+	paths       *pathMetrics
 }
 
 type entryKey struct{ target, module string }
@@ -79,6 +80,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "The hop's residence SLA from the entry's module."}, append(entry, "hop")),
 	}
 	reg.MustRegister(m)
+	m.paths = newPathMetrics(reg)
 	return m
 }
 
@@ -136,6 +138,7 @@ func (m *Metrics) remove(target, module string) {
 	}{m.probes, m.failures, m.retransmits, m.lastSuccess, m.dropped, m.segSLA, m.hopSLA} {
 		v.DeletePartialMatch(l)
 	}
+	m.paths.remove(target, module)
 }
 
 func histogram(name, help string, buckets []float64, labels prometheus.Labels) prometheus.Histogram {
