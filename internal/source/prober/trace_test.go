@@ -135,7 +135,9 @@ func TestRunTraceFailuresAreClear(t *testing.T) {
 // A continuous session starts the traces without waiting for them: the
 // next measured probe comes back while they run; the paths are collected
 // later, and no reply waits then either.
-func TestSessionTraceStartAndPaths(t *testing.T) { chaintest.ForEachEngine(t, testSessionTraceStartAndPaths) }
+func TestSessionTraceStartAndPaths(t *testing.T) {
+	chaintest.ForEachEngine(t, testSessionTraceStartAndPaths)
+}
 
 func testSessionTraceStartAndPaths(t *testing.T) {
 	tr := newTracer(t)
