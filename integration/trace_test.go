@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/subsegment/subsegment_exporter/internal/source/continuous"
 	"github.com/subsegment/subsegment_exporter/internal/source/prober"
 	"github.com/subsegment/subsegment_exporter/internal/testkit/netlab"
 	"github.com/subsegment/subsegment_exporter/internal/testkit/nfqdelay"
@@ -439,4 +440,88 @@ func TestNamespaceTraceBounds(t *testing.T) {
 	if float64(sent) > 10+4*elapsed || counted > 10+4*elapsed || float64(sent) != counted {
 		t.Errorf("%d probes reached r1 and b counted %v in %.1f s: over the rate's %.0f", sent, counted, elapsed, 10+4*elapsed)
 	}
+}
+
+// A continuous entry traces b -> c every trace_interval on its own
+// connections; b's route moved through ra mid-run: the next trace shows
+// it, the path change counter goes up by one (and stays there), and the
+// chain page's API unfolds the segment (over its SLA) into the new path.
+func TestNamespaceTraceContinuousPathChange(t *testing.T) {
+	l := newTraceLab(t)
+	l.chain(nil)
+	cfg := l.a.Run("mktemp", "/tmp/subsegment-trace-XXXXXX.yml")
+	cfg = strings.TrimSpace(cfg)
+	t.Cleanup(func() { _, _ = exec.Command("rm", "-f", cfg).CombinedOutput() })
+	body := `modules:
+  default:
+    timeout: 3s
+    targets: ["10.91.0.2:9000"]
+    sla: {segments: [{from: b, to: c, rtt: 1us}]}
+continuous:
+  - {target: "10.91.0.2:9000", module: default, interval: 200ms, trace_interval: 2s}
+`
+	if out, err := exec.Command("sh", "-c", "cat > "+cfg+" <<'EOF'\n"+body+"EOF\n").CombinedOutput(); err != nil {
+		t.Fatalf("write %s: %v\n%s", cfg, err, out)
+	}
+	ex := start(t, "exporter a", "ip", "netns", "exec", l.a.NS, binary, "--relay.name", "a", "--web.listen-address", "127.0.0.1:9717", "--config.file", cfg)
+	ex.waitOutput(t, webListening, 10*time.Second)
+	const seg = `target="10.91.0.2:9000",to="c"`
+	hopAt := func(m, ttl, addr string) bool {
+		return seriesValue(m, "subsegment_continuous_segment_path_hop_info", `address="`+addr+`",from="b",module="default",`+seg+`,ttl="`+ttl+`"`) == 1
+	}
+	var m string
+	eventually(t, 30*time.Second, "b -> c traced through r1", func() error {
+		if m = l.metrics(l.a); !hopAt(m, "1", addrR1) || !hopAt(m, "2", addrR2) || !hopAt(m, "3", addrC) {
+			return fmt.Errorf("path series:\n%s", grepLines(m, "segment_path_hop_info"))
+		}
+		return nil
+	})
+	if v := seriesValue(m, "subsegment_continuous_segment_path_changes_total", `from="b"`); v != 0 {
+		t.Fatalf("path changes %v before the route moved", v)
+	}
+	before := seriesValue(m, "subsegment_continuous_segment_path_fingerprint", `from="b"`)
+	l.b.Route("replace", "10.91.3.0/24", "via", addrRA)
+	eventually(t, 30*time.Second, "b -> c traced through ra", func() error {
+		if m = l.metrics(l.a); !hopAt(m, "1", addrRA) {
+			return fmt.Errorf("path series:\n%s", grepLines(m, "segment_path_hop_info"))
+		}
+		return nil
+	})
+	// The same connection: its source stays 10.91.1.1, and r2 answers it
+	// from its address towards r1.
+	if !hopAt(m, "2", addrR2) || !hopAt(m, "3", addrC) || hopAt(m, "1", addrR1) {
+		t.Errorf("new path series:\n%s", grepLines(m, "segment_path_hop_info"))
+	}
+	if v := seriesValue(m, "subsegment_continuous_segment_path_changes_total", `from="b"`); v != 1 {
+		t.Errorf("path changes %v after one route change, want 1", v)
+	}
+	if after := seriesValue(m, "subsegment_continuous_segment_path_fingerprint", `from="b"`); after == before {
+		t.Errorf("fingerprint %v before and after", after)
+	}
+	// Another trace of the same path counts nothing more.
+	time.Sleep(5 * time.Second)
+	m = l.metrics(l.a)
+	if v := seriesValue(m, "subsegment_continuous_segment_path_changes_total", `from="b"`); v != 1 {
+		t.Errorf("path changes %v on a path that stayed, want 1", v)
+	}
+	if v := seriesValue(m, "subsegment_continuous_probes_total", `result="success"`); v < 20 {
+		t.Errorf("%v probes came back while the entry traced", v)
+	}
+	api := l.a.Run("curl", "-sS", "--max-time", "10", "http://127.0.0.1:9717/api/v1/chains")
+	var chains struct{ Chains []continuous.EntryState }
+	if err := json.Unmarshal([]byte(api), &chains); err != nil || len(chains.Chains) != 1 {
+		t.Fatalf("chains API: %v\n%s", err, api)
+	}
+	var path []string
+	for _, s := range chains.Chains[0].Segments {
+		for _, h := range s.Path {
+			if s.From == "b" {
+				path = append(path, h.Address)
+			}
+		}
+	}
+	if strings.Join(path, " ") != strings.Join([]string{addrRA, addrR2, addrC}, " ") {
+		t.Errorf("the chains API unfolds b -> c into %v:\n%s", path, api)
+	}
+	t.Logf("after the route change: %s", grepLines(m, "segment_path_hop_info"))
 }
