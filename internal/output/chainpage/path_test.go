@@ -22,7 +22,7 @@ func TestRenderUnfoldsAViolatingSegment(t *testing.T) {
 		Segments: []continuous.SegmentState{
 			{From: "a", To: "b", MedianSeconds: 0.00005, Samples: 60, SLA: continuous.SLANone},
 			{From: "b", To: "c", MedianSeconds: 0.0202, Samples: 60, SLASeconds: 0.01, SLA: continuous.SLAExceeded, PathFlow: "tcp reached",
-				Path: []continuous.PathHopState{{TTL: 1, Address: "10.91.1.2", RTT: 0.00001}, {TTL: 2, Loss: 1}, {TTL: 3, Address: "10.91.3.2", RTT: 0.0201}},
+				Path:      []continuous.PathHopState{{TTL: 1, Address: "10.91.1.2", RTT: 0.00001}, {TTL: 2, Loss: 1}, {TTL: 3, Address: "10.91.3.2", RTT: 0.0201}},
 				PathDelay: &prober.PathDelayResult{TTL: 3, Address: "10.91.3.2", Delay: 0.0201}},
 		}}
 	plain := st

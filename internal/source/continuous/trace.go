@@ -90,23 +90,24 @@ type pathKey struct{ target, module, from, to string }
 func newPathMetrics(reg prometheus.Registerer) *pathMetrics {
 	seg := []string{"target", "module", "from", "to"}
 	ttl := append(seg[:len(seg):len(seg)], "ttl")
-	gauge := func(name, help string, labels []string) *prometheus.GaugeVec {
-		return prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace, Name: name, Help: help}, labels)
-	}
 	m := &pathMetrics{last: map[pathKey]*frame.Path{},
 		changes: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "segment_path_changes_total",
 			Help: "Times the routers under the segment changed between two traces that reached its far end (another router at a TTL both answered, or another number of TTLs)."}, seg),
-		info: gauge("segment_path_info", "How the segment's latest trace ran: protocol tcp, udp or none, and status (as subsegment_segment_path_info).",
+		info: pathGauge("segment_path_info", "How the segment's latest trace ran: protocol tcp, udp or none, and status (as subsegment_segment_path_info).",
 			append(seg[:len(seg):len(seg)], "protocol", "status")),
-		hops:        gauge("segment_path_hops", "TTLs the segment's latest trace listed.", seg),
-		fingerprint: gauge("segment_path_fingerprint", "The fingerprint of the segment's current path (48 bits of a hash of every TTL's address).", seg),
-		rtt:         gauge("segment_path_rtt_seconds", "Round trip from the segment's near end to the router at this TTL in the latest trace, median (answered TTLs only).", ttl),
-		loss:        gauge("segment_path_loss_ratio", "Share of the TTL's probes without an answer in the latest trace.", ttl),
-		hopInfo:     gauge("segment_path_hop_info", "The address that answered the TTL's probes in the latest trace, 1 per answered TTL: the only continuous metric with an address.", append(ttl[:len(ttl):len(ttl)], "address")),
-		delay:       gauge("segment_path_delay_seconds", "Where the delay first appears on the segment's current path: the rise of round trip at that TTL.", ttl),
+		hops:        pathGauge("segment_path_hops", "TTLs the segment's latest trace listed.", seg),
+		fingerprint: pathGauge("segment_path_fingerprint", "The fingerprint of the segment's current path (48 bits of a hash of every TTL's address).", seg),
+		rtt:         pathGauge("segment_path_rtt_seconds", "Round trip from the segment's near end to the router at this TTL in the latest trace, median (answered TTLs only).", ttl),
+		loss:        pathGauge("segment_path_loss_ratio", "Share of the TTL's probes without an answer in the latest trace.", ttl),
+		hopInfo:     pathGauge("segment_path_hop_info", "The address that answered the TTL's probes in the latest trace, 1 per answered TTL: the only continuous metric with an address.", append(ttl[:len(ttl):len(ttl)], "address")),
+		delay:       pathGauge("segment_path_delay_seconds", "Where the delay first appears on the segment's current path: the rise of round trip at that TTL.", ttl),
 	}
 	reg.MustRegister(m.changes, m.info, m.hops, m.fingerprint, m.rtt, m.loss, m.hopInfo, m.delay)
 	return m
+}
+
+func pathGauge(name, help string, labels []string) *prometheus.GaugeVec {
+	return prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace, Name: name, Help: help}, labels)
 }
 
 // observe replaces a segment's path series with a new trace's, and
