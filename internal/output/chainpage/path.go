@@ -36,11 +36,9 @@ func routers(s continuous.SegmentState, y int) []routerView {
 	var out []routerView
 	for i, h := range s.Path {
 		r := routerView{Y: y + routerH*i, TTL: h.TTL, Address: h.Address}
-		switch {
-		case h.Address == "":
+		r.Text = fmt.Sprintf("%d  %s  %s", h.TTL, h.Address, ms(h.RTT))
+		if h.Address == "" {
 			r.Text = fmt.Sprintf("%d  *  (no answer)", h.TTL)
-		default:
-			r.Text = fmt.Sprintf("%d  %s  %s", h.TTL, h.Address, ms(h.RTT))
 		}
 		if d := s.PathDelay; d != nil && d.TTL == h.TTL {
 			r.Delay = true

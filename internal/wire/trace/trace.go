@@ -163,8 +163,10 @@ func (t *Tracer) Trace(ctx context.Context, conn Conn, opts Options) (*Result, e
 // so that the trace never touches a descriptor the loop may close.
 type Target struct{ info connInfo }
 
-// Local and Remote are the connection's addresses.
-func (t Target) Local() netip.AddrPort  { return t.info.local }
+// Local is the connection's local address.
+func (t Target) Local() netip.AddrPort { return t.info.local }
+
+// Remote is the connection's far end, the address a trace probes.
 func (t Target) Remote() netip.AddrPort { return t.info.remote }
 
 // Inspect reads what a trace of conn needs (a handful of getsockopt calls).
