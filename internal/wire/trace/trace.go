@@ -394,6 +394,9 @@ type session struct {
 	tracer  *Tracer
 	// lastFarEnd is when the far end last answered a TCP probe.
 	lastFarEnd time.Time
+	// lastTTL, when set, is the far end's TTL found by a late answer
+	// (lateFarEnd): the TTLs probed after it are not part of the path.
+	lastTTL int
 }
 
 // span is the index range of ttl's probes.
@@ -414,6 +417,9 @@ func (s *session) run(ctx context.Context) Stop {
 	for ttl := 1; ttl <= s.opts.MaxTTL; ttl++ {
 		if !s.probeTTL(ctx, ttl) {
 			return StopDeadline
+		}
+		if s.lateFarEnd(ttl) {
+			return StopReached
 		}
 		st := s.status(ttl)
 		switch {
@@ -524,6 +530,10 @@ func (s *session) take(a answer, cur int) {
 		return
 	}
 	lo, hi := s.span(cur)
+	if lo < hi && a.kernelNs > 0 && a.kernelNs < s.probes[lo].sent.UnixNano() {
+		s.takeLate(a, cur)
+		return
+	}
 	for i := lo; i < hi; i++ {
 		pr := &s.probes[i]
 		if !pr.answered && !pr.sent.After(a.at) && s.counted(i) {
@@ -531,6 +541,34 @@ func (s *session) take(a answer, cur int) {
 			return
 		}
 	}
+}
+
+// takeLate matches an answer without identity that the kernel received
+// before the current TTL's probes left, but that was read after its own
+// TTL's wait was over (a reader that got no CPU in time): it belongs to
+// the previous TTL, never to the current one.
+func (s *session) takeLate(a answer, cur int) {
+	if cur < 2 {
+		return
+	}
+	plo, phi := s.span(cur - 1)
+	for i := plo; i < phi; i++ {
+		pr := &s.probes[i]
+		if !pr.answered && pr.sent.UnixNano() <= a.kernelNs && s.counted(i) {
+			s.record(pr, a, true)
+			return
+		}
+	}
+}
+
+// lateFarEnd reports whether a late answer showed the far end at the TTL
+// before ttl: the trace then ends there, reached.
+func (s *session) lateFarEnd(ttl int) bool {
+	if ttl < 2 || !s.status(ttl-1).farEnd {
+		return false
+	}
+	s.lastTTL = ttl - 1
+	return true
 }
 
 func (s *session) record(pr *probeRec, a answer, guessed bool) {
@@ -635,6 +673,9 @@ func (s *session) hops() []Hop {
 	for _, pr := range s.probes {
 		maxTTL = max(maxTTL, pr.ttl)
 	}
+	if s.lastTTL > 0 {
+		maxTTL = min(maxTTL, s.lastTTL)
+	}
 	hops := make([]Hop, maxTTL)
 	type tally struct {
 		addr netip.Addr
@@ -645,7 +686,7 @@ func (s *session) hops() []Hop {
 		hops[i] = Hop{TTL: i + 1, Unreachable: -1}
 	}
 	for i, pr := range s.probes {
-		if !s.counted(i) {
+		if !s.counted(i) || pr.ttl > maxTTL {
 			continue
 		}
 		h := &hops[pr.ttl-1]

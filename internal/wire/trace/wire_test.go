@@ -96,3 +96,39 @@ func TestSamePath(t *testing.T) {
 		t.Errorf("fingerprint %x", PathFingerprint(a))
 	}
 }
+
+// A far end's answer read late (its reader got no CPU before the TTL's
+// wait ended) still counts for its TTL when the kernel received it before
+// the next TTL's probes left: the trace ends there, reached, and the TTL
+// probed after it is not part of the path.
+func TestLateFarEndAnswer(t *testing.T) {
+	far := netip.MustParseAddrPort("10.0.0.9:9000")
+	t0 := time.Now()
+	s := &session{opts: Options{Probes: 3, FarEndSpacing: DefaultFarEndSpacing}, method: MethodTCP, info: connInfo{remote: far},
+		first: []int{0, 0, 3}}
+	for i := range 3 {
+		s.probes = append(s.probes, probeRec{ttl: 1, sent: t0.Add(time.Duration(i) * time.Microsecond)})
+	}
+	for i := range 3 {
+		s.probes = append(s.probes, probeRec{ttl: 2, sent: t0.Add(300*ms + time.Duration(i)*time.Microsecond)})
+	}
+	// Received 20 µs after TTL 1's first probe, read after TTL 2's left.
+	late := answer{from: far.Addr(), kind: kindFarEnd, at: t0.Add(301 * ms), kernelNs: t0.Add(20 * time.Microsecond).UnixNano()}
+	s.take(late, 2)
+	if !s.lateFarEnd(2) {
+		t.Fatal("the late answer did not count for TTL 1")
+	}
+	hops := s.hops()
+	if len(hops) != 1 || !hops[0].FarEnd || hops[0].Answered != 1 || hops[0].RTTs[0] != 20*time.Microsecond {
+		t.Errorf("hops %+v", hops)
+	}
+	// One received after TTL 2's probes left is not TTL 1's.
+	s2 := &session{opts: s.opts, method: MethodTCP, info: s.info, first: []int{0, 0, 3}, probes: append([]probeRec(nil), s.probes...)}
+	for i := range s2.probes {
+		s2.probes[i].answered = false
+	}
+	s2.take(answer{from: far.Addr(), kind: kindFarEnd, at: t0.Add(301 * ms), kernelNs: t0.Add(300*ms + 10*time.Microsecond).UnixNano()}, 2)
+	if s2.lateFarEnd(2) {
+		t.Error("an answer received after TTL 2's probes counted for TTL 1")
+	}
+}
