@@ -194,10 +194,8 @@ func jitter(rtts []time.Duration) time.Duration {
 }
 
 // lossByDirection splits the run's loss with the counters of the last
-// reply that carried them (they count the whole session): S_TxC − R_RxC
-// packets never reached the reflector, R_TxC − (replies received up to
-// that packet) never came back; what earlier runs of the session already
-// named is taken off. Counters that contradict the replies name nothing.
+// reply that carried them (DirectMeasurement.Loss: they count the whole
+// session); what earlier runs of the session already named is taken off.
 func lossByDirection(s *Summary, r *Result, last *PacketResult) {
 	dm := last.TLVs.DirectMeasurement
 	upTo := int(last.Seq-r.Packets[0].Seq) + 1
@@ -207,9 +205,10 @@ func lossByDirection(s *Summary, r *Result, last *PacketResult) {
 			received++
 		}
 	}
-	fwd := int64(dm.SenderTx) - int64(dm.ReflectorRx) - r.PrevForwardLost
-	ret := int64(dm.ReflectorTx) - int64(r.RepliesBefore) - int64(received) - r.PrevReturnLost
-	if fwd < 0 || ret < 0 || fwd+ret > int64(s.Lost) {
+	fwd, ret, ok := dm.Loss(r.RepliesBefore + uint32(received))
+	fwd -= r.PrevForwardLost
+	ret -= r.PrevReturnLost
+	if !ok || fwd < 0 || ret < 0 || fwd+ret > int64(s.Lost) {
 		return
 	}
 	s.LossByDirection = true
