@@ -23,6 +23,10 @@ type STAMPProbe struct {
 	Packets int `yaml:"packets,omitempty"`
 	// Interval between packets (default: the module's interval).
 	Interval Duration `yaml:"interval,omitempty"`
+	// PacketTimeout is how long a packet's reply is waited for before
+	// it counts as lost (default 1s; cut down to what is left of the
+	// scrape).
+	PacketTimeout Duration `yaml:"packet_timeout,omitempty"`
 	// PacketBytes is the UDP payload of every packet (0: the smallest for
 	// the mode and the TLVs).
 	PacketBytes int `yaml:"packet_bytes,omitempty"`
@@ -96,6 +100,9 @@ func (s *STAMPProbe) validate(path string) error {
 	}
 	if s.Packets < 0 || s.Packets > MaxSTAMPPackets {
 		return bad(path+".packets", "%d out of range: use 1 to %d (absent: the module's probes)", s.Packets, MaxSTAMPPackets)
+	}
+	if s.PacketTimeout != 0 && (s.PacketTimeout < Duration(time.Millisecond) || s.PacketTimeout > Duration(time.Minute)) {
+		return bad(path+".packet_timeout", "%v out of range: use 1ms to 1m (absent: 1s)", time.Duration(s.PacketTimeout))
 	}
 	if s.PacketBytes != 0 && (s.PacketBytes < 44 || s.PacketBytes > MaxSTAMPPacketBytes) {
 		return bad(path+".packet_bytes", "%d out of range: use 44 to %d (112 or more when authenticated; 0: the smallest)", s.PacketBytes, MaxSTAMPPacketBytes)

@@ -83,9 +83,13 @@ type SegmentResult struct {
 	OneWay      *OneWayResult `json:"one_way"`
 	// Resolution is the coarser of both ends' stamp resolutions (HTTP
 	// chains): the figures are rounded to it.
-	Resolution  float64 `json:"resolution_seconds,omitempty"`
-	Slowest     bool    `json:"slowest"`
-	from, to    int     // hop indexes
+	Resolution float64 `json:"resolution_seconds,omitempty"`
+	// Loss and DSCP are a STAMP segment's packet loss and DSCP per
+	// direction (stamp.go); absent for relays and proxies.
+	Loss        *LossResult `json:"loss,omitempty"`
+	DSCP        *DSCPResult `json:"dscp,omitempty"`
+	Slowest     bool        `json:"slowest"`
+	from, to    int         // hop indexes
 	samples     []time.Duration
 	fwd         []time.Duration
 	ret         []time.Duration
