@@ -36,6 +36,7 @@ import (
 	"github.com/subsegment/subsegment_exporter/internal/output/nagios"
 	"github.com/subsegment/subsegment_exporter/internal/output/report"
 	"github.com/subsegment/subsegment_exporter/internal/source/prober"
+	"github.com/subsegment/subsegment_exporter/internal/source/sla"
 	"github.com/subsegment/subsegment_exporter/internal/source/stream"
 	"github.com/subsegment/subsegment_exporter/internal/wire/frame"
 	"github.com/subsegment/subsegment_exporter/internal/wire/peer"
@@ -278,6 +279,10 @@ func probe(ctx context.Context, hop relayFlags, keys frame.Keys, po probeFlags, 
 		// A URL: the chain of HTTP proxies in front of it, with the
 		// defaults of an http module (GET, any 2xx).
 		o.HTTP = &prober.HTTPOptions{}
+	}
+	if peer.IsSTAMPTarget(po.target) {
+		// A STAMP reflector, with the defaults of a stamp module.
+		o.STAMP = sla.ProbeOptions(config.DefaultModule(po.target, hop.timeout), po.target).STAMP
 	}
 	if err := o.Validate(); err != nil {
 		fmt.Fprintf(os.Stderr, "%s probe: %v\n", name, err)

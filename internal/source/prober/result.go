@@ -55,7 +55,10 @@ type HopResult struct {
 	ClockSynced      bool `json:"clock_synced"`
 	// HTTPHeader: the hop reported through its Subsegment-Timing header
 	// (an HTTP proxy), with stamps of Resolution seconds.
-	HTTPHeader bool               `json:"http_header,omitempty"`
+	HTTPHeader bool `json:"http_header,omitempty"`
+	// STAMP: the hop is a STAMP reflector, which reports its residence
+	// (T3 − T2) and nothing of its waits.
+	STAMP      bool               `json:"stamp,omitempty"`
 	Resolution float64            `json:"resolution_seconds,omitempty"`
 	Vars       map[string]float64 `json:"vars,omitempty"`
 	id         uint64

@@ -294,6 +294,11 @@ func (s *stampSession) annotate(r *Result) {
 	if r.fail == nil && r.Probes == 0 {
 		r.setFailure(s.silence(a))
 	}
+	for i := range r.Hops {
+		if r.Hops[i].id == s.refl.ID {
+			r.Hops[i].STAMP = true
+		}
+	}
 	if len(r.Segments) == 0 {
 		return
 	}
