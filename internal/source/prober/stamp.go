@@ -3,8 +3,6 @@ package prober
 import (
 	"context"
 	"fmt"
-	"hash/fnv"
-	"math"
 	"time"
 
 	"github.com/subsegment/subsegment_exporter/internal/wire/frame"
@@ -160,21 +158,12 @@ func (so *STAMPOptions) reflectorName(target string) string {
 	return peer.AddressName(addr)
 }
 
-// StampHopID is the identity the source gives a STAMP reflector, which
-// reports none: fixed per address, so that the reflector keeps its label
-// from run to run, and apart from relays' random ones in practice.
-func StampHopID(address string) uint64 {
-	h := fnv.New64a()
-	_, _ = h.Write([]byte("stamp reflector " + address))
-	return h.Sum64() | 1<<62
-}
-
 // dialSTAMP opens the session's socket.
 func dialSTAMP(ctx context.Context, o *Options) (protocol, *Failure) {
 	so := o.STAMP
 	addr, _, _ := stampAddress(o.Target)
 	s := &stampSession{o: o, address: addr, src: peer.Hop{ID: peer.NewID(), Name: o.Source},
-		refl: peer.Hop{ID: StampHopID(addr), Name: so.reflectorName(o.Target)}}
+		refl: peer.Hop{ID: stamp.HopID(addr), Name: so.reflectorName(o.Target)}}
 	sess, err := stamp.Open(ctx, so.session(o, addr))
 	if err != nil {
 		return nil, &Failure{From: s.src, To: peer.Hop{Name: s.refl.Name}, Reason: peer.ClassifyOr(err, peer.ReasonUnreachable), Message: err.Error()}
@@ -216,8 +205,6 @@ func (s *stampSession) probe(ctx context.Context, seq uint64, _ uint16) Sample {
 		smp.Failure = s.fail(peer.ReasonAuth, "%s answered, but its replies do not verify with the key of --relay.auth-key-file: it signs with another key, or is not in authenticated mode", s.address)
 	case !p.Received:
 		// Lost: no records.
-	case p.TimestampError:
-		smp.Failure = s.fail(peer.ReasonBadFrame, "STAMP reply from %s holds no valid timestamp (T2 or T3)", s.address)
 	default:
 		s.decode(&smp, &p)
 	}
@@ -230,40 +217,24 @@ func (s *stampSession) probe(ctx context.Context, seq uint64, _ uint16) Sample {
 // source's downstream time and T3 − T2 as the reflector's residence, so
 // that the rtt is (T4 − T1) − (T3 − T2).
 func (s *stampSession) decode(smp *Sample, p *stamp.PacketResult) {
-	t1 := p.BestT1()
-	around, residence := time.Duration(p.T4-t1), time.Duration(p.T3-p.T2)
-	switch {
-	case around < 0 || around > frame.MaxDuration:
-		smp.Failure = s.fail(peer.ReasonUnknown, "this host's clock stepped during the STAMP exchange with %s (T4 − T1 = %v): the packet is not measured", s.address, around)
-		return
-	case residence < 0 || residence > frame.MaxDuration:
-		smp.Failure = s.fail(peer.ReasonBadFrame, "STAMP reply from %s says the reflector held the packet %v (T3 − T2): a reflector's residence lies within 0 and a day", s.address, residence)
+	around, err := p.Around()
+	if err != nil {
+		smp.Failure = s.fail(peer.ReasonUnknown, "STAMP exchange with %s: %v", s.address, err)
 		return
 	}
+	refl, err := p.ReflectorRecord(s.refl.ID, s.refl.Name)
+	if err != nil {
+		smp.Failure = s.fail(peer.ReasonBadFrame, "STAMP reply from %s: %v", s.address, err)
+		return
+	}
+	t1 := p.BestT1()
 	src := frame.HopRecord{ID: s.src.ID, Name: s.src.Name, Downstream: around, WallIn: t1}
 	if p.T4Kernel {
 		src.Flags |= frame.RecKernelReply
 	}
-	setClock(&src, p.SenderError)
-	refl := frame.HopRecord{ID: s.refl.ID, Name: s.refl.Name, Flags: frame.RecEnd, Forward: residence, WallIn: p.T2}
-	if ti := p.TLVs.TimestampInfo; p.TLVs.HasTimestampInfo && (ti.MethodIn == stamp.MethodSWLocal || ti.MethodIn == stamp.MethodHWAssist) {
-		refl.Flags |= frame.RecKernelIn
-	}
-	setClock(&refl, p.ReflectorError)
+	stamp.SetRecordClock(&src, p.SenderError)
 	smp.Records = []frame.HopRecord{src, refl}
 	breakDown(smp, timingHops(smp.Records), peer.ReasonBadFrame, "STAMP reply from "+s.address+": the residence T3 − T2")
-}
-
-// setClock gives a record the clock an Error Estimate states: synchronised
-// (S) with its error bound, else not synchronised.
-func setClock(rec *frame.HopRecord, e stamp.ErrorEstimate) {
-	bound, ok := e.Bound()
-	if !ok || !e.Synced() {
-		return
-	}
-	rec.Flags |= frame.RecSynced
-	micros := min((bound+time.Microsecond-1)/time.Microsecond, math.MaxUint32)
-	rec.MaxErrorMicros, rec.EstErrorMicros = uint32(micros), uint32(micros)
 }
 
 // add counts one exchanged packet.

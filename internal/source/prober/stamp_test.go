@@ -10,9 +10,11 @@ import (
 	"time"
 
 	"github.com/subsegment/subsegment_exporter/internal/host/clock"
+	"github.com/subsegment/subsegment_exporter/internal/testkit/chaintest"
 	"github.com/subsegment/subsegment_exporter/internal/wire/frame"
 	"github.com/subsegment/subsegment_exporter/internal/wire/peer"
 	"github.com/subsegment/subsegment_exporter/internal/wire/stamp"
+	"github.com/subsegment/subsegment_exporter/relay"
 	"github.com/subsegment/subsegment_exporter/relay/reflector"
 )
 
@@ -71,7 +73,7 @@ func TestSTAMPRun(t *testing.T) {
 				t.Fatalf("result %+v failure %+v", res, res.Failure)
 			}
 			seg, refl := res.Segments[0], res.Hops[1]
-			if seg.From != "a" || seg.To != "127.0.0.1" || refl.Name != "127.0.0.1" || refl.ID != hexID(StampHopID(r.Addr().String())) {
+			if seg.From != "a" || seg.To != "127.0.0.1" || refl.Name != "127.0.0.1" || refl.ID != hexID(stamp.HopID(r.Addr().String())) {
 				t.Errorf("names: segment %s -> %s, hop %s %s", seg.From, seg.To, refl.Name, refl.ID)
 			}
 			if seg.Samples != 10 || seg.RTT.Median <= 0 || seg.RTT.Max > 1 || refl.Residence.Median <= 0 || !refl.KernelTimestamps || !res.Hops[0].KernelTimestamps {
@@ -292,5 +294,92 @@ func TestSTAMPSession(t *testing.T) {
 	l1, l2 := results[1].Segments[0].Loss, results[2].Segments[0].Loss
 	if l1.Sent != 1 || l1.Lost != 1 || l2.Sent != 1 || l2.Lost != 0 || l2.Forward == nil || l2.Forward.Lost != 1 {
 		t.Errorf("loss: %+v then %+v %+v", l1, l2, l2.Forward)
+	}
+}
+
+// stampCounts is a relay's STAMPMetrics, for tests.
+type stampCounts struct {
+	mu                      sync.Mutex
+	reflected, lost         int
+	lostForward, lostReturn int64
+}
+
+func (c *stampCounts) STAMPPacket(reflected bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if reflected {
+		c.reflected++
+	} else {
+		c.lost++
+	}
+}
+
+func (c *stampCounts) STAMPLost(fwd, ret int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.lostForward += fwd
+	c.lostReturn += ret
+}
+
+// A chain a -> b -> r1 whose last hop is a STAMP reflector (b runs
+// --forward-to stamp://): the reflector is the chain's last hop, its
+// residence T3 − T2, the segment b -> r1 measured like any other; a lost
+// packet fails its probe on b -> r1 (timeout), the next probe goes on,
+// and b counts the loss, per direction once a reply names it.
+func TestChainEndingAtSTAMPReflector(t *testing.T) {
+	r := startReflector(t, reflector.Config{})
+	counts := &stampCounts{}
+	b := chaintest.StartRelay(t, relay.Config{Name: "b", ForwardTo: "stamp://" + r.Addr().String() + "?name=r1", STAMPMetrics: counts})
+	res := run(t, opts(b))
+	if !res.Success || strings.Join(res.HopNames(), " ") != "a b r1" || strings.Join(segNames(res), " ") != "a>b b>r1" {
+		t.Fatalf("result %v %v %+v", res.HopNames(), segNames(res), res.Failure)
+	}
+	last, r1 := res.Segment("b", "r1"), res.Hop("r1")
+	if last.Samples != 5 || last.RTT.Median <= 0 || r1.Residence.Median <= 0 || !r1.KernelTimestamps || r1.ID != hexID(stamp.HopID(r.Addr().String())) {
+		t.Errorf("last segment %+v, reflector %+v", last, r1)
+	}
+	counts.mu.Lock()
+	if counts.reflected != 6 || counts.lost != 0 {
+		t.Errorf("b counted %d reflected, %d lost", counts.reflected, counts.lost)
+	}
+	counts.mu.Unlock()
+
+	// The packet of the second measured probe is lost on the way in.
+	f := startFake(t, func(n int) string {
+		if n == 2 {
+			return "forward"
+		}
+		return "reply"
+	}, 0)
+	counts = &stampCounts{}
+	b = chaintest.StartRelay(t, relay.Config{Name: "b", ForwardTo: "stamp://" + f.addr() + "?name=r1", STAMPMetrics: counts})
+	o := opts(b)
+	o.Timeout = 300 * time.Millisecond
+	res = run(t, o)
+	if res.Success || res.Failure == nil || res.Failure.From != "b" || res.Failure.To != "r1" || res.Failure.Reason != "timeout" ||
+		!strings.Contains(res.Failure.Message, "was lost") || res.Probes != 1 {
+		t.Fatalf("failure %+v after %d probes", res.Failure, res.Probes)
+	}
+	res = run(t, opts(b))
+	if !res.Success {
+		t.Fatalf("the chain after the loss: %+v", res.Failure)
+	}
+	counts.mu.Lock()
+	defer counts.mu.Unlock()
+	// One session for all of b's connections: the next scrape's first
+	// reply names the loss.
+	if counts.lost != 1 || counts.lostForward != 1 || counts.lostReturn != 0 {
+		t.Errorf("b counted %d lost, named %d forward %d return", counts.lost, counts.lostForward, counts.lostReturn)
+	}
+}
+
+// A relay with --remove-perf-headers in front of a reflector hides it as
+// it hides relays.
+func TestSTAMPNextStripped(t *testing.T) {
+	r := startReflector(t, reflector.Config{})
+	b := chaintest.StartRelay(t, relay.Config{Name: "b", ForwardTo: "stamp://" + r.Addr().String(), RemovePerfHeaders: true})
+	res := run(t, opts(b))
+	if !res.Success || !res.Stripped || strings.Join(res.HopNames(), " ") != "a b hidden" {
+		t.Fatalf("result %v %+v", res.HopNames(), res.Failure)
 	}
 }
