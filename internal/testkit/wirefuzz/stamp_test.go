@@ -84,10 +84,10 @@ func reflected(residence time.Duration, sync clock.Sync, edit func(pkt []byte)) 
 func FuzzSTAMPReplyToEveryOutput(f *testing.F) {
 	synced := clock.Sync{Synced: true, MaxErrorMicros: 100}
 	f.Add(reflected(10*time.Microsecond, clock.Sync{}, nil))
-	f.Add(reflected(10*time.Microsecond, synced, nil))        // one-way delays from a clock 1 s off
-	f.Add(reflected(-time.Second, clock.Sync{}, nil))         // T3 before T2
-	f.Add(reflected(30*time.Hour, clock.Sync{}, nil))         // a residence of 30 hours
-	f.Add(reflected(time.Second, clock.Sync{}, nil))          // more than the sender measured around it
+	f.Add(reflected(10*time.Microsecond, synced, nil)) // one-way delays from a clock 1 s off
+	f.Add(reflected(-time.Second, clock.Sync{}, nil))  // T3 before T2
+	f.Add(reflected(30*time.Hour, clock.Sync{}, nil))  // a residence of 30 hours
+	f.Add(reflected(time.Second, clock.Sync{}, nil))   // more than the sender measured around it
 	f.Add(reflected(10*time.Microsecond, clock.Sync{}, func(pkt []byte) {
 		pkt[stamp.UnauthBaseLen+2], pkt[stamp.UnauthBaseLen+3] = 0xff, 0xff // a TLV running past the packet
 	}))
