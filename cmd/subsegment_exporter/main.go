@@ -287,6 +287,7 @@ func probe(ctx context.Context, hop relayFlags, keys frame.Keys, po probeFlags, 
 	if peer.IsSTAMPTarget(po.target) {
 		// A STAMP reflector, with the defaults of a stamp module.
 		o.STAMP = sla.ProbeOptions(config.DefaultModule(po.target, hop.timeout), po.target).STAMP
+		o.STAMP.PacketTimeout = hop.timeout
 	}
 	if err := o.Validate(); err != nil {
 		fmt.Fprintf(os.Stderr, "%s probe: %v\n", name, err)
