@@ -295,6 +295,20 @@ func TestChainEndingAtSTAMPReflectorDelay(t *testing.T) {
 			t.Errorf("segment %s took %.3f ms, a share of the delay added on c -> r (%.3f ms)", s, after[s]*1e3, after["c>r"]*1e3)
 		}
 	}
+
+	// Every STAMP packet dropped on the last link: the probe fails on
+	// c -> r, reason timeout, and c counts the lost packets.
+	drop := []string{"FORWARD", "-o", "xr", "-p", "udp", "--dport", "862", "-j", "DROP"}
+	x.Run(append([]string{"iptables", "-A"}, drop...)...)
+	out, _ := a.Command(binary, "probe", "10.89.1.2:9000", "--relay.name", "a", "--count", "2", "--timeout", "300ms", "--output", "json").Output()
+	x.Run(append([]string{"iptables", "-D"}, drop...)...)
+	js := parseJSON(t, string(out))
+	m := seriesOf(t, c.Run("curl", "-sS", "--max-time", "10", "http://127.0.0.1:9717/metrics"))
+	t.Logf("dropped: %+v; c counted %v reflected, %v lost", js.Failure, m[`subsegment_relay_stamp_packets_total{result="reflected"}`], m[`subsegment_relay_stamp_packets_total{result="lost"}`])
+	if js.Success || js.Failure == nil || js.Failure.From != "c" || js.Failure.To != "r" || js.Failure.Reason != "timeout" || !strings.Contains(js.Failure.Message, "was lost") ||
+		m[`subsegment_relay_stamp_packets_total{result="lost"}`] != 1 || m[`subsegment_relay_stamp_packets_total{result="reflected"}`] != 62 {
+		t.Errorf("a lost STAMP packet:\n%s", out)
+	}
 }
 
 // Authenticated STAMP with a key the reflector does not have: the
