@@ -388,6 +388,13 @@ func (s *session) run(ctx context.Context) Stop {
 		case st.farEnd:
 			if s.method == MethodTCP {
 				s.spaceFarEnd(ctx, ttl)
+				if !s.status(ttl).farEnd {
+					// A router's quoted answer to a later probe of the
+					// TTL showed the far end's "answer" was a duplicate
+					// ACK of the connection: go on.
+					silent = 0
+					continue
+				}
 			}
 			return StopReached
 		case st.unreachable:
@@ -489,14 +496,44 @@ func (s *session) take(a answer, cur int) {
 			return
 		}
 		s.record(pr, a, false)
+		if a.kind == kindTimeExceeded {
+			s.dropGuesses(s.span(pr.ttl))
+		}
 		return
 	}
 	lo, hi := s.span(cur)
+	if s.expiredAt(lo, hi) {
+		// A router answered a probe of this TTL with time exceeded: the
+		// TTL's probes (one flow, one path) end before the far end, so
+		// nothing of it can be the far end's answer.
+		return
+	}
 	for i := lo; i < hi; i++ {
 		pr := &s.probes[i]
 		if !pr.answered && !pr.sent.After(a.at) && s.counted(i) {
 			s.record(pr, a, true)
 			return
+		}
+	}
+}
+
+// expiredAt reports whether a router answered one of the probes lo..hi
+// with time exceeded, quoting the probe (not a guess).
+func (s *session) expiredAt(lo, hi int) bool {
+	for i := lo; i < hi; i++ {
+		if pr := &s.probes[i]; pr.answered && !pr.guessed && pr.kind == kindTimeExceeded {
+			return true
+		}
+	}
+	return false
+}
+
+// dropGuesses forgets the guessed answers of probes lo..hi: a quoted time
+// exceeded for one of them showed that none reached the far end.
+func (s *session) dropGuesses(lo, hi int) {
+	for i := lo; i < hi; i++ {
+		if pr := &s.probes[i]; pr.answered && pr.guessed {
+			*pr = probeRec{ttl: pr.ttl, sent: pr.sent}
 		}
 	}
 }
