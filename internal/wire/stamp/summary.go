@@ -106,7 +106,7 @@ func Summarize(r *Result) Summary {
 		if p.TLVs.HasDirectMeasurement && (lastDM == nil || p.Seq > lastDM.Seq) {
 			lastDM = p
 		}
-		s.DSCP.Add(p)
+		s.Add(p)
 		s.Unrecognized = addTypes(s.Unrecognized, p.TLVs.Unrecognized)
 		s.Malformed = addTypes(s.Malformed, p.TLVs.Malformed)
 		s.Integrity = addTypes(s.Integrity, p.TLVs.Integrity)
