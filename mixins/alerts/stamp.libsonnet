@@ -35,6 +35,21 @@
             },
           },
           {
+            alert: 'SubsegmentContinuousPacketLoss',
+            expr: |||
+              sum by (job, instance, target, module, from, to, direction) (rate(subsegment_continuous_segment_one_way_lost_packets_total{%(exporterSelector)s}[%(stampLossWindow)s]))
+                / on (job, instance, target, module, from, to) group_left
+              sum by (job, instance, target, module, from, to) (rate(subsegment_continuous_segment_packets_sent_total{%(exporterSelector)s}[%(stampLossWindow)s]))
+                > %(stampLossRatio)s
+            ||| % c,
+            'for': c.stampLossFor,
+            labels: { severity: 'warning' },
+            annotations: {
+              summary: 'STAMP packets of a continuous entry are lost on a segment.',
+              description: 'Continuous probes of chain {{ $labels.target }} (module {{ $labels.module }}, from {{ $labels.instance }}) lose {{ $value | humanizePercentage }} of their STAMP packets on segment {{ $labels.from }} -> {{ $labels.to }} {{ if eq $labels.direction "forward" }}on the way to the reflector{{ else }}on the way back{{ end }} (%(stampLossWindow)s).' % c,
+            },
+          },
+          {
             alert: 'SubsegmentRelaySTAMPLoss',
             expr: |||
               sum by (job, instance, direction) (rate(subsegment_relay_stamp_lost_packets_total{%(exporterSelector)s}[%(stampLossWindow)s]))

@@ -92,11 +92,14 @@ type stampSession struct {
 
 // stampAccount is what a result says of its packets beyond the samples.
 type stampAccount struct {
-	sent, received   int
-	forward, ret     int64
-	late, authFailed int
-	dscp             stamp.DSCP
-	wait             time.Duration
+	sent, received int
+	// measured and measuredBack count the measured probes' packets (the
+	// warm-up aside) and their replies.
+	measured, measuredBack int
+	forward, ret           int64
+	late, authFailed       int
+	dscp                   stamp.DSCP
+	wait                   time.Duration
 }
 
 // stampAddress is the reflector's host:port of a STAMP target (host:port,
@@ -198,6 +201,12 @@ func (s *stampSession) probe(ctx context.Context, seq uint64, _ uint16) Sample {
 	p, info, err := s.sess.Exchange(ctx, wait)
 	fwd, ret := s.ledger.Add(&p)
 	s.acc.add(&p, info, fwd, ret)
+	if seq > 0 && p.Sent {
+		s.acc.measured++
+		if p.Received {
+			s.acc.measuredBack++
+		}
+	}
 	switch {
 	case err != nil:
 		smp.Failure = s.fail(peer.ClassifyOr(err, peer.ReasonUnreachable), "STAMP to %s: %v", s.address, err)
@@ -262,7 +271,7 @@ func (s *stampSession) attachTCP([]Sample) {}
 func (s *stampSession) annotate(r *Result) {
 	a := s.acc
 	s.acc = stampAccount{}
-	if r.fail == nil && r.Probes == 0 {
+	if r.fail == nil && a.silent() {
 		r.setFailure(s.silence(a))
 	}
 	for i := range r.Hops {
@@ -276,6 +285,15 @@ func (s *stampSession) annotate(r *Result) {
 	seg := &r.Segments[0]
 	seg.Loss = a.loss(s.ledger.Named)
 	seg.DSCP = a.dscpResult(s.o.STAMP.DSCP)
+}
+
+// silent says whether no packet of the result came back: of its measured
+// probes, or, for a warm-up alone (a Session's Open), of the warm-up.
+func (a *stampAccount) silent() bool {
+	if a.measured > 0 {
+		return a.measuredBack == 0
+	}
+	return a.sent > 0 && a.received == 0
 }
 
 // silence is the failure of a run in which no packet came back.
@@ -337,4 +355,13 @@ func (a stampAccount) dscpResult(sent uint8) *DSCPResult {
 		d.ReturnRemarked = &v
 	}
 	return d
+}
+
+// Survives says whether a Session goes on after a probe that failed:
+// a STAMP session does when the packet was lost (there is no connection
+// to open again, and the reflector's counters name the loss on the next
+// reply); every other failure ends a session.
+func (s *Session) Survives(res *Result) bool {
+	_, udp := s.p.(*stampSession)
+	return udp && res.Failure != nil && res.Failure.Reason == peer.ReasonTimeout.String()
 }

@@ -247,6 +247,19 @@ func TestSTAMPSilence(t *testing.T) {
 	if got := r.Stats().Refused["auth"]; got != 4 {
 		t.Errorf("the reflector refused %d packets for auth, want 4", got)
 	}
+	// The warm-up came back, no measured packet did: failed too.
+	f2 := startFake(t, func(n int) string {
+		if n == 0 {
+			return "reply"
+		}
+		return "return"
+	}, 0)
+	o = stampOpts(f2.addr(), STAMPOptions{PacketTimeout: 50 * time.Millisecond})
+	o.Count = 2
+	res = run(t, o)
+	if res.Success || res.Failure == nil || res.Failure.Reason != "timeout" || res.Segments[0].Loss.Lost != 2 {
+		t.Fatalf("only the warm-up back: %+v", res.Failure)
+	}
 	// Nothing listens: refused.
 	o = stampOpts(f.addr(), STAMPOptions{})
 	f.conn.Close()
@@ -280,7 +293,7 @@ func TestSTAMPSession(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	s, warm := Open(ctx, o)
-	if s == nil {
+	if s == nil || warm.Failure != nil || warm.Segments[0].Loss.Sent != 1 {
 		t.Fatalf("open: %+v", warm.Failure)
 	}
 	defer s.Close()
