@@ -138,7 +138,7 @@ func parseJSON(t *testing.T, out string) stampJSON {
 // receives (one packet in four): the reflector's counters name it, in
 // /probe, in probe's JSON and in check's long text, and the other
 // direction stays at 0.
-func TestSTAMPLossNamedPerDirection(t *testing.T) {
+func TestStampLossNamedPerDirection(t *testing.T) {
 	l := newSTAMPLab(t)
 	l.reflector(t)
 	l.exporter(t, "    stamp: {packets: 40, interval: 2ms, packet_timeout: 200ms}\n")
@@ -203,7 +203,7 @@ func atoi(s string) int {
 
 // A router re-marks DSCP 46 to 0 on one direction: /probe and check name
 // the segment and the direction, and say what arrived.
-func TestSTAMPDSCPRemarkedNamed(t *testing.T) {
+func TestStampDSCPRemarkedNamed(t *testing.T) {
 	l := newSTAMPLab(t)
 	l.reflector(t)
 	l.exporter(t, "    stamp: {packets: 5, interval: 2ms, dscp: 46}\n")
@@ -315,7 +315,7 @@ func TestChainEndingAtSTAMPReflectorDelay(t *testing.T) {
 // reflector refuses every packet and counts them (reason auth), the
 // source's /probe fails with reason auth and says why; with the right
 // key the same module works.
-func TestSTAMPAuthWrongKey(t *testing.T) {
+func TestStampAuthWrongKey(t *testing.T) {
 	dir := t.TempDir()
 	key := func(name, text string) string {
 		p := filepath.Join(dir, name)
