@@ -362,3 +362,40 @@ func writeConfig(t *testing.T, cfg string) string {
 	}
 	return p
 }
+
+// SLAs and SNMP context by the reflector's name: a reflector's residence
+// over its SLA (sla.hops) and its segment over its rtt SLA get the
+// context of the agent the module names for it, as a relay's would.
+func TestStampSLAAndSNMPContext(t *testing.T) {
+	agent := startSNMPD(t, "7.25", "3.10")
+	port := freeUDPPort(t)
+	refl := start(t, "reflector", binary, "--stamp.listen-address", "127.0.0.1:"+itoa(port), "--web.listen-address", "127.0.0.1:0")
+	refl.waitOutput(t, stampListening, 10*time.Second)
+	ex := startExporter(t, "a", fmt.Sprintf(`modules:
+  m:
+    prober: stamp
+    probes: 3
+    interval: 1ms
+    targets: ["127.0.0.1:*"]
+    stamp: {name: r1}
+    sla:
+      segments: [{from: a, to: r1, rtt: 1ns}]
+      hops: {r1: 1ns}
+    snmp:
+      hops: {r1: {target: %q, auth: v2}}
+      variables: [{name: load1, oid: 1.3.6.1.4.1.2021.10.1.3.1}]
+auths:
+  v2: {version: 2, community: public}
+`, agent.addr))
+	body := httpGet(t, "http://"+ex.web+"/probe?module=m&target=127.0.0.1:"+itoa(port))
+	for _, want := range []string{
+		`subsegment_segment_sla_exceeded{from="a",to="r1"} 1`,
+		`subsegment_hop_sla_exceeded{hop="r1"} 1`,
+		`subsegment_sla_violation_info{from="a",hop="r1",load1="7.25",source="snmp",to="r1"} 1`,
+		`subsegment_sla_violation_info{from="",hop="r1",load1="7.25",source="snmp",to=""} 1`,
+	} {
+		if !strings.Contains(body, want+"\n") {
+			t.Errorf("/probe lacks %s:\n%s", want, body)
+		}
+	}
+}
