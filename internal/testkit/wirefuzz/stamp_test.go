@@ -84,7 +84,7 @@ func reflected(residence time.Duration, sync clock.Sync, edit func(pkt []byte)) 
 func FuzzSTAMPReplyToEveryOutput(f *testing.F) {
 	synced := clock.Sync{Synced: true, MaxErrorMicros: 100}
 	f.Add(reflected(10*time.Microsecond, clock.Sync{}, nil))
-	f.Add(reflected(10*time.Microsecond, synced, nil)) // one-way delays from a clock 1 s off
+	f.Add(reflected(10*time.Microsecond, synced, nil)) // synchronised clocks, T2 before the sender's T1
 	f.Add(reflected(-time.Second, clock.Sync{}, nil))  // T3 before T2
 	f.Add(reflected(30*time.Hour, clock.Sync{}, nil))  // a residence of 30 hours
 	f.Add(reflected(time.Second, clock.Sync{}, nil))   // more than the sender measured around it
