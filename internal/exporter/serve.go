@@ -166,6 +166,9 @@ func startRelay(ctx context.Context, cfg Config, reg *prometheus.Registry, errc 
 	rc := cfg.Relay
 	rc.Logger = logger
 	rc.Metrics = collector.NewRelay(reg)
+	if peer.IsSTAMPTarget(rc.ForwardTo) {
+		rc.STAMPMetrics = collector.NewRelaySTAMP(reg)
+	}
 	if len(cfg.Inband.Specs) > 0 {
 		local, err := snmp.NewLocal(cfg.Inband)
 		if err != nil {

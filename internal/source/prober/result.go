@@ -55,7 +55,10 @@ type HopResult struct {
 	ClockSynced      bool `json:"clock_synced"`
 	// HTTPHeader: the hop reported through its Subsegment-Timing header
 	// (an HTTP proxy), with stamps of Resolution seconds.
-	HTTPHeader bool               `json:"http_header,omitempty"`
+	HTTPHeader bool `json:"http_header,omitempty"`
+	// STAMP: the hop is a STAMP reflector, which reports its residence
+	// (T3 − T2) and nothing of its waits.
+	STAMP      bool               `json:"stamp,omitempty"`
 	Resolution float64            `json:"resolution_seconds,omitempty"`
 	Vars       map[string]float64 `json:"vars,omitempty"`
 	id         uint64
@@ -83,9 +86,13 @@ type SegmentResult struct {
 	OneWay      *OneWayResult `json:"one_way"`
 	// Resolution is the coarser of both ends' stamp resolutions (HTTP
 	// chains): the figures are rounded to it.
-	Resolution  float64 `json:"resolution_seconds,omitempty"`
-	Slowest     bool    `json:"slowest"`
-	from, to    int     // hop indexes
+	Resolution float64 `json:"resolution_seconds,omitempty"`
+	// Loss and DSCP are a STAMP segment's packet loss and DSCP per
+	// direction (stamp.go); absent for relays and proxies.
+	Loss        *LossResult `json:"loss,omitempty"`
+	DSCP        *DSCPResult `json:"dscp,omitempty"`
+	Slowest     bool        `json:"slowest"`
+	from, to    int         // hop indexes
 	samples     []time.Duration
 	fwd         []time.Duration
 	ret         []time.Duration
