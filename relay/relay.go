@@ -117,7 +117,10 @@ type Config struct {
 	// that ask for them (in-band context); nil attaches nothing.
 	Annotate func() []frame.Var
 	Metrics  Metrics
-	Logger   *slog.Logger
+	// STAMPMetrics counts the test packets of a relay whose next hop is
+	// a STAMP reflector (stampnext.go); nil counts nothing.
+	STAMPMetrics STAMPMetrics
+	Logger       *slog.Logger
 	// Engine drives plain-TCP sessions: EngineEpoll (default) or
 	// EngineGoroutines. TLS sessions always use goroutines.
 	Engine string
@@ -158,8 +161,11 @@ type Server struct {
 	// downAddr is --forward-to as a socket address when it is an IP
 	// address (the epoll engine connects to it itself), else nil.
 	downAddr unix.Sockaddr
-	clocks   rxstamp.Clocks
-	warned   rateLimit // warnings about peers' bad input
+	// stampNext is the session with the STAMP reflector --forward-to
+	// names, if it does.
+	stampNext *stampLink
+	clocks    rxstamp.Clocks
+	warned    rateLimit // warnings about peers' bad input
 
 	mu     sync.Mutex
 	conns  map[net.Conn]struct{}
@@ -201,7 +207,11 @@ func New(cfg Config) (*Server, error) {
 	if cfg.MaxConnections == 0 {
 		cfg.MaxConnections = DefaultMaxConnections
 	}
-	if cfg.ForwardTo != "" {
+	stampNext, err := stampNextOf(&cfg)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.ForwardTo != "" && stampNext == nil {
 		if err := peer.ValidateAddress(cfg.ForwardTo); err != nil {
 			return nil, fmt.Errorf("--forward-to: %w", err)
 		}
@@ -234,10 +244,12 @@ func New(cfg Config) (*Server, error) {
 		slots:   make(chan struct{}, cfg.MaxConnections),
 		conns:   make(map[net.Conn]struct{}),
 		budget:  frame.NewBufferBudget(cfg.BufferBudget, cfg.MaxFrameBytes),
+		// stampNext: --forward-to names a STAMP reflector (stampnext.go).
+		stampNext: stampNext,
 	}
 	s.clocks = rxstamp.Clocks{Mono: cfg.Clock.Monotonic, Real: cfg.Realtime, MaxWait: cfg.Timeout}
 	s.dialer = transport.Dialer{Dial: cfg.Dial, TLS: cfg.DialTLS, Clocks: s.clocks}
-	if cfg.Dial == nil && cfg.DialTLS == nil {
+	if cfg.Dial == nil && cfg.DialTLS == nil && stampNext == nil {
 		s.downAddr = sockaddrOf(cfg.ForwardTo)
 	}
 	if s.id == 0 {
@@ -399,6 +411,10 @@ func (s *Server) refuseOverloaded(conn net.Conn) {
 func (s *Server) serveConn(ctx context.Context, conn net.Conn, adm *admission) {
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
+	if s.stampNext != nil {
+		s.serveSTAMPNext(ctx, conn, adm)
+		return
+	}
 	if s.cfg.ForwardTo == "" {
 		x := newEcho(s, conn)
 		x.adm = adm

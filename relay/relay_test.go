@@ -2,6 +2,7 @@ package relay_test
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -281,6 +282,8 @@ func TestConfigValidation(t *testing.T) {
 		{relay.Config{Name: "b", MaxFrameBytes: 10}, "--relay.max-frame-bytes 10 out of range"},
 		{relay.Config{Name: "b", MaxHops: 300}, "maximum hop count"},
 		{relay.Config{Name: "b", Engine: "threads"}, "relay engine"},
+		{relay.Config{Name: "b", ForwardTo: "stamp://10.0.0.1:862?dscp=3"}, "--forward-to: STAMP reflector \"stamp://10.0.0.1:862?dscp=3\": unknown parameter"},
+		{relay.Config{Name: "b", ForwardTo: "stamp://10.0.0.1:862", DialTLS: &tls.Config{}}, "a STAMP reflector is reached over UDP"},
 	} {
 		if _, err := relay.New(tc.cfg); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("New(%+v) = %v, want %q", tc.cfg, err, tc.want)

@@ -72,6 +72,9 @@ func (h *hopState) startTrace(tIn int64, budget time.Duration) {
 	}
 	var target trace.Target
 	err := fmt.Errorf("trace: %w: no downstream connection", trace.ErrNotTCP)
+	if s.stampNext != nil {
+		err = fmt.Errorf("trace: %s's next hop is a STAMP reflector (UDP): traces follow a chain's TCP connections", s.cfg.Name)
+	}
 	if h.downTarget != nil {
 		target, err = h.downTarget()
 	}

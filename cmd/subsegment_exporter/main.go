@@ -36,6 +36,7 @@ import (
 	"github.com/subsegment/subsegment_exporter/internal/output/nagios"
 	"github.com/subsegment/subsegment_exporter/internal/output/report"
 	"github.com/subsegment/subsegment_exporter/internal/source/prober"
+	"github.com/subsegment/subsegment_exporter/internal/source/sla"
 	"github.com/subsegment/subsegment_exporter/internal/source/stream"
 	"github.com/subsegment/subsegment_exporter/internal/wire/frame"
 	"github.com/subsegment/subsegment_exporter/internal/wire/peer"
@@ -84,7 +85,7 @@ func run(args []string) int {
 	// The original tool's flags, with their short forms, shared by every command.
 	var hop relayFlags
 	app.Flag("listen", "TCP address to listen on as a relay: host:port, *:port for all interfaces, [::1]:port. Without it the process is a pure source exporter (or, with --forward-to, the original stdin stream mode).").Short('l').StringVar(&hop.listen)
-	app.Flag("forward-to", "Next hop, host:port. A relay without it is the end of the chain and echoes every probe.").Short('f').StringVar(&hop.forwardTo)
+	app.Flag("forward-to", "Next hop, host:port; or stamp://host[:port][?name=NAME], a STAMP reflector (a router) measured with one STAMP packet per probe as the chain's last hop. A relay without it is the end of the chain and echoes every probe.").Short('f').StringVar(&hop.forwardTo)
 	hop.timeout = relay.DefaultTimeout
 	durationVar(app.Flag("timeout", "Timeout of each operation: a connect, a write, the wait for the next frame (which must arrive whole within it) or a reply; for probe, each probe's round trip; for check, the whole check. Seconds (5, 0.5) or with a unit (5s, 250ms).").Short('t').Default("10s"), &hop.timeout)
 	app.Flag("remove-perf-headers", "Remove the performance headers received from beyond this relay, in both directions (an administrative boundary: the source sees this relay as the last hop).").Short('r').BoolVar(&hop.removePerfHeaders)
@@ -212,6 +213,10 @@ func run(args []string) int {
 	}
 	switch cmd {
 	case serveCmd.FullCommand():
+		if hop.listen == "" && peer.IsSTAMPTarget(hop.forwardTo) {
+			fmt.Fprintf(os.Stderr, "%s: --forward-to %s without --listen would stream stdin to a STAMP reflector, which carries no data: run a relay (--listen) in front of it, or measure to it with probe %s\n", name, hop.forwardTo, hop.forwardTo)
+			return exitUsage
+		}
 		if hop.listen == "" && hop.forwardTo != "" {
 			// The original tool: no --listen means stream stdin to --forward-to.
 			return send(ctx, hop, keys, logger)
@@ -325,8 +330,13 @@ func probe(ctx context.Context, hop relayFlags, keys frame.Keys, po probeFlags, 
 		// defaults of an http module (GET, any 2xx).
 		o.HTTP = &prober.HTTPOptions{}
 	}
+	if peer.IsSTAMPTarget(po.target) {
+		// A STAMP reflector, with the defaults of a stamp module.
+		o.STAMP = sla.ProbeOptions(config.DefaultModule(po.target, hop.timeout), po.target).STAMP
+		o.STAMP.PacketTimeout = hop.timeout
+	}
 	if po.trace {
-		if o.HTTP != nil || hop.tracer == nil {
+		if o.HTTP != nil || o.STAMP != nil || hop.tracer == nil {
 			fmt.Fprintf(os.Stderr, "%s probe: --trace traces relay chains, with --trace.enabled\n", name)
 			return exitUsage
 		}

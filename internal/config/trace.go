@@ -37,16 +37,20 @@ const (
 )
 
 // validateTrace fills in the module's trace mode (on_violation; never for
-// an http module, whose proxies do not trace).
+// an http module, whose proxies do not trace, and a stamp module, whose
+// reflector has no TCP connection to trace).
 func (m *Module) validateTrace(path string) error {
 	if m.Trace == "" {
 		m.Trace = TraceOnViolation
-		if m.IsHTTP() {
+		if m.IsHTTP() || m.IsSTAMP() {
 			m.Trace = TraceNever
 		}
 	}
-	if m.IsHTTP() && m.Trace != TraceNever {
+	switch {
+	case m.IsHTTP() && m.Trace != TraceNever:
 		return bad(path+".trace", "%s: HTTP proxies do not trace; use trace: never (or leave it out)", m.Trace)
+	case m.IsSTAMP() && m.Trace != TraceNever:
+		return bad(path+".trace", "%s: traces follow a relay chain's TCP connections, a STAMP reflector has none; use trace: never (or leave it out)", m.Trace)
 	}
 	return nil
 }

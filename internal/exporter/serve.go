@@ -174,6 +174,9 @@ func startRelay(ctx context.Context, cfg Config, reg *prometheus.Registry, trace
 	rc.Logger = logger
 	rc.Metrics = collector.NewRelay(reg)
 	rc.Tracer, rc.TraceOptions, rc.TraceMetrics = cfg.Tracer, cfg.TraceOptions, traces
+	if peer.IsSTAMPTarget(rc.ForwardTo) {
+		rc.STAMPMetrics = collector.NewRelaySTAMP(reg)
+	}
 	if len(cfg.Inband.Specs) > 0 {
 		local, err := snmp.NewLocal(cfg.Inband)
 		if err != nil {

@@ -85,8 +85,8 @@ func Run(ctx context.Context, o Options) (state State, out string) {
 		opts.TLS = o.TLS
 	}
 	switch {
-	case o.Trace && opts.HTTP != nil:
-		return unknown("--trace traces relay chains, not HTTP proxies")
+	case o.Trace && (opts.HTTP != nil || opts.STAMP != nil):
+		return unknown("--trace traces relay chains, not HTTP proxies or a STAMP reflector")
 	case o.Trace && o.Tracer == nil:
 		return unknown("--trace needs --trace.enabled")
 	case o.Trace:

@@ -110,7 +110,7 @@ func hopRow(r *prober.Result, i int) []string {
 		return []string{h.Name, "-", "-", "-", "-", stamps, clock}
 	}
 	wait := ms(h.Wait.Median)
-	if h.HTTPHeader {
+	if h.HTTPHeader || h.STAMP {
 		wait = "-"
 	}
 	return []string{h.Name, msAt(h.Residence.Min, h.Resolution), msAt(h.Residence.Median, h.Resolution), msAt(h.Residence.Max, h.Resolution), wait, stamps, clock}
@@ -150,6 +150,7 @@ func writeNotes(w io.Writer, r *prober.Result) error {
 			b.WriteString("\n")
 		}
 	}
+	writeSTAMP(&b, r)
 	if r.DuplicateNames {
 		b.WriteString("\nSome hops share a name: they are numbered in chain order (name#2, name#3); give each relay its own --relay.name.\n")
 	}

@@ -257,7 +257,7 @@ func (r *runner) run(ctx context.Context) {
 		}
 		r.observe(res, false)
 		r.readContext(ctx, res)
-		if res.Failure != nil {
+		if res.Failure != nil && !s.Survives(res) {
 			s.Close()
 			s = nil
 		} else {
@@ -287,6 +287,7 @@ func (r *runner) observe(res *prober.Result, warmup bool) {
 			r.log.Info("continuous probe works again")
 		}
 	}
+	r.observeSTAMP(now, res)
 	for i := range res.Segments {
 		seg := &res.Segments[i]
 		s := r.metrics.segment(r.series, seg.From, seg.To)

@@ -28,6 +28,7 @@ type Metrics struct {
 	dropped     *prometheus.CounterVec
 	segSLA      *prometheus.GaugeVec
 	hopSLA      *prometheus.GaugeVec
+	stamp       *stampMetrics
 	paths       *pathMetrics
 }
 
@@ -78,6 +79,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "The segment's rtt SLA from the entry's module, for comparing quantiles of subsegment_continuous_segment_rtt_seconds with."}, seg),
 		hopSLA: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace, Name: "hop_sla_seconds",
 			Help: "The hop's residence SLA from the entry's module."}, append(entry, "hop")),
+		stamp: newSTAMPMetrics(),
 	}
 	reg.MustRegister(m)
 	m.paths = newPathMetrics(reg)
@@ -97,6 +99,7 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	m.dropped.Collect(ch)
 	m.segSLA.Collect(ch)
 	m.hopSLA.Collect(ch)
+	m.stamp.collect(ch)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for _, e := range m.entries {
@@ -138,6 +141,7 @@ func (m *Metrics) remove(target, module string) {
 	}{m.probes, m.failures, m.retransmits, m.lastSuccess, m.dropped, m.segSLA, m.hopSLA} {
 		v.DeletePartialMatch(l)
 	}
+	m.stamp.remove(l)
 	m.paths.remove(target, module)
 }
 

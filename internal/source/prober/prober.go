@@ -1,7 +1,8 @@
 // Package prober is the source end of a chain. Run probes a chain of relays
-// (tcp.go) or of HTTP proxies (http.go): it opens one connection to the
-// first hop, sends a warm-up probe that opens every downstream connection
-// (and reports their connect times), then the measured probes, and turns
+// (tcp.go), of HTTP proxies (http.go), or a STAMP reflector (stamp.go): it
+// opens one connection to the first hop (a UDP socket for STAMP), sends a
+// warm-up probe that opens every downstream connection (and reports their
+// connect times), then the measured probes, and turns
 // what the hops stamped into per-segment and per-hop statistics, keyed by
 // each hop's identity: result.go is the model, build.go the one place a
 // result is built. Session keeps a chain open for continuous probing. The
@@ -70,6 +71,9 @@ type Options struct {
 	// HTTP, when set, makes Target a URL probed through HTTP proxies
 	// (http.go); TLS then applies to https targets.
 	HTTP *HTTPOptions
+	// STAMP, when set, makes Target a STAMP reflector (host:port, or
+	// stamp://host:port) measured with STAMP test packets (stamp.go).
+	STAMP *STAMPOptions
 	// Names remembers hop names across runs, to name a first hop that
 	// cannot be reached; may be nil.
 	Names  *NameCache
@@ -78,15 +82,22 @@ type Options struct {
 
 // Validate reports the first bad option.
 func (o *Options) Validate() error {
-	if o.HTTP != nil {
+	switch {
+	case o.STAMP != nil:
+		if err := o.STAMP.validate(o); err != nil {
+			return err
+		}
+	case o.HTTP != nil:
 		if _, err := peer.ParseHTTPTarget(o.Target); err != nil {
 			return fmt.Errorf("target: %w", err)
 		}
 		if o.PayloadBytes != 0 {
 			return fmt.Errorf("payload bytes are for relay chains, not HTTP")
 		}
-	} else if err := peer.ValidateAddress(o.Target); err != nil {
-		return fmt.Errorf("target: %w", err)
+	default:
+		if err := peer.ValidateAddress(o.Target); err != nil {
+			return fmt.Errorf("target: %w", err)
+		}
 	}
 	if err := peer.ValidateName(o.Source); err != nil {
 		return fmt.Errorf("source name: %w", err)
@@ -235,7 +246,8 @@ func (o *Options) defaults() {
 }
 
 // protocol is one way of probing a chain, one file each: through relays
-// (tcp.go) or through HTTP proxies (http.go).
+// (tcp.go), through HTTP proxies (http.go), or to a STAMP reflector
+// (stamp.go).
 type protocol interface {
 	// probe sends one probe and reads what came back.
 	probe(ctx context.Context, seq uint64, flags uint16) Sample
@@ -256,6 +268,9 @@ func dial(ctx context.Context, o *Options) (protocol, *Failure) {
 	}
 	if o.HTTP != nil {
 		return dialHTTP(ctx, o)
+	}
+	if o.STAMP != nil {
+		return dialSTAMP(ctx, o)
 	}
 	s, fail := open(ctx, o)
 	if fail != nil {

@@ -56,7 +56,10 @@ type HopResult struct {
 	ClockSynced      bool `json:"clock_synced"`
 	// HTTPHeader: the hop reported through its Subsegment-Timing header
 	// (an HTTP proxy), with stamps of Resolution seconds.
-	HTTPHeader bool               `json:"http_header,omitempty"`
+	HTTPHeader bool `json:"http_header,omitempty"`
+	// STAMP: the hop is a STAMP reflector, which reports its residence
+	// (T3 − T2) and nothing of its waits.
+	STAMP      bool               `json:"stamp,omitempty"`
 	Resolution float64            `json:"resolution_seconds,omitempty"`
 	Vars       map[string]float64 `json:"vars,omitempty"`
 	id         uint64
@@ -85,7 +88,11 @@ type SegmentResult struct {
 	// Resolution is the coarser of both ends' stamp resolutions (HTTP
 	// chains): the figures are rounded to it.
 	Resolution float64 `json:"resolution_seconds,omitempty"`
-	Slowest    bool    `json:"slowest"`
+	// Loss and DSCP are a STAMP segment's packet loss and DSCP per
+	// direction (stamp.go); absent for relays and proxies.
+	Loss    *LossResult `json:"loss,omitempty"`
+	DSCP    *DSCPResult `json:"dscp,omitempty"`
+	Slowest bool        `json:"slowest"`
 	// Path lists the routers under the segment in TTL order, ending at
 	// its far end, as its near end traced them on the segment's own
 	// connection (trace.go); absent when the segment was not traced.

@@ -98,6 +98,10 @@ func Annotation(m *config.Module) (warmup bool, after func(*prober.Result) bool)
 // Timeout, keys, TLS, clocks). /probe and the Nagios check both use it.
 func ProbeOptions(m *config.Module, target string) prober.Options {
 	o := prober.Options{Target: target, Count: m.Probes, Interval: time.Duration(m.Interval), PayloadBytes: m.PayloadBytes}
+	if m.IsSTAMP() {
+		stampOptions(m, &o)
+		return o
+	}
 	if m.IsHTTP() && m.HTTP != nil {
 		h := m.HTTP
 		header := http.Header{}
