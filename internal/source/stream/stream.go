@@ -247,6 +247,7 @@ type streamer struct {
 
 	failOnce sync.Once
 	firstErr error
+	flushErr error  // the sender's, when a write failed while it waited for the window
 	stamps   []sent // by seq % window
 
 	sendErr      error // guarded by mu
@@ -300,32 +301,22 @@ func (s *streamer) send(in io.Reader) error {
 	}
 	trailer := frame.PathEntryLen + s.sign.TrailerLen()
 	for {
-		// The block is read straight into its frame.
+		// A slot first, so that a block read is a block sent: with the
+		// window full, what is built goes out, then the block waits.
+		if !s.takeSlot(flush) {
+			return s.flushErr
+		}
+		// The block is read straight into its frame; the buffer is
+		// reused, never cleared.
 		start := len(buf)
-		buf = append(buf, make([]byte, frame.MinFrameLen+s.o.BlockSize+trailer)...)
-		data := buf[start+frame.MinFrameLen : start+frame.MinFrameLen+s.o.BlockSize]
-		n, rerr := io.ReadFull(br, data)
+		size := frame.MinFrameLen + s.o.BlockSize + trailer
+		buf = slices.Grow(buf, size)[:start+frame.MinFrameLen+s.o.BlockSize]
+		n, rerr := io.ReadFull(br, buf[start+frame.MinFrameLen:])
 		buf = buf[:start+frame.MinFrameLen+n]
 		if n == 0 {
 			buf = buf[:start]
+			<-s.slots
 		} else {
-			select {
-			case s.slots <- struct{}{}:
-			default:
-				// Window full: send what is built, then wait for a reply.
-				pendingFrame := append([]byte(nil), buf[start:]...)
-				buf = buf[:start]
-				if err := flush(); err != nil {
-					return fmt.Errorf("write to %s: %w", s.o.ForwardTo, err)
-				}
-				buf = append(buf, pendingFrame...)
-				start = 0
-				select {
-				case s.slots <- struct{}{}:
-				case <-s.abort:
-					return nil
-				}
-			}
 			s.mu.Lock()
 			s.stamps[seq%window] = sent{tBuild: s.o.Clock.Monotonic(), size: n}
 			s.mu.Unlock()
@@ -363,6 +354,28 @@ func (s *streamer) send(in io.Reader) error {
 			}
 			return nil
 		}
+	}
+}
+
+// takeSlot takes a place in the window for the next block; when the
+// window is full it first sends what is built (flush), then waits. It
+// reports false when the stream was aborted (flushErr says why, nil when
+// the other side stopped it).
+func (s *streamer) takeSlot(flush func() error) bool {
+	select {
+	case s.slots <- struct{}{}:
+		return true
+	default:
+	}
+	if err := flush(); err != nil {
+		s.flushErr = fmt.Errorf("write to %s: %w", s.o.ForwardTo, err)
+		return false
+	}
+	select {
+	case s.slots <- struct{}{}:
+		return true
+	case <-s.abort:
+		return false
 	}
 }
 
