@@ -129,7 +129,7 @@ func (f *forwarder) forwardBuffered(ctx context.Context) bool {
 		if !f.room(ctx) {
 			return false
 		}
-		f.enqueueForward(e, fr, &v)
+		f.enqueueForward(e, fr, &v, 0)
 	}
 }
 
@@ -314,7 +314,7 @@ func (f *forwarder) returnStep(ctx context.Context, st *returnState) stepResult 
 		f.down.Close()
 		return stepAgain
 	}
-	if ans := f.takeReply(e, fr, st.rx); ans != nil {
+	if ans := f.takeReply(e, fr, st.rx, 0); ans != nil {
 		st.broken = ans
 		f.down.Close()
 	}

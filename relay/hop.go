@@ -81,6 +81,11 @@ type pendingReply struct {
 	// downErr is the error record of a KindError frame from downstream.
 	downErr []byte
 	local   *localAnswer
+	// spliced is how much of the reply's data is in the return pipe (the
+	// frame is then its stub); with dropOnly the entry only discards it:
+	// the reply was refused.
+	spliced  int
+	dropOnly bool
 }
 
 // echoReply is a request the end host answers in the next batch.
@@ -89,6 +94,8 @@ type echoReply struct {
 	view  frame.View
 	e     inflight
 	local *localAnswer
+	// spliced is how much of the request's data is in the pipe.
+	spliced int
 }
 
 func (h *hopState) init(s *Server, upPeer string) {
@@ -165,7 +172,7 @@ func (h *hopState) queueEchoes(r *frame.Reader, rx rxstamp.Stamp) (stop bool) {
 			return false
 		}
 		e, v, ans := h.classify(fr, rx, wall, sync)
-		h.echoes = append(h.echoes, echoReply{frame: fr, view: v, e: e, local: ans})
+		h.echoes = append(h.echoes, echoReply{frame: fr, view: v, e: e, local: ans, spliced: r.Spliced()})
 		if ans != nil && ans.fatal {
 			return true
 		}
@@ -221,8 +228,10 @@ func (h *hopState) roomInRing() bool { return h.pending < h.ring.free() }
 
 // enqueueForward adds a request to the forward batch with this hop's ID
 // appended to its path (or replacing it, with --remove-perf-headers). The
-// caller checked roomInRing.
-func (h *hopState) enqueueForward(e inflight, fr []byte, v *frame.View) {
+// caller checked roomInRing. A request whose data is in the pipe
+// (spliced bytes; fr is its stub) gets it back between its probe header
+// and its path; it is never signed (frame.Sink).
+func (h *hopState) enqueueForward(e inflight, fr []byte, v *frame.View, spliced int) {
 	*h.ring.slot(h.pending) = e
 	h.pending++
 	tailEnd := v.MACOff
@@ -234,11 +243,12 @@ func (h *hopState) enqueueForward(e inflight, fr []byte, v *frame.View) {
 	}
 	p.Count++
 	p.BudgetMicros = uint32(max(e.budget*7/8/time.Microsecond, 1))
+	p.DataLen += uint32(spliced)
 	frame.PutProbeHeader(fr[frame.HeaderLen:], p)
 	frame.PutHeader(fr, frame.Header{Kind: v.Header.Kind, Flags: h.fwdSign.HeaderFlags(),
-		Length: uint32(tailEnd - frame.HeaderLen + frame.PathEntryLen + h.fwdSign.TrailerLen())})
+		Length: uint32(tailEnd - frame.HeaderLen + spliced + frame.PathEntryLen + h.fwdSign.TrailerLen())})
 	b := &h.fwd
-	b.frameBytes(fr[:tailEnd])
+	b.frameWithPiped(fr[:tailEnd], v.DataOff, spliced)
 	off := len(b.scratch)
 	b.scratch = append(b.scratch, h.s.idBytes[:]...)
 	b.scratch = append(b.scratch, h.fwdSign.Sign(fr[:tailEnd], h.s.idBytes[:])...)
@@ -289,12 +299,17 @@ func (h *hopState) takeHead(e *inflight, broken *localAnswer) bool {
 }
 
 // takeReply matches a downstream frame, received at rx, with the oldest
-// entry. A non-nil answer means the downstream is unusable from here on;
-// the frame still answered the entry when it was an error frame.
-func (h *hopState) takeReply(e *inflight, fr []byte, rx rxstamp.Stamp) (broken *localAnswer) {
-	r := pendingReply{e: *e, frame: fr, rx: rx}
+// entry; spliced of its data bytes are in the return pipe. A non-nil
+// answer means the downstream is unusable from here on; the frame still
+// answered the entry when it was an error frame.
+func (h *hopState) takeReply(e *inflight, fr []byte, rx rxstamp.Stamp, spliced int) (broken *localAnswer) {
+	r := pendingReply{e: *e, frame: fr, rx: rx, spliced: spliced}
 	if ans := h.checkReply(&r); ans != nil {
 		if r.downErr == nil {
+			if spliced > 0 {
+				// Refused: its data leaves the pipe, in order.
+				h.replies = append(h.replies, pendingReply{spliced: spliced, dropOnly: true})
+			}
 			return ans
 		}
 		broken = ans
@@ -373,6 +388,10 @@ func (h *hopState) buildReplies() int {
 	tOut := h.now()
 	for i := range h.replies {
 		r := &h.replies[i]
+		if r.dropOnly {
+			h.ret.dropPiped(r.spliced)
+			continue
+		}
 		if r.local != nil {
 			h.appendLocalAnswer(&r.e, r.local, tOut)
 			continue
@@ -433,10 +452,11 @@ func (h *hopState) appendReply(r *pendingReply) {
 	b.scratch = frame.AppendHop(b.scratch, &h.hop)
 	rec := b.scratch[recOff:]
 	p.Count++
+	p.DataLen += uint32(r.spliced)
 	frame.PutProbeHeader(fr[frame.HeaderLen:], p)
 	frame.PutHeader(fr, frame.Header{Kind: v.Header.Kind, Flags: h.retSign.HeaderFlags(),
-		Length: uint32(v.TailOff - frame.HeaderLen + len(rec) + len(recs) + h.retSign.TrailerLen())})
-	b.frameBytes(fr[:v.TailOff])
+		Length: uint32(v.TailOff - frame.HeaderLen + r.spliced + len(rec) + len(recs) + h.retSign.TrailerLen())})
+	b.frameWithPiped(fr[:v.TailOff], v.DataOff, r.spliced)
 	b.scratchFrom(recOff)
 	b.frameBytes(recs)
 	macOff := len(b.scratch)
@@ -444,7 +464,7 @@ func (h *hopState) appendReply(r *pendingReply) {
 	b.scratchFrom(macOff)
 	h.s.metrics.Relayed(v.Header.Kind, true)
 	if v.Header.Kind == frame.KindStreamReply {
-		h.s.metrics.StreamBytes(int(v.Probe.DataLen))
+		h.s.metrics.StreamBytes(int(p.DataLen))
 	}
 }
 
@@ -474,6 +494,7 @@ func (h *hopState) buildEchoes() int {
 	for i := range h.echoes {
 		p := &h.echoes[i]
 		if p.local != nil {
+			b.dropPiped(p.spliced)
 			h.appendLocalAnswer(&p.e, p.local, tOut)
 			continue
 		}
@@ -484,18 +505,19 @@ func (h *hopState) buildEchoes() int {
 		kind := v.Header.Kind.ReplyKind()
 		pr := v.Probe
 		pr.Count = 1
+		pr.DataLen += uint32(p.spliced)
 		recOff := len(b.scratch)
 		b.scratch = frame.AppendHop(b.scratch, &h.hop)
 		rec := b.scratch[recOff:]
 		frame.PutProbeHeader(fr[frame.HeaderLen:], pr)
 		frame.PutHeader(fr, frame.Header{Kind: kind, Flags: h.retSign.HeaderFlags(),
-			Length: uint32(v.TailOff - frame.HeaderLen + len(rec) + h.retSign.TrailerLen())})
-		b.frameBytes(fr[:v.TailOff])
+			Length: uint32(v.TailOff - frame.HeaderLen + p.spliced + len(rec) + h.retSign.TrailerLen())})
+		b.frameWithPiped(fr[:v.TailOff], v.DataOff, p.spliced)
 		b.scratch = append(b.scratch, h.retSign.Sign(fr[:v.TailOff], rec)...)
 		b.scratchFrom(recOff)
 		h.s.metrics.Relayed(kind, true)
 		if kind == frame.KindStreamReply {
-			h.s.metrics.StreamBytes(int(v.Probe.DataLen))
+			h.s.metrics.StreamBytes(int(pr.DataLen))
 		}
 	}
 	clear(h.echoes)

@@ -210,6 +210,10 @@ type lsession struct {
 	drained    int
 	closed     bool
 	tcpBuf     unix.TCPInfo
+	// The pipes large stream blocks take (pipe.go): upPipe holds what the
+	// upstream sends (on to the downstream, or back, at the end host),
+	// downPipe what the downstream sends back.
+	upPipe, downPipe pipe
 
 	// Poll state of each descriptor: the events it is registered for, and
 	// whether it is registered at all. A descriptor with no interest is

@@ -15,6 +15,8 @@ type heldRequest struct {
 	e   inflight
 	v   frame.View
 	ans *localAnswer
+	// spliced is how much of the request's data is in the forward pipe.
+	spliced int
 }
 
 // processEcho answers every complete request the end host has buffered.
@@ -47,7 +49,7 @@ func (x *lsession) processUp() {
 				break
 			} else {
 				e, v, ans := x.classify(fr, rx, wall, sync)
-				x.held = append(x.held, heldRequest{fr: fr, e: e, v: v, ans: ans})
+				x.held = append(x.held, heldRequest{fr: fr, e: e, v: v, ans: ans, spliced: x.upR.Spliced()})
 				if ans != nil && ans.fatal {
 					x.upStopped = true
 				}
@@ -74,6 +76,7 @@ func (x *lsession) admit(r heldRequest) bool {
 	if x.ring == nil {
 		if r.ans != nil {
 			// Nothing in flight yet: answer right away.
+			x.fwd.dropPiped(r.spliced)
 			if r.ans.fatal {
 				x.upStopped, x.closeAfter = true, true
 			}
@@ -91,6 +94,7 @@ func (x *lsession) admit(r heldRequest) bool {
 	}
 	if r.ans != nil {
 		// A fatal answer closes the session once it reaches the head.
+		x.fwd.dropPiped(r.spliced)
 		x.enqueueLocal(r.e, r.ans)
 		return true
 	}
@@ -99,7 +103,7 @@ func (x *lsession) admit(r heldRequest) bool {
 		r.e.dialed, r.e.connect = true, x.connectPending
 		x.connectPending = 0
 	}
-	x.enqueueForward(r.e, r.fr, &r.v)
+	x.enqueueForward(r.e, r.fr, &r.v, r.spliced)
 	return true
 }
 
@@ -161,13 +165,16 @@ func (x *lsession) processDown(rx rxstamp.Stamp) {
 			err = fmt.Errorf("%w: a frame from downstream that answers no request", frame.ErrMalformed)
 		}
 		if err != nil {
+			// A refused frame's spliced data stays at the end of the
+			// return pipe: nothing follows it there once the downstream
+			// is dropped.
 			x.breakDown(err)
 			return
 		}
 		if fr == nil {
 			break
 		}
-		if ans := x.takeReply(e, fr, rx); ans != nil {
+		if ans := x.takeReply(e, fr, rx, x.downR.Spliced()); ans != nil {
 			x.setBroken(ans)
 		}
 	}
