@@ -30,6 +30,8 @@ type batch struct {
 	// pipe holds the data of the batch's pipe pieces, in order.
 	pipe *pipe
 	msg  unix.Msghdr
+	// lastGathered is the piece gather stopped at.
+	lastGathered int
 }
 
 // piece is either a slice of the read buffer (data != nil), a range of
@@ -44,7 +46,7 @@ type piece struct {
 // reset empties the batch; what its pipe pieces did not send yet leaves
 // the pipe, which stays in step with the frames still to come.
 func (b *batch) reset() {
-	if left := b.pipeLeft(); left > 0 && b.pipe != nil {
+	if left := b.pipeLeft(); left > 0 {
 		if err := b.pipe.Drop(left); err != nil {
 			b.pipe.failed = true
 		}
@@ -56,6 +58,9 @@ func (b *batch) reset() {
 
 // pipeLeft is how many bytes of the pipe the unwritten pieces hold.
 func (b *batch) pipeLeft() int {
+	if b.pipe == nil {
+		return 0
+	}
 	left := 0
 	for i := b.next; i < len(b.pieces); i++ {
 		if b.pieces[i].fromPipe {
@@ -184,34 +189,54 @@ func (b *batch) writeFd(fd int) (bool, error) {
 		default:
 			return false, errno
 		}
+		if !more && int(n) == b.iovBytes() && b.lastGathered == len(b.pieces) {
+			b.next = len(b.pieces) // all written: the usual case
+			break
+		}
 		b.consume(int(n))
 	}
 	b.reset()
 	return true, nil
 }
 
+// iovBytes is what the gathered iovecs hold.
+func (b *batch) iovBytes() int {
+	n := 0
+	for i := range b.iov {
+		n += int(b.iov[i].Len)
+	}
+	return n
+}
+
 // gather fills iov with the memory pieces from next up to the next pipe
 // piece, and reports whether a block's data follows them from the pipe.
 func (b *batch) gather() (more bool) {
-	for b.next < len(b.pieces) && !b.pieces[b.next].fromPipe && len(b.bytes(b.next)) == b.skip {
-		b.next++
-		b.skip = 0
-	}
 	iov := b.iov[:0]
 	i := b.next
-	for ; i < len(b.pieces) && !b.pieces[i].fromPipe && len(iov) < maxIovecs; i++ {
-		p := b.bytes(i)
-		if i == b.next {
-			p = p[b.skip:]
+	for ; i < len(b.pieces) && len(iov) < maxIovecs; i++ {
+		p := &b.pieces[i]
+		if p.fromPipe {
+			break
 		}
-		if len(p) == 0 {
+		d := p.data
+		if d == nil {
+			d = b.scratch[p.off : p.off+p.n]
+		}
+		if i == b.next {
+			d = d[b.skip:]
+		}
+		if len(d) == 0 {
 			continue
 		}
-		v := unix.Iovec{Base: &p[0]}
-		v.SetLen(len(p))
+		v := unix.Iovec{Base: &d[0]}
+		v.SetLen(len(d))
 		iov = append(iov, v)
 	}
-	b.iov = iov
+	b.iov, b.lastGathered = iov, i
+	if len(iov) == 0 {
+		// Only empty pieces before the pipe piece (or the end).
+		b.next, b.skip = i, 0
+	}
 	return i < len(b.pieces) && b.pieces[i].fromPipe && !b.pieces[i].drop
 }
 

@@ -121,5 +121,5 @@ func (x *lsession) dropDown() {
 	unix.Close(x.down) // closing removes it from epoll
 	x.down, x.downPolled, x.downEvents = -1, false, 0
 	x.downPipe.src = -1 // what it holds still goes up; nothing more comes in
-	x.tcp.readDown, x.tcp.hasDown = nil, false
+	x.tcp.dropDown()
 }

@@ -415,9 +415,12 @@ func decodeRecord(b []byte, index int, rec *Record) error {
 	if rec == nil {
 		rec = &scratch
 	}
-	kind := RecordKind(d.u8())
-	flags := d.u16()
-	id := d.u64()
+	var kind RecordKind
+	var flags uint16
+	var id uint64
+	if p := d.take(recordPrefixLen - 2); p != nil {
+		kind, flags, id = RecordKind(p[0]), binary.BigEndian.Uint16(p[1:]), binary.BigEndian.Uint64(p[3:])
+	}
 	rec.Kind = kind
 	switch kind {
 	case RecordHop:
@@ -448,15 +451,19 @@ func (d *decoder) hop(h *HopRecord, id uint64, flags uint16) {
 		return
 	}
 	be := binary.BigEndian
-	h.Forward = d.durationOf(be.Uint64(f[0:]), "forward time")
-	h.Downstream = d.durationOf(be.Uint64(f[8:]), "downstream time")
-	h.Return = d.durationOf(be.Uint64(f[16:]), "return time")
-	h.WaitForward = d.durationOf(be.Uint64(f[24:]), "forward wait")
-	h.WaitReturn = d.durationOf(be.Uint64(f[32:]), "return wait")
+	fw, ds, rt, wf, wr, cn := be.Uint64(f[0:]), be.Uint64(f[8:]), be.Uint64(f[16:]), be.Uint64(f[24:]), be.Uint64(f[32:]), be.Uint64(f[56:])
+	if max(fw, ds, rt, wf, wr, cn) > uint64(MaxDuration) {
+		// Refused: say which, in the record's order.
+		for i, what := range [...]string{"forward time", "downstream time", "return time", "forward wait", "return wait", "connect time"} {
+			d.durationOf([...]uint64{fw, ds, rt, wf, wr, cn}[i], what)
+		}
+		return
+	}
+	h.Forward, h.Downstream, h.Return = time.Duration(fw), time.Duration(ds), time.Duration(rt)
+	h.WaitForward, h.WaitReturn, h.Connect = time.Duration(wf), time.Duration(wr), time.Duration(cn)
 	h.WallIn = int64(be.Uint64(f[40:]))
 	h.EstErrorMicros = be.Uint32(f[48:])
 	h.MaxErrorMicros = be.Uint32(f[52:])
-	h.Connect = d.durationOf(be.Uint64(f[56:]), "connect time")
 	h.TCP = tcpOf(f[64:])
 	h.TCPUp = tcpOf(f[64+tcpInfoLen:])
 	if d.err == nil {
