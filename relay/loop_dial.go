@@ -83,7 +83,7 @@ func (x *lsession) dialDone(fd int, connect int64, kind frame.Kind, err error) {
 	// that sent a valid frame: its reader is proven from the start.
 	x.downR.Prove()
 	if x.upR.Sink != nil {
-		x.downPipe = newPipe(fd)
+		x.downPipe = newPipe(fd, &x.s.spliced)
 		x.downR.Sink = &x.downPipe
 		x.ret.pipe = &x.downPipe
 	}

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -39,9 +40,13 @@ type pipe struct {
 	// idle: the last Take found nothing to move. A second one in a row,
 	// after the loop was woken for the socket, means the pipe is full.
 	idle bool
+	// spliced counts the bytes spliced out to a socket.
+	spliced *atomic.Int64
 }
 
-func newPipe(src int) pipe { return pipe{r: -1, w: -1, src: src} }
+func newPipe(src int, spliced *atomic.Int64) pipe {
+	return pipe{r: -1, w: -1, src: src, spliced: spliced}
+}
 
 // errPipeOutOfStep is a pipe that does not hold what the session put in:
 // the session ends rather than send wrong bytes.
@@ -192,6 +197,7 @@ func (p *pipe) out(fd, n int) (int, error) {
 				p.failed = true
 				return 0, errPipeOutOfStep
 			}
+			p.spliced.Add(int64(m))
 			return int(m), nil
 		case unix.EINTR:
 			continue

@@ -216,3 +216,29 @@ func FuzzStreamReply(f *testing.F) {
 		}
 	})
 }
+
+// Blocks large enough to take the relays' pipes (frame.SpliceMinData and
+// up, 16 MiB the largest) come back byte-exact through three relays, as
+// the smaller ones do.
+func TestStreamLargeBlocksByteExact(t *testing.T) {
+	chaintest.ForEachEngine(t, testStreamLargeBlocksByteExact)
+}
+
+func testStreamLargeBlocksByteExact(t *testing.T) {
+	target := chaintest.Chain(t, chaintest.ChainOptions{}, "b", "c", "z")
+	for _, tc := range []struct{ size, block int }{
+		{1<<20 + 5, frame.SpliceMinData},
+		{3<<20 + 17, 1 << 20},
+		{17 << 20, 16 << 20},
+		{100, 1 << 20},
+	} {
+		in := randomBytes(tc.size, uint64(tc.size))
+		out, res, err := send(t, target, in, tc.block, nil)
+		if err != nil {
+			t.Fatalf("size %d block %d: %v", tc.size, tc.block, err)
+		}
+		if !bytes.Equal(out, in) || res.BytesConfirmed != int64(tc.size) {
+			t.Fatalf("size %d block %d: output differs from input (%d vs %d bytes)", tc.size, tc.block, len(out), len(in))
+		}
+	}
+}
