@@ -223,7 +223,9 @@ func wantSpliced(t *testing.T, servers []*relay.Server) {
 // Blocks of every size around the splice threshold, up to 16 MiB (more
 // than a pipe holds: its start is spliced, the rest read), mixed with
 // small ones, come back byte-exact through three relays.
-func TestStreamBlocksThroughPipes(t *testing.T) { chaintest.ForEachEngine(t, testStreamBlocksThroughPipes) }
+func TestStreamBlocksThroughPipes(t *testing.T) {
+	chaintest.ForEachEngine(t, testStreamBlocksThroughPipes)
+}
 
 func testStreamBlocksThroughPipes(t *testing.T) {
 	addr, servers := serveChain(t, false, relay.Config{}, "b", "c", "z")
