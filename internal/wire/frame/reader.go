@@ -160,7 +160,7 @@ func (r *Reader) ReadOnce(read func([]byte) (int, error)) (int, error) {
 		if err := r.makeRoom(need); err != nil {
 			return 0, err
 		}
-		need, limit = r.readLimits()
+		_, limit = r.readLimits()
 	}
 	if limit <= r.end {
 		return 0, nil
