@@ -153,7 +153,7 @@ func Send(ctx context.Context, in io.Reader, out io.Writer, o Options) (*Result,
 	defer stop()
 
 	window := min(frame.StreamWindow, max(4, (8<<20)/o.BlockSize))
-	s := &streamer{o: &o, conn: conn, rx: rxstamp.Of(conn), id: peer.NewID(), sign: frame.NewSigner(o.Keys), slots: make(chan struct{}, window),
+	s := &streamer{o: &o, conn: conn, rx: rxstamp.Of(conn), id: peer.NewID(), sign: frame.NewSigner(o.Keys), verify: frame.NewSigner(o.Keys), slots: make(chan struct{}, window),
 		stamps: make([]sent, window), start: time.Now(), abort: make(chan struct{})}
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -236,14 +236,16 @@ func (s *streamer) fail(err error) {
 }
 
 type streamer struct {
-	o     *Options
-	conn  net.Conn
-	rx    *rxstamp.Conn
-	id    uint64
-	sign  *frame.Signer
-	slots chan struct{}
-	abort chan struct{}
-	start time.Time
+	o    *Options
+	conn net.Conn
+	rx   *rxstamp.Conn
+	id   uint64
+	// sign signs what send writes, verify checks what receive reads: a
+	// Signer keeps hash state and serves one goroutine.
+	sign, verify *frame.Signer
+	slots        chan struct{}
+	abort        chan struct{}
+	start        time.Time
 
 	failOnce sync.Once
 	firstErr error
@@ -476,7 +478,7 @@ func (s *streamer) outstanding(next uint64) uint64 {
 // reply checks one reply, by the rules every receiver of replies applies
 // (frame.CheckReply), and records its timing; it returns the data.
 func (s *streamer) reply(fr []byte, seq uint64, tIn int64, st *sent) ([]byte, error) {
-	rep, err := frame.CheckReply(fr, s.sign, s.o.maxFrame(), frame.Expect{Request: frame.KindStreamRequest, Seq: seq})
+	rep, err := frame.CheckReply(fr, s.verify, s.o.maxFrame(), frame.Expect{Request: frame.KindStreamRequest, Seq: seq})
 	if rec := rep.Refusal; rec != nil {
 		if rep.Unverified {
 			return nil, fmt.Errorf("reply from %s: %w; the unverified error frame from %s said: %s", s.o.ForwardTo, err, rec.Name, rec.Message)

@@ -242,3 +242,17 @@ func testStreamLargeBlocksByteExact(t *testing.T) {
 		}
 	}
 }
+
+// A signed stream signs on the sending goroutine and verifies on the
+// receiving one at the same time: each has its own signer (one signer
+// shared by both corrupted its hash state: a panic or a bad signature
+// after a few hundred blocks).
+func TestSignedStreamSendsAndReceivesAtOnce(t *testing.T) {
+	keys := frame.Keys{[]byte("stream-key-0123456789")}
+	target := chaintest.Chain(t, chaintest.ChainOptions{Template: relay.Config{Keys: keys}}, "b", "z")
+	in := randomBytes(8<<20, 77)
+	out, _, err := send(t, target, in, 8192, keys)
+	if err != nil || !bytes.Equal(out, in) {
+		t.Fatalf("signed stream of 8 MiB in 8 KiB blocks: %v (equal %v)", err, bytes.Equal(out, in))
+	}
+}
