@@ -92,10 +92,12 @@ func (p *pipe) close() {
 }
 
 // Take splices up to n of the source socket's bytes into the pipe.
-// Splice says "try again" both when the socket has nothing and when the
-// pipe has no room; the second only shows when it repeats after the
-// loop was woken for the socket (level-triggered: it has bytes), and then
-// the socket's queue tells.
+// Splice moves less than asked, or says "try again", both when the socket
+// has nothing more and when the pipe has no room: after a short move the
+// socket's queue tells which (the pipe full with bytes waiting: it must
+// grow, or the block goes on the ordinary way); after "try again" that
+// repeats once the loop was woken for the socket (level-triggered: it has
+// bytes), the pipe was full.
 func (p *pipe) Take(n int) (int, error) {
 	if !p.open() {
 		return 0, errPipeOutOfStep
@@ -105,8 +107,11 @@ func (p *pipe) Take(n int) (int, error) {
 		switch e {
 		case 0:
 			p.idle = false
-			if m == 0 {
+			switch {
+			case m == 0:
 				return 0, io.EOF
+			case int(m) < n && p.srcHasData():
+				return int(m), frame.ErrSinkFull
 			}
 			return int(m), nil
 		case unix.EINTR:

@@ -246,7 +246,7 @@ func TestPartialSplices(t *testing.T) { chaintest.ForEachEngine(t, testPartialSp
 func testPartialSplices(t *testing.T) {
 	addr, servers := serveChain(t, true, relay.Config{}, "b", "c", "z")
 	var blocks []block
-	for i, size := range []int{100 << 10, 300 << 10, 70 << 10, 1 << 20} {
+	for i, size := range []int{1 << 20, 300 << 10, 2<<20 + 3, 70 << 10, 1 << 20} {
 		blocks = append(blocks, randomBlock(size, uint64(100+i)))
 	}
 	views, data, refusals := streamBlocks(t, addr, blocks, streamOptions{writeChunk: 5000, pause: 50 * time.Microsecond, readChunk: 3000})

@@ -204,9 +204,10 @@ func (r *Reader) readLimits() (need, limit int) {
 }
 
 // Drained reports that the last read returned less than it asked for and
-// no partial frame is left: the socket very likely has nothing more, so an
-// event loop can wait for the next readiness event instead of reading again.
-func (r *Reader) Drained() bool { return r.short && r.start == r.end }
+// no partial frame is left, or that the sink took less of a block than
+// asked: the socket very likely has nothing more, so an event loop can
+// wait for the next readiness event instead of reading again.
+func (r *Reader) Drained() bool { return r.short && (r.start == r.end || r.moving > 0) }
 
 // EndError is what a caller of ReadOnce reports for a read error: io.EOF
 // only at a frame boundary, ErrPartialFrame inside one.

@@ -130,6 +130,10 @@ func readFrames(t *testing.T, r *Reader, f *feed, s *memSink) ([][]byte, []int) 
 	return nil, nil
 }
 
+// testSpliceMin is the splice threshold of these tests, below the
+// default, so that blocks of a few hundred KiB exercise the sink.
+const testSpliceMin = 64 << 10
+
 // Large stream blocks of a proven reader go through the sink, small ones
 // and probes do not, and every frame comes back byte-exact, in order,
 // whether the sink holds a whole block or only its start.
@@ -146,7 +150,7 @@ func TestSinkTakesLargeBlocks(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var input []byte
 			var want [][]byte
-			sizes := []int{100 << 10, 8 << 10, 300 << 10, 0, SpliceMinData, SpliceMinData - 1, 1 << 20}
+			sizes := []int{100 << 10, 8 << 10, 300 << 10, 0, testSpliceMin, testSpliceMin - 1, 1 << 20, 0, testSpliceMin - 1}
 			if tc.chunk == 1 {
 				sizes = []int{100 << 10, 1000, 70 << 10}
 			}
@@ -164,7 +168,7 @@ func TestSinkTakesLargeBlocks(t *testing.T) {
 			f := &feed{data: input, n: tc.chunk}
 			s := &memSink{src: f, size: tc.size, maxSize: tc.maxSize}
 			r := NewReader(nil, 4<<20)
-			r.Budget, r.Sink = budget, s
+			r.Budget, r.Sink, r.SpliceMin = budget, s, testSpliceMin
 			r.Prove()
 			got, spliced := readFrames(t, r, f, s)
 			if len(got) != len(want) {
@@ -174,7 +178,7 @@ func TestSinkTakesLargeBlocks(t *testing.T) {
 				if !bytes.Equal(got[i], want[i]) {
 					t.Fatalf("frame %d (%d data bytes, %d spliced) differs", i, sizes[i], spliced[i])
 				}
-				large := sizes[i] >= SpliceMinData && i%2 == 0
+				large := sizes[i] >= testSpliceMin && i%2 == 0
 				if large != (spliced[i] > 0) {
 					t.Errorf("frame %d: %d data bytes, kind %d: %d spliced", i, sizes[i], want[i][5], spliced[i])
 				}
@@ -202,7 +206,7 @@ func TestSinkGrowsWithBytesThatArrived(t *testing.T) {
 	f := &feed{data: bytes.Clone(fr[:MinFrameLen+100]), n: 1 << 20}
 	s := &memSink{src: f, size: 64 << 10, maxSize: 16 << 20}
 	r := NewReader(nil, 16<<20)
-	r.Budget, r.Sink = budget, s
+	r.Budget, r.Sink, r.SpliceMin = budget, s, testSpliceMin
 	r.Prove()
 	for k := 0; k < 5; k++ {
 		if _, err := r.ReadOnce(f.read); err != nil && !errors.Is(err, errWait) {
@@ -253,7 +257,7 @@ func TestSinkOnlyForProvenUnsignedBlocks(t *testing.T) {
 			f := &feed{data: bytes.Clone(tc.fr), n: tc.chunk}
 			s := &memSink{src: f, size: 4 << 20, maxSize: 4 << 20}
 			r := NewReader(nil, 4<<20)
-			r.Budget, r.Sink = NewBufferBudget(64<<20, 4<<20), s
+			r.Budget, r.Sink, r.SpliceMin = NewBufferBudget(64<<20, 4<<20), s, testSpliceMin
 			if tc.proven {
 				r.Prove()
 			}
@@ -274,7 +278,7 @@ func TestSinkDroppedWhenTheBlockIsCut(t *testing.T) {
 	f := &feed{data: bytes.Clone(fr[:300<<10]), n: 32 << 10}
 	s := &memSink{src: f, size: 1 << 20, maxSize: 1 << 20}
 	r := NewReader(nil, 4<<20)
-	r.Sink = s
+	r.Sink, r.SpliceMin = s, testSpliceMin
 	r.Prove()
 	for len(f.data) > 0 {
 		if _, err := r.ReadOnce(f.read); err != nil && !errors.Is(err, errWait) {
