@@ -499,8 +499,6 @@ func (x *echo) flush() bool {
 		x.s.log.Debug("cannot write replies upstream", "peer", x.upPeer, "err", err)
 		return false
 	}
-	// TCP_INFO for the next replies, now that these are out (tcpView).
-	x.tcp.refresh(x.lastBuilt)
 	return true
 }
 

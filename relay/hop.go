@@ -36,9 +36,8 @@ type hopState struct {
 	// first valid frame, when its buffer leaves the budget's unproven share.
 	upReader *frame.Reader
 	tcp      tcpView
-	// lastOut is request-out of the latest forwarded batch, lastBuilt
-	// reply-out of the latest answers.
-	lastOut, lastBuilt int64
+	// lastOut is request-out of the latest forwarded batch.
+	lastOut int64
 	// pend are the metrics of the replies being built, recorded once
 	// they are written: off the reply's way.
 	pend []metricEvent
@@ -54,13 +53,15 @@ type metricEvent struct {
 
 // tcpView is the kernel's view of the session's two connections: the
 // downstream one (this hop is the near end of the segment after it) and
-// the upstream one (the far end of the segment before it). A relay reads
-// it right after it forwarded a request, while the request and its reply
-// are on the wire, so that the reply carries a reading taken during its
-// own round trip and the reading costs the reply no time; the end host,
-// which has no such moment, reads right after it wrote its answers, for
-// the next reply. The goroutine engine reads and uses it from two
-// goroutines: mu guards the reading.
+// the upstream one (the far end of the segment before it). A reply
+// carries a reading at most tcpInfoEvery old. A relay reads right after
+// it forwarded a request, while the request and its reply are on the
+// wire: the reply then carries a reading taken during its own round
+// trip, at no cost to it. The end host has no such moment (its answer
+// follows the request at once); it, and a relay whose reading grew older
+// than tcpInfoEvery meanwhile, read while the reply is built. The
+// goroutine engine reads and uses it from two goroutines: mu guards the
+// reading.
 type tcpView struct {
 	mu             sync.Mutex
 	down, up       tcpinfo.Info
@@ -95,15 +96,11 @@ func (t *tcpView) refresh(now int64) {
 	}
 }
 
-// reading is the latest reading; a session that has none yet (a reply
-// before any request went on) reads now.
+// reading is the latest reading, renewed first when it is older than
+// tcpInfoEvery (or there is none yet).
 func (t *tcpView) reading(now int64) tcpReading {
+	t.refresh(now)
 	t.mu.Lock()
-	if !t.read {
-		t.mu.Unlock()
-		t.refresh(now)
-		t.mu.Lock()
-	}
 	defer t.mu.Unlock()
 	return tcpReading{down: t.down, up: t.up, hasDown: t.hasDown, hasUp: t.hasUp}
 }
@@ -436,7 +433,6 @@ func (h *hopState) buildReplies() int {
 		return 0
 	}
 	tOut := h.now()
-	h.lastBuilt = tOut
 	tcp := h.tcp.reading(tOut)
 	for i := range h.replies {
 		r := &h.replies[i]
@@ -564,7 +560,6 @@ func (h *hopState) buildEchoes() int {
 		return 0
 	}
 	tOut := h.now()
-	h.lastBuilt = tOut
 	tcp := h.tcp.reading(tOut)
 	b := &h.ret
 	for i := range h.echoes {

@@ -235,11 +235,6 @@ func (x *lsession) writeUp() {
 		x.stallUntil = x.now() + int64(x.s.cfg.Timeout)
 		return
 	}
-	if x.echo {
-		// The end host reads TCP_INFO for its next replies now that
-		// these are out (tcpView).
-		x.tcp.refresh(x.lastBuilt)
-	}
 	if x.down >= 0 {
 		// Replies buffered meanwhile may go on.
 		if x.downR.Complete() {
