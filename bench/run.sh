@@ -131,7 +131,7 @@ bench_rtt() {
 }
 
 bench_stream() {
-  log "== stream: ${STREAM_MB} MiB through 3 relays and back, $ROUNDS rounds, MB/s (median); ours unsigned (blocks of 64 KiB and more spliced) and signed (copied: the HMAC covers the data) (load $(loadavg))"
+  log "== stream: ${STREAM_MB} MiB through 3 relays and back, $ROUNDS rounds, MB/s (median); ours unsigned (blocks of 1 MiB and more spliced) and signed (copied: the HMAC covers the data) (load $(loadavg))"
   head -c $((STREAM_MB << 20)) /dev/urandom >"$WORK/input"
   # Byte-exact once per block size and chain, untimed; the timed runs
   # then discard what comes back, as the socat client does (writing
