@@ -21,7 +21,7 @@ var (
 	pathLoss        = mustFamily(namespace+"_segment_path_loss_ratio", "Share of the TTL's trace probes that got no answer (a router that does not answer: 1).", pathLabels...)
 	pathHop         = mustFamily(namespace+"_segment_path_hop_info", "The address that answered the TTL's probes, 1 per answered TTL: the only metric with an address.", "from", "to", "ttl", "address")
 	pathDelay       = mustFamily(namespace+"_segment_path_delay_seconds", "Where the delay first appears on the segment's path: the rise of round trip at that TTL (at least a quarter of the far end's, and 1 ms); join with subsegment_segment_path_hop_info on ttl for the router.", pathLabels...)
-	pathFingerprint = mustFamily(namespace+"_segment_path_fingerprint", "The path's fingerprint (a 48-bit hash of the answering address of every TTL): changes() of it counts path changes.", segLabels...)
+	pathFingerprint = mustFamily(namespace+"_segment_path_fingerprint", "The path's fingerprint (a 48-bit hash of the address answering at every TTL before the far end, and the far end's): changes() of it counts path changes.", segLabels...)
 	pathPackets     = mustFamily(namespace+"_segment_path_trace_packets", "Probe packets the segment's trace sent.", segLabels...)
 	pathSeconds     = mustFamily(namespace+"_segment_path_trace_seconds", "How long the segment's trace took.", segLabels...)
 )

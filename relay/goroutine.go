@@ -129,7 +129,7 @@ func (f *forwarder) forwardBuffered(ctx context.Context) bool {
 		if !f.room(ctx) {
 			return false
 		}
-		f.enqueueForward(e, fr, &v)
+		f.enqueueForward(e, fr, &v, 0)
 	}
 }
 
@@ -195,9 +195,12 @@ func (f *forwarder) room(ctx context.Context) bool {
 func (f *forwarder) answer(ctx context.Context, e inflight, ans *localAnswer) bool {
 	if f.ring == nil {
 		// No return goroutine yet: write it here.
-		f.tcp.refresh(f.now())
-		f.appendLocalAnswer(&e, ans, f.now())
-		if _, err := f.ret.write(f.up, f.s.cfg.Timeout); err != nil {
+		now := f.now()
+		tcp := f.tcp.reading(now)
+		f.appendLocalAnswer(&e, ans, now, &tcp)
+		_, err := f.ret.write(f.up, f.s.cfg.Timeout)
+		f.emitMetrics()
+		if err != nil {
 			f.s.log.Debug("cannot answer upstream", "peer", f.upPeer, "err", err)
 			return false
 		}
@@ -246,6 +249,9 @@ func (f *forwarder) flush() bool {
 		f.down.Close()
 		return false
 	}
+	// The requests are on their way: the moment to read TCP_INFO, which
+	// their replies will carry (tcpView).
+	f.tcp.refresh(f.lastOut)
 	return true
 }
 
@@ -318,7 +324,7 @@ func (f *forwarder) returnStep(ctx context.Context, st *returnState) stepResult 
 	if f.tracing(e) {
 		f.waitTrace(e)
 	}
-	if ans := f.takeReply(e, fr, st.rx); ans != nil {
+	if ans := f.takeReply(e, fr, st.rx, 0); ans != nil {
 		st.broken = ans
 		f.down.Close()
 	}
@@ -383,7 +389,9 @@ func (f *forwarder) flushReturn() bool {
 	if n == 0 {
 		return true
 	}
-	if _, err := f.ret.write(f.up, f.s.cfg.Timeout); err != nil {
+	_, err := f.ret.write(f.up, f.s.cfg.Timeout)
+	f.emitMetrics()
+	if err != nil {
 		f.s.log.Debug("cannot write replies upstream", "peer", f.upPeer, "replies", n, "err", err)
 		return false
 	}
@@ -489,7 +497,9 @@ func (x *echo) flush() bool {
 	if x.buildEchoes() == 0 {
 		return true
 	}
-	if _, err := x.ret.write(x.up, x.s.cfg.Timeout); err != nil {
+	_, err := x.ret.write(x.up, x.s.cfg.Timeout)
+	x.emitMetrics()
+	if err != nil {
 		x.s.log.Debug("cannot write replies upstream", "peer", x.upPeer, "err", err)
 		return false
 	}

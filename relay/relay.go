@@ -166,6 +166,8 @@ type Server struct {
 	stampNext *stampLink
 	clocks    rxstamp.Clocks
 	warned    rateLimit // warnings about peers' bad input
+	// spliced counts the stream bytes that went through pipes (pipe.go).
+	spliced atomic.Int64
 
 	mu     sync.Mutex
 	conns  map[net.Conn]struct{}
@@ -267,6 +269,10 @@ func (s *Server) Engine() string { return s.cfg.Engine }
 
 // Name is this hop's name.
 func (s *Server) Name() string { return s.cfg.Name }
+
+// SplicedBytes is how many bytes of stream blocks went from socket to
+// socket through a pipe instead of through user space (tests, debugging).
+func (s *Server) SplicedBytes() int64 { return s.spliced.Load() }
 
 // Serve accepts connections on ln until ctx ends, then closes every
 // connection and waits for their goroutines.

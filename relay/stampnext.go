@@ -264,7 +264,9 @@ func (x *stampNext) flush() bool {
 	if x.buildSTAMPReplies() == 0 {
 		return true
 	}
-	if _, err := x.ret.write(x.up, x.s.cfg.Timeout); err != nil {
+	_, err := x.ret.write(x.up, x.s.cfg.Timeout)
+	x.emitMetrics()
+	if err != nil {
 		x.s.log.Debug("cannot write replies upstream", "peer", x.upPeer, "err", err)
 		return false
 	}
@@ -279,25 +281,25 @@ func (x *stampNext) buildSTAMPReplies() int {
 	if n == 0 {
 		return 0
 	}
-	x.tcp.refresh(x.now())
 	tOut := x.now()
+	tcp := x.tcp.reading(tOut)
 	for i := range x.pending {
 		p := &x.pending[i]
 		if p.local != nil {
-			x.appendLocalAnswer(&p.e, p.local, tOut)
+			x.appendLocalAnswer(&p.e, p.local, tOut, &tcp)
 			continue
 		}
-		x.appendSTAMPReply(p, tOut)
+		x.appendSTAMPReply(p, tOut, &tcp)
 	}
 	clear(x.pending)
 	x.pending = x.pending[:0]
 	return n
 }
 
-func (x *stampNext) appendSTAMPReply(p *stampReply, tOut int64) {
+func (x *stampNext) appendSTAMPReply(p *stampReply, tOut int64, tcp *tcpReading) {
 	h := &x.hopState
 	rec := &h.hop
-	h.fillCommon(rec, &p.e, p.e.tOut)
+	h.fillCommon(rec, &p.e, p.e.tOut, tcp)
 	replyIn := p.e.tOut + int64(p.around)
 	rec.Downstream = p.around
 	rec.Return = time.Duration(max(tOut-replyIn, 0))
@@ -309,7 +311,6 @@ func (x *stampNext) appendSTAMPReply(p *stampReply, tOut int64) {
 		rec.Flags |= frame.RecStripped
 		records = records[:1]
 	}
-	h.observe(rec)
 	b := &h.ret
 	fr, v := p.frame, &p.view
 	kind := v.Header.Kind.ReplyKind()
@@ -329,8 +330,9 @@ func (x *stampNext) appendSTAMPReply(p *stampReply, tOut int64) {
 	b.frameBytes(fr[:v.TailOff])
 	b.scratch = append(b.scratch, h.retSign.Sign(fr[:v.TailOff], recs)...)
 	b.scratchFrom(recOff)
-	h.s.metrics.Relayed(kind, true)
+	stream := 0
 	if kind == frame.KindStreamReply {
-		h.s.metrics.StreamBytes(int(v.Probe.DataLen))
+		stream = int(v.Probe.DataLen)
 	}
+	h.count(kind, true, rec, stream)
 }

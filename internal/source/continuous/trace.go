@@ -20,8 +20,8 @@ import (
 // connections (prober.Session.TraceStart, between two probes), and one
 // module timeout later collects the paths (TracePaths): no probe ever
 // waits for a trace. A path that differs from the segment's previous one
-// (another router at a TTL both answered, or another length) counts as a
-// path change.
+// (trace.SamePath: another far end, or another router where both
+// answered) counts as a path change.
 
 // traceSchedule is where an entry is in its traces.
 type traceSchedule struct {
@@ -92,11 +92,11 @@ func newPathMetrics(reg prometheus.Registerer) *pathMetrics {
 	ttl := append(seg[:len(seg):len(seg)], "ttl")
 	m := &pathMetrics{last: map[pathKey]*frame.Path{},
 		changes: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "segment_path_changes_total",
-			Help: "Times the routers under the segment changed between two traces that reached its far end (another router at a TTL both answered, or another number of TTLs)."}, seg),
+			Help: "Times the routers under the segment changed between two traces that reached its far end (another far end, another router at a TTL both answered, or one router more or fewer; a silent TTL is no change)."}, seg),
 		info: pathGauge("segment_path_info", "How the segment's latest trace ran: protocol tcp, udp or none, and status (as subsegment_segment_path_info).",
 			append(seg[:len(seg):len(seg)], "protocol", "status")),
 		hops:        pathGauge("segment_path_hops", "TTLs the segment's latest trace listed.", seg),
-		fingerprint: pathGauge("segment_path_fingerprint", "The fingerprint of the segment's current path (48 bits of a hash of every TTL's address).", seg),
+		fingerprint: pathGauge("segment_path_fingerprint", "The fingerprint of the segment's current path (48 bits of a hash of the address at every TTL before the far end, and the far end's).", seg),
 		rtt:         pathGauge("segment_path_rtt_seconds", "Round trip from the segment's near end to the router at this TTL in the latest trace, median (answered TTLs only).", ttl),
 		loss:        pathGauge("segment_path_loss_ratio", "Share of the TTL's probes without an answer in the latest trace.", ttl),
 		hopInfo:     pathGauge("segment_path_hop_info", "The address that answered the TTL's probes in the latest trace, 1 per answered TTL: the only continuous metric with an address.", append(ttl[:len(ttl):len(ttl)], "address")),

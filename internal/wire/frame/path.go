@@ -327,3 +327,7 @@ func (d *decoder) addrPort(what string) netip.AddrPort {
 }
 
 func checkPathText(b []byte) error { return peer.CheckText(b, MaxPathText) }
+
+// duration reads a duration of a path section, bounded as every one of a
+// record is.
+func (d *decoder) duration(what string) time.Duration { return d.durationOf(d.u64(), what) }

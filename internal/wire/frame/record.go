@@ -371,13 +371,6 @@ func (d *decoder) u16() uint16 {
 	return 0
 }
 
-func (d *decoder) u32() uint32 {
-	if b := d.take(4); b != nil {
-		return binary.BigEndian.Uint32(b)
-	}
-	return 0
-}
-
 func (d *decoder) u64() uint64 {
 	if b := d.take(8); b != nil {
 		return binary.BigEndian.Uint64(b)
@@ -385,8 +378,7 @@ func (d *decoder) u64() uint64 {
 	return 0
 }
 
-func (d *decoder) duration(what string) time.Duration {
-	v := d.u64()
+func (d *decoder) durationOf(v uint64, what string) time.Duration {
 	if v > uint64(MaxDuration) {
 		if v > math.MaxInt64 {
 			d.failf("%s is negative", what)
@@ -398,8 +390,10 @@ func (d *decoder) duration(what string) time.Duration {
 	return time.Duration(v)
 }
 
-func (d *decoder) tcp() tcpinfo.Info {
-	return tcpinfo.Info{RTTMicros: d.u32(), RTTVarMicros: d.u32(), MinRTTMicros: d.u32(), TotalRetrans: d.u32(), SndMSS: d.u32(), PMTU: d.u32(), SndCwnd: d.u32()}
+func tcpOf(b []byte) tcpinfo.Info {
+	be := binary.BigEndian
+	return tcpinfo.Info{RTTMicros: be.Uint32(b[0:]), RTTVarMicros: be.Uint32(b[4:]), MinRTTMicros: be.Uint32(b[8:]), TotalRetrans: be.Uint32(b[12:]),
+		SndMSS: be.Uint32(b[16:]), PMTU: be.Uint32(b[20:]), SndCwnd: be.Uint32(b[24:])}
 }
 
 // str takes n bytes and checks them with check (which allocates only
@@ -435,9 +429,12 @@ func decodeRecord(b []byte, index int, rec *Record) error {
 	if rec == nil {
 		rec = &scratch
 	}
-	kind := RecordKind(d.u8())
-	flags := d.u16()
-	id := d.u64()
+	var kind RecordKind
+	var flags uint16
+	var id uint64
+	if p := d.take(recordPrefixLen - 2); p != nil {
+		kind, flags, id = RecordKind(p[0]), binary.BigEndian.Uint16(p[1:]), binary.BigEndian.Uint64(p[3:])
+	}
 	rec.Kind = kind
 	switch kind {
 	case RecordHop:
@@ -461,17 +458,28 @@ func (d *decoder) hop(h *HopRecord, id uint64, flags uint16) {
 	if flags&^recKnownFlags != 0 {
 		d.failf("unknown flags %#04x", flags&^recKnownFlags)
 	}
-	h.Forward = d.duration("forward time")
-	h.Downstream = d.duration("downstream time")
-	h.Return = d.duration("return time")
-	h.WaitForward = d.duration("forward wait")
-	h.WaitReturn = d.duration("return wait")
-	h.WallIn = int64(d.u64())
-	h.EstErrorMicros = d.u32()
-	h.MaxErrorMicros = d.u32()
-	h.Connect = d.duration("connect time")
-	h.TCP = d.tcp()
-	h.TCPUp = d.tcp()
+	// The fixed fields in one take: relays check every record of every
+	// reply, so this is the round trip's hot path.
+	f := d.take(hopFixedLen - recordPrefixLen)
+	if f == nil {
+		return
+	}
+	be := binary.BigEndian
+	fw, ds, rt, wf, wr, cn := be.Uint64(f[0:]), be.Uint64(f[8:]), be.Uint64(f[16:]), be.Uint64(f[24:]), be.Uint64(f[32:]), be.Uint64(f[56:])
+	if max(fw, ds, rt, wf, wr, cn) > uint64(MaxDuration) {
+		// Refused: say which, in the record's order.
+		for i, what := range [...]string{"forward time", "downstream time", "return time", "forward wait", "return wait", "connect time"} {
+			d.durationOf([...]uint64{fw, ds, rt, wf, wr, cn}[i], what)
+		}
+		return
+	}
+	h.Forward, h.Downstream, h.Return = time.Duration(fw), time.Duration(ds), time.Duration(rt)
+	h.WaitForward, h.WaitReturn, h.Connect = time.Duration(wf), time.Duration(wr), time.Duration(cn)
+	h.WallIn = int64(be.Uint64(f[40:]))
+	h.EstErrorMicros = be.Uint32(f[48:])
+	h.MaxErrorMicros = be.Uint32(f[52:])
+	h.TCP = tcpOf(f[64:])
+	h.TCPUp = tcpOf(f[64+tcpInfoLen:])
 	if d.err == nil {
 		d.checkTimes(h)
 	}

@@ -120,30 +120,61 @@ func DelayThreshold(farEnd time.Duration) time.Duration {
 	return max(time.Millisecond, farEnd/4)
 }
 
-// PathFingerprint identifies a reported path as Result.Fingerprint does
-// (the same hash of the answering address of every TTL in order), as a
-// number: 48 bits, exact in a float64 metric.
+// PathFingerprint identifies a reported path as a number (48 bits, exact
+// in a float64 metric): the answering address of every router by its
+// TTL, and the far end's address. A trace that reached its far end one TTL
+// later, after silent TTLs (its answer to the earlier probes missed on a
+// busy connection, or a router that never answers right before it), has
+// the same fingerprint: the two cannot be told apart.
 func PathFingerprint(p *frame.Path) uint64 {
 	h := fnv.New64a()
-	for _, hop := range p.Hops {
+	hops, far := routers(p)
+	for _, hop := range hops {
 		if hop.Address.IsValid() {
 			_, _ = fmt.Fprintf(h, "%d=%s;", hop.TTL, hop.Address)
 		}
 	}
+	if far.IsValid() {
+		_, _ = fmt.Fprintf(h, "end=%s;", far)
+	}
 	return h.Sum64() >> 16
 }
 
-// SamePath reports whether two traces that reached their far end took the
-// same route: as many TTLs, and the same address at every TTL both
-// answered. A TTL silent in one of them (a router that rate-limits its
-// answers) is no change; a router replaced, added or removed is.
+// routers is a path's TTLs before its far end and the far end's address
+// (zero when the trace did not reach it).
+func routers(p *frame.Path) ([]frame.PathHop, netip.Addr) {
+	hops := p.Hops
+	n := len(hops)
+	if n == 0 || hops[n-1].Flags&frame.PathHopFarEnd == 0 {
+		return hops, netip.Addr{}
+	}
+	return hops[:n-1], hops[n-1].Address
+}
+
+// SamePath reports whether two traces took the same route: the same far
+// end, and the same address at every TTL both answered. A TTL silent in
+// one of them (a router that rate-limits its answers) is no change, nor
+// are silent TTLs that make one of them longer just before the far end
+// (its answer missed once on a busy connection: see PathFingerprint); a
+// router replaced, added or removed where it answers is.
 func SamePath(a, b *frame.Path) bool {
-	if len(a.Hops) != len(b.Hops) {
+	ah, af := routers(a)
+	bh, bf := routers(b)
+	if af != bf {
 		return false
 	}
-	for i := range a.Hops {
-		x, y := a.Hops[i].Address, b.Hops[i].Address
-		if x.IsValid() && y.IsValid() && x != y {
+	if len(ah) < len(bh) {
+		ah, bh = bh, ah
+	}
+	for i := range ah {
+		x := ah[i].Address
+		if i >= len(bh) {
+			if x.IsValid() {
+				return false // a router more, not a silent TTL
+			}
+			continue
+		}
+		if y := bh[i].Address; x.IsValid() && y.IsValid() && x != y {
 			return false
 		}
 	}

@@ -75,6 +75,7 @@ func TestSamePath(t *testing.T) {
 			}
 			p.Hops = append(p.Hops, h)
 		}
+		p.Hops[len(p.Hops)-1].Flags = frame.PathHopFarEnd
 		return p
 	}
 	a := path("10.0.1.2", "10.0.2.2", "10.0.3.2")
@@ -87,6 +88,11 @@ func TestSamePath(t *testing.T) {
 		{"a silent router", path("10.0.1.2", "*", "10.0.3.2"), true},
 		{"a router replaced", path("10.0.4.2", "10.0.2.2", "10.0.3.2"), false},
 		{"a router added", path("10.0.1.2", "10.0.9.2", "10.0.2.2", "10.0.3.2"), false},
+		{"another far end", path("10.0.1.2", "10.0.2.2", "10.0.3.9"), false},
+		// The far end's answer missed once (a busy connection): it
+		// answers one TTL later; indistinguishable from a silent router
+		// right before it, and not counted.
+		{"the far end one silent TTL later", path("10.0.1.2", "10.0.2.2", "*", "10.0.3.2"), true},
 	} {
 		if got := SamePath(a, c.b); got != c.same {
 			t.Errorf("%s: SamePath %v, want %v", c.name, got, c.same)
@@ -94,6 +100,9 @@ func TestSamePath(t *testing.T) {
 	}
 	if PathFingerprint(a) == PathFingerprint(path("10.0.4.2", "10.0.2.2", "10.0.3.2")) || PathFingerprint(a) >= 1<<48 {
 		t.Errorf("fingerprint %x", PathFingerprint(a))
+	}
+	if PathFingerprint(a) != PathFingerprint(path("10.0.1.2", "10.0.2.2", "*", "10.0.3.2")) {
+		t.Error("a far end one silent TTL later changed the fingerprint")
 	}
 }
 
