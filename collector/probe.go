@@ -57,6 +57,7 @@ func WriteProbe(e *Exposition, r *prober.Result, verdicts []sla.Verdict) {
 	for i := range r.Segments {
 		writeSegment(e, i, &r.Segments[i])
 	}
+	writePaths(e, r)
 	for i := range r.Hops {
 		writeHop(e, i, &r.Hops[i], r.HTTP && i > 0)
 	}

@@ -177,6 +177,7 @@ func (f *forwarder) startReturn(ctx context.Context, kind frame.Kind) {
 	// that sent a valid frame: its reader is proven from the start.
 	f.downR.Prove()
 	f.tcp.readDown = tcpReader(f.down)
+	f.downTarget = inspectConn(f.down)
 	f.startRing(kind)
 	f.retDone = make(chan struct{})
 	go f.returnLoop(ctx)
@@ -319,6 +320,9 @@ func (f *forwarder) returnStep(ctx context.Context, st *returnState) stepResult 
 		st.broken = f.downstreamFailure(err, f.ring.peekReady())
 		f.down.Close()
 		return stepAgain
+	}
+	if f.tracing(e) {
+		f.waitTrace(e)
 	}
 	if ans := f.takeReply(e, fr, st.rx, 0); ans != nil {
 		st.broken = ans

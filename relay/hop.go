@@ -36,6 +36,7 @@ type hopState struct {
 	// first valid frame, when its buffer leaves the budget's unproven share.
 	upReader *frame.Reader
 	tcp      tcpView
+	traceState
 	// lastOut is request-out of the latest forwarded batch.
 	lastOut int64
 	// pend are the metrics of the replies being built, recorded once
@@ -281,12 +282,16 @@ func (h *hopState) roomInRing() bool { return h.pending < h.ring.free() }
 func (h *hopState) enqueueForward(e inflight, fr []byte, v *frame.View, spliced int) {
 	*h.ring.slot(h.pending) = e
 	h.pending++
+	if e.pflags&frame.ProbeTrace != 0 {
+		h.traceFlags(&e)
+	}
 	tailEnd := v.MACOff
 	p := v.Probe
 	if h.s.cfg.RemovePerfHeaders {
 		tailEnd = v.TailOff
 		p.Count = 0
-		p.Flags |= frame.ProbeStripped
+		// No trace beyond the boundary: its paths would be removed.
+		p.Flags = p.Flags&^(frame.ProbeTrace|frame.ProbePath) | frame.ProbeStripped
 	}
 	p.Count++
 	p.BudgetMicros = uint32(max(e.budget*7/8/time.Microsecond, 1))
@@ -476,6 +481,9 @@ func (h *hopState) fillHop(r *pendingReply, tOut int64, tcp *tcpReading) {
 	if h.s.cfg.RemovePerfHeaders {
 		rec.Flags |= frame.RecStripped
 	}
+	if r.e.pflags&(frame.ProbeTrace|frame.ProbePath) != 0 {
+		rec.Path = h.pathFor(&r.e)
+	}
 }
 
 // count records an answer for the metrics, emitted once it is written;
@@ -535,7 +543,13 @@ func (h *hopState) appendReply(r *pendingReply) {
 	if v.Header.Kind == frame.KindStreamReply {
 		stream = int(p.DataLen)
 	}
-	h.count(v.Header.Kind, true, &h.hop, stream)
+	own := &h.hop
+	if r.e.pflags&(frame.ProbeTrace|frame.ProbePath) != 0 {
+		// A trace's frame, which may have waited for it: not a measure
+		// of this hop's residence.
+		own = nil
+	}
+	h.count(v.Header.Kind, true, own, stream)
 }
 
 // appendErrorReply answers an entry whose request the next hop refused:
@@ -609,6 +623,7 @@ func (h *hopState) appendLocalAnswer(e *inflight, ans *localAnswer, tOut int64, 
 		return
 	}
 	h.fillCommon(&h.hop, e, tOut, tcp)
+	h.hop.Path = h.pathFor(e)
 	b.scratch = append(b.scratch, make([]byte, frame.MinFrameLen)...)
 	b.scratch = frame.AppendHop(b.scratch, &h.hop)
 	b.scratch = frame.AppendError(b.scratch, &er)

@@ -80,6 +80,14 @@ func (l *loop) start(fd int, peerAddr string, adm *admission, release func()) {
 		}
 	}
 	x.tcp.readUp = func() (tcpinfo.Info, error) { return tcpinfo.ReadFd(x.up, &x.tcpBuf) }
+	x.traceWake = func() {
+		x.later(func() {
+			if !x.closed {
+				x.processDown(x.downRx.Last)
+				x.settle()
+			}
+		}, -1)
+	}
 	x.idleUntil = l.s.cfg.Clock.Monotonic() + int64(l.s.cfg.Timeout)
 	if err := epollCtl(l.ep, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd)}); err != nil {
 		// Never registered: the session ends here, once, and an eviction

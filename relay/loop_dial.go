@@ -11,6 +11,7 @@ import (
 	"github.com/subsegment/subsegment_exporter/internal/wire/frame"
 	"github.com/subsegment/subsegment_exporter/internal/wire/rxstamp"
 	"github.com/subsegment/subsegment_exporter/internal/wire/tcpinfo"
+	"github.com/subsegment/subsegment_exporter/internal/wire/trace"
 )
 
 // The downstream connection: dialled when the first request needs it,
@@ -89,6 +90,7 @@ func (x *lsession) dialDone(fd int, connect int64, kind frame.Kind, err error) {
 	}
 	x.readDown = func(p []byte) (int, error) { return readFd(&x.downRx, x.down, p) }
 	x.tcp.readDown = func() (tcpinfo.Info, error) { return tcpinfo.ReadFd(x.down, &x.tcpBuf) }
+	x.downTarget = func() (trace.Target, error) { return trace.Inspect(trace.FD(x.down)) }
 	x.startRing(kind)
 	x.connectPending = max(connect, 1)
 	x.processUp()
@@ -122,4 +124,5 @@ func (x *lsession) dropDown() {
 	x.down, x.downPolled, x.downEvents = -1, false, 0
 	x.downPipe.src = -1 // what it holds still goes up; nothing more comes in
 	x.tcp.dropDown()
+	x.downTarget = nil
 }

@@ -178,7 +178,9 @@ func (x *lsession) processDown(rx rxstamp.Stamp) {
 			}
 			continue
 		}
-		if x.down < 0 {
+		if x.down < 0 || e != nil && x.tracing(e) {
+			// A reply asking for the path waits for the trace, whose end
+			// calls processDown again (traceWake).
 			break
 		}
 		fr, err := x.downR.Next()

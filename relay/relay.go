@@ -29,6 +29,7 @@ import (
 	"github.com/subsegment/subsegment_exporter/internal/wire/frame"
 	"github.com/subsegment/subsegment_exporter/internal/wire/peer"
 	"github.com/subsegment/subsegment_exporter/internal/wire/rxstamp"
+	"github.com/subsegment/subsegment_exporter/internal/wire/trace"
 	"github.com/subsegment/subsegment_exporter/internal/wire/transport"
 )
 
@@ -125,6 +126,15 @@ type Config struct {
 	Engine string
 	// ID overrides the random hop identity (tests only).
 	ID uint64
+	// Tracer traces the route to the next hop for requests that ask
+	// (ProbeTrace); nil refuses them (their path says disabled). One per
+	// process: its rate limit is the process's.
+	Tracer *trace.Tracer
+	// TraceOptions bound each trace (max TTL, probes per TTL); the
+	// deadline comes from the request's budget.
+	TraceOptions trace.Options
+	// TraceMetrics counts the traces; may be nil.
+	TraceMetrics TraceMetrics
 }
 
 // Engines a relay can drive its sessions with.

@@ -68,6 +68,9 @@ type Module struct {
 	HTTP *HTTPProbe `yaml:"http,omitempty"`
 	// STAMP is how a stamp module measures to its reflector.
 	STAMP *STAMPProbe `yaml:"stamp,omitempty"`
+	// Trace says when the relays trace the routers under their
+	// segments: never, on_violation (the default) or always.
+	Trace TraceMode `yaml:"trace,omitempty"`
 }
 
 // SLA is the rtt each segment should stay under, and the residence each
@@ -381,6 +384,9 @@ func (m *Module) validate(path string, c *Config, limits Limits) error {
 		m.Inband = InbandNever
 	}
 	if err := m.validateProber(path, c.dir); err != nil {
+		return err
+	}
+	if err := m.validateTrace(path); err != nil {
 		return err
 	}
 	if m.Timeout < Duration(10*time.Millisecond) || m.Timeout > Duration(10*time.Minute) {

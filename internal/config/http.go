@@ -295,13 +295,13 @@ func isToken(s string) bool {
 // every default, probing relays, HTTP proxies for a URL target, or a
 // STAMP reflector for a stamp:// target.
 func DefaultModule(target string, timeout time.Duration) *Module {
-	m := &Module{Probes: DefaultProbes, Interval: Duration(DefaultInterval), Timeout: Duration(timeout), Inband: InbandNever, Prober: ProberTCP}
+	m := &Module{Probes: DefaultProbes, Interval: Duration(DefaultInterval), Timeout: Duration(timeout), Inband: InbandNever, Prober: ProberTCP, Trace: TraceOnViolation}
 	if peer.IsHTTPTarget(target) {
-		m.Prober, m.HTTP = ProberHTTP, &HTTPProbe{}
+		m.Prober, m.HTTP, m.Trace = ProberHTTP, &HTTPProbe{}, TraceNever
 		_ = m.HTTP.validate("http", "") // fills in the defaults; they are valid
 	}
 	if peer.IsSTAMPTarget(target) {
-		m.Prober, m.STAMP = ProberSTAMP, &STAMPProbe{}
+		m.Prober, m.STAMP, m.Trace = ProberSTAMP, &STAMPProbe{}, TraceNever
 		_ = m.STAMP.validate("stamp") // fills in the defaults; they are valid
 	}
 	return m

@@ -68,6 +68,8 @@ type segView struct {
 	// router re-marks the DSCP on (stamp.go).
 	LossRatio              string
 	Remarked, RemarkedDirs string
+	// Routers unfold a segment over its SLA into its path (path.go).
+	Routers []routerView
 }
 
 type chainView struct {
@@ -97,6 +99,7 @@ func view(st continuous.EntryState, now time.Time) chainView {
 		v.Status, v.StatusClass = fmt.Sprintf("working, last probe %s ago", now.Sub(*st.LastSuccess).Round(time.Second)), "ok"
 	}
 	hops := hopsOf(st)
+	unfold := unfolded(st)
 	y := margin
 	index := map[string]int{}
 	for i, h := range hops {
@@ -116,15 +119,15 @@ func view(st continuous.EntryState, now time.Time) chainView {
 		hv.ContextY, hv.ContextLineH = y+16, 14
 		index[h.Name] = i
 		v.Hops = append(v.Hops, hv)
-		y += hopH + segH
+		y += hopH + segH + unfold[h.Name]
 	}
 	for _, s := range st.Segments {
 		i, ok := index[s.From]
 		if !ok {
 			continue
 		}
-		top := v.Hops[i].Y + hopH
-		sv := segView{Y1: top, Y2: top + segH, ArrowY: top + segH - 12, LabelY: top + segH/2 - 6, From: s.From, To: s.To, SLA: s.SLA, Colour: colours[s.SLA],
+		top, h := v.Hops[i].Y+hopH, segH+unfold[s.From]
+		sv := segView{Y1: top, Y2: top + h, ArrowY: top + h - 12, LabelY: top + segH/2 - 6, From: s.From, To: s.To, SLA: s.SLA, Colour: colours[s.SLA],
 			RTTSeconds: strconv.FormatFloat(s.MedianSeconds, 'g', -1, 64), P99Seconds: strconv.FormatFloat(s.P99Seconds, 'g', -1, 64)}
 		var detail []string
 		if s.Samples > 0 {
@@ -145,6 +148,7 @@ func view(st continuous.EntryState, now time.Time) chainView {
 			sv.Broken, sv.Dash = "BROKEN: "+s.Broken, "6 4"
 			sv.Colour = colours[continuous.SLAExceeded]
 		}
+		sv.Routers = routers(s, sv.LabelY+30)
 		v.Segments = append(v.Segments, sv)
 	}
 	v.Height = max(y-segH+margin, hopH+2*margin)
@@ -216,6 +220,7 @@ var chains = template.Must(template.New("chains").Funcs(template.FuncMap{"mul": 
 <text x="` + strconv.Itoa(margin+boxW/2+12) + `" y="{{.LabelY}}" dy="15" fill="{{.Colour}}" class="small">{{.Detail}}</text>
 {{- if .Broken}}<text x="` + strconv.Itoa(margin+boxW/2+12) + `" y="{{.LabelY}}" dy="30" fill="{{.Colour}}" class="broken">{{.Broken}}</text>{{end}}
 {{- if .Remarked}}<text x="` + strconv.Itoa(margin+boxW/2+12) + `" y="{{.LabelY}}" dy="{{if .Broken}}45{{else}}30{{end}}" fill="#e65100" class="remarked" data-dscp-remarked="{{.RemarkedDirs}}">{{.Remarked}}</text>{{end}}
+{{- range .Routers}}<text x="` + strconv.Itoa(margin+boxW/2+12) + `" y="{{.Y}}" class="router small"{{if .TTL}} data-ttl="{{.TTL}}" data-address="{{.Address}}"{{end}}{{if .Delay}} data-delay="true" fill="` + colours[continuous.SLAExceeded] + `" font-weight="bold"{{end}}>{{.Text}}</text>{{end}}
 </g>
 {{- end}}
 {{- range .Hops}}

@@ -139,6 +139,7 @@ func Evaluate(r *prober.Result, t Thresholds, ctx *snmp.Context) (State, string)
 	b.WriteString("\n")
 	writeSegments(&b, segs, t.Verbose)
 	writeHops(&b, hops, t.Verbose)
+	writePaths(&b, r)
 	writeContext(&b, ctx)
 	return worst, b.String()
 }

@@ -46,6 +46,9 @@ func Table(w io.Writer, r *prober.Result) error {
 	if err := writeAligned(w, rows); err != nil {
 		return err
 	}
+	if err := writePaths(w, r); err != nil {
+		return err
+	}
 	return writeNotes(w, r)
 }
 
@@ -154,7 +157,7 @@ func writeNotes(w io.Writer, r *prober.Result) error {
 	if r.Failure != nil {
 		fmt.Fprintf(&b, "\nCHAIN BROKEN: segment %s -> %s failed (%s): %s\n", r.Failure.From, r.Failure.To, r.Failure.Reason, r.Failure.Message)
 	} else if s := r.SlowestSegment(); s != nil && len(r.Segments) > 1 {
-		fmt.Fprintf(&b, "\n* slowest segment: %s -> %s, median %s\n", s.From, s.To, msAt(s.RTT.Median, s.Resolution))
+		fmt.Fprintf(&b, "\n* slowest segment: %s -> %s, median %s%s\n", s.From, s.To, msAt(s.RTT.Median, s.Resolution), pathNote(s))
 	}
 	_, err := io.WriteString(w, b.String())
 	return err

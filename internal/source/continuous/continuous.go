@@ -188,6 +188,7 @@ type runner struct {
 	// the entry's own series, looked up once
 	succeeded, failed prometheus.Counter
 	lastSuccess       prometheus.Gauge
+	traces            traceSchedule
 }
 
 func newRunner(e config.Continuous, m *config.Module, opts prober.Options, metrics *Metrics, log *slog.Logger) *runner {
@@ -239,6 +240,7 @@ func (r *runner) run(ctx context.Context) {
 			var warm *prober.Result
 			s, warm = prober.Open(ctx, r.opts)
 			r.connection++
+			r.traceReopened()
 			r.observe(warm, true)
 			if s == nil {
 				backoff = min(max(2*backoff, interval), maxBackoff)
@@ -258,6 +260,8 @@ func (r *runner) run(ctx context.Context) {
 		if res.Failure != nil && !s.Survives(res) {
 			s.Close()
 			s = nil
+		} else {
+			r.traceStep(ctx, s)
 		}
 		timer.Reset(interval)
 	}

@@ -29,6 +29,7 @@ type Metrics struct {
 	segSLA      *prometheus.GaugeVec
 	hopSLA      *prometheus.GaugeVec
 	stamp       *stampMetrics
+	paths       *pathMetrics
 }
 
 type entryKey struct{ target, module string }
@@ -81,6 +82,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		stamp: newSTAMPMetrics(),
 	}
 	reg.MustRegister(m)
+	m.paths = newPathMetrics(reg)
 	return m
 }
 
@@ -140,6 +142,7 @@ func (m *Metrics) remove(target, module string) {
 		v.DeletePartialMatch(l)
 	}
 	m.stamp.remove(l)
+	m.paths.remove(target, module)
 }
 
 func histogram(name, help string, buckets []float64, labels prometheus.Labels) prometheus.Histogram {

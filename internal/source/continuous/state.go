@@ -34,6 +34,8 @@ type entryState struct {
 	moment moments
 	// stamp is the STAMP segments' packets (stamp.go).
 	stamp map[[2]string]*stampWindows
+	// paths are the segments' latest traces (trace.go).
+	paths map[[2]string]*pathState
 }
 
 type hopWindows struct {
@@ -207,6 +209,12 @@ type SegmentState struct {
 	// and the directions its latest probe saw the DSCP re-marked on.
 	Loss         *SegmentLoss `json:"loss,omitempty"`
 	DSCPRemarked []string     `json:"dscp_remarked,omitempty"`
+	// Path is the routers under a segment over its SLA, from its latest
+	// trace (TTL order, to its far end); PathDelay where the delay
+	// first appears; PathFlow how it was traced ("tcp reached").
+	Path      []PathHopState          `json:"path,omitempty"`
+	PathDelay *prober.PathDelayResult `json:"path_delay,omitempty"`
+	PathFlow  string                  `json:"path_flow,omitempty"`
 }
 
 // SLA states.
@@ -275,6 +283,7 @@ func (s *entryState) snapshot(now time.Time) EntryState {
 			seg.Broken = f.Reason
 		}
 		s.stampSnapshot(&seg, at, span)
+		s.addPath(&seg)
 		out.Segments = append(out.Segments, seg)
 		if seg.SLA == SLAExceeded {
 			for i := range out.Hops {

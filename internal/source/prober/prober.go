@@ -65,6 +65,9 @@ type Options struct {
 	// AnnotateAfter, when it returns true for the measured result, sends
 	// one more probe asking for the hops' local variables.
 	AnnotateAfter func(*Result) bool
+	// Trace, when set, asks for the segments' paths after the measured
+	// probes (trace.go); relay chains only.
+	Trace *TraceOptions
 	// HTTP, when set, makes Target a URL probed through HTTP proxies
 	// (http.go); TLS then applies to https targets.
 	HTTP *HTTPOptions
@@ -225,6 +228,9 @@ func Run(ctx context.Context, o Options) *Result {
 		} else {
 			o.Logger.Info("annotation probe failed", "err", ann.Failure.Error())
 		}
+	}
+	if res.fail == nil && o.HTTP == nil && o.Trace != nil && (o.Trace.When == nil || o.Trace.When(res)) {
+		tracePaths(ctx, p, &o, res)
 	}
 	return res
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"time"
 
+	"github.com/subsegment/subsegment_exporter/internal/wire/frame"
 	"github.com/subsegment/subsegment_exporter/internal/wire/peer"
 )
 
@@ -16,6 +17,8 @@ type Session struct {
 	seq uint64
 	// used is when the connection last carried a probe.
 	used time.Time
+	// ownTrace delivers the source's own trace of a TraceStart.
+	ownTrace chan *frame.Path
 }
 
 // staleAfter is how long a session's connection may sit idle before a
@@ -90,6 +93,7 @@ func closedBeforeReply(smp Sample) bool {
 // new one, after its warm-up; a failed dial or warm-up is the probe's
 // failure.
 func (s *Session) reopen(ctx context.Context) Sample {
+	s.ownTrace = nil // a trace of the old connections
 	old := s.p
 	old.close()
 	warm, fail := s.open(ctx)

@@ -45,8 +45,12 @@ const (
 	// RecTCPInfoUp: TCPUp holds TCP_INFO of the hop's upstream
 	// connection (the far end's view of the segment before it).
 	RecTCPInfoUp uint16 = 1 << 7
+	// RecPath: the record ends with a path section (path.go): what the
+	// hop's trace of the route to its next hop found, asked for by
+	// ProbePath.
+	RecPath uint16 = 1 << 8
 
-	recKnownFlags = RecSynced | RecTCPInfo | RecDialed | RecEnd | RecStripped | RecKernelIn | RecKernelReply | RecTCPInfoUp
+	recKnownFlags = RecSynced | RecTCPInfo | RecDialed | RecEnd | RecStripped | RecKernelIn | RecKernelReply | RecTCPInfoUp | RecPath
 )
 
 // Sizes and bounds of records.
@@ -62,7 +66,7 @@ const (
 	// MaxMessageLen bounds the human-readable text of an error record.
 	MaxMessageLen = peer.MaxMessageLen
 	// MaxHopRecordLen is the largest hop record the encoder produces.
-	MaxHopRecordLen = hopFixedLen + 1 + MaxNameLen + 1 + MaxVars*(1+MaxNameLen+8)
+	MaxHopRecordLen = hopFixedLen + 1 + MaxNameLen + 1 + MaxVars*(1+MaxNameLen+8) + MaxPathLen
 	// PlainHopRecordLen is the largest hop record without variables.
 	PlainHopRecordLen = hopFixedLen + 1 + MaxNameLen + 1
 	// MaxErrorRecordLen is the largest error record.
@@ -114,6 +118,9 @@ type HopRecord struct {
 	TCP   tcpinfo.Info
 	TCPUp tcpinfo.Info
 	Vars  []Var
+	// Path is the hop's trace of the route to its next hop (RecPath);
+	// nil in every record that does not carry one.
+	Path *Path
 }
 
 // Side says which segment an error record is about, seen from the hop that
@@ -156,9 +163,13 @@ func AppendHop(dst []byte, r *HopRecord) []byte {
 	if len(vars) > MaxVars {
 		vars = vars[:MaxVars]
 	}
+	flags := r.Flags &^ RecPath
+	if r.Path != nil {
+		flags |= RecPath
+	}
 	start := len(dst)
 	dst = append(dst, 0, 0, byte(RecordHop))
-	dst = binary.BigEndian.AppendUint16(dst, r.Flags&recKnownFlags)
+	dst = binary.BigEndian.AppendUint16(dst, flags&recKnownFlags)
 	dst = binary.BigEndian.AppendUint64(dst, r.ID)
 	for _, d := range [...]time.Duration{r.Forward, r.Downstream, r.Return, r.WaitForward, r.WaitReturn} {
 		dst = binary.BigEndian.AppendUint64(dst, durationBits(d))
@@ -177,6 +188,9 @@ func AppendHop(dst []byte, r *HopRecord) []byte {
 		dst = append(dst, byte(len(vn)))
 		dst = append(dst, vn...)
 		dst = binary.BigEndian.AppendUint64(dst, math.Float64bits(v.Value))
+	}
+	if r.Path != nil {
+		dst = AppendPath(dst, r.Path)
 	}
 	binary.BigEndian.PutUint16(dst[start:], uint16(len(dst)-start))
 	return dst
@@ -484,6 +498,9 @@ func (d *decoder) hop(h *HopRecord, id uint64, flags uint16) {
 			h.Vars = append(h.Vars, Var{Name: name, Value: value})
 		}
 	}
+	if flags&RecPath != 0 && d.err == nil {
+		d.path(&h.Path)
+	}
 }
 
 // checkTimes enforces what the segment arithmetic relies on: a hop's
@@ -499,6 +516,8 @@ func (d *decoder) checkTimes(h *HopRecord) {
 		d.failf("the end host's record has a downstream or return time")
 	case h.Flags&RecEnd != 0 && h.Flags&RecStripped != 0:
 		d.failf("a record is both the end host's and a stripping relay's")
+	case h.Flags&RecEnd != 0 && h.Flags&RecPath != 0:
+		d.failf("the end host's record carries a path (it has no next hop to trace)")
 	}
 }
 
