@@ -32,7 +32,6 @@ const Header = "Subsegment-Timing"
 // MaxEntries bounds the entries of one response, as relays bound hops.
 const MaxEntries = 32
 
-
 // Entry is one proxy's stamp.
 type Entry struct {
 	Hop      string
