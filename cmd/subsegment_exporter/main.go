@@ -17,7 +17,6 @@ import (
 	"os"
 	"os/signal"
 	"slices"
-	"strings"
 	"syscall"
 	"time"
 
@@ -308,11 +307,16 @@ func (f traceFlags) tracer() (*trace.Tracer, trace.Options, error) {
 	return t, o, err
 }
 
+// keys reads --relay.auth-key-file by the rule of every secret file.
 func (f relayFlags) keys() (frame.Keys, error) {
 	if f.keyFile == "" {
 		return nil, nil
 	}
-	return frame.LoadKeys(f.keyFile)
+	keys, err := config.ReadKeyFile(f.keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("--relay.auth-key-file: %w", err)
+	}
+	return keys, nil
 }
 
 type probeFlags struct {
@@ -429,12 +433,12 @@ func serve(ctx context.Context, hop relayFlags, keys frame.Keys, so serveFlags, 
 	logger.Info("starting "+name, "version", version.Info(), "build_context", version.BuildContext(), "async_preemption_off", lowlatency.Active(), "gomaxprocs", procs)
 	so.inband.Community = "public"
 	if so.communityFile != "" {
-		b, err := os.ReadFile(so.communityFile)
+		community, err := config.ReadSecretFile(so.communityFile)
 		if err != nil {
 			logger.Error("cannot read --inband.snmp-community-file", "err", err)
 			return exitUsage
 		}
-		so.inband.Community = strings.TrimSpace(string(b))
+		so.inband.Community = string(community)
 	}
 	err := exporter.Serve(ctx, exporter.Config{ListenAddress: hop.listen, Relay: hop.relayConfig(keys), ConfigFile: so.configFile,
 		TimeoutOffset: so.timeoutOffset, Web: webFlags, Logger: logger, Inband: so.inband, Pprof: so.pprof, HistoryLimit: so.historyLimit,

@@ -244,3 +244,38 @@ func TestSecretFileMustBeARegularFile(t *testing.T) {
 		}
 	}
 }
+
+// The command's secret flags read their files by the same rule as the
+// *_file keys (ReadSecretFile, ReadKeyFile): never a FIFO or a device,
+// never empty, at most 64 KiB; keys one per line.
+func TestReadKeyFile(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, text string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	keys, err := ReadKeyFile(write("two", "first-0123456789abcdef\n\n  second-0123456789abcdef \n"))
+	if err != nil || len(keys) != 2 || string(keys[0]) != "first-0123456789abcdef" || string(keys[1]) != "second-0123456789abcdef" {
+		t.Fatalf("two keys: %q %v", keys, err)
+	}
+	for _, tc := range []struct{ path, want string }{
+		{fifo, fifo + ": it is not a regular file"},
+		{"/dev/zero", "/dev/zero: it is not a regular file"},
+		{dir, dir + ": it is not a regular file"},
+		{write("empty", " \n\n"), "is empty: write the secret into it"},
+		{write("huge", strings.Repeat("0123456789abcdef\n", 5000)), "is larger than 64 KiB"},
+		{write("short", "\nshort\n"), "line 2: key is 5 bytes, at least 16 needed"},
+		{filepath.Join(dir, "missing"), "it does not exist: create it"},
+	} {
+		if _, err := ReadKeyFile(tc.path); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want %q", tc.path, err, tc.want)
+		}
+	}
+}

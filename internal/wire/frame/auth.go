@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"hash"
-	"os"
 
 	"github.com/subsegment/subsegment_exporter/internal/wire/peer"
 )
@@ -22,17 +21,9 @@ var ErrAuth = peer.NewError(peer.ReasonAuth, "authentication failed")
 // it first everywhere, then drop the old one.
 type Keys [][]byte
 
-// LoadKeys reads a key file: one key per non-empty line, the first signing.
-func LoadKeys(path string) (Keys, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("read auth key file: %w", err)
-	}
-	return ParseKeys(data, path)
-}
-
-// ParseKeys parses the contents of a key file; name says which file in
-// errors.
+// ParseKeys parses the contents of a key file (read by the rule of every
+// secret file, config.ReadKeyFile): one key per non-empty line, the first
+// signing; name says which file in errors.
 func ParseKeys(data []byte, name string) (Keys, error) {
 	var keys Keys
 	for i, line := range bytes.Split(data, []byte("\n")) {
