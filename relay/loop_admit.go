@@ -70,7 +70,7 @@ func (l *loop) start(fd int, peerAddr string, adm *admission, release func()) {
 	x.upReader = x.upR
 	x.readUp = func(p []byte) (int, error) { return readFd(&x.upRx, x.up, p) }
 	x.upPipe, x.downPipe = newPipe(fd, &l.s.spliced), newPipe(-1, &l.s.spliced)
-	if len(l.s.cfg.Keys) == 0 {
+	if !x.fwdSign.Enabled() {
 		// Unsigned blocks take the pipe; a signature covers the data,
 		// which must then be read (frame.Sink).
 		x.upR.Sink = &x.upPipe

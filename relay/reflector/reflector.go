@@ -58,8 +58,10 @@ type Config struct {
 	// Address to listen on, host:port (UDP; 862 is STAMP's registered
 	// port, which needs CAP_NET_BIND_SERVICE).
 	Address string
-	// Keys are the chain's keys (--relay.auth-key-file).
-	Keys frame.Keys
+	// Keys are the chain's keys (--relay.auth-key-file); KeyRing, when
+	// set, holds them as a reload rotates them (keys.go).
+	Keys    frame.Keys
+	KeyRing *frame.KeyRing
 	// Auth: AuthAuto (default), AuthOn, AuthOff.
 	Auth string
 	// Mode: ModeStateful (default) counts per session and numbers its
@@ -149,10 +151,15 @@ type Reflector struct {
 	lastSweep int64
 	onStamp   func(key uint32, ns int64)
 	m         counters
+	// keysVersion is the KeyRing's version auth was made from.
+	keysVersion uint64
 }
 
 // New opens the reflector's socket.
 func New(cfg Config) (*Reflector, error) {
+	if cfg.KeyRing != nil {
+		cfg.Keys = cfg.KeyRing.Current()
+	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -166,7 +173,7 @@ func New(cfg Config) (*Reflector, error) {
 	r := &Reflector{cfg: cfg, mode: cfg.stampMode(), conn: conn, port: conn.LocalAddr().Port(), auth: stamp.NewAuth(cfg.Keys),
 		clock: cfg.Clock, tai: stamp.KernelTAIOffset(),
 		batch: udpmsg.NewBatch(batchSize, cfg.MaxPacketBytes+1), stamps: udpmsg.NewBatch(batchSize, 16),
-		txRing: make([]txRecord, 4096)}
+		txRing: make([]txRecord, 4096), keysVersion: cfg.KeyRing.Version()}
 	if r.clock == nil {
 		r.clock = clock.NewSystem()
 	}
@@ -218,6 +225,7 @@ func (r *Reflector) handle(n int) {
 	mono := monotonic()
 	r.bucket.refill(mono)
 	r.req.Sync = r.clock.Sync()
+	r.followKeys()
 	msgs := r.batch.Msgs[:n]
 	var reflected uint64
 	for i := range msgs {

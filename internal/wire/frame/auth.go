@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"hash"
+	"sync/atomic"
 
 	"github.com/subsegment/subsegment_exporter/internal/wire/peer"
 )
@@ -43,6 +44,47 @@ func ParseKeys(data []byte, name string) (Keys, error) {
 		return nil, fmt.Errorf("auth key file %s holds %d keys: at most 2 (the signing key, and the other one during a rollover)", name, len(keys))
 	}
 	return keys, nil
+}
+
+// KeyRing holds a process's current keys: a reload replaces them (Set),
+// and each session takes them once, when it opens (Current), and keeps
+// them while it lasts. A nil ring holds no keys.
+type KeyRing struct {
+	keys    atomic.Pointer[Keys]
+	version atomic.Uint64
+}
+
+// NewKeyRing returns a ring holding keys.
+func NewKeyRing(keys Keys) *KeyRing {
+	r := &KeyRing{}
+	r.Set(keys)
+	return r
+}
+
+// Current is the keys sessions opened now use.
+func (r *KeyRing) Current() Keys {
+	if r == nil {
+		return nil
+	}
+	if k := r.keys.Load(); k != nil {
+		return *k
+	}
+	return nil
+}
+
+// Set makes keys the ones sessions opened from now on use.
+func (r *KeyRing) Set(keys Keys) {
+	r.keys.Store(&keys)
+	r.version.Add(1)
+}
+
+// Version changes with every Set: what holds keys beyond one session (a
+// STAMP reflector) sees that it must take them again.
+func (r *KeyRing) Version() uint64 {
+	if r == nil {
+		return 0
+	}
+	return r.version.Load()
 }
 
 // Signer signs and verifies frames for one goroutine; it keeps its hash
