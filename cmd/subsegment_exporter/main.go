@@ -440,7 +440,7 @@ func serve(ctx context.Context, hop relayFlags, keys frame.Keys, so serveFlags, 
 		}
 		so.inband.Community = string(community)
 	}
-	err := exporter.Serve(ctx, exporter.Config{ListenAddress: hop.listen, Relay: hop.relayConfig(keys), ConfigFile: so.configFile,
+	err := exporter.Serve(ctx, exporter.Config{ListenAddress: hop.listen, Relay: hop.relayConfig(keys), ConfigFile: so.configFile, KeyFile: hop.keyFile,
 		TimeoutOffset: so.timeoutOffset, Web: webFlags, Logger: logger, Inband: so.inband, Pprof: so.pprof, HistoryLimit: so.historyLimit,
 		MaxConcurrentProbes: so.maxProbes, IdleTimeout: so.idleTimeout, SNMPWalk: so.walk,
 		Probe: func(p *exporter.ProbeHandler) { p.TLS = hop.tlsClient }, STAMP: so.stamp, Tracer: hop.tracer, TraceOptions: hop.traceOpts})

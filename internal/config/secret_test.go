@@ -11,6 +11,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/subsegment/subsegment_exporter/internal/testkit/certtest"
+	"github.com/subsegment/subsegment_exporter/internal/wire/frame"
 )
 
 func TestSecretFilesAreReadRelativeToTheFile(t *testing.T) {
@@ -242,6 +243,38 @@ func TestSecretFileMustBeARegularFile(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), ":4: auths.v2.community_file: cannot read "+path+": it is not a regular file") {
 			t.Errorf("%s: %v", path, err)
 		}
+	}
+}
+
+// The chain's keys are a secret of every entry that signs with them: a
+// rotation changes the fingerprint of relay chains (their sessions must
+// open again, with the new keys), not of http entries, which do not use
+// them; the keys never show in it.
+func TestFingerprintCoversTheKeys(t *testing.T) {
+	c, err := Parse([]byte(`modules:
+  relays: {targets: ["127.0.0.1:*"]}
+  web: {prober: http, targets: ["127.0.0.1:*"]}
+continuous:
+  - {target: "127.0.0.1:9000", module: relays}
+  - {target: "http://127.0.0.1:8080/", module: web}
+`), "test.yml", Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	relays, web := c.Continuous[0], c.Continuous[1]
+	old := frame.Keys{[]byte("old-0123456789abcdef")}
+	c.UseKeys(old)
+	r0, w0 := c.Fingerprint(relays), c.Fingerprint(web)
+	c.UseKeys(frame.Keys{[]byte("old-0123456789abcdef")})
+	if c.Fingerprint(relays) != r0 {
+		t.Error("the same keys, read again, change the fingerprint")
+	}
+	c.UseKeys(frame.Keys{[]byte("old-0123456789abcdef"), []byte("new-0123456789abcdef")})
+	if c.Fingerprint(relays) == r0 || c.Fingerprint(web) != w0 {
+		t.Error("a second key: the relay chain's fingerprint must change, the http entry's must not")
+	}
+	if strings.Contains(c.Fingerprint(relays), "0123456789abcdef") {
+		t.Error("the fingerprint shows a key")
 	}
 }
 
