@@ -90,7 +90,7 @@ func TestBadInput(t *testing.T) {
 	if o := got[len(overrun)]; len(o) != len(overrun) || o[44]&stamp.FlagM == 0 {
 		t.Errorf("overrun TLV reply %x: want M", o)
 	}
-	s := waitStats(t, r, func(s Stats) bool { return s.Refused["short"] >= 1 && s.Refused["too_large"] >= 1 })
+	s := waitStats(t, r, func(s Stats) bool { return s.Refused["short"] >= 2 && s.Refused["too_large"] >= 1 && s.Reflected >= 3 })
 	// The empty datagram: the kernel delivers it (0 octets), short.
 	if s.Refused["short"] != 2 || s.Refused["too_large"] != 1 || s.Reflected != 3 || s.Flagged["unrecognized"] != 1 || s.Flagged["malformed"] != 2 {
 		t.Errorf("counters %+v", s)
