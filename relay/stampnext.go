@@ -206,7 +206,7 @@ func (x *stampNext) exchange(ctx context.Context, r *stampReply) *localAnswer {
 	}
 	e.tOut = x.now()
 	wait := max(time.Duration(e.waitUntil-e.tOut), 0)
-	p, info, err := l.sess.Exchange(ctx, wait)
+	p, err := l.sess.Exchange(ctx, wait)
 	replyIn := x.now()
 	fwd, ret := l.ledger.Add(&p)
 	s.cfg.STAMPMetrics.STAMPLost(fwd, ret)
@@ -218,7 +218,7 @@ func (x *stampNext) exchange(ctx context.Context, r *stampReply) *localAnswer {
 		return x.failed(peer.ClassifyOr(err, peer.ReasonUnreachable), "%s: STAMP to %s (%s): %v", s.cfg.Name, l.target.Name, l.target.Address, err)
 	case !p.Received:
 		return x.failed(peer.ReasonTimeout, "%s got no STAMP reply from %s (%s) within %s: the test packet or its reply was lost (%s)", s.cfg.Name, l.target.Name, l.target.Address,
-			wait.Round(time.Microsecond), l.lossSoFar(info))
+			wait.Round(time.Microsecond), l.lossSoFar())
 	}
 	around, err := p.Around()
 	if err == nil {
@@ -240,14 +240,14 @@ func (x *stampNext) monoTime(mono int64) time.Time {
 }
 
 // lossSoFar words the session's loss for a lost packet's message.
-func (l *stampLink) lossSoFar(info stamp.ExchangeInfo) string {
+func (l *stampLink) lossSoFar() string {
 	g := &l.ledger
 	text := fmt.Sprintf("%d of %d packets lost so far", g.Sent-g.Received, g.Sent)
 	if g.Named {
 		text += fmt.Sprintf(", %d forward and %d return as the reflector's counters named them", g.ForwardLost, g.ReturnLost)
 	}
-	if info.Late > 0 {
-		text += fmt.Sprintf(", %d late replies", info.Late)
+	if f := l.sess.Faults(); f.Any() {
+		text += "; " + f.Text()
 	}
 	return text
 }

@@ -6,6 +6,7 @@ import (
 
 	"github.com/subsegment/subsegment_exporter/internal/source/timing"
 	"github.com/subsegment/subsegment_exporter/internal/wire/frame"
+	"github.com/subsegment/subsegment_exporter/internal/wire/stamp"
 )
 
 // Result summarises one run. It is also the stable JSON of
@@ -92,6 +93,9 @@ type SegmentResult struct {
 	// direction (stamp.go); absent for relays and proxies.
 	Loss    *LossResult `json:"loss,omitempty"`
 	DSCP    *DSCPResult `json:"dscp,omitempty"`
+	// BadReplies counts what came back that was no usable reply, by
+	// reason, and the replies whose TLVs were not used (a STAMP segment).
+	BadReplies *stamp.ReplyFaults `json:"bad_replies,omitempty"`
 	Slowest bool        `json:"slowest"`
 	// Path lists the routers under the segment in TTL order, ending at
 	// its far end, as its near end traced them on the segment's own

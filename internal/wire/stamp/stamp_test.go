@@ -209,8 +209,11 @@ func TestReflectFlagsTLVs(t *testing.T) {
 		pkt = append([]byte(nil), good...)
 		req.Auth = NewAuth(frame.Keys{[]byte("another key, 16+ octets")})
 		rep, got := reflect(t, pkt, req)
-		if rep.Integrity != 2 || len(got.Integrity) != 2 {
-			t.Errorf("wrong key: %+v %+v", rep, got)
+		if !got.Unverified || got.HasDirectMeasurement {
+			t.Errorf("a reply whose HMAC TLV does not verify: its TLVs used: %+v", got)
+		}
+		if flags := ParseReplyTLVs(pkt, Unauthenticated, nil); rep.Integrity != 2 || len(flags.Integrity) != 2 {
+			t.Errorf("wrong key: %+v %+v", rep, flags)
 		}
 	})
 }
