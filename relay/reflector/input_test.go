@@ -1,6 +1,7 @@
 package reflector
 
 import (
+	"fmt"
 	"net"
 	"net/netip"
 	"testing"
@@ -135,8 +136,9 @@ func newOffline(t testing.TB, cfg Config) *Reflector {
 	return r
 }
 
-// FuzzReflector: packet bytes → the reflector's processing → reply. The
-// reply is never larger than the request and always decodes.
+// FuzzReflector: packet bytes → the reflector's whole batch path
+// (handle: checks, session, Reflect, Finish) → the bytes it hands to
+// sendmmsg, read where they leave. What is sent must pass checkSent.
 func FuzzReflector(f *testing.F) {
 	for _, m := range []stamp.Mode{stamp.Unauthenticated, stamp.Authenticated} {
 		tm, _ := stamp.NewTemplate(m, 0, stamp.TLVRequest{Location: true, TimestampInfo: true, ClassOfService: true, DirectMeasurement: true, FollowUp: true, HMAC: true})
@@ -146,6 +148,19 @@ func FuzzReflector(f *testing.F) {
 	}
 	f.Add(append(make([]byte, 44), 0x80, 2, 0, 8, 0, 0, 0, 0, 0x80, 4, 0, 16), false)
 	un, au := newOffline(f, Config{}), newOffline(f, Config{Keys: testKeys})
+	var sent [][]byte
+	for _, r := range []*Reflector{un, au} {
+		r.send = func(b *udpmsg.Batch, n int) (int, error) {
+			k := 0
+			for i := range b.Msgs[:n] {
+				if m := &b.Msgs[i]; m.Send {
+					sent = append(sent, append([]byte(nil), m.Buf[:m.N]...))
+					k++
+				}
+			}
+			return k, nil
+		}
+	}
 	f.Fuzz(func(t *testing.T, b []byte, authenticated bool) {
 		r := un
 		if authenticated {
@@ -160,17 +175,83 @@ func FuzzReflector(f *testing.F) {
 		m.Buf = m.Buf[:m.N]
 		m.Addr, m.Local = netip.MustParseAddrPort("192.0.2.7:4000"), netip.MustParseAddr("192.0.2.8")
 		m.Truncated = len(b) > m.N
-		if !r.process(0, m, monotonic()) {
-			return
+		sent = sent[:0]
+		r.handle(1)
+		if len(sent) > 1 {
+			t.Fatalf("%d replies to one request", len(sent))
 		}
-		stamp.Finish(m.Buf[:m.N], &r.replies[0], time.Now().UnixNano())
-		if m.N != len(b) {
-			t.Fatalf("reply of %d octets for %d", m.N, len(b))
-		}
-		if _, err := stamp.ParseReflector(m.Buf[:m.N], r.mode); err != nil {
-			t.Fatalf("reply does not decode: %v", err)
+		for _, reply := range sent {
+			if err := checkSent(b, reply, r.mode, r.auth); err != nil {
+				t.Fatalf("request %x, reply %x: %v", b, reply, err)
+			}
 		}
 	})
+}
+
+// checkSent is what every reply the reflector sends must be: never larger
+// than its request (no amplification; STAMP's replies are symmetric, so
+// exactly its size), a reflector packet that decodes, echoing the
+// request's sequence number, SSID, timestamp and Error Estimate, and in
+// authenticated mode signed with the chain's key.
+func checkSent(request, reply []byte, m stamp.Mode, auth *stamp.Auth) error {
+	if len(reply) != len(request) {
+		return fmt.Errorf("a reply of %d octets to a request of %d", len(reply), len(request))
+	}
+	req, err := stamp.ParseSender(request, m)
+	if err != nil {
+		return fmt.Errorf("a reply to a request that does not decode: %w", err)
+	}
+	rep, err := stamp.ParseReflector(reply, m)
+	if err != nil {
+		return fmt.Errorf("the reply does not decode: %w", err)
+	}
+	if rep.SenderSeq != req.Seq || rep.SSID != req.SSID || rep.SenderTimestamp != req.Timestamp || rep.SenderErrorEstimate != req.ErrorEstimate {
+		return fmt.Errorf("the reply echoes %+v for the request %+v", rep, req)
+	}
+	if m == stamp.Authenticated {
+		if _, err := auth.Verify(reply); err != nil {
+			return fmt.Errorf("the authenticated reply: %w", err)
+		}
+	}
+	return nil
+}
+
+// checkSent fails on what the reflector must never send.
+func TestCheckSentCanFail(t *testing.T) {
+	tm, _ := stamp.NewTemplate(stamp.Unauthenticated, 0, stamp.TLVRequest{DirectMeasurement: true})
+	req := make([]byte, tm.Len)
+	_, _ = tm.Fill(req, stamp.Fields{Seq: 9, SSID: 3, Timestamp: 77}, nil)
+	good := append([]byte(nil), req...)
+	var rep stamp.Reply
+	if err := stamp.Reflect(good, &stamp.Request{Mode: stamp.Unauthenticated}, &rep); err != nil {
+		t.Fatal(err)
+	}
+	if err := checkSent(req, good, stamp.Unauthenticated, nil); err != nil {
+		t.Fatalf("a good reply: %v", err)
+	}
+	for name, bad := range map[string][]byte{
+		"larger":        append(append([]byte(nil), good...), 0),
+		"smaller":       good[:len(good)-1],
+		"short":         good[:20],
+		"another echo":  func() []byte { b := append([]byte(nil), good...); b[24] ^= 1; return b }(),
+		"another SSID":  func() []byte { b := append([]byte(nil), good...); b[15] ^= 1; return b }(),
+		"the timestamp": func() []byte { b := append([]byte(nil), good...); b[30] ^= 1; return b }(),
+	} {
+		if err := checkSent(req, bad, stamp.Unauthenticated, nil); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	au := stamp.NewAuth(testKeys)
+	tm, _ = stamp.NewTemplate(stamp.Authenticated, 0, stamp.TLVRequest{})
+	req = make([]byte, tm.Len)
+	_, _ = tm.Fill(req, stamp.Fields{Seq: 9}, au)
+	unsigned := append([]byte(nil), req...)
+	if err := stamp.Reflect(unsigned, &stamp.Request{Mode: stamp.Authenticated, Auth: au}, &rep); err != nil {
+		t.Fatal(err)
+	}
+	if err := checkSent(req, unsigned, stamp.Authenticated, au); err == nil {
+		t.Error("an authenticated reply without its HMAC (Finish not called): accepted")
+	}
 }
 
 // A batch through the loop allocates nothing.

@@ -148,7 +148,10 @@ type Reflector struct {
 	txPending int
 	lastSweep int64
 	onStamp   func(key uint32, ns int64)
-	m         counters
+	// send hands a batch's replies to the kernel (the socket's sendmmsg;
+	// FuzzReflector reads what it is handed).
+	send func(b *udpmsg.Batch, n int) (int, error)
+	m    counters
 }
 
 // New opens the reflector's socket.
@@ -175,6 +178,7 @@ func New(cfg Config) (*Reflector, error) {
 	}
 	r.bucket = newTokenBucket(cfg.MaxRate)
 	r.onStamp = r.txStamp
+	r.send = conn.Send
 	r.req = stamp.Request{Mode: r.mode, Auth: r.auth, TAIOffset: r.tai, Stateful: r.table != nil}
 	return r, nil
 }
@@ -239,7 +243,7 @@ func (r *Reflector) handle(n int) {
 		}
 	}
 	if reflected > 0 {
-		sent, err := r.conn.Send(r.batch, n)
+		sent, err := r.send(r.batch, n)
 		if err != nil && !udpmsg.IsClosed(err) {
 			r.m.sendErrors.Add(1)
 		}
