@@ -40,6 +40,7 @@ import (
 	"github.com/subsegment/subsegment_exporter/internal/source/stream"
 	"github.com/subsegment/subsegment_exporter/internal/wire/frame"
 	"github.com/subsegment/subsegment_exporter/internal/wire/peer"
+	"github.com/subsegment/subsegment_exporter/internal/wire/stamp"
 	"github.com/subsegment/subsegment_exporter/internal/wire/trace"
 	"github.com/subsegment/subsegment_exporter/internal/wire/transport"
 	"github.com/subsegment/subsegment_exporter/relay"
@@ -149,6 +150,7 @@ func run(args []string) int {
 	probeCmd.Flag("payload-bytes", "Padding per probe (0 to 65536 bytes, within --relay.max-frame-bytes): large probes reveal MTU/MSS black holes.").Default("0").IntVar(&po.payload)
 	probeCmd.Flag("output", "Output format: table or json.").Default("table").EnumVar(&po.output, "table", "json")
 	probeCmd.Flag("trace", "After the probes, trace the routers under every segment (each relay traces the route to its next hop on the chain's own connection) and print them.").BoolVar(&po.trace)
+	probeCmd.Flag("stamp.auth", "A stamp:// TARGET's mode: auto (authenticated STAMP, HMAC-SHA-256 with --relay.auth-key-file, when there is a key file), on, off (unauthenticated).").Default(stamp.AuthAuto).EnumVar(&po.stampAuth, stamp.AuthAuto, stamp.AuthOn, stamp.AuthOff)
 
 	checkCmd := app.Command("check", "Nagios-compatible check: probe the chain once; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (Monitoring Plugins guidelines).")
 	var co nagios.Options
@@ -159,6 +161,7 @@ func run(args []string) int {
 	checkCmd.Flag("critical", "Critical range of every segment's rtt, same syntax. Without -w and -c, the module's SLAs are the critical thresholds.").Short('c').StringVar(&co.Critical)
 	checkCmd.Flag("segment", "Per-segment ranges, from:to=WARN,CRIT (repeatable; leave one empty to keep -w or -c).").StringsVar(&co.Segments)
 	checkCmd.Flag("trace", "Trace the routers under every segment and list them in the long text (without it, the module's trace mode applies: on_violation by default).").BoolVar(&co.Trace)
+	checkCmd.Flag("stamp.auth", "A stamp:// TARGET's mode without --config.file (a module's authenticated: decides with it): auto (authenticated STAMP with --relay.auth-key-file when there is a key file), on, off.").Default(stamp.AuthAuto).EnumVar(&co.STAMPAuth, stamp.AuthAuto, stamp.AuthOn, stamp.AuthOff)
 	checkCmd.Flag("verbose", "More detail in the long text (repeatable: -v hops, -vv the kernel's view).").Short('v').CounterVar(&co.Verbose)
 
 	sendCmd := app.Command("send", "Stream stdin through the chain (--forward-to) and write what comes back to stdout; timing statistics go to stderr.")
@@ -316,7 +319,7 @@ func (f relayFlags) keys() (frame.Keys, error) {
 }
 
 type probeFlags struct {
-	target, output string
+	target, output, stampAuth string
 	count, payload int
 	interval       time.Duration
 	trace          bool
@@ -331,8 +334,16 @@ func probe(ctx context.Context, hop relayFlags, keys frame.Keys, po probeFlags, 
 		o.HTTP = &prober.HTTPOptions{}
 	}
 	if peer.IsSTAMPTarget(po.target) {
-		// A STAMP reflector, with the defaults of a stamp module.
-		o.STAMP = sla.ProbeOptions(config.DefaultModule(po.target, hop.timeout), po.target).STAMP
+		// A STAMP reflector, with the defaults of a stamp module, in the
+		// mode --stamp.auth chooses.
+		m := config.DefaultModule(po.target, hop.timeout)
+		mode, err := stamp.ChooseMode(po.stampAuth, len(keys) > 0)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "%s probe: %v\n", name, err)
+			return exitUsage
+		}
+		m.STAMP.Authenticated = mode == stamp.Authenticated
+		o.STAMP = sla.ProbeOptions(m, po.target).STAMP
 		o.STAMP.PacketTimeout = hop.timeout
 	}
 	if po.trace {

@@ -40,11 +40,11 @@ const (
 	batchSize = 32
 )
 
-// Authentication settings of Config.Auth.
+// Authentication settings of Config.Auth (stamp.ChooseMode).
 const (
-	AuthAuto = "auto" // authenticated when the relay has a key file
-	AuthOn   = "on"
-	AuthOff  = "off"
+	AuthAuto = stamp.AuthAuto // authenticated when the relay has a key file
+	AuthOn   = stamp.AuthOn
+	AuthOff  = stamp.AuthOff
 )
 
 // Modes of Config.Mode (RFC 8762 §4).
@@ -99,11 +99,10 @@ func (c *Config) Validate() error {
 	if c.MaxPacketBytes == 0 {
 		c.MaxPacketBytes = DefaultMaxPacketBytes
 	}
+	if _, err := stamp.ChooseMode(c.Auth, len(c.Keys) > 0); err != nil {
+		return err
+	}
 	switch {
-	case c.Auth != AuthAuto && c.Auth != AuthOn && c.Auth != AuthOff:
-		return fmt.Errorf("--stamp.auth %q: auto, on or off", c.Auth)
-	case c.Auth == AuthOn && len(c.Keys) == 0:
-		return errors.New("--stamp.auth=on needs the chain's key: set --relay.auth-key-file")
 	case c.Mode != ModeStateful && c.Mode != ModeStateless:
 		return fmt.Errorf("--stamp.mode %q: stateful or stateless", c.Mode)
 	case c.MaxSessions < 1 || c.MaxSessions > 1<<20:
@@ -118,12 +117,11 @@ func (c *Config) Validate() error {
 	return nil
 }
 
-// Mode is the STAMP mode the configuration answers.
+// stampMode is the STAMP mode the configuration answers (valid: Validate
+// checked it).
 func (c *Config) stampMode() stamp.Mode {
-	if c.Auth == AuthOn || (c.Auth == AuthAuto && len(c.Keys) > 0) {
-		return stamp.Authenticated
-	}
-	return stamp.Unauthenticated
+	m, _ := stamp.ChooseMode(c.Auth, len(c.Keys) > 0)
+	return m
 }
 
 // Reflector is a running STAMP Session-Reflector.

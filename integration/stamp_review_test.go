@@ -1,0 +1,136 @@
+package integration
+
+import (
+	binenc "encoding/binary"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/subsegment/subsegment_exporter/internal/wire/frame"
+	"github.com/subsegment/subsegment_exporter/internal/wire/stamp"
+)
+
+// stampKeyFile writes a key file of the chain's format.
+func stampKeyFile(t *testing.T, key string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "key")
+	if err := os.WriteFile(p, []byte(key+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// tamperingReflector answers authenticated STAMP with the chain's key
+// (the base packets verify) and then changes the reply's TLVs as someone
+// on the path without the key would: the DSCP the reflector saw becomes
+// 46, and the HMAC TLV is broken. It stops with the test.
+func tamperingReflector(t *testing.T, key string) string {
+	t.Helper()
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	auth := stamp.NewAuth(frame.Keys{[]byte(key)})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 4096)
+		for seq := uint32(0); ; seq++ {
+			n, from, err := c.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			pkt := buf[:n]
+			req := stamp.Request{Mode: stamp.Authenticated, Auth: auth, RxTime: time.Now().UnixNano(), TTL: 64, Src: from,
+				Dst: netip.MustParseAddrPort(c.LocalAddr().String()), Stateful: true, ReflectorSeq: seq, RxCount: seq + 1, TxCount: seq + 1}
+			var rep stamp.Reply
+			if stamp.Reflect(pkt, &req, &rep) != nil {
+				continue
+			}
+			stamp.Finish(pkt, &rep, time.Now().UnixNano())
+			for off := stamp.AuthBaseLen; off+stamp.TLVHeaderLen <= n; off += stamp.TLVHeaderLen + int(binenc.BigEndian.Uint16(pkt[off+2:])) {
+				if stamp.TLVType(pkt[off+1]) == stamp.TLVClassOfService {
+					cos, _ := stamp.ParseClassOfService(pkt[off+4 : off+8])
+					cos.DSCP2 = 46
+					cos.Put(pkt[off+4 : off+8])
+				}
+			}
+			pkt[n-1] ^= 0xff // the HMAC TLV's last octet
+			_, _ = c.WriteToUDPAddrPort(pkt, from)
+		}
+	}()
+	t.Cleanup(func() { c.Close(); <-done })
+	return c.LocalAddr().String()
+}
+
+// An authenticated module whose replies' TLVs someone without the key
+// changed (review finding 1): /probe uses the times, not the TLVs — no
+// DSCP at the reflector, no re-marking, no loss per direction — and says
+// how many replies' TLVs it did not use.
+func TestStampTamperedTLVsUnused(t *testing.T) {
+	const key = "the chain's key, 32 bytes long!!"
+	target := tamperingReflector(t, key)
+	cfg := "modules:\n  m:\n    prober: stamp\n    targets: [\"127.0.0.1:*\"]\n    stamp: {packets: 3, interval: 1ms, packet_timeout: 500ms, authenticated: true, dscp: 10}\n"
+	ex := startExporter(t, "a", cfg, "--relay.auth-key-file", stampKeyFile(t, key))
+	body := httpGet(t, "http://"+ex.web+"/probe?module=m&target="+target)
+	m := seriesOf(t, body)
+	if m[`probe_success{}`] != 1 {
+		t.Fatalf("the base packets verify: the probe works\n%s", body)
+	}
+	for _, absent := range []string{"subsegment_segment_dscp{", "subsegment_segment_dscp_remarked{", "subsegment_segment_one_way_lost_packets{"} {
+		for s := range m {
+			if strings.HasPrefix(s, absent) && !strings.Contains(s, `where="sent"`) && !strings.Contains(s, `where="returned"`) {
+				t.Errorf("/probe has %s = %v from TLVs whose HMAC TLV failed", s, m[s])
+			}
+		}
+	}
+	if got := m[`subsegment_segment_bad_replies{from="a",reason="tlv_unverified",to="127.0.0.1"}`]; got != 4 {
+		t.Errorf("replies with unverified TLVs: %v, want 4\n%s", got, body)
+	}
+}
+
+// probe and check stamp:// measure authenticated STAMP when the process
+// has --relay.auth-key-file (--stamp.auth auto), unauthenticated with
+// --stamp.auth=off; against an authenticated reflector an unauthenticated
+// sender's silence is explained, not blamed on the path alone (review
+// finding 8).
+func TestStampProbeAndCheckUseTheKey(t *testing.T) {
+	key := stampKeyFile(t, "the chain's key, 32 bytes long!!")
+	port := freeUDPPort(t)
+	refl := start(t, "reflector", binary, "--stamp.listen-address", "127.0.0.1:"+itoa(port), "--relay.auth-key-file", key, "--web.listen-address", "127.0.0.1:0")
+	refl.waitOutput(t, stampListening, 10*time.Second)
+	reflWeb := refl.waitOutput(t, webListening, 10*time.Second)[1]
+	target := "stamp://127.0.0.1:" + itoa(port) + "?name=r1"
+	out, stderr, code := runBinary(t, nil, "probe", target, "--relay.name", "a", "--count", "3", "--timeout", "1s", "--relay.auth-key-file", key, "--output", "json")
+	if js := parseJSON(t, out); code != 0 || !js.Success {
+		t.Errorf("probe with the key: exit %d %+v\n%s", code, js.Failure, stderr)
+	}
+	out, _, code = runBinary(t, nil, "check", target, "--relay.name", "a", "--timeout", "5s", "--relay.auth-key-file", key)
+	if code != 0 {
+		t.Errorf("check with the key: exit %d\n%s", code, out)
+	}
+	refused := seriesOf(t, httpGet(t, "http://"+reflWeb+"/metrics"))
+	if refused[`subsegment_stamp_refused_packets_total{reason="short"}`]+refused[`subsegment_stamp_refused_packets_total{reason="auth"}`] != 0 {
+		t.Errorf("the reflector refused packets of senders with its key: %v short, %v auth", refused[`subsegment_stamp_refused_packets_total{reason="short"}`], refused[`subsegment_stamp_refused_packets_total{reason="auth"}`])
+	}
+	// Unauthenticated (--stamp.auth=off, or no key): the reflector refuses
+	// every packet (short of the authenticated base), and the failure
+	// says that this may be why.
+	for _, args := range [][]string{{"--stamp.auth", "off", "--relay.auth-key-file", key}, nil} {
+		out, _, code = runBinary(t, nil, append([]string{"probe", target, "--relay.name", "a", "--count", "1", "--timeout", "200ms", "--output", "json"}, args...)...)
+		js := parseJSON(t, out)
+		if code != 1 || js.Failure == nil || js.Failure.Reason != "timeout" || !strings.Contains(js.Failure.Message, "an authenticated one every unauthenticated packet") {
+			t.Errorf("unauthenticated probe %v of an authenticated reflector: exit %d %+v", args, code, js.Failure)
+		}
+	}
+	if got := seriesOf(t, httpGet(t, "http://"+reflWeb+"/metrics"))[`subsegment_stamp_refused_packets_total{reason="short"}`]; got != 4 {
+		t.Errorf("the reflector counted %v short packets, want 4 (2 probes, a warm-up and a packet each)", got)
+	}
+	if _, stderr, code := runBinary(t, nil, "probe", target, "--stamp.auth", "on"); code != 2 || !strings.Contains(stderr, "--relay.auth-key-file") {
+		t.Errorf("--stamp.auth=on without a key: exit %d %s", code, stderr)
+	}
+}
