@@ -134,3 +134,32 @@ func TestStampProbeAndCheckUseTheKey(t *testing.T) {
 		t.Errorf("--stamp.auth=on without a key: exit %d %s", code, stderr)
 	}
 }
+
+// --config.check refuses broken stamp modules with file:line, what and
+// what to do, knowing the process's flags (review finding 6): packet
+// sizes by the stamp package's own rule, and authenticated: true only
+// with --relay.auth-key-file.
+func TestStampConfigCheck(t *testing.T) {
+	key := stampKeyFile(t, "the chain's key, 32 bytes long!!")
+	for _, tc := range []struct {
+		stamp, want string
+		withKey     bool
+	}{
+		{"authenticated: true", ":6: modules.m.stamp.authenticated: authenticated STAMP signs with the chain's key", false},
+		{"packet_bytes: 50", ":6: modules.m.stamp.packet_bytes: STAMP packet size 50: unauthenticated mode with these TLVs needs at least 76 octets", false},
+		{"packet_bytes: 100\n      authenticated: true", ":6: modules.m.stamp.packet_bytes: STAMP packet size 100: authenticated mode with these TLVs needs at least 164 octets", true},
+		{"packet_bytes: 78", ":6: modules.m.stamp.packet_bytes: STAMP packet size 78: 2 octets above the 76", false},
+		{"authenticated: true", "", true},
+		{"packet_bytes: 80", "", false},
+	} {
+		path := writeConfig(t, "modules:\n  m:\n    prober: stamp\n    targets: [\"127.0.0.1:*\"]\n    stamp:\n      "+tc.stamp+"\n")
+		args := []string{"--config.check", "--config.file", path}
+		if tc.withKey {
+			args = append(args, "--relay.auth-key-file", key)
+		}
+		_, stderr, code := runBinary(t, nil, args...)
+		if tc.want == "" && code != 0 || tc.want != "" && (code != 1 || !strings.Contains(stderr, path+tc.want)) {
+			t.Errorf("stamp: {%s} with key %v: exit %d\n%s", tc.stamp, tc.withKey, code, stderr)
+		}
+	}
+}

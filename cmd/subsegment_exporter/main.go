@@ -225,7 +225,7 @@ func run(args []string) int {
 			return send(ctx, hop, keys, logger)
 		}
 		if so.check {
-			return checkConfig(so.configFile, hop)
+			return checkConfig(so.configFile, hop, len(keys) > 0)
 		}
 		if err := so.validate(); err != nil {
 			fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
@@ -409,12 +409,12 @@ func (so serveFlags) validate() error {
 	return nil
 }
 
-func checkConfig(path string, hop relayFlags) int {
+func checkConfig(path string, hop relayFlags, authKey bool) int {
 	if path == "" {
 		fmt.Fprintf(os.Stderr, "%s: --config.check needs --config.file\n", name)
 		return exitUsage
 	}
-	c, err := config.Load(path, config.Limits{MaxFrameBytes: hop.maxFrame, MaxHops: hop.maxHops})
+	c, err := config.Load(path, config.Limits{MaxFrameBytes: hop.maxFrame, MaxHops: hop.maxHops, AuthKey: authKey})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
 		return exitBroken

@@ -79,7 +79,7 @@ func Run(ctx context.Context, o Options) (state State, out string) {
 		module.STAMP.Authenticated = mode == stamp.Authenticated
 	}
 	if o.ConfigFile != "" {
-		if cfg, err = config.Load(o.ConfigFile, config.Limits{MaxFrameBytes: o.MaxFrameBytes, MaxHops: o.MaxHops}); err != nil {
+		if cfg, err = config.Load(o.ConfigFile, config.Limits{MaxFrameBytes: o.MaxFrameBytes, MaxHops: o.MaxHops, AuthKey: len(o.Keys) > 0}); err != nil {
 			return unknown("%v", err)
 		}
 		if module = cfg.Modules[o.Module]; module == nil {

@@ -91,12 +91,12 @@ type SegmentResult struct {
 	Resolution float64 `json:"resolution_seconds,omitempty"`
 	// Loss and DSCP are a STAMP segment's packet loss and DSCP per
 	// direction (stamp.go); absent for relays and proxies.
-	Loss    *LossResult `json:"loss,omitempty"`
-	DSCP    *DSCPResult `json:"dscp,omitempty"`
+	Loss *LossResult `json:"loss,omitempty"`
+	DSCP *DSCPResult `json:"dscp,omitempty"`
 	// BadReplies counts what came back that was no usable reply, by
 	// reason, and the replies whose TLVs were not used (a STAMP segment).
 	BadReplies *stamp.ReplyFaults `json:"bad_replies,omitempty"`
-	Slowest bool        `json:"slowest"`
+	Slowest    bool               `json:"slowest"`
 	// Path lists the routers under the segment in TTL order, ending at
 	// its far end, as its near end traced them on the segment's own
 	// connection (trace.go); absent when the segment was not traced.
