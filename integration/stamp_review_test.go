@@ -2,6 +2,7 @@ package integration
 
 import (
 	binenc "encoding/binary"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -161,5 +162,70 @@ func TestStampConfigCheck(t *testing.T) {
 		if tc.want == "" && code != 0 || tc.want != "" && (code != 1 || !strings.Contains(stderr, path+tc.want)) {
 			t.Errorf("stamp: {%s} with key %v: exit %d\n%s", tc.stamp, tc.withKey, code, stderr)
 		}
+	}
+}
+
+// One host floods a real reflector with new sessions (review finding 3,
+// the reviewer's ssidflood at 100 sessions): another sender is still
+// answered — statelessly while the table is full, with a session of its
+// own when the flooding host is held to its share — and the reflector's
+// counters say which.
+func TestStampSessionFlood(t *testing.T) {
+	for _, tc := range []struct {
+		perAddress string
+		byDir      bool
+		reason     string
+	}{{"100", false, "sessions"}, {"10", true, "address"}} {
+		port := freeUDPPort(t)
+		refl := start(t, "reflector", binary, "--stamp.listen-address", "127.0.0.1:"+itoa(port), "--stamp.max-sessions", "100",
+			"--stamp.max-sessions-per-address", tc.perAddress, "--stamp.session-timeout", "2s", "--web.listen-address", "127.0.0.1:0")
+		refl.waitOutput(t, stampListening, 10*time.Second)
+		web := refl.waitOutput(t, webListening, 10*time.Second)[1]
+		// 100 SSIDs from 127.0.0.2, each renewed well within the idle
+		// timeout, until the probe is done.
+		flood, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 2)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		stop := make(chan struct{})
+		flooded := make(chan struct{})
+		go func() {
+			defer close(flooded)
+			to := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port}
+			pkt := make([]byte, stamp.UnauthBaseLen)
+			for round := 0; round < 1000; round++ {
+				for ssid := 1; ssid <= 100; ssid++ {
+					binenc.BigEndian.PutUint16(pkt[14:], uint16(ssid))
+					_, _ = flood.WriteToUDP(pkt, to)
+				}
+				select {
+				case <-stop:
+					return
+				case <-time.After(200 * time.Millisecond):
+				}
+			}
+		}()
+		eventually(t, 10*time.Second, "the flood's sessions", func() error {
+			m := seriesOf(t, httpGet(t, "http://"+web+"/metrics"))
+			if m[`subsegment_stamp_sessions{}`] < 10 {
+				return fmt.Errorf("%v sessions", m[`subsegment_stamp_sessions{}`])
+			}
+			return nil
+		})
+		out, stderr, code := runBinary(t, nil, "probe", "stamp://127.0.0.1:"+itoa(port)+"?name=r1", "--relay.name", "a", "--count", "3", "--interval", "1ms", "--timeout", "1s", "--output", "json")
+		close(stop)
+		<-flooded
+		flood.Close()
+		js := parseJSON(t, out)
+		m := seriesOf(t, httpGet(t, "http://"+web+"/metrics"))
+		t.Logf("max %s sessions per address: probe %v, loss %+v; reflector: %v sessions, stateless %v (sessions) %v (address)", tc.perAddress, js.Success, js.Segments[0].Loss,
+			m[`subsegment_stamp_sessions{}`], m[`subsegment_stamp_stateless_replies_total{reason="sessions"}`], m[`subsegment_stamp_stateless_replies_total{reason="address"}`])
+		if code != 0 || !js.Success || js.Segments[0].Loss == nil || js.Segments[0].Loss.ByDirection != tc.byDir {
+			t.Errorf("max %s sessions per address: exit %d %+v\n%s", tc.perAddress, code, js.Failure, stderr)
+		}
+		if m[`subsegment_stamp_stateless_replies_total{reason="`+tc.reason+`"}`] == 0 {
+			t.Errorf("the reflector counted no stateless answers for %s", tc.reason)
+		}
+		refl.stop(t)
 	}
 }

@@ -1,6 +1,7 @@
 package reflector
 
 import (
+	"encoding/binary"
 	"fmt"
 	"net"
 	"net/netip"
@@ -98,20 +99,68 @@ func TestBadInput(t *testing.T) {
 	}
 }
 
-// The session table is bounded: at the limit a new sender is refused and
-// counted, known senders go on.
-func TestSessionsBounded(t *testing.T) {
-	r := start(t, Config{MaxSessions: 2})
-	for i := 0; i < 2; i++ {
-		if _, sum := probe(t, stamp.SessionOptions{Target: r.Addr().String()}, 2); sum.Received != 2 {
-			t.Fatalf("session %d: %+v", i, sum)
+// floodSessions sends one packet for each of n SSIDs from addr (a
+// loopback address of its own), as one host filling the session table.
+func floodSessions(t *testing.T, r *Reflector, addr string, n int) {
+	t.Helper()
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.ParseIP(addr)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	to := net.UDPAddrFromAddrPort(r.Addr())
+	for ssid := 1; ssid <= n; ssid++ {
+		pkt := make([]byte, stamp.UnauthBaseLen)
+		binary.BigEndian.PutUint16(pkt[14:], uint16(ssid))
+		if _, err := c.WriteToUDP(pkt, to); err != nil {
+			t.Fatal(err)
+		}
+		// one reply back: the reflector took it (bounded wait)
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, _, err := c.ReadFromUDP(make([]byte, 64)); err != nil {
+			t.Fatalf("flood packet %d: %v", ssid, err)
 		}
 	}
-	if _, sum := probe(t, stamp.SessionOptions{Target: r.Addr().String()}, 2); sum.Received != 0 {
-		t.Errorf("a third session was answered with 2 allowed: %+v", sum)
+}
+
+// One host fills the session table (review finding 3): a new sender is
+// still answered — statelessly, so without counters — never left
+// without a reply; the reflector counts why.
+func TestSessionsFullAnsweredStatelessly(t *testing.T) {
+	r := start(t, Config{MaxSessions: 10})
+	floodSessions(t, r, "127.0.0.2", 10)
+	res, sum := probe(t, stamp.SessionOptions{Target: r.Addr().String(), TLVs: stamp.TLVRequest{DirectMeasurement: true}}, 3)
+	if sum.Received != 3 {
+		t.Fatalf("a new sender with the table full: %d of 3 answered", sum.Received)
 	}
-	if s := waitStats(t, r, func(s Stats) bool { return s.Refused["sessions"] >= 2 }); s.Refused["sessions"] != 2 {
+	for _, p := range res.Packets {
+		if p.ReflectorSeq != p.Seq || p.TLVs.DirectMeasurement.ReflectorRx != 0 {
+			t.Errorf("a stateless answer copies the sender's numbers and keeps no counters: %+v", p)
+		}
+	}
+	if s := waitStats(t, r, func(s Stats) bool { return s.Stateless["sessions"] >= 3 }); s.Stateless["sessions"] != 3 {
 		t.Errorf("counters %+v", s)
+	}
+}
+
+// --stamp.max-sessions-per-address: a host that opened its share gets
+// stateless answers for more; the other hosts keep getting sessions.
+func TestSessionsPerAddress(t *testing.T) {
+	r := start(t, Config{MaxSessions: 100, MaxSessionsPerAddress: 5})
+	floodSessions(t, r, "127.0.0.2", 20)
+	res, sum := probe(t, stamp.SessionOptions{Target: r.Addr().String(), TLVs: stamp.TLVRequest{DirectMeasurement: true}}, 3)
+	if sum.Received != 3 || !sum.LossByDirection {
+		t.Fatalf("another host: %+v", sum)
+	}
+	if last := res.Packets[2]; last.TLVs.DirectMeasurement.ReflectorRx != 3 || last.ReflectorSeq != 2 {
+		t.Errorf("another host's session: %+v", last)
+	}
+	s := waitStats(t, r, func(s Stats) bool { return s.Stateless["address"] >= 15 })
+	if s.Stateless["address"] != 15 || s.Stateless["sessions"] != 0 {
+		t.Errorf("counters %+v", s)
+	}
+	if v := (Config{MaxSessions: 10, MaxSessionsPerAddress: 11}); v.Validate() == nil {
+		t.Error("a per-address bound over the table's was accepted")
 	}
 }
 

@@ -14,6 +14,9 @@ type waiter struct {
 	p      PacketResult
 	key    uint32
 	hasKey bool
+	// deadline ends its wait (zero: not set yet): a reply read after it
+	// is late, whenever the waiting goroutine wakes.
+	deadline time.Time
 	// err is the socket's error while it waited (an ICMP error).
 	err   error
 	ready chan struct{}
@@ -30,7 +33,7 @@ type waiter struct {
 // refused, or an ICMP error of the path (ECONNREFUSED: nothing listens on
 // the reflector's port).
 func (s *Session) Exchange(ctx context.Context, timeout time.Duration) (PacketResult, error) {
-	w, err := s.send()
+	w, err := s.send(timeout)
 	if w == nil {
 		return PacketResult{}, err
 	}
@@ -50,10 +53,11 @@ func (s *Session) Faults() ReplyFaults {
 }
 
 // send builds and sends the next packet and registers its waiter before
-// the packet leaves (its reply may come at once). A nil waiter: the
-// packet could not be built; an error with a waiter: the kernel did not
-// send it (the waiter is the caller's to release).
-func (s *Session) send() (*waiter, error) {
+// the packet leaves (its reply may come at once), waiting timeout from
+// now (0: until wait sets it). A nil waiter: the packet could not be
+// built; an error with a waiter: the kernel did not send it (the waiter
+// is the caller's to release).
+func (s *Session) send(timeout time.Duration) (*waiter, error) {
 	s.sendMu.Lock()
 	defer s.sendMu.Unlock()
 	m := &s.out.Msgs[0]
@@ -72,7 +76,10 @@ func (s *Session) send() (*waiter, error) {
 	s.next++
 	s.mu.Lock()
 	w := s.waiter()
-	w.p, w.key, w.hasKey, w.err = p, s.txKey, true, nil
+	w.p, w.key, w.hasKey, w.err, w.deadline = p, s.txKey, true, nil, time.Time{}
+	if timeout > 0 {
+		w.deadline = time.Now().Add(timeout)
+	}
 	s.bySeq[p.Seq] = w
 	s.byKey[w.key] = w
 	s.mu.Unlock()
@@ -105,6 +112,9 @@ func (s *Session) waiter() *waiter {
 // wait waits for w's reply until the deadline, ctx's end or the session's
 // close, and releases w.
 func (s *Session) wait(ctx context.Context, w *waiter, deadline time.Time) (PacketResult, error) {
+	s.mu.Lock()
+	w.deadline = deadline
+	s.mu.Unlock()
 	w.timer.Reset(time.Until(deadline))
 	select {
 	case <-w.ready:
@@ -169,12 +179,12 @@ func (s *Session) receive() {
 	defer close(s.done)
 	for {
 		n, err := s.conn.Recv(s.in)
-		now := s.clock.Wall()
+		now, read := s.clock.Wall(), time.Now()
 		// A packet's transmit stamp was queued before its reply came.
 		s.readTxStamps()
 		s.mu.Lock()
 		for i := 0; i < n; i++ {
-			s.dispatch(&s.in.Msgs[i], now)
+			s.dispatch(&s.in.Msgs[i], now, read)
 		}
 		if err != nil && !udpmsg.IsClosed(err) {
 			// An ICMP error of the path: every packet in flight fails
@@ -198,9 +208,9 @@ func (w *waiter) signal() {
 	}
 }
 
-// dispatch takes one datagram (under mu): the reply of a waiting packet,
-// or a fault counted by reason.
-func (s *Session) dispatch(m *udpmsg.Message, now int64) {
+// dispatch takes one datagram read at read (under mu): the reply of a
+// waiting packet, or a fault counted by reason.
+func (s *Session) dispatch(m *udpmsg.Message, now int64, read time.Time) {
 	q, e, v := s.decodeReply(m, now)
 	switch v {
 	case replyUndecodable:
@@ -217,6 +227,9 @@ func (s *Session) dispatch(m *udpmsg.Message, now int64) {
 	switch {
 	case w == nil || w.p.Received:
 		s.stray(q.Seq, w != nil)
+	case !w.deadline.IsZero() && read.After(w.deadline):
+		// Its wait is over, whether or not its goroutine woke yet.
+		s.faults.Late++
 	case !s.echoes(&w.p, e):
 		// Not the reply of the packet sent with this number: the real
 		// one may still come.

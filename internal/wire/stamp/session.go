@@ -294,7 +294,7 @@ func (s *Session) sendEvery(ctx context.Context, count int, interval time.Durati
 		if ctx.Err() != nil {
 			return sent, ctx.Err()
 		}
-		w, err := s.send()
+		w, err := s.send(0)
 		if w == nil {
 			return sent, err
 		}
