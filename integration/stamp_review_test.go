@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -228,4 +229,69 @@ func TestStampSessionFlood(t *testing.T) {
 		}
 		refl.stop(t)
 	}
+}
+
+// droppingReflector reflects STAMP (our reflector's rules, stamp.Reflect)
+// except the packets drop says to lose; it counts what it saw.
+func droppingReflector(t *testing.T, drop func(n int) bool) (string, *atomic.Int64) {
+	t.Helper()
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var seen atomic.Int64
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 4096)
+		for n := 0; ; n++ {
+			k, from, err := c.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			seen.Add(1)
+			if drop(n) {
+				continue
+			}
+			req := stamp.Request{Mode: stamp.Unauthenticated, RxTime: time.Now().UnixNano(), TTL: 64, Src: from, Dst: netip.MustParseAddrPort(c.LocalAddr().String())}
+			var rep stamp.Reply
+			if stamp.Reflect(buf[:k], &req, &rep) != nil {
+				continue
+			}
+			stamp.Finish(buf[:k], &rep, time.Now().UnixNano())
+			_, _ = c.WriteToUDPAddrPort(buf[:k], from)
+		}
+	}()
+	t.Cleanup(func() { c.Close(); <-done })
+	return c.LocalAddr().String(), &seen
+}
+
+// A relay's STAMP next hop is shared by its connections, and none of them
+// holds it (review finding 4): while one connection's probe waits out a
+// long budget for a lost packet, another connection's probes are
+// measured at once, and only the lost packet counts as lost.
+func TestStampNextNoTurnHeld(t *testing.T) {
+	refl, seen := droppingReflector(t, func(n int) bool { return n == 0 })
+	c := startHop(t, "c", "stamp://"+refl+"?name=r1")
+	holder := start(t, "probe holding a lost packet", binary, "probe", c.addr, "--relay.name", "x", "--count", "1", "--timeout", "20s")
+	eventually(t, 10*time.Second, "the first packet at the reflector", func() error {
+		if seen.Load() == 0 {
+			return fmt.Errorf("none yet")
+		}
+		return nil
+	})
+	started := time.Now()
+	out, stderr, code := runBinary(t, nil, "probe", c.addr, "--relay.name", "a", "--count", "3", "--interval", "1ms", "--timeout", "2s", "--output", "json")
+	took := time.Since(started)
+	js := parseJSON(t, out)
+	if code != 0 || !js.Success {
+		t.Fatalf("probes on another connection while one waits for a lost packet: exit %d %+v\n%s", code, js.Failure, stderr)
+	}
+	m := seriesOf(t, httpGet(t, "http://"+c.web+"/metrics"))
+	t.Logf("a's probes took %v while x's packet was lost; c counted %v reflected, %v lost", took.Round(time.Millisecond),
+		m[`subsegment_relay_stamp_packets_total{result="reflected"}`], m[`subsegment_relay_stamp_packets_total{result="lost"}`])
+	if m[`subsegment_relay_stamp_packets_total{result="reflected"}`] != 4 || m[`subsegment_relay_stamp_packets_total{result="lost"}`] != 0 {
+		t.Errorf("c's counts while x still waits: want 4 reflected, none lost yet")
+	}
+	holder.kill()
 }
