@@ -2,6 +2,7 @@ package integration
 
 import (
 	binenc "encoding/binary"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/netip"
@@ -294,4 +295,40 @@ func TestStampNextNoTurnHeld(t *testing.T) {
 		t.Errorf("c's counts while x still waits: want 4 reflected, none lost yet")
 	}
 	holder.kill()
+}
+
+// A chain ending at a STAMP reflector (review finding 11): the
+// reflector's hop reports no wait — no measured-looking 0 in /probe or
+// JSON — and is marked stamp, as a reflector measured directly is.
+func TestStampReflectorHopHasNoWait(t *testing.T) {
+	port := freeUDPPort(t)
+	refl := start(t, "reflector", binary, "--stamp.listen-address", "127.0.0.1:"+itoa(port), "--web.listen-address", "127.0.0.1:0")
+	refl.waitOutput(t, stampListening, 10*time.Second)
+	c := startHop(t, "c", "stamp://127.0.0.1:"+itoa(port)+"?name=pe1")
+	out, stderr, code := runBinary(t, nil, "probe", c.addr, "--relay.name", "a", "--count", "3", "--interval", "1ms", "--output", "json")
+	var js struct {
+		Success bool
+		Hops    []struct {
+			Name  string
+			Wait  *struct{ Median float64 } `json:"wait_seconds"`
+			STAMP bool                      `json:"stamp"`
+		}
+	}
+	if err := json.Unmarshal([]byte(out), &js); err != nil || code != 0 || !js.Success || len(js.Hops) != 3 {
+		t.Fatalf("probe: exit %d %v\n%s%s", code, err, out, stderr)
+	}
+	for _, h := range js.Hops {
+		reflector := h.Name == "pe1"
+		if h.STAMP != reflector || (h.Wait == nil) != reflector {
+			t.Errorf("hop %s: stamp %v, wait %+v (a reflector: stamp, no wait; a relay: its wait)", h.Name, h.STAMP, h.Wait)
+		}
+	}
+	ex := startExporter(t, "a", "modules:\n  m:\n    targets: [\"127.0.0.1:*\"]\n    probes: 3\n    interval: 1ms\n")
+	m := seriesOf(t, httpGet(t, "http://"+ex.web+"/probe?module=m&target="+c.addr))
+	if _, ok := m[`subsegment_hop_wait_seconds{hop="pe1"}`]; ok || m[`probe_success{}`] != 1 {
+		t.Errorf("/probe: success %v, pe1's wait %v (want none)", m[`probe_success{}`], m[`subsegment_hop_wait_seconds{hop="pe1"}`])
+	}
+	if _, ok := m[`subsegment_hop_wait_seconds{hop="c"}`]; !ok {
+		t.Errorf("/probe lacks the relay c's wait")
+	}
 }

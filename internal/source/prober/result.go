@@ -1,6 +1,7 @@
 package prober
 
 import (
+	"encoding/json"
 	"slices"
 	"time"
 
@@ -49,7 +50,9 @@ type HopResult struct {
 	ID        string  `json:"id"`
 	Residence Seconds `json:"residence_seconds"`
 	// Wait is the part of the residence the probes spent in the kernel
-	// before the hop read them (forward and return together).
+	// before the hop read them (forward and return together). A STAMP
+	// hop reports none: zero here, null in JSON (MarshalJSON), and no
+	// wait series anywhere.
 	Wait Seconds `json:"wait_seconds"`
 	// KernelTimestamps: every measured probe's request-in and reply-in at
 	// this hop were the kernel's receive stamps (else the read time).
@@ -66,6 +69,20 @@ type HopResult struct {
 	id         uint64
 	residences []time.Duration
 	waits      []time.Duration
+}
+
+// MarshalJSON writes the hop with "wait_seconds": null when it reports no
+// wait (a STAMP reflector): a 0 would read as measured.
+func (h HopResult) MarshalJSON() ([]byte, error) {
+	type plain HopResult
+	var wait *Seconds
+	if !h.STAMP {
+		wait = &h.Wait
+	}
+	return json.Marshal(struct {
+		plain
+		Wait *Seconds `json:"wait_seconds"`
+	}{plain(h), wait})
 }
 
 // SegmentResult is one segment's statistics.

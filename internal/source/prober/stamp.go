@@ -278,11 +278,6 @@ func (s *stampSession) annotate(r *Result) {
 	if r.fail == nil && a.silent() {
 		r.setFailure(s.silence(a, &faults))
 	}
-	for i := range r.Hops {
-		if r.Hops[i].id == s.refl.ID {
-			r.Hops[i].STAMP = true
-		}
-	}
 	if len(r.Segments) == 0 {
 		return
 	}

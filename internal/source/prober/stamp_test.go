@@ -364,7 +364,7 @@ func TestChainEndingAtSTAMPReflector(t *testing.T) {
 		t.Fatalf("result %v %v %+v", res.HopNames(), segNames(res), res.Failure)
 	}
 	last, r1 := res.Segment("b", "r1"), res.Hop("r1")
-	if last.Samples != 5 || last.RTT.Median <= 0 || r1.Residence.Median <= 0 || !r1.KernelTimestamps || r1.ID != hexID(stamp.HopID(r.Addr().String())) {
+	if last.Samples != 5 || last.RTT.Median <= 0 || r1.Residence.Median <= 0 || !r1.KernelTimestamps || !r1.STAMP || r1.ID != hexID(stamp.HopID(r.Addr().String())) {
 		t.Errorf("last segment %+v, reflector %+v", last, r1)
 	}
 	counts.mu.Lock()
