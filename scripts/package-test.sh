@@ -19,7 +19,8 @@
 #      flags of the installed defaults files (ports swapped for free ones)
 #      read the installed configuration and answer a /probe;
 #   4. `dpkg --remove` stops them (prerm), and leaves a process of another
-#      user alone; `dpkg --purge` removes everything it installed.
+#      user alone; `dpkg --purge` removes everything it installed and the
+#      link an administrator's `systemctl enable` made (deb-systemd-helper).
 # Every process it starts is stopped by PID; the package is purged at the end
 # unless it was installed before the test (then the tested one stays), and
 # the user and group are removed if the test created them.
@@ -228,6 +229,14 @@ other_pid=$!
 pids="$pids $other_pid"
 wait_http "http://127.0.0.1:$other_web/metrics"
 
+# As an administrator enables a unit (the package does not): the link
+# `dpkg --purge` must remove (postrm: deb-systemd-helper purge).
+wants=/etc/systemd/system/multi-user.target.wants/subsegment-relay.service
+dsh_state=/var/lib/systemd/deb-systemd-helper-enabled/subsegment-relay.service.dsh-also
+systemctl enable subsegment-relay.service >"$tmp/enable.log" 2>&1 || fail "systemctl enable: $(cat "$tmp/enable.log")"
+[ -L "$wants" ] || fail "systemctl enable made no $wants: $(cat "$tmp/enable.log")"
+[ -f "$dsh_state" ] || fail "postinst recorded no deb-systemd-helper state ($dsh_state)"
+
 step "dpkg --remove: prerm stops the package's running services"
 dpkg --remove "$pkg" >"$tmp/dpkg.log" 2>&1 || fail "dpkg --remove: $(cat "$tmp/dpkg.log")"
 for pid in $relay_pid $exporter_pid; do
@@ -242,7 +251,8 @@ kill "$other_pid"; wait "$other_pid" 2>/dev/null || true
 
 step "dpkg --purge"
 dpkg --purge "$pkg" >"$tmp/dpkg.log" 2>&1 || fail "dpkg --purge: $(cat "$tmp/dpkg.log")"
-for path in /usr/bin/subsegment_exporter /etc/subsegment_exporter /etc/default/subsegment-relay /lib/systemd/system/subsegment-relay.service; do
-	[ ! -e "$path" ] || fail "$path is left after dpkg --purge"
+for path in /usr/bin/subsegment_exporter /etc/subsegment_exporter /etc/default/subsegment-relay /lib/systemd/system/subsegment-relay.service \
+	"$wants" "$dsh_state"; do
+	[ ! -e "$path" ] && [ ! -L "$path" ] || fail "$path is left after dpkg --purge"
 done
 step "ok"
