@@ -37,8 +37,8 @@ const (
 	// sessions: 16 hosts at least fill the table.
 	DefaultMaxSessionsPerAddress = 1024
 	DefaultSessionTimeout        = 60 * time.Second
-	DefaultMaxRate        = 250000
-	DefaultMaxPacketBytes = 4096
+	DefaultMaxRate               = 250000
+	DefaultMaxPacketBytes        = 4096
 	// batchSize is the datagrams one recvmmsg/sendmmsg moves.
 	batchSize = 32
 )
@@ -59,7 +59,8 @@ const (
 // Config describes a reflector.
 type Config struct {
 	// Address to listen on, host:port (UDP; 862 is STAMP's registered
-	// port, which needs CAP_NET_BIND_SERVICE).
+	// port, which needs CAP_NET_BIND_SERVICE: under systemd in both
+	// CapabilityBoundingSet= and AmbientCapabilities=, ExampleDropIn).
 	Address string
 	// Keys are the chain's keys (--relay.auth-key-file).
 	Keys frame.Keys
@@ -171,7 +172,7 @@ func New(cfg Config) (*Reflector, error) {
 	conn, err := udpmsg.Listen(cfg.Address, udpmsg.Config{TxTimestamps: true, ReadBuffer: 4 << 20})
 	if err != nil {
 		if errors.Is(err, syscall.EACCES) {
-			return nil, fmt.Errorf("STAMP reflector: listen on %s: %w: a port below 1024 (STAMP's is 862) needs CAP_NET_BIND_SERVICE: grant it (systemd: AmbientCapabilities=CAP_NET_BIND_SERVICE) or choose a high port such as :8620", cfg.Address, err)
+			return nil, fmt.Errorf("STAMP reflector: listen on %s: %w: %s", cfg.Address, err, privilegedPortAdvice(boundingHasNetBindService()))
 		}
 		return nil, fmt.Errorf("STAMP reflector: listen on %s: %w", cfg.Address, err)
 	}
