@@ -1,18 +1,23 @@
 package integration
 
 import (
+	"context"
 	binenc "encoding/binary"
 	"encoding/json"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/subsegment/subsegment_exporter/internal/testkit/netlab"
 	"github.com/subsegment/subsegment_exporter/internal/wire/frame"
 	"github.com/subsegment/subsegment_exporter/internal/wire/stamp"
 )
@@ -331,4 +336,152 @@ func TestStampReflectorHopHasNoWait(t *testing.T) {
 	if _, ok := m[`subsegment_hop_wait_seconds{hop="c"}`]; !ok {
 		t.Errorf("/probe lacks the relay c's wait")
 	}
+}
+
+// Port 862 as the packaged units run the binary (review finding 12), in a
+// network namespace of the test's own, as the unprivileged user nobody
+// with the capability sets systemd gives the process (setpriv): the
+// units' own CapabilityBoundingSet= and AmbientCapabilities= lines, then
+// a drop-in's. The shipped units alone cannot bind 862, and the error
+// says both settings that make it work, the example drop-in and an
+// unprivileged port; AmbientCapabilities=CAP_NET_BIND_SERVICE alone (what
+// the documentation used to advise) cannot either — systemd drops an
+// ambient capability outside the bounding set, and the kernel refuses to
+// raise it; with the package's example drop-in the reflector listens on
+// 862 with that capability alone, and answers.
+func TestStampPort862Capabilities(t *testing.T) {
+	setpriv := requireTool(t, "setpriv")
+	unit := unitCaps(t, nil, "../packaging/systemd/subsegment-relay.service")
+	if len(unit.bounding) != 0 || len(unit.ambient) != 0 {
+		t.Fatalf("the relay's unit gives capabilities %+v: this test models an empty set", unit)
+	}
+	h := netlab.New(t).Host("cap")
+	// run starts the binary as the unit would, with the capability sets
+	// c, and returns what it printed when it exits (bounded).
+	run := func(c caps) string {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, "ip", c.argv(h, setpriv)...)
+		cmd.WaitDelay = time.Second
+		out, err := cmd.CombinedOutput()
+		if ctx.Err() != nil {
+			t.Fatalf("%+v: still running after 20s (%v):\n%s", c, err, out)
+		}
+		return string(out)
+	}
+
+	// The units as shipped.
+	out := run(unit)
+	for _, want := range []string{"listen on 127.0.0.1:862", "permission denied", "not even in this process's capability bounding set",
+		"CapabilityBoundingSet=CAP_NET_BIND_SERVICE", "AmbientCapabilities=CAP_NET_BIND_SERVICE", "examples/stamp-port-862.conf", ":8620"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("binding 862 as the units run it: the error does not say %q:\n%s", want, out)
+		}
+	}
+
+	// What the documentation used to advise: the ambient line alone. As
+	// systemd applies it (the ambient set masked by the bounding set), the
+	// bind is refused and the error says why; asked of the kernel as is,
+	// setpriv cannot raise it.
+	ambientOnly := unitCaps(t, []string{"AmbientCapabilities=CAP_NET_BIND_SERVICE"}, "../packaging/systemd/subsegment-relay.service")
+	if len(ambientOnly.ambient) != 0 {
+		t.Fatalf("systemd's rule: an ambient capability outside the bounding set is dropped, got %+v", ambientOnly)
+	}
+	if out := run(ambientOnly); !strings.Contains(out, "permission denied") || !strings.Contains(out, "AmbientCapabilities= alone cannot grant it") {
+		t.Errorf("AmbientCapabilities= alone, as systemd applies it: want the bind refused, saying why:\n%s", out)
+	}
+	raw := caps{ambient: []string{"net_bind_service"}}
+	if out := run(raw); strings.Contains(out, "STAMP reflector listening") || !strings.Contains(out, "not permitted") {
+		t.Errorf("an ambient capability outside the bounding set: want it refused:\n%s", out)
+	}
+
+	// With the package's example drop-in: it listens on 862, with
+	// CAP_NET_BIND_SERVICE alone, and answers a STAMP sender.
+	dropIn := unitCaps(t, nil, "../packaging/systemd/subsegment-relay.service", "../packaging/systemd/subsegment-relay.service.d/stamp-port-862.conf")
+	if !slices.Equal(dropIn.bounding, []string{"net_bind_service"}) || !slices.Equal(dropIn.ambient, []string{"net_bind_service"}) {
+		t.Fatalf("stamp-port-862.conf gives %+v, want CAP_NET_BIND_SERVICE in both sets", dropIn)
+	}
+	refl := start(t, "reflector on 862", "ip", dropIn.argv(h, setpriv)...)
+	refl.waitOutput(t, regexp.MustCompile(`msg="STAMP reflector listening" address=127\.0\.0\.1:862 `), 10*time.Second)
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", refl.cmd.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"\nUid:\t65534\t", "\nCapEff:\t0000000000000400\n", "\nCapBnd:\t0000000000000400\n", "\nCapAmb:\t0000000000000400\n"} {
+		if !strings.Contains(string(status), want) {
+			t.Errorf("the reflector under the drop-in: /proc status lacks %q:\n%s", want, status)
+		}
+	}
+	probe := h.Command(binary, "probe", "stamp://127.0.0.1:862?name=r", "--relay.name", "a", "--count", "3", "--interval", "1ms", "--timeout", "2s", "--output", "json")
+	var stderr strings.Builder
+	probe.Stderr = &stderr
+	js, err := probe.Output()
+	var res struct{ Success bool }
+	if jerr := json.Unmarshal(js, &res); err != nil || jerr != nil || !res.Success {
+		t.Errorf("probe of the reflector on 862: %v %v\n%s%s", err, jerr, js, stderr.String())
+	}
+}
+
+// caps are the capability sets systemd gives a unit's process, as setpriv
+// names them (net_bind_service).
+type caps struct{ bounding, ambient []string }
+
+// argv runs the binary as a STAMP reflector on 127.0.0.1:862 in h, as the
+// user nobody with the sets c (ambient capabilities are inheritable too).
+func (c caps) argv(h *netlab.Host, setpriv string) []string {
+	set := func(names []string) string {
+		s := "-all"
+		for _, n := range names {
+			s += ",+" + n
+		}
+		return s
+	}
+	return []string{"netns", "exec", h.NS, setpriv, "--reuid=65534", "--regid=65534", "--clear-groups",
+		"--bounding-set=" + set(c.bounding), "--inh-caps=" + set(c.ambient), "--ambient-caps=" + set(c.ambient), "--",
+		binary, "--stamp.listen-address", "127.0.0.1:862", "--web.listen-address", "127.0.0.1:0"}
+}
+
+// unitCaps reads the CapabilityBoundingSet= and AmbientCapabilities=
+// lines of a unit and its drop-ins in order, then extra lines, as systemd
+// merges them (an empty assignment resets, others add), and drops from
+// the ambient set what the bounding set lacks, as systemd does (v246 on).
+func unitCaps(t *testing.T, extra []string, files ...string) caps {
+	t.Helper()
+	var lines []string
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines = append(lines, strings.Split(string(b), "\n")...)
+	}
+	var c caps
+	for _, line := range append(lines, extra...) {
+		key, value, ok := strings.Cut(strings.TrimSpace(line), "=")
+		var set *[]string
+		switch {
+		case !ok:
+			continue
+		case key == "CapabilityBoundingSet":
+			set = &c.bounding
+		case key == "AmbientCapabilities":
+			set = &c.ambient
+		default:
+			continue
+		}
+		if value == "" {
+			*set = nil
+		}
+		for _, name := range strings.Fields(value) {
+			lower, found := strings.CutPrefix(strings.ToLower(name), "cap_")
+			if !found || strings.HasPrefix(name, "~") {
+				t.Fatalf("%s: %q: this test reads plain capability lists only", key, value)
+			}
+			if !slices.Contains(*set, lower) {
+				*set = append(*set, lower)
+			}
+		}
+	}
+	c.ambient = slices.DeleteFunc(c.ambient, func(n string) bool { return !slices.Contains(c.bounding, n) })
+	return c
 }
