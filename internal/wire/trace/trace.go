@@ -428,8 +428,10 @@ func (s *session) run(ctx context.Context) Stop {
 				s.spaceFarEnd(ctx, ttl)
 				if !s.status(ttl).farEnd {
 					// A router's quoted answer to a later probe of the
-					// TTL showed the far end's "answer" was a duplicate
-					// ACK of the connection: go on.
+					// TTL, or the far end's silence to the spaced ones,
+					// showed the "answer" was a duplicate ACK of the
+					// connection: forget it and go on.
+					s.dropGuesses(s.span(ttl))
 					silent = 0
 					continue
 				}
@@ -660,6 +662,7 @@ type ttlStatus struct {
 
 func (s *session) status(ttl int) ttlStatus {
 	var st ttlStatus
+	farEnd := 0
 	lo, hi := s.span(ttl)
 	for i := lo; i < hi; i++ {
 		pr := &s.probes[i]
@@ -673,11 +676,16 @@ func (s *session) status(ttl int) ttlStatus {
 		st.answered++
 		switch pr.kind {
 		case kindFarEnd:
-			st.farEnd = true
+			farEnd++
 		case kindUnreachable:
 			st.unreachable = true
 		}
 	}
+	// The far end answers one probe per FarEndSpacing and its answer is
+	// matched by time: at least half of the TTL's counted probes must
+	// have been answered so, or one duplicate ACK of a busy connection
+	// would end the trace at a silent router.
+	st.farEnd = farEnd > 0 && 2*farEnd >= st.counted
 	st.done = st.counted > 0 && st.answered == st.counted
 	return st
 }
