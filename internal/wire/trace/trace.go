@@ -725,15 +725,12 @@ func (s *session) hops() []Hop {
 		maxTTL = min(maxTTL, s.lastTTL)
 	}
 	hops := make([]Hop, maxTTL)
-	type tally struct {
-		addr netip.Addr
-		n    int
-	}
-	tallies := make([][]tally, maxTTL)
+	tallies := make([]addrTally, maxTTL)
 	for i := range hops {
 		hops[i] = Hop{TTL: i + 1, Unreachable: -1}
 	}
-	for i, pr := range s.probes {
+	for i := range s.probes {
+		pr := &s.probes[i]
 		if !s.counted(i) || pr.ttl > maxTTL {
 			continue
 		}
@@ -750,34 +747,50 @@ func (s *session) hops() []Hop {
 		case kindUnreachable:
 			h.Unreachable = int(pr.code)
 		}
-		t := tallies[pr.ttl-1]
-		found := false
-		for k := range t {
-			if t[k].addr == pr.from {
-				t[k].n++
-				found = true
-			}
-		}
-		if !found {
-			tallies[pr.ttl-1] = append(t, tally{pr.from, 1})
-		}
+		tallies[pr.ttl-1].count(pr.from)
 	}
 	for i, t := range tallies {
-		best := -1
-		for k := range t {
-			if best < 0 || t[k].n > t[best].n {
-				best = k
-			}
-		}
-		for k := range t {
-			if k == best {
-				hops[i].Address = t[k].addr
-			} else {
-				hops[i].Others = append(hops[i].Others, t[k].addr)
-			}
-		}
+		hops[i].Address, hops[i].Others = t.split()
 	}
 	return hops
+}
+
+// addrTally counts the answers from each address at one TTL.
+type addrTally []struct {
+	addr netip.Addr
+	n    int
+}
+
+func (t *addrTally) count(addr netip.Addr) {
+	for k := range *t {
+		if (*t)[k].addr == addr {
+			(*t)[k].n++
+			return
+		}
+	}
+	*t = append(*t, struct {
+		addr netip.Addr
+		n    int
+	}{addr, 1})
+}
+
+// split returns the address that answered most (the first of equals)
+// and the others in the order they first answered.
+func (t addrTally) split() (best netip.Addr, others []netip.Addr) {
+	b := -1
+	for k := range t {
+		if b < 0 || t[k].n > t[b].n {
+			b = k
+		}
+	}
+	for k := range t {
+		if k == b {
+			best = t[k].addr
+		} else {
+			others = append(others, t[k].addr)
+		}
+	}
+	return best, others
 }
 
 // bucket is a token bucket of probe packets.
