@@ -321,9 +321,9 @@ func (f relayFlags) keys() (frame.Keys, error) {
 
 type probeFlags struct {
 	target, output, stampAuth string
-	count, payload int
-	interval       time.Duration
-	trace          bool
+	count, payload            int
+	interval                  time.Duration
+	trace                     bool
 }
 
 func probe(ctx context.Context, hop relayFlags, keys frame.Keys, po probeFlags, out io.Writer, logger *slog.Logger) int {

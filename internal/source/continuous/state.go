@@ -187,8 +187,8 @@ type HopState struct {
 	ResidenceSeconds float64  `json:"residence_seconds"`
 	WaitSeconds      *float64 `json:"wait_seconds"`
 	// STAMP: the hop is a STAMP reflector.
-	STAMP bool `json:"stamp,omitempty"`
-	SLASeconds       float64 `json:"sla_seconds"`
+	STAMP      bool    `json:"stamp,omitempty"`
+	SLASeconds float64 `json:"sla_seconds"`
 	// SLA is ok, exceeded or none (no SLA for the hop).
 	SLA string `json:"sla"`
 	// HTTPHeader: an HTTP proxy, reporting through its Subsegment-Timing
