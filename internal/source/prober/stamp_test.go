@@ -128,17 +128,27 @@ type fakeReflector struct {
 	conn  *net.UDPConn
 	fate  func(n int) string
 	claim time.Duration
-	mu    sync.Mutex
-	got   int
+	// auth makes it an authenticated reflector; mangle rewrites the
+	// finished reply of the n-th request before it is sent (a lying or
+	// broken reflector, or someone on the path).
+	auth   *stamp.Auth
+	mangle func(n int, reply []byte) []byte
+	mu     sync.Mutex
+	got    int
 }
 
 func startFake(t *testing.T, fate func(n int) string, claim time.Duration) *fakeReflector {
+	t.Helper()
+	return startFakeWith(t, &fakeReflector{fate: fate, claim: claim})
+}
+
+func startFakeWith(t *testing.T, f *fakeReflector) *fakeReflector {
 	t.Helper()
 	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fakeReflector{conn: c, fate: fate, claim: claim}
+	f.conn = c
 	done := make(chan struct{})
 	go func() { defer close(done); f.serve() }()
 	t.Cleanup(func() { c.Close(); <-done })
@@ -171,6 +181,9 @@ func (f *fakeReflector) serve() {
 		now := time.Now().UnixNano()
 		req := stamp.Request{Mode: stamp.Unauthenticated, RxTime: now - int64(f.claim), TTL: 64, Src: from,
 			Dst: netip.MustParseAddrPort(f.addr()), Stateful: true, ReflectorSeq: seq, RxCount: rx, TxCount: tx}
+		if f.auth != nil {
+			req.Mode, req.Auth = stamp.Authenticated, f.auth
+		}
 		seq++
 		var rep stamp.Reply
 		if stamp.Reflect(pkt, &req, &rep) != nil {
@@ -179,6 +192,9 @@ func (f *fakeReflector) serve() {
 		stamp.Finish(pkt, &rep, time.Now().UnixNano())
 		if fate == "return" {
 			continue // reflected, lost on the way back
+		}
+		if f.mangle != nil {
+			pkt = f.mangle(n, pkt)
 		}
 		_, _ = f.conn.WriteToUDPAddrPort(pkt, from)
 	}
@@ -348,7 +364,7 @@ func TestChainEndingAtSTAMPReflector(t *testing.T) {
 		t.Fatalf("result %v %v %+v", res.HopNames(), segNames(res), res.Failure)
 	}
 	last, r1 := res.Segment("b", "r1"), res.Hop("r1")
-	if last.Samples != 5 || last.RTT.Median <= 0 || r1.Residence.Median <= 0 || !r1.KernelTimestamps || r1.ID != hexID(stamp.HopID(r.Addr().String())) {
+	if last.Samples != 5 || last.RTT.Median <= 0 || r1.Residence.Median <= 0 || !r1.KernelTimestamps || !r1.STAMP || r1.ID != hexID(stamp.HopID(r.Addr().String())) {
 		t.Errorf("last segment %+v, reflector %+v", last, r1)
 	}
 	counts.mu.Lock()
