@@ -79,22 +79,36 @@ func TestSTAMPRun(t *testing.T) {
 			if seg.Samples != 10 || seg.RTT.Median <= 0 || seg.RTT.Max > 1 || refl.Residence.Median <= 0 || !refl.KernelTimestamps || !res.Hops[0].KernelTimestamps {
 				t.Errorf("times: segment %+v hop %+v source %+v", seg, refl, res.Hops[0])
 			}
-			l := seg.Loss
-			if l == nil || l.Sent != 11 || l.Received != 11 || l.Lost != 0 || !l.ByDirection || l.Forward == nil || l.Forward.Lost != 0 || l.Unknown != 0 {
-				t.Errorf("loss %+v", l)
-			}
-			d := seg.DSCP
-			if d == nil || d.Sent != 46 || d.AtReflector == nil || *d.AtReflector != 46 || d.Returned == nil || *d.Returned != 46 ||
-				d.ForwardRemarked == nil || *d.ForwardRemarked || d.ReturnRemarked == nil || *d.ReturnRemarked {
-				t.Errorf("dscp %+v", d)
-			}
-			if (seg.OneWay != nil) != tc.clocks || refl.ClockSynced != tc.clocks {
-				t.Errorf("one-way %+v with clocks synchronised: %v (reflector synced %v)", seg.OneWay, tc.clocks, refl.ClockSynced)
-			}
-			if ow := seg.OneWay; ow != nil && (ow.ErrorBound < 0.002 || ow.Forward+ow.Return > seg.RTT.Max+1e-9) {
-				t.Errorf("one-way %+v: the bound is both ends' errors (2 ms), the delays within the rtt", ow)
-			}
+			checkNoLossSameDSCP(t, seg)
+			checkSTAMPOneWay(t, seg, refl, tc.clocks)
 		})
+	}
+}
+
+// checkNoLossSameDSCP: a clean loopback run lost nothing in either
+// direction and kept DSCP 46 both ways.
+func checkNoLossSameDSCP(t *testing.T, seg SegmentResult) {
+	t.Helper()
+	l := seg.Loss
+	if l == nil || l.Sent != 11 || l.Received != 11 || l.Lost != 0 || !l.ByDirection || l.Forward == nil || l.Forward.Lost != 0 || l.Unknown != 0 {
+		t.Errorf("loss %+v", l)
+	}
+	d := seg.DSCP
+	if d == nil || d.Sent != 46 || d.AtReflector == nil || *d.AtReflector != 46 || d.Returned == nil || *d.Returned != 46 ||
+		d.ForwardRemarked == nil || *d.ForwardRemarked || d.ReturnRemarked == nil || *d.ReturnRemarked {
+		t.Errorf("dscp %+v", d)
+	}
+}
+
+// checkSTAMPOneWay: one-way delays exactly when both clocks are
+// synchronised, bounded by both ends' errors and within the rtt.
+func checkSTAMPOneWay(t *testing.T, seg SegmentResult, refl HopResult, clocks bool) {
+	t.Helper()
+	if (seg.OneWay != nil) != clocks || refl.ClockSynced != clocks {
+		t.Errorf("one-way %+v with clocks synchronised: %v (reflector synced %v)", seg.OneWay, clocks, refl.ClockSynced)
+	}
+	if ow := seg.OneWay; ow != nil && (ow.ErrorBound < 0.002 || ow.Forward+ow.Return > seg.RTT.Max+1e-9) {
+		t.Errorf("one-way %+v: the bound is both ends' errors (2 ms), the delays within the rtt", ow)
 	}
 }
 
