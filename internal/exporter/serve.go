@@ -122,7 +122,7 @@ func Serve(ctx context.Context, cfg Config) error {
 		cfg.Relay.KeyRing = frame.NewKeyRing(cfg.Relay.Keys)
 	}
 	keys := KeyFile{Path: cfg.KeyFile, Ring: cfg.Relay.KeyRing}
-	holder, err := NewConfigHolder(cfg.ConfigFile, keys, config.Limits{MaxFrameBytes: cfg.Relay.MaxFrameBytes, MaxHops: cfg.Relay.MaxHops}, source, logger)
+	holder, err := NewConfigHolder(cfg.ConfigFile, keys, config.Limits{MaxFrameBytes: cfg.Relay.MaxFrameBytes, MaxHops: cfg.Relay.MaxHops, AuthKey: len(cfg.Relay.Keys) > 0}, source, logger)
 	if err != nil {
 		return err
 	}

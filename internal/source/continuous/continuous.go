@@ -327,14 +327,14 @@ func (r *runner) observe(res *prober.Result, warmup bool) {
 		if hr.Residence.Max == 0 {
 			continue // an HTTP proxy, or an end that reported nothing
 		}
-		r.state.hop(now, hr.Name, hr.Residence.Median, hr.Wait.Median, hr.Vars)
+		r.state.hop(now, hr.Name, hr.Residence.Median, hr.Wait.Median, !hr.STAMP, hr.Vars)
 		h := r.metrics.hop(r.series, hr.Name)
 		if h == nil {
 			continue
 		}
 		h.residence.Observe(hr.Residence.Median)
-		if !hr.HTTPHeader {
-			h.wait.Observe(hr.Wait.Median)
+		if !hr.HTTPHeader && !hr.STAMP {
+			r.metrics.observeWait(h, hr.Wait.Median)
 		}
 		if !h.slaSet {
 			h.slaSet = true

@@ -53,8 +53,13 @@ type segmentSeries struct {
 }
 
 type hopSeries struct {
-	residence, wait prometheus.Histogram
-	slaSet          bool
+	residence prometheus.Histogram
+	// wait is made on the first wait observed: a hop that reports none
+	// (an HTTP proxy, a STAMP reflector) has no wait series.
+	wait    prometheus.Histogram
+	labels  prometheus.Labels
+	buckets []float64
+	slaSet  bool
 }
 
 // NewMetrics registers the continuous metrics with reg.
@@ -109,7 +114,9 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 		}
 		for _, h := range e.hops {
 			h.residence.Collect(ch)
-			h.wait.Collect(ch)
+			if h.wait != nil {
+				h.wait.Collect(ch)
+			}
 		}
 	}
 }
@@ -191,8 +198,19 @@ func (m *Metrics) hop(e *entryMetrics, name string) *hopSeries {
 	l := prometheus.Labels{"target": e.key.target, "module": e.key.module, "hop": name}
 	h := &hopSeries{
 		residence: histogram("hop_residence_seconds", "Time each continuous probe spent inside the hop (forward and return), its wait for a CPU included.", e.buckets, l),
-		wait:      histogram("hop_wait_seconds", "Part of the hop's residence each continuous probe spent in the hop's kernel before the hop read it.", e.buckets, l),
+		labels:    l, buckets: e.buckets,
 	}
 	e.hops[name] = h
 	return h
+}
+
+// observeWait adds a hop's wait, making its series on first use.
+func (m *Metrics) observeWait(h *hopSeries, v float64) {
+	m.mu.Lock()
+	if h.wait == nil {
+		h.wait = histogram("hop_wait_seconds", "Part of the hop's residence each continuous probe spent in the hop's kernel before the hop read it (hops that report one: not HTTP proxies nor STAMP reflectors).", h.buckets, h.labels)
+	}
+	w := h.wait
+	m.mu.Unlock()
+	w.Observe(v)
 }

@@ -40,7 +40,9 @@ type entryState struct {
 
 type hopWindows struct {
 	residence, wait window
-	vars            map[string]float64
+	// noWait: the hop reports no wait (a STAMP reflector).
+	noWait bool
+	vars   map[string]float64
 }
 
 func newEntryState(e config.Continuous, m *config.Module) *entryState {
@@ -132,7 +134,7 @@ func (s *entryState) segment(now time.Time, from, to string, rtt float64) {
 	w.add(s.moment(now), rtt)
 }
 
-func (s *entryState) hop(now time.Time, name string, residence, wait float64, vars map[string]float64) {
+func (s *entryState) hop(now time.Time, name string, residence, wait float64, waits bool, vars map[string]float64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	h := s.hops[name]
@@ -145,7 +147,11 @@ func (s *entryState) hop(now time.Time, name string, residence, wait float64, va
 	}
 	at := s.moment(now)
 	h.residence.add(at, residence)
-	h.wait.add(at, wait)
+	if waits {
+		h.wait.add(at, wait)
+	} else {
+		h.noWait = true
+	}
 	if len(vars) > 0 {
 		h.vars = vars
 	}
@@ -176,10 +182,13 @@ type EntryState struct {
 type HopState struct {
 	Name string `json:"name"`
 	// Residence and Wait are medians over the last minute (0 for HTTP
-	// proxies, which report one duration).
-	ResidenceSeconds float64 `json:"residence_seconds"`
-	WaitSeconds      float64 `json:"wait_seconds"`
-	SLASeconds       float64 `json:"sla_seconds"`
+	// proxies, which report one duration); Wait is null for a STAMP
+	// reflector, which reports none.
+	ResidenceSeconds float64  `json:"residence_seconds"`
+	WaitSeconds      *float64 `json:"wait_seconds"`
+	// STAMP: the hop is a STAMP reflector.
+	STAMP      bool    `json:"stamp,omitempty"`
+	SLASeconds float64 `json:"sla_seconds"`
 	// SLA is ok, exceeded or none (no SLA for the hop).
 	SLA string `json:"sla"`
 	// HTTPHeader: an HTTP proxy, reporting through its Subsegment-Timing
@@ -258,7 +267,11 @@ func (s *entryState) snapshot(now time.Time) EntryState {
 		}
 		if w := s.hops[name]; w != nil {
 			res := w.residence.since(at, span, scratch)
-			h.ResidenceSeconds, h.WaitSeconds = res.Median, w.wait.since(at, span, scratch).Median
+			h.ResidenceSeconds, h.STAMP = res.Median, w.noWait
+			if !w.noWait {
+				wait := w.wait.since(at, span, scratch).Median
+				h.WaitSeconds = &wait
+			}
 			h.SLA = slaState(res.Median, h.SLASeconds, res.Samples)
 			if h.SLA == SLAExceeded {
 				h.Context = s.contextOf(name, w)
