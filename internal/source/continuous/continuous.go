@@ -288,9 +288,16 @@ func (r *runner) observe(res *prober.Result, warmup bool) {
 		}
 	}
 	r.observeSTAMP(now, res)
+	// A warm-up that failed makes no series: its names may be made up
+	// anew by every response (a renaming proxy), and it proved nothing;
+	// its connect times go to series that exist.
+	series := r.metrics.segment
+	if warmup && res.Failure != nil {
+		series = r.metrics.knownSegment
+	}
 	for i := range res.Segments {
 		seg := &res.Segments[i]
-		s := r.metrics.segment(r.series, seg.From, seg.To)
+		s := series(r.series, seg.From, seg.To)
 		if s == nil {
 			continue
 		}

@@ -524,13 +524,18 @@ func (s *streamer) reply(fr []byte, seq uint64, tIn int64, st *sent) ([]byte, er
 		return nil, fmt.Errorf("block %d came back with %d bytes, %d sent", seq, v.Probe.DataLen, st.size)
 	}
 	// Every segment is checked (timing.SegmentRTT: no hop claims more
-	// than its near neighbour measured around it) before any is recorded.
-	rtts := s.rtts[:0]
+	// than its near neighbour measured around it) before any is recorded,
+	// then held hop by hop to what encloses it, as every output counts
+	// it (timing.Hold).
 	for i := 0; i+1 < len(hops); i++ {
-		rtt, err := timing.SegmentRTT(hops[i], hops[i+1])
-		if err != nil {
+		if _, err := timing.SegmentRTT(hops[i], hops[i+1]); err != nil {
 			return nil, s.overclaimed(seq, i+1, err)
 		}
+	}
+	rtts := s.rtts[:0]
+	for i := 0; i+1 < len(hops); i++ {
+		var rtt time.Duration
+		hops[i+1], rtt = timing.Hold(hops[i], hops[i+1])
 		rtts = append(rtts, rtt)
 	}
 	s.rtts = rtts
