@@ -268,31 +268,7 @@ func TestRealBytesDoNotLockTheBudget(t *testing.T) {
 					}
 				}
 				time.Sleep(500 * time.Millisecond) // the relay reads them all
-
-				// The attacker: eight connections at a time (twice what the
-				// unproven share holds of them), each replaced as soon as
-				// the relay closes it.
-				ctx, stop := context.WithCancel(context.Background())
-				var attackers sync.WaitGroup
-				var reconnects atomic.Int64
-				for w := 0; w < 8; w++ {
-					attackers.Add(1)
-					go func() {
-						defer attackers.Done()
-						for i := 0; i < 10000 && ctx.Err() == nil; i++ {
-							c, got := holdBudget(t, b.addr, 1992294, 262144)
-							if c == nil {
-								return
-							}
-							select {
-							case <-got:
-								reconnects.Add(1)
-							case <-ctx.Done():
-							}
-							c.Close()
-						}
-					}()
-				}
+				stop, reconnects := reconnectingHolders(t, b.addr, 8)
 				time.Sleep(200 * time.Millisecond)
 
 				in := make([]byte, 3*300<<10)
@@ -303,21 +279,11 @@ func TestRealBytesDoNotLockTheBudget(t *testing.T) {
 				send := []string{"send", "-f", b.addr, "-s", fmt.Sprint(300 << 10), "-t", "10s", "--relay.name", "a", "--relay.max-frame-bytes", "2097152"}
 				out, errOut, code := runBinary(t, bytes.NewReader(in), append(send, auth...)...)
 				stop()
-				attackers.Wait()
 				if code != 0 || out != string(in) {
 					t.Fatalf("stream of 300 KiB blocks beside 8 holders of 256 KiB and a reconnecting attacker (%d reconnects): exit %d, %d of %d bytes back byte-exact=%v\n%s",
 						reconnects.Load(), code, len(out), len(in), out == string(in), tail(errOut, 2000))
 				}
-				overloaded := 0
-				for _, got := range replies {
-					select {
-					case r := <-got:
-						if refusedOverloaded(r) {
-							overloaded++
-						}
-					case <-time.After(5 * time.Second):
-					}
-				}
+				overloaded := countOverloaded(replies, 5*time.Second)
 				t.Logf("stream passed; %d of %d first holders closed with an overloaded error frame, %d attacker connections closed meanwhile",
 					overloaded, len(replies), reconnects.Load())
 				if overloaded == 0 {
@@ -326,4 +292,49 @@ func TestRealBytesDoNotLockTheBudget(t *testing.T) {
 			})
 		}
 	}
+}
+
+// reconnectingHolders is the attacker: workers connections at a time,
+// each holding 256 KiB of a frame claiming 1.9 MiB and replaced as soon
+// as the relay closes it (10 000 times each at most). stop ends them and
+// waits; reconnects counts the connections the relay closed.
+func reconnectingHolders(t *testing.T, addr string, workers int) (stop func(), reconnects *atomic.Int64) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var attackers sync.WaitGroup
+	reconnects = new(atomic.Int64)
+	for range workers {
+		attackers.Add(1)
+		go func() {
+			defer attackers.Done()
+			for i := 0; i < 10000 && ctx.Err() == nil; i++ {
+				c, got := holdBudget(t, addr, 1992294, 262144)
+				if c == nil {
+					return
+				}
+				select {
+				case <-got:
+					reconnects.Add(1)
+				case <-ctx.Done():
+				}
+				c.Close()
+			}
+		}()
+	}
+	return func() { cancel(); attackers.Wait() }, reconnects
+}
+
+// countOverloaded counts the holders answered with an overloaded error
+// frame, waiting up to wait for each.
+func countOverloaded(replies []<-chan []byte, wait time.Duration) int {
+	n := 0
+	for _, got := range replies {
+		select {
+		case r := <-got:
+			if refusedOverloaded(r) {
+				n++
+			}
+		case <-time.After(wait):
+		}
+	}
+	return n
 }

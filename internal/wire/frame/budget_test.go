@@ -260,60 +260,105 @@ func TestReconnectingHoldersDoNotLockTheBudget(t *testing.T) {
 			b := NewBufferBudget(8<<20, maxFrame)
 			data := make([]byte, HeaderLen+body)
 			PutHeader(data, Header{Kind: KindStreamRequest, Length: 1992294 - HeaderLen})
-			type attacker struct {
-				r *Reader
-				f *feed
-			}
-			open := func() attacker {
-				r := NewReader(nil, maxFrame)
-				r.Budget = b
-				return attacker{r, &feed{data: data, n: 16 << 10}}
-			}
-			var conns []attacker
+			att := &budgetAttacker{budget: b, maxFrame: maxFrame, data: data}
 			for i := 0; i < 8; i++ {
-				a := open()
-				_ = readAll(a.r, a.f, nil) // refused when the share is full
-				conns = append(conns, a)
+				c := att.open()
+				_ = readAll(c.r, c.f, nil) // refused when the share is full
+				att.conns = append(att.conns, c)
 			}
 			fr := bigFrame(300<<10, 1)
 			r := NewReader(nil, maxFrame)
 			r.Budget = b
 			f := &feed{data: fr, n: 16 << 10}
-			reconnects := 0
 			for step := 0; !r.Complete(); step++ {
 				if step > 1000 {
 					t.Fatal("no progress")
 				}
 				if _, err := r.ReadOnce(f.read); err != nil && !errors.Is(err, errWait) {
-					t.Fatalf("300 KiB frame beside a reconnecting attacker (%d reconnects): %v", reconnects, err)
+					t.Fatalf("300 KiB frame beside a reconnecting attacker (%d reconnects): %v", att.reconnects, err)
 				}
-				// The attacker sends as much, on its newest connection,
-				// and replaces every connection that was evicted.
-				for i := range conns {
-					if conns[i].r.Evicted() {
-						conns[i].r.Release()
-						conns[i] = open()
-						reconnects++
-					}
-				}
-				a := conns[step%len(conns)]
-				_, _ = a.r.ReadOnce(a.f.read) // its refusals and evictions are the attacker's
+				att.step(step)
 				checkBounds(t, b)
 			}
 			got, err := r.Next()
 			if err != nil || !bytes.Equal(got, fr) {
 				t.Fatalf("300 KiB frame not read byte-exact: %v", err)
 			}
-			t.Logf("%d reconnects while the frame was read", reconnects)
+			t.Logf("%d reconnects while the frame was read", att.reconnects)
 			r.Release()
-			for _, a := range conns {
-				a.r.Release()
-			}
+			att.release()
 			if b.Used() != 0 || b.UnprovenUsed() != 0 {
 				t.Fatalf("released readers still hold %d (unproven %d) bytes", b.Used(), b.UnprovenUsed())
 			}
 		})
 	}
+}
+
+// budgetAttacker holds unproven connections that each send data (a
+// header claiming a large frame and its first bytes), replacing every
+// connection the budget evicts.
+type budgetAttacker struct {
+	budget     *BufferBudget
+	maxFrame   int
+	data       []byte
+	conns      []budgetHolder
+	reconnects int
+}
+
+type budgetHolder struct {
+	r *Reader
+	f *feed
+}
+
+func (a *budgetAttacker) open() budgetHolder {
+	r := NewReader(nil, a.maxFrame)
+	r.Budget = a.budget
+	return budgetHolder{r, &feed{data: a.data, n: 16 << 10}}
+}
+
+// step replaces the evicted connections and sends as much as the
+// legitimate client did, on one connection in turn.
+func (a *budgetAttacker) step(n int) {
+	for i := range a.conns {
+		if a.conns[i].r.Evicted() {
+			a.conns[i].r.Release()
+			a.conns[i] = a.open()
+			a.reconnects++
+		}
+	}
+	c := a.conns[n%len(a.conns)]
+	_, _ = c.r.ReadOnce(c.f.read) // its refusals and evictions are the attacker's
+}
+
+func (a *budgetAttacker) release() {
+	for _, c := range a.conns {
+		c.r.Release()
+	}
+}
+
+// readAndRelease reads data (proven from the start, or after 20 reads)
+// until it is whole or refused, checking the budget's bounds after every
+// read, then releases the reader.
+func readAndRelease(t *testing.T, b *BufferBudget, data []byte, maxFrame int, proven bool) {
+	r := NewReader(nil, maxFrame)
+	r.Budget = b
+	if proven {
+		r.Prove()
+	}
+	f := &feed{data: data, n: 32 << 10}
+	for k := 0; k < 1000; k++ {
+		_, err := r.ReadOnce(f.read)
+		if b.Used() > b.Limit() || b.UnprovenUsed() > b.UnprovenLimit() {
+			t.Errorf("budget holds %d of %d (unproven %d of %d)", b.Used(), b.Limit(), b.UnprovenUsed(), b.UnprovenLimit())
+		}
+		if err != nil || r.Complete() {
+			break
+		}
+		if k == 20 {
+			r.Prove()
+		}
+	}
+	r.Release()
 }
 
 // Growing with the bytes that arrived costs moves on the first large
@@ -364,25 +409,7 @@ func TestBudgetEvictionsConcurrently(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := 0; i < 20; i++ {
-				r := NewReader(nil, maxFrame)
-				r.Budget = b
-				if (g+i)%3 == 0 {
-					r.Prove()
-				}
-				f := &feed{data: fr[:len(fr)*(1+(g+i)%4)/4], n: 32 << 10}
-				for k := 0; k < 1000; k++ {
-					_, err := r.ReadOnce(f.read)
-					if b.Used() > b.Limit() || b.UnprovenUsed() > b.UnprovenLimit() {
-						t.Errorf("budget holds %d of %d (unproven %d of %d)", b.Used(), b.Limit(), b.UnprovenUsed(), b.UnprovenLimit())
-					}
-					if err != nil || r.Complete() {
-						break
-					}
-					if k == 20 {
-						r.Prove()
-					}
-				}
-				r.Release()
+				readAndRelease(t, b, fr[:len(fr)*(1+(g+i)%4)/4], maxFrame, (g+i)%3 == 0)
 			}
 		}()
 	}
