@@ -41,6 +41,9 @@ type forwarder struct {
 	// the return goroutine notices when one raced with its own.
 	deadlineGen atomic.Uint64
 	downErr     atomic.Pointer[error] // why the forward goroutine gave up on the downstream
+	// downBroken: a write downstream failed; the forward goroutine (its
+	// only user) writes nothing more there.
+	downBroken bool
 }
 
 func newForwarder(s *Server, up net.Conn) *forwarder {
@@ -241,13 +244,22 @@ func (f *forwarder) flush() bool {
 	if f.fwd.empty() {
 		return true
 	}
+	if f.downBroken {
+		// The return goroutine answers these requests for the broken
+		// downstream, as it did the ones before.
+		f.fwd.reset()
+		return true
+	}
 	if _, err := f.fwd.write(f.down, f.s.cfg.Timeout); err != nil {
 		// The return goroutine answers every published entry; closing
-		// the downstream wakes it up.
+		// the downstream wakes it up. The session goes on: the requests
+		// still coming get that answer too (as on the epoll engine),
+		// instead of a reset that could lose the answers already sent.
 		werr := fmt.Errorf("write to %s: %w", f.s.cfg.ForwardTo, err)
 		f.downErr.Store(&werr)
 		f.down.Close()
-		return false
+		f.downBroken = true
+		return true
 	}
 	// The requests are on their way: the moment to read TCP_INFO, which
 	// their replies will carry (tcpView).

@@ -16,6 +16,7 @@ import (
 	"github.com/subsegment/subsegment_exporter/internal/wire/frame"
 	"github.com/subsegment/subsegment_exporter/internal/wire/peer"
 	"github.com/subsegment/subsegment_exporter/relay"
+	"golang.org/x/sys/unix"
 )
 
 // Large stream blocks take the relays' pipes (splice) on the epoll engine;
@@ -400,9 +401,9 @@ func halfEnd(t *testing.T) string {
 					}
 				}
 			}
-			// Its reply has time to reach the relay, then the block
-			// being spliced in is cut.
-			time.Sleep(50 * time.Millisecond)
+			// Its reply reaches the relay whole (a reset drops what is
+			// still unsent), then the block being spliced in is cut.
+			waitSent(c.(*net.TCPConn), 10*time.Second)
 			_, _ = io.CopyN(io.Discard, c, 100<<10)
 			_ = c.(*net.TCPConn).SetLinger(0)
 			c.Close()
@@ -411,6 +412,22 @@ func halfEnd(t *testing.T) string {
 	}()
 	t.Cleanup(func() { ln.Close(); <-done })
 	return ln.Addr().String()
+}
+
+// waitSent waits (up to limit) until the peer acknowledged everything
+// written on c: its send queue (SIOCOUTQ) is empty.
+func waitSent(c *net.TCPConn, limit time.Duration) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return
+	}
+	for end := time.Now().Add(limit); time.Now().Before(end); time.Sleep(time.Millisecond) {
+		queued := -1
+		_ = rc.Control(func(fd uintptr) { queued, _ = unix.IoctlGetInt(int(fd), unix.SIOCOUTQ) })
+		if queued == 0 {
+			return
+		}
+	}
 }
 
 // A next hop that dies while a block is spliced into it: the block is
