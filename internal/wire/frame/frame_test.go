@@ -454,9 +454,50 @@ func FuzzParse(f *testing.F) {
 		}
 		_, _ = ParseErrorFrame(b, DefaultMaxFrameBytes)
 		_ = NewSigner(testKey).Verify(b)
-		_, _ = ParseRecords(b, 3)
+		recs, err := ParseRecords(b, 3)
+		// Into an array that holds another reply's records (names kept
+		// when equal): the same records, the same error.
+		prev, _ := ParseRecords(recordsOf(t, validReply()), 1)
+		into, errInto := ParseRecordsInto(prev, b, 3)
+		if (err == nil) != (errInto == nil) || len(recs) != len(into) || len(recs) > 0 && !reflect.DeepEqual(recs, into) {
+			t.Fatalf("ParseRecordsInto gave %+v (%v), ParseRecords %+v (%v)", into, errInto, recs, err)
+		}
 		FirstHopName(b)
 	})
+}
+
+func recordsOf(t *testing.T, fr []byte) []byte {
+	v, err := Parse(fr, DefaultMaxFrameBytes, DefaultMaxHops)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v.Tail(fr)
+}
+
+// A source that decodes the same chain's replies every second keeps the
+// hops' names: no allocation per reply.
+func TestParseRecordsIntoKeepsNames(t *testing.T) {
+	h := sampleHop()
+	h.Vars = nil // variables come on annotation probes only
+	z := HopRecord{Name: "z", Flags: RecEnd}
+	tail := AppendHop(AppendHop(nil, &h), &z)
+	recs, err := ParseRecordsInto(nil, tail, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := ParseRecords(tail, 2)
+	if !reflect.DeepEqual(recs, want) {
+		t.Fatalf("ParseRecordsInto %+v, ParseRecords %+v", recs, want)
+	}
+	if n := testing.AllocsPerRun(100, func() { recs, _ = ParseRecordsInto(recs, tail, 2) }); n != 0 {
+		t.Errorf("%v allocations per reply of an unchanged chain", n)
+	}
+	// A renamed hop gets its new name.
+	z.Name = "y"
+	recs, _ = ParseRecordsInto(recs, AppendHop(AppendHop(nil, &h), &z), 2)
+	if recs[1].Hop.Name != "y" || recs[0].Hop.Name != h.Name {
+		t.Errorf("names %q %q after a rename", recs[0].Hop.Name, recs[1].Hop.Name)
+	}
 }
 
 func FuzzReader(f *testing.F) {
