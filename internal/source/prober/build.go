@@ -19,10 +19,40 @@ func newResult(o *Options) *Result {
 	return &Result{Target: o.Target, Source: o.Source, HTTP: o.HTTP != nil}
 }
 
+// renew makes r the result of a new run of o, before anything happened,
+// keeping its arrays: a Session's (and the continuous loop's) result is
+// rebuilt on every probe. What a caller may keep of the previous result
+// is never written again: its Failure, its hops' Vars, its strings.
+func (r *Result) renew(o *Options) {
+	hops, segs, byLabel, scratch := r.Hops[:0], r.Segments[:0], r.byLabel, r.scratch
+	clear(byLabel)
+	if scratch == nil {
+		scratch = &buildScratch{chain: newChain()}
+	}
+	*r = Result{Target: o.Target, Source: o.Source, HTTP: o.HTTP != nil, Hops: hops, Segments: segs, byLabel: byLabel, scratch: scratch}
+}
+
+// buildScratch is what building a result needs besides the result, kept
+// by a renewed result.
+type buildScratch struct {
+	chain  *chain
+	labels []string
+}
+
+// built is what build needs of a protocol.
+type built interface {
+	// attachTCP adds the kernel's view of the source's connection to the
+	// samples, once per run.
+	attachTCP(samples []Sample)
+	// annotate adds to a built result what only the protocol knows (an
+	// HTTP hop's stamp resolution).
+	annotate(r *Result)
+}
+
 // build is the one place a result is made from a run's samples: the
 // kernel's view of the source's connection, the statistics, then what
 // only the protocol knows.
-func (r *Result) build(p protocol, samples []Sample, log *slog.Logger) {
+func (r *Result) build(p built, samples []Sample, log *slog.Logger) {
 	p.attachTCP(samples)
 	r.summarise(samples, log)
 	p.annotate(r)
@@ -32,7 +62,7 @@ func (r *Result) build(p protocol, samples []Sample, log *slog.Logger) {
 // Every step keys hops by identity; labels come last.
 func (r *Result) summarise(samples []Sample, log *slog.Logger) {
 	r.Samples = samples
-	chain := newChain()
+	chain := r.newChain()
 	for i := range samples {
 		chain.add(&samples[i])
 	}
@@ -87,6 +117,18 @@ type chain struct {
 
 func newChain() *chain { return &chain{index: map[hopKey]int{}, next: map[int]int{}} }
 
+// newChain is an empty chain: the scratch one of a renewed result.
+func (r *Result) newChain() *chain {
+	if r.scratch == nil {
+		return newChain()
+	}
+	c := r.scratch.chain
+	c.hops = c.hops[:0]
+	clear(c.index)
+	clear(c.next)
+	return c
+}
+
 func (c *chain) indexOf(h peer.Hop) int {
 	k := keyOf(h)
 	if i, ok := c.index[k]; ok {
@@ -133,10 +175,33 @@ var dupWarned struct {
 // label gives every hop its label, unique within the chain, and creates
 // the hop results in chain order.
 func (r *Result) label(c *chain, log *slog.Logger) {
-	labels, dup := peer.Labels(c.hops)
-	r.Hops = make([]HopResult, len(c.hops))
+	var labels []string
+	var dup bool
+	if r.scratch != nil {
+		labels, dup = peer.AppendLabels(r.scratch.labels[:0], c.hops)
+		r.scratch.labels = labels
+	} else {
+		labels, dup = peer.Labels(c.hops)
+	}
+	// A renewed result's hops reuse the arrays of the previous ones, and
+	// the hex of an identity that did not change.
+	prev := r.Hops[:cap(r.Hops)]
+	if r.Hops == nil {
+		r.Hops = make([]HopResult, 0, len(c.hops))
+	}
+	r.Hops = r.Hops[:0]
 	for i, h := range c.hops {
-		r.Hops[i] = HopResult{Name: labels[i], ID: hexID(h.ID), id: h.ID, KernelTimestamps: true, ClockSynced: true}
+		hr := HopResult{Name: labels[i], id: h.ID, KernelTimestamps: true, ClockSynced: true}
+		if i < len(prev) {
+			hr.residences, hr.waits = prev[i].residences[:0], prev[i].waits[:0]
+			if prev[i].id == h.ID {
+				hr.ID = prev[i].ID
+			}
+		}
+		if hr.id != 0 && hr.ID == "" {
+			hr.ID = hexID(h.ID)
+		}
+		r.Hops = append(r.Hops, hr)
 	}
 	r.DuplicateNames = dup
 	if !dup {
@@ -173,7 +238,13 @@ func (r *Result) segment(from, to int) *SegmentResult {
 		return &r.Segments[i]
 	}
 	r.byLabel[key] = len(r.Segments)
-	r.Segments = append(r.Segments, SegmentResult{From: key[0], To: key[1], from: from, to: to})
+	seg := SegmentResult{From: key[0], To: key[1], from: from, to: to}
+	if n := len(r.Segments); n < cap(r.Segments) {
+		// A renewed result's segment reuses the previous one's arrays.
+		old := r.Segments[:n+1][n]
+		seg.samples, seg.fwd, seg.ret = old.samples[:0], old.fwd[:0], old.ret[:0]
+	}
+	r.Segments = append(r.Segments, seg)
 	return &r.Segments[len(r.Segments)-1]
 }
 
@@ -184,11 +255,11 @@ func (r *Result) addSegments(c *chain, smp *Sample) {
 		near, far := smp.Records[i-1], smp.Records[i]
 		s := r.segment(c.indexOf(peerOf(near)), c.indexOf(peerOf(far)))
 		if near.Flags&frame.RecTCPInfo != 0 {
-			s.TCP = tcpResult(near.TCP)
+			s.tcpNear, s.hasTCP = tcpResult(near.TCP), true
 			s.nearRetrans = max(s.nearRetrans, near.TCP.TotalRetrans)
 		}
 		if far.Flags&frame.RecTCPInfoUp != 0 {
-			s.TCPFar = tcpResult(far.TCPUp)
+			s.tcpFar, s.hasTCPFar = tcpResult(far.TCPUp), true
 			s.farRetrans = max(s.farRetrans, far.TCPUp.TotalRetrans)
 		}
 	}
@@ -202,8 +273,7 @@ func (r *Result) addConnects(c *chain, smp *Sample) {
 			continue
 		}
 		s := r.segment(c.indexOf(peerOf(rec)), c.indexOf(peerOf(smp.Records[i+1])))
-		connect := rec.Connect.Seconds()
-		s.Connect = &connect
+		s.connect, s.hasConnect = rec.Connect.Seconds(), true
 	}
 }
 
@@ -253,10 +323,12 @@ func (r *Result) addRTTs(c *chain, smp *Sample) {
 }
 
 // finishSegments computes the statistics and marks the slowest segment.
+// Pointers into a segment are set here, once its array no longer grows.
 func (r *Result) finishSegments() {
 	slowest, slowestRTT := -1, time.Duration(math.MinInt64)
 	for i := range r.Segments {
 		s := &r.Segments[i]
+		s.pointers()
 		st := timing.Summarise(s.samples)
 		s.Samples = st.Count
 		s.RTT = seconds(st)
@@ -264,7 +336,8 @@ func (r *Result) finishSegments() {
 		s.Retransmits = s.nearRetrans + s.farRetrans
 		if st.Count > 0 && s.oneWayN == st.Count {
 			fwd, ret := timing.Summarise(s.fwd), timing.Summarise(s.ret)
-			s.OneWay = &OneWayResult{Forward: fwd.Median.Seconds(), Return: ret.Median.Seconds(), ErrorBound: s.bound.Seconds()}
+			s.oneWay = OneWayResult{Forward: fwd.Median.Seconds(), Return: ret.Median.Seconds(), ErrorBound: s.bound.Seconds()}
+			s.OneWay = &s.oneWay
 		}
 		if st.Count > 0 && st.Median > slowestRTT {
 			slowest, slowestRTT = i, st.Median
@@ -358,7 +431,20 @@ func keyOf(h peer.Hop) hopKey {
 	return hopKey{name: h.Name}
 }
 
-func tcpResult(t tcpinfo.Info) *TCPResult {
-	return &TCPResult{RTT: micros(t.RTTMicros), RTTVar: micros(t.RTTVarMicros), MinRTT: micros(t.MinRTTMicros),
+// pointers points a segment's optional parts at the values it holds.
+func (s *SegmentResult) pointers() {
+	if s.hasConnect {
+		s.Connect = &s.connect
+	}
+	if s.hasTCP {
+		s.TCP = &s.tcpNear
+	}
+	if s.hasTCPFar {
+		s.TCPFar = &s.tcpFar
+	}
+}
+
+func tcpResult(t tcpinfo.Info) TCPResult {
+	return TCPResult{RTT: micros(t.RTTMicros), RTTVar: micros(t.RTTVarMicros), MinRTT: micros(t.MinRTTMicros),
 		Retransmits: t.TotalRetrans, SndMSS: t.SndMSS, PMTU: t.PMTU, SndCwnd: t.SndCwnd}
 }

@@ -433,12 +433,14 @@ func (s *httpSession) decode(resp *http.Response, smp *Sample, src frame.HopReco
 	// A proxy's time lies within what the source (or the proxy outside
 	// it) measured around it, give or take both resolutions: the segment
 	// arithmetic holds every entry to it (bad_header naming the proxy).
-	hops := timingHops(smp.Records)
+	hops := timingHops(nil, smp.Records)
 	hops[0].Lead = s.lead
 	for i, e := range entries {
 		hops[i+1].Resolution = e.Resolution
 	}
-	breakDown(smp, hops, peer.ReasonBadHeader, fmt.Sprintf("response from %s: the %s entry", s.target.Address, httpstamp.Header))
+	breakDown(smp, hops, nil, peer.ReasonBadHeader, func() string {
+		return fmt.Sprintf("response from %s: the %s entry", s.target.Address, httpstamp.Header)
+	})
 	if smp.Failure == nil {
 		s.o.Names.putChain(s.o.Target, names)
 	}
@@ -574,7 +576,7 @@ func listOrNone(names []string) string {
 // attachTCP adds the kernel's view of the source's connection to the
 // last sample, as the tcp prober does.
 func (s *httpSession) attachTCP(samples []Sample) {
-	if s.conn != nil {
+	if s.conn != nil && s.tcp != nil {
 		attachTCPInfo(s.tcp, samples)
 	}
 }
