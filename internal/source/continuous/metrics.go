@@ -16,10 +16,14 @@ const maxSeriesKeys = 64
 
 // Metrics are the continuous probes' series on /metrics. Histograms are
 // per entry (each entry may have its own buckets), created as segments and
-// hops are first seen, and removed with their entry.
+// hops are first seen, and removed with their entry; they keep their
+// counts in the entry's own arrays (histogram.go).
 type Metrics struct {
 	mu      sync.Mutex
 	entries map[entryKey]*entryMetrics
+	// classic: histograms have classic buckets besides native ones.
+	classic bool
+	now     func() time.Time
 
 	probes      *prometheus.CounterVec
 	failures    *prometheus.CounterVec
@@ -28,20 +32,25 @@ type Metrics struct {
 	dropped     *prometheus.CounterVec
 	segSLA      *prometheus.GaugeVec
 	hopSLA      *prometheus.GaugeVec
+
+	rttDesc, connectDesc, residenceDesc, waitDesc *prometheus.Desc
 }
 
 type entryKey struct{ target, module string }
 
 type entryMetrics struct {
-	key       entryKey
-	buckets   []float64
+	key     entryKey
+	buckets []float64
+	// mu guards the counts of the entry's histograms: the entry's probe
+	// observes them all under it, and a scrape writes each under it.
+	mu        sync.Mutex
 	segments  map[[2]string]*segmentSeries
 	hops      map[string]*hopSeries
 	keysTaken int
 }
 
 type segmentSeries struct {
-	rtt, connect prometheus.Histogram
+	rtt, connect *histogram
 	retransmits  prometheus.Counter
 	slaSet       bool
 	// lastRetrans is both ends' retransmissions at the previous probe of
@@ -51,16 +60,27 @@ type segmentSeries struct {
 }
 
 type hopSeries struct {
-	residence, wait prometheus.Histogram
+	residence, wait *histogram
 	slaSet          bool
 }
 
+// MetricsOption changes what NewMetrics makes.
+type MetricsOption func(*Metrics)
+
+// WithoutClassicBuckets keeps native histograms only
+// (--continuous.classic-buckets=false): each histogram is one native
+// series for a scraper that takes them, instead of one per bucket.
+func WithoutClassicBuckets() MetricsOption { return func(m *Metrics) { m.classic = false } }
+
 // NewMetrics registers the continuous metrics with reg.
-func NewMetrics(reg prometheus.Registerer) *Metrics {
+func NewMetrics(reg prometheus.Registerer, opts ...MetricsOption) *Metrics {
 	entry := []string{"target", "module"}
 	seg := []string{"target", "module", "from", "to"}
+	hop := []string{"target", "module", "hop"}
 	m := &Metrics{
 		entries: map[entryKey]*entryMetrics{},
+		classic: true,
+		now:     time.Now,
 		probes: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "probes_total",
 			Help: "Continuous probes sent, by result (success: through the chain and back; failure: the chain broke, see subsegment_continuous_segment_failures_total)."},
 			append(entry, "result")),
@@ -76,7 +96,18 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		segSLA: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace, Name: "segment_sla_seconds",
 			Help: "The segment's rtt SLA from the entry's module, for comparing quantiles of subsegment_continuous_segment_rtt_seconds with."}, seg),
 		hopSLA: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace, Name: "hop_sla_seconds",
-			Help: "The hop's residence SLA from the entry's module."}, append(entry, "hop")),
+			Help: "The hop's residence SLA from the entry's module."}, hop),
+		rttDesc: prometheus.NewDesc(namespace+"_segment_rtt_seconds",
+			"Round trip time of the segment from each hop's own clock, per continuous probe (the network and both kernels, without the hops' waits).", seg, nil),
+		connectDesc: prometheus.NewDesc(namespace+"_segment_connect_seconds",
+			"Handshake time of each connection the near end opened for the entry (its first, and every reconnect).", seg, nil),
+		residenceDesc: prometheus.NewDesc(namespace+"_hop_residence_seconds",
+			"Time each continuous probe spent inside the hop (forward and return), its wait for a CPU included.", hop, nil),
+		waitDesc: prometheus.NewDesc(namespace+"_hop_wait_seconds",
+			"Part of the hop's residence each continuous probe spent in the hop's kernel before the hop read it.", hop, nil),
+	}
+	for _, o := range opts {
+		o(m)
 	}
 	reg.MustRegister(m)
 	return m
@@ -86,7 +117,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 // known only as entries run (an unchecked collector).
 func (m *Metrics) Describe(chan<- *prometheus.Desc) {}
 
-// Collect implements prometheus.Collector.
+// Collect implements prometheus.Collector. The histograms are listed
+// under the lock and sent after it: the registry writes them (under
+// their entry's lock) while Collect still sends, and an entry's probe may
+// hold its lock while it asks for a new series.
 func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	m.probes.Collect(ch)
 	m.failures.Collect(ch)
@@ -96,16 +130,18 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	m.segSLA.Collect(ch)
 	m.hopSLA.Collect(ch)
 	m.mu.Lock()
-	defer m.mu.Unlock()
+	hs := make([]*histogram, 0, 4*len(m.entries))
 	for _, e := range m.entries {
 		for _, s := range e.segments {
-			s.rtt.Collect(ch)
-			s.connect.Collect(ch)
+			hs = append(hs, s.rtt, s.connect)
 		}
 		for _, h := range e.hops {
-			h.residence.Collect(ch)
-			h.wait.Collect(ch)
+			hs = append(hs, h.residence, h.wait)
 		}
+	}
+	m.mu.Unlock()
+	for _, h := range hs {
+		ch <- h
 	}
 }
 
@@ -116,6 +152,9 @@ func (m *Metrics) entry(target, module string, buckets []float64) *entryMetrics 
 	k := entryKey{target, module}
 	e := m.entries[k]
 	if e == nil {
+		if !m.classic {
+			buckets = nil
+		}
 		e = &entryMetrics{key: k, buckets: buckets, segments: map[[2]string]*segmentSeries{}, hops: map[string]*hopSeries{}}
 		m.entries[k] = e
 		// Pre-initialised, so that rate() sees the first failure.
@@ -138,13 +177,8 @@ func (m *Metrics) remove(target, module string) {
 	}
 }
 
-func histogram(name, help string, buckets []float64, labels prometheus.Labels) prometheus.Histogram {
-	return prometheus.NewHistogram(prometheus.HistogramOpts{
-		Namespace: namespace, Name: name, Help: help, ConstLabels: labels, Buckets: buckets,
-		NativeHistogramBucketFactor:     1.1,
-		NativeHistogramMaxBucketNumber:  160,
-		NativeHistogramMinResetDuration: time.Hour,
-	})
+func (m *Metrics) histogram(desc *prometheus.Desc, e *entryMetrics, values ...string) *histogram {
+	return newHistogram(desc, prometheus.MakeLabelPairs(desc, values), e.buckets, &e.mu, m.now)
 }
 
 // segment returns a segment's series, nil past the entry's bound.
@@ -160,10 +194,9 @@ func (m *Metrics) segment(e *entryMetrics, from, to string) *segmentSeries {
 		return nil
 	}
 	e.keysTaken++
-	l := prometheus.Labels{"target": e.key.target, "module": e.key.module, "from": from, "to": to}
 	s := &segmentSeries{
-		rtt:     histogram("segment_rtt_seconds", "Round trip time of the segment from each hop's own clock, per continuous probe (the network and both kernels, without the hops' waits).", e.buckets, l),
-		connect: histogram("segment_connect_seconds", "Handshake time of each connection the near end opened for the entry (its first, and every reconnect).", e.buckets, l),
+		rtt:     m.histogram(m.rttDesc, e, e.key.target, e.key.module, from, to),
+		connect: m.histogram(m.connectDesc, e, e.key.target, e.key.module, from, to),
 	}
 	e.segments[k] = s
 	return s
@@ -181,10 +214,9 @@ func (m *Metrics) hop(e *entryMetrics, name string) *hopSeries {
 		return nil
 	}
 	e.keysTaken++
-	l := prometheus.Labels{"target": e.key.target, "module": e.key.module, "hop": name}
 	h := &hopSeries{
-		residence: histogram("hop_residence_seconds", "Time each continuous probe spent inside the hop (forward and return), its wait for a CPU included.", e.buckets, l),
-		wait:      histogram("hop_wait_seconds", "Part of the hop's residence each continuous probe spent in the hop's kernel before the hop read it.", e.buckets, l),
+		residence: m.histogram(m.residenceDesc, e, e.key.target, e.key.module, name),
+		wait:      m.histogram(m.waitDesc, e, e.key.target, e.key.module, name),
 	}
 	e.hops[name] = h
 	return h

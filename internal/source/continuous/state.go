@@ -70,16 +70,48 @@ func (s *entryState) succeed(now time.Time) bool {
 	return was
 }
 
-// chain keeps the order of hops and segments of a probe that got through
-// (a failed probe's partial chain would reorder the drawing).
-func (s *entryState) chain(res *prober.Result) {
-	if res.Failure != nil || len(res.Hops) == 0 {
+// record adds a probe's figures to the windows (a warm-up's carry none),
+// and keeps the chain's order of a probe that got through.
+func (s *entryState) record(now time.Time, res *prober.Result, warmup bool) {
+	if warmup {
 		return
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.chainLocked(res)
+	at := s.moment(now)
+	for i := range res.Segments {
+		if seg := &res.Segments[i]; seg.Samples > 0 {
+			s.segmentAt(at, seg.From, seg.To, seg.RTT.Median)
+		}
+	}
+	for i := range res.Hops {
+		if hr := &res.Hops[i]; hr.Residence.Max > 0 {
+			s.hopAt(at, hr.Name, hr.Residence.Median, hr.Wait.Median, hr.Vars)
+		}
+	}
+}
+
+// chain keeps the order of hops and segments of a probe that got through.
+func (s *entryState) chain(res *prober.Result) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.chainLocked(res)
+}
+
+// chainLocked keeps the order of hops and segments of a probe that got
+// through (a failed probe's partial chain would reorder the drawing). The
+// caller holds mu.
+func (s *entryState) chainLocked(res *prober.Result) {
+	if res.Failure != nil || len(res.Hops) == 0 {
+		return
+	}
+	if s.hopRes == nil {
+		s.hopRes, s.segRes = map[string]float64{}, map[[2]string]float64{}
+	}
+	clear(s.hopRes)
+	clear(s.segRes)
 	s.hopsInOrder = s.hopsInOrder[:0]
-	s.hopRes, s.segRes = map[string]float64{}, map[[2]string]float64{}
 	for _, h := range res.Hops {
 		s.hopsInOrder = append(s.hopsInOrder, h.Name)
 		if h.HTTPHeader {
@@ -113,9 +145,22 @@ func (s *entryState) setContext(now time.Time, c map[string]map[string]float64) 
 	s.context, s.contextAt = c, now
 }
 
+// segment adds a segment's rtt at now.
 func (s *entryState) segment(now time.Time, from, to string, rtt float64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.segmentAt(s.moment(now), from, to, rtt)
+}
+
+// hop adds a hop's residence and wait at now.
+func (s *entryState) hop(now time.Time, name string, residence, wait float64, vars map[string]float64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.hopAt(s.moment(now), name, residence, wait, vars)
+}
+
+// segmentAt adds a segment's rtt at moment at; the caller holds mu.
+func (s *entryState) segmentAt(at int64, from, to string, rtt float64) {
 	k := [2]string{from, to}
 	w := s.segments[k]
 	if w == nil {
@@ -125,12 +170,11 @@ func (s *entryState) segment(now time.Time, from, to string, rtt float64) {
 		w = &window{}
 		s.segments[k] = w
 	}
-	w.add(s.moment(now), rtt)
+	w.add(at, rtt)
 }
 
-func (s *entryState) hop(now time.Time, name string, residence, wait float64, vars map[string]float64) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+// hopAt adds a hop's residence and wait at moment at; the caller holds mu.
+func (s *entryState) hopAt(at int64, name string, residence, wait float64, vars map[string]float64) {
 	h := s.hops[name]
 	if h == nil {
 		if len(s.segments)+len(s.hops) >= maxSeriesKeys {
@@ -139,7 +183,6 @@ func (s *entryState) hop(now time.Time, name string, residence, wait float64, va
 		h = &hopWindows{}
 		s.hops[name] = h
 	}
-	at := s.moment(now)
 	h.residence.add(at, residence)
 	h.wait.add(at, wait)
 	if len(vars) > 0 {
@@ -304,17 +347,17 @@ func containsSeg(segs [][2]string, from, to string) bool {
 // Snapshot is every entry's state, in configuration order.
 func (m *Manager) Snapshot() []EntryState {
 	m.mu.Lock()
-	runners := make([]*runner, 0, len(m.runners))
+	states := make([]*entryState, 0, len(m.entries))
 	for _, k := range m.order {
-		if r := m.runners[k]; r != nil {
-			runners = append(runners, r)
+		if r := m.entries[k]; r != nil {
+			states = append(states, r.rec.state)
 		}
 	}
 	m.mu.Unlock()
 	now := time.Now()
-	out := make([]EntryState, 0, len(runners))
-	for _, r := range runners {
-		out = append(out, r.state.snapshot(now))
+	out := make([]EntryState, 0, len(states))
+	for _, s := range states {
+		out = append(out, s.snapshot(now))
 	}
 	return out
 }
