@@ -42,14 +42,23 @@ var nativeZeroThreshold = prometheus.DefNativeHistogramZeroThreshold
 
 // nativeBounds[schema] are the fractions of a power of two where the
 // buckets of a positive schema start: 2^(i/2^schema - 1) for i below
-// 2^schema (the Prometheus native histogram boundaries).
+// 2^schema (the Prometheus native histogram boundaries). Each is the one
+// before it times 2^(2^-schema), or, every other one, the coarser
+// schema's — so the floats are exactly those client_golang and
+// Prometheus use (a value on a boundary falls in the same bucket).
 var nativeBounds = func() [9][]float64 {
 	var b [9][]float64
+	b[0] = []float64{0.5}
 	for s := 1; s <= 8; s++ {
-		n := 1 << s
-		b[s] = make([]float64, n)
-		for i := range n {
-			b[s][i] = math.Exp2(float64(i)/float64(n) - 1)
+		factor := math.Exp2(math.Exp2(float64(-s)))
+		b[s] = make([]float64, 1<<s)
+		b[s][0] = 0.5
+		for i := 1; i < len(b[s]); i++ {
+			if i%2 == 0 {
+				b[s][i] = b[s-1][i/2]
+			} else {
+				b[s][i] = b[s][i-1] * factor
+			}
 		}
 	}
 	return b
