@@ -216,3 +216,24 @@ func TestHistogramWritesWhileObserving(t *testing.T) {
 		t.Errorf("count %d", m.Histogram.GetSampleCount())
 	}
 }
+
+func TestFrexpIsMathFrexp(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 1))
+	for _, x := range []float64{1, 0.5, 2, math.MaxFloat64, math.SmallestNonzeroFloat64, 2.2250738585072014e-308, 1e-310, 3e-9, 0.1} {
+		f, e := frexp(x)
+		wf, we := math.Frexp(x)
+		if f != wf || e != we {
+			t.Errorf("frexp(%v) = %v, %d; math.Frexp %v, %d", x, f, e, wf, we)
+		}
+	}
+	for range 100000 {
+		x := math.Float64frombits(rng.Uint64() &^ (1 << 63))
+		if math.IsNaN(x) || math.IsInf(x, 0) {
+			continue
+		}
+		f, e := frexp(x)
+		if wf, we := math.Frexp(x); f != wf || e != we {
+			t.Fatalf("frexp(%v) = %v, %d; math.Frexp %v, %d", x, f, e, wf, we)
+		}
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 )
 
 const namespace = "subsegment_continuous"
@@ -41,6 +42,8 @@ type entryKey struct{ target, module string }
 type entryMetrics struct {
 	key     entryKey
 	buckets []float64
+	// target and module labels, shared by the entry's histograms
+	target, module *dto.LabelPair
 	// mu guards the counts of the entry's histograms: the entry's probe
 	// observes them all under it, and a scrape writes each under it.
 	mu        sync.Mutex
@@ -155,7 +158,8 @@ func (m *Metrics) entry(target, module string, buckets []float64) *entryMetrics 
 		if !m.classic {
 			buckets = nil
 		}
-		e = &entryMetrics{key: k, buckets: buckets, segments: map[[2]string]*segmentSeries{}, hops: map[string]*hopSeries{}}
+		e = &entryMetrics{key: k, buckets: buckets, segments: map[[2]string]*segmentSeries{}, hops: map[string]*hopSeries{},
+			target: labelPair("target", target), module: labelPair("module", module)}
 		m.entries[k] = e
 		// Pre-initialised, so that rate() sees the first failure.
 		m.probes.WithLabelValues(target, module, "success")
@@ -177,9 +181,7 @@ func (m *Metrics) remove(target, module string) {
 	}
 }
 
-func (m *Metrics) histogram(desc *prometheus.Desc, e *entryMetrics, values ...string) *histogram {
-	return newHistogram(desc, prometheus.MakeLabelPairs(desc, values), e.buckets, &e.mu, m.now)
-}
+func labelPair(name, value string) *dto.LabelPair { return &dto.LabelPair{Name: &name, Value: &value} }
 
 // segment returns a segment's series, nil past the entry's bound.
 func (m *Metrics) segment(e *entryMetrics, from, to string) *segmentSeries {
@@ -194,9 +196,12 @@ func (m *Metrics) segment(e *entryMetrics, from, to string) *segmentSeries {
 		return nil
 	}
 	e.keysTaken++
+	// One list of label pairs, sorted by name, for both histograms
+	// (MakeLabelPairs would give each its own, for 10 000 entries' series).
+	labels := []*dto.LabelPair{labelPair("from", from), e.module, e.target, labelPair("to", to)}
 	s := &segmentSeries{
-		rtt:     m.histogram(m.rttDesc, e, e.key.target, e.key.module, from, to),
-		connect: m.histogram(m.connectDesc, e, e.key.target, e.key.module, from, to),
+		rtt:     newHistogram(m.rttDesc, labels, e.buckets, &e.mu, m.now),
+		connect: newHistogram(m.connectDesc, labels, e.buckets, &e.mu, m.now),
 	}
 	e.segments[k] = s
 	return s
@@ -214,9 +219,10 @@ func (m *Metrics) hop(e *entryMetrics, name string) *hopSeries {
 		return nil
 	}
 	e.keysTaken++
+	labels := []*dto.LabelPair{labelPair("hop", name), e.module, e.target}
 	h := &hopSeries{
-		residence: m.histogram(m.residenceDesc, e, e.key.target, e.key.module, name),
-		wait:      m.histogram(m.waitDesc, e, e.key.target, e.key.module, name),
+		residence: newHistogram(m.residenceDesc, labels, e.buckets, &e.mu, m.now),
+		wait:      newHistogram(m.waitDesc, labels, e.buckets, &e.mu, m.now),
 	}
 	e.hops[name] = h
 	return h

@@ -23,6 +23,8 @@ type entryState struct {
 	segRes      map[[2]string]float64
 	segments    map[[2]string]*window
 	hops        map[string]*hopWindows
+	segCache    []cachedWindow
+	hopCache    []cachedHopWindows
 	lastSuccess time.Time
 	failure     *prober.FailureResult
 	failedAt    time.Time
@@ -82,13 +84,82 @@ func (s *entryState) record(now time.Time, res *prober.Result, warmup bool) {
 	at := s.moment(now)
 	for i := range res.Segments {
 		if seg := &res.Segments[i]; seg.Samples > 0 {
-			s.segmentAt(at, seg.From, seg.To, seg.RTT.Median)
+			if w := s.segmentWindow(i, seg.From, seg.To); w != nil {
+				w.add(at, seg.RTT.Median)
+			}
 		}
 	}
 	for i := range res.Hops {
 		if hr := &res.Hops[i]; hr.Residence.Max > 0 {
-			s.hopAt(at, hr.Name, hr.Residence.Median, hr.Wait.Median, hr.Vars)
+			if h := s.hopWindows(i, hr.Name); h != nil {
+				h.record(at, hr.Residence.Median, hr.Wait.Median, hr.Vars)
+			}
 		}
+	}
+}
+
+// segmentWindow is the window of segment from → to, the i-th of a probe;
+// nil past the entry's bound. The caller holds mu.
+func (s *entryState) segmentWindow(i int, from, to string) *window {
+	if i < len(s.segCache) && s.segCache[i].from == from && s.segCache[i].to == to {
+		return s.segCache[i].w
+	}
+	k := [2]string{from, to}
+	w := s.segments[k]
+	if w == nil {
+		if len(s.segments)+len(s.hops) >= maxSeriesKeys {
+			return nil
+		}
+		w = &window{}
+		s.segments[k] = w
+	}
+	for len(s.segCache) <= i {
+		s.segCache = append(s.segCache, cachedWindow{})
+	}
+	s.segCache[i] = cachedWindow{from: from, to: to, w: w}
+	return w
+}
+
+// hopWindows are the windows of hop name, the i-th of a probe; nil past
+// the entry's bound. The caller holds mu.
+func (s *entryState) hopWindows(i int, name string) *hopWindows {
+	if i < len(s.hopCache) && s.hopCache[i].name == name {
+		return s.hopCache[i].h
+	}
+	h := s.hops[name]
+	if h == nil {
+		if len(s.segments)+len(s.hops) >= maxSeriesKeys {
+			return nil
+		}
+		h = &hopWindows{}
+		s.hops[name] = h
+	}
+	for len(s.hopCache) <= i {
+		s.hopCache = append(s.hopCache, cachedHopWindows{})
+	}
+	s.hopCache[i] = cachedHopWindows{name: name, h: h}
+	return h
+}
+
+// cachedWindow and cachedHopWindows are the windows of the previous
+// probe's segments and hops, by position: an unchanged chain finds them
+// without a map.
+type cachedWindow struct {
+	from, to string
+	w        *window
+}
+
+type cachedHopWindows struct {
+	name string
+	h    *hopWindows
+}
+
+// record adds a probe's residence and wait.
+func (h *hopWindows) record(at int64, residence, wait float64, vars map[string]float64) {
+	h.residence.add(at, residence)
+	h.wait.add(at, wait)
+	if len(vars) > 0 {
+		h.vars = vars
 	}
 }
 
@@ -103,7 +174,7 @@ func (s *entryState) chain(res *prober.Result) {
 // through (a failed probe's partial chain would reorder the drawing). The
 // caller holds mu.
 func (s *entryState) chainLocked(res *prober.Result) {
-	if res.Failure != nil || len(res.Hops) == 0 {
+	if res.Failure != nil || len(res.Hops) == 0 || s.sameChain(res) {
 		return
 	}
 	if s.hopRes == nil {
@@ -125,6 +196,25 @@ func (s *entryState) chainLocked(res *prober.Result) {
 			s.segRes[[2]string{seg.From, seg.To}] = seg.Resolution
 		}
 	}
+}
+
+// sameChain says whether res's relay chain is the one kept: the same
+// hops and segments, and no resolutions (an HTTP chain's are kept anew).
+func (s *entryState) sameChain(res *prober.Result) bool {
+	if len(s.hopsInOrder) != len(res.Hops) || len(s.segsInOrder) != len(res.Segments) || len(s.hopRes) > 0 || len(s.segRes) > 0 {
+		return false
+	}
+	for i := range res.Hops {
+		if h := &res.Hops[i]; h.Name != s.hopsInOrder[i] || h.HTTPHeader {
+			return false
+		}
+	}
+	for i := range res.Segments {
+		if seg := &res.Segments[i]; seg.From != s.segsInOrder[i][0] || seg.To != s.segsInOrder[i][1] || seg.Resolution > 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // contextDue says whether the context may be read again; it reserves the
@@ -183,11 +273,7 @@ func (s *entryState) hopAt(at int64, name string, residence, wait float64, vars 
 		h = &hopWindows{}
 		s.hops[name] = h
 	}
-	h.residence.add(at, residence)
-	h.wait.add(at, wait)
-	if len(vars) > 0 {
-		h.vars = vars
-	}
+	h.record(at, residence, wait, vars)
 }
 
 // Span is how far back the chain page looks, at least: an entry whose

@@ -108,14 +108,19 @@ func (r *Result) measured(smp *Sample, n int) bool {
 
 // chain is the run's hops in chain order, as first seen, by identity.
 type chain struct {
-	hops  []peer.Hop
+	hops []peer.Hop
+	// index finds a hop by key once there are more than linearHops
+	// (a chain is usually a few hops: a scan is cheaper than a map).
 	index map[hopKey]int
-	// next is the hop seen after each hop, to recognise the far end of a
-	// failed segment that a hop named without an identity.
-	next map[int]int
+	// next is the hop seen after each hop (-1: none), to recognise the
+	// far end of a failed segment that a hop named without an identity.
+	next []int
 }
 
-func newChain() *chain { return &chain{index: map[hopKey]int{}, next: map[int]int{}} }
+// linearHops is how many hops a chain finds by a scan of its hops.
+const linearHops = 16
+
+func newChain() *chain { return &chain{} }
 
 // newChain is an empty chain: the scratch one of a renewed result.
 func (r *Result) newChain() *chain {
@@ -123,26 +128,43 @@ func (r *Result) newChain() *chain {
 		return newChain()
 	}
 	c := r.scratch.chain
-	c.hops = c.hops[:0]
+	c.hops, c.next = c.hops[:0], c.next[:0]
 	clear(c.index)
-	clear(c.next)
 	return c
 }
 
 func (c *chain) indexOf(h peer.Hop) int {
 	k := keyOf(h)
-	if i, ok := c.index[k]; ok {
+	if len(c.hops) <= linearHops {
+		// keyOf(x) == k, without building the keys
+		for i := range c.hops {
+			if x := &c.hops[i]; x.ID == h.ID && (h.ID != 0 || x.Name == h.Name) {
+				return i
+			}
+		}
+	} else if i, ok := c.index[k]; ok {
 		return i
 	}
-	c.index[k] = len(c.hops)
 	c.hops = append(c.hops, h)
+	c.next = append(c.next, -1)
+	if n := len(c.hops); n > linearHops {
+		if c.index == nil {
+			c.index = map[hopKey]int{}
+		}
+		if len(c.index) == 0 {
+			for i, x := range c.hops {
+				c.index[keyOf(x)] = i
+			}
+		}
+		c.index[k] = n - 1
+	}
 	return len(c.hops) - 1
 }
 
 func (c *chain) add(smp *Sample) {
 	prev := -1
-	for _, rec := range smp.Records {
-		i := c.indexOf(peerOf(rec))
+	for k := range smp.Records {
+		i := c.indexOf(peerOf(&smp.Records[k]))
 		if prev >= 0 {
 			c.next[prev] = i
 		}
@@ -158,7 +180,7 @@ func (c *chain) add(smp *Sample) {
 // after the near end when the failure names it so, else a new one.
 func (c *chain) farEnd(f *Failure) int {
 	if f.To.ID == 0 {
-		if n, ok := c.next[c.indexOf(f.From)]; ok && c.hops[n].Name == f.To.Name {
+		if n := c.next[c.indexOf(f.From)]; n >= 0 && c.hops[n].Name == f.To.Name {
 			return n
 		}
 	}
@@ -230,29 +252,53 @@ func (r *Result) countReached(smp *Sample) {
 
 // segment returns the segment between two hops, created on first use.
 func (r *Result) segment(from, to int) *SegmentResult {
-	if r.byLabel == nil {
-		r.byLabel = map[[2]string]int{}
-	}
 	key := [2]string{r.Hops[from].Name, r.Hops[to].Name}
-	if i, ok := r.byLabel[key]; ok {
+	if i := r.segmentAt(key[0], key[1]); i >= 0 {
 		return &r.Segments[i]
 	}
-	r.byLabel[key] = len(r.Segments)
 	seg := SegmentResult{From: key[0], To: key[1], from: from, to: to}
 	if n := len(r.Segments); n < cap(r.Segments) {
 		// A renewed result's segment reuses the previous one's arrays.
-		old := r.Segments[:n+1][n]
+		old := &r.Segments[:n+1][n]
 		seg.samples, seg.fwd, seg.ret = old.samples[:0], old.fwd[:0], old.ret[:0]
 	}
 	r.Segments = append(r.Segments, seg)
+	if n := len(r.Segments); n > linearHops {
+		if r.byLabel == nil {
+			r.byLabel = map[[2]string]int{}
+		}
+		if len(r.byLabel) == 0 {
+			for i := range r.Segments {
+				r.byLabel[[2]string{r.Segments[i].From, r.Segments[i].To}] = i
+			}
+		}
+		r.byLabel[key] = n - 1
+	}
 	return &r.Segments[len(r.Segments)-1]
+}
+
+// segmentAt is the index of the segment from → to (labels), -1 for none:
+// a scan of a few segments, a map of many.
+func (r *Result) segmentAt(from, to string) int {
+	if len(r.Segments) <= linearHops {
+		for i := range r.Segments {
+			if r.Segments[i].From == from && r.Segments[i].To == to {
+				return i
+			}
+		}
+		return -1
+	}
+	if i, ok := r.byLabel[[2]string{from, to}]; ok {
+		return i
+	}
+	return -1
 }
 
 // addSegments lists the segments in chain order, as first seen, with the
 // kernel's view of both ends and their retransmissions.
 func (r *Result) addSegments(c *chain, smp *Sample) {
 	for i := 1; i < len(smp.Records); i++ {
-		near, far := smp.Records[i-1], smp.Records[i]
+		near, far := &smp.Records[i-1], &smp.Records[i]
 		s := r.segment(c.indexOf(peerOf(near)), c.indexOf(peerOf(far)))
 		if near.Flags&frame.RecTCPInfo != 0 {
 			s.tcpNear, s.hasTCP = tcpResult(near.TCP), true
@@ -268,11 +314,12 @@ func (r *Result) addSegments(c *chain, smp *Sample) {
 // addConnects takes the connect times from the sample whose hops dialled
 // (the warm-up).
 func (r *Result) addConnects(c *chain, smp *Sample) {
-	for i, rec := range smp.Records {
+	for i := range smp.Records {
+		rec := &smp.Records[i]
 		if rec.Flags&frame.RecDialed == 0 || i+1 >= len(smp.Records) {
 			continue
 		}
-		s := r.segment(c.indexOf(peerOf(rec)), c.indexOf(peerOf(smp.Records[i+1])))
+		s := r.segment(c.indexOf(peerOf(rec)), c.indexOf(peerOf(&smp.Records[i+1])))
 		s.connect, s.hasConnect = rec.Connect.Seconds(), true
 	}
 }
@@ -281,7 +328,8 @@ func (r *Result) addConnects(c *chain, smp *Sample) {
 // stamps came from the kernel and its clock was synchronised.
 func (r *Result) addResidences(c *chain, smp *Sample) {
 	last := len(smp.Records) - 1
-	for i, rec := range smp.Records {
+	for i := range smp.Records {
+		rec := &smp.Records[i]
 		h := &r.Hops[c.indexOf(peerOf(rec))]
 		h.residences = append(h.residences, smp.Breakdown.Residence[i])
 		h.waits = append(h.waits, rec.WaitForward+rec.WaitReturn)
@@ -309,8 +357,9 @@ func kernelFlags(i int, end bool, flags uint16) uint16 {
 // answered on its own; the segment it could not cross has no rtt, the
 // ones before it do.
 func (r *Result) addRTTs(c *chain, smp *Sample) {
-	for _, seg := range smp.Breakdown.Segments {
-		near, far := smp.Records[seg.From], smp.Records[seg.To]
+	for k := range smp.Breakdown.Segments {
+		seg := &smp.Breakdown.Segments[k]
+		near, far := &smp.Records[seg.From], &smp.Records[seg.To]
 		s := r.segment(c.indexOf(peerOf(near)), c.indexOf(peerOf(far)))
 		s.samples = append(s.samples, seg.RTT)
 		if seg.OneWay != nil {
@@ -378,7 +427,6 @@ func (r *Result) setFailure(f *Failure) {
 	if len(r.Segments) == 0 {
 		r.Hops = []HopResult{{Name: f.From.Name}}
 		r.Segments = []SegmentResult{{From: f.From.Name, To: f.To.Name, to: -1}}
-		r.byLabel = map[[2]string]int{{f.From.Name, f.To.Name}: 0}
 	}
 }
 

@@ -496,7 +496,7 @@ func (s *httpSession) statusFailure(resp *http.Response, records []frame.HopReco
 	if !known {
 		behind = "the hop behind it (" + next + ", or a proxy that did not stamp: list the chain in http.hops to name it)"
 	}
-	return &Failure{FromIndex: inner, From: peerOf(records[inner]), To: peer.Hop{Name: next}, Reason: peer.ReasonHTTPStatus,
+	return &Failure{FromIndex: inner, From: peerOf(&records[inner]), To: peer.Hop{Name: next}, Reason: peer.ReasonHTTPStatus,
 		Message: fmt.Sprintf("%s, stamped by %s (innermost): %s did not answer it with a valid response", msg, names[len(names)-1], behind)}
 }
 
@@ -552,7 +552,7 @@ func (s *httpSession) checkChain(smp *Sample, names []string) *Failure {
 	}
 	from := peer.Hop{ID: s.id, Name: s.o.Source}
 	if k > 0 {
-		from = peerOf(smp.Records[k])
+		from = peerOf(&smp.Records[k])
 	}
 	var to, msg string
 	switch {

@@ -37,7 +37,8 @@ type Result struct {
 	DuplicateNames bool     `json:"duplicate_names"`
 	Samples        []Sample `json:"-"`
 	fail           *Failure
-	byLabel        map[[2]string]int
+	// byLabel finds a segment of a long chain (segmentAt).
+	byLabel map[[2]string]int
 	// scratch is set on a result that is renewed for every probe.
 	scratch *buildScratch
 }
@@ -161,7 +162,7 @@ func (r *Result) SlowestSegment() *SegmentResult {
 
 // Segment returns the statistics of the segment from → to (labels), or nil.
 func (r *Result) Segment(from, to string) *SegmentResult {
-	if i, ok := r.byLabel[[2]string{from, to}]; ok {
+	if i := r.segmentAt(from, to); i >= 0 {
 		return &r.Segments[i]
 	}
 	return nil

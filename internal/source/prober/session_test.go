@@ -2,6 +2,7 @@ package prober
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -205,5 +206,39 @@ func TestSessionReopenReportsTheNewConnection(t *testing.T) {
 		if c := r.Segment(seg[0], seg[1]); c == nil || c.Connect == nil || c.Samples != 1 {
 			t.Errorf("segment %s -> %s of the reopened probe: %+v", seg[0], seg[1], c)
 		}
+	}
+}
+
+// A chain longer than what is found by a scan (linearHops) is found by
+// its map: every segment and hop, in a run and in a session's probes.
+func TestLongChainSegmentsAndHops(t *testing.T) {
+	names := make([]string, linearHops+4)
+	for i := range names {
+		names[i] = fmt.Sprintf("h%02d", i)
+	}
+	target := chaintest.Chain(t, chaintest.ChainOptions{}, names...)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	check := func(what string, r *Result) {
+		t.Helper()
+		if !r.Success || len(r.Segments) != len(names) || len(r.Hops) != len(names)+1 {
+			t.Fatalf("%s: %d segments, %d hops: %+v", what, len(r.Segments), len(r.Hops), r.Failure)
+		}
+		prev := "a"
+		for _, n := range names {
+			if s := r.Segment(prev, n); s == nil || s.Samples == 0 {
+				t.Errorf("%s: segment %s -> %s: %+v", what, prev, n, s)
+			}
+			prev = n
+		}
+	}
+	check("run", Run(ctx, opts(target)))
+	s, warm := Open(ctx, opts(target))
+	if s == nil {
+		t.Fatalf("open: %+v", warm.Failure)
+	}
+	defer s.Close()
+	for i := range 3 {
+		check(fmt.Sprintf("probe %d", i), s.Probe(ctx))
 	}
 }

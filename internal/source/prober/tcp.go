@@ -273,7 +273,8 @@ func attachTCPInfo(tcp TCPInfoReader, samples []Sample) {
 
 // timingHops is what the segment arithmetic needs of the records.
 func timingHops(dst []timing.Hop, records []frame.HopRecord) []timing.Hop {
-	for _, r := range records {
+	for i := range records {
+		r := &records[i]
 		dst = append(dst, timing.Hop{Name: r.Name, Forward: r.Forward, Downstream: r.Downstream, Return: r.Return, WallIn: r.WallIn,
 			Synced: r.Flags&frame.RecSynced != 0, MaxError: time.Duration(r.MaxErrorMicros) * time.Microsecond})
 	}
@@ -307,7 +308,7 @@ func breakDown(smp *Sample, hops []timing.Hop, into *timing.Breakdown, reason pe
 	far := smp.Records[oc.Far]
 	smp.Records = smp.Records[:oc.Far]
 	near := oc.Far - 1
-	smp.Failure = &Failure{FromIndex: near, From: peerOf(smp.Records[near]), To: peerOf(far), Reason: reason,
+	smp.Failure = &Failure{FromIndex: near, From: peerOf(&smp.Records[near]), To: peerOf(&far), Reason: reason,
 		Message: fmt.Sprintf("%s of hop %d (%s) was refused: %v", what(), oc.Far, far.Name, oc)}
 }
 
@@ -332,14 +333,20 @@ func (s *session) read() ([]byte, rxstamp.Stamp, error) {
 // record.
 func (s *relayProbe) decode(fr []byte, seq uint64, smp *Sample, src frame.HopRecord) {
 	o := s.o
+	expect := frame.Expect{Request: frame.KindProbeRequest, Seq: seq}
+	var rep frame.Reply
+	var recs []frame.Record
+	var err error
 	if s.reuse {
 		a := s.arraysOf(seq)
 		smp.Records = append(a.records[:0], src)
 		defer func() { a.records = smp.Records }()
+		rep, a.parsed, err = frame.CheckReplyInto(fr, s.sign, o.maxFrame(), expect, a.parsed)
+		recs = a.parsed
 	} else {
 		smp.Records = []frame.HopRecord{src}
+		rep, recs, err = frame.CheckReplyInto(fr, s.sign, o.maxFrame(), expect, nil)
 	}
-	rep, err := frame.CheckReply(fr, s.sign, o.maxFrame(), frame.Expect{Request: frame.KindProbeRequest, Seq: seq})
 	if rec := rep.Refusal; rec != nil {
 		smp.Failure = &Failure{From: peer.Hop{ID: s.id, Name: o.Source}, To: peer.Hop{ID: rec.ID, Name: rec.Name}, Reason: rec.Reason, Message: rec.Message}
 		if rep.Unverified {
@@ -350,11 +357,11 @@ func (s *relayProbe) decode(fr []byte, seq uint64, smp *Sample, src frame.HopRec
 		return
 	}
 	if err != nil {
-		s.refused(smp, fr, rep.View, err)
+		s.refused(smp, rep.View, recs, err)
 		return
 	}
-	recs := s.parse(seq, rep.View.Tail(fr), int(rep.View.Probe.Count))
-	for i, r := range recs {
+	for i := range recs {
+		r := &recs[i]
 		switch r.Kind {
 		case frame.RecordHop:
 			smp.Records = append(smp.Records, r.Hop)
@@ -388,7 +395,7 @@ func (s *relayProbe) decode(fr []byte, seq uint64, smp *Sample, src frame.HopRec
 // record was refused, the records before it are trusted, and the failed
 // segment is the one into the hop whose record was refused, which is named
 // by its position: its own name is not trusted.
-func (s *relayProbe) refused(smp *Sample, fr []byte, v frame.View, err error) {
+func (s *relayProbe) refused(smp *Sample, v frame.View, recs []frame.Record, err error) {
 	reason := peer.ClassifyOr(err, peer.ReasonBadFrame)
 	var br *frame.BadRecord
 	if !errors.As(err, &br) || v.TailOff == 0 {
@@ -399,31 +406,18 @@ func (s *relayProbe) refused(smp *Sample, fr []byte, v frame.View, err error) {
 		smp.Failure = s.fail(reason, "reply from %s: the record of hop 1 (the first hop) was refused: %v", s.o.Target, br.Err)
 		return
 	}
-	recs := s.parse(smp.Seq, v.Tail(fr), int(v.Probe.Count))
-	for _, r := range recs {
-		if r.Kind != frame.RecordHop {
+	for i := range recs {
+		if recs[i].Kind != frame.RecordHop {
 			break
 		}
-		smp.Records = append(smp.Records, r.Hop)
+		smp.Records = append(smp.Records, recs[i].Hop)
 	}
 	from := len(smp.Records) - 1
-	smp.Failure = &Failure{FromIndex: from, From: peerOf(smp.Records[from]), To: peer.Hop{Name: fmt.Sprintf("hop%d", from+1)}, Reason: reason,
+	smp.Failure = &Failure{FromIndex: from, From: peerOf(&smp.Records[from]), To: peer.Hop{Name: fmt.Sprintf("hop%d", from+1)}, Reason: reason,
 		Message: fmt.Sprintf("reply from %s: the record of hop %d (after %s) was refused: %v", s.o.Target, from+1, smp.Records[from].Name, br.Err)}
 }
 
-// parse decodes a reply's records (those before a refused one), into
-// the probe's array when it reuses it.
-func (s *relayProbe) parse(seq uint64, tail []byte, count int) []frame.Record {
-	if !s.reuse {
-		recs, _ := frame.ParseRecords(tail, count)
-		return recs
-	}
-	a := s.arraysOf(seq)
-	a.parsed, _ = frame.ParseRecordsInto(a.parsed, tail, count)
-	return a.parsed
-}
-
-func peerOf(r frame.HopRecord) peer.Hop { return peer.Hop{ID: r.ID, Name: r.Name} }
+func peerOf(r *frame.HopRecord) peer.Hop { return peer.Hop{ID: r.ID, Name: r.Name} }
 
 // locate turns an error record into the failed segment. The records before
 // it are the hops that answered, in order.
@@ -442,13 +436,13 @@ func locate(hops []frame.HopRecord, e frame.ErrorRecord) *Failure {
 		if rep > 0 {
 			prev = rep - 1
 		}
-		f.FromIndex, f.From, f.To = prev, peerOf(hops[prev]), peer.Hop{ID: e.ID, Name: e.Name}
+		f.FromIndex, f.From, f.To = prev, peerOf(&hops[prev]), peer.Hop{ID: e.ID, Name: e.Name}
 	default:
 		from := len(hops) - 1
 		if rep > 0 {
 			from = rep
 		}
-		f.FromIndex, f.From, f.To = from, peerOf(hops[from]), peer.Hop{Name: e.Peer}
+		f.FromIndex, f.From, f.To = from, peerOf(&hops[from]), peer.Hop{Name: e.Peer}
 	}
 	return f
 }

@@ -243,7 +243,12 @@ type Stats struct {
 // Summarise computes Stats over samples in probe order.
 func Summarise(samples []time.Duration) Stats {
 	s := Stats{Count: len(samples)}
-	if len(samples) == 0 {
+	switch len(samples) {
+	case 0:
+		return s
+	case 1:
+		// A continuous probe's: every statistic is the sample.
+		s.Min, s.Median, s.Max = samples[0], samples[0], samples[0]
 		return s
 	}
 	var diff float64

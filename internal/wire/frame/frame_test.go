@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"math"
 	"os"
@@ -599,6 +600,36 @@ func FuzzParseKeys(f *testing.F) {
 		}
 		if err := NewSigner(Keys{append([]byte("other"), keys[0]...)}).Verify(fr); err == nil {
 			t.Fatal("signature accepted with another key")
+		}
+	})
+}
+
+// CheckReplyInto is CheckReply and ParseRecords in one pass: the same
+// verdict, the same error, the same records (those before a refused one).
+func FuzzCheckReplyInto(f *testing.F) {
+	h := sampleHop()
+	z := HopRecord{Name: "z", Flags: RecEnd}
+	f.Add(validReply(), uint64(1))
+	f.Add(AppendReply(nil, KindProbeReply, ProbeHeader{Seq: 7}, nil, AppendHop(AppendHop(nil, &h), &z), 2, nil), uint64(7))
+	bad := HopRecord{Name: "bad", Forward: MaxDuration + 1}
+	f.Add(AppendReply(nil, KindProbeReply, ProbeHeader{Seq: 2}, nil, AppendHop(AppendHop(nil, &h), &bad), 2, nil), uint64(2))
+	f.Add(AppendErrorFrame(nil, &ErrorRecord{Name: "c", Peer: "z", Message: "m"}, nil), uint64(0))
+	f.Add(validRequest(), uint64(1))
+	f.Fuzz(func(t *testing.T, b []byte, seq uint64) {
+		want := Expect{Request: KindProbeRequest, Seq: seq}
+		rep, err := CheckReply(b, nil, DefaultMaxFrameBytes, want)
+		prev, _ := ParseRecords(recordsOf(t, validReply()), 1)
+		repInto, recs, errInto := CheckReplyInto(b, nil, DefaultMaxFrameBytes, want, prev)
+		if fmt.Sprint(err) != fmt.Sprint(errInto) || !reflect.DeepEqual(rep, repInto) {
+			t.Fatalf("CheckReplyInto: %+v, %v; CheckReply: %+v, %v", repInto, errInto, rep, err)
+		}
+		var br *BadRecord
+		if rep.View.TailOff == 0 || err != nil && !errors.As(err, &br) {
+			return
+		}
+		parsed, _ := ParseRecords(rep.View.Tail(b), int(rep.View.Probe.Count))
+		if len(parsed) != len(recs) || len(recs) > 0 && !reflect.DeepEqual(parsed, recs) {
+			t.Fatalf("CheckReplyInto decoded %+v, ParseRecords %+v", recs, parsed)
 		}
 	})
 }

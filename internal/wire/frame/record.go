@@ -387,23 +387,6 @@ func (d *decoder) u64() uint64 {
 	return 0
 }
 
-func (d *decoder) duration(what string) time.Duration {
-	v := d.u64()
-	if v > uint64(MaxDuration) {
-		if v > math.MaxInt64 {
-			d.failf("%s is negative", what)
-		} else {
-			d.failf("%s of %v is over %v", what, time.Duration(v), MaxDuration)
-		}
-		return 0
-	}
-	return time.Duration(v)
-}
-
-func (d *decoder) tcp() tcpinfo.Info {
-	return tcpinfo.Info{RTTMicros: d.u32(), RTTVarMicros: d.u32(), MinRTTMicros: d.u32(), TotalRetrans: d.u32(), SndMSS: d.u32(), PMTU: d.u32(), SndCwnd: d.u32()}
-}
-
 // str takes n bytes and checks them with check (which allocates only
 // when it fails); it returns them as a string only when decoding.
 func (d *decoder) str(n int, what string, check func([]byte) error) string {
@@ -462,22 +445,29 @@ func decodeRecord(b []byte, index int, rec *Record) error {
 	return nil
 }
 
+// hopFields is the fixed part of a hop record after its prefix, which
+// recordLen guarantees a hop record has.
+const hopFields = hopFixedLen - recordPrefixLen
+
 func (d *decoder) hop(h *HopRecord, id uint64, flags uint16) {
 	h.ID, h.Flags = id, flags
 	if flags&^recKnownFlags != 0 {
 		d.failf("unknown flags %#04x", flags&^recKnownFlags)
 	}
-	h.Forward = d.duration("forward time")
-	h.Downstream = d.duration("downstream time")
-	h.Return = d.duration("return time")
-	h.WaitForward = d.duration("forward wait")
-	h.WaitReturn = d.duration("return wait")
-	h.WallIn = int64(d.u64())
-	h.EstErrorMicros = d.u32()
-	h.MaxErrorMicros = d.u32()
-	h.Connect = d.duration("connect time")
-	h.TCP = d.tcp()
-	h.TCPUp = d.tcp()
+	if f := d.take(hopFields); f != nil {
+		_ = f[hopFields-1]
+		h.Forward = d.durationOf(f[0:8], "forward time")
+		h.Downstream = d.durationOf(f[8:16], "downstream time")
+		h.Return = d.durationOf(f[16:24], "return time")
+		h.WaitForward = d.durationOf(f[24:32], "forward wait")
+		h.WaitReturn = d.durationOf(f[32:40], "return wait")
+		h.WallIn = int64(binary.BigEndian.Uint64(f[40:48]))
+		h.EstErrorMicros = binary.BigEndian.Uint32(f[48:52])
+		h.MaxErrorMicros = binary.BigEndian.Uint32(f[52:56])
+		h.Connect = d.durationOf(f[56:64], "connect time")
+		h.TCP = tcpOf(f[64 : 64+tcpInfoLen])
+		h.TCPUp = tcpOf(f[64+tcpInfoLen : 64+2*tcpInfoLen])
+	}
 	if d.err == nil {
 		d.checkTimes(h)
 	}
@@ -497,6 +487,28 @@ func (d *decoder) hop(h *HopRecord, id uint64, flags uint16) {
 			h.Vars = append(h.Vars, Var{Name: name, Value: value})
 		}
 	}
+}
+
+// durationOf is a duration field of b (8 bytes): more than MaxDuration
+// refuses the record.
+func (d *decoder) durationOf(b []byte, what string) time.Duration {
+	v := binary.BigEndian.Uint64(b)
+	if v > uint64(MaxDuration) {
+		if v > math.MaxInt64 {
+			d.failf("%s is negative", what)
+		} else {
+			d.failf("%s of %v is over %v", what, time.Duration(v), MaxDuration)
+		}
+		return 0
+	}
+	return time.Duration(v)
+}
+
+func tcpOf(b []byte) tcpinfo.Info {
+	_ = b[tcpInfoLen-1]
+	be := binary.BigEndian
+	return tcpinfo.Info{RTTMicros: be.Uint32(b[0:]), RTTVarMicros: be.Uint32(b[4:]), MinRTTMicros: be.Uint32(b[8:]), TotalRetrans: be.Uint32(b[12:]),
+		SndMSS: be.Uint32(b[16:]), PMTU: be.Uint32(b[20:]), SndCwnd: be.Uint32(b[24:])}
 }
 
 // checkTimes enforces what the segment arithmetic relies on: a hop's
