@@ -37,7 +37,7 @@ func ours(buckets []float64, now func() time.Time) *histogram {
 type single struct{ m prometheus.Metric }
 
 func (s single) Describe(ch chan<- *prometheus.Desc) { ch <- s.m.Desc() }
-func (s single) Collect(ch chan<- prometheus.Metric)  { ch <- s.m }
+func (s single) Collect(ch chan<- prometheus.Metric) { ch <- s.m }
 
 // exposition gathers m and encodes it in format, its created timestamp
 // removed (each histogram has its own).
