@@ -49,6 +49,8 @@ type tcpEntry struct {
 	sched schedule
 	phase connPhase
 	due   int64
+	// early is how long before its slot a probe may go out (maxEarly).
+	early int64
 	// heapIdx is the entry's place in the loop's heap (-1: none).
 	heapIdx int
 	removed bool
@@ -76,14 +78,15 @@ type tcpEntry struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
-	// gone is closed once the loop removed the entry.
-	gone chan struct{}
+	// gone is closed once the loop removed the entry (stop, once).
+	gone     chan struct{}
+	stopOnce sync.Once
 }
 
 func newTCPEntry(l *loop, rec *recorder, opts prober.Options, sched schedule, parent context.Context) *tcpEntry {
 	opts.Logger = rec.log
 	x := prober.NewExchange(opts)
-	e := &tcpEntry{recorder: rec, l: l, x: x, o: x.Options(), sched: sched, heapIdx: -1, fd: -1, gone: make(chan struct{})}
+	e := &tcpEntry{recorder: rec, l: l, x: x, o: x.Options(), sched: sched, early: earlyMargin(time.Duration(rec.entry.Interval)), heapIdx: -1, fd: -1, gone: make(chan struct{})}
 	e.ctx, e.cancel = context.WithCancel(parent)
 	e.rx.Clocks = rxstamp.Clocks{Mono: e.o.Clock.Monotonic, Real: e.o.Realtime, MaxWait: e.o.Timeout}
 	e.readFn = e.read
@@ -99,16 +102,18 @@ func newTCPEntry(l *loop, rec *recorder, opts prober.Options, sched schedule, pa
 // stop ends the entry without waiting: its context reads are cancelled,
 // and the loop closes its connection.
 func (e *tcpEntry) stop() {
-	e.cancel()
-	l := e.l
-	if !l.post(func() {
-		if !e.removed {
-			l.remove(e)
+	e.stopOnce.Do(func() {
+		e.cancel()
+		l := e.l
+		if !l.post(func() {
+			if !e.removed {
+				l.remove(e)
+			}
+			close(e.gone)
+		}) {
+			close(e.gone)
 		}
-		close(e.gone)
-	}) {
-		close(e.gone)
-	}
+	})
 }
 
 // wait waits until the loop removed the entry and its context reads
@@ -137,8 +142,10 @@ func (t *fdTCPInfo) Read() (tcpinfo.Info, error) { return tcpinfo.ReadFd(t.fd, &
 func (e *tcpEntry) timeout() {
 	switch e.phase {
 	case closed:
+		e.sched.take(e.due)
 		e.open()
 	case idle:
+		e.sched.take(e.due)
 		e.probe()
 	case connecting:
 		e.connectFailed(timeoutError{})

@@ -1,19 +1,35 @@
 package continuous
 
+import "time"
+
 // Deadlines: every entry's next one (its next slot, or the deadline of
 // its connect or of its request in flight) in a 4-ary heap the loop waits
 // on, kept by hand with the deadlines beside the entries (container/heap's
 // interface calls, and a pointer to follow per comparison, cost more than
 // the rest of a probe's scheduling with ten thousand entries).
 
-// expire handles the deadlines that are due.
+// expire handles the deadlines that are due, and sends the probes due
+// within their entry's early margin: a turn the loop makes anyway (for a
+// reply) sends them, rather than a wake-up of its own a moment later —
+// a wake-up costs as much CPU as a probe.
 func (l *loop) expire() {
-	for len(l.timers) > 0 && l.timers[0].due <= l.mono {
-		e := l.timers[0].e
+	for len(l.timers) > 0 {
+		t := l.timers[0]
+		if t.due > l.mono && (t.e.phase != idle || t.due > l.mono+t.e.early) {
+			return
+		}
 		l.timers.remove(0)
-		e.timeout()
+		t.e.timeout()
 	}
 }
+
+// maxEarly is how much before its slot a probe may go out with another
+// entry's turn: a fiftieth of the interval, at most 2 ms. The probes stay
+// spread (the busiest 100 ms of 10 000 entries at 1 s holds no more), and
+// what they measure does not change: request-out is read at the write.
+const maxEarly = 2 * time.Millisecond
+
+func earlyMargin(interval time.Duration) int64 { return int64(min(maxEarly, interval/50)) }
 
 // schedule puts e's deadline, e.due, into the heap.
 func (l *loop) schedule(e *tcpEntry) {

@@ -80,6 +80,14 @@ func (r *runner) run(ctx context.Context) {
 // open opens the chain and records its warm-up; nil when it failed.
 func (r *runner) open(ctx context.Context) *prober.Session {
 	s, warm := prober.Open(ctx, r.opts)
+	if ctx.Err() != nil {
+		// Stopping (a reload, the exporter's end) broke the warm-up, not
+		// the chain: nothing to record.
+		if s != nil {
+			s.Close()
+		}
+		return nil
+	}
 	r.conn++
 	if s != nil {
 		r.sessionConns = s.Connections()

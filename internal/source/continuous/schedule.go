@@ -21,6 +21,9 @@ type schedule struct {
 	origin   int64
 	interval int64
 	backoff  time.Duration
+	// taken is the latest slot a probe (or an open) was sent for: the
+	// next one comes after it, even when it was sent a little early.
+	taken int64
 }
 
 // phase is where in its interval an entry probes: a hash of its target
@@ -41,11 +44,14 @@ func newSchedule(e config.Continuous, epoch int64) schedule {
 // first is the entry's first slot at or after now.
 func (s *schedule) first(now int64) int64 { return s.atOrAfter(now) }
 
+// take records that the probe of slot went out.
+func (s *schedule) take(slot int64) { s.taken = max(s.taken, slot) }
+
 // next is the slot after a probe (or a connection's warm-up) that ended
-// at now: the first one after it.
+// at now: the first one after it and after the slot it was sent for.
 func (s *schedule) next(now int64) int64 {
 	s.backoff = 0
-	return s.atOrAfter(now + 1)
+	return s.atOrAfter(max(now, s.taken) + 1)
 }
 
 // retry is the slot after a failed attempt to open the chain at now: the
