@@ -56,22 +56,21 @@ type tcpEntry struct {
 	removed bool
 
 	// the connection
-	fd           int
-	literal      bool
-	shareClock   bool
-	addrs        []netip.AddrPort
-	next         int // the address connected to, or to try next
-	local, peer  net.Addr
-	connStart    int64
-	polled       uint32
-	inEpoll      bool
-	rd           *frame.Reader
-	rx           rxstamp.FdReader
-	readFn       func([]byte) (int, error)
-	tcp          fdTCPInfo
-	out          []byte
-	conn         uint64
-	resolveStart int64
+	fd          int
+	literal     bool
+	shareClock  bool
+	addrs       []netip.AddrPort
+	next        int // the address connected to, or to try next
+	local, peer net.Addr
+	connStart   int64
+	polled      uint32
+	inEpoll     bool
+	rd          *frame.Reader
+	rx          rxstamp.FdReader
+	readFn      func([]byte) (int, error)
+	tcp         fdTCPInfo
+	out         []byte
+	conn        uint64
 
 	// context reads run in goroutines: ctx ends them when the entry is
 	// removed, and wg waits for them.

@@ -104,7 +104,7 @@ func (x *Exchange) Connections() uint64 { return x.conns }
 // without a deadline of the context's): the loop's deadline for it.
 func (x *Exchange) Budget() time.Duration { return x.o.Timeout }
 
-// DialFailed: the connect to the first hop failed with err.
+// DialFailed records that the connect to the first hop failed with err.
 func (x *Exchange) DialFailed(err error) Step {
 	f := dialFailure(&x.o, err)
 	if !x.reopening {
@@ -118,8 +118,8 @@ func (x *Exchange) DialFailed(err error) Step {
 	return x.finish(Sample{Seq: x.seq, Failure: f}, true)
 }
 
-// Connected: a new connection is open, its handshake took connect, and
-// tcp reads its TCP_INFO. It returns the warm-up request to write.
+// Connected records a new connection, whose handshake took connect and
+// whose TCP_INFO tcp reads, and returns the warm-up request to write.
 func (x *Exchange) Connected(connect time.Duration, tcp TCPInfoReader, t Turn) []byte {
 	x.p = newRelayProbe(&x.o, connect)
 	x.p.reuse = true
@@ -144,12 +144,12 @@ func (x *Exchange) request(seq uint64, t Turn) []byte {
 	return x.p.request(seq, 0, x.Budget())
 }
 
-// Sent: the request went out at tOut (the monotonic clock read right
-// before the write that began it).
+// Sent records that the request went out at tOut (the monotonic clock
+// read right before the write that began it).
 func (x *Exchange) Sent(tOut int64) { x.tOut, x.sent = tOut, true }
 
-// Reply: a complete frame came from the connection, and the kernel
-// received it at rx.
+// Reply takes a complete frame from the connection, which the kernel
+// received at rx.
 func (x *Exchange) Reply(fr []byte, rx rxstamp.Stamp) Step {
 	smp := &x.inFlight
 	t := x.turn
@@ -157,15 +157,15 @@ func (x *Exchange) Reply(fr []byte, rx rxstamp.Stamp) Step {
 	return x.done()
 }
 
-// WriteFailed: the request could not be written (err; a timeout when the
-// deadline passed first).
+// WriteFailed records that the request could not be written (err; a
+// timeout when the deadline passed first).
 func (x *Exchange) WriteFailed(err error) Step {
 	x.inFlight.Failure = x.p.writeFailed(err)
 	return x.done()
 }
 
-// ReadFailed: no reply came (err: the end of the stream, a reset, a
-// frame that cannot be read, the deadline).
+// ReadFailed records that no reply came (err: the end of the stream, a
+// reset, a frame that cannot be read, the deadline).
 func (x *Exchange) ReadFailed(err error) Step {
 	x.inFlight.Failure = x.p.readFailed(err, x.Budget())
 	return x.done()

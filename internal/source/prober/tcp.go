@@ -331,24 +331,24 @@ func (s *session) read() ([]byte, rxstamp.Stamp, error) {
 // decode fills smp from a reply frame, accepted by the rules every
 // receiver of replies applies (frame.CheckReply); src is the source's own
 // record.
-func (s *relayProbe) decode(fr []byte, seq uint64, smp *Sample, src frame.HopRecord) {
-	o := s.o
+func (p *relayProbe) decode(fr []byte, seq uint64, smp *Sample, src frame.HopRecord) {
+	o := p.o
 	expect := frame.Expect{Request: frame.KindProbeRequest, Seq: seq}
 	var rep frame.Reply
 	var recs []frame.Record
 	var err error
-	if s.reuse {
-		a := s.arraysOf(seq)
+	if p.reuse {
+		a := p.arraysOf(seq)
 		smp.Records = append(a.records[:0], src)
 		defer func() { a.records = smp.Records }()
-		rep, a.parsed, err = frame.CheckReplyInto(fr, s.sign, o.maxFrame(), expect, a.parsed)
+		rep, a.parsed, err = frame.CheckReplyInto(fr, p.sign, o.maxFrame(), expect, a.parsed)
 		recs = a.parsed
 	} else {
 		smp.Records = []frame.HopRecord{src}
-		rep, recs, err = frame.CheckReplyInto(fr, s.sign, o.maxFrame(), expect, nil)
+		rep, recs, err = frame.CheckReplyInto(fr, p.sign, o.maxFrame(), expect, nil)
 	}
 	if rec := rep.Refusal; rec != nil {
-		smp.Failure = &Failure{From: peer.Hop{ID: s.id, Name: o.Source}, To: peer.Hop{ID: rec.ID, Name: rec.Name}, Reason: rec.Reason, Message: rec.Message}
+		smp.Failure = &Failure{From: peer.Hop{ID: p.id, Name: o.Source}, To: peer.Hop{ID: rec.ID, Name: rec.Name}, Reason: rec.Reason, Message: rec.Message}
 		if rep.Unverified {
 			// The first hop refused us and signs with another key (or none).
 			smp.Failure.Reason = peer.ReasonAuth
@@ -357,7 +357,7 @@ func (s *relayProbe) decode(fr []byte, seq uint64, smp *Sample, src frame.HopRec
 		return
 	}
 	if err != nil {
-		s.refused(smp, rep.View, recs, err)
+		p.refused(smp, rep.View, recs, err)
 		return
 	}
 	for i := range recs {
@@ -367,7 +367,7 @@ func (s *relayProbe) decode(fr []byte, seq uint64, smp *Sample, src frame.HopRec
 			smp.Records = append(smp.Records, r.Hop)
 		case frame.RecordError:
 			if i != len(recs)-1 {
-				smp.Failure = s.fail(peer.ReasonBadFrame, "reply from %s has an error record before its last record", o.Target)
+				smp.Failure = p.fail(peer.ReasonBadFrame, "reply from %s has an error record before its last record", o.Target)
 				return
 			}
 			smp.Failure = locate(smp.Records, r.Err)
@@ -378,7 +378,7 @@ func (s *relayProbe) decode(fr []byte, seq uint64, smp *Sample, src frame.HopRec
 		return
 	}
 	if int(rep.View.Probe.DataLen) != o.PayloadBytes {
-		smp.Failure = s.fail(peer.ReasonBadFrame, "reply from %s carries %d payload bytes, sent %d", o.Target, rep.View.Probe.DataLen, o.PayloadBytes)
+		smp.Failure = p.fail(peer.ReasonBadFrame, "reply from %s carries %d payload bytes, sent %d", o.Target, rep.View.Probe.DataLen, o.PayloadBytes)
 		return
 	}
 	last := smp.Records[len(smp.Records)-1]
@@ -387,7 +387,7 @@ func (s *relayProbe) decode(fr []byte, seq uint64, smp *Sample, src frame.HopRec
 	case last.Flags&frame.RecStripped != 0:
 		smp.Records = append(smp.Records, frame.HopRecord{Name: HiddenHop, Flags: frame.RecEnd})
 	default:
-		smp.Failure = s.fail(peer.ReasonBadFrame, "reply from %s ends without the end host's record", o.Target)
+		smp.Failure = p.fail(peer.ReasonBadFrame, "reply from %s ends without the end host's record", o.Target)
 	}
 }
 
@@ -395,15 +395,15 @@ func (s *relayProbe) decode(fr []byte, seq uint64, smp *Sample, src frame.HopRec
 // record was refused, the records before it are trusted, and the failed
 // segment is the one into the hop whose record was refused, which is named
 // by its position: its own name is not trusted.
-func (s *relayProbe) refused(smp *Sample, v frame.View, recs []frame.Record, err error) {
+func (p *relayProbe) refused(smp *Sample, v frame.View, recs []frame.Record, err error) {
 	reason := peer.ClassifyOr(err, peer.ReasonBadFrame)
 	var br *frame.BadRecord
 	if !errors.As(err, &br) || v.TailOff == 0 {
-		smp.Failure = s.fail(reason, "reply from %s: %v", s.o.Target, err)
+		smp.Failure = p.fail(reason, "reply from %s: %v", p.o.Target, err)
 		return
 	}
 	if br.Index == 0 {
-		smp.Failure = s.fail(reason, "reply from %s: the record of hop 1 (the first hop) was refused: %v", s.o.Target, br.Err)
+		smp.Failure = p.fail(reason, "reply from %s: the record of hop 1 (the first hop) was refused: %v", p.o.Target, br.Err)
 		return
 	}
 	for i := range recs {
@@ -414,7 +414,7 @@ func (s *relayProbe) refused(smp *Sample, v frame.View, recs []frame.Record, err
 	}
 	from := len(smp.Records) - 1
 	smp.Failure = &Failure{FromIndex: from, From: peerOf(&smp.Records[from]), To: peer.Hop{Name: fmt.Sprintf("hop%d", from+1)}, Reason: reason,
-		Message: fmt.Sprintf("reply from %s: the record of hop %d (after %s) was refused: %v", s.o.Target, from+1, smp.Records[from].Name, br.Err)}
+		Message: fmt.Sprintf("reply from %s: the record of hop %d (after %s) was refused: %v", p.o.Target, from+1, smp.Records[from].Name, br.Err)}
 }
 
 func peerOf(r *frame.HopRecord) peer.Hop { return peer.Hop{ID: r.ID, Name: r.Name} }
