@@ -3,8 +3,10 @@
 # stopped by PID at the end. Figures go to stdout and bench/results/.
 #
 #   rtt      small-probe round trip through 3 relays + an echo end:
-#            ours vs haproxy (mode tcp) vs socat; p50 and p99
-#   stream   bytes/s of the stdin stream mode vs a socat chain
+#            ours vs haproxy (mode tcp) vs socat; p50 and p99, round
+#            trips interleaved across the three chains
+#   stream   bytes/s of the stdin stream mode vs a socat chain, unsigned
+#            (large blocks spliced) and signed (copied)
 #   http     CPU per /probe of an http module (HAProxy -> nginx) vs
 #            prometheus-blackbox-exporter's http probe of the same URL
 #   continuous  CPU per probe, spread and memory of 100, 2000 and 10000
@@ -46,6 +48,7 @@ cleanup() {
 trap cleanup EXIT
 
 log() { echo "$*" | tee -a "$OUT"; }
+loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 start() { "$@" >>"$WORK/procs.log" 2>&1 & PIDS+=($!); }
 
 for tool in haproxy socat prometheus-blackbox-exporter nginx; do
@@ -72,6 +75,16 @@ ours_chain() { # ours: client -> b(B+1) -> c(B+2) -> d(B+3) -> z(B+4, echo end)
   start env ${RELAY_ENV:-X=1} "$BIN" --listen 127.0.0.1:$((B+2)) --forward-to 127.0.0.1:$((B+3)) --relay.name c --web.listen-address 127.0.0.1:$((B+102))
   start env ${RELAY_ENV:-X=1} "$BIN" --listen 127.0.0.1:$((B+1)) --forward-to 127.0.0.1:$((B+2)) --relay.name b --web.listen-address 127.0.0.1:$((B+101))
   wait_port $((B+1))
+}
+
+signed_chain() { # ours with a shared key: client -> b(B+51) -> c -> d -> z(B+54)
+  head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$WORK/key"
+  local k=(--relay.auth-key-file "$WORK/key")
+  start "$BIN" --listen 127.0.0.1:$((B+54)) --relay.name z "${k[@]}" --web.listen-address 127.0.0.1:$((B+154))
+  start "$BIN" --listen 127.0.0.1:$((B+53)) --forward-to 127.0.0.1:$((B+54)) --relay.name d "${k[@]}" --web.listen-address 127.0.0.1:$((B+153))
+  start "$BIN" --listen 127.0.0.1:$((B+52)) --forward-to 127.0.0.1:$((B+53)) --relay.name c "${k[@]}" --web.listen-address 127.0.0.1:$((B+152))
+  start "$BIN" --listen 127.0.0.1:$((B+51)) --forward-to 127.0.0.1:$((B+52)) --relay.name b "${k[@]}" --web.listen-address 127.0.0.1:$((B+151))
+  wait_port $((B+51))
 }
 
 plain_chains() { # haproxy (B+11..13) and socat (B+21..23; B+31..33 with -b 512; B+41..43 with -b 1048576), all ending at one echo (B+14)
@@ -106,49 +119,66 @@ EOF
 }
 
 bench_rtt() {
-  log "== rtt: small-probe round trip through 3 relays and an echo end, $ROUNDS alternating rounds of $RTT_N"
+  RTT_RUN=$((${RTT_RUN:-0} + 1))
+  log "== rtt run $RTT_RUN: small-probe round trip through 3 relays and an echo end, $ROUNDS rounds of $RTT_N, round trips interleaved across the chains (load $(loadavg))"
+  : >"$WORK/rtt"
   for r in $(seq 1 "$ROUNDS"); do
-    "$WORK/benchclient" -mode rtt -proto subsegment -target 127.0.0.1:$((B+1)) -n "$RTT_N" | sed 's/^/ours /' >>"$WORK/rtt"
-    "$WORK/benchclient" -mode rtt -proto raw -size 64 -target 127.0.0.1:$((B+11)) -n "$RTT_N" | sed 's/^/haproxy /' >>"$WORK/rtt"
-    "$WORK/benchclient" -mode rtt -proto raw -size 64 -target 127.0.0.1:$((B+21)) -n "$RTT_N" | sed 's/^/socat /' >>"$WORK/rtt"
+    "$WORK/benchclient" -mode rtt -n "$RTT_N" -size 64 \
+      -targets "ours=subsegment@127.0.0.1:$((B+1)),haproxy=raw@127.0.0.1:$((B+11)),socat=raw@127.0.0.1:$((B+21))" >>"$WORK/rtt"
   done
   for who in ours haproxy socat; do
-    p50=$(grep "^$who " "$WORK/rtt" | sed 's/^[a-z]* p50_us=\([0-9.]*\) .*/\1/' | median)
+    p50=$(grep "^$who " "$WORK/rtt" | sed 's/.* p50_us=\([0-9.]*\) .*/\1/' | median)
     p99=$(grep "^$who " "$WORK/rtt" | sed 's/.* p99_us=\([0-9.]*\) .*/\1/' | median)
     eval "${who}_p50=$p50; ${who}_p99=$p99"
     log "$(printf '  %-8s p50 %7.1f us   p99 %7.1f us   (median of %s rounds)' "$who" "$p50" "$p99" "$ROUNDS")"
   done
-  log "$(awk -v a="$ours_p50" -v b="$haproxy_p50" -v c="$ours_p99" -v d="$haproxy_p99" 'BEGIN {printf "  ours/haproxy: p50 %.2fx, p99 %.2fx (targets: p50 <= 0.9x, p99 <= 1.0x)", a/b, c/d}')"
+  # Per round, ours/haproxy from the same round (the same moments).
+  log "  per round ours/haproxy p50: $(paste <(grep '^ours ' "$WORK/rtt") <(grep '^haproxy ' "$WORK/rtt") | sed 's/^ours p50_us=\([0-9.]*\) .*haproxy p50_us=\([0-9.]*\) .*/\1 \2/' | awk '{printf "%.2f ", $1/$2}')"
+  log "$(awk -v a="$ours_p50" -v b="$haproxy_p50" -v c="$ours_p99" -v d="$haproxy_p99" -v n="$RTT_RUN" 'BEGIN {printf "  RUN %d ours/haproxy: p50 %.2fx %s, p99 %.2fx %s (targets: p50 <= 0.9x in 3 consecutive runs, p99 <= 1.0x)", n, a/b, (a/b <= 0.9 ? "met" : "NOT met"), c/d, (c/d <= 1.0 ? "met" : "NOT met")}')"
+  log "  load after: $(loadavg)"
 }
 
 bench_stream() {
-  log "== stream: ${STREAM_MB} MiB through 3 relays and back, $ROUNDS rounds, MB/s (median)"
+  log "== stream: ${STREAM_MB} MiB through 3 relays and back, $ROUNDS rounds, MB/s (median); ours unsigned (blocks of 1 MiB and more spliced) and signed (copied: the HMAC covers the data) (load $(loadavg))"
   head -c $((STREAM_MB << 20)) /dev/urandom >"$WORK/input"
-  # Byte-exact once per block size, untimed; the timed runs then discard
-  # what comes back, as the socat client does (writing 256 MiB to a file
-  # inside the timed run cost ours a third of its figure at 1 MiB blocks).
+  # Byte-exact once per block size and chain, untimed; the timed runs
+  # then discard what comes back, as the socat client does (writing
+  # 256 MiB to a file inside the timed run cost ours a third of its
+  # figure at 1 MiB blocks).
   for s in 512 8192 32768 1048576; do
     "$BIN" send -f 127.0.0.1:$((B+1)) -s $s --relay.name a <"$WORK/input" 2>"$WORK/send.err" >"$WORK/output" ||
       { echo "bench: send failed"; cat "$WORK/send.err"; exit 1; }
     cmp -s "$WORK/input" "$WORK/output" || { echo "bench: send output differs from its input at $s-byte blocks"; exit 1; }
   done
+  for s in 8192 1048576; do
+    "$BIN" send -f 127.0.0.1:$((B+51)) -s $s --relay.name a --relay.auth-key-file "$WORK/key" <"$WORK/input" 2>"$WORK/send.err" >"$WORK/output" ||
+      { echo "bench: signed send failed"; cat "$WORK/send.err"; exit 1; }
+    cmp -s "$WORK/input" "$WORK/output" || { echo "bench: signed send output differs from its input at $s-byte blocks"; exit 1; }
+  done
   rm -f "$WORK/output"
+  : >"$WORK/stream"
+  ours() { # ours NAME PORT BLOCK [flags]: one timed send
+    local name=$1 port=$2 s=$3; shift 3
+    "$BIN" send -f 127.0.0.1:"$port" -s "$s" --relay.name a "$@" <"$WORK/input" 2>"$WORK/send.err" >/dev/null ||
+      { echo "bench: send failed"; cat "$WORK/send.err"; exit 1; }
+    echo "$name $(head -1 "$WORK/send.err" | sed 's/.*s, \([0-9.]*\) MB\/s/\1/')" >>"$WORK/stream"
+  }
   for r in $(seq 1 "$ROUNDS"); do
-    for s in 512 8192 32768 1048576; do
-      "$BIN" send -f 127.0.0.1:$((B+1)) -s $s --relay.name a <"$WORK/input" 2>"$WORK/send.err" >/dev/null ||
-        { echo "bench: send failed"; cat "$WORK/send.err"; exit 1; }
-      echo "ours-$s $(head -1 "$WORK/send.err" | sed 's/.*s, \([0-9.]*\) MB\/s/\1/')" >>"$WORK/stream"
-    done
+    for s in 512 8192 32768 1048576; do ours "ours-$s" $((B+1)) $s; done
+    for s in 8192 1048576; do ours "signed-$s" $((B+51)) $s --relay.auth-key-file "$WORK/key"; done
     echo "socat-8192 $("$WORK/benchclient" -mode stream -target 127.0.0.1:$((B+21)) -input "$WORK/input" -block 8192 | sed 's/.*mbps=//')" >>"$WORK/stream"
     echo "socat-512 $("$WORK/benchclient" -mode stream -target 127.0.0.1:$((B+31)) -input "$WORK/input" -block 512 | sed 's/.*mbps=//')" >>"$WORK/stream"
     echo "socat-1048576 $("$WORK/benchclient" -mode stream -target 127.0.0.1:$((B+41)) -input "$WORK/input" -block 1048576 | sed 's/.*mbps=//')" >>"$WORK/stream"
   done
-  for who in ours-512 socat-512 ours-8192 socat-8192 ours-32768 ours-1048576 socat-1048576; do
+  for who in ours-512 socat-512 ours-8192 signed-8192 socat-8192 ours-32768 ours-1048576 signed-1048576 socat-1048576; do
     v=$(grep "^$who " "$WORK/stream" | awk '{print $2}' | median)
     eval "$(echo "$who" | tr '-' '_')=$v"
-    log "$(printf '  %-11s %7.1f MB/s' "$who" "$v")"
+    log "$(printf '  %-15s %7.1f MB/s' "$who" "$v")"
   done
-  log "$(awk -v a="$ours_512" -v b="$socat_512" -v c="$ours_8192" -v d="$socat_8192" -v e="$ours_1048576" -v f="$socat_1048576" 'BEGIN {printf "  ours/socat: %.2fx at 512-byte blocks, %.2fx at 8192, %.2fx at 1 MiB (targets: >= 1.5x at 8192, >= 1.0x at 1 MiB)", a/b, c/d, e/f}')"
+  log "$(awk -v a="$ours_512" -v b="$socat_512" 'BEGIN {printf "  ours/socat at 512-byte blocks: %.2fx", a/b}')"
+  log "$(awk -v a="$ours_8192" -v b="$socat_8192" -v c="$signed_8192" 'BEGIN {printf "  ours/socat at 8 KiB: %.2fx %s (target >= 1.5x); signed %.2fx", a/b, (a/b >= 1.5 ? "met" : "NOT met"), c/b}')"
+  log "$(awk -v a="$ours_1048576" -v b="$socat_1048576" -v c="$signed_1048576" 'BEGIN {printf "  ours/socat at 1 MiB: %.2fx %s (target >= 1.2x); signed %.2fx", a/b, (a/b >= 1.2 ? "met" : "NOT met"), c/b}')"
+  log "  load after: $(loadavg)"
 }
 
 # cpu_us PID: CPU time of every thread of a process, in microseconds
@@ -467,7 +497,7 @@ bench_contention() {
   local n=${CONT_PROBES:-400} cpu=1 r engine
   start taskset -c $cpu stress-ng --cpu 4 --quiet
   local stress=$!
-  log "== contention: median wait of a relay and of a C echo pinned to CPU $cpu with 4 busy stress-ng workers; $n probes 5 ms apart per round, $ROUNDS alternating rounds (median)"
+  log "== contention: median wait of a relay and of a C echo pinned to CPU $cpu with 4 busy stress-ng workers; $n probes 5 ms apart per round, $ROUNDS alternating rounds (median) (load $(loadavg))"
   for engine in epoll goroutines tls; do
     : >"$WORK/wait.$engine"
   done
@@ -500,7 +530,7 @@ bench_contention() {
   log "$(printf '  relay, epoll engine      median wait %8.1f us   %.2fx cecho' "$ep" "$(awk -v a="$ep" -v b="$ce" 'BEGIN {print a / b}')")"
   log "$(printf '  relay, goroutine engine  median wait %8.1f us   %.2fx cecho' "$go" "$(awk -v a="$go" -v b="$ce" 'BEGIN {print a / b}')")"
   log "$(printf '  relay, TLS (goroutines)  median wait %8.1f us   %.2fx cecho' "$tl" "$(awk -v a="$tl" -v b="$ce" 'BEGIN {print a / b}')")"
-  log "  (target: the relay <= 2x cecho)"
+  log "  (target: the relay <= 1.3x cecho; load after: $(loadavg))"
 }
 
 # stamp: our reflector and bench/cstamp, each alone on CPU 1, driven in
@@ -549,6 +579,7 @@ what=${*:-rtt stream probe http continuous contention stamp}
 case " $what " in
   *" rtt "*|*" stream "*|*" probe "*) ours_chain; plain_chains ;;
 esac
+case " $what " in *" stream "*) signed_chain ;; esac
 for w in $what; do
   case $w in
     rtt) bench_rtt ;;

@@ -57,6 +57,7 @@ func WriteProbe(e *Exposition, r *prober.Result, verdicts []sla.Verdict) {
 	for i := range r.Segments {
 		writeSegment(e, i, &r.Segments[i])
 	}
+	writePaths(e, r)
 	for i := range r.Hops {
 		writeHop(e, i, &r.Hops[i], r.HTTP && i > 0)
 	}
@@ -98,6 +99,7 @@ func writeSegment(e *Exposition, i int, s *prober.SegmentResult) {
 		e.Gauge(segOneWay, ow.Return, s.From, s.To, "return")
 		e.Gauge(segOWBound, ow.ErrorBound, s.From, s.To)
 	}
+	writeSTAMP(e, s)
 }
 
 // writeHop adds one hop's metrics; an HTTP proxy reports neither its
@@ -114,7 +116,9 @@ func writeHop(e *Exposition, i int, h *prober.HopResult, proxy bool) {
 		return
 	}
 	if h.Residence.Max > 0 {
-		e.Gauge(hopWait, h.Wait.Median, h.Name)
+		if !h.STAMP {
+			e.Gauge(hopWait, h.Wait.Median, h.Name)
+		}
 		e.Gauge(hopKernel, boolValue(h.KernelTimestamps), h.Name)
 	}
 	e.Gauge(hopSynced, boolValue(h.ClockSynced), h.Name)

@@ -475,6 +475,7 @@ var configTypes = map[string]reflect.Type{
 	"Module":     reflect.TypeFor[config.Module](),
 	"SLA":        reflect.TypeFor[config.SLA](),
 	"HTTPProbe":  reflect.TypeFor[config.HTTPProbe](),
+	"STAMPProbe": reflect.TypeFor[config.STAMPProbe](),
 	"SNMP":       reflect.TypeFor[config.SNMP](),
 	"Auth":       reflect.TypeFor[config.Auth](),
 	"Continuous": reflect.TypeFor[config.Continuous](),

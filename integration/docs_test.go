@@ -367,6 +367,14 @@ var runScenarios = map[string]func(t *testing.T, b doccheck.Block) string{
 		}
 		return rs[0].stdout
 	},
+	// probe stamp:// of our reflector on a loopback port (R:8620).
+	"stamp-probe": func(t *testing.T, b doccheck.Block) string {
+		return stampDocRun(t, b)
+	},
+	// The same as JSON.
+	"stamp-probe-json": func(t *testing.T, b doccheck.Block) string {
+		return stampDocRun(t, b)
+	},
 	// --help, a command's help and the man page.
 	"help": func(t *testing.T, b doccheck.Block) string {
 		s := newDocShell(t)
@@ -380,6 +388,19 @@ var runScenarios = map[string]func(t *testing.T, b doccheck.Block) string{
 }
 
 var numberRE = regexp.MustCompile(`[0-9]+(\.[0-9]+)?`)
+
+// stampDocRun runs a block against our reflector on a loopback port, R:8620.
+func stampDocRun(t *testing.T, b doccheck.Block) string {
+	t.Helper()
+	port := freeUDPPort(t)
+	refl := start(t, "reflector", binary, "--stamp.listen-address", "127.0.0.1:"+itoa(port), "--web.listen-address", "127.0.0.1:0")
+	refl.waitOutput(t, stampListening, 10*time.Second)
+	s := newDocShell(t)
+	s.addrs["R:8620"] = "127.0.0.1:" + itoa(port)
+	rs := s.run(b.Text)
+	mustSucceed(t, b, rs)
+	return rs[0].stdout
+}
 
 // normalize makes an output comparable with another run's: figures,
 // addresses and spacing aside, and what the machine's clock state
@@ -428,7 +449,10 @@ var outputScenarios = map[string]func(t *testing.T, b doccheck.Block, ran map[st
 		sameShape(t, b, need(t, ran, "config-check"))
 	},
 	"check": func(t *testing.T, b doccheck.Block, ran map[string]string) { sameShape(t, b, need(t, ran, "check")) },
-	"send":  func(t *testing.T, b doccheck.Block, ran map[string]string) { sameShape(t, b, need(t, ran, "send")) },
+	"stamp-probe": func(t *testing.T, b doccheck.Block, ran map[string]string) {
+		sameShape(t, b, need(t, ran, "stamp-probe"))
+	},
+	"send": func(t *testing.T, b doccheck.Block, ran map[string]string) { sameShape(t, b, need(t, ran, "send")) },
 	// A chain whose end is gone after it answered once: the last line.
 	"probe-broken": func(t *testing.T, b doccheck.Block, _ map[string]string) {
 		hops := chain(t, "b", "c", "z")
@@ -484,6 +508,7 @@ auths:
 // block shows.
 var jsonScenarios = map[string]func(t *testing.T, ran map[string]string) string{
 	"probe":  func(t *testing.T, ran map[string]string) string { return need(t, ran, "probe-json") },
+	"stamp":  func(t *testing.T, ran map[string]string) string { return need(t, ran, "stamp-probe-json") },
 	"chains": chainsAPIExample,
 }
 
@@ -698,6 +723,9 @@ func TestDocMetricsOfRealRuns(t *testing.T) {
   web:
     prober: http
     targets: ["127.0.0.1:*"]
+  stamp:
+    prober: stamp
+    targets: ["127.0.0.1:*"]
 continuous:
   - {target: %q, module: default, interval: 50ms}
   - {target: %q, module: default, interval: 50ms}
@@ -708,6 +736,17 @@ auths:
 	exposedNames(t, httpGet(t, "http://"+ex.web+"/probe?target="+b.addr), names, "/probe of b -> c -> z")
 	exposedNames(t, httpGet(t, "http://"+ex.web+"/probe?target="+closed), names, "/probe of a first hop that refuses")
 	exposedNames(t, httpGet(t, "http://"+ex.web+"/probe?module=web&target=http://"+backend+"/"), names, "/probe of an HTTP backend")
+	reflPort := itoa(freeUDPPort(t))
+	refl := start(t, "reflector", binary, "--stamp.listen-address", "127.0.0.1:"+reflPort, "--web.listen-address", "127.0.0.1:0")
+	refl.waitOutput(t, stampListening, 10*time.Second)
+	reflWeb := refl.waitOutput(t, webListening, 10*time.Second)[1]
+	exposedNames(t, httpGet(t, "http://"+ex.web+"/probe?module=stamp&target=127.0.0.1:"+reflPort), names, "/probe of a STAMP reflector")
+	last := startHop(t, "r", "stamp://127.0.0.1:"+reflPort)
+	if out, _, code := runBinary(t, nil, "probe", last.addr, "--count", "1", "--relay.name", "a"); code != 0 {
+		t.Fatalf("probe through a relay ending at a STAMP reflector: exit %d\n%s", code, out)
+	}
+	exposedNames(t, httpGet(t, "http://"+last.web+"/metrics"), names, "relay r's /metrics (--forward-to stamp://)")
+	exposedNames(t, httpGet(t, "http://"+reflWeb+"/metrics"), names, "the STAMP reflector's /metrics")
 	if _, _, code := runBinary(t, strings.NewReader("stream"), "send", "-f", b.addr, "--relay.name", "a"); code != 0 {
 		t.Fatalf("send through b: exit %d", code)
 	}

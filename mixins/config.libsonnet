@@ -21,6 +21,8 @@
     continuousP99For: '10m',
     continuousBrokenFor: '2m',
     contextWindow: '15m',
+    // How far back a path change counts for SubsegmentPathChangedOverSLA.
+    pathChangeWindow: '15m',
 
     dashboardUID: 'subsegment-chain',
     continuousDashboardUID: 'subsegment-continuous',

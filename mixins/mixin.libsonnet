@@ -3,5 +3,7 @@
 (import 'config.libsonnet') +
 (import 'rules/rules.libsonnet') +
 (import 'alerts/alerts.libsonnet') +
+(import 'alerts/stamp.libsonnet') +
+(import 'alerts/trace.libsonnet') +
 (import 'dashboards/dashboards.libsonnet') +
 (import 'dashboards/continuous.libsonnet')

@@ -14,7 +14,10 @@ import (
 // batch collects the pieces of the frames one read produced and writes
 // them with a single writev: pieces point into the connection's read buffer
 // (the frames as received, rewritten in place) and into the batch's own
-// scratch (records, hop IDs, signatures). No frame data is copied.
+// scratch (records, hop IDs, signatures). No frame data is copied. The
+// data of a large stream block that came through a pipe (pipe.go) is a
+// piece of its own, spliced from the pipe between its frame's head and
+// tail.
 type batch struct {
 	pieces  []piece
 	scratch []byte
@@ -24,19 +27,78 @@ type batch struct {
 	// how much of it was.
 	next, skip int
 	iov        []unix.Iovec
+	// pipe holds the data of the batch's pipe pieces, in order.
+	pipe *pipe
+	msg  unix.Msghdr
+	// lastGathered is the piece gather stopped at.
+	lastGathered int
 }
 
-// piece is either a slice of the read buffer (data != nil) or a range of
-// scratch, kept as offsets because scratch may grow while the batch fills.
+// piece is either a slice of the read buffer (data != nil), a range of
+// scratch, kept as offsets because scratch may grow while the batch fills,
+// or n bytes of the pipe (fromPipe), sent on or, with drop, discarded.
 type piece struct {
-	data   []byte
-	off, n int
+	data           []byte
+	off, n         int
+	fromPipe, drop bool
 }
 
+// reset empties the batch; what its pipe pieces did not send yet leaves
+// the pipe, which stays in step with the frames still to come.
 func (b *batch) reset() {
+	if left := b.pipeLeft(); left > 0 {
+		if err := b.pipe.Drop(left); err != nil {
+			b.pipe.failed = true
+		}
+	}
 	b.pieces = b.pieces[:0]
 	b.scratch = b.scratch[:0]
 	b.next, b.skip = 0, 0
+}
+
+// pipeLeft is how many bytes of the pipe the unwritten pieces hold.
+func (b *batch) pipeLeft() int {
+	if b.pipe == nil {
+		return 0
+	}
+	left := 0
+	for i := b.next; i < len(b.pieces); i++ {
+		if b.pieces[i].fromPipe {
+			left += b.pieces[i].n
+			if i == b.next {
+				left -= b.skip
+			}
+		}
+	}
+	return left
+}
+
+// frameWithPiped adds bytes of a received frame whose first spliced data
+// bytes are in the pipe: they go between its probe header (dataOff) and
+// the data and tail it holds itself.
+func (b *batch) frameWithPiped(p []byte, dataOff, spliced int) {
+	if spliced == 0 {
+		b.frameBytes(p)
+		return
+	}
+	b.frameBytes(p[:dataOff])
+	b.pieces = append(b.pieces, piece{n: spliced, fromPipe: true})
+	b.frameBytes(p[dataOff:])
+}
+
+// dropPiped discards n bytes of the pipe, the data of a frame that is
+// answered instead of passed on, in order with the pieces before it: at
+// once when none is waiting.
+func (b *batch) dropPiped(n int) {
+	switch {
+	case n <= 0:
+	case !b.pendingWrite():
+		if err := b.pipe.Drop(n); err != nil {
+			b.pipe.failed = true
+		}
+	default:
+		b.pieces = append(b.pieces, piece{n: n, fromPipe: true, drop: true})
+	}
 }
 
 func (b *batch) empty() bool { return len(b.pieces) == 0 }
@@ -97,25 +159,27 @@ var errAgain = errors.New("resource temporarily unavailable")
 // buffers they point to.
 func (b *batch) writeFd(fd int) (bool, error) {
 	for b.next < len(b.pieces) {
-		iov := b.iov[:0]
-		for i := b.next; i < len(b.pieces) && len(iov) < maxIovecs; i++ {
-			p := b.bytes(i)
-			if i == b.next {
-				p = p[b.skip:]
+		if b.pieces[b.next].fromPipe {
+			if done, err := b.writePiped(fd); !done || err != nil {
+				return false, err
 			}
-			if len(p) == 0 {
-				continue
-			}
-			v := unix.Iovec{Base: &p[0]}
-			v.SetLen(len(p))
-			iov = append(iov, v)
+			continue
 		}
-		b.iov = iov
-		if len(iov) == 0 {
-			break
+		more := b.gather()
+		if len(b.iov) == 0 {
+			continue // gather passed over empty pieces
 		}
-		// Raw: a non-blocking write on the loop's thread (rawsys.go).
-		n, _, errno := unix.RawSyscall(unix.SYS_WRITEV, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)))
+		// Raw: a non-blocking write on the loop's thread (rawsys.go);
+		// with MSG_MORE when a block's data follows from the pipe.
+		var n uintptr
+		var errno unix.Errno
+		if more {
+			b.msg.Iov = &b.iov[0]
+			b.msg.SetIovlen(len(b.iov))
+			n, _, errno = unix.RawSyscall(unix.SYS_SENDMSG, uintptr(fd), uintptr(unsafe.Pointer(&b.msg)), unix.MSG_MORE|unix.MSG_NOSIGNAL)
+		} else {
+			n, _, errno = unix.RawSyscall(unix.SYS_WRITEV, uintptr(fd), uintptr(unsafe.Pointer(&b.iov[0])), uintptr(len(b.iov)))
+		}
 		switch errno {
 		case 0:
 		case unix.EAGAIN:
@@ -125,9 +189,79 @@ func (b *batch) writeFd(fd int) (bool, error) {
 		default:
 			return false, errno
 		}
+		if !more && int(n) == b.iovBytes() && b.lastGathered == len(b.pieces) {
+			b.next = len(b.pieces) // all written: the usual case
+			break
+		}
 		b.consume(int(n))
 	}
 	b.reset()
+	return true, nil
+}
+
+// iovBytes is what the gathered iovecs hold.
+func (b *batch) iovBytes() int {
+	n := 0
+	for i := range b.iov {
+		n += int(b.iov[i].Len)
+	}
+	return n
+}
+
+// gather fills iov with the memory pieces from next up to the next pipe
+// piece, and reports whether a block's data follows them from the pipe.
+func (b *batch) gather() (more bool) {
+	iov := b.iov[:0]
+	i := b.next
+	for ; i < len(b.pieces) && len(iov) < maxIovecs; i++ {
+		p := &b.pieces[i]
+		if p.fromPipe {
+			break
+		}
+		d := p.data
+		if d == nil {
+			d = b.scratch[p.off : p.off+p.n]
+		}
+		if i == b.next {
+			d = d[b.skip:]
+		}
+		if len(d) == 0 {
+			continue
+		}
+		v := unix.Iovec{Base: &d[0]}
+		v.SetLen(len(d))
+		iov = append(iov, v)
+	}
+	b.iov, b.lastGathered = iov, i
+	if len(iov) == 0 {
+		// Only empty pieces before the pipe piece (or the end).
+		b.next, b.skip = i, 0
+	}
+	return i < len(b.pieces) && b.pieces[i].fromPipe && !b.pieces[i].drop
+}
+
+// writePiped splices the pipe piece at next into fd (or discards it); it
+// reports false when the socket takes nothing more now.
+func (b *batch) writePiped(fd int) (bool, error) {
+	p := b.pieces[b.next]
+	left := p.n - b.skip
+	if p.drop {
+		if err := b.pipe.Drop(left); err != nil {
+			return false, err
+		}
+		b.next, b.skip = b.next+1, 0
+		return true, nil
+	}
+	m, err := b.pipe.out(fd, left)
+	if err == errAgain {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	if b.skip += m; b.skip == p.n {
+		b.next, b.skip = b.next+1, 0
+	}
 	return true, nil
 }
 
@@ -146,7 +280,7 @@ func (b *batch) bytes(i int) []byte {
 }
 
 func (b *batch) consume(n int) {
-	for n > 0 && b.next < len(b.pieces) {
+	for n > 0 && b.next < len(b.pieces) && !b.pieces[b.next].fromPipe {
 		left := len(b.bytes(b.next)) - b.skip
 		if n < left {
 			b.skip += n

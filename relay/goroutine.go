@@ -129,7 +129,7 @@ func (f *forwarder) forwardBuffered(ctx context.Context) bool {
 		if !f.room(ctx) {
 			return false
 		}
-		f.enqueueForward(e, fr, &v)
+		f.enqueueForward(e, fr, &v, 0)
 	}
 }
 
@@ -177,6 +177,7 @@ func (f *forwarder) startReturn(ctx context.Context, kind frame.Kind) {
 	// that sent a valid frame: its reader is proven from the start.
 	f.downR.Prove()
 	f.tcp.readDown = tcpReader(f.down)
+	f.downTarget = inspectConn(f.down)
 	f.startRing(kind)
 	f.retDone = make(chan struct{})
 	go f.returnLoop(ctx)
@@ -194,9 +195,12 @@ func (f *forwarder) room(ctx context.Context) bool {
 func (f *forwarder) answer(ctx context.Context, e inflight, ans *localAnswer) bool {
 	if f.ring == nil {
 		// No return goroutine yet: write it here.
-		f.tcp.refresh(f.now())
-		f.appendLocalAnswer(&e, ans, f.now())
-		if _, err := f.ret.write(f.up, f.s.cfg.Timeout); err != nil {
+		now := f.now()
+		tcp := f.tcp.reading(now)
+		f.appendLocalAnswer(&e, ans, now, &tcp)
+		_, err := f.ret.write(f.up, f.s.cfg.Timeout)
+		f.emitMetrics()
+		if err != nil {
 			f.s.log.Debug("cannot answer upstream", "peer", f.upPeer, "err", err)
 			return false
 		}
@@ -245,6 +249,9 @@ func (f *forwarder) flush() bool {
 		f.down.Close()
 		return false
 	}
+	// The requests are on their way: the moment to read TCP_INFO, which
+	// their replies will carry (tcpView).
+	f.tcp.refresh(f.lastOut)
 	return true
 }
 
@@ -314,7 +321,10 @@ func (f *forwarder) returnStep(ctx context.Context, st *returnState) stepResult 
 		f.down.Close()
 		return stepAgain
 	}
-	if ans := f.takeReply(e, fr, st.rx); ans != nil {
+	if f.tracing(e) {
+		f.waitTrace(e)
+	}
+	if ans := f.takeReply(e, fr, st.rx, 0); ans != nil {
 		st.broken = ans
 		f.down.Close()
 	}
@@ -379,7 +389,9 @@ func (f *forwarder) flushReturn() bool {
 	if n == 0 {
 		return true
 	}
-	if _, err := f.ret.write(f.up, f.s.cfg.Timeout); err != nil {
+	_, err := f.ret.write(f.up, f.s.cfg.Timeout)
+	f.emitMetrics()
+	if err != nil {
 		f.s.log.Debug("cannot write replies upstream", "peer", f.upPeer, "replies", n, "err", err)
 		return false
 	}
@@ -485,7 +497,9 @@ func (x *echo) flush() bool {
 	if x.buildEchoes() == 0 {
 		return true
 	}
-	if _, err := x.ret.write(x.up, x.s.cfg.Timeout); err != nil {
+	_, err := x.ret.write(x.up, x.s.cfg.Timeout)
+	x.emitMetrics()
+	if err != nil {
 		x.s.log.Debug("cannot write replies upstream", "peer", x.upPeer, "err", err)
 		return false
 	}

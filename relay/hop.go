@@ -3,6 +3,7 @@ package relay
 import (
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/subsegment/subsegment_exporter/internal/host/clock"
@@ -35,13 +36,35 @@ type hopState struct {
 	// first valid frame, when its buffer leaves the budget's unproven share.
 	upReader *frame.Reader
 	tcp      tcpView
+	traceState
+	// lastOut is request-out of the latest forwarded batch.
+	lastOut int64
+	// pend are the metrics of the replies being built, recorded once
+	// they are written: off the reply's way.
+	pend []metricEvent
+}
+
+// metricEvent is what one answer adds to the relay's metrics.
+type metricEvent struct {
+	kind            frame.Kind
+	ok, hop         bool
+	residence, wait time.Duration // when hop: this hop's record
+	stream          int           // stream bytes relayed back
 }
 
 // tcpView is the kernel's view of the session's two connections: the
 // downstream one (this hop is the near end of the segment after it) and
-// the upstream one (the far end of the segment before it). It is read just
-// before a reply is built, so the reply carries it.
+// the upstream one (the far end of the segment before it). A reply
+// carries a reading at most tcpInfoEvery old. A relay reads right after
+// it forwarded a request, while the request and its reply are on the
+// wire: the reply then carries a reading taken during its own round
+// trip, at no cost to it. The end host has no such moment (its answer
+// follows the request at once); it, and a relay whose reading grew older
+// than tcpInfoEvery meanwhile, read while the reply is built. The
+// goroutine engine reads and uses it from two goroutines: mu guards the
+// reading.
 type tcpView struct {
+	mu             sync.Mutex
 	down, up       tcpinfo.Info
 	hasDown, hasUp bool
 	read           bool
@@ -50,13 +73,16 @@ type tcpView struct {
 	readUp         func() (tcpinfo.Info, error)
 }
 
-// tcpInfoEvery bounds how often a session reads TCP_INFO: right before a
-// reply is built, unless the last read is more recent than this, so that
-// a burst of frames does not pay two syscalls each. Probes sent at the
+// tcpInfoEvery bounds how often a session reads TCP_INFO, so that a
+// burst of frames does not pay two syscalls each. Probes sent at the
 // usual intervals (50 ms and more) each get a fresh read.
 const tcpInfoEvery = int64(5 * time.Millisecond)
 
+// refresh reads both connections' TCP_INFO unless the last reading is
+// more recent than tcpInfoEvery.
 func (t *tcpView) refresh(now int64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
 	if t.read && now-t.at < tcpInfoEvery {
 		return
 	}
@@ -71,6 +97,28 @@ func (t *tcpView) refresh(now int64) {
 	}
 }
 
+// reading is the latest reading, renewed first when it is older than
+// tcpInfoEvery (or there is none yet).
+func (t *tcpView) reading(now int64) tcpReading {
+	t.refresh(now)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return tcpReading{down: t.down, up: t.up, hasDown: t.hasDown, hasUp: t.hasUp}
+}
+
+// dropDown forgets the downstream connection, which is gone.
+func (t *tcpView) dropDown() {
+	t.mu.Lock()
+	t.readDown, t.hasDown = nil, false
+	t.mu.Unlock()
+}
+
+// tcpReading is what a reply's records carry of tcpView.
+type tcpReading struct {
+	down, up       tcpinfo.Info
+	hasDown, hasUp bool
+}
+
 // pendingReply is a reply waiting for the batch write that stamps reply-out.
 type pendingReply struct {
 	e     inflight
@@ -81,6 +129,11 @@ type pendingReply struct {
 	// downErr is the error record of a KindError frame from downstream.
 	downErr []byte
 	local   *localAnswer
+	// spliced is how much of the reply's data is in the return pipe (the
+	// frame is then its stub); with dropOnly the entry only discards it:
+	// the reply was refused.
+	spliced  int
+	dropOnly bool
 }
 
 // echoReply is a request the end host answers in the next batch.
@@ -89,6 +142,8 @@ type echoReply struct {
 	view  frame.View
 	e     inflight
 	local *localAnswer
+	// spliced is how much of the request's data is in the pipe.
+	spliced int
 }
 
 func (h *hopState) init(s *Server, upPeer string) {
@@ -137,9 +192,9 @@ func (h *hopState) classify(fr []byte, rx rxstamp.Stamp, wall int64, sync clock.
 	if h.upReader != nil {
 		h.upReader.Prove()
 	}
-	// The wall clock at request-in: read after the read, moved back by
-	// the time since the kernel received the request.
-	e.seq, e.kind, e.pflags, e.wallIn, e.sync = v.Probe.Seq, v.Header.Kind, v.Probe.Flags, wall-(h.now()-e.tIn), sync
+	// The wall clock at request-in: read right after the read, moved
+	// back by the time from the kernel's receipt to the read.
+	e.seq, e.kind, e.pflags, e.wallIn, e.sync = v.Probe.Seq, v.Header.Kind, v.Probe.Flags, wall-int64(rx.Wait), sync
 	e.budget = h.budget(v.Probe.BudgetMicros)
 	e.waitUntil = e.tIn + int64(e.budget)*15/16
 	if ans := h.s.checkPath(v, fr, h.upPeer); ans != nil {
@@ -165,7 +220,7 @@ func (h *hopState) queueEchoes(r *frame.Reader, rx rxstamp.Stamp) (stop bool) {
 			return false
 		}
 		e, v, ans := h.classify(fr, rx, wall, sync)
-		h.echoes = append(h.echoes, echoReply{frame: fr, view: v, e: e, local: ans})
+		h.echoes = append(h.echoes, echoReply{frame: fr, view: v, e: e, local: ans, spliced: r.Spliced()})
 		if ans != nil && ans.fatal {
 			return true
 		}
@@ -221,24 +276,31 @@ func (h *hopState) roomInRing() bool { return h.pending < h.ring.free() }
 
 // enqueueForward adds a request to the forward batch with this hop's ID
 // appended to its path (or replacing it, with --remove-perf-headers). The
-// caller checked roomInRing.
-func (h *hopState) enqueueForward(e inflight, fr []byte, v *frame.View) {
+// caller checked roomInRing. A request whose data is in the pipe
+// (spliced bytes; fr is its stub) gets it back between its probe header
+// and its path; it is never signed (frame.Sink).
+func (h *hopState) enqueueForward(e inflight, fr []byte, v *frame.View, spliced int) {
 	*h.ring.slot(h.pending) = e
 	h.pending++
+	if e.pflags&frame.ProbeTrace != 0 {
+		h.traceFlags(&e)
+	}
 	tailEnd := v.MACOff
 	p := v.Probe
 	if h.s.cfg.RemovePerfHeaders {
 		tailEnd = v.TailOff
 		p.Count = 0
-		p.Flags |= frame.ProbeStripped
+		// No trace beyond the boundary: its paths would be removed.
+		p.Flags = p.Flags&^(frame.ProbeTrace|frame.ProbePath) | frame.ProbeStripped
 	}
 	p.Count++
 	p.BudgetMicros = uint32(max(e.budget*7/8/time.Microsecond, 1))
+	p.DataLen += uint32(spliced)
 	frame.PutProbeHeader(fr[frame.HeaderLen:], p)
 	frame.PutHeader(fr, frame.Header{Kind: v.Header.Kind, Flags: h.fwdSign.HeaderFlags(),
-		Length: uint32(tailEnd - frame.HeaderLen + frame.PathEntryLen + h.fwdSign.TrailerLen())})
+		Length: uint32(tailEnd - frame.HeaderLen + spliced + frame.PathEntryLen + h.fwdSign.TrailerLen())})
 	b := &h.fwd
-	b.frameBytes(fr[:tailEnd])
+	b.frameWithPiped(fr[:tailEnd], v.DataOff, spliced)
 	off := len(b.scratch)
 	b.scratch = append(b.scratch, h.s.idBytes[:]...)
 	b.scratch = append(b.scratch, h.fwdSign.Sign(fr[:tailEnd], h.s.idBytes[:])...)
@@ -262,6 +324,7 @@ func (h *hopState) publish() (wasEmpty, local bool, firstWait int64) {
 		return false, false, 0
 	}
 	tOut := h.now()
+	h.lastOut = tOut
 	wasEmpty = h.ring.empty()
 	for k := 0; k < h.pending; k++ {
 		e := h.ring.slot(k)
@@ -289,12 +352,17 @@ func (h *hopState) takeHead(e *inflight, broken *localAnswer) bool {
 }
 
 // takeReply matches a downstream frame, received at rx, with the oldest
-// entry. A non-nil answer means the downstream is unusable from here on;
-// the frame still answered the entry when it was an error frame.
-func (h *hopState) takeReply(e *inflight, fr []byte, rx rxstamp.Stamp) (broken *localAnswer) {
-	r := pendingReply{e: *e, frame: fr, rx: rx}
+// entry; spliced of its data bytes are in the return pipe. A non-nil
+// answer means the downstream is unusable from here on; the frame still
+// answered the entry when it was an error frame.
+func (h *hopState) takeReply(e *inflight, fr []byte, rx rxstamp.Stamp, spliced int) (broken *localAnswer) {
+	r := pendingReply{e: *e, frame: fr, rx: rx, spliced: spliced}
 	if ans := h.checkReply(&r); ans != nil {
 		if r.downErr == nil {
+			if spliced > 0 {
+				// Refused: its data leaves the pipe, in order.
+				h.replies = append(h.replies, pendingReply{spliced: spliced, dropOnly: true})
+			}
 			return ans
 		}
 		broken = ans
@@ -361,23 +429,27 @@ func (h *hopState) downstreamFailure(err error, e *inflight) *localAnswer {
 	return &localAnswer{reason: reason, side: frame.SideDownstream, peer: s.nextName(), message: msg}
 }
 
-// buildReplies reads the connections' TCP_INFO, stamps reply-out and turns
-// every pending reply into pieces of the return batch; the engine writes
-// the batch.
+// buildReplies stamps reply-out and turns every pending reply into
+// pieces of the return batch, with the connections' latest TCP_INFO; the
+// engine writes the batch, then the metrics (emitMetrics).
 func (h *hopState) buildReplies() int {
 	n := len(h.replies)
 	if n == 0 {
 		return 0
 	}
-	h.tcp.refresh(h.now())
 	tOut := h.now()
+	tcp := h.tcp.reading(tOut)
 	for i := range h.replies {
 		r := &h.replies[i]
-		if r.local != nil {
-			h.appendLocalAnswer(&r.e, r.local, tOut)
+		if r.dropOnly {
+			h.ret.dropPiped(r.spliced)
 			continue
 		}
-		h.fillHop(r, tOut)
+		if r.local != nil {
+			h.appendLocalAnswer(&r.e, r.local, tOut, &tcp)
+			continue
+		}
+		h.fillHop(r, tOut, &tcp)
 		if r.downErr != nil {
 			h.appendErrorReply(r)
 			continue
@@ -390,9 +462,9 @@ func (h *hopState) buildReplies() int {
 }
 
 // fillHop sets this hop's record for a downstream reply.
-func (h *hopState) fillHop(r *pendingReply, tOut int64) {
+func (h *hopState) fillHop(r *pendingReply, tOut int64, tcp *tcpReading) {
 	rec := &h.hop
-	h.fillCommon(rec, &r.e, r.e.tOut)
+	h.fillCommon(rec, &r.e, r.e.tOut, tcp)
 	// Reply-in lies between request-out and reply-out; the clamps absorb
 	// the sub-microsecond error of moving a kernel stamp between clocks.
 	replyIn := min(max(r.rx.At, r.e.tOut), tOut)
@@ -402,19 +474,43 @@ func (h *hopState) fillHop(r *pendingReply, tOut int64) {
 	if r.rx.Kernel {
 		rec.Flags |= frame.RecKernelReply
 	}
-	if h.tcp.hasDown {
+	if tcp.hasDown {
 		rec.Flags |= frame.RecTCPInfo
-		rec.TCP = h.tcp.down
+		rec.TCP = tcp.down
 	}
 	if h.s.cfg.RemovePerfHeaders {
 		rec.Flags |= frame.RecStripped
 	}
-	h.observe(rec)
+	if r.e.pflags&(frame.ProbeTrace|frame.ProbePath) != 0 {
+		rec.Path = h.pathFor(&r.e)
+	}
 }
 
-func (h *hopState) observe(rec *frame.HopRecord) {
-	h.s.metrics.Residence(rec.Forward + rec.Return)
-	h.s.metrics.Wait(rec.WaitForward + rec.WaitReturn)
+// count records an answer for the metrics, emitted once it is written;
+// rec is this hop's record of it (nil for an error frame).
+func (h *hopState) count(kind frame.Kind, ok bool, rec *frame.HopRecord, stream int) {
+	ev := metricEvent{kind: kind, ok: ok, stream: stream}
+	if rec != nil {
+		ev.hop, ev.residence, ev.wait = true, rec.Forward+rec.Return, rec.WaitForward+rec.WaitReturn
+	}
+	h.pend = append(h.pend, ev)
+}
+
+// emitMetrics hands the metrics of the answers just written to the relay.
+func (h *hopState) emitMetrics() {
+	m := h.s.metrics
+	for i := range h.pend {
+		ev := &h.pend[i]
+		if ev.hop {
+			m.Residence(ev.residence)
+			m.Wait(ev.wait)
+		}
+		m.Relayed(ev.kind, ev.ok)
+		if ev.stream > 0 {
+			m.StreamBytes(ev.stream)
+		}
+	}
+	h.pend = h.pend[:0]
 }
 
 // appendReply adds a downstream reply with this hop's record prepended to
@@ -433,19 +529,27 @@ func (h *hopState) appendReply(r *pendingReply) {
 	b.scratch = frame.AppendHop(b.scratch, &h.hop)
 	rec := b.scratch[recOff:]
 	p.Count++
+	p.DataLen += uint32(r.spliced)
 	frame.PutProbeHeader(fr[frame.HeaderLen:], p)
 	frame.PutHeader(fr, frame.Header{Kind: v.Header.Kind, Flags: h.retSign.HeaderFlags(),
-		Length: uint32(v.TailOff - frame.HeaderLen + len(rec) + len(recs) + h.retSign.TrailerLen())})
-	b.frameBytes(fr[:v.TailOff])
+		Length: uint32(v.TailOff - frame.HeaderLen + r.spliced + len(rec) + len(recs) + h.retSign.TrailerLen())})
+	b.frameWithPiped(fr[:v.TailOff], v.DataOff, r.spliced)
 	b.scratchFrom(recOff)
 	b.frameBytes(recs)
 	macOff := len(b.scratch)
 	b.scratch = append(b.scratch, h.retSign.Sign(fr[:v.TailOff], rec, recs)...)
 	b.scratchFrom(macOff)
-	h.s.metrics.Relayed(v.Header.Kind, true)
+	stream := 0
 	if v.Header.Kind == frame.KindStreamReply {
-		h.s.metrics.StreamBytes(int(v.Probe.DataLen))
+		stream = int(p.DataLen)
 	}
+	own := &h.hop
+	if r.e.pflags&(frame.ProbeTrace|frame.ProbePath) != 0 {
+		// A trace's frame, which may have waited for it: not a measure
+		// of this hop's residence.
+		own = nil
+	}
+	h.count(v.Header.Kind, true, own, stream)
 }
 
 // appendErrorReply answers an entry whose request the next hop refused:
@@ -457,46 +561,49 @@ func (h *hopState) appendErrorReply(r *pendingReply) {
 	b.scratch = frame.AppendHop(b.scratch, &h.hop)
 	b.scratch = append(b.scratch, r.downErr...)
 	finishLocalFrame(b, start, r.e.kind.ReplyKind(), frame.ProbeHeader{Seq: r.e.seq, Flags: r.e.pflags, Count: 2}, h.retSign)
-	h.s.metrics.Relayed(r.e.kind.ReplyKind(), false)
+	h.count(r.e.kind.ReplyKind(), false, &h.hop, 0)
 }
 
-// buildEchoes reads the upstream connection's TCP_INFO, stamps reply-out
-// and turns the end host's pending requests into replies: same data, the
-// path replaced by this hop's record.
+// buildEchoes stamps reply-out and turns the end host's pending requests
+// into replies: same data, the path replaced by this hop's record, with
+// the upstream connection's latest TCP_INFO (the engine reads the next one
+// once the replies are written: tcpView).
 func (h *hopState) buildEchoes() int {
 	n := len(h.echoes)
 	if n == 0 {
 		return 0
 	}
-	h.tcp.refresh(h.now())
 	tOut := h.now()
+	tcp := h.tcp.reading(tOut)
 	b := &h.ret
 	for i := range h.echoes {
 		p := &h.echoes[i]
 		if p.local != nil {
-			h.appendLocalAnswer(&p.e, p.local, tOut)
+			b.dropPiped(p.spliced)
+			h.appendLocalAnswer(&p.e, p.local, tOut, &tcp)
 			continue
 		}
-		h.fillCommon(&h.hop, &p.e, tOut)
+		h.fillCommon(&h.hop, &p.e, tOut, &tcp)
 		h.hop.Flags |= frame.RecEnd
-		h.observe(&h.hop)
 		fr, v := p.frame, &p.view
 		kind := v.Header.Kind.ReplyKind()
 		pr := v.Probe
 		pr.Count = 1
+		pr.DataLen += uint32(p.spliced)
 		recOff := len(b.scratch)
 		b.scratch = frame.AppendHop(b.scratch, &h.hop)
 		rec := b.scratch[recOff:]
 		frame.PutProbeHeader(fr[frame.HeaderLen:], pr)
 		frame.PutHeader(fr, frame.Header{Kind: kind, Flags: h.retSign.HeaderFlags(),
-			Length: uint32(v.TailOff - frame.HeaderLen + len(rec) + h.retSign.TrailerLen())})
-		b.frameBytes(fr[:v.TailOff])
+			Length: uint32(v.TailOff - frame.HeaderLen + p.spliced + len(rec) + h.retSign.TrailerLen())})
+		b.frameWithPiped(fr[:v.TailOff], v.DataOff, p.spliced)
 		b.scratch = append(b.scratch, h.retSign.Sign(fr[:v.TailOff], rec)...)
 		b.scratchFrom(recOff)
-		h.s.metrics.Relayed(kind, true)
+		stream := 0
 		if kind == frame.KindStreamReply {
-			h.s.metrics.StreamBytes(int(v.Probe.DataLen))
+			stream = int(pr.DataLen)
 		}
+		h.count(kind, true, &h.hop, stream)
 	}
 	clear(h.echoes)
 	h.echoes = h.echoes[:0]
@@ -506,7 +613,7 @@ func (h *hopState) buildEchoes() int {
 // appendLocalAnswer adds an answer this hop gives itself: a reply holding
 // its record and an error record, or an error frame for frames it could
 // not trust.
-func (h *hopState) appendLocalAnswer(e *inflight, ans *localAnswer, tOut int64) {
+func (h *hopState) appendLocalAnswer(e *inflight, ans *localAnswer, tOut int64, tcp *tcpReading) {
 	s, b, sign := h.s, &h.ret, h.retSign
 	er := frame.ErrorRecord{ID: s.id, Name: s.cfg.Name, Peer: ans.peer, Reason: ans.reason, Side: ans.side, Message: ans.message}
 	start := len(b.scratch)
@@ -515,12 +622,13 @@ func (h *hopState) appendLocalAnswer(e *inflight, ans *localAnswer, tOut int64) 
 		b.scratchFrom(start)
 		return
 	}
-	h.fillCommon(&h.hop, e, tOut)
+	h.fillCommon(&h.hop, e, tOut, tcp)
+	h.hop.Path = h.pathFor(e)
 	b.scratch = append(b.scratch, make([]byte, frame.MinFrameLen)...)
 	b.scratch = frame.AppendHop(b.scratch, &h.hop)
 	b.scratch = frame.AppendError(b.scratch, &er)
 	finishLocalFrame(b, start, e.kind.ReplyKind(), frame.ProbeHeader{Seq: e.seq, Flags: e.pflags, Count: 2}, sign)
-	s.metrics.Relayed(e.kind.ReplyKind(), false)
+	h.count(e.kind.ReplyKind(), false, nil, 0)
 }
 
 // finishLocalFrame fills in the header of a frame built in scratch from
@@ -537,7 +645,7 @@ func finishLocalFrame(b *batch, start int, kind frame.Kind, p frame.ProbeHeader,
 // identity, clock, the request's way through it (forward time and wait),
 // and the upstream connection's TCP_INFO. out ends the forward time: when
 // the request went on downstream, or when this hop's own answer leaves.
-func (h *hopState) fillCommon(rec *frame.HopRecord, e *inflight, out int64) {
+func (h *hopState) fillCommon(rec *frame.HopRecord, e *inflight, out int64, tcp *tcpReading) {
 	s := h.s
 	*rec = frame.HopRecord{ID: s.id, Name: s.cfg.Name, WallIn: e.wallIn,
 		EstErrorMicros: e.sync.EstErrorMicros, MaxErrorMicros: e.sync.MaxErrorMicros,
@@ -553,9 +661,9 @@ func (h *hopState) fillCommon(rec *frame.HopRecord, e *inflight, out int64) {
 		rec.Flags |= frame.RecDialed
 		rec.Connect = time.Duration(e.connect)
 	}
-	if h.tcp.hasUp {
+	if tcp.hasUp {
 		rec.Flags |= frame.RecTCPInfoUp
-		rec.TCPUp = h.tcp.up
+		rec.TCPUp = tcp.up
 	}
 	if e.pflags&frame.ProbeAnnotate != 0 && s.cfg.Annotate != nil {
 		rec.Vars = s.cfg.Annotate()

@@ -100,10 +100,12 @@ func (l *loop) run() {
 	defer runningLoops.Add(-1)
 	defer close(l.done)
 	defer l.shutdown()
+	now := l.s.cfg.Clock.Monotonic()
 	for {
 		timeout := -1
 		if len(l.timers) > 0 {
-			wait := l.timers[0].deadline - l.s.cfg.Clock.Monotonic()
+			// now is expire's: nothing ran since.
+			wait := l.timers[0].deadline - now
 			timeout = int(max(0, (wait+int64(time.Millisecond)-1)/int64(time.Millisecond)))
 		}
 		n, err := epollWait(l.ep, l.events, timeout, len(l.byFd) > 0)
@@ -126,7 +128,7 @@ func (l *loop) run() {
 		if l.drainInbox() {
 			return
 		}
-		l.expire()
+		now = l.expire()
 	}
 }
 
@@ -196,8 +198,10 @@ type lsession struct {
 	// connection until the first forwarded request carries it.
 	connectPending int64
 	// held are requests taken from the upstream buffer that wait for the
-	// dial or for ring room; the buffer is not read meanwhile.
+	// dial or for ring room; the buffer is not read meanwhile. fresh is
+	// the request just taken, admitted without a copy into held.
 	held       []heldRequest
+	fresh      heldRequest
 	upEOF      bool
 	upStopped  bool // a fatal answer is queued: no more upstream input
 	broken     *localAnswer
@@ -210,6 +214,10 @@ type lsession struct {
 	drained    int
 	closed     bool
 	tcpBuf     unix.TCPInfo
+	// The pipes large stream blocks take (pipe.go): upPipe holds what the
+	// upstream sends (on to the downstream, or back, at the end host),
+	// downPipe what the downstream sends back.
+	upPipe, downPipe pipe
 
 	// Poll state of each descriptor: the events it is registered for, and
 	// whether it is registered at all. A descriptor with no interest is

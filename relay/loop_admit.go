@@ -68,7 +68,26 @@ func (l *loop) start(fd int, peerAddr string, adm *admission, release func()) {
 	x.upR.Budget = l.s.budget
 	x.upReader = x.upR
 	x.readUp = func(p []byte) (int, error) { return readFd(&x.upRx, x.up, p) }
+	x.upPipe, x.downPipe = newPipe(fd, &l.s.spliced), newPipe(-1, &l.s.spliced)
+	if len(l.s.cfg.Keys) == 0 {
+		// Unsigned blocks take the pipe; a signature covers the data,
+		// which must then be read (frame.Sink).
+		x.upR.Sink = &x.upPipe
+		if x.echo {
+			x.ret.pipe = &x.upPipe
+		} else {
+			x.fwd.pipe = &x.upPipe
+		}
+	}
 	x.tcp.readUp = func() (tcpinfo.Info, error) { return tcpinfo.ReadFd(x.up, &x.tcpBuf) }
+	x.traceWake = func() {
+		x.later(func() {
+			if !x.closed {
+				x.processDown(x.downRx.Last)
+				x.settle()
+			}
+		}, -1)
+	}
 	x.idleUntil = l.s.cfg.Clock.Monotonic() + int64(l.s.cfg.Timeout)
 	if err := epollCtl(l.ep, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd)}); err != nil {
 		// Never registered: the session ends here, once, and an eviction
@@ -100,6 +119,8 @@ func (x *lsession) close() {
 	if x.heapIdx >= 0 {
 		heap.Remove(&x.l.timers, x.heapIdx)
 	}
+	x.upPipe.close() // before the batches' reset: nothing to keep in step
+	x.downPipe.close()
 	x.upR.Release()
 	if x.downR != nil {
 		x.downR.Release()

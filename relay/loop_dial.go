@@ -11,6 +11,7 @@ import (
 	"github.com/subsegment/subsegment_exporter/internal/wire/frame"
 	"github.com/subsegment/subsegment_exporter/internal/wire/rxstamp"
 	"github.com/subsegment/subsegment_exporter/internal/wire/tcpinfo"
+	"github.com/subsegment/subsegment_exporter/internal/wire/trace"
 )
 
 // The downstream connection: dialled when the first request needs it,
@@ -82,8 +83,14 @@ func (x *lsession) dialDone(fd int, connect int64, kind frame.Kind, err error) {
 	// The downstream is this hop's own --forward-to, dialled for a session
 	// that sent a valid frame: its reader is proven from the start.
 	x.downR.Prove()
+	if x.upR.Sink != nil {
+		x.downPipe = newPipe(fd, &x.s.spliced)
+		x.downR.Sink = &x.downPipe
+		x.ret.pipe = &x.downPipe
+	}
 	x.readDown = func(p []byte) (int, error) { return readFd(&x.downRx, x.down, p) }
 	x.tcp.readDown = func() (tcpinfo.Info, error) { return tcpinfo.ReadFd(x.down, &x.tcpBuf) }
+	x.downTarget = func() (trace.Target, error) { return trace.Inspect(trace.FD(x.down)) }
 	x.startRing(kind)
 	x.connectPending = max(connect, 1)
 	x.processUp()
@@ -115,5 +122,7 @@ func (x *lsession) dropDown() {
 	delete(x.l.byFd, x.down)
 	unix.Close(x.down) // closing removes it from epoll
 	x.down, x.downPolled, x.downEvents = -1, false, 0
-	x.tcp.readDown, x.tcp.hasDown = nil, false
+	x.downPipe.src = -1 // what it holds still goes up; nothing more comes in
+	x.tcp.dropDown()
+	x.downTarget = nil
 }

@@ -29,6 +29,10 @@ func readFd(rx *rxstamp.FdReader, fd int, p []byte) (int, error) {
 	return n, nil
 }
 
+// readTime is when the read that returned rx's data was made: the
+// clock reading the stamp was taken with, one less to take.
+func readTime(rx rxstamp.Stamp) int64 { return rx.At + int64(rx.Wait) }
+
 // readsPerEvent bounds the reads one readiness event gets, so that a
 // large frame (read header first, then body) or a fast stream does not go
 // back through epoll_wait for every read, and no session starves others.
@@ -51,7 +55,7 @@ func (x *lsession) readUpstream() {
 			// The next frame's --timeout starts when one is complete:
 			// bytes of a partial frame never extend it, so a trickle
 			// cannot keep a connection (and its slot) open.
-			x.idleUntil = x.now() + int64(x.s.cfg.Timeout)
+			x.idleUntil = readTime(x.upRx.Last) + int64(x.s.cfg.Timeout)
 			x.processUp()
 		}
 		if x.upR.Drained() {

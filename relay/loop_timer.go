@@ -9,11 +9,17 @@ import (
 
 // Deadlines: every session's next one in a heap the loop waits on.
 
-func (l *loop) expire() {
+// expire handles the deadlines that passed; it returns the time now,
+// for the wait that follows.
+func (l *loop) expire() int64 {
 	now := l.s.cfg.Clock.Monotonic()
+	if len(l.timers) == 0 || l.timers[0].deadline > now {
+		return now
+	}
 	for len(l.timers) > 0 && l.timers[0].deadline <= now {
 		l.timers[0].timeout(now)
 	}
+	return l.s.cfg.Clock.Monotonic()
 }
 
 // schedule puts the session's next deadline into the timer heap.

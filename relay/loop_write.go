@@ -3,6 +3,7 @@ package relay
 import (
 	"fmt"
 
+	"github.com/subsegment/subsegment_exporter/internal/host/clock"
 	"github.com/subsegment/subsegment_exporter/internal/wire/frame"
 	"github.com/subsegment/subsegment_exporter/internal/wire/rxstamp"
 )
@@ -15,6 +16,8 @@ type heldRequest struct {
 	e   inflight
 	v   frame.View
 	ans *localAnswer
+	// spliced is how much of the request's data is in the forward pipe.
+	spliced int
 }
 
 // processEcho answers every complete request the end host has buffered.
@@ -35,38 +38,55 @@ func (x *lsession) processUp() {
 	}
 	rx, wall, sync := x.upRx.Last, x.s.cfg.Clock.Wall(), x.s.cfg.Clock.Sync()
 	for !x.closeAfter {
-		if len(x.held) == 0 {
-			if x.upStopped {
-				break
-			}
-			fr, err := x.upR.Next()
-			if err != nil {
-				x.held = append(x.held, heldRequest{e: newEntry(rx), ans: x.reject(err)})
-				x.upStopped = true
-			} else if fr == nil {
-				break
-			} else {
-				e, v, ans := x.classify(fr, rx, wall, sync)
-				x.held = append(x.held, heldRequest{fr: fr, e: e, v: v, ans: ans})
-				if ans != nil && ans.fatal {
-					x.upStopped = true
-				}
-			}
-		}
-		if !x.admit(x.held[0]) {
+		r := &x.fresh
+		if len(x.held) > 0 {
+			r = &x.held[0]
+		} else if !x.nextRequest(rx, wall, sync) {
 			break
 		}
-		// Shift in place: the queue is short, and keeps its capacity.
-		n := copy(x.held, x.held[1:])
-		x.held[n] = heldRequest{}
-		x.held = x.held[:n]
+		if !x.admit(r) {
+			if r == &x.fresh {
+				x.held = append(x.held, x.fresh)
+			}
+			break
+		}
+		if r != &x.fresh {
+			// Shift in place: the queue is short, and keeps its capacity.
+			n := copy(x.held, x.held[1:])
+			x.held[n] = heldRequest{}
+			x.held = x.held[:n]
+		}
 	}
 	x.flushForward()
 }
 
+// nextRequest classifies the next complete request buffered into fresh;
+// false when there is none (or no more may be read).
+func (x *lsession) nextRequest(rx rxstamp.Stamp, wall int64, sync clock.Sync) bool {
+	if x.upStopped {
+		return false
+	}
+	fr, err := x.upR.Next()
+	r := &x.fresh
+	switch {
+	case err != nil:
+		*r = heldRequest{e: newEntry(rx), ans: x.reject(err)}
+		x.upStopped = true
+	case fr == nil:
+		return false
+	default:
+		r.fr, r.spliced = fr, x.upR.Spliced()
+		r.e, r.v, r.ans = x.classify(fr, rx, wall, sync)
+		if r.ans != nil && r.ans.fatal {
+			x.upStopped = true
+		}
+	}
+	return true
+}
+
 // admit forwards a request or queues this hop's answer to it; false when
 // it must wait (for the dial, or for room in the ring).
-func (x *lsession) admit(r heldRequest) bool {
+func (x *lsession) admit(r *heldRequest) bool {
 	if r.ans == nil && x.broken != nil {
 		ans := *x.broken
 		r.ans = &ans
@@ -74,6 +94,7 @@ func (x *lsession) admit(r heldRequest) bool {
 	if x.ring == nil {
 		if r.ans != nil {
 			// Nothing in flight yet: answer right away.
+			x.fwd.dropPiped(r.spliced)
 			if r.ans.fatal {
 				x.upStopped, x.closeAfter = true, true
 			}
@@ -91,6 +112,7 @@ func (x *lsession) admit(r heldRequest) bool {
 	}
 	if r.ans != nil {
 		// A fatal answer closes the session once it reaches the head.
+		x.fwd.dropPiped(r.spliced)
 		x.enqueueLocal(r.e, r.ans)
 		return true
 	}
@@ -99,7 +121,7 @@ func (x *lsession) admit(r heldRequest) bool {
 		r.e.dialed, r.e.connect = true, x.connectPending
 		x.connectPending = 0
 	}
-	x.enqueueForward(r.e, r.fr, &r.v)
+	x.enqueueForward(r.e, r.fr, &r.v, r.spliced)
 	return true
 }
 
@@ -135,6 +157,9 @@ func (x *lsession) writeDown() {
 		x.stallUntil = x.now() + int64(x.s.cfg.Timeout)
 		return
 	}
+	// The requests are on their way: the moment to read TCP_INFO, which
+	// their replies will carry (tcpView).
+	x.tcp.refresh(x.lastOut)
 	// The batch is out: requests buffered meanwhile may go on.
 	if x.upR.Complete() || len(x.held) > 0 {
 		x.processUp()
@@ -153,7 +178,9 @@ func (x *lsession) processDown(rx rxstamp.Stamp) {
 			}
 			continue
 		}
-		if x.down < 0 {
+		if x.down < 0 || e != nil && x.tracing(e) {
+			// A reply asking for the path waits for the trace, whose end
+			// calls processDown again (traceWake).
 			break
 		}
 		fr, err := x.downR.Next()
@@ -161,13 +188,16 @@ func (x *lsession) processDown(rx rxstamp.Stamp) {
 			err = fmt.Errorf("%w: a frame from downstream that answers no request", frame.ErrMalformed)
 		}
 		if err != nil {
+			// A refused frame's spliced data stays at the end of the
+			// return pipe: nothing follows it there once the downstream
+			// is dropped.
 			x.breakDown(err)
 			return
 		}
 		if fr == nil {
 			break
 		}
-		if ans := x.takeReply(e, fr, rx); ans != nil {
+		if ans := x.takeReply(e, fr, rx, x.downR.Spliced()); ans != nil {
 			x.setBroken(ans)
 		}
 	}
@@ -197,6 +227,7 @@ func (x *lsession) writeUp() {
 		return
 	}
 	done, err := x.ret.writeFd(x.up)
+	x.emitMetrics()
 	if err != nil {
 		x.s.log.Debug("cannot write replies upstream", "peer", x.upPeer, "err", err)
 		x.close()

@@ -29,6 +29,7 @@ import (
 	"github.com/subsegment/subsegment_exporter/internal/wire/frame"
 	"github.com/subsegment/subsegment_exporter/internal/wire/peer"
 	"github.com/subsegment/subsegment_exporter/internal/wire/rxstamp"
+	"github.com/subsegment/subsegment_exporter/internal/wire/trace"
 	"github.com/subsegment/subsegment_exporter/internal/wire/transport"
 )
 
@@ -116,12 +117,24 @@ type Config struct {
 	// that ask for them (in-band context); nil attaches nothing.
 	Annotate func() []frame.Var
 	Metrics  Metrics
-	Logger   *slog.Logger
+	// STAMPMetrics counts the test packets of a relay whose next hop is
+	// a STAMP reflector (stampnext.go); nil counts nothing.
+	STAMPMetrics STAMPMetrics
+	Logger       *slog.Logger
 	// Engine drives plain-TCP sessions: EngineEpoll (default) or
 	// EngineGoroutines. TLS sessions always use goroutines.
 	Engine string
 	// ID overrides the random hop identity (tests only).
 	ID uint64
+	// Tracer traces the route to the next hop for requests that ask
+	// (ProbeTrace); nil refuses them (their path says disabled). One per
+	// process: its rate limit is the process's.
+	Tracer *trace.Tracer
+	// TraceOptions bound each trace (max TTL, probes per TTL); the
+	// deadline comes from the request's budget.
+	TraceOptions trace.Options
+	// TraceMetrics counts the traces; may be nil.
+	TraceMetrics TraceMetrics
 }
 
 // Engines a relay can drive its sessions with.
@@ -148,8 +161,13 @@ type Server struct {
 	// downAddr is --forward-to as a socket address when it is an IP
 	// address (the epoll engine connects to it itself), else nil.
 	downAddr unix.Sockaddr
-	clocks   rxstamp.Clocks
-	warned   rateLimit // warnings about peers' bad input
+	// stampNext is the session with the STAMP reflector --forward-to
+	// names, if it does.
+	stampNext *stampLink
+	clocks    rxstamp.Clocks
+	warned    rateLimit // warnings about peers' bad input
+	// spliced counts the stream bytes that went through pipes (pipe.go).
+	spliced atomic.Int64
 
 	mu     sync.Mutex
 	conns  map[net.Conn]struct{}
@@ -191,7 +209,11 @@ func New(cfg Config) (*Server, error) {
 	if cfg.MaxConnections == 0 {
 		cfg.MaxConnections = DefaultMaxConnections
 	}
-	if cfg.ForwardTo != "" {
+	stampNext, err := stampNextOf(&cfg)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.ForwardTo != "" && stampNext == nil {
 		if err := peer.ValidateAddress(cfg.ForwardTo); err != nil {
 			return nil, fmt.Errorf("--forward-to: %w", err)
 		}
@@ -224,10 +246,12 @@ func New(cfg Config) (*Server, error) {
 		slots:   make(chan struct{}, cfg.MaxConnections),
 		conns:   make(map[net.Conn]struct{}),
 		budget:  frame.NewBufferBudget(cfg.BufferBudget, cfg.MaxFrameBytes),
+		// stampNext: --forward-to names a STAMP reflector (stampnext.go).
+		stampNext: stampNext,
 	}
 	s.clocks = rxstamp.Clocks{Mono: cfg.Clock.Monotonic, Real: cfg.Realtime, MaxWait: cfg.Timeout}
 	s.dialer = transport.Dialer{Dial: cfg.Dial, TLS: cfg.DialTLS, Clocks: s.clocks}
-	if cfg.Dial == nil && cfg.DialTLS == nil {
+	if cfg.Dial == nil && cfg.DialTLS == nil && stampNext == nil {
 		s.downAddr = sockaddrOf(cfg.ForwardTo)
 	}
 	if s.id == 0 {
@@ -245,6 +269,10 @@ func (s *Server) Engine() string { return s.cfg.Engine }
 
 // Name is this hop's name.
 func (s *Server) Name() string { return s.cfg.Name }
+
+// SplicedBytes is how many bytes of stream blocks went from socket to
+// socket through a pipe instead of through user space (tests, debugging).
+func (s *Server) SplicedBytes() int64 { return s.spliced.Load() }
 
 // Serve accepts connections on ln until ctx ends, then closes every
 // connection and waits for their goroutines.
@@ -389,6 +417,10 @@ func (s *Server) refuseOverloaded(conn net.Conn) {
 func (s *Server) serveConn(ctx context.Context, conn net.Conn, adm *admission) {
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
+	if s.stampNext != nil {
+		s.serveSTAMPNext(ctx, conn, adm)
+		return
+	}
 	if s.cfg.ForwardTo == "" {
 		x := newEcho(s, conn)
 		x.adm = adm

@@ -157,6 +157,19 @@ for unit in subsegment-relay.service subsegment-exporter.service; do
 	step "  $unit: $(grep -o 'Overall exposure level.*' "$tmp/security.log")"
 done
 
+step "the example drop-in for traces (CAP_NET_RAW): installed, verified, within the exposure"
+dropin=/usr/share/doc/$pkg/examples/trace-cap-net-raw.conf
+[ -f "$dropin" ] || fail "$dropin is not installed"
+mkdir -p "$tmp/units/subsegment-relay.service.d"
+cp /lib/systemd/system/subsegment-relay.service "$tmp/units/"
+cp "$dropin" "$tmp/units/subsegment-relay.service.d/"
+systemd-analyze verify "$tmp/units/subsegment-relay.service" >"$tmp/verify.log" 2>&1 ||
+	fail "systemd-analyze verify with the drop-in: $(cat "$tmp/verify.log")"
+systemd-analyze security --offline=yes --threshold="$threshold" "$tmp/units/subsegment-relay.service" >"$tmp/security.log" 2>&1 ||
+	fail "systemd-analyze security with the drop-in over $max_exposure: $(tail -1 "$tmp/security.log")"
+grep -q '✗ CapabilityBoundingSet=~CAP_NET_(BIND_SERVICE|BROADCAST|RAW)' "$tmp/security.log" || fail "the drop-in did not apply: $(cat "$tmp/security.log")"
+step "  with the drop-in: $(grep -o 'Overall exposure level.*' "$tmp/security.log")"
+
 step "installed binary as nobody"
 relay_as_nobody "$bin"
 step "installed relay and exporter, flags from /etc/default, free ports, as $user"

@@ -26,6 +26,7 @@ import (
 func main() {
 	mode := flag.String("mode", "rtt", "rtt, stream, echo, http or spread")
 	target := flag.String("target", "", "first hop (rtt, stream) or listen address (echo)")
+	targets := flag.String("targets", "", "rtt on several chains, round trips interleaved: name=raw@host:port or name=subsegment@host:port, comma-separated")
 	proto := flag.String("proto", "raw", "raw (bytes echoed by the chain's end) or subsegment (probe frames)")
 	n := flag.Int("n", 2000, "round trips (rtt)")
 	size := flag.Int("size", 64, "message size in bytes (rtt, raw)")
@@ -42,7 +43,13 @@ func main() {
 	var err error
 	switch *mode {
 	case "rtt":
-		err = rtt(*target, *proto, *n, *size, *interval)
+		list := []rttTarget{{name: *target, proto: *proto, addr: *target}}
+		if *targets != "" {
+			list, err = parseTargets(*targets)
+		}
+		if err == nil {
+			err = rtt(list, *n, *size, *interval)
+		}
 	case "stream":
 		err = streamRaw(*target, *input, *block)
 	case "echo":
@@ -60,66 +67,131 @@ func main() {
 	}
 }
 
-// rtt measures request/response round trips over one connection and prints
-// p50 and p99 in microseconds; with the subsegment protocol also the
-// median wait the end host reports (kernel receipt to its read).
-func rtt(target, proto string, n, size int, interval time.Duration) error {
-	c, err := net.Dial("tcp", target)
-	if err != nil {
-		return err
+// rtt measures request/response round trips over one connection per
+// target and prints, per target, p50 and p99 in microseconds; with the
+// subsegment protocol also the median wait the end host reports (kernel
+// receipt to its read). With several targets the round trips interleave,
+// one on each target in turn (the first one rotating), so that every
+// target sees the same moments of a busy machine: their ratios are then
+// fair even when absolute figures drift.
+func rtt(targets []rttTarget, n, size int, interval time.Duration) error {
+	probers := make([]*prober, 0, len(targets))
+	for _, t := range targets {
+		p, err := dialProber(t, size, n)
+		if err != nil {
+			return err
+		}
+		defer p.c.Close()
+		probers = append(probers, p)
 	}
-	defer c.Close()
-	if err := c.(*net.TCPConn).SetNoDelay(true); err != nil {
-		return err
-	}
-	var req []byte
-	var rd *frame.Reader
-	buf := make([]byte, 64<<10)
-	if proto == "subsegment" {
-		rd = frame.NewReader(c, frame.DefaultMaxFrameBytes)
-	} else {
-		req = make([]byte, size)
-	}
-	times := make([]time.Duration, 0, n)
-	var waits []time.Duration
 	for i := 0; i < n+100; i++ {
 		if interval > 0 {
 			time.Sleep(interval)
 		}
-		if proto == "subsegment" {
-			req = frame.AppendZeroRequest(req[:0], frame.KindProbeRequest, frame.ProbeHeader{Seq: uint64(i), BudgetMicros: 5_000_000}, 0, []uint64{42}, nil)
-		}
-		t0 := time.Now()
-		if _, err := c.Write(req); err != nil {
-			return err
-		}
-		if rd != nil {
-			if err := rd.Fill(); err != nil {
+		for k := range probers {
+			if err := probers[(i+k)%len(probers)].once(i, i >= 100); err != nil { // warm-up excluded
 				return err
 			}
-			fr, err := rd.Next()
-			if err != nil {
-				return err
-			}
-			if i >= 100 {
-				waits = append(waits, endWait(fr))
-			}
-		} else if _, err := io.ReadFull(c, buf[:size]); err != nil {
-			return err
-		}
-		if i >= 100 { // warm-up excluded
-			times = append(times, time.Since(t0))
 		}
 	}
-	slices.Sort(times)
-	p := func(q float64) float64 { return float64(times[int(q*float64(len(times)-1))]) / 1e3 }
-	fmt.Printf("p50_us=%.1f p99_us=%.1f n=%d", p(0.5), p(0.99), len(times))
-	if len(waits) > 0 {
-		slices.Sort(waits)
-		fmt.Printf(" end_wait_p50_us=%.1f end_wait_p90_us=%.1f", float64(waits[len(waits)/2])/1e3, float64(waits[len(waits)*9/10])/1e3)
+	for _, p := range probers {
+		p.report(len(probers) > 1)
+	}
+	return nil
+}
+
+// rttTarget is a chain to measure: its name, protocol and first hop.
+type rttTarget struct{ name, proto, addr string }
+
+// parseTargets reads name=proto@address,... (-targets).
+func parseTargets(list string) ([]rttTarget, error) {
+	var out []rttTarget
+	for _, item := range strings.Split(list, ",") {
+		name, rest, ok1 := strings.Cut(item, "=")
+		proto, addr, ok2 := strings.Cut(rest, "@")
+		if !ok1 || !ok2 || (proto != "raw" && proto != "subsegment") {
+			return nil, fmt.Errorf("target %q: want name=raw@host:port or name=subsegment@host:port", item)
+		}
+		out = append(out, rttTarget{name, proto, addr})
+	}
+	return out, nil
+}
+
+// prober is one connection of the rtt mode.
+type prober struct {
+	t     rttTarget
+	c     net.Conn
+	rd    *frame.Reader
+	req   []byte
+	buf   []byte
+	times []time.Duration
+	waits []time.Duration
+}
+
+func dialProber(t rttTarget, size, n int) (*prober, error) {
+	c, err := net.Dial("tcp", t.addr)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.(*net.TCPConn).SetNoDelay(true); err != nil {
+		c.Close()
+		return nil, err
+	}
+	p := &prober{t: t, c: c, times: make([]time.Duration, 0, n)}
+	if t.proto == "subsegment" {
+		p.rd = frame.NewReader(c, frame.DefaultMaxFrameBytes)
+	} else {
+		p.req, p.buf = make([]byte, size), make([]byte, size)
+	}
+	return p, nil
+}
+
+// once makes round trip i; keep records its time. Only the write and the
+// read of the answer are timed: what the client does with the answer
+// (the end host's wait, read from its record) is not part of it.
+func (p *prober) once(i int, keep bool) error {
+	if p.rd != nil {
+		p.req = frame.AppendZeroRequest(p.req[:0], frame.KindProbeRequest, frame.ProbeHeader{Seq: uint64(i), BudgetMicros: 5_000_000}, 0, []uint64{42}, nil)
+	}
+	t0 := time.Now()
+	if _, err := p.c.Write(p.req); err != nil {
+		return fmt.Errorf("%s: %w", p.t.name, err)
+	}
+	var fr []byte
+	if p.rd != nil {
+		if err := p.rd.Fill(); err != nil {
+			return fmt.Errorf("%s: %w", p.t.name, err)
+		}
+		var err error
+		if fr, err = p.rd.Next(); err != nil {
+			return fmt.Errorf("%s: %w", p.t.name, err)
+		}
+	} else if _, err := io.ReadFull(p.c, p.buf); err != nil {
+		return fmt.Errorf("%s: %w", p.t.name, err)
+	}
+	took := time.Since(t0)
+	if !keep {
+		return nil
+	}
+	p.times = append(p.times, took)
+	if fr != nil {
+		p.waits = append(p.waits, endWait(fr))
+	}
+	return nil
+}
+
+func (p *prober) report(named bool) {
+	slices.Sort(p.times)
+	q := func(q float64) float64 { return float64(p.times[int(q*float64(len(p.times)-1))]) / 1e3 }
+	if named {
+		fmt.Printf("%s ", p.t.name)
+	}
+	fmt.Printf("p50_us=%.1f p99_us=%.1f n=%d", q(0.5), q(0.99), len(p.times))
+	if len(p.waits) > 0 {
+		slices.Sort(p.waits)
+		fmt.Printf(" end_wait_p50_us=%.1f end_wait_p90_us=%.1f", float64(p.waits[len(p.waits)/2])/1e3, float64(p.waits[len(p.waits)*9/10])/1e3)
 	}
 	fmt.Println()
-	return nil
 }
 
 // endWait is the wait the last hop record of a reply reports.

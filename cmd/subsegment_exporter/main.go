@@ -36,9 +36,11 @@ import (
 	"github.com/subsegment/subsegment_exporter/internal/output/nagios"
 	"github.com/subsegment/subsegment_exporter/internal/output/report"
 	"github.com/subsegment/subsegment_exporter/internal/source/prober"
+	"github.com/subsegment/subsegment_exporter/internal/source/sla"
 	"github.com/subsegment/subsegment_exporter/internal/source/stream"
 	"github.com/subsegment/subsegment_exporter/internal/wire/frame"
 	"github.com/subsegment/subsegment_exporter/internal/wire/peer"
+	"github.com/subsegment/subsegment_exporter/internal/wire/trace"
 	"github.com/subsegment/subsegment_exporter/internal/wire/transport"
 	"github.com/subsegment/subsegment_exporter/relay"
 	"github.com/subsegment/subsegment_exporter/relay/reflector"
@@ -83,7 +85,7 @@ func run(args []string) int {
 	// The original tool's flags, with their short forms, shared by every command.
 	var hop relayFlags
 	app.Flag("listen", "TCP address to listen on as a relay: host:port, *:port for all interfaces, [::1]:port. Without it the process is a pure source exporter (or, with --forward-to, the original stdin stream mode).").Short('l').StringVar(&hop.listen)
-	app.Flag("forward-to", "Next hop, host:port. A relay without it is the end of the chain and echoes every probe.").Short('f').StringVar(&hop.forwardTo)
+	app.Flag("forward-to", "Next hop, host:port; or stamp://host[:port][?name=NAME], a STAMP reflector (a router) measured with one STAMP packet per probe as the chain's last hop. A relay without it is the end of the chain and echoes every probe.").Short('f').StringVar(&hop.forwardTo)
 	hop.timeout = relay.DefaultTimeout
 	durationVar(app.Flag("timeout", "Timeout of each operation: a connect, a write, the wait for the next frame (which must arrive whole within it) or a reply; for probe, each probe's round trip; for check, the whole check. Seconds (5, 0.5) or with a unit (5s, 250ms).").Short('t').Default("10s"), &hop.timeout)
 	app.Flag("remove-perf-headers", "Remove the performance headers received from beyond this relay, in both directions (an administrative boundary: the source sees this relay as the last hop).").Short('r').BoolVar(&hop.removePerfHeaders)
@@ -99,6 +101,12 @@ func run(args []string) int {
 	app.Flag("relay.tls-ca-file", "CA certificates (PEM): dial the next hop (a source: the first hop) with TLS and verify it against them.").ExistingFileVar(&hop.tls.CA)
 	app.Flag("relay.tls-client-auth", "Require the upstream hop's certificate, signed by --relay.tls-ca-file (mutual TLS).").BoolVar(&hop.tls.ClientAuth)
 	app.Flag("relay.tls-server-name", "Name the next hop's certificate is verified for (default: the host of its address).").StringVar(&hop.tls.ServerName)
+	var tf traceFlags
+	app.Flag("trace.enabled", "Trace the routers under this process's segments when a probe asks (a relay: the route to its --forward-to, on the chain's own connection; a source: to its first hop). --no-trace.enabled answers that it does not trace.").Default("true").BoolVar(&tf.enabled)
+	app.Flag("trace.max-ttl", "Largest TTL a trace probes (1 to 64).").Default(fmt.Sprint(trace.DefaultMaxTTL)).IntVar(&tf.opts.MaxTTL)
+	app.Flag("trace.probes", "Probes per TTL of a trace (1 to 10).").Default(fmt.Sprint(trace.DefaultProbes)).IntVar(&tf.opts.Probes)
+	app.Flag("trace.max-packets-per-second", "Probe packets all traces of this process send per second, at most (bursts of 10).").Default(fmt.Sprint(trace.DefaultRate)).Float64Var(&tf.rate)
+	app.Flag("trace.method", "How traces probe: auto (the connection's own TCP flow with CAP_NET_RAW, else UDP), tcp (fail without CAP_NET_RAW), udp (never raw sockets).").Default("auto").EnumVar(&tf.method, "auto", "tcp", "udp")
 	app.Flag("relay.engine", "How a relay drives plain-TCP sessions: epoll (one thread, lowest round trip) or goroutines (two per session). TLS sessions always use goroutines.").Default(relay.EngineEpoll).EnumVar(&hop.engine, relay.EngineEpoll, relay.EngineGoroutines)
 
 	serveCmd := app.Command("serve", "Run as relay (with --listen) and exporter; the default command, so the original invocation lines work unchanged.").Default()
@@ -141,6 +149,7 @@ func run(args []string) int {
 	durationVar(probeCmd.Flag("interval", "Pause between probes.").Default("200ms"), &po.interval)
 	probeCmd.Flag("payload-bytes", "Padding per probe (0 to 65536 bytes, within --relay.max-frame-bytes): large probes reveal MTU/MSS black holes.").Default("0").IntVar(&po.payload)
 	probeCmd.Flag("output", "Output format: table or json.").Default("table").EnumVar(&po.output, "table", "json")
+	probeCmd.Flag("trace", "After the probes, trace the routers under every segment (each relay traces the route to its next hop on the chain's own connection) and print them.").BoolVar(&po.trace)
 
 	checkCmd := app.Command("check", "Nagios-compatible check: probe the chain once; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (Monitoring Plugins guidelines).")
 	var co nagios.Options
@@ -150,6 +159,7 @@ func run(args []string) int {
 	checkCmd.Flag("warning", "Warning range of every segment's rtt (median): 10, 10:, ~:10, 10:20, @10:20; milliseconds, or with ms, s, us.").Short('w').StringVar(&co.Warning)
 	checkCmd.Flag("critical", "Critical range of every segment's rtt, same syntax. Without -w and -c, the module's SLAs are the critical thresholds.").Short('c').StringVar(&co.Critical)
 	checkCmd.Flag("segment", "Per-segment ranges, from:to=WARN,CRIT (repeatable; leave one empty to keep -w or -c).").StringsVar(&co.Segments)
+	checkCmd.Flag("trace", "Trace the routers under every segment and list them in the long text (without it, the module's trace mode applies: on_violation by default).").BoolVar(&co.Trace)
 	checkCmd.Flag("verbose", "More detail in the long text (repeatable: -v hops, -vv the kernel's view).").Short('v').CounterVar(&co.Verbose)
 
 	sendCmd := app.Command("send", "Stream stdin through the chain (--forward-to) and write what comes back to stdout; timing statistics go to stderr.")
@@ -192,6 +202,9 @@ func run(args []string) int {
 	if err == nil {
 		hop.tlsServer, hop.tlsClient, err = hop.tls.Load()
 	}
+	if err == nil {
+		hop.tracer, hop.traceOpts, err = tf.tracer()
+	}
 	if err != nil {
 		if cmd == checkCmd.FullCommand() {
 			return pluginOutput(nagios.Unknown, nagios.UnknownText("%v", err))
@@ -201,6 +214,10 @@ func run(args []string) int {
 	}
 	switch cmd {
 	case serveCmd.FullCommand():
+		if hop.listen == "" && peer.IsSTAMPTarget(hop.forwardTo) {
+			fmt.Fprintf(os.Stderr, "%s: --forward-to %s without --listen would stream stdin to a STAMP reflector, which carries no data: run a relay (--listen) in front of it, or measure to it with probe %s\n", name, hop.forwardTo, hop.forwardTo)
+			return exitUsage
+		}
 		if hop.listen == "" && hop.forwardTo != "" {
 			// The original tool: no --listen means stream stdin to --forward-to.
 			return send(ctx, hop, keys, logger)
@@ -220,6 +237,7 @@ func run(args []string) int {
 		return probe(ctx, hop, keys, po, os.Stdout, logger)
 	case checkCmd.FullCommand():
 		co.Source, co.Timeout, co.Keys, co.MaxFrameBytes, co.MaxHops, co.TLS = hop.name, hop.timeout, keys, hop.maxFrame, hop.maxHops, hop.tlsClient
+		co.Tracer, co.TraceOptions = hop.tracer, hop.traceOpts
 		return pluginOutput(nagios.Run(ctx, co))
 	case sendCmd.FullCommand():
 		return send(ctx, hop, keys, logger)
@@ -257,6 +275,38 @@ type relayFlags struct {
 	blockSize                                int
 	maxFrame, maxHops, maxConns              int
 	budget                                   int64
+	// tracer is the process's (nil with --no-trace.enabled).
+	tracer    *trace.Tracer
+	traceOpts trace.Options
+}
+
+type traceFlags struct {
+	enabled bool
+	rate    float64
+	method  string
+	opts    trace.Options
+}
+
+// tracer is the process's Tracer and the bounds of its traces; nil with
+// --no-trace.enabled.
+func (f traceFlags) tracer() (*trace.Tracer, trace.Options, error) {
+	o := f.opts
+	if f.method != "auto" {
+		o.Method = trace.Method(f.method)
+	}
+	switch {
+	case o.MaxTTL < 1 || o.MaxTTL > trace.MaxMaxTTL:
+		return nil, o, fmt.Errorf("--trace.max-ttl=%d: use 1 to %d", o.MaxTTL, trace.MaxMaxTTL)
+	case o.Probes < 1 || o.Probes > trace.MaxProbes:
+		return nil, o, fmt.Errorf("--trace.probes=%d: use 1 to %d", o.Probes, trace.MaxProbes)
+	case f.rate <= 0:
+		return nil, o, fmt.Errorf("--trace.max-packets-per-second=%v: give a positive rate", f.rate)
+	}
+	if !f.enabled {
+		return nil, o, nil
+	}
+	t, err := trace.NewTracer(trace.Config{Rate: f.rate})
+	return t, o, err
 }
 
 func (f relayFlags) keys() (frame.Keys, error) {
@@ -270,6 +320,7 @@ type probeFlags struct {
 	target, output string
 	count, payload int
 	interval       time.Duration
+	trace          bool
 }
 
 func probe(ctx context.Context, hop relayFlags, keys frame.Keys, po probeFlags, out io.Writer, logger *slog.Logger) int {
@@ -279,6 +330,18 @@ func probe(ctx context.Context, hop relayFlags, keys frame.Keys, po probeFlags, 
 		// A URL: the chain of HTTP proxies in front of it, with the
 		// defaults of an http module (GET, any 2xx).
 		o.HTTP = &prober.HTTPOptions{}
+	}
+	if peer.IsSTAMPTarget(po.target) {
+		// A STAMP reflector, with the defaults of a stamp module.
+		o.STAMP = sla.ProbeOptions(config.DefaultModule(po.target, hop.timeout), po.target).STAMP
+		o.STAMP.PacketTimeout = hop.timeout
+	}
+	if po.trace {
+		if o.HTTP != nil || o.STAMP != nil || hop.tracer == nil {
+			fmt.Fprintf(os.Stderr, "%s probe: --trace traces relay chains, with --trace.enabled\n", name)
+			return exitUsage
+		}
+		o.Trace = &prober.TraceOptions{Tracer: hop.tracer, Options: hop.traceOpts}
 	}
 	if err := o.Validate(); err != nil {
 		fmt.Fprintf(os.Stderr, "%s probe: %v\n", name, err)
@@ -379,7 +442,7 @@ func serve(ctx context.Context, hop relayFlags, keys frame.Keys, so serveFlags, 
 	err := exporter.Serve(ctx, exporter.Config{ListenAddress: hop.listen, Relay: hop.relayConfig(keys), ConfigFile: so.configFile,
 		TimeoutOffset: so.timeoutOffset, Web: webFlags, Logger: logger, Inband: so.inband, Pprof: so.pprof, HistoryLimit: so.historyLimit,
 		MaxConcurrentProbes: so.maxProbes, IdleTimeout: so.idleTimeout, SNMPWalk: so.walk, ContinuousNativeOnly: !so.classicBuckets,
-		Probe: func(p *exporter.ProbeHandler) { p.TLS = hop.tlsClient }, STAMP: so.stamp})
+		Probe: func(p *exporter.ProbeHandler) { p.TLS = hop.tlsClient }, STAMP: so.stamp, Tracer: hop.tracer, TraceOptions: hop.traceOpts})
 	if err != nil {
 		logger.Error("stopped", "err", err)
 		return exitBroken

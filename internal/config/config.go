@@ -60,11 +60,17 @@ type Module struct {
 	// Inband asks the hops to attach their local variables to the probe:
 	// never, on_violation or always.
 	Inband InbandMode `yaml:"inband,omitempty"`
-	// Prober is tcp (a chain of relays, the default) or http (a URL
-	// through HTTP proxies that stamp a Subsegment-Timing header).
+	// Prober is tcp (a chain of relays, the default), http (a URL
+	// through HTTP proxies that stamp a Subsegment-Timing header) or stamp
+	// (a STAMP reflector: a router, or a relay's --stamp.listen-address).
 	Prober string `yaml:"prober,omitempty"`
 	// HTTP is how an http module asks for its URL.
 	HTTP *HTTPProbe `yaml:"http,omitempty"`
+	// STAMP is how a stamp module measures to its reflector.
+	STAMP *STAMPProbe `yaml:"stamp,omitempty"`
+	// Trace says when the relays trace the routers under their
+	// segments: never, on_violation (the default) or always.
+	Trace TraceMode `yaml:"trace,omitempty"`
 }
 
 // SLA is the rtt each segment should stay under, and the residence each
@@ -318,7 +324,7 @@ func explainUnknownField(msg string) string {
 // allowedKeys lists each configuration type's keys, for the message above.
 var allowedKeys = func() map[string][]string {
 	out := map[string][]string{}
-	for _, v := range []any{Config{}, Module{}, SLA{}, SegmentSLA{}, SNMP{}, SNMPHop{}, Variable{}, Playbook{}, SegmentRef{}, Level{}, Auth{}, HTTPProbe{}, HTTPTLS{}, Continuous{}} {
+	for _, v := range []any{Config{}, Module{}, SLA{}, SegmentSLA{}, SNMP{}, SNMPHop{}, Variable{}, Playbook{}, SegmentRef{}, Level{}, Auth{}, HTTPProbe{}, HTTPTLS{}, STAMPProbe{}, Continuous{}} {
 		t := reflect.TypeOf(v)
 		for i := 0; i < t.NumField(); i++ {
 			tag, _, _ := strings.Cut(t.Field(i).Tag.Get("yaml"), ",")
@@ -378,6 +384,9 @@ func (m *Module) validate(path string, c *Config, limits Limits) error {
 		m.Inband = InbandNever
 	}
 	if err := m.validateProber(path, c.dir); err != nil {
+		return err
+	}
+	if err := m.validateTrace(path); err != nil {
 		return err
 	}
 	if m.Timeout < Duration(10*time.Millisecond) || m.Timeout > Duration(10*time.Minute) {
@@ -492,7 +501,17 @@ func (m *Module) Allows(target string) error {
 		return m.allowsAddress(t.Address)
 	}
 	if peer.IsHTTPTarget(target) {
-		return fmt.Errorf("target %q is a URL: this module probes relay chains (prober: tcp); use a module with prober: http", target)
+		return fmt.Errorf("target %q is a URL: this module probes %s; use a module with prober: http", target, m.probes())
+	}
+	if peer.IsSTAMPTarget(target) {
+		if !m.IsSTAMP() {
+			return fmt.Errorf("target %q is a STAMP reflector: this module probes relay chains (prober: tcp); use a module with prober: stamp", target)
+		}
+		t, err := peer.ParseSTAMPTarget(target)
+		if err != nil {
+			return fmt.Errorf("target: %w", err)
+		}
+		target = t.Address
 	}
 	if err := peer.ValidateAddress(target); err != nil {
 		return fmt.Errorf("target: %w", err)

@@ -262,3 +262,43 @@ auths:
 		}
 	}
 }
+
+func TestSTAMPModule(t *testing.T) {
+	c, err := Load("testdata/good/stamp.yml", Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, plain, signed := c.Modules["router"], c.Modules["plain"], c.Modules["signed"]
+	if !r.IsSTAMP() || r.PacketCount() != 20 || r.PacketInterval() != 10*time.Millisecond || r.STAMP.DSCP != 46 || len(r.STAMP.TLVs) != 5 {
+		t.Errorf("router: %+v %+v", r, r.STAMP)
+	}
+	if len(plain.STAMP.TLVs) != 0 || plain.STAMP.TLVs == nil {
+		t.Errorf("tlvs: [] must ask for none, got %v", plain.STAMP.TLVs)
+	}
+	if signed.PacketCount() != 100 || signed.PacketInterval() != time.Millisecond || !signed.STAMP.Authenticated || !signed.STAMP.HasTLV("direct_measurement") {
+		t.Errorf("signed: %+v %+v", signed, signed.STAMP)
+	}
+	for _, tc := range []struct {
+		m      *Module
+		target string
+		ok     bool
+	}{
+		{r, "10.0.0.7:862", true},
+		{r, "stamp://10.0.0.7:862?name=r7", true},
+		{r, "stamp://10.0.0.7", true},
+		{r, "10.0.0.7:9000", false},
+		{r, "http://10.0.0.7:862/", false},
+		{c.Modules["plain"], "stamp://127.0.0.1:8620", true},
+	} {
+		if err := tc.m.Allows(tc.target); (err == nil) != tc.ok {
+			t.Errorf("%s: %v, want allowed %v", tc.target, err, tc.ok)
+		}
+	}
+	tcp := &Module{Targets: []string{"127.0.0.1:*"}, Prober: ProberTCP}
+	if err := tcp.Allows("stamp://127.0.0.1:862"); err == nil || !strings.Contains(err.Error(), "prober: stamp") {
+		t.Errorf("a tcp module took a STAMP target: %v", err)
+	}
+	if m := DefaultModule("stamp://127.0.0.1:862", time.Second); !m.IsSTAMP() || len(m.STAMP.TLVs) != len(DefaultSTAMPTLVs) {
+		t.Errorf("default module of a stamp:// target: %+v", m)
+	}
+}

@@ -21,6 +21,9 @@ type Continuous struct {
 	// times, in seconds (about 50 µs to 10 s, doubling); a native
 	// histogram is kept too.
 	Buckets []float64 `yaml:"buckets,omitempty"`
+	// TraceInterval is how often the entry traces the routers under its
+	// segments (5m), unless its module says trace: never.
+	TraceInterval Duration `yaml:"trace_interval,omitempty"`
 }
 
 // Continuous defaults and bounds.
@@ -69,6 +72,9 @@ func (c *Config) validateContinuous() error {
 		}
 		if d := time.Duration(e.Interval); d < minContinuousInterval || d > maxContinuousInterval {
 			return bad(path+".interval", "%v out of range: use %v to %v", d, minContinuousInterval, maxContinuousInterval)
+		}
+		if err := e.validateTraceInterval(path); err != nil {
+			return err
 		}
 		if len(e.Buckets) == 0 {
 			e.Buckets = DefaultBuckets()

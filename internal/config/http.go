@@ -94,8 +94,13 @@ func (m *Module) validateProber(path, dir string) error {
 	case "":
 		m.Prober = ProberTCP
 	case ProberTCP, ProberHTTP:
+	case ProberSTAMP:
+		return m.validateSTAMP(path)
 	default:
-		return bad(path+".prober", "%q unknown: use tcp (a chain of relays) or http (a URL through HTTP proxies)", m.Prober)
+		return bad(path+".prober", "%q unknown: use tcp (a chain of relays), http (a URL through HTTP proxies) or stamp (a STAMP reflector)", m.Prober)
+	}
+	if m.STAMP != nil {
+		return bad(path+".stamp", "stamp options need prober: stamp in the same module")
 	}
 	if m.Prober == ProberTCP {
 		if m.HTTP != nil {
@@ -287,12 +292,17 @@ func isToken(s string) bool {
 }
 
 // DefaultModule is the module of a command run without --config.file:
-// every default, probing relays, or HTTP proxies for a URL target.
+// every default, probing relays, HTTP proxies for a URL target, or a
+// STAMP reflector for a stamp:// target.
 func DefaultModule(target string, timeout time.Duration) *Module {
-	m := &Module{Probes: DefaultProbes, Interval: Duration(DefaultInterval), Timeout: Duration(timeout), Inband: InbandNever, Prober: ProberTCP}
+	m := &Module{Probes: DefaultProbes, Interval: Duration(DefaultInterval), Timeout: Duration(timeout), Inband: InbandNever, Prober: ProberTCP, Trace: TraceOnViolation}
 	if peer.IsHTTPTarget(target) {
-		m.Prober, m.HTTP = ProberHTTP, &HTTPProbe{}
+		m.Prober, m.HTTP, m.Trace = ProberHTTP, &HTTPProbe{}, TraceNever
 		_ = m.HTTP.validate("http", "") // fills in the defaults; they are valid
+	}
+	if peer.IsSTAMPTarget(target) {
+		m.Prober, m.STAMP, m.Trace = ProberSTAMP, &STAMPProbe{}, TraceNever
+		_ = m.STAMP.validate("stamp") // fills in the defaults; they are valid
 	}
 	return m
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/subsegment/subsegment_exporter/internal/source/prober"
 	"github.com/subsegment/subsegment_exporter/internal/source/sla"
 	"github.com/subsegment/subsegment_exporter/internal/wire/frame"
+	"github.com/subsegment/subsegment_exporter/internal/wire/trace"
 )
 
 // DefaultTimeoutOffset is taken off Prometheus' scrape timeout, so that the
@@ -116,6 +117,10 @@ type ProbeHandler struct {
 	Context func(ctx context.Context, cfg *config.Config, module *config.Module, r *prober.Result, verdicts []sla.Verdict, log *slog.Logger) Extra
 	// Limit bounds the requests that probe at once; nil: no bound.
 	Limit *ProbeLimit
+	// Tracer traces the first segment of runs whose module traces (nil:
+	// runs do not trace); TraceOptions bound it.
+	Tracer       *trace.Tracer
+	TraceOptions trace.Options
 }
 
 // Extra is what a context provider adds to a /probe answer.
@@ -282,6 +287,13 @@ func (h *ProbeHandler) Options(module *config.Module, target string, timeout tim
 	if opts.HTTP == nil {
 		// Relay chains use the relays' TLS; an http module brings its own.
 		opts.TLS = h.TLS
+	}
+	if opts.Trace != nil {
+		if h.Tracer == nil {
+			opts.Trace = nil // this process does not trace (--no-trace.enabled)
+		} else {
+			opts.Trace.Tracer, opts.Trace.Options = h.Tracer, h.TraceOptions
+		}
 	}
 	return opts
 }

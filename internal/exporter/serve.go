@@ -39,6 +39,7 @@ import (
 	"github.com/subsegment/subsegment_exporter/internal/source/prober"
 	"github.com/subsegment/subsegment_exporter/internal/source/sla"
 	"github.com/subsegment/subsegment_exporter/internal/wire/peer"
+	"github.com/subsegment/subsegment_exporter/internal/wire/trace"
 	"github.com/subsegment/subsegment_exporter/relay"
 	"github.com/subsegment/subsegment_exporter/relay/reflector"
 	"github.com/subsegment/subsegment_exporter/snmp"
@@ -83,8 +84,13 @@ type Config struct {
 	// STAMP, when set, runs a STAMP reflector (--stamp.listen-address)
 	// with the relay's keys; its metrics join /metrics.
 	STAMP *reflector.Config
+	// Tracer traces the routers under the process's segments: the
+	// relay's next hop and /probe's first segment (nil: never, and the
+	// relay answers that it does not trace). TraceOptions bound each.
+	Tracer       *trace.Tracer
+	TraceOptions trace.Options
 	// ContinuousNativeOnly keeps continuous histograms native only
-	// (--continuous.classic-buckets=false).
+	// (--no-continuous.classic-buckets).
 	ContinuousNativeOnly bool
 }
 
@@ -108,6 +114,7 @@ func Serve(ctx context.Context, cfg Config) error {
 		versioncollector.NewCollector("subsegment_exporter"),
 	)
 	source := collector.NewSource(reg)
+	traces := startTraces(cfg, reg)
 	holder, err := NewConfigHolder(cfg.ConfigFile, config.Limits{MaxFrameBytes: cfg.Relay.MaxFrameBytes, MaxHops: cfg.Relay.MaxHops}, source, logger)
 	if err != nil {
 		return err
@@ -115,7 +122,7 @@ func Serve(ctx context.Context, cfg Config) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	errc := make(chan error, 3)
-	relayDone, err := startRelay(ctx, cfg, reg, errc)
+	relayDone, err := startRelay(ctx, cfg, reg, traces, errc)
 	if err != nil {
 		return err
 	}
@@ -155,7 +162,7 @@ func Serve(ctx context.Context, cfg Config) error {
 
 // startRelay starts the relay when the process listens, and returns a
 // channel closed once it has stopped (at once without a relay).
-func startRelay(ctx context.Context, cfg Config, reg *prometheus.Registry, errc chan<- error) (<-chan struct{}, error) {
+func startRelay(ctx context.Context, cfg Config, reg *prometheus.Registry, traces relay.TraceMetrics, errc chan<- error) (<-chan struct{}, error) {
 	done := make(chan struct{})
 	if cfg.ListenAddress == "" {
 		close(done)
@@ -169,6 +176,10 @@ func startRelay(ctx context.Context, cfg Config, reg *prometheus.Registry, errc 
 	rc := cfg.Relay
 	rc.Logger = logger
 	rc.Metrics = collector.NewRelay(reg)
+	rc.Tracer, rc.TraceOptions, rc.TraceMetrics = cfg.Tracer, cfg.TraceOptions, traces
+	if peer.IsSTAMPTarget(rc.ForwardTo) {
+		rc.STAMPMetrics = collector.NewRelaySTAMP(reg)
+	}
 	if len(cfg.Inband.Specs) > 0 {
 		local, err := snmp.NewLocal(cfg.Inband)
 		if err != nil {
@@ -218,7 +229,8 @@ func newProbeHandler(cfg Config, reg *prometheus.Registry, holder *ConfigHolder,
 		History: NewHistory(cfg.HistoryLimit),
 		Config:  holder, Source: cfg.Relay.Name, Keys: cfg.Relay.Keys, MaxFrameBytes: cfg.Relay.MaxFrameBytes,
 		TimeoutOffset: cfg.TimeoutOffset, Clock: probeClock, Metrics: source, Names: &prober.NameCache{}, Logger: cfg.Logger,
-		Limit: NewProbeLimit(reg, cfg.MaxConcurrentProbes),
+		Limit:  NewProbeLimit(reg, cfg.MaxConcurrentProbes),
+		Tracer: cfg.Tracer, TraceOptions: cfg.TraceOptions,
 	}
 	client := cfg.SNMPClient
 	if client == nil {
@@ -395,4 +407,24 @@ func Routes(reg *prometheus.Registry, holder *ConfigHolder, probe http.Handler, 
 		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	}
 	return mux, nil
+}
+
+// startTraces says once, at start, how this process traces the routers
+// under its segments (the TCP flow with CAP_NET_RAW, else the UDP
+// fallback), and registers the trace metrics.
+func startTraces(cfg Config, reg *prometheus.Registry) *collector.Traces {
+	if cfg.Tracer == nil {
+		cfg.Logger.Info("traces of the routers under this process's segments are off (--no-trace.enabled)")
+		return collector.NewTraces(reg, "none")
+	}
+	method, why := trace.Capability()
+	if cfg.TraceOptions.Method != "" {
+		method, why = cfg.TraceOptions.Method, why+"; --trace.method="+string(cfg.TraceOptions.Method)
+	}
+	if method == trace.MethodTCP {
+		cfg.Logger.Info("traces of the routers under this process's segments use the connections' own TCP flow", "method", method, "why", why)
+	} else {
+		cfg.Logger.Info("traces of the routers under this process's segments use the UDP fallback: give the process CAP_NET_RAW (docs/trace.md) to trace the connections' own TCP flow", "method", method, "why", why)
+	}
+	return collector.NewTraces(reg, string(method))
 }

@@ -15,6 +15,12 @@ local hopContextQuery =
   '{{ $sep }}{{ $k }} was {{ $v }}{{ if eq $s.Labels.source "inband" }} (in band){{ end }}{{ $sep = ", " }}' +
   '{{ end }}{{ end }}{{ end }}{{ else }}none recorded{{ end }}';
 
+// Where the delay first appears on the segment's path, when a trace of it
+// (trace: on_violation, the default) found a step: nothing otherwise.
+local delayQuery =
+  '{{ with printf `last_over_time(subsegment_segment_path_hop_info{job="%%s",instance="%%s",from="%%s",to="%%s"}[%(window)s]) and on (job, instance, from, to, ttl) last_over_time(subsegment_segment_path_delay_seconds{job="%%s",instance="%%s",from="%%s",to="%%s"}[%(window)s])` $labels.job $labels.instance $labels.from $labels.to $labels.job $labels.instance $labels.from $labels.to | query }}' +
+  '{{ $sep := "" }} Delay appears at {{ range . }}{{ $sep }}{{ .Labels.address }} (TTL {{ .Labels.ttl }}){{ $sep = ", " }}{{ end }}.{{ end }}';
+
 {
   prometheusAlerts+:: {
     local c = $._config,
@@ -33,7 +39,7 @@ local hopContextQuery =
             labels: { severity: 'warning' },
             annotations: {
               summary: 'A segment of a chain is over its SLA.',
-              description: 'The %(rttWindow)s average rtt of segment {{ $labels.from }} -> {{ $labels.to }} (chain {{ $labels.instance }}) is {{ $value | humanizeDuration }}, over its SLA of {{ with printf `subsegment_segment_sla_seconds{job="%%s",instance="%%s",from="%%s",to="%%s"}` $labels.job $labels.instance $labels.from $labels.to | query }}{{ . | first | value | humanizeDuration }}{{ end }}. Context: ' % c + (contextQuery % { window: c.contextWindow }) + '.',
+              description: 'The %(rttWindow)s average rtt of segment {{ $labels.from }} -> {{ $labels.to }} (chain {{ $labels.instance }}) is {{ $value | humanizeDuration }}, over its SLA of {{ with printf `subsegment_segment_sla_seconds{job="%%s",instance="%%s",from="%%s",to="%%s"}` $labels.job $labels.instance $labels.from $labels.to | query }}{{ . | first | value | humanizeDuration }}{{ end }}. Context: ' % c + (contextQuery % { window: c.contextWindow }) + '.' + (delayQuery % { window: c.contextWindow }),
               context: contextQuery % { window: c.contextWindow },
             },
           },

@@ -7,7 +7,9 @@
 // every few seconds, so there is one rule for what is drawn.
 //
 // Every segment element carries data-from, data-to, data-rtt-seconds (the
-// median) and data-sla (ok, exceeded, none or no_data), for tests and scripts.
+// median) and data-sla (ok, exceeded, none or no_data), for tests and
+// scripts; a STAMP segment also data-loss-ratio (over the window) and, when
+// a router re-marks its DSCP, a text with data-dscp-remarked.
 //
 // Layering (internal/architecture_test.go): floor 5; it reads continuous
 // probing's snapshots and takes number formats from timing (not from the
@@ -62,6 +64,12 @@ type segView struct {
 	Median, Detail         string
 	Broken                 string
 	Dash                   string
+	// STAMP segments: the window's loss ratio, and the directions a
+	// router re-marks the DSCP on (stamp.go).
+	LossRatio              string
+	Remarked, RemarkedDirs string
+	// Routers unfold a segment over its SLA into its path (path.go).
+	Routers []routerView
 }
 
 type chainView struct {
@@ -91,6 +99,7 @@ func view(st continuous.EntryState, now time.Time) chainView {
 		v.Status, v.StatusClass = fmt.Sprintf("working, last probe %s ago", now.Sub(*st.LastSuccess).Round(time.Second)), "ok"
 	}
 	hops := hopsOf(st)
+	unfold := unfolded(st)
 	y := margin
 	index := map[string]int{}
 	for i, h := range hops {
@@ -110,15 +119,15 @@ func view(st continuous.EntryState, now time.Time) chainView {
 		hv.ContextY, hv.ContextLineH = y+16, 14
 		index[h.Name] = i
 		v.Hops = append(v.Hops, hv)
-		y += hopH + segH
+		y += hopH + segH + unfold[h.Name]
 	}
 	for _, s := range st.Segments {
 		i, ok := index[s.From]
 		if !ok {
 			continue
 		}
-		top := v.Hops[i].Y + hopH
-		sv := segView{Y1: top, Y2: top + segH, ArrowY: top + segH - 12, LabelY: top + segH/2 - 6, From: s.From, To: s.To, SLA: s.SLA, Colour: colours[s.SLA],
+		top, h := v.Hops[i].Y+hopH, segH+unfold[s.From]
+		sv := segView{Y1: top, Y2: top + h, ArrowY: top + h - 12, LabelY: top + segH/2 - 6, From: s.From, To: s.To, SLA: s.SLA, Colour: colours[s.SLA],
 			RTTSeconds: strconv.FormatFloat(s.MedianSeconds, 'g', -1, 64), P99Seconds: strconv.FormatFloat(s.P99Seconds, 'g', -1, 64)}
 		var detail []string
 		if s.Samples > 0 {
@@ -133,11 +142,13 @@ func view(st continuous.EntryState, now time.Time) chainView {
 		case continuous.SLAOk:
 			detail = append(detail, "SLA "+ms(s.SLASeconds))
 		}
+		detail = stampView(&sv, s, detail)
 		sv.Detail = strings.Join(detail, " · ")
 		if s.Broken != "" {
 			sv.Broken, sv.Dash = "BROKEN: "+s.Broken, "6 4"
 			sv.Colour = colours[continuous.SLAExceeded]
 		}
+		sv.Routers = routers(s, sv.LabelY+30)
 		v.Segments = append(v.Segments, sv)
 	}
 	v.Height = max(y-segH+margin, hopH+2*margin)
@@ -202,12 +213,14 @@ var chains = template.Must(template.New("chains").Funcs(template.FuncMap{"mul": 
 <figcaption><b>{{.Target}}</b> <span class="module">module {{.Module}}</span> <span class="status">{{.Status}}</span></figcaption>
 <svg viewBox="0 0 ` + strconv.Itoa(width) + ` {{.Height}}" width="100%" role="img" aria-label="{{.Label}}" xmlns="http://www.w3.org/2000/svg">
 {{- range .Segments}}
-<g class="segment" data-from="{{.From}}" data-to="{{.To}}" data-rtt-seconds="{{.RTTSeconds}}" data-p99-seconds="{{.P99Seconds}}" data-sla="{{.SLA}}">
+<g class="segment" data-from="{{.From}}" data-to="{{.To}}" data-rtt-seconds="{{.RTTSeconds}}" data-p99-seconds="{{.P99Seconds}}" data-sla="{{.SLA}}"{{if .LossRatio}} data-loss-ratio="{{.LossRatio}}"{{end}}>
 <line x1="` + strconv.Itoa(margin+boxW/2) + `" y1="{{.Y1}}" x2="` + strconv.Itoa(margin+boxW/2) + `" y2="{{.ArrowY}}" stroke="{{.Colour}}" stroke-width="4"{{if .Dash}} stroke-dasharray="{{.Dash}}"{{end}}/>
 <polygon points="` + strconv.Itoa(margin+boxW/2-8) + `,{{.ArrowY}} ` + strconv.Itoa(margin+boxW/2+8) + `,{{.ArrowY}} ` + strconv.Itoa(margin+boxW/2) + `,{{.Y2}}" fill="{{.Colour}}"/>
 <text x="` + strconv.Itoa(margin+boxW/2+12) + `" y="{{.LabelY}}" fill="{{.Colour}}" class="rtt">{{.Median}}</text>
 <text x="` + strconv.Itoa(margin+boxW/2+12) + `" y="{{.LabelY}}" dy="15" fill="{{.Colour}}" class="small">{{.Detail}}</text>
 {{- if .Broken}}<text x="` + strconv.Itoa(margin+boxW/2+12) + `" y="{{.LabelY}}" dy="30" fill="{{.Colour}}" class="broken">{{.Broken}}</text>{{end}}
+{{- if .Remarked}}<text x="` + strconv.Itoa(margin+boxW/2+12) + `" y="{{.LabelY}}" dy="{{if .Broken}}45{{else}}30{{end}}" fill="#e65100" class="remarked" data-dscp-remarked="{{.RemarkedDirs}}">{{.Remarked}}</text>{{end}}
+{{- range .Routers}}<text x="` + strconv.Itoa(margin+boxW/2+12) + `" y="{{.Y}}" class="router small"{{if .TTL}} data-ttl="{{.TTL}}" data-address="{{.Address}}"{{end}}{{if .Delay}} data-delay="true" fill="` + colours[continuous.SLAExceeded] + `" font-weight="bold"{{end}}>{{.Text}}</text>{{end}}
 </g>
 {{- end}}
 {{- range .Hops}}

@@ -139,6 +139,7 @@ func Evaluate(r *prober.Result, t Thresholds, ctx *snmp.Context) (State, string)
 	b.WriteString("\n")
 	writeSegments(&b, segs, t.Verbose)
 	writeHops(&b, hops, t.Verbose)
+	writePaths(&b, r)
 	writeContext(&b, ctx)
 	return worst, b.String()
 }
@@ -231,6 +232,7 @@ func writeSegments(b *strings.Builder, segs []segmentState, verbose int) {
 		default:
 			fmt.Fprintf(b, "%s -> %s rtt %sms %s (%s)\n", st.seg.From, st.seg.To, msAt(st.rtt, st.seg.Resolution), st.state, st.reason)
 		}
+		writeSTAMP(b, st.seg)
 		if verbose >= 2 && st.seg.TCP != nil {
 			fmt.Fprintf(b, "  kernel view: tcp rtt %sms min %sms, retransmits %d (both ends), pmtu %d\n",
 				ms(secs(st.seg.TCP.RTT)), ms(secs(st.seg.TCP.MinRTT)), st.seg.Retransmits, st.seg.TCP.PMTU)
@@ -243,6 +245,8 @@ func writeHops(b *strings.Builder, hops []hopState, verbose int) {
 		switch {
 		case st.state != OK:
 			fmt.Fprintf(b, "hop %s residence %sms %s (%s), wait %sms\n", st.hop.Name, ms(st.res), st.state, st.reason, ms(secs(st.hop.Wait.Median)))
+		case verbose >= 1 && st.hop.STAMP:
+			fmt.Fprintf(b, "hop %s residence %sms OK\n", st.hop.Name, ms(st.res))
 		case verbose >= 1:
 			fmt.Fprintf(b, "hop %s residence %sms, wait %sms OK\n", st.hop.Name, ms(st.res), ms(secs(st.hop.Wait.Median)))
 		}
@@ -289,19 +293,18 @@ func plural(n int, one, many string) string {
 
 // perfdata renders one rtt per measured segment and one residence per hop.
 func perfdata(r *prober.Result, segs []segmentState) string {
-	type item struct{ label, value, warn, crit string }
-	var items []item
+	var items []perfItem
 	for _, st := range segs {
-		if st.seg.Samples == 0 {
-			continue
+		if st.seg.Samples > 0 {
+			items = append(items, perfItem{label: st.seg.From + "_" + st.seg.To + "_rtt", value: msAt(st.rtt, st.seg.Resolution) + "ms", warn: st.warn.Perfdata(), crit: st.crit.Perfdata()})
 		}
-		items = append(items, item{label: st.seg.From + "_" + st.seg.To + "_rtt", value: msAt(st.rtt, st.seg.Resolution) + "ms", warn: st.warn.Perfdata(), crit: st.crit.Perfdata()})
+		items = append(items, stampPerfdata(st.seg)...)
 	}
 	for _, h := range r.Hops {
 		if h.Residence.Max == 0 {
 			continue
 		}
-		items = append(items, item{label: h.Name + "_res", value: ms(time.Duration(h.Residence.Median*float64(time.Second))) + "ms"})
+		items = append(items, perfItem{label: h.Name + "_res", value: ms(time.Duration(h.Residence.Median*float64(time.Second))) + "ms"})
 	}
 	labels := make([]string, len(items))
 	for i := range items {
@@ -310,7 +313,7 @@ func perfdata(r *prober.Result, segs []segmentState) string {
 	labels = uniqueLabels(labels)
 	var parts []string
 	for i, it := range items {
-		parts = append(parts, fmt.Sprintf("'%s'=%s;%s;%s;0;", labels[i], it.value, it.warn, it.crit))
+		parts = append(parts, fmt.Sprintf("'%s'=%s;%s;%s;0;%s", labels[i], it.value, it.warn, it.crit, it.max))
 	}
 	return strings.Join(parts, " ")
 }

@@ -90,7 +90,7 @@ func result(rtts map[[2]string]float64, order ...[2]string) *prober.Result {
 
 var (
 	ab, bc, cz = [2]string{"a", "b"}, [2]string{"b", "c"}, [2]string{"c", "z"}
-	lineRE     = regexp.MustCompile(`^SUBSEGMENT (OK|WARNING|CRITICAL|UNKNOWN) - [^|\n]+( \| ('[^']+'=[0-9.]+ms;[^;]*;[^;]*;0; ?)+)?$`)
+	lineRE     = regexp.MustCompile(`^SUBSEGMENT (OK|WARNING|CRITICAL|UNKNOWN) - [^|\n]+( \| ('[^']+'=[0-9.]+(ms;[^;]*;[^;]*;0;|%;;;0;100) ?)+)?$`)
 )
 
 func TestEvaluate(t *testing.T) {

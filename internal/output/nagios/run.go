@@ -14,6 +14,7 @@ import (
 	"github.com/subsegment/subsegment_exporter/internal/source/prober"
 	"github.com/subsegment/subsegment_exporter/internal/source/sla"
 	"github.com/subsegment/subsegment_exporter/internal/wire/frame"
+	"github.com/subsegment/subsegment_exporter/internal/wire/trace"
 	"github.com/subsegment/subsegment_exporter/snmp"
 )
 
@@ -40,6 +41,11 @@ type Options struct {
 	// connection TLS.
 	Dial func(ctx context.Context, address string) (net.Conn, error)
 	TLS  *tls.Config
+	// Trace traces every segment (--trace); otherwise the module's trace
+	// mode applies. Tracer is the process's (nil: no trace).
+	Trace        bool
+	Tracer       *trace.Tracer
+	TraceOptions trace.Options
 }
 
 // Run performs the check and returns its state and output. Problems with
@@ -77,6 +83,21 @@ func Run(ctx context.Context, o Options) (state State, out string) {
 	opts.Dial, opts.Logger = o.Dial, slog.New(slog.DiscardHandler)
 	if opts.HTTP == nil {
 		opts.TLS = o.TLS
+	}
+	switch {
+	case o.Trace && (opts.HTTP != nil || opts.STAMP != nil):
+		return unknown("--trace traces relay chains, not HTTP proxies or a STAMP reflector")
+	case o.Trace && o.Tracer == nil:
+		return unknown("--trace needs --trace.enabled")
+	case o.Trace:
+		opts.Trace = &prober.TraceOptions{}
+	}
+	if opts.Trace != nil {
+		if o.Tracer == nil {
+			opts.Trace = nil
+		} else {
+			opts.Trace.Tracer, opts.Trace.Options = o.Tracer, o.TraceOptions
+		}
 	}
 	if err := opts.Validate(); err != nil {
 		return unknown("%v", err)

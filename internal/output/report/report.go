@@ -46,6 +46,9 @@ func Table(w io.Writer, r *prober.Result) error {
 	if err := writeAligned(w, rows); err != nil {
 		return err
 	}
+	if err := writePaths(w, r); err != nil {
+		return err
+	}
 	return writeNotes(w, r)
 }
 
@@ -107,7 +110,7 @@ func hopRow(r *prober.Result, i int) []string {
 		return []string{h.Name, "-", "-", "-", "-", stamps, clock}
 	}
 	wait := ms(h.Wait.Median)
-	if h.HTTPHeader {
+	if h.HTTPHeader || h.STAMP {
 		wait = "-"
 	}
 	return []string{h.Name, msAt(h.Residence.Min, h.Resolution), msAt(h.Residence.Median, h.Resolution), msAt(h.Residence.Max, h.Resolution), wait, stamps, clock}
@@ -147,13 +150,14 @@ func writeNotes(w io.Writer, r *prober.Result) error {
 			b.WriteString("\n")
 		}
 	}
+	writeSTAMP(&b, r)
 	if r.DuplicateNames {
 		b.WriteString("\nSome hops share a name: they are numbered in chain order (name#2, name#3); give each relay its own --relay.name.\n")
 	}
 	if r.Failure != nil {
 		fmt.Fprintf(&b, "\nCHAIN BROKEN: segment %s -> %s failed (%s): %s\n", r.Failure.From, r.Failure.To, r.Failure.Reason, r.Failure.Message)
 	} else if s := r.SlowestSegment(); s != nil && len(r.Segments) > 1 {
-		fmt.Fprintf(&b, "\n* slowest segment: %s -> %s, median %s\n", s.From, s.To, msAt(s.RTT.Median, s.Resolution))
+		fmt.Fprintf(&b, "\n* slowest segment: %s -> %s, median %s%s\n", s.From, s.To, msAt(s.RTT.Median, s.Resolution), pathNote(s))
 	}
 	_, err := io.WriteString(w, b.String())
 	return err

@@ -19,6 +19,7 @@ import (
 	"github.com/subsegment/subsegment_exporter/internal/wire/frame"
 	"github.com/subsegment/subsegment_exporter/internal/wire/rxstamp"
 	"github.com/subsegment/subsegment_exporter/internal/wire/tcpinfo"
+	"github.com/subsegment/subsegment_exporter/internal/wire/trace"
 )
 
 // phase of a loop entry's connection
@@ -71,6 +72,7 @@ type tcpEntry struct {
 	tcp         fdTCPInfo
 	out         []byte
 	conn        uint64
+	traces      traceSchedule
 
 	// context reads run in goroutines: ctx ends them when the entry is
 	// removed, and wg waits for them.
@@ -123,10 +125,10 @@ func (e *tcpEntry) wait() {
 }
 
 // onLoop says whether an entry with these options runs on the loop: a
-// relay chain over plain TCP, dialled as the loop dials (TLS, HTTP
-// chains and a test's own dialer run on the generic runner).
+// relay chain over plain TCP, dialled as the loop dials (TLS, HTTP and
+// STAMP chains and a test's own dialer run on a runner).
 func onLoop(o prober.Options) bool {
-	return o.HTTP == nil && o.TLS == nil && o.Dial == nil
+	return o.HTTP == nil && o.STAMP == nil && o.TLS == nil && o.Dial == nil
 }
 
 // fdTCPInfo reads TCP_INFO of the entry's socket for the exchange.
@@ -409,6 +411,10 @@ func (e *tcpEntry) read(p []byte) (int, error) {
 
 // step does what the exchange says after one of its steps.
 func (e *tcpEntry) step(s prober.Step) {
+	if s.Trace {
+		e.traceDone(s)
+		return
+	}
 	opened := s.Warmup
 	if s.Result != nil {
 		e.record(s.Result, s.Warmup)
@@ -428,9 +434,46 @@ func (e *tcpEntry) step(s prober.Step) {
 	case s.Write != nil:
 		e.send(s.Write)
 	default:
-		e.phase = idle
-		e.due = e.sched.next(e.l.mono)
-		e.l.schedule(e)
+		e.idle()
+		if !opened {
+			e.traceStep()
+		}
+	}
+}
+
+// idle waits for the entry's next slot on the open connection.
+func (e *tcpEntry) idle() {
+	e.phase = idle
+	e.due = e.sched.next(e.l.mono)
+	e.l.schedule(e)
+}
+
+// traceStep starts or collects the entry's trace when it is due, after a
+// probe that left the connection open (a runner's traceStep).
+func (e *tcpEntry) traceStep() {
+	switch e.traces.step(e.recorder, e.o.Trace != nil, e.l.now) {
+	case traceStart:
+		// What the trace needs of the connection, read here: the trace
+		// itself runs elsewhere and never touches the descriptor.
+		target, err := trace.Inspect(trace.FD(e.fd))
+		e.send(e.x.TraceStart(e.ctx, e.l.turnOf(e.o.Clock, e.shareClock), target, err))
+	case traceCollect:
+		if req := e.x.TracePaths(e.l.turnOf(e.o.Clock, e.shareClock)); req != nil {
+			e.send(req)
+		}
+	}
+}
+
+// traceDone records what a trace request found, and waits for the next
+// slot; the connection stays, as a Session's does.
+func (e *tcpEntry) traceDone(s prober.Step) {
+	if s.Paths != nil {
+		e.observePaths(s.Paths)
+	} else {
+		e.traces.started(e.recorder, s.TraceStarted, e.l.now)
+	}
+	if e.phase == sending || e.phase == waiting {
+		e.idle()
 	}
 }
 
@@ -440,6 +483,9 @@ func (e *tcpEntry) step(s prober.Step) {
 func (e *tcpEntry) record(res *prober.Result, warmup bool) {
 	if c := e.x.Connections(); c > 0 {
 		e.conn = c
+	}
+	if warmup {
+		e.traces.reopened()
 	}
 	e.observe(res, warmup, e.conn, e.l.now)
 	if warmup || !e.contextWanted(res, e.l.now) {

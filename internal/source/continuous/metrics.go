@@ -33,6 +33,8 @@ type Metrics struct {
 	dropped     *prometheus.CounterVec
 	segSLA      *prometheus.GaugeVec
 	hopSLA      *prometheus.GaugeVec
+	stamp       *stampMetrics
+	paths       *pathMetrics
 
 	rttDesc, connectDesc, residenceDesc, waitDesc *prometheus.Desc
 }
@@ -100,6 +102,7 @@ func NewMetrics(reg prometheus.Registerer, opts ...MetricsOption) *Metrics {
 			Help: "The segment's rtt SLA from the entry's module, for comparing quantiles of subsegment_continuous_segment_rtt_seconds with."}, seg),
 		hopSLA: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace, Name: "hop_sla_seconds",
 			Help: "The hop's residence SLA from the entry's module."}, hop),
+		stamp: newSTAMPMetrics(),
 		rttDesc: prometheus.NewDesc(namespace+"_segment_rtt_seconds",
 			"Round trip time of the segment from each hop's own clock, per continuous probe (the network and both kernels, without the hops' waits).", seg, nil),
 		connectDesc: prometheus.NewDesc(namespace+"_segment_connect_seconds",
@@ -113,6 +116,7 @@ func NewMetrics(reg prometheus.Registerer, opts ...MetricsOption) *Metrics {
 		o(m)
 	}
 	reg.MustRegister(m)
+	m.paths = newPathMetrics(reg)
 	return m
 }
 
@@ -132,6 +136,7 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	m.dropped.Collect(ch)
 	m.segSLA.Collect(ch)
 	m.hopSLA.Collect(ch)
+	m.stamp.collect(ch)
 	m.mu.Lock()
 	hs := make([]*histogram, 0, 4*len(m.entries))
 	for _, e := range m.entries {
@@ -179,6 +184,8 @@ func (m *Metrics) remove(target, module string) {
 	}{m.probes, m.failures, m.retransmits, m.lastSuccess, m.dropped, m.segSLA, m.hopSLA} {
 		v.DeletePartialMatch(l)
 	}
+	m.stamp.remove(l)
+	m.paths.remove(target, module)
 }
 
 func labelPair(name, value string) *dto.LabelPair { return &dto.LabelPair{Name: &name, Value: &value} }

@@ -58,6 +58,7 @@ func newRecorder(e config.Continuous, m *config.Module, metrics *Metrics, log *s
 // the probe ran on: a connection's TCP retransmissions count from zero.
 func (r *recorder) observe(res *prober.Result, warmup bool, connection uint64, now time.Time) {
 	r.outcome(res, warmup, now)
+	r.observeSTAMP(now, res)
 	segs := r.segmentSeries(res)
 	var hops []cachedHop
 	if !warmup {

@@ -21,10 +21,12 @@ type runner struct {
 	// Open, and for every connection a Session opened again (it had
 	// opened sessionConns so far).
 	conn, sessionConns uint64
+	traces             traceSchedule
 }
 
 func newRunner(rec *recorder, opts prober.Options, sched schedule, moment moments) *runner {
-	opts.Logger = rec.log
+	// Each result is recorded before the next probe: renewed in place.
+	opts.Logger, opts.ReuseResults = rec.log, true
 	return &runner{recorder: rec, opts: opts, sched: sched, moment: moment, done: make(chan struct{})}
 }
 
@@ -59,11 +61,14 @@ func (r *runner) run(ctx context.Context) {
 		case <-timer.C:
 		}
 		opened := s == nil
-		if opened {
+		switch {
+		case opened:
 			s = r.open(ctx)
-		} else if !r.probe(ctx, s) {
+		case !r.probe(ctx, s):
 			s.Close()
 			s = nil
+		default:
+			r.traceStep(ctx, s)
 		}
 		if ctx.Err() != nil {
 			return
@@ -89,6 +94,7 @@ func (r *runner) open(ctx context.Context) *prober.Session {
 		return nil
 	}
 	r.conn++
+	r.traces.reopened()
 	if s != nil {
 		r.sessionConns = s.Connections()
 	}
@@ -97,7 +103,8 @@ func (r *runner) open(ctx context.Context) *prober.Session {
 }
 
 // probe sends a probe and records it, and reads the hops' context when
-// it is out of its SLA; false when the chain broke.
+// it is out of its SLA; false when the chain broke (and the session ends:
+// a STAMP session survives a lost packet).
 func (r *runner) probe(ctx context.Context, s *prober.Session) bool {
 	res := s.Probe(ctx)
 	if ctx.Err() != nil {
@@ -114,7 +121,7 @@ func (r *runner) probe(ctx context.Context, s *prober.Session) bool {
 	if r.contextWanted(res, now) {
 		r.readContext(ctx, res)
 	}
-	return res.Failure == nil
+	return res.Failure == nil || s.Survives(res)
 }
 
 // until is the time from now to slot.

@@ -34,6 +34,10 @@ type entryState struct {
 	contextAt time.Time
 	// moment stamps and ages the windows' samples (monotonic).
 	moment moments
+	// stamp is the STAMP segments' packets (stamp.go).
+	stamp map[[2]string]*stampWindows
+	// paths are the segments' latest traces (trace.go).
+	paths map[[2]string]*pathState
 }
 
 type hopWindows struct {
@@ -330,6 +334,16 @@ type SegmentState struct {
 	ResolutionSeconds float64 `json:"resolution_seconds,omitempty"`
 	// Broken is the reason the chain breaks here now ("" while it works).
 	Broken string `json:"broken,omitempty"`
+	// Loss and DSCPRemarked: a STAMP segment's packets over the window,
+	// and the directions its latest probe saw the DSCP re-marked on.
+	Loss         *SegmentLoss `json:"loss,omitempty"`
+	DSCPRemarked []string     `json:"dscp_remarked,omitempty"`
+	// Path is the routers under a segment over its SLA, from its latest
+	// trace (TTL order, to its far end); PathDelay where the delay
+	// first appears; PathFlow how it was traced ("tcp reached").
+	Path      []PathHopState          `json:"path,omitempty"`
+	PathDelay *prober.PathDelayResult `json:"path_delay,omitempty"`
+	PathFlow  string                  `json:"path_flow,omitempty"`
 }
 
 // SLA states.
@@ -397,6 +411,8 @@ func (s *entryState) snapshot(now time.Time) EntryState {
 		if f := s.failure; f != nil && f.From == k[0] && f.To == k[1] {
 			seg.Broken = f.Reason
 		}
+		s.stampSnapshot(&seg, at, span)
+		s.addPath(&seg)
 		out.Segments = append(out.Segments, seg)
 		if seg.SLA == SLAExceeded {
 			for i := range out.Hops {

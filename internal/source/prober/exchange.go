@@ -1,11 +1,14 @@
 package prober
 
 import (
+	"context"
 	"time"
 
 	"github.com/subsegment/subsegment_exporter/internal/host/clock"
+	"github.com/subsegment/subsegment_exporter/internal/wire/frame"
 	"github.com/subsegment/subsegment_exporter/internal/wire/rxstamp"
 	"github.com/subsegment/subsegment_exporter/internal/wire/tcpinfo"
+	"github.com/subsegment/subsegment_exporter/internal/wire/trace"
 )
 
 // Exchange is a relay chain's connection to its first hop as an event
@@ -19,8 +22,9 @@ import (
 // Session does, and allocates nothing per probe.
 //
 // Its steps follow a Session's: Connected (Open's warm-up), Begin (a
-// Probe), then Sent, and Reply or Failed; each returns what the loop does
-// next (Step). Not safe for concurrent use.
+// Probe), TraceStart and TracePaths (a Session's traces), then Sent, and
+// Reply or Failed; each returns what the loop does next (Step). Not safe
+// for concurrent use.
 type Exchange struct {
 	o Options
 	p *relayProbe
@@ -28,9 +32,13 @@ type Exchange struct {
 	// the result); reopening: a probe found the idle connection closed,
 	// and the new connection's warm-up and the probe make its result.
 	opening, reopening bool
-	// inFlight is the sample of the request on the wire.
+	// inFlight is the sample of the request on the wire, kind what
+	// that request is.
 	inFlight Sample
+	kind     flight
 	sent     bool
+	// ownTrace delivers the source's own trace of a TraceStart.
+	ownTrace chan *frame.Path
 	seq      uint64
 	turn     Turn
 	tOut     int64
@@ -59,8 +67,23 @@ type TCPInfoReader interface {
 	Read() (tcpinfo.Info, error)
 }
 
+// flight is what the request on the wire is.
+type flight uint8
+
+const (
+	flightProbe flight = iota
+	flightTraceStart
+	flightTracePaths
+)
+
 // Step is what the loop does after an Exchange's step.
 type Step struct {
+	// Trace: the step ended a trace request (TraceStart, TracePaths):
+	// TraceStarted says whether the trace started, Paths is what a
+	// TracePaths found (its segments' paths, no measured figure).
+	Trace        bool
+	TraceStarted bool
+	Paths        *Result
 	// Result, when set, is what the step found, to record; valid until
 	// the Exchange's next step (Result.Clone keeps it). Warmup: it is an
 	// opened connection's warm-up (Open's result, not a Probe's).
@@ -126,7 +149,8 @@ func (x *Exchange) Connected(connect time.Duration, tcp TCPInfoReader, t Turn) [
 	x.tcp = tcp
 	x.conns++
 	x.opening = !x.reopening
-	return x.request(0, t)
+	x.ownTrace, x.kind = nil, flightProbe // a trace of the old connections
+	return x.request(0, t, 0)
 }
 
 // Begin starts the next probe on the open connection and returns its
@@ -135,13 +159,40 @@ func (x *Exchange) Begin(t Turn) []byte {
 	x.seq++
 	x.n, x.opening = 0, false
 	x.start = t.Mono
-	return x.request(x.seq, t)
+	return x.request(x.seq, t, 0)
 }
 
-func (x *Exchange) request(seq uint64, t Turn) []byte {
+// TraceStart starts the traces of the chain's segments on the open
+// connection, as Session.TraceStart does: the source's own segment is
+// traced in the background within ctx (target is what the trace needs of
+// the connection, read by the loop that owns it with trace.Inspect;
+// inspected the error when it could not be), and the request it returns
+// asks the relays to trace theirs.
+func (x *Exchange) TraceStart(ctx context.Context, t Turn, target trace.Target, inspected error) []byte {
+	own := make(chan *frame.Path, 1)
+	x.ownTrace = own
+	o := &x.o
+	go func() { own <- ownTrace(ctx, o, target, inspected) }()
+	x.seq++
+	x.kind = flightTraceStart
+	return x.request(x.seq, t, frame.ProbeTrace)
+}
+
+// TracePaths returns the request for the paths of the trace TraceStart
+// began (Session.TracePaths); nil when none began on this connection.
+func (x *Exchange) TracePaths(t Turn) []byte {
+	if x.ownTrace == nil {
+		return nil
+	}
+	x.seq++
+	x.kind = flightTracePaths
+	return x.request(x.seq, t, frame.ProbePath)
+}
+
+func (x *Exchange) request(seq uint64, t Turn, flags uint16) []byte {
 	x.turn, x.sent = t, false
 	x.inFlight = Sample{Seq: seq, Warmup: seq == 0}
-	return x.p.request(seq, 0, x.Budget())
+	return x.p.request(seq, flags, x.Budget())
 }
 
 // Sent records that the request went out at tOut (the monotonic clock
@@ -174,6 +225,9 @@ func (x *Exchange) ReadFailed(err error) Step {
 // done handles the sample of the request that finished.
 func (x *Exchange) done() Step {
 	smp := x.inFlight
+	if x.kind != flightProbe {
+		return x.traceDone(smp)
+	}
 	now := x.o.Clock.Monotonic()
 	if smp.Warmup {
 		x.used = now
@@ -186,7 +240,7 @@ func (x *Exchange) done() Step {
 			return x.finish(smp, true)
 		}
 		x.samples[0], x.n = smp, 1
-		return Step{Write: x.request(x.seq, Turn{Mono: now, Wall: x.o.Clock.Wall(), Sync: x.o.Clock.Sync()})}
+		return Step{Write: x.request(x.seq, Turn{Mono: now, Wall: x.o.Clock.Wall(), Sync: x.o.Clock.Sync()}, 0)}
 	}
 	if x.n == 0 && stale(time.Duration(x.start-x.used), smp) {
 		x.o.Logger.Debug("the first hop closed the idle connection: opening another", "idle", time.Duration(x.start-x.used).Round(time.Millisecond), "err", smp.Failure.Message)
@@ -195,6 +249,29 @@ func (x *Exchange) done() Step {
 	}
 	x.used = now
 	return x.finish(smp, smp.Failure != nil)
+}
+
+// traceDone ends a trace request: the connection stays (a Session's
+// does), whatever the request found.
+func (x *Exchange) traceDone(smp Sample) Step {
+	kind := x.kind
+	x.kind = flightProbe
+	if kind == flightTraceStart {
+		if smp.Failure != nil {
+			x.o.Logger.Debug("trace request failed", "err", smp.Failure.Error())
+		}
+		return Step{Trace: true, TraceStarted: smp.Failure == nil}
+	}
+	var own *frame.Path
+	select {
+	case own = <-x.ownTrace:
+	default:
+		// Its deadline came before the paths were asked for: it is not
+		// expected to be still running.
+		own = frame.NoPath(frame.PathDeadline, "the source's own trace did not end")
+	}
+	x.ownTrace = nil
+	return Step{Trace: true, Paths: pathsResult(&x.o, exchangeBuilt{x}, smp, own)}
 }
 
 // finish builds the result of the samples so far and smp.

@@ -1,7 +1,8 @@
 // Package prober is the source end of a chain. Run probes a chain of relays
-// (tcp.go) or of HTTP proxies (http.go): it opens one connection to the
-// first hop, sends a warm-up probe that opens every downstream connection
-// (and reports their connect times), then the measured probes, and turns
+// (tcp.go), of HTTP proxies (http.go), or a STAMP reflector (stamp.go): it
+// opens one connection to the first hop (a UDP socket for STAMP), sends a
+// warm-up probe that opens every downstream connection (and reports their
+// connect times), then the measured probes, and turns
 // what the hops stamped into per-segment and per-hop statistics, keyed by
 // each hop's identity: result.go is the model, build.go the one place a
 // result is built. Session keeps a chain open for continuous probing. The
@@ -64,26 +65,43 @@ type Options struct {
 	// AnnotateAfter, when it returns true for the measured result, sends
 	// one more probe asking for the hops' local variables.
 	AnnotateAfter func(*Result) bool
+	// Trace, when set, asks for the segments' paths after the measured
+	// probes (trace.go); relay chains only.
+	Trace *TraceOptions
 	// HTTP, when set, makes Target a URL probed through HTTP proxies
 	// (http.go); TLS then applies to https targets.
 	HTTP *HTTPOptions
+	// STAMP, when set, makes Target a STAMP reflector (host:port, or
+	// stamp://host:port) measured with STAMP test packets (stamp.go).
+	STAMP *STAMPOptions
 	// Names remembers hop names across runs, to name a first hop that
 	// cannot be reached; may be nil.
-	Names  *NameCache
-	Logger *slog.Logger
+	Names *NameCache
+	// ReuseResults makes a Session renew one result in place for every
+	// Probe (valid until the next), for a caller that records each before
+	// the next (continuous probing): no allocation per probe.
+	ReuseResults bool
+	Logger       *slog.Logger
 }
 
 // Validate reports the first bad option.
 func (o *Options) Validate() error {
-	if o.HTTP != nil {
+	switch {
+	case o.STAMP != nil:
+		if err := o.STAMP.validate(o); err != nil {
+			return err
+		}
+	case o.HTTP != nil:
 		if _, err := peer.ParseHTTPTarget(o.Target); err != nil {
 			return fmt.Errorf("target: %w", err)
 		}
 		if o.PayloadBytes != 0 {
 			return fmt.Errorf("payload bytes are for relay chains, not HTTP")
 		}
-	} else if err := peer.ValidateAddress(o.Target); err != nil {
-		return fmt.Errorf("target: %w", err)
+	default:
+		if err := peer.ValidateAddress(o.Target); err != nil {
+			return fmt.Errorf("target: %w", err)
+		}
 	}
 	if err := peer.ValidateName(o.Source); err != nil {
 		return fmt.Errorf("source name: %w", err)
@@ -215,6 +233,9 @@ func Run(ctx context.Context, o Options) *Result {
 			o.Logger.Info("annotation probe failed", "err", ann.Failure.Error())
 		}
 	}
+	if res.fail == nil && o.HTTP == nil && o.Trace != nil && (o.Trace.When == nil || o.Trace.When(res)) {
+		tracePaths(ctx, p, &o, res)
+	}
 	return res
 }
 
@@ -229,7 +250,8 @@ func (o *Options) defaults() {
 }
 
 // protocol is one way of probing a chain, one file each: through relays
-// (tcp.go) or through HTTP proxies (http.go).
+// (tcp.go), through HTTP proxies (http.go), or to a STAMP reflector
+// (stamp.go).
 type protocol interface {
 	// probe sends one probe and reads what came back.
 	probe(ctx context.Context, seq uint64, flags uint16) Sample
@@ -246,6 +268,9 @@ func dial(ctx context.Context, o *Options) (protocol, *Failure) {
 	}
 	if o.HTTP != nil {
 		return dialHTTP(ctx, o)
+	}
+	if o.STAMP != nil {
+		return dialSTAMP(ctx, o)
 	}
 	s, fail := open(ctx, o)
 	if fail != nil {

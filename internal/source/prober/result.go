@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/subsegment/subsegment_exporter/internal/source/timing"
+	"github.com/subsegment/subsegment_exporter/internal/wire/frame"
 )
 
 // Result summarises one run. It is also the stable JSON of
@@ -59,7 +60,10 @@ type HopResult struct {
 	ClockSynced      bool `json:"clock_synced"`
 	// HTTPHeader: the hop reported through its Subsegment-Timing header
 	// (an HTTP proxy), with stamps of Resolution seconds.
-	HTTPHeader bool               `json:"http_header,omitempty"`
+	HTTPHeader bool `json:"http_header,omitempty"`
+	// STAMP: the hop is a STAMP reflector, which reports its residence
+	// (T3 − T2) and nothing of its waits.
+	STAMP      bool               `json:"stamp,omitempty"`
 	Resolution float64            `json:"resolution_seconds,omitempty"`
 	Vars       map[string]float64 `json:"vars,omitempty"`
 	id         uint64
@@ -87,9 +91,22 @@ type SegmentResult struct {
 	OneWay      *OneWayResult `json:"one_way"`
 	// Resolution is the coarser of both ends' stamp resolutions (HTTP
 	// chains): the figures are rounded to it.
-	Resolution  float64 `json:"resolution_seconds,omitempty"`
-	Slowest     bool    `json:"slowest"`
-	from, to    int     // hop indexes
+	Resolution float64 `json:"resolution_seconds,omitempty"`
+	// Loss and DSCP are a STAMP segment's packet loss and DSCP per
+	// direction (stamp.go); absent for relays and proxies.
+	Loss    *LossResult `json:"loss,omitempty"`
+	DSCP    *DSCPResult `json:"dscp,omitempty"`
+	Slowest bool        `json:"slowest"`
+	// Path lists the routers under the segment in TTL order, ending at
+	// its far end, as its near end traced them on the segment's own
+	// connection (trace.go); absent when the segment was not traced.
+	Path []PathHopResult `json:"path,omitempty"`
+	// PathFlow is how the path was traced (or why there is none).
+	PathFlow *PathFlowResult `json:"path_flow,omitempty"`
+	// PathDelay is where the delay first appears on the path.
+	PathDelay   *PathDelayResult `json:"path_delay,omitempty"`
+	path        *frame.Path
+	from, to    int // hop indexes
 	samples     []time.Duration
 	fwd         []time.Duration
 	ret         []time.Duration

@@ -4,6 +4,7 @@ import (
 	"context"
 	"time"
 
+	"github.com/subsegment/subsegment_exporter/internal/wire/frame"
 	"github.com/subsegment/subsegment_exporter/internal/wire/peer"
 )
 
@@ -11,10 +12,10 @@ import (
 // the first hop (relay or HTTP proxy), a warm-up when it opens, then one
 // probe per call, each summarised on its own. Not safe for concurrent use.
 //
-// The results it returns are rebuilt in place on every call (a probe a
-// second allocates next to nothing): each is valid until the next Probe;
-// copy what you keep (Result.Clone). Its Failure, and its hops' Vars, are
-// never written again and may be kept.
+// With Options.ReuseResults, the results it returns are rebuilt in place
+// on every call (a probe a second allocates next to nothing): each is
+// valid until the next Probe; copy what you keep (Result.Clone). Their
+// Failure, and their hops' Vars, are never written again and may be kept.
 type Session struct {
 	o   Options
 	p   protocol
@@ -26,6 +27,8 @@ type Session struct {
 	conns   uint64
 	res     Result
 	samples [2]Sample
+	// ownTrace delivers the source's own trace of a TraceStart.
+	ownTrace chan *frame.Path
 }
 
 // staleAfter is how long a session's connection may sit idle before a
@@ -49,10 +52,9 @@ func Open(ctx context.Context, o Options) (*Session, *Result) {
 		res.setFailure(fail)
 		return nil, res
 	}
-	res := &s.res
-	res.renew(&s.o)
-	s.samples[0] = warm
-	res.build(s.p, s.samples[:1], s.o.Logger)
+	res := s.result()
+	samples := append(s.sampleArray(), warm)
+	res.build(s.p, samples, s.o.Logger)
 	if warm.Failure != nil {
 		s.Close()
 		return nil, res
@@ -67,7 +69,7 @@ func (s *Session) open(ctx context.Context) (Sample, *Failure) {
 		return Sample{}, fail
 	}
 	if rp, ok := p.(*session); ok {
-		rp.reuse = true
+		rp.reuse = s.o.ReuseResults
 	}
 	s.p = p
 	s.conns++
@@ -91,10 +93,9 @@ func (s *Session) Connections() uint64 { return s.conns }
 func (s *Session) Probe(ctx context.Context) *Result {
 	s.seq++
 	start := time.Now()
-	res := &s.res
-	res.renew(&s.o)
+	res := s.result()
 	smp := s.p.probe(ctx, s.seq, 0)
-	samples := s.samples[:0]
+	samples := s.sampleArray()
 	if stale(start.Sub(s.used), smp) {
 		s.o.Logger.Debug("the first hop closed the idle connection: opening another", "idle", start.Sub(s.used).Round(time.Millisecond), "err", smp.Failure.Message)
 		samples = s.reopen(ctx, samples)
@@ -105,6 +106,25 @@ func (s *Session) Probe(ctx context.Context) *Result {
 	res.build(s.p, samples, s.o.Logger)
 	res.Duration = time.Since(start)
 	return res
+}
+
+// result is the result of the next Open or Probe: the session's own,
+// renewed, with Options.ReuseResults; a new one otherwise.
+func (s *Session) result() *Result {
+	if !s.o.ReuseResults {
+		return newResult(&s.o)
+	}
+	s.res.renew(&s.o)
+	return &s.res
+}
+
+// sampleArray is where the samples of the next result go: the session's
+// own array with Options.ReuseResults.
+func (s *Session) sampleArray() []Sample {
+	if !s.o.ReuseResults {
+		return make([]Sample, 0, 2)
+	}
+	return s.samples[:0]
 }
 
 // stale says whether a probe sent after the connection sat idle that
@@ -125,6 +145,7 @@ func closedBeforeReply(smp Sample) bool {
 // new one, after its warm-up: it appends the warm-up and the probe to
 // samples. A failed dial or warm-up is the probe's failure.
 func (s *Session) reopen(ctx context.Context, samples []Sample) []Sample {
+	s.ownTrace = nil // a trace of the old connections
 	old := s.p
 	old.close()
 	warm, fail := s.open(ctx)

@@ -152,7 +152,9 @@ func TestSessionProbesAllocateNextToNothing(t *testing.T) {
 	target := chaintest.Chain(t, chaintest.ChainOptions{}, "b", "z")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	s, warm := Open(ctx, opts(target))
+	o := opts(target)
+	o.ReuseResults = true
+	s, warm := Open(ctx, o)
 	if s == nil {
 		t.Fatalf("open: %+v", warm.Failure)
 	}
@@ -233,7 +235,9 @@ func TestLongChainSegmentsAndHops(t *testing.T) {
 		}
 	}
 	check("run", Run(ctx, opts(target)))
-	s, warm := Open(ctx, opts(target))
+	o := opts(target)
+	o.ReuseResults = true
+	s, warm := Open(ctx, o)
 	if s == nil {
 		t.Fatalf("open: %+v", warm.Failure)
 	}

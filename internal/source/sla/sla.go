@@ -122,6 +122,10 @@ func Annotation(m *config.Module) (warmup bool, after func(*prober.Result) bool)
 // Timeout, keys, TLS, clocks). /probe and the Nagios check both use it.
 func ProbeOptions(m *config.Module, target string) prober.Options {
 	o := prober.Options{Target: target, Count: m.Probes, Interval: time.Duration(m.Interval), PayloadBytes: m.PayloadBytes}
+	if m.IsSTAMP() {
+		stampOptions(m, &o)
+		return o
+	}
 	if m.IsHTTP() && m.HTTP != nil {
 		h := m.HTTP
 		header := http.Header{}
@@ -133,5 +137,32 @@ func ProbeOptions(m *config.Module, target string) prober.Options {
 		return o
 	}
 	o.AnnotateWarmup, o.AnnotateAfter = Annotation(m)
+	o.Trace = Tracing(m)
 	return o
+}
+
+// Tracing is when a probe run traces the routers under its segments
+// under the module's trace mode: after every run that went through
+// (always), or as context for a reachable segment over its SLA
+// (on_violation, as the SNMP context is asked); nil for never. The caller
+// adds the process's Tracer.
+func Tracing(m *config.Module) *prober.TraceOptions {
+	switch m.Trace {
+	case config.TraceAlways:
+		return &prober.TraceOptions{}
+	case config.TraceOnViolation, "":
+		return &prober.TraceOptions{When: func(r *prober.Result) bool { return SegmentOverSLA(r, m.SLA) }}
+	}
+	return nil
+}
+
+// SegmentOverSLA reports whether a segment that probes crossed is over its
+// rtt SLA.
+func SegmentOverSLA(r *prober.Result, s config.SLA) bool {
+	for _, v := range Evaluate(r, s) {
+		if v.Hop == "" && v.Exceeded && !v.Broken {
+			return true
+		}
+	}
+	return false
 }

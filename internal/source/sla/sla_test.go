@@ -96,3 +96,26 @@ func TestViolatedIsEvaluatesVerdict(t *testing.T) {
 		t.Errorf("Violated allocates %v times", n)
 	}
 }
+
+func TestTracing(t *testing.T) {
+	m := &config.Module{SLA: twentyOnBC, Trace: config.TraceOnViolation}
+	tr := Tracing(m)
+	if tr == nil || tr.When == nil {
+		t.Fatal("on_violation: no predicate")
+	}
+	if tr.When(chain(0.001, 0.010, 0.001)) {
+		t.Error("traced a chain within its SLAs")
+	}
+	if !tr.When(chain(0.001, 0.030, 0.001)) {
+		t.Error("did not trace a segment over its SLA")
+	}
+	if tr.When(chain(0.001, -1, -1)) {
+		t.Error("traced a broken chain: its segments have no rtt to explain")
+	}
+	if tr := Tracing(&config.Module{Trace: config.TraceAlways}); tr == nil || tr.When != nil {
+		t.Errorf("always: %+v", tr)
+	}
+	if Tracing(&config.Module{Trace: config.TraceNever}) != nil {
+		t.Error("never traced")
+	}
+}

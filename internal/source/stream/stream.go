@@ -153,7 +153,7 @@ func Send(ctx context.Context, in io.Reader, out io.Writer, o Options) (*Result,
 	defer stop()
 
 	window := min(frame.StreamWindow, max(4, (8<<20)/o.BlockSize))
-	s := &streamer{o: &o, conn: conn, rx: rxstamp.Of(conn), id: peer.NewID(), sign: frame.NewSigner(o.Keys), slots: make(chan struct{}, window),
+	s := &streamer{o: &o, conn: conn, rx: rxstamp.Of(conn), id: peer.NewID(), sign: frame.NewSigner(o.Keys), verify: frame.NewSigner(o.Keys), slots: make(chan struct{}, window),
 		stamps: make([]sent, window), start: time.Now(), abort: make(chan struct{})}
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -236,17 +236,20 @@ func (s *streamer) fail(err error) {
 }
 
 type streamer struct {
-	o     *Options
-	conn  net.Conn
-	rx    *rxstamp.Conn
-	id    uint64
-	sign  *frame.Signer
-	slots chan struct{}
-	abort chan struct{}
-	start time.Time
+	o    *Options
+	conn net.Conn
+	rx   *rxstamp.Conn
+	id   uint64
+	// sign signs what send writes, verify checks what receive reads: a
+	// Signer keeps hash state and serves one goroutine.
+	sign, verify *frame.Signer
+	slots        chan struct{}
+	abort        chan struct{}
+	start        time.Time
 
 	failOnce sync.Once
 	firstErr error
+	flushErr error  // the sender's, when a write failed while it waited for the window
 	stamps   []sent // by seq % window
 
 	sendErr      error // guarded by mu
@@ -301,32 +304,22 @@ func (s *streamer) send(in io.Reader) error {
 	}
 	trailer := frame.PathEntryLen + s.sign.TrailerLen()
 	for {
-		// The block is read straight into its frame.
+		// A slot first, so that a block read is a block sent: with the
+		// window full, what is built goes out, then the block waits.
+		if !s.takeSlot(flush) {
+			return s.flushErr
+		}
+		// The block is read straight into its frame; the buffer is
+		// reused, never cleared.
 		start := len(buf)
-		buf = append(buf, make([]byte, frame.MinFrameLen+s.o.BlockSize+trailer)...)
-		data := buf[start+frame.MinFrameLen : start+frame.MinFrameLen+s.o.BlockSize]
-		n, rerr := io.ReadFull(br, data)
+		size := frame.MinFrameLen + s.o.BlockSize + trailer
+		buf = slices.Grow(buf, size)[:start+frame.MinFrameLen+s.o.BlockSize]
+		n, rerr := io.ReadFull(br, buf[start+frame.MinFrameLen:])
 		buf = buf[:start+frame.MinFrameLen+n]
 		if n == 0 {
 			buf = buf[:start]
+			<-s.slots
 		} else {
-			select {
-			case s.slots <- struct{}{}:
-			default:
-				// Window full: send what is built, then wait for a reply.
-				pendingFrame := append([]byte(nil), buf[start:]...)
-				buf = buf[:start]
-				if err := flush(); err != nil {
-					return fmt.Errorf("write to %s: %w", s.o.ForwardTo, err)
-				}
-				buf = append(buf, pendingFrame...)
-				start = 0
-				select {
-				case s.slots <- struct{}{}:
-				case <-s.abort:
-					return nil
-				}
-			}
 			s.mu.Lock()
 			s.stamps[seq%window] = sent{tBuild: s.o.Clock.Monotonic(), size: n}
 			s.mu.Unlock()
@@ -364,6 +357,28 @@ func (s *streamer) send(in io.Reader) error {
 			}
 			return nil
 		}
+	}
+}
+
+// takeSlot takes a place in the window for the next block; when the
+// window is full it first sends what is built (flush), then waits. It
+// reports false when the stream was aborted (flushErr says why, nil when
+// the other side stopped it).
+func (s *streamer) takeSlot(flush func() error) bool {
+	select {
+	case s.slots <- struct{}{}:
+		return true
+	default:
+	}
+	if err := flush(); err != nil {
+		s.flushErr = fmt.Errorf("write to %s: %w", s.o.ForwardTo, err)
+		return false
+	}
+	select {
+	case s.slots <- struct{}{}:
+		return true
+	case <-s.abort:
+		return false
 	}
 }
 
@@ -464,7 +479,7 @@ func (s *streamer) outstanding(next uint64) uint64 {
 // reply checks one reply, by the rules every receiver of replies applies
 // (frame.CheckReply), and records its timing; it returns the data.
 func (s *streamer) reply(fr []byte, seq uint64, tIn int64, st *sent) ([]byte, error) {
-	rep, err := frame.CheckReply(fr, s.sign, s.o.maxFrame(), frame.Expect{Request: frame.KindStreamRequest, Seq: seq})
+	rep, err := frame.CheckReply(fr, s.verify, s.o.maxFrame(), frame.Expect{Request: frame.KindStreamRequest, Seq: seq})
 	if rec := rep.Refusal; rec != nil {
 		if rep.Unverified {
 			return nil, fmt.Errorf("reply from %s: %w; the unverified error frame from %s said: %s", s.o.ForwardTo, err, rec.Name, rec.Message)

@@ -232,3 +232,43 @@ func FuzzStreamReply(f *testing.F) {
 		}
 	})
 }
+
+// Blocks large enough to take the relays' pipes (frame.SpliceMinData and
+// up, 16 MiB the largest) come back byte-exact through three relays, as
+// the smaller ones do.
+func TestStreamLargeBlocksByteExact(t *testing.T) {
+	chaintest.ForEachEngine(t, testStreamLargeBlocksByteExact)
+}
+
+func testStreamLargeBlocksByteExact(t *testing.T) {
+	target := chaintest.Chain(t, chaintest.ChainOptions{}, "b", "c", "z")
+	for _, tc := range []struct{ size, block int }{
+		{1<<20 + 5, frame.SpliceMinData},
+		{3<<20 + 17, 1 << 20},
+		{17 << 20, 16 << 20},
+		{100, 1 << 20},
+	} {
+		in := randomBytes(tc.size, uint64(tc.size))
+		out, res, err := send(t, target, in, tc.block, nil)
+		if err != nil {
+			t.Fatalf("size %d block %d: %v", tc.size, tc.block, err)
+		}
+		if !bytes.Equal(out, in) || res.BytesConfirmed != int64(tc.size) {
+			t.Fatalf("size %d block %d: output differs from input (%d vs %d bytes)", tc.size, tc.block, len(out), len(in))
+		}
+	}
+}
+
+// A signed stream signs on the sending goroutine and verifies on the
+// receiving one at the same time: each has its own signer (one signer
+// shared by both corrupted its hash state: a panic or a bad signature
+// after a few hundred blocks).
+func TestSignedStreamSendsAndReceivesAtOnce(t *testing.T) {
+	keys := frame.Keys{[]byte("stream-key-0123456789")}
+	target := chaintest.Chain(t, chaintest.ChainOptions{Template: relay.Config{Keys: keys}}, "b", "z")
+	in := randomBytes(8<<20, 77)
+	out, _, err := send(t, target, in, 8192, keys)
+	if err != nil || !bytes.Equal(out, in) {
+		t.Fatalf("signed stream of 8 MiB in 8 KiB blocks: %v (equal %v)", err, bytes.Equal(out, in))
+	}
+}

@@ -27,6 +27,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/subsegment/subsegment_exporter/internal/testkit/netns"
 )
@@ -80,7 +81,9 @@ func New(t testing.TB) *Lab {
 	return l
 }
 
-// Host adds a namespace with its loopback up.
+// Host adds a namespace with its loopback up. Its interfaces skip IPv6
+// duplicate address detection, link-local addresses included, so that
+// neighbour discovery works as soon as a link is up.
 func (l *Lab) Host(name string) *Host {
 	l.t.Helper()
 	h := &Host{Name: name, NS: l.id + "-" + name, lab: l}
@@ -88,6 +91,8 @@ func (l *Lab) Host(name string) *Host {
 	l.mu.Lock()
 	l.hosts = append(l.hosts, h)
 	l.mu.Unlock()
+	h.Sysctl("net.ipv6.conf.all.accept_dad", "0")
+	h.Sysctl("net.ipv6.conf.default.accept_dad", "0")
 	l.ip("-n", h.NS, "link", "set", "lo", "up")
 	return h
 }
@@ -110,6 +115,27 @@ func (l *Lab) Link(a *Host, aIf, aAddr string, b *Host, bIf, bAddr string) {
 			l.ip(args...)
 		}
 		l.ip("-n", side.h.NS, "link", "set", side.dev, "up")
+	}
+	l.ready(a, aIf)
+	l.ready(b, bIf)
+}
+
+// ready waits (at most 5 s) until the kernel has made an interface ready
+// for IPv6: it adds the link-local address only once the link is up on
+// both ends (linkwatch may take a second), and until then IPv6 packets,
+// neighbour solicitations included, are dropped.
+func (l *Lab) ready(h *Host, dev string) {
+	l.t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		out, err := exec.Command("ip", "-n", h.NS, "-6", "addr", "show", "dev", dev, "scope", "link").CombinedOutput()
+		if err == nil && strings.Contains(string(out), "fe80::") && !strings.Contains(string(out), "tentative") {
+			return
+		}
+		if time.Now().After(deadline) {
+			l.t.Fatalf("in %s: %s not ready for IPv6 after 5 s: %s", h.Name, dev, out)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 

@@ -129,6 +129,16 @@ const (
 	// ProbeStripped is set by a relay running with --remove-perf-headers:
 	// the path or records from beyond it were removed.
 	ProbeStripped uint16 = 1 << 2
+	// ProbeTrace asks every relay to start a trace of the route to its
+	// next hop on the connection this frame travels (unless one is
+	// running on it), bounded by the frame's budget: the path extension
+	// (path.go). A relay strips it from what it forwards past
+	// --remove-perf-headers.
+	ProbeTrace uint16 = 1 << 3
+	// ProbePath asks every relay to report its latest trace of this
+	// connection in its record (RecPath), waiting within the frame's
+	// budget for one still running.
+	ProbePath uint16 = 1 << 4
 )
 
 // Header is the fixed part in front of every frame.

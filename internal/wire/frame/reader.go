@@ -47,6 +47,16 @@ type Reader struct {
 	Budget  *BufferBudget
 	charged int
 	proven  bool
+
+	// Sink, when set, takes the data of large unsigned stream frames of a
+	// proven connection (sink.go); SpliceMin overrides SpliceMinData.
+	Sink      Sink
+	SpliceMin int
+	// The frame being spliced: its data length (0: none), what is still
+	// to move into the sink and what is there.
+	sinkData, moving, moved int
+	// sunk is Spliced(); sinkCharged is what the sink holds of the budget.
+	sunk, sinkCharged int
 }
 
 // NewReader returns a reader of frames of at most maxFrameBytes from src.
@@ -59,8 +69,8 @@ func NewReader(src io.Reader, maxFrameBytes int) *Reader {
 // frame it returned must not be used afterwards.
 func (r *Reader) Release() {
 	putBuf(r.bufPtr)
-	r.Budget.release(r.charged, r.proven)
-	r.bufPtr, r.buf, r.start, r.end, r.charged = nil, nil, 0, 0, 0
+	r.Budget.release(r.charged+r.sinkCharged, r.proven)
+	r.bufPtr, r.buf, r.start, r.end, r.charged, r.sinkCharged = nil, nil, 0, 0, 0, 0
 }
 
 // Prove records that a frame this reader returned was verified (signed
@@ -72,7 +82,7 @@ func (r *Reader) Prove() {
 		return
 	}
 	r.proven = true
-	r.Budget.promote(r.charged)
+	r.Budget.promote(r.charged + r.sinkCharged)
 }
 
 // Buffered reports the bytes received but not yet returned by Next.
@@ -116,11 +126,16 @@ func (r *Reader) headerErr() error {
 // endErr turns a read error into what Fill reports: io.EOF only at a frame
 // boundary.
 func (r *Reader) endErr(err error) error {
+	got := r.end - r.start + r.moved
+	if r.sinkData > 0 {
+		// The frame will not be completed: its data leaves the sink.
+		r.dropSunk()
+	}
 	if errors.Is(err, io.EOF) {
-		if r.start == r.end {
+		if got == 0 {
 			return io.EOF
 		}
-		return fmt.Errorf("%w (%d bytes of it received)", ErrPartialFrame, r.end-r.start)
+		return fmt.Errorf("%w (%d bytes of it received)", ErrPartialFrame, got)
 	}
 	return err
 }
@@ -129,24 +144,23 @@ func (r *Reader) endErr(err error) error {
 // add to the buffer: the building block of Fill, and of event loops that
 // read only when the kernel says there is data.
 func (r *Reader) ReadOnce(read func([]byte) (int, error)) (int, error) {
+	if r.moving > 0 {
+		return r.takeData()
+	}
 	if r.start == r.end {
 		r.start, r.end = 0, 0
 	}
-	need := HeaderLen
-	if avail := r.end - r.start; avail >= HeaderLen {
-		if h, err := ParseHeader(r.buf[r.start:r.end], r.maxFrame); err == nil {
-			need = h.FrameLen()
-			r.exact = need >= exactThreshold
+	if r.sinkData == 0 {
+		if data, ok := r.spliceable(); ok && r.startSplice(data) {
+			return r.takeData()
 		}
 	}
+	need, limit := r.readLimits()
 	if r.start+need > len(r.buf) {
 		if err := r.makeRoom(need); err != nil {
 			return 0, err
 		}
-	}
-	limit := len(r.buf)
-	if r.exact {
-		limit = min(max(r.start+need, r.end), len(r.buf))
+		_, limit = r.readLimits()
 	}
 	if limit <= r.end {
 		return 0, nil
@@ -162,16 +176,47 @@ func (r *Reader) ReadOnce(read func([]byte) (int, error)) (int, error) {
 	return max(n, 0), err
 }
 
+// readLimits is what the next read needs for the frame at start (its
+// header, or the whole frame once the header is known), and where it must
+// stop: the buffer's end, or the frame's end for large frames, which are
+// read in place. A reader that splices reads a large frame's head alone,
+// and a stub's tail together with the next frame's head.
+func (r *Reader) readLimits() (need, limit int) {
+	need = HeaderLen
+	if avail := r.end - r.start; avail >= HeaderLen {
+		if h, err := ParseHeader(r.buf[r.start:r.end], r.maxFrame); err == nil {
+			need = h.FrameLen()
+			r.exact = need >= exactThreshold || r.sinkData > 0
+		}
+	}
+	splicing := r.Sink != nil && r.proven
+	if splicing && r.exact && r.sinkData == 0 && r.end-r.start < MinFrameLen {
+		need = MinFrameLen
+	}
+	if !r.exact {
+		return need, len(r.buf)
+	}
+	end := r.start + need
+	if r.sinkData > 0 {
+		end += MinFrameLen
+	}
+	return need, min(max(end, r.end), len(r.buf))
+}
+
 // Drained reports that the last read returned less than it asked for and
-// no partial frame is left: the socket very likely has nothing more, so an
-// event loop can wait for the next readiness event instead of reading again.
-func (r *Reader) Drained() bool { return r.short && r.start == r.end }
+// no partial frame is left, or that the sink took less of a block than
+// asked: the socket very likely has nothing more, so an event loop can
+// wait for the next readiness event instead of reading again.
+func (r *Reader) Drained() bool { return r.short && (r.start == r.end || r.moving > 0) }
 
 // EndError is what a caller of ReadOnce reports for a read error: io.EOF
 // only at a frame boundary, ErrPartialFrame inside one.
 func (r *Reader) EndError(err error) error { return r.endErr(err) }
 
 func (r *Reader) complete() bool {
+	if r.moving > 0 {
+		return false
+	}
 	avail := r.end - r.start
 	if avail < HeaderLen {
 		return false
@@ -239,6 +284,10 @@ func (r *Reader) grow(size int) error {
 // Next returns the next complete buffered frame, or nil when none is. The
 // frame stays valid until the next Fill.
 func (r *Reader) Next() ([]byte, error) {
+	r.sunk = 0
+	if r.moving > 0 {
+		return nil, nil
+	}
 	avail := r.end - r.start
 	if avail < HeaderLen {
 		return nil, nil
@@ -253,5 +302,8 @@ func (r *Reader) Next() ([]byte, error) {
 	}
 	f := r.buf[r.start : r.start+n]
 	r.start += n
+	if r.sinkData > 0 {
+		r.sunk, r.sinkData, r.moved = r.moved, 0, 0
+	}
 	return f, nil
 }

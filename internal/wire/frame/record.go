@@ -45,8 +45,12 @@ const (
 	// RecTCPInfoUp: TCPUp holds TCP_INFO of the hop's upstream
 	// connection (the far end's view of the segment before it).
 	RecTCPInfoUp uint16 = 1 << 7
+	// RecPath: the record ends with a path section (path.go): what the
+	// hop's trace of the route to its next hop found, asked for by
+	// ProbePath.
+	RecPath uint16 = 1 << 8
 
-	recKnownFlags = RecSynced | RecTCPInfo | RecDialed | RecEnd | RecStripped | RecKernelIn | RecKernelReply | RecTCPInfoUp
+	recKnownFlags = RecSynced | RecTCPInfo | RecDialed | RecEnd | RecStripped | RecKernelIn | RecKernelReply | RecTCPInfoUp | RecPath
 )
 
 // Sizes and bounds of records.
@@ -62,7 +66,7 @@ const (
 	// MaxMessageLen bounds the human-readable text of an error record.
 	MaxMessageLen = peer.MaxMessageLen
 	// MaxHopRecordLen is the largest hop record the encoder produces.
-	MaxHopRecordLen = hopFixedLen + 1 + MaxNameLen + 1 + MaxVars*(1+MaxNameLen+8)
+	MaxHopRecordLen = hopFixedLen + 1 + MaxNameLen + 1 + MaxVars*(1+MaxNameLen+8) + MaxPathLen
 	// PlainHopRecordLen is the largest hop record without variables.
 	PlainHopRecordLen = hopFixedLen + 1 + MaxNameLen + 1
 	// MaxErrorRecordLen is the largest error record.
@@ -114,6 +118,9 @@ type HopRecord struct {
 	TCP   tcpinfo.Info
 	TCPUp tcpinfo.Info
 	Vars  []Var
+	// Path is the hop's trace of the route to its next hop (RecPath);
+	// nil in every record that does not carry one.
+	Path *Path
 }
 
 // Side says which segment an error record is about, seen from the hop that
@@ -156,9 +163,13 @@ func AppendHop(dst []byte, r *HopRecord) []byte {
 	if len(vars) > MaxVars {
 		vars = vars[:MaxVars]
 	}
+	flags := r.Flags &^ RecPath
+	if r.Path != nil {
+		flags |= RecPath
+	}
 	start := len(dst)
 	dst = append(dst, 0, 0, byte(RecordHop))
-	dst = binary.BigEndian.AppendUint16(dst, r.Flags&recKnownFlags)
+	dst = binary.BigEndian.AppendUint16(dst, flags&recKnownFlags)
 	dst = binary.BigEndian.AppendUint64(dst, r.ID)
 	for _, d := range [...]time.Duration{r.Forward, r.Downstream, r.Return, r.WaitForward, r.WaitReturn} {
 		dst = binary.BigEndian.AppendUint64(dst, durationBits(d))
@@ -177,6 +188,9 @@ func AppendHop(dst []byte, r *HopRecord) []byte {
 		dst = append(dst, byte(len(vn)))
 		dst = append(dst, vn...)
 		dst = binary.BigEndian.AppendUint64(dst, math.Float64bits(v.Value))
+	}
+	if r.Path != nil {
+		dst = AppendPath(dst, r.Path)
 	}
 	binary.BigEndian.PutUint16(dst[start:], uint16(len(dst)-start))
 	return dst
@@ -380,6 +394,24 @@ func (d *decoder) u64() uint64 {
 	return 0
 }
 
+func (d *decoder) durationOf(v uint64, what string) time.Duration {
+	if v > uint64(MaxDuration) {
+		if v > math.MaxInt64 {
+			d.failf("%s is negative", what)
+		} else {
+			d.failf("%s of %v is over %v", what, time.Duration(v), MaxDuration)
+		}
+		return 0
+	}
+	return time.Duration(v)
+}
+
+func tcpOf(b []byte) tcpinfo.Info {
+	be := binary.BigEndian
+	return tcpinfo.Info{RTTMicros: be.Uint32(b[0:]), RTTVarMicros: be.Uint32(b[4:]), MinRTTMicros: be.Uint32(b[8:]), TotalRetrans: be.Uint32(b[12:]),
+		SndMSS: be.Uint32(b[16:]), PMTU: be.Uint32(b[20:]), SndCwnd: be.Uint32(b[24:])}
+}
+
 // str takes n bytes and checks them with check (which allocates only
 // when it fails); it returns them as a string only when decoding.
 func (d *decoder) str(n int, what string, check func([]byte) error) string {
@@ -417,9 +449,12 @@ func decodeRecord(b []byte, index int, rec *Record) error {
 		rec = &scratch
 	}
 	d.reuse, rec.Hop.Name = rec.Hop.Name, ""
-	kind := RecordKind(d.u8())
-	flags := d.u16()
-	id := d.u64()
+	var kind RecordKind
+	var flags uint16
+	var id uint64
+	if p := d.take(recordPrefixLen - 2); p != nil {
+		kind, flags, id = RecordKind(p[0]), binary.BigEndian.Uint16(p[1:]), binary.BigEndian.Uint64(p[3:])
+	}
 	rec.Kind = kind
 	switch kind {
 	case RecordHop:
@@ -438,29 +473,33 @@ func decodeRecord(b []byte, index int, rec *Record) error {
 	return nil
 }
 
-// hopFields is the fixed part of a hop record after its prefix, which
-// recordLen guarantees a hop record has.
-const hopFields = hopFixedLen - recordPrefixLen
-
 func (d *decoder) hop(h *HopRecord, id uint64, flags uint16) {
 	h.ID, h.Flags = id, flags
 	if flags&^recKnownFlags != 0 {
 		d.failf("unknown flags %#04x", flags&^recKnownFlags)
 	}
-	if f := d.take(hopFields); f != nil {
-		_ = f[hopFields-1]
-		h.Forward = d.durationOf(f[0:8], "forward time")
-		h.Downstream = d.durationOf(f[8:16], "downstream time")
-		h.Return = d.durationOf(f[16:24], "return time")
-		h.WaitForward = d.durationOf(f[24:32], "forward wait")
-		h.WaitReturn = d.durationOf(f[32:40], "return wait")
-		h.WallIn = int64(binary.BigEndian.Uint64(f[40:48]))
-		h.EstErrorMicros = binary.BigEndian.Uint32(f[48:52])
-		h.MaxErrorMicros = binary.BigEndian.Uint32(f[52:56])
-		h.Connect = d.durationOf(f[56:64], "connect time")
-		h.TCP = tcpOf(f[64 : 64+tcpInfoLen])
-		h.TCPUp = tcpOf(f[64+tcpInfoLen : 64+2*tcpInfoLen])
+	// The fixed fields in one take: relays check every record of every
+	// reply, so this is the round trip's hot path.
+	f := d.take(hopFixedLen - recordPrefixLen)
+	if f == nil {
+		return
 	}
+	be := binary.BigEndian
+	fw, ds, rt, wf, wr, cn := be.Uint64(f[0:]), be.Uint64(f[8:]), be.Uint64(f[16:]), be.Uint64(f[24:]), be.Uint64(f[32:]), be.Uint64(f[56:])
+	if max(fw, ds, rt, wf, wr, cn) > uint64(MaxDuration) {
+		// Refused: say which, in the record's order.
+		for i, what := range [...]string{"forward time", "downstream time", "return time", "forward wait", "return wait", "connect time"} {
+			d.durationOf([...]uint64{fw, ds, rt, wf, wr, cn}[i], what)
+		}
+		return
+	}
+	h.Forward, h.Downstream, h.Return = time.Duration(fw), time.Duration(ds), time.Duration(rt)
+	h.WaitForward, h.WaitReturn, h.Connect = time.Duration(wf), time.Duration(wr), time.Duration(cn)
+	h.WallIn = int64(be.Uint64(f[40:]))
+	h.EstErrorMicros = be.Uint32(f[48:])
+	h.MaxErrorMicros = be.Uint32(f[52:])
+	h.TCP = tcpOf(f[64:])
+	h.TCPUp = tcpOf(f[64+tcpInfoLen:])
 	if d.err == nil {
 		d.checkTimes(h)
 	}
@@ -480,28 +519,9 @@ func (d *decoder) hop(h *HopRecord, id uint64, flags uint16) {
 			h.Vars = append(h.Vars, Var{Name: name, Value: value})
 		}
 	}
-}
-
-// durationOf is a duration field of b (8 bytes): more than MaxDuration
-// refuses the record.
-func (d *decoder) durationOf(b []byte, what string) time.Duration {
-	v := binary.BigEndian.Uint64(b)
-	if v > uint64(MaxDuration) {
-		if v > math.MaxInt64 {
-			d.failf("%s is negative", what)
-		} else {
-			d.failf("%s of %v is over %v", what, time.Duration(v), MaxDuration)
-		}
-		return 0
+	if flags&RecPath != 0 && d.err == nil {
+		d.path(&h.Path)
 	}
-	return time.Duration(v)
-}
-
-func tcpOf(b []byte) tcpinfo.Info {
-	_ = b[tcpInfoLen-1]
-	be := binary.BigEndian
-	return tcpinfo.Info{RTTMicros: be.Uint32(b[0:]), RTTVarMicros: be.Uint32(b[4:]), MinRTTMicros: be.Uint32(b[8:]), TotalRetrans: be.Uint32(b[12:]),
-		SndMSS: be.Uint32(b[16:]), PMTU: be.Uint32(b[20:]), SndCwnd: be.Uint32(b[24:])}
 }
 
 // checkTimes enforces what the segment arithmetic relies on: a hop's
@@ -517,6 +537,8 @@ func (d *decoder) checkTimes(h *HopRecord) {
 		d.failf("the end host's record has a downstream or return time")
 	case h.Flags&RecEnd != 0 && h.Flags&RecStripped != 0:
 		d.failf("a record is both the end host's and a stripping relay's")
+	case h.Flags&RecEnd != 0 && h.Flags&RecPath != 0:
+		d.failf("the end host's record carries a path (it has no next hop to trace)")
 	}
 }
 

@@ -297,3 +297,33 @@ func TestAppendLabelsKeepsTheRule(t *testing.T) {
 		t.Errorf("%v allocations labelling a chain without repeated names", n)
 	}
 }
+
+func TestParseSTAMPTarget(t *testing.T) {
+	for _, tc := range []struct {
+		in, addr, name, err string
+	}{
+		{"stamp://10.0.0.1:8620", "10.0.0.1:8620", "10.0.0.1", ""},
+		{"stamp://10.0.0.1", "10.0.0.1:862", "10.0.0.1", ""},
+		{"STAMP://r1.example.net:862?name=r1", "r1.example.net:862", "r1", ""},
+		{"stamp://[fd00::1]:862", "[fd00::1]:862", "fd00__1", ""},
+		{"stamp://[fd00::1]", "[fd00::1]:862", "fd00__1", ""},
+		{"stamp://10.0.0.1:862?name=bad%20name", "", "", "name"},
+		{"stamp://10.0.0.1:862?dscp=1", "", "", "unknown parameter"},
+		{"stamp://u@10.0.0.1:862", "", "", "only stamp://host:port"},
+		{"stamp://10.0.0.1:862/x", "", "", "only stamp://host:port"},
+		{"stamp://:862", "", "", "no host"},
+		{"stamp://10.0.0.1:99999", "", "", "not 1-65535"},
+		{"10.0.0.1:862", "", "", "not a STAMP reflector"},
+	} {
+		got, err := ParseSTAMPTarget(tc.in)
+		switch {
+		case tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)):
+			t.Errorf("%s: error %v, want %q", tc.in, err, tc.err)
+		case tc.err == "" && (err != nil || got.Address != tc.addr || got.Name != tc.name):
+			t.Errorf("%s: %+v %v, want %s %s", tc.in, got, err, tc.addr, tc.name)
+		}
+	}
+	if n := AddressName("host-with-a-very-long-name-that-goes-on.and-on.and-on.example.net:862"); len(n) != MaxNameLen || ValidateName(n) != nil {
+		t.Errorf("long name %q", n)
+	}
+}

@@ -80,6 +80,8 @@ type Session struct {
 	// cumulative, for loss per direction across Probe calls
 	received         uint32
 	fwdLost, retLost int64
+	// x is Exchange's buffers (nil until its first call).
+	x *exchangeState
 }
 
 // Open creates the session's socket (connected to the target).
@@ -345,26 +347,15 @@ func (r *receiver) run(ctx context.Context, sendDone <-chan time.Time, timeout t
 
 // reply checks one datagram and records it as the reply to its packet.
 func (r *receiver) reply(m *udpmsg.Message, now int64) {
-	s := r.s
-	pkt := m.Buf[:m.N]
-	rp, err := ParseReflector(pkt, s.opts.Mode)
-	if err != nil || m.Truncated || rp.SSID != s.ssid {
+	q, v := r.s.decodeReply(m, now)
+	if v != replyOK {
 		r.bad++
 		return
 	}
-	i := int(rp.SenderSeq - r.first)
+	i := int(q.Seq - r.first)
 	if i < 0 || i >= r.count {
 		r.bad++
 		return
-	}
-	authOK := true
-	if s.opts.Mode == Authenticated {
-		_, err := s.rauth.Verify(pkt)
-		authOK = err == nil
-		if !authOK {
-			r.bad++
-			return
-		}
 	}
 	p := &r.replies[i]
 	if p.Received {
@@ -372,7 +363,45 @@ func (r *receiver) reply(m *udpmsg.Message, now int64) {
 		return
 	}
 	r.unique++
-	p.Received, p.AuthOK = true, authOK
+	*p = q
+}
+
+// replyVerdict is what decodeReply made of a datagram.
+type replyVerdict uint8
+
+const (
+	replyOK replyVerdict = iota
+	// replyBad: short, truncated, of another session, or malformed.
+	replyBad
+	// replyAuth: an authenticated session's reply whose HMAC does not
+	// verify with any of the keys.
+	replyAuth
+)
+
+// decodeReply reads one datagram as a reply of this session, received at
+// now (the kernel's stamp when the message has one): the sender fields it
+// echoes go into T1 and SenderError, for the caller to hold against what
+// was sent; Seq is the sender's sequence number it answers. Every rule a
+// reply must pass is here, for Probe and Exchange alike.
+func (s *Session) decodeReply(m *udpmsg.Message, now int64) (PacketResult, replyVerdict) {
+	var p PacketResult
+	pkt := m.Buf[:m.N]
+	rp, err := ParseReflector(pkt, s.opts.Mode)
+	if err != nil || m.Truncated {
+		return p, replyBad
+	}
+	// The HMAC first: the socket takes datagrams from the reflector only,
+	// and one that answers with another key (or none) fails here, whatever
+	// it put where the SSID would be.
+	if s.opts.Mode == Authenticated {
+		if _, err := s.rauth.Verify(pkt); err != nil {
+			return p, replyAuth
+		}
+	}
+	if rp.SSID != s.ssid {
+		return p, replyBad
+	}
+	p.Seq, p.Received, p.AuthOK = rp.SenderSeq, true, true
 	p.T4, p.T4Kernel = now, false
 	if m.RxTime != 0 {
 		p.T4, p.T4Kernel = m.RxTime, true
@@ -387,9 +416,10 @@ func (r *receiver) reply(m *udpmsg.Message, now int64) {
 	p.ReturnTOS, p.HasReturnTOS = m.TOS, m.HasTOS
 	p.ReplyLength = m.N
 	p.TLVs = ParseReplyTLVs(pkt, s.opts.Mode, s.rauth)
-	// echoed fields, checked in merge against what was sent
+	// echoed fields, held against what was sent by the caller
 	p.T1 = int64(rp.SenderTimestamp)
 	p.SenderError = rp.SenderErrorEstimate
+	return p, replyOK
 }
 
 // merge folds the receiver's records into the sent packets.

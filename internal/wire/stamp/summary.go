@@ -61,18 +61,8 @@ type Summary struct {
 	ErrorBound      time.Duration
 	ReflectorSynced bool
 
-	// DSCP as sent, as the reflector received it (Class of Service
-	// TLV), as asked for the return (DSCP1), and as received here.
-	DSCPSent                            uint8
-	DSCPAtReflector, DSCPReturned       uint8
-	DSCPRequested                       uint8
-	HasDSCPAtReflector, HasDSCPReturned bool
-	// ForwardRemarked: the reflector received another DSCP than sent;
-	// ReturnRemarked: the reply arrived with another DSCP than the
-	// reflector said it used (DSCP1, RP 0). Known only with the flags
-	// beside them.
-	ForwardRemarked, ReturnRemarked bool
-	ForwardKnown, ReturnKnown       bool
+	// DSCP is what the packets showed of their DSCP per direction.
+	DSCP
 
 	// Unrecognized, Malformed and Integrity are the TLV types the
 	// reflector flagged, each once.
@@ -86,7 +76,7 @@ type Summary struct {
 
 // Summarize computes a Probe's summary.
 func Summarize(r *Result) Summary {
-	s := Summary{DSCPSent: r.DSCP, BadReplies: r.BadReplies, DSCPRequested: r.TLVs.ReturnDSCP}
+	s := Summary{DSCP: DSCP{DSCPSent: r.DSCP, DSCPRequested: r.TLVs.ReturnDSCP}, BadReplies: r.BadReplies}
 	var rtts, res, fwd, ret []time.Duration
 	var lastDM *PacketResult
 	oneWay := true
@@ -116,7 +106,7 @@ func Summarize(r *Result) Summary {
 		if p.TLVs.HasDirectMeasurement && (lastDM == nil || p.Seq > lastDM.Seq) {
 			lastDM = p
 		}
-		dscpOf(&s, p)
+		s.Add(p)
 		s.Unrecognized = addTypes(s.Unrecognized, p.TLVs.Unrecognized)
 		s.Malformed = addTypes(s.Malformed, p.TLVs.Malformed)
 		s.Integrity = addTypes(s.Integrity, p.TLVs.Integrity)
@@ -149,7 +139,28 @@ func oneWayOf(s *Summary, p *PacketResult, valid bool, fwd, ret *[]time.Duration
 	return true
 }
 
-func dscpOf(s *Summary, p *PacketResult) {
+// DSCP is what a session's replies showed of the DS field per direction:
+// as sent, as the reflector received it (Class of Service TLV), as asked
+// for the return (DSCP1), and as received here.
+type DSCP struct {
+	DSCPSent                            uint8
+	DSCPAtReflector, DSCPReturned       uint8
+	DSCPRequested                       uint8
+	HasDSCPAtReflector, HasDSCPReturned bool
+	// ForwardRemarked: the reflector received another DSCP than sent;
+	// ReturnRemarked: the reply arrived with another DSCP than the
+	// reflector said it used (DSCP1, RP 0). Known only with the flags
+	// beside them.
+	ForwardRemarked, ReturnRemarked bool
+	ForwardKnown, ReturnKnown       bool
+}
+
+// Add takes what one received reply says: the one rule on re-marking,
+// for Summarize and for senders that exchange one packet at a time.
+func (s *DSCP) Add(p *PacketResult) {
+	if !p.Received {
+		return
+	}
 	sent := p.SentTOS >> 2
 	if p.TLVs.HasClassOfService {
 		c := p.TLVs.ClassOfService
@@ -194,10 +205,8 @@ func jitter(rtts []time.Duration) time.Duration {
 }
 
 // lossByDirection splits the run's loss with the counters of the last
-// reply that carried them (they count the whole session): S_TxC − R_RxC
-// packets never reached the reflector, R_TxC − (replies received up to
-// that packet) never came back; what earlier runs of the session already
-// named is taken off. Counters that contradict the replies name nothing.
+// reply that carried them (DirectMeasurement.Loss: they count the whole
+// session); what earlier runs of the session already named is taken off.
 func lossByDirection(s *Summary, r *Result, last *PacketResult) {
 	dm := last.TLVs.DirectMeasurement
 	upTo := int(last.Seq-r.Packets[0].Seq) + 1
@@ -207,9 +216,10 @@ func lossByDirection(s *Summary, r *Result, last *PacketResult) {
 			received++
 		}
 	}
-	fwd := int64(dm.SenderTx) - int64(dm.ReflectorRx) - r.PrevForwardLost
-	ret := int64(dm.ReflectorTx) - int64(r.RepliesBefore) - int64(received) - r.PrevReturnLost
-	if fwd < 0 || ret < 0 || fwd+ret > int64(s.Lost) {
+	fwd, ret, ok := dm.Loss(r.RepliesBefore + uint32(received))
+	fwd -= r.PrevForwardLost
+	ret -= r.PrevReturnLost
+	if !ok || fwd < 0 || ret < 0 || fwd+ret > int64(s.Lost) {
 		return
 	}
 	s.LossByDirection = true

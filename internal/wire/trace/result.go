@@ -114,6 +114,8 @@ func (h Hop) LossRatio() float64 {
 type Result struct {
 	// Flow is the probes' flow and why it was chosen.
 	Flow Flow
+	// Probes and MaxTTL are the trace's bounds (Options, with defaults).
+	Probes, MaxTTL int
 	// Local and Remote are the traced connection's addresses.
 	Local, Remote netip.AddrPort
 	// Hops are the TTLs probed, from 1, in order; the last one is the far
@@ -184,17 +186,23 @@ type Step struct {
 // a queue that delays most packets is a delay even if one probe slips
 // through it.
 func (r *Result) Steps() []Step {
-	type point struct {
-		ttl    int
-		addr   netip.Addr
-		median time.Duration
-	}
 	var pts []point
 	for _, h := range r.Hops {
 		if s, ok := h.RTT(); ok {
 			pts = append(pts, point{h.TTL, h.Address, s.Median})
 		}
 	}
+	return steps(pts)
+}
+
+// point is an answered TTL's median round trip.
+type point struct {
+	ttl    int
+	addr   netip.Addr
+	median time.Duration
+}
+
+func steps(pts []point) []Step {
 	floor := make([]time.Duration, len(pts))
 	for i := len(pts) - 1; i >= 0; i-- {
 		floor[i] = pts[i].median
@@ -202,13 +210,13 @@ func (r *Result) Steps() []Step {
 			floor[i] = floor[i+1]
 		}
 	}
-	steps := make([]Step, len(pts))
+	out := make([]Step, len(pts))
 	var before time.Duration
 	for i, p := range pts {
-		steps[i] = Step{TTL: p.ttl, Address: p.addr, Before: before, At: floor[i], Delay: floor[i] - before}
+		out[i] = Step{TTL: p.ttl, Address: p.addr, Before: before, At: floor[i], Delay: floor[i] - before}
 		before = floor[i]
 	}
-	return steps
+	return out
 }
 
 // DelayStep is where the delay first appears: the first answered TTL whose

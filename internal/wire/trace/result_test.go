@@ -184,17 +184,50 @@ func TestSessionMatching(t *testing.T) {
 	if !s.probes[6].answered || s.probes[4].answered || s.probes[6].rtt != ms {
 		t.Errorf("spaced probe: %+v", s.probes[6])
 	}
-	// An ICMP error with identity overrides an answer guessed by time.
+	// An ICMP error with identity overrides an answer guessed by time, and
+	// shows that no probe of its TTL reached the far end: every guess of
+	// the TTL is forgotten (a busy connection's duplicate ACK is not the
+	// far end's answer), and no later guess is taken for it.
 	s.take(answer{from: router, kind: kindTimeExceeded, id: 1006, hasID: true, at: t1.Add(602 * ms)}, 2)
 	if s.probes[6].guessed || s.probes[6].from != router {
 		t.Errorf("guess not overridden: %+v", s.probes[6])
 	}
+	if s.probes[3].answered {
+		t.Errorf("the guessed far-end answer of TTL 2 survived a quoted time exceeded: %+v", s.probes[3])
+	}
+	s.take(answer{from: far, kind: kindFarEnd, at: t1.Add(603 * ms)}, 2)
+	if st := s.status(2); st.farEnd {
+		t.Errorf("TTL 2 took a far-end guess after a router expired one of its probes: %+v", st)
+	}
 	hops := s.hops()
-	if len(hops) != 2 || hops[0].Answered != 1 || hops[0].Sent != 3 || hops[1].Sent != 2 || !hops[1].FarEnd {
+	if len(hops) != 2 || hops[0].Answered != 1 || hops[0].Sent != 3 || hops[1].FarEnd || hops[1].Address != router {
 		t.Errorf("hops %+v", hops)
 	}
-	if len(hops[1].Others) != 1 {
-		t.Errorf("TTL 2 answered by two addresses: others %v", hops[1].Others)
+}
+
+// A duplicate ACK of a busy connection that arrives while a router's TTL
+// is probed is taken for the far end's answer only until the router's
+// quoted time exceeded arrives; the other order refuses it at once.
+func TestQuotedExpiryBeatsAGuessInEitherOrder(t *testing.T) {
+	t0 := time.Now()
+	router, far := netip.MustParseAddr("10.0.1.2"), netip.MustParseAddr("10.0.3.2")
+	for _, guessFirst := range []bool{true, false} {
+		s := testSession(MethodTCP)
+		for i := range 3 {
+			s.sendAt(1, t0.Add(time.Duration(i)*time.Microsecond))
+		}
+		guess := answer{from: far, kind: kindFarEnd, at: t0.Add(ms / 2)}
+		expiry := answer{from: router, kind: kindTimeExceeded, id: 1001, hasID: true, at: t0.Add(ms)}
+		if guessFirst {
+			s.take(guess, 1)
+			s.take(expiry, 1)
+		} else {
+			s.take(expiry, 1)
+			s.take(guess, 1)
+		}
+		if st := s.status(1); st.farEnd || st.answered != 1 {
+			t.Errorf("guess first %v: TTL 1 %+v, want only the router's answer", guessFirst, st)
+		}
 	}
 }
 

@@ -150,13 +150,43 @@ var ErrBusy = errors.New("a trace of this far end is already running")
 // is not an established TCP connection, bad options, and a trace that
 // could not start.
 func (t *Tracer) Trace(ctx context.Context, conn Conn, opts Options) (*Result, error) {
+	target, err := Inspect(conn)
+	if err != nil {
+		return nil, err
+	}
+	return t.TraceTarget(ctx, target, opts)
+}
+
+// Target is what a trace needs of a connection, read from it at once by
+// Inspect: its addresses, options and state. An event loop inspects the
+// connection it owns on its own thread and traces the Target elsewhere,
+// so that the trace never touches a descriptor the loop may close.
+type Target struct{ info connInfo }
+
+// Local is the connection's local address.
+func (t Target) Local() netip.AddrPort { return t.info.local }
+
+// Remote is the connection's far end, the address a trace probes.
+func (t Target) Remote() netip.AddrPort { return t.info.remote }
+
+// Inspect reads what a trace of conn needs (a handful of getsockopt calls).
+func Inspect(conn Conn) (Target, error) {
+	info, err := inspect(conn)
+	if err != nil {
+		return Target{}, fmt.Errorf("trace: %w", err)
+	}
+	return Target{info: info}, nil
+}
+
+// TraceTarget is Trace of a connection inspected before.
+func (t *Tracer) TraceTarget(ctx context.Context, target Target, opts Options) (*Result, error) {
 	opts, err := opts.withDefaults()
 	if err != nil {
 		return nil, err
 	}
-	info, err := inspect(conn)
-	if err != nil {
-		return nil, fmt.Errorf("trace: %w", err)
+	info := target.info
+	if !info.remote.IsValid() {
+		return nil, fmt.Errorf("trace: %w: an empty target", ErrNotTCP)
 	}
 	t.mu.Lock()
 	if f, ok := t.running[info.remote]; ok {
@@ -267,6 +297,8 @@ func (t *Tracer) trace(ctx context.Context, info connInfo, opts Options) (*Resul
 	}
 	res := &Result{
 		Flow:     flow,
+		Probes:   opts.Probes,
+		MaxTTL:   opts.MaxTTL,
 		Local:    info.local,
 		Remote:   info.remote,
 		Hops:     s.hops(),
@@ -362,6 +394,9 @@ type session struct {
 	tracer  *Tracer
 	// lastFarEnd is when the far end last answered a TCP probe.
 	lastFarEnd time.Time
+	// lastTTL, when set, is the far end's TTL found by a late answer
+	// (lateFarEnd): the TTLs probed after it are not part of the path.
+	lastTTL int
 }
 
 // span is the index range of ttl's probes.
@@ -383,11 +418,21 @@ func (s *session) run(ctx context.Context) Stop {
 		if !s.probeTTL(ctx, ttl) {
 			return StopDeadline
 		}
+		if s.lateFarEnd(ttl) {
+			return StopReached
+		}
 		st := s.status(ttl)
 		switch {
 		case st.farEnd:
 			if s.method == MethodTCP {
 				s.spaceFarEnd(ctx, ttl)
+				if !s.status(ttl).farEnd {
+					// A router's quoted answer to a later probe of the
+					// TTL showed the far end's "answer" was a duplicate
+					// ACK of the connection: go on.
+					silent = 0
+					continue
+				}
 			}
 			return StopReached
 		case st.unreachable:
@@ -489,9 +534,22 @@ func (s *session) take(a answer, cur int) {
 			return
 		}
 		s.record(pr, a, false)
+		if a.kind == kindTimeExceeded {
+			s.dropGuesses(s.span(pr.ttl))
+		}
 		return
 	}
 	lo, hi := s.span(cur)
+	if lo < hi && a.kernelNs > 0 && a.kernelNs < s.probes[lo].sent.UnixNano() {
+		s.takeLate(a, cur)
+		return
+	}
+	if s.expiredAt(lo, hi) {
+		// A router answered a probe of this TTL with time exceeded: the
+		// TTL's probes (one flow, one path) end before the far end, so
+		// nothing of it can be the far end's answer.
+		return
+	}
 	for i := lo; i < hi; i++ {
 		pr := &s.probes[i]
 		if !pr.answered && !pr.sent.After(a.at) && s.counted(i) {
@@ -499,6 +557,58 @@ func (s *session) take(a answer, cur int) {
 			return
 		}
 	}
+}
+
+// takeLate matches an answer without identity that the kernel received
+// before the current TTL's probes left, but that was read after its own
+// TTL's wait was over (a reader that got no CPU in time): it belongs to
+// the previous TTL, never to the current one.
+func (s *session) takeLate(a answer, cur int) {
+	if cur < 2 {
+		return
+	}
+	plo, phi := s.span(cur - 1)
+	if s.expiredAt(plo, phi) {
+		return // that TTL ended before the far end
+	}
+	for i := plo; i < phi; i++ {
+		pr := &s.probes[i]
+		if !pr.answered && pr.sent.UnixNano() <= a.kernelNs && s.counted(i) {
+			s.record(pr, a, true)
+			return
+		}
+	}
+}
+
+// expiredAt reports whether a router answered one of the probes lo..hi
+// with time exceeded, quoting the probe (not a guess).
+func (s *session) expiredAt(lo, hi int) bool {
+	for i := lo; i < hi; i++ {
+		if pr := &s.probes[i]; pr.answered && !pr.guessed && pr.kind == kindTimeExceeded {
+			return true
+		}
+	}
+	return false
+}
+
+// dropGuesses forgets the guessed answers of probes lo..hi: a quoted time
+// exceeded for one of them showed that none reached the far end.
+func (s *session) dropGuesses(lo, hi int) {
+	for i := lo; i < hi; i++ {
+		if pr := &s.probes[i]; pr.answered && pr.guessed {
+			*pr = probeRec{ttl: pr.ttl, sent: pr.sent}
+		}
+	}
+}
+
+// lateFarEnd reports whether a late answer showed the far end at the TTL
+// before ttl: the trace then ends there, reached.
+func (s *session) lateFarEnd(ttl int) bool {
+	if ttl < 2 || !s.status(ttl-1).farEnd {
+		return false
+	}
+	s.lastTTL = ttl - 1
+	return true
 }
 
 func (s *session) record(pr *probeRec, a answer, guessed bool) {
@@ -603,6 +713,9 @@ func (s *session) hops() []Hop {
 	for _, pr := range s.probes {
 		maxTTL = max(maxTTL, pr.ttl)
 	}
+	if s.lastTTL > 0 {
+		maxTTL = min(maxTTL, s.lastTTL)
+	}
 	hops := make([]Hop, maxTTL)
 	type tally struct {
 		addr netip.Addr
@@ -613,7 +726,7 @@ func (s *session) hops() []Hop {
 		hops[i] = Hop{TTL: i + 1, Unreachable: -1}
 	}
 	for i, pr := range s.probes {
-		if !s.counted(i) {
+		if !s.counted(i) || pr.ttl > maxTTL {
 			continue
 		}
 		h := &hops[pr.ttl-1]

@@ -1,0 +1,247 @@
+package continuous
+
+import (
+	"context"
+	"log/slog"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/subsegment/subsegment_exporter/internal/config"
+	"github.com/subsegment/subsegment_exporter/internal/source/prober"
+	"github.com/subsegment/subsegment_exporter/internal/wire/frame"
+	"github.com/subsegment/subsegment_exporter/internal/wire/trace"
+)
+
+// Traces of continuous entries: every trace_interval an entry asks its
+// chain's relays to trace the route to their next hops on the entry's own
+// connections (prober.Session.TraceStart, between two probes), and one
+// module timeout later collects the paths (TracePaths): no probe ever
+// waits for a trace. A path that differs from the segment's previous one
+// (trace.SamePath: another far end, or another router where both
+// answered) counts as a path change.
+
+// traceSchedule is where an entry is in its traces.
+type traceSchedule struct {
+	// next is when the next trace starts; collectAt, while one runs,
+	// when its paths are asked for (zero: none runs).
+	next, collectAt time.Time
+}
+
+// traceStep is what an entry's traces ask for after a probe at now: to
+// collect the paths of the trace under way, or to start the next one
+// (then ended, after every interval, by collectAfter); nothing when the
+// entry does not trace.
+type traceStep int
+
+const (
+	traceNothing traceStep = iota
+	traceStart
+	traceCollect
+)
+
+// step says what the entry does about its traces now, and moves its
+// schedule on (the engine sends the request; a start that failed is
+// forgotten with started(false)).
+func (t *traceSchedule) step(rec *recorder, tracing bool, now time.Time) traceStep {
+	if !tracing || rec.module.Trace == config.TraceNever {
+		return traceNothing
+	}
+	switch {
+	case !t.collectAt.IsZero() && !now.Before(t.collectAt):
+		t.collectAt = time.Time{}
+		return traceCollect
+	case t.collectAt.IsZero() && !now.Before(t.next):
+		t.next = now.Add(time.Duration(rec.entry.TraceInterval))
+		return traceStart
+	}
+	return traceNothing
+}
+
+// started records whether the trace the step asked for did start (then
+// its paths are asked for a module timeout later).
+func (t *traceSchedule) started(rec *recorder, ok bool, now time.Time) {
+	if ok {
+		t.collectAt = now.Add(time.Duration(rec.module.Timeout))
+	}
+}
+
+// reopened forgets a trace under way on connections that are gone.
+func (t *traceSchedule) reopened() { t.collectAt = time.Time{} }
+
+// traceStep starts or collects the entry's trace when it is due; s is the
+// entry's open session.
+func (r *runner) traceStep(ctx context.Context, s *prober.Session) {
+	now := time.Now()
+	switch r.traces.step(r.recorder, r.opts.Trace != nil, now) {
+	case traceCollect:
+		if res := s.TracePaths(ctx); res != nil {
+			r.observePaths(res)
+		}
+	case traceStart:
+		r.traces.started(r.recorder, s.TraceStart(ctx), now)
+	}
+}
+
+// observePaths records the paths of a trace: metrics, path changes and
+// the chain page's state.
+func (r *recorder) observePaths(res *prober.Result) {
+	for i := range res.Segments {
+		seg := &res.Segments[i]
+		p := seg.WirePath()
+		if p == nil || r.metrics.segment(r.series, seg.From, seg.To) == nil {
+			continue
+		}
+		r.metrics.paths.observe(r.entry.Target, r.entry.Module, seg, p, r.log)
+		r.state.path(seg)
+	}
+}
+
+// pathMetrics are the continuous entries' paths on /metrics. Every label
+// is bounded: ttl by the trace's max TTL, a segment's series replaced at
+// every trace, addresses only in the hop info.
+type pathMetrics struct {
+	mu   sync.Mutex
+	last map[pathKey]*frame.Path
+
+	changes     *prometheus.CounterVec
+	info        *prometheus.GaugeVec
+	hops        *prometheus.GaugeVec
+	fingerprint *prometheus.GaugeVec
+	rtt         *prometheus.GaugeVec
+	loss        *prometheus.GaugeVec
+	hopInfo     *prometheus.GaugeVec
+	delay       *prometheus.GaugeVec
+}
+
+type pathKey struct{ target, module, from, to string }
+
+func newPathMetrics(reg prometheus.Registerer) *pathMetrics {
+	seg := []string{"target", "module", "from", "to"}
+	ttl := append(seg[:len(seg):len(seg)], "ttl")
+	m := &pathMetrics{last: map[pathKey]*frame.Path{},
+		changes: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "segment_path_changes_total",
+			Help: "Times the routers under the segment changed between two traces that reached its far end (another far end, another router at a TTL both answered, or one router more or fewer; a silent TTL is no change)."}, seg),
+		info: pathGauge("segment_path_info", "How the segment's latest trace ran: protocol tcp, udp or none, and status (as subsegment_segment_path_info).",
+			append(seg[:len(seg):len(seg)], "protocol", "status")),
+		hops:        pathGauge("segment_path_hops", "TTLs the segment's latest trace listed.", seg),
+		fingerprint: pathGauge("segment_path_fingerprint", "The fingerprint of the segment's current path (48 bits of a hash of the address at every TTL before the far end, and the far end's).", seg),
+		rtt:         pathGauge("segment_path_rtt_seconds", "Round trip from the segment's near end to the router at this TTL in the latest trace, median (answered TTLs only).", ttl),
+		loss:        pathGauge("segment_path_loss_ratio", "Share of the TTL's probes without an answer in the latest trace.", ttl),
+		hopInfo:     pathGauge("segment_path_hop_info", "The address that answered the TTL's probes in the latest trace, 1 per answered TTL: the only continuous metric with an address.", append(ttl[:len(ttl):len(ttl)], "address")),
+		delay:       pathGauge("segment_path_delay_seconds", "Where the delay first appears on the segment's current path: the rise of round trip at that TTL.", ttl),
+	}
+	reg.MustRegister(m.changes, m.info, m.hops, m.fingerprint, m.rtt, m.loss, m.hopInfo, m.delay)
+	return m
+}
+
+func pathGauge(name, help string, labels []string) *prometheus.GaugeVec {
+	return prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace, Name: name, Help: help}, labels)
+}
+
+// observe replaces a segment's path series with a new trace's, and
+// counts a change of route.
+func (m *pathMetrics) observe(target, module string, seg *prober.SegmentResult, p *frame.Path, log *slog.Logger) {
+	k := pathKey{target, module, seg.From, seg.To}
+	l := prometheus.Labels{"target": target, "module": module, "from": seg.From, "to": seg.To}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	changes := m.changes.With(l) // created at 0, so increase() sees the first change
+	for _, v := range []*prometheus.GaugeVec{m.info, m.rtt, m.loss, m.hopInfo, m.delay} {
+		v.DeletePartialMatch(l)
+	}
+	m.info.WithLabelValues(target, module, seg.From, seg.To, p.Method.String(), p.Status.String()).Set(1)
+	if p.Status != frame.PathReached {
+		// A path cut short (a silent end, the deadline) is no new route.
+		return
+	}
+	if prev := m.last[k]; prev != nil && !trace.SamePath(prev, p) {
+		changes.Inc()
+		log.Info("the route under a segment changed", "segment", seg.From+" -> "+seg.To, "path", seg.PathText())
+	}
+	m.last[k] = p
+	m.hops.With(l).Set(float64(len(p.Hops)))
+	m.fingerprint.With(l).Set(float64(trace.PathFingerprint(p)))
+	for _, h := range p.Hops {
+		ttl := strconv.Itoa(int(h.TTL))
+		m.loss.WithLabelValues(target, module, seg.From, seg.To, ttl).Set(h.LossRatio())
+		if h.Answered > 0 {
+			m.rtt.WithLabelValues(target, module, seg.From, seg.To, ttl).Set(h.Median.Seconds())
+			m.hopInfo.WithLabelValues(target, module, seg.From, seg.To, ttl, h.Address.String()).Set(1)
+		}
+	}
+	if d := seg.PathDelay; d != nil {
+		m.delay.WithLabelValues(target, module, seg.From, seg.To, strconv.Itoa(d.TTL)).Set(d.Delay)
+	}
+}
+
+// remove deletes every path series of an entry.
+func (m *pathMetrics) remove(target, module string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for k := range m.last {
+		if k.target == target && k.module == module {
+			delete(m.last, k)
+		}
+	}
+	l := prometheus.Labels{"target": target, "module": module}
+	for _, v := range []interface {
+		DeletePartialMatch(prometheus.Labels) int
+	}{m.changes, m.info, m.hops, m.fingerprint, m.rtt, m.loss, m.hopInfo, m.delay} {
+		v.DeletePartialMatch(l)
+	}
+}
+
+// PathHopState is one TTL of a segment's current path on the chain page.
+type PathHopState struct {
+	TTL     int     `json:"ttl"`
+	Address string  `json:"address"`
+	RTT     float64 `json:"rtt_seconds"`
+	Loss    float64 `json:"loss_ratio"`
+}
+
+// pathState is a segment's latest path, for the page.
+type pathState struct {
+	hops  []PathHopState
+	delay *prober.PathDelayResult
+	flow  string
+	at    time.Time
+}
+
+// path keeps a segment's latest trace for the page (bounded like its
+// windows: one per segment, at most the trace's max TTL each).
+func (s *entryState) path(seg *prober.SegmentResult) {
+	ps := &pathState{delay: seg.PathDelay, at: time.Now()}
+	if seg.PathFlow != nil {
+		ps.flow = seg.PathFlow.Protocol + " " + seg.PathFlow.Status
+	}
+	for _, h := range seg.Path {
+		ph := PathHopState{TTL: h.TTL, Loss: h.LossRatio}
+		if h.Address != nil && h.RTT != nil {
+			ph.Address, ph.RTT = *h.Address, h.RTT.Median
+		}
+		ps.hops = append(ps.hops, ph)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	k := [2]string{seg.From, seg.To}
+	if _, ok := s.paths[k]; !ok && len(s.paths) >= maxSeriesKeys {
+		return
+	}
+	if s.paths == nil {
+		s.paths = map[[2]string]*pathState{}
+	}
+	s.paths[k] = ps
+}
+
+// addPath unfolds a segment over its SLA into its routers (the latest
+// trace of it), for the page.
+func (s *entryState) addPath(seg *SegmentState) {
+	ps := s.paths[[2]string{seg.From, seg.To}]
+	if ps == nil || seg.SLA != SLAExceeded {
+		return
+	}
+	seg.Path, seg.PathDelay, seg.PathFlow = ps.hops, ps.delay, ps.flow
+}
