@@ -24,12 +24,12 @@
 #            rates, and 500 concurrent /probe against a 3-relay chain
 #
 # Usage: bench/run.sh [rtt|stream|probe|http|continuous|continuous-instructions|contention|stamp ...]   (default: all)
-# Env:   ROUNDS (10), RTT_N (2000), STREAM_MB (256), PROBE_N (200), BENCH_BASE_PORT (29000),
+# Env:   ROUNDS (10), RTT_N (2000), STREAM_MB (256), PROBE_N (200), BENCH_BASE_PORT (29000), BENCH_BIN (the binary),
 #        CONT_SIZES ("100 2000 10000"), CONT_SECONDS (60), CONT_CG_N (1000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-BIN=$ROOT/subsegment_exporter
+BIN=${BENCH_BIN:-$ROOT/subsegment_exporter}
 ROUNDS=${ROUNDS:-10}
 RTT_N=${RTT_N:-2000}
 STREAM_MB=${STREAM_MB:-256}
