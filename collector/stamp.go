@@ -13,12 +13,16 @@ var (
 	segDirRatio  = mustFamily(namespace+"_segment_one_way_loss_ratio", "STAMP loss ratio per direction: forward over the packets sent, return over those that reached the reflector (packets whose direction is not known yet left out). Absent without Direct Measurement counters.", "from", "to", "direction")
 	segUnknown   = mustFamily(namespace+"_segment_unknown_direction_lost_packets", "STAMP packets lost whose direction no reply has named: the last of a run, or all without Direct Measurement counters.", segLabels...)
 	segDSCP      = mustFamily(namespace+"_segment_dscp", "DSCP of the segment's STAMP packets: as sent (where=sent), as the reflector received them (at_reflector, Class of Service TLV), as the replies arrived (returned).", "from", "to", "where")
+	segBad       = mustFamily(namespace+"_segment_bad_replies", "What came back over the STAMP segment in this scrape that was no usable reply, by reason: late (after its packet's wait), undecodable (short, or of another session), wrong_size (not the request's size), auth (its HMAC does not verify), echo (echoes other sender fields than were sent), duplicate; and tlv_unverified, replies whose times were used but not their TLVs (the HMAC TLV missing or wrong).", "from", "to", "reason")
 	segRemarked  = mustFamily(namespace+"_segment_dscp_remarked", "1 when a router re-marked the DSCP: forward (the reflector received another DSCP than was sent), return (the replies arrived with another DSCP than the reflector sent them with). Absent when not known (no Class of Service TLV).", "from", "to", "direction")
 )
 
-// writeSTAMP adds a STAMP segment's loss and DSCP; nothing for other
-// segments.
+// writeSTAMP adds a STAMP segment's loss, DSCP and bad replies; nothing
+// for other segments.
 func writeSTAMP(e *Exposition, s *prober.SegmentResult) {
+	if f := s.BadReplies; f != nil {
+		f.Each(func(reason string, n int) { e.Gauge(segBad, float64(n), s.From, s.To, reason) })
+	}
 	if l := s.Loss; l != nil {
 		e.Gauge(segSent, float64(l.Sent), s.From, s.To)
 		e.Gauge(segLost, float64(l.Lost), s.From, s.To)

@@ -584,29 +584,7 @@ func checkKeysTable(t *testing.T, tab doccheck.Table, typ reflect.Type, own map[
 	fields := yamlFields(typ)
 	documented := map[string]bool{}
 	for i, row := range tab.Rows {
-		line := tab.Line + 2 + i
-		var sets [][]string
-		for _, cell := range row {
-			for _, span := range doccheck.CodeSpans(cell) {
-				sets = append(sets, braceSets(span)...)
-			}
-		}
-		for _, key := range doccheck.CodeSpans(row[0]) {
-			first, rest, dotted := strings.Cut(key, ".")
-			ft, ok := fields[first]
-			if !ok {
-				t.Errorf("docs/configuration.md:%d: key %q: %s has no key %q (it has %v)", line, key, typ.Name(), first, keysOf(fields))
-				continue
-			}
-			documented[first] = true
-			if dotted {
-				if _, ok := yamlFields(ft)[rest]; !ok {
-					t.Errorf("docs/configuration.md:%d: key %q: %s has no key %q", line, key, ft.Name(), rest)
-				}
-				continue
-			}
-			checkNested(t, line, key, ft, sets, own)
-		}
+		checkKeysRow(t, tab.Line+2+i, row, typ, fields, documented, own)
 	}
 	for _, k := range keysOf(fields) {
 		if !documented[k] {
@@ -616,18 +594,7 @@ func checkKeysTable(t *testing.T, tab doccheck.Table, typ reflect.Type, own map[
 	// Dotted rows document their struct's keys one by one: all of them.
 	for k, ft := range fields {
 		sub := yamlFields(ft)
-		if sub == nil || own[ft] {
-			continue
-		}
-		dottedRows := false
-		for _, row := range tab.Rows {
-			for _, key := range doccheck.CodeSpans(row[0]) {
-				if strings.HasPrefix(key, k+".") {
-					dottedRows = true
-				}
-			}
-		}
-		if !dottedRows {
+		if sub == nil || own[ft] || !hasDottedRows(tab, k) {
 			continue
 		}
 		for s := range sub {
@@ -636,6 +603,40 @@ func checkKeysTable(t *testing.T, tab doccheck.Table, typ reflect.Type, own map[
 			}
 		}
 	}
+}
+
+// checkKeysRow checks the keys a table row (at line) names in its first
+// cell against typ's fields, marking them documented; a key holding a
+// struct without a table of its own lists that struct's keys in the row.
+func checkKeysRow(t *testing.T, line int, row []string, typ reflect.Type, fields map[string]reflect.Type, documented map[string]bool, own map[reflect.Type]bool) {
+	t.Helper()
+	var sets [][]string
+	for _, cell := range row {
+		for _, span := range doccheck.CodeSpans(cell) {
+			sets = append(sets, braceSets(span)...)
+		}
+	}
+	for _, key := range doccheck.CodeSpans(row[0]) {
+		first, rest, dotted := strings.Cut(key, ".")
+		ft, ok := fields[first]
+		if !ok {
+			t.Errorf("docs/configuration.md:%d: key %q: %s has no key %q (it has %v)", line, key, typ.Name(), first, keysOf(fields))
+			continue
+		}
+		documented[first] = true
+		if !dotted {
+			checkNested(t, line, key, ft, sets, own)
+		} else if _, ok := yamlFields(ft)[rest]; !ok {
+			t.Errorf("docs/configuration.md:%d: key %q: %s has no key %q", line, key, ft.Name(), rest)
+		}
+	}
+}
+
+// hasDottedRows: some row of tab documents a key of k's struct as k.key.
+func hasDottedRows(tab doccheck.Table, k string) bool {
+	return slices.ContainsFunc(tab.Rows, func(row []string) bool {
+		return slices.ContainsFunc(doccheck.CodeSpans(row[0]), func(key string) bool { return strings.HasPrefix(key, k+".") })
+	})
 }
 
 // checkNested requires a key whose value is a struct without a table of

@@ -180,44 +180,12 @@ func TestFrameBarrage(t *testing.T) {
 			heap0 := metric(t, b.web, "go_memstats_heap_inuse_bytes")
 
 			const total = 100_000
-			var sent atomic.Int64
-			var wg sync.WaitGroup
-			deadline := time.Now().Add(90 * time.Second)
-			for w := 0; w < 32; w++ {
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					rng := rand.New(rand.NewPCG(uint64(w), 7))
-					for sent.Load() < total && time.Now().Before(deadline) {
-						conn, err := net.DialTimeout("tcp", b.addr, time.Second)
-						if err != nil {
-							continue
-						}
-						// Valid frames with random contents, then one
-						// hostile frame: every frame is read by the relay.
-						var batch []byte
-						n := 1 + rng.IntN(60)
-						for i := 0; i < n-1; i++ {
-							batch = append(batch, benign(rng)...)
-						}
-						batch = append(batch, garbage(rng)...)
-						conn.SetDeadline(time.Now().Add(2 * time.Second))
-						conn.Write(batch)
-						sent.Add(int64(n))
-						if tc, ok := conn.(*net.TCPConn); ok {
-							tc.CloseWrite()
-						}
-						io.Copy(io.Discard, conn)
-						conn.Close()
-					}
-				}()
-			}
-			wg.Wait()
-			if sent.Load() < total {
-				t.Fatalf("only %d frames thrown in 90s", sent.Load())
+			sent := throwFrames(b.addr, total, 32, 90*time.Second)
+			if sent < total {
+				t.Fatalf("only %d frames thrown in 90s", sent)
 			}
 			if r := probeOK(ctx, b.addr); !r.Success {
-				t.Fatalf("probe after %d frames: %+v", sent.Load(), r.Failure)
+				t.Fatalf("probe after %d frames: %+v", sent, r.Failure)
 			}
 			// Goroutines and heap come back to what they were.
 			var goroutines, heap float64
@@ -232,12 +200,59 @@ func TestFrameBarrage(t *testing.T) {
 			handled := metric(t, b.web, `subsegment_relay_frames_total{kind="probe",result="ok"}`) + metric(t, b.web, `subsegment_relay_errors_total{reason="bad_frame"}`) +
 				metric(t, b.web, `subsegment_relay_errors_total{reason="too_many_hops"}`) + metric(t, b.web, `subsegment_relay_errors_total{reason="loop"}`) - handled0
 			if handled < 0.9*total {
-				t.Errorf("the relay handled %v of %d frames thrown", handled, sent.Load())
+				t.Errorf("the relay handled %v of %d frames thrown", handled, sent)
 			}
 			t.Logf("%d frames thrown, %v answered or refused by the relay; goroutines %v -> %v, heap in use %.1f -> %.1f MiB",
-				sent.Load(), handled, goroutines0, goroutines, heap0/(1<<20), heap/(1<<20))
+				sent, handled, goroutines0, goroutines, heap0/(1<<20), heap/(1<<20))
 		})
 	}
+}
+
+// throwFrames sends at least total frames to addr from workers
+// connections at a time (or as many as fit in limit): on each
+// connection valid frames with random contents, then one hostile frame,
+// so the relay reads every frame. It returns how many it sent.
+func throwFrames(addr string, total int64, workers int, limit time.Duration) int64 {
+	var sent atomic.Int64
+	var wg sync.WaitGroup
+	deadline := time.Now().Add(limit)
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(w), 7))
+			for sent.Load() < total && time.Now().Before(deadline) {
+				if n, err := throwBatch(addr, rng); err == nil {
+					sent.Add(int64(n))
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return sent.Load()
+}
+
+// throwBatch writes 1 to 60 frames on one connection, the last one
+// hostile, then reads until the relay closes it.
+func throwBatch(addr string, rng *rand.Rand) (int, error) {
+	conn, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close()
+	var batch []byte
+	n := 1 + rng.IntN(60)
+	for i := 0; i < n-1; i++ {
+		batch = append(batch, benign(rng)...)
+	}
+	batch = append(batch, garbage(rng)...)
+	conn.SetDeadline(time.Now().Add(2 * time.Second))
+	conn.Write(batch)
+	if tc, ok := conn.(*net.TCPConn); ok {
+		tc.CloseWrite()
+	}
+	io.Copy(io.Discard, conn)
+	return n, nil
 }
 
 func TestHopKilledMidProbeAndRestarted(t *testing.T) {

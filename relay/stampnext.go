@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"sync"
 	"time"
 
+	"github.com/subsegment/subsegment_exporter/internal/host/clock"
 	"github.com/subsegment/subsegment_exporter/internal/wire/frame"
 	"github.com/subsegment/subsegment_exporter/internal/wire/peer"
 	"github.com/subsegment/subsegment_exporter/internal/wire/rxstamp"
@@ -23,13 +25,17 @@ import (
 // the same arithmetic and rules as any other.
 //
 // The relay keeps one STAMP session with the reflector for all its
-// upstream connections, one exchange at a time: the reflector sees one
-// sender, and its Direct Measurement counters run across scrapes, so that
-// a loss is named forward or return by the next reply, whichever probe
-// carries it. A STAMP packet that does not come back within the probe's
-// budget fails that probe on the last segment, reason timeout, and only
-// that probe: the next probe sends the next packet. The relay counts the
-// loss on its /metrics, per direction once named (STAMPMetrics).
+// upstream connections: the reflector sees one sender, and its Direct
+// Measurement counters run across scrapes, so that a loss is named
+// forward or return by the next reply, whichever probe carries it. The
+// connections' packets are in flight at once, each reply matched to its
+// packet by sequence number (stamp.Session), so no connection waits for
+// another's: a lost packet costs only the probe that carried it, which
+// fails on the last segment, reason timeout, when its budget ends. Each
+// connection answers its requests in order, one packet in flight at a
+// time, so --relay.max-connections bounds the packets in flight. The
+// relay counts the loss on its /metrics, per direction once named
+// (STAMPMetrics).
 //
 // Such a relay serves its upstream connections with the goroutine engine;
 // relays with a TCP next hop are untouched.
@@ -50,30 +56,33 @@ func (nopSTAMPMetrics) STAMPPacket(bool)       {}
 func (nopSTAMPMetrics) STAMPLost(int64, int64) {}
 
 // stampLink is a relay's STAMP session with its next hop, shared by its
-// upstream connections, one exchange at a time.
+// upstream connections.
 type stampLink struct {
 	target peer.STAMPTarget
 	id     uint64
-	// turn holds the session: a connection takes it for one exchange.
-	turn   chan struct{}
+	// mu guards opening the session (by the first probe that needs it).
+	mu     sync.Mutex
 	sess   *stamp.Session
-	ledger stamp.LossLedger
+	ledger stamp.OrderedLedger
 }
 
-// take waits for the session's turn until the deadline or ctx ends.
-func (l *stampLink) take(ctx context.Context, until time.Time) bool {
-	t := time.NewTimer(time.Until(until))
-	defer t.Stop()
-	select {
-	case l.turn <- struct{}{}:
-		return true
-	case <-t.C:
-	case <-ctx.Done():
+// session is the link's session, opened on first use; it lives as long
+// as the relay serves (ctx).
+func (l *stampLink) session(ctx context.Context, c clock.Clock) (*stamp.Session, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.sess != nil {
+		return l.sess, nil
 	}
-	return false
+	sess, err := stamp.Open(ctx, stamp.SessionOptions{Target: l.target.Address, Clock: c,
+		TLVs: stamp.TLVRequest{DirectMeasurement: true, TimestampInfo: true}})
+	if err != nil {
+		return nil, err
+	}
+	l.sess = sess
+	context.AfterFunc(ctx, func() { _ = sess.Close() })
+	return sess, nil
 }
-
-func (l *stampLink) give() { <-l.turn }
 
 // stampNextOf parses a --forward-to that names a STAMP reflector; nil for
 // any other next hop. Such a relay runs the goroutine engine.
@@ -92,7 +101,7 @@ func stampNextOf(cfg *Config) (*stampLink, error) {
 	if cfg.STAMPMetrics == nil {
 		cfg.STAMPMetrics = nopSTAMPMetrics{}
 	}
-	return &stampLink{target: t, id: stamp.HopID(t.Address), turn: make(chan struct{}, 1)}, nil
+	return &stampLink{target: t, id: stamp.HopID(t.Address)}, nil
 }
 
 // stampNext is one upstream connection of a relay whose next hop is a
@@ -190,23 +199,13 @@ func (x *stampNext) answerBuffered(ctx context.Context) bool {
 // record. A lost packet (or a refused one) is the probe's answer.
 func (x *stampNext) exchange(ctx context.Context, r *stampReply) *localAnswer {
 	s, e, l := x.s, &r.e, x.link
-	if !l.take(ctx, x.monoTime(e.waitUntil)) {
-		return x.failed(peer.ReasonTimeout, "%s: no turn on its STAMP session with %s (%s) within the probe's budget: other probes held it", s.cfg.Name, l.target.Name, l.target.Address)
-	}
-	defer l.give()
-	if l.sess == nil {
-		sess, err := stamp.Open(ctx, stamp.SessionOptions{Target: l.target.Address, Clock: s.cfg.Clock,
-			TLVs: stamp.TLVRequest{DirectMeasurement: true, TimestampInfo: true}})
-		if err != nil {
-			return x.failed(peer.ClassifyOr(err, peer.ReasonUnreachable), "%s cannot reach the STAMP reflector %s (%s): %v", s.cfg.Name, l.target.Name, l.target.Address, err)
-		}
-		l.sess = sess
-		// The session lives as long as the relay serves.
-		context.AfterFunc(ctx, func() { _ = sess.Close() })
+	sess, err := l.session(ctx, s.cfg.Clock)
+	if err != nil {
+		return x.failed(peer.ClassifyOr(err, peer.ReasonUnreachable), "%s cannot reach the STAMP reflector %s (%s): %v", s.cfg.Name, l.target.Name, l.target.Address, err)
 	}
 	e.tOut = x.now()
 	wait := max(time.Duration(e.waitUntil-e.tOut), 0)
-	p, info, err := l.sess.Exchange(ctx, wait)
+	p, err := sess.Exchange(ctx, wait)
 	replyIn := x.now()
 	fwd, ret := l.ledger.Add(&p)
 	s.cfg.STAMPMetrics.STAMPLost(fwd, ret)
@@ -218,7 +217,7 @@ func (x *stampNext) exchange(ctx context.Context, r *stampReply) *localAnswer {
 		return x.failed(peer.ClassifyOr(err, peer.ReasonUnreachable), "%s: STAMP to %s (%s): %v", s.cfg.Name, l.target.Name, l.target.Address, err)
 	case !p.Received:
 		return x.failed(peer.ReasonTimeout, "%s got no STAMP reply from %s (%s) within %s: the test packet or its reply was lost (%s)", s.cfg.Name, l.target.Name, l.target.Address,
-			wait.Round(time.Microsecond), l.lossSoFar(info))
+			wait.Round(time.Microsecond), l.lossSoFar())
 	}
 	around, err := p.Around()
 	if err == nil {
@@ -234,20 +233,15 @@ func (x *stampNext) exchange(ctx context.Context, r *stampReply) *localAnswer {
 	return nil
 }
 
-// monoTime is the wall time of a monotonic instant of this hop's clock.
-func (x *stampNext) monoTime(mono int64) time.Time {
-	return time.Now().Add(time.Duration(mono - x.now()))
-}
-
 // lossSoFar words the session's loss for a lost packet's message.
-func (l *stampLink) lossSoFar(info stamp.ExchangeInfo) string {
-	g := &l.ledger
+func (l *stampLink) lossSoFar() string {
+	g := l.ledger.Ledger()
 	text := fmt.Sprintf("%d of %d packets lost so far", g.Sent-g.Received, g.Sent)
 	if g.Named {
 		text += fmt.Sprintf(", %d forward and %d return as the reflector's counters named them", g.ForwardLost, g.ReturnLost)
 	}
-	if info.Late > 0 {
-		text += fmt.Sprintf(", %d late replies", info.Late)
+	if f := l.sess.Faults(); f.Any() {
+		text += "; " + f.Text()
 	}
 	return text
 }

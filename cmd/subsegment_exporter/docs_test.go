@@ -70,31 +70,40 @@ func documentedFlags(t *testing.T) map[string]*flagTable {
 		}
 		out[m[1]] = ft
 		for j, row := range tab.Rows {
-			line := tab.Line + 2 + j
-			if len(row) < 3 {
-				t.Errorf("docs/flags.md:%d: a flag row needs flag, default and meaning", line)
-				continue
+			if long, r, ok := parseFlagRow(t, tab.Line+2+j, row); ok {
+				ft.rows[long] = r
 			}
-			var long, short string
-			for _, span := range doccheck.CodeSpans(row[0]) {
-				switch {
-				case strings.HasPrefix(span, "--"):
-					if long != "" {
-						t.Errorf("docs/flags.md:%d: one flag per row (%s and %s)", line, long, span)
-					}
-					long = strings.TrimPrefix(span, "--")
-				case len(span) == 2 && span[0] == '-':
-					short = span[1:]
-				}
-			}
-			if long == "" {
-				t.Errorf("docs/flags.md:%d: no `--flag` in the first cell %q", line, row[0])
-				continue
-			}
-			ft.rows[long] = flagRow{line: line, short: short, defaultCell: row[1], defaultSpans: doccheck.CodeSpans(row[1])}
 		}
 	}
 	return out
+}
+
+// parseFlagRow reads one row of a flags table (at line): its long flag,
+// short flag and default; ok false, with the error reported, for a row
+// that is no flag's.
+func parseFlagRow(t *testing.T, line int, row []string) (long string, r flagRow, ok bool) {
+	t.Helper()
+	if len(row) < 3 {
+		t.Errorf("docs/flags.md:%d: a flag row needs flag, default and meaning", line)
+		return "", r, false
+	}
+	var short string
+	for _, span := range doccheck.CodeSpans(row[0]) {
+		switch {
+		case strings.HasPrefix(span, "--"):
+			if long != "" {
+				t.Errorf("docs/flags.md:%d: one flag per row (%s and %s)", line, long, span)
+			}
+			long = strings.TrimPrefix(span, "--")
+		case len(span) == 2 && span[0] == '-':
+			short = span[1:]
+		}
+	}
+	if long == "" {
+		t.Errorf("docs/flags.md:%d: no `--flag` in the first cell %q", line, row[0])
+		return "", r, false
+	}
+	return long, flagRow{line: line, short: short, defaultCell: row[1], defaultSpans: doccheck.CodeSpans(row[1])}, true
 }
 
 var commentRE = regexp.MustCompile(`^\s*<!--\s*(.*?)\s*-->\s*$`)

@@ -40,6 +40,7 @@ import (
 	"github.com/subsegment/subsegment_exporter/internal/source/stream"
 	"github.com/subsegment/subsegment_exporter/internal/wire/frame"
 	"github.com/subsegment/subsegment_exporter/internal/wire/peer"
+	"github.com/subsegment/subsegment_exporter/internal/wire/stamp"
 	"github.com/subsegment/subsegment_exporter/internal/wire/trace"
 	"github.com/subsegment/subsegment_exporter/internal/wire/transport"
 	"github.com/subsegment/subsegment_exporter/relay"
@@ -135,7 +136,8 @@ func run(args []string) int {
 	serveCmd.Flag("stamp.listen-address", "Answer STAMP test packets (RFC 8762/8972, TWAMP-Light compatible) on this UDP address, e.g. :862 (STAMP's registered port; below 1024 needs CAP_NET_BIND_SERVICE) or :8620. Off when empty.").StringVar(&stampCfg.Address)
 	serveCmd.Flag("stamp.auth", "STAMP mode: auto (authenticated, HMAC-SHA-256 with --relay.auth-key-file, when the relay has a key file), on, off (unauthenticated).").Default(reflector.AuthAuto).EnumVar(&stampCfg.Auth, reflector.AuthAuto, reflector.AuthOn, reflector.AuthOff)
 	serveCmd.Flag("stamp.mode", "STAMP sessions: stateful (the reflector numbers its replies and counts per session, so that loss is named per direction) or stateless (copies the sender's numbers).").Default(reflector.ModeStateful).EnumVar(&stampCfg.Mode, reflector.ModeStateful, reflector.ModeStateless)
-	serveCmd.Flag("stamp.max-sessions", "Stateful STAMP sessions kept at once; packets of further senders are refused (counted as reason sessions).").Default(fmt.Sprint(reflector.DefaultMaxSessions)).IntVar(&stampCfg.MaxSessions)
+	serveCmd.Flag("stamp.max-sessions", "Stateful STAMP sessions kept at once; a new sender beyond them is answered statelessly (no counters: loss in total only), counted in subsegment_stamp_stateless_replies_total{reason=\"sessions\"}.").Default(fmt.Sprint(reflector.DefaultMaxSessions)).IntVar(&stampCfg.MaxSessions)
+	serveCmd.Flag("stamp.max-sessions-per-address", "STAMP sessions one sender address may hold (at most --stamp.max-sessions), so that one host cannot take the table; its further sessions are answered statelessly (reason address).").Default(fmt.Sprint(reflector.DefaultMaxSessionsPerAddress)).IntVar(&stampCfg.MaxSessionsPerAddress)
 	stampCfg.SessionTimeout = reflector.DefaultSessionTimeout
 	durationVar(serveCmd.Flag("stamp.session-timeout", "A STAMP session idle this long is forgotten.").Default(reflector.DefaultSessionTimeout.String()), &stampCfg.SessionTimeout)
 	serveCmd.Flag("stamp.max-packets-per-second", "STAMP packets answered per second, all senders together; the rest are refused (reason rate).").Default(fmt.Sprint(reflector.DefaultMaxRate)).IntVar(&stampCfg.MaxRate)
@@ -150,6 +152,7 @@ func run(args []string) int {
 	probeCmd.Flag("payload-bytes", "Padding per probe (0 to 65536 bytes, within --relay.max-frame-bytes): large probes reveal MTU/MSS black holes.").Default("0").IntVar(&po.payload)
 	probeCmd.Flag("output", "Output format: table or json.").Default("table").EnumVar(&po.output, "table", "json")
 	probeCmd.Flag("trace", "After the probes, trace the routers under every segment (each relay traces the route to its next hop on the chain's own connection) and print them.").BoolVar(&po.trace)
+	probeCmd.Flag("stamp.auth", "A stamp:// TARGET's mode: auto (authenticated STAMP, HMAC-SHA-256 with --relay.auth-key-file, when there is a key file), on, off (unauthenticated).").Default(stamp.AuthAuto).EnumVar(&po.stampAuth, stamp.AuthAuto, stamp.AuthOn, stamp.AuthOff)
 
 	checkCmd := app.Command("check", "Nagios-compatible check: probe the chain once; exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (Monitoring Plugins guidelines).")
 	var co nagios.Options
@@ -160,6 +163,7 @@ func run(args []string) int {
 	checkCmd.Flag("critical", "Critical range of every segment's rtt, same syntax. Without -w and -c, the module's SLAs are the critical thresholds.").Short('c').StringVar(&co.Critical)
 	checkCmd.Flag("segment", "Per-segment ranges, from:to=WARN,CRIT (repeatable; leave one empty to keep -w or -c).").StringsVar(&co.Segments)
 	checkCmd.Flag("trace", "Trace the routers under every segment and list them in the long text (without it, the module's trace mode applies: on_violation by default).").BoolVar(&co.Trace)
+	checkCmd.Flag("stamp.auth", "A stamp:// TARGET's mode without --config.file (a module's authenticated: decides with it): auto (authenticated STAMP with --relay.auth-key-file when there is a key file), on, off.").Default(stamp.AuthAuto).EnumVar(&co.STAMPAuth, stamp.AuthAuto, stamp.AuthOn, stamp.AuthOff)
 	checkCmd.Flag("verbose", "More detail in the long text (repeatable: -v hops, -vv the kernel's view).").Short('v').CounterVar(&co.Verbose)
 
 	sendCmd := app.Command("send", "Stream stdin through the chain (--forward-to) and write what comes back to stdout; timing statistics go to stderr.")
@@ -223,7 +227,7 @@ func run(args []string) int {
 			return send(ctx, hop, keys, logger)
 		}
 		if so.check {
-			return checkConfig(so.configFile, hop)
+			return checkConfig(so.configFile, hop, len(keys) > 0)
 		}
 		if err := so.validate(); err != nil {
 			fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
@@ -317,10 +321,10 @@ func (f relayFlags) keys() (frame.Keys, error) {
 }
 
 type probeFlags struct {
-	target, output string
-	count, payload int
-	interval       time.Duration
-	trace          bool
+	target, output, stampAuth string
+	count, payload            int
+	interval                  time.Duration
+	trace                     bool
 }
 
 func probe(ctx context.Context, hop relayFlags, keys frame.Keys, po probeFlags, out io.Writer, logger *slog.Logger) int {
@@ -332,8 +336,16 @@ func probe(ctx context.Context, hop relayFlags, keys frame.Keys, po probeFlags, 
 		o.HTTP = &prober.HTTPOptions{}
 	}
 	if peer.IsSTAMPTarget(po.target) {
-		// A STAMP reflector, with the defaults of a stamp module.
-		o.STAMP = sla.ProbeOptions(config.DefaultModule(po.target, hop.timeout), po.target).STAMP
+		// A STAMP reflector, with the defaults of a stamp module, in the
+		// mode --stamp.auth chooses.
+		m := config.DefaultModule(po.target, hop.timeout)
+		mode, err := stamp.ChooseMode(po.stampAuth, len(keys) > 0)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "%s probe: %v\n", name, err)
+			return exitUsage
+		}
+		m.STAMP.Authenticated = mode == stamp.Authenticated
+		o.STAMP = sla.ProbeOptions(m, po.target).STAMP
 		o.STAMP.PacketTimeout = hop.timeout
 	}
 	if po.trace {
@@ -401,12 +413,12 @@ func (so serveFlags) validate() error {
 	return nil
 }
 
-func checkConfig(path string, hop relayFlags) int {
+func checkConfig(path string, hop relayFlags, authKey bool) int {
 	if path == "" {
 		fmt.Fprintf(os.Stderr, "%s: --config.check needs --config.file\n", name)
 		return exitUsage
 	}
-	c, err := config.Load(path, config.Limits{MaxFrameBytes: hop.maxFrame, MaxHops: hop.maxHops})
+	c, err := config.Load(path, config.Limits{MaxFrameBytes: hop.maxFrame, MaxHops: hop.maxHops, AuthKey: authKey})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
 		return exitBroken

@@ -163,11 +163,14 @@ func kindName(k yaml.Kind) string {
 	return "value"
 }
 
-// Limits are the frame limits of the process that loads the file: a
-// module's probes must fit them.
+// Limits are what the process that loads the file can do: a module's
+// probes must fit its frame limits, and an authenticated STAMP module
+// needs its key.
 type Limits struct {
 	MaxFrameBytes int
 	MaxHops       int
+	// AuthKey: the process has the chain's key (--relay.auth-key-file).
+	AuthKey bool
 }
 
 func (l Limits) withDefaults() Limits {
@@ -383,7 +386,7 @@ func (m *Module) validate(path string, c *Config, limits Limits) error {
 	if m.Inband == "" {
 		m.Inband = InbandNever
 	}
-	if err := m.validateProber(path, c.dir); err != nil {
+	if err := m.validateProber(path, c.dir, limits); err != nil {
 		return err
 	}
 	if err := m.validateTrace(path); err != nil {

@@ -89,13 +89,13 @@ const DefaultBackend = "backend"
 // ambiguous to the proxies.
 var headersSetByTheProber = []string{"host", "content-length", "transfer-encoding", "connection", "te", "upgrade", "trailer"}
 
-func (m *Module) validateProber(path, dir string) error {
+func (m *Module) validateProber(path, dir string, limits Limits) error {
 	switch m.Prober {
 	case "":
 		m.Prober = ProberTCP
 	case ProberTCP, ProberHTTP:
 	case ProberSTAMP:
-		return m.validateSTAMP(path)
+		return m.validateSTAMP(path, limits)
 	default:
 		return bad(path+".prober", "%q unknown: use tcp (a chain of relays), http (a URL through HTTP proxies) or stamp (a STAMP reflector)", m.Prober)
 	}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/subsegment/subsegment_exporter/internal/wire/peer"
+	"github.com/subsegment/subsegment_exporter/internal/wire/stamp"
 )
 
 // ProberSTAMP probes a STAMP Session-Reflector (RFC 8762): a router or host
@@ -77,7 +78,7 @@ func (m *Module) PacketInterval() time.Duration {
 }
 
 // validateSTAMP checks a stamp module (prober: stamp).
-func (m *Module) validateSTAMP(path string) error {
+func (m *Module) validateSTAMP(path string, limits Limits) error {
 	switch {
 	case m.HTTP != nil:
 		return bad(path+".http", "http options need prober: http, this module is prober: stamp")
@@ -89,7 +90,35 @@ func (m *Module) validateSTAMP(path string) error {
 	if m.STAMP == nil {
 		m.STAMP = &STAMPProbe{}
 	}
-	return m.STAMP.validate(path + ".stamp")
+	if err := m.STAMP.validate(path + ".stamp"); err != nil {
+		return err
+	}
+	if m.STAMP.Authenticated && !limits.AuthKey {
+		return bad(path+".stamp.authenticated", "authenticated STAMP signs with the chain's key, which this process does not have: start it with --relay.auth-key-file, or set authenticated: false")
+	}
+	return nil
+}
+
+// Mode is the STAMP mode the module measures in.
+func (s *STAMPProbe) Mode() stamp.Mode {
+	if s.Authenticated {
+		return stamp.Authenticated
+	}
+	return stamp.Unauthenticated
+}
+
+// TLVRequest is what the module's tlvs ask the reflector for; the DSCP is
+// asked for the replies too (Class of Service), so that a re-marking on
+// the way back shows.
+func (s *STAMPProbe) TLVRequest() stamp.TLVRequest {
+	return stamp.TLVRequest{
+		DirectMeasurement: s.HasTLV("direct_measurement"),
+		ClassOfService:    s.HasTLV("class_of_service"),
+		ReturnDSCP:        uint8(s.DSCP),
+		TimestampInfo:     s.HasTLV("timestamp_information"),
+		Location:          s.HasTLV("location"),
+		FollowUp:          s.HasTLV("follow_up_telemetry"),
+	}
 }
 
 func (s *STAMPProbe) validate(path string) error {
@@ -104,9 +133,6 @@ func (s *STAMPProbe) validate(path string) error {
 	if s.PacketTimeout != 0 && (s.PacketTimeout < Duration(time.Millisecond) || s.PacketTimeout > Duration(time.Minute)) {
 		return bad(path+".packet_timeout", "%v out of range: use 1ms to 1m (absent: 1s)", time.Duration(s.PacketTimeout))
 	}
-	if s.PacketBytes != 0 && (s.PacketBytes < 44 || s.PacketBytes > MaxSTAMPPacketBytes) {
-		return bad(path+".packet_bytes", "%d out of range: use 44 to %d (112 or more when authenticated; 0: the smallest)", s.PacketBytes, MaxSTAMPPacketBytes)
-	}
 	if s.DSCP < 0 || s.DSCP > 63 {
 		return bad(path+".dscp", "%d is not a DSCP: use 0 to 63 (46 is EF, 34 AF41, 0 best effort)", s.DSCP)
 	}
@@ -120,6 +146,13 @@ func (s *STAMPProbe) validate(path string) error {
 		if slices.Index(s.TLVs, t) != i {
 			return bad(fmt.Sprintf("%s.tlvs[%d]", path, i), "%q is listed twice", t)
 		}
+	}
+	if s.PacketBytes < 0 || s.PacketBytes > MaxSTAMPPacketBytes {
+		return bad(path+".packet_bytes", "%d is over %d, the largest packet a reflector answers by default (--stamp.max-packet-bytes): use at most %d (0: the smallest for the mode and the TLVs)", s.PacketBytes, MaxSTAMPPacketBytes, MaxSTAMPPacketBytes)
+	}
+	// The sender's own rule on sizes, for the mode and these TLVs.
+	if _, err := stamp.CheckSize(s.Mode(), s.PacketBytes, s.TLVRequest()); err != nil {
+		return bad(path+".packet_bytes", "%v (0: the smallest)", err)
 	}
 	return nil
 }

@@ -115,7 +115,7 @@ func Serve(ctx context.Context, cfg Config) error {
 	)
 	source := collector.NewSource(reg)
 	traces := startTraces(cfg, reg)
-	holder, err := NewConfigHolder(cfg.ConfigFile, config.Limits{MaxFrameBytes: cfg.Relay.MaxFrameBytes, MaxHops: cfg.Relay.MaxHops}, source, logger)
+	holder, err := NewConfigHolder(cfg.ConfigFile, config.Limits{MaxFrameBytes: cfg.Relay.MaxFrameBytes, MaxHops: cfg.Relay.MaxHops, AuthKey: len(cfg.Relay.Keys) > 0}, source, logger)
 	if err != nil {
 		return err
 	}

@@ -29,13 +29,13 @@ func TestExchange(t *testing.T) {
 	s := openSession(t, stamp.SessionOptions{Target: r.Addr().String(), TLVs: stamp.TLVRequest{DirectMeasurement: true, ClassOfService: true, ReturnDSCP: 10}, DSCP: 10})
 	var l stamp.LossLedger
 	for i := range 10 {
-		p, info, err := s.Exchange(context.Background(), 2*time.Second)
+		p, err := s.Exchange(context.Background(), 2*time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}
 		l.Add(&p)
-		if !p.Received || !p.EchoOK || p.SizeMismatch || p.Seq != uint32(i) || info != (stamp.ExchangeInfo{}) {
-			t.Fatalf("packet %d: %+v %+v", i, p, info)
+		if f := s.Faults(); !p.Received || p.Seq != uint32(i) || f.Any() {
+			t.Fatalf("packet %d: %+v %+v", i, p, f)
 		}
 		if p.T1Kernel == 0 || !p.T4Kernel || p.T2 < p.T1 || p.T3 < p.T2 || p.T4 < p.T3 {
 			t.Errorf("packet %d times: T1 %d (kernel %d) T2 %d T3 %d T4 %d (kernel %v)", i, p.T1, p.T1Kernel, p.T2, p.T3, p.T4, p.T4Kernel)
@@ -54,14 +54,14 @@ func TestExchange(t *testing.T) {
 func TestExchangeLateReply(t *testing.T) {
 	r := start(t, Config{})
 	s := openSession(t, stamp.SessionOptions{Target: r.Addr().String()})
-	p, _, err := s.Exchange(context.Background(), time.Nanosecond)
+	p, err := s.Exchange(context.Background(), time.Nanosecond)
 	if err != nil || p.Received || !p.Sent {
 		t.Fatalf("first exchange: %+v %v", p, err)
 	}
 	time.Sleep(50 * time.Millisecond)
-	p, info, err := s.Exchange(context.Background(), 2*time.Second)
-	if err != nil || !p.Received || p.Seq != 1 || info.Late != 1 {
-		t.Fatalf("second exchange: %+v %+v %v", p, info, err)
+	p, err = s.Exchange(context.Background(), 2*time.Second)
+	if f := s.Faults(); err != nil || !p.Received || p.Seq != 1 || f.Late != 1 {
+		t.Fatalf("second exchange: %+v %+v %v", p, f, err)
 	}
 }
 
@@ -76,7 +76,7 @@ func TestExchangeRefused(t *testing.T) {
 	c.Close()
 	s := openSession(t, stamp.SessionOptions{Target: addr})
 	for range 2 {
-		_, _, err = s.Exchange(context.Background(), 200*time.Millisecond)
+		_, err = s.Exchange(context.Background(), 200*time.Millisecond)
 		if err != nil {
 			break
 		}
@@ -91,9 +91,9 @@ func TestExchangeRefused(t *testing.T) {
 func TestExchangeAuthFailed(t *testing.T) {
 	r := start(t, Config{Auth: AuthOff})
 	s := openSession(t, stamp.SessionOptions{Target: r.Addr().String(), Mode: stamp.Authenticated, Keys: testKeys})
-	p, info, err := s.Exchange(context.Background(), 500*time.Millisecond)
-	if err != nil || p.Received || info.AuthFailed != 1 {
-		t.Fatalf("exchange: %+v %+v %v", p, info, err)
+	p, err := s.Exchange(context.Background(), 500*time.Millisecond)
+	if f := s.Faults(); err != nil || p.Received || f.Auth != 1 {
+		t.Fatalf("exchange: %+v %+v %v", p, f, err)
 	}
 }
 
@@ -108,7 +108,7 @@ func TestExchangeContext(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	time.AfterFunc(50*time.Millisecond, cancel)
 	start := time.Now()
-	p, _, err := s.Exchange(ctx, time.Minute)
+	p, err := s.Exchange(ctx, time.Minute)
 	if err != nil || p.Received || time.Since(start) > 30*time.Second {
 		t.Fatalf("exchange: %+v %v after %v", p, err, time.Since(start))
 	}

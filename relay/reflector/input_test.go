@@ -1,6 +1,8 @@
 package reflector
 
 import (
+	"encoding/binary"
+	"fmt"
 	"net"
 	"net/netip"
 	"testing"
@@ -90,27 +92,75 @@ func TestBadInput(t *testing.T) {
 	if o := got[len(overrun)]; len(o) != len(overrun) || o[44]&stamp.FlagM == 0 {
 		t.Errorf("overrun TLV reply %x: want M", o)
 	}
-	s := waitStats(t, r, func(s Stats) bool { return s.Refused["short"] >= 1 && s.Refused["too_large"] >= 1 })
+	s := waitStats(t, r, func(s Stats) bool { return s.Refused["short"] >= 2 && s.Refused["too_large"] >= 1 && s.Reflected >= 3 })
 	// The empty datagram: the kernel delivers it (0 octets), short.
 	if s.Refused["short"] != 2 || s.Refused["too_large"] != 1 || s.Reflected != 3 || s.Flagged["unrecognized"] != 1 || s.Flagged["malformed"] != 2 {
 		t.Errorf("counters %+v", s)
 	}
 }
 
-// The session table is bounded: at the limit a new sender is refused and
-// counted, known senders go on.
-func TestSessionsBounded(t *testing.T) {
-	r := start(t, Config{MaxSessions: 2})
-	for i := 0; i < 2; i++ {
-		if _, sum := probe(t, stamp.SessionOptions{Target: r.Addr().String()}, 2); sum.Received != 2 {
-			t.Fatalf("session %d: %+v", i, sum)
+// floodSessions sends one packet for each of n SSIDs from addr (a
+// loopback address of its own), as one host filling the session table.
+func floodSessions(t *testing.T, r *Reflector, addr string, n int) {
+	t.Helper()
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.ParseIP(addr)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	to := net.UDPAddrFromAddrPort(r.Addr())
+	for ssid := 1; ssid <= n; ssid++ {
+		pkt := make([]byte, stamp.UnauthBaseLen)
+		binary.BigEndian.PutUint16(pkt[14:], uint16(ssid))
+		if _, err := c.WriteToUDP(pkt, to); err != nil {
+			t.Fatal(err)
+		}
+		// one reply back: the reflector took it (bounded wait)
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, _, err := c.ReadFromUDP(make([]byte, 64)); err != nil {
+			t.Fatalf("flood packet %d: %v", ssid, err)
 		}
 	}
-	if _, sum := probe(t, stamp.SessionOptions{Target: r.Addr().String()}, 2); sum.Received != 0 {
-		t.Errorf("a third session was answered with 2 allowed: %+v", sum)
+}
+
+// One host fills the session table (review finding 3): a new sender is
+// still answered — statelessly, so without counters — never left
+// without a reply; the reflector counts why.
+func TestSessionsFullAnsweredStatelessly(t *testing.T) {
+	r := start(t, Config{MaxSessions: 10})
+	floodSessions(t, r, "127.0.0.2", 10)
+	res, sum := probe(t, stamp.SessionOptions{Target: r.Addr().String(), TLVs: stamp.TLVRequest{DirectMeasurement: true}}, 3)
+	if sum.Received != 3 {
+		t.Fatalf("a new sender with the table full: %d of 3 answered", sum.Received)
 	}
-	if s := waitStats(t, r, func(s Stats) bool { return s.Refused["sessions"] >= 2 }); s.Refused["sessions"] != 2 {
+	for _, p := range res.Packets {
+		if p.ReflectorSeq != p.Seq || p.TLVs.DirectMeasurement.ReflectorRx != 0 {
+			t.Errorf("a stateless answer copies the sender's numbers and keeps no counters: %+v", p)
+		}
+	}
+	if s := waitStats(t, r, func(s Stats) bool { return s.Stateless["sessions"] >= 3 }); s.Stateless["sessions"] != 3 {
 		t.Errorf("counters %+v", s)
+	}
+}
+
+// --stamp.max-sessions-per-address: a host that opened its share gets
+// stateless answers for more; the other hosts keep getting sessions.
+func TestSessionsPerAddress(t *testing.T) {
+	r := start(t, Config{MaxSessions: 100, MaxSessionsPerAddress: 5})
+	floodSessions(t, r, "127.0.0.2", 20)
+	res, sum := probe(t, stamp.SessionOptions{Target: r.Addr().String(), TLVs: stamp.TLVRequest{DirectMeasurement: true}}, 3)
+	if sum.Received != 3 || !sum.LossByDirection {
+		t.Fatalf("another host: %+v", sum)
+	}
+	if last := res.Packets[2]; last.TLVs.DirectMeasurement.ReflectorRx != 3 || last.ReflectorSeq != 2 {
+		t.Errorf("another host's session: %+v", last)
+	}
+	s := waitStats(t, r, func(s Stats) bool { return s.Stateless["address"] >= 15 })
+	if s.Stateless["address"] != 15 || s.Stateless["sessions"] != 0 {
+		t.Errorf("counters %+v", s)
+	}
+	if v := (Config{MaxSessions: 10, MaxSessionsPerAddress: 11}); v.Validate() == nil {
+		t.Error("a per-address bound over the table's was accepted")
 	}
 }
 
@@ -135,8 +185,9 @@ func newOffline(t testing.TB, cfg Config) *Reflector {
 	return r
 }
 
-// FuzzReflector: packet bytes → the reflector's processing → reply. The
-// reply is never larger than the request and always decodes.
+// FuzzReflector: packet bytes → the reflector's whole batch path
+// (handle: checks, session, Reflect, Finish) → the bytes it hands to
+// sendmmsg, read where they leave. What is sent must pass checkSent.
 func FuzzReflector(f *testing.F) {
 	for _, m := range []stamp.Mode{stamp.Unauthenticated, stamp.Authenticated} {
 		tm, _ := stamp.NewTemplate(m, 0, stamp.TLVRequest{Location: true, TimestampInfo: true, ClassOfService: true, DirectMeasurement: true, FollowUp: true, HMAC: true})
@@ -146,6 +197,19 @@ func FuzzReflector(f *testing.F) {
 	}
 	f.Add(append(make([]byte, 44), 0x80, 2, 0, 8, 0, 0, 0, 0, 0x80, 4, 0, 16), false)
 	un, au := newOffline(f, Config{}), newOffline(f, Config{Keys: testKeys})
+	var sent [][]byte
+	for _, r := range []*Reflector{un, au} {
+		r.send = func(b *udpmsg.Batch, n int) (int, error) {
+			k := 0
+			for i := range b.Msgs[:n] {
+				if m := &b.Msgs[i]; m.Send {
+					sent = append(sent, append([]byte(nil), m.Buf[:m.N]...))
+					k++
+				}
+			}
+			return k, nil
+		}
+	}
 	f.Fuzz(func(t *testing.T, b []byte, authenticated bool) {
 		r := un
 		if authenticated {
@@ -160,17 +224,83 @@ func FuzzReflector(f *testing.F) {
 		m.Buf = m.Buf[:m.N]
 		m.Addr, m.Local = netip.MustParseAddrPort("192.0.2.7:4000"), netip.MustParseAddr("192.0.2.8")
 		m.Truncated = len(b) > m.N
-		if !r.process(0, m, monotonic()) {
-			return
+		sent = sent[:0]
+		r.handle(1)
+		if len(sent) > 1 {
+			t.Fatalf("%d replies to one request", len(sent))
 		}
-		stamp.Finish(m.Buf[:m.N], &r.replies[0], time.Now().UnixNano())
-		if m.N != len(b) {
-			t.Fatalf("reply of %d octets for %d", m.N, len(b))
-		}
-		if _, err := stamp.ParseReflector(m.Buf[:m.N], r.mode); err != nil {
-			t.Fatalf("reply does not decode: %v", err)
+		for _, reply := range sent {
+			if err := checkSent(b, reply, r.mode, r.auth); err != nil {
+				t.Fatalf("request %x, reply %x: %v", b, reply, err)
+			}
 		}
 	})
+}
+
+// checkSent is what every reply the reflector sends must be: never larger
+// than its request (no amplification; STAMP's replies are symmetric, so
+// exactly its size), a reflector packet that decodes, echoing the
+// request's sequence number, SSID, timestamp and Error Estimate, and in
+// authenticated mode signed with the chain's key.
+func checkSent(request, reply []byte, m stamp.Mode, auth *stamp.Auth) error {
+	if len(reply) != len(request) {
+		return fmt.Errorf("a reply of %d octets to a request of %d", len(reply), len(request))
+	}
+	req, err := stamp.ParseSender(request, m)
+	if err != nil {
+		return fmt.Errorf("a reply to a request that does not decode: %w", err)
+	}
+	rep, err := stamp.ParseReflector(reply, m)
+	if err != nil {
+		return fmt.Errorf("the reply does not decode: %w", err)
+	}
+	if rep.SenderSeq != req.Seq || rep.SSID != req.SSID || rep.SenderTimestamp != req.Timestamp || rep.SenderErrorEstimate != req.ErrorEstimate {
+		return fmt.Errorf("the reply echoes %+v for the request %+v", rep, req)
+	}
+	if m == stamp.Authenticated {
+		if _, err := auth.Verify(reply); err != nil {
+			return fmt.Errorf("the authenticated reply: %w", err)
+		}
+	}
+	return nil
+}
+
+// checkSent fails on what the reflector must never send.
+func TestCheckSentCanFail(t *testing.T) {
+	tm, _ := stamp.NewTemplate(stamp.Unauthenticated, 0, stamp.TLVRequest{DirectMeasurement: true})
+	req := make([]byte, tm.Len)
+	_, _ = tm.Fill(req, stamp.Fields{Seq: 9, SSID: 3, Timestamp: 77}, nil)
+	good := append([]byte(nil), req...)
+	var rep stamp.Reply
+	if err := stamp.Reflect(good, &stamp.Request{Mode: stamp.Unauthenticated}, &rep); err != nil {
+		t.Fatal(err)
+	}
+	if err := checkSent(req, good, stamp.Unauthenticated, nil); err != nil {
+		t.Fatalf("a good reply: %v", err)
+	}
+	for name, bad := range map[string][]byte{
+		"larger":        append(append([]byte(nil), good...), 0),
+		"smaller":       good[:len(good)-1],
+		"short":         good[:20],
+		"another echo":  func() []byte { b := append([]byte(nil), good...); b[24] ^= 1; return b }(),
+		"another SSID":  func() []byte { b := append([]byte(nil), good...); b[15] ^= 1; return b }(),
+		"the timestamp": func() []byte { b := append([]byte(nil), good...); b[30] ^= 1; return b }(),
+	} {
+		if err := checkSent(req, bad, stamp.Unauthenticated, nil); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	au := stamp.NewAuth(testKeys)
+	tm, _ = stamp.NewTemplate(stamp.Authenticated, 0, stamp.TLVRequest{})
+	req = make([]byte, tm.Len)
+	_, _ = tm.Fill(req, stamp.Fields{Seq: 9}, au)
+	unsigned := append([]byte(nil), req...)
+	if err := stamp.Reflect(unsigned, &stamp.Request{Mode: stamp.Authenticated, Auth: au}, &rep); err != nil {
+		t.Fatal(err)
+	}
+	if err := checkSent(req, unsigned, stamp.Authenticated, au); err == nil {
+		t.Error("an authenticated reply without its HMAC (Finish not called): accepted")
+	}
 }
 
 // A batch through the loop allocates nothing.

@@ -13,11 +13,14 @@ const (
 	refusedTooLarge
 	refusedAuth
 	refusedRate
-	refusedSessions
 	refusedCount
 )
 
-var refusedNames = [refusedCount]string{"short", "too_large", "auth", "rate", "sessions"}
+var refusedNames = [refusedCount]string{"short", "too_large", "auth", "rate"}
+
+// Why a packet was answered without a session (label values of
+// subsegment_stamp_stateless_replies_total, by the sessions' noSession*).
+var statelessNames = [noSessionCount]string{"sessions", "address"}
 
 // TLV flags the reflector set (label values of subsegment_stamp_tlvs_flagged_total).
 const (
@@ -55,6 +58,7 @@ func (h *histogram) observe(ns int64) {
 type counters struct {
 	reflected  atomic.Uint64
 	refused    [refusedCount]atomic.Uint64
+	stateless  [noSessionCount]atomic.Uint64
 	flagged    [flagCount]atomic.Uint64
 	sendErrors atomic.Uint64
 	recvErrors atomic.Uint64
@@ -65,7 +69,9 @@ type counters struct {
 var (
 	descReflected = prometheus.NewDesc("subsegment_stamp_reflected_packets_total", "STAMP test packets this relay's reflector answered.", nil, nil)
 	descRefused   = prometheus.NewDesc("subsegment_stamp_refused_packets_total",
-		"STAMP test packets the reflector did not answer, by reason: short (below the base packet), too_large (over --stamp.max-packet-bytes), auth (HMAC failed: wrong key or forged), rate (over --stamp.max-packets-per-second), sessions (--stamp.max-sessions live sessions).", []string{"reason"}, nil)
+		"STAMP test packets the reflector did not answer, by reason: short (below the base packet), too_large (over --stamp.max-packet-bytes), auth (HMAC failed: wrong key or forged), rate (over --stamp.max-packets-per-second).", []string{"reason"}, nil)
+	descStateless = prometheus.NewDesc("subsegment_stamp_stateless_replies_total",
+		"STAMP test packets of a new session the stateful reflector answered statelessly (the sender's sequence number, no counters), by reason: sessions (--stamp.max-sessions live sessions), address (the sender's address holds --stamp.max-sessions-per-address).", []string{"reason"}, nil)
 	descFlagged = prometheus.NewDesc("subsegment_stamp_tlvs_flagged_total",
 		"TLVs the reflector returned flagged (RFC 8972): unrecognized (U), malformed (M), integrity (I: the HMAC TLV did not verify).", []string{"flag"}, nil)
 	descSessions  = prometheus.NewDesc("subsegment_stamp_sessions", "Stateful STAMP sessions the reflector keeps (updated each second).", nil, nil)
@@ -75,7 +81,7 @@ var (
 
 // Describe implements prometheus.Collector.
 func (r *Reflector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descReflected, descRefused, descFlagged, descSessions, descErrors, descResidence} {
+	for _, d := range []*prometheus.Desc{descReflected, descRefused, descStateless, descFlagged, descSessions, descErrors, descResidence} {
 		ch <- d
 	}
 }
@@ -86,6 +92,9 @@ func (r *Reflector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descReflected, prometheus.CounterValue, float64(m.reflected.Load()))
 	for i, name := range refusedNames {
 		ch <- prometheus.MustNewConstMetric(descRefused, prometheus.CounterValue, float64(m.refused[i].Load()), name)
+	}
+	for i, name := range statelessNames {
+		ch <- prometheus.MustNewConstMetric(descStateless, prometheus.CounterValue, float64(m.stateless[i].Load()), name)
 	}
 	for i, name := range flagNames {
 		ch <- prometheus.MustNewConstMetric(descFlagged, prometheus.CounterValue, float64(m.flagged[i].Load()), name)
@@ -107,15 +116,19 @@ func (r *Reflector) Collect(ch chan<- prometheus.Metric) {
 type Stats struct {
 	Reflected uint64
 	Refused   map[string]uint64
+	Stateless map[string]uint64
 	Flagged   map[string]uint64
 	Sessions  int64
 }
 
 // Stats reads the counters.
 func (r *Reflector) Stats() Stats {
-	s := Stats{Reflected: r.m.reflected.Load(), Refused: map[string]uint64{}, Flagged: map[string]uint64{}, Sessions: r.m.sessions.Load()}
+	s := Stats{Reflected: r.m.reflected.Load(), Refused: map[string]uint64{}, Stateless: map[string]uint64{}, Flagged: map[string]uint64{}, Sessions: r.m.sessions.Load()}
 	for i, name := range refusedNames {
 		s.Refused[name] = r.m.refused[i].Load()
+	}
+	for i, name := range statelessNames {
+		s.Stateless[name] = r.m.stateless[i].Load()
 	}
 	for i, name := range flagNames {
 		s.Flagged[name] = r.m.flagged[i].Load()

@@ -32,19 +32,22 @@ import (
 
 // Defaults of the bounds (flags --stamp.*).
 const (
-	DefaultMaxSessions    = 16384
-	DefaultSessionTimeout = 60 * time.Second
-	DefaultMaxRate        = 250000
-	DefaultMaxPacketBytes = 4096
+	DefaultMaxSessions = 16384
+	// DefaultMaxSessionsPerAddress is a sender address's share of the
+	// sessions: 16 hosts at least fill the table.
+	DefaultMaxSessionsPerAddress = 1024
+	DefaultSessionTimeout        = 60 * time.Second
+	DefaultMaxRate               = 250000
+	DefaultMaxPacketBytes        = 4096
 	// batchSize is the datagrams one recvmmsg/sendmmsg moves.
 	batchSize = 32
 )
 
-// Authentication settings of Config.Auth.
+// Authentication settings of Config.Auth (stamp.ChooseMode).
 const (
-	AuthAuto = "auto" // authenticated when the relay has a key file
-	AuthOn   = "on"
-	AuthOff  = "off"
+	AuthAuto = stamp.AuthAuto // authenticated when the relay has a key file
+	AuthOn   = stamp.AuthOn
+	AuthOff  = stamp.AuthOff
 )
 
 // Modes of Config.Mode (RFC 8762 §4).
@@ -56,7 +59,8 @@ const (
 // Config describes a reflector.
 type Config struct {
 	// Address to listen on, host:port (UDP; 862 is STAMP's registered
-	// port, which needs CAP_NET_BIND_SERVICE).
+	// port, which needs CAP_NET_BIND_SERVICE: under systemd in both
+	// CapabilityBoundingSet= and AmbientCapabilities=, ExampleDropIn).
 	Address string
 	// Keys are the chain's keys (--relay.auth-key-file).
 	Keys frame.Keys
@@ -65,9 +69,12 @@ type Config struct {
 	// Mode: ModeStateful (default) counts per session and numbers its
 	// replies itself; ModeStateless copies the sender's numbers.
 	Mode string
-	// MaxSessions bounds the sessions kept (stateful); a packet of a new
-	// session is refused when the table is full of live sessions.
-	MaxSessions int
+	// MaxSessions bounds the sessions kept (stateful), and
+	// MaxSessionsPerAddress those of one sender address; a packet of a new
+	// session beyond either is answered statelessly (the sender's
+	// sequence number, no counters) and counted.
+	MaxSessions           int
+	MaxSessionsPerAddress int
 	// SessionTimeout forgets a session idle this long.
 	SessionTimeout time.Duration
 	// MaxRate bounds the packets answered per second (all senders).
@@ -90,6 +97,9 @@ func (c *Config) Validate() error {
 	if c.MaxSessions == 0 {
 		c.MaxSessions = DefaultMaxSessions
 	}
+	if c.MaxSessionsPerAddress == 0 {
+		c.MaxSessionsPerAddress = min(DefaultMaxSessionsPerAddress, c.MaxSessions)
+	}
 	if c.SessionTimeout == 0 {
 		c.SessionTimeout = DefaultSessionTimeout
 	}
@@ -99,15 +109,16 @@ func (c *Config) Validate() error {
 	if c.MaxPacketBytes == 0 {
 		c.MaxPacketBytes = DefaultMaxPacketBytes
 	}
+	if _, err := stamp.ChooseMode(c.Auth, len(c.Keys) > 0); err != nil {
+		return err
+	}
 	switch {
-	case c.Auth != AuthAuto && c.Auth != AuthOn && c.Auth != AuthOff:
-		return fmt.Errorf("--stamp.auth %q: auto, on or off", c.Auth)
-	case c.Auth == AuthOn && len(c.Keys) == 0:
-		return errors.New("--stamp.auth=on needs the chain's key: set --relay.auth-key-file")
 	case c.Mode != ModeStateful && c.Mode != ModeStateless:
 		return fmt.Errorf("--stamp.mode %q: stateful or stateless", c.Mode)
 	case c.MaxSessions < 1 || c.MaxSessions > 1<<20:
 		return fmt.Errorf("--stamp.max-sessions %d: 1 to %d", c.MaxSessions, 1<<20)
+	case c.MaxSessionsPerAddress < 1 || c.MaxSessionsPerAddress > c.MaxSessions:
+		return fmt.Errorf("--stamp.max-sessions-per-address %d: 1 to --stamp.max-sessions (%d)", c.MaxSessionsPerAddress, c.MaxSessions)
 	case c.SessionTimeout < time.Second:
 		return fmt.Errorf("--stamp.session-timeout %s: at least 1s", c.SessionTimeout)
 	case c.MaxRate < 1:
@@ -118,12 +129,11 @@ func (c *Config) Validate() error {
 	return nil
 }
 
-// Mode is the STAMP mode the configuration answers.
+// stampMode is the STAMP mode the configuration answers (valid: Validate
+// checked it).
 func (c *Config) stampMode() stamp.Mode {
-	if c.Auth == AuthOn || (c.Auth == AuthAuto && len(c.Keys) > 0) {
-		return stamp.Authenticated
-	}
-	return stamp.Unauthenticated
+	m, _ := stamp.ChooseMode(c.Auth, len(c.Keys) > 0)
+	return m
 }
 
 // Reflector is a running STAMP Session-Reflector.
@@ -148,7 +158,10 @@ type Reflector struct {
 	txPending int
 	lastSweep int64
 	onStamp   func(key uint32, ns int64)
-	m         counters
+	// send hands a batch's replies to the kernel (the socket's sendmmsg;
+	// FuzzReflector reads what it is handed).
+	send func(b *udpmsg.Batch, n int) (int, error)
+	m    counters
 }
 
 // New opens the reflector's socket.
@@ -159,7 +172,7 @@ func New(cfg Config) (*Reflector, error) {
 	conn, err := udpmsg.Listen(cfg.Address, udpmsg.Config{TxTimestamps: true, ReadBuffer: 4 << 20})
 	if err != nil {
 		if errors.Is(err, syscall.EACCES) {
-			return nil, fmt.Errorf("STAMP reflector: listen on %s: %w: a port below 1024 (STAMP's is 862) needs CAP_NET_BIND_SERVICE: grant it (systemd: AmbientCapabilities=CAP_NET_BIND_SERVICE) or choose a high port such as :8620", cfg.Address, err)
+			return nil, fmt.Errorf("STAMP reflector: listen on %s: %w: %s", cfg.Address, err, privilegedPortAdvice(boundingHasNetBindService()))
 		}
 		return nil, fmt.Errorf("STAMP reflector: listen on %s: %w", cfg.Address, err)
 	}
@@ -171,11 +184,12 @@ func New(cfg Config) (*Reflector, error) {
 		r.clock = clock.NewSystem()
 	}
 	if cfg.Mode == ModeStateful {
-		r.table = newSessions(cfg.MaxSessions, int64(cfg.SessionTimeout))
+		r.table = newSessions(cfg.MaxSessions, cfg.MaxSessionsPerAddress, int64(cfg.SessionTimeout))
 	}
 	r.bucket = newTokenBucket(cfg.MaxRate)
 	r.onStamp = r.txStamp
-	r.req = stamp.Request{Mode: r.mode, Auth: r.auth, TAIOffset: r.tai, Stateful: r.table != nil}
+	r.send = conn.Send
+	r.req = stamp.Request{Mode: r.mode, Auth: r.auth, TAIOffset: r.tai}
 	return r, nil
 }
 
@@ -192,7 +206,7 @@ func (r *Reflector) Serve(ctx context.Context) error {
 	defer func() { _ = r.conn.Close() }()
 	if r.cfg.Logger != nil {
 		r.cfg.Logger.Info("STAMP reflector listening", "address", r.Addr().String(), "mode", r.mode.String(), "sessions", r.cfg.Mode,
-			"max_sessions", r.cfg.MaxSessions, "max_packets_per_second", r.cfg.MaxRate, "max_packet_bytes", r.cfg.MaxPacketBytes)
+			"max_sessions", r.cfg.MaxSessions, "max_sessions_per_address", r.cfg.MaxSessionsPerAddress, "max_packets_per_second", r.cfg.MaxRate, "max_packet_bytes", r.cfg.MaxPacketBytes)
 	}
 	for {
 		n, err := r.conn.Recv(r.batch)
@@ -239,7 +253,7 @@ func (r *Reflector) handle(n int) {
 		}
 	}
 	if reflected > 0 {
-		sent, err := r.conn.Send(r.batch, n)
+		sent, err := r.send(r.batch, n)
 		if err != nil && !udpmsg.IsClosed(err) {
 			r.m.sendErrors.Add(1)
 		}
@@ -296,12 +310,16 @@ func (r *Reflector) process(i int, m *udpmsg.Message, mono int64) bool {
 	req.TTL, req.TOS = m.TTL, m.TOS
 	req.Src, req.Dst = m.Addr, netip.AddrPortFrom(m.Local, r.port)
 	req.ReflectorSeq, req.RxCount, req.TxCount, req.Prev = 0, 0, 0, stamp.PrevReflected{}
+	req.Stateful = false
 	if r.table != nil {
-		s := r.table.get(m.Addr, stamp.PeekSSID(pkt, r.mode), mono)
+		s, why := r.table.get(m.Addr, stamp.PeekSSID(pkt, r.mode), mono)
 		if s < 0 {
-			r.m.refused[refusedSessions].Add(1)
-			return false
+			// No session for it: answered as a stateless reflector
+			// would, never left without a reply.
+			r.m.stateless[why].Add(1)
+			return r.reflect(i, m, pkt, req)
 		}
+		req.Stateful = true
 		st := &r.table.list[s]
 		st.rx++
 		st.tx++
@@ -309,6 +327,12 @@ func (r *Reflector) process(i int, m *udpmsg.Message, mono int64) bool {
 		st.nextSeq++
 		r.sessOf[i] = s
 	}
+	return r.reflect(i, m, pkt, req)
+}
+
+// reflect turns a request into its reply in place and marks it for the
+// batch's send; false when it is refused (counted by reason).
+func (r *Reflector) reflect(i int, m *udpmsg.Message, pkt []byte, req *stamp.Request) bool {
 	rep := &r.replies[i]
 	if err := stamp.Reflect(pkt, req, rep); err != nil {
 		r.m.refused[refusedReason(err)].Add(1)

@@ -69,7 +69,7 @@ func TestSessionAgainstReflector(t *testing.T) {
 			r := start(t, tc.cfg)
 			tc.o.Target = r.Addr().String()
 			res, sum := probe(t, tc.o, 20)
-			if sum.Sent != 20 || sum.Received != 20 || sum.EchoMismatch != 0 || sum.SizeMismatch != 0 || sum.BadReplies != 0 {
+			if sum.Sent != 20 || sum.Received != 20 || sum.Faults.Any() {
 				t.Fatalf("summary %+v", sum)
 			}
 			for i, p := range res.Packets {

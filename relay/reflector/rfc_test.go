@@ -150,7 +150,7 @@ func rfcTableReflector(t *testing.T) string {
 func TestOurSenderToRFCTableReflector(t *testing.T) {
 	addr := rfcTableReflector(t)
 	res, sum := probe(t, stamp.SessionOptions{Target: addr, Size: 200}, 20)
-	if sum.Received != 20 || sum.EchoMismatch != 0 || sum.SizeMismatch != 0 || sum.RTT.Median <= 0 {
+	if sum.Received != 20 || sum.Faults.Any() || sum.RTT.Median <= 0 {
 		t.Fatalf("%+v", sum)
 	}
 	for i, p := range res.Packets {

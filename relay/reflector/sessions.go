@@ -26,46 +26,62 @@ type session struct {
 
 // sessions is a fixed-size table: the map is sized for its bound up front
 // and the entries live in one slice, so that a new session allocates
-// nothing.
+// nothing. Each sender address holds at most perAddr of them, so that one
+// host cannot take the table.
 type sessions struct {
 	index     map[sessionKey]int32
 	list      []session
 	free      []int32
+	perAddr   int32
+	byAddr    map[[16]byte]int32
 	timeout   int64
 	lastEvict int64
 }
 
-func newSessions(max int, timeout int64) *sessions {
-	s := &sessions{index: make(map[sessionKey]int32, max), list: make([]session, max), free: make([]int32, max), timeout: timeout}
+func newSessions(max, perAddr int, timeout int64) *sessions {
+	s := &sessions{index: make(map[sessionKey]int32, max), list: make([]session, max), free: make([]int32, max), timeout: timeout,
+		perAddr: int32(perAddr), byAddr: make(map[[16]byte]int32, max)}
 	for i := range s.free {
 		s.free[i] = int32(max - 1 - i)
 	}
 	return s
 }
 
-// get finds or creates the session of a packet; -1 when the table is full
-// of live sessions.
-func (s *sessions) get(from netip.AddrPort, ssid uint16, now int64) int32 {
+// Why get could not give a packet a session (stateless reasons).
+const (
+	noSessionFull = iota
+	noSessionAddress
+	noSessionCount
+)
+
+// get finds or creates the session of a packet; -1 and why when it
+// cannot: the table is full of live sessions, or the sender's address
+// holds its share (the packet is then answered statelessly).
+func (s *sessions) get(from netip.AddrPort, ssid uint16, now int64) (int32, int) {
 	k := sessionKey{addr: from.Addr().As16(), port: from.Port(), ssid: ssid}
 	if i, ok := s.index[k]; ok {
 		s.list[i].seen = now
-		return i
+		return i, 0
 	}
-	if len(s.free) == 0 && now-s.lastEvict >= int64(100e6) {
+	if (len(s.free) == 0 || s.byAddr[k.addr] >= s.perAddr) && now-s.lastEvict >= int64(100e6) {
 		// Full: forget idle sessions now, at most 10 times a second
 		// (a flood of new senders must not make every packet scan).
 		s.lastEvict = now
 		s.sweep(now)
 	}
-	if len(s.free) == 0 {
-		return -1
+	switch {
+	case len(s.free) == 0:
+		return -1, noSessionFull
+	case s.byAddr[k.addr] >= s.perAddr:
+		return -1, noSessionAddress
 	}
 	i := s.free[len(s.free)-1]
 	s.free = s.free[:len(s.free)-1]
 	e := &s.list[i]
 	*e = session{key: k, gen: e.gen + 1, used: true, seen: now}
 	s.index[k] = i
-	return i
+	s.byAddr[k.addr]++
+	return i, 0
 }
 
 // sweep forgets the sessions idle longer than the timeout.
@@ -74,6 +90,9 @@ func (s *sessions) sweep(now int64) {
 		e := &s.list[i]
 		if e.used && now-e.seen > s.timeout {
 			delete(s.index, e.key)
+			if s.byAddr[e.key.addr]--; s.byAddr[e.key.addr] <= 0 {
+				delete(s.byAddr, e.key.addr)
+			}
 			e.used = false
 			s.free = append(s.free, int32(i))
 		}

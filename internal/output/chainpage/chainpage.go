@@ -107,8 +107,10 @@ func view(st continuous.EntryState, now time.Time) chainView {
 		switch {
 		case h.HTTPHeader:
 			hv.Residence = "HTTP proxy, stamps of " + strings.TrimSuffix(msAt(h.ResolutionSeconds, h.ResolutionSeconds), " ms") + " ms"
+		case h.ResidenceSeconds > 0 && h.WaitSeconds != nil:
+			hv.Residence = "residence " + ms(h.ResidenceSeconds) + " · wait " + ms(*h.WaitSeconds)
 		case h.ResidenceSeconds > 0:
-			hv.Residence = "residence " + ms(h.ResidenceSeconds) + " · wait " + ms(h.WaitSeconds)
+			hv.Residence = "residence " + ms(h.ResidenceSeconds) // a STAMP reflector: no wait
 		}
 		if h.SLA == continuous.SLAExceeded {
 			hv.Stroke, hv.Over = colours[continuous.SLAExceeded], true

@@ -19,9 +19,10 @@ func TestRender(t *testing.T) {
 		{
 			Target: "b:9000", Module: "default", LastSuccess: &ok,
 			Hops: []continuous.HopState{
-				{Name: "a", ResidenceSeconds: 0.00004, WaitSeconds: 0.00002, SLA: continuous.SLANone},
+				{Name: "a", ResidenceSeconds: 0.00004, WaitSeconds: ptr(0.00002), SLA: continuous.SLANone},
 				{Name: "b", ResidenceSeconds: 0.0001, SLA: continuous.SLANone},
-				{Name: "c", ResidenceSeconds: 0.0031, SLASeconds: 0.002, SLA: continuous.SLAExceeded, Context: map[string]float64{"load1": 7.2}},
+				{Name: "c", ResidenceSeconds: 0.0031, WaitSeconds: ptr(0), SLASeconds: 0.002, SLA: continuous.SLAExceeded, Context: map[string]float64{"load1": 7.2}},
+				{Name: "r1", ResidenceSeconds: 0.00005, STAMP: true, SLA: continuous.SLANone}, // a STAMP reflector: no wait
 			},
 			Segments: []continuous.SegmentState{
 				{From: "a", To: "b", MedianSeconds: 0.00005, P99Seconds: 0.0001, Samples: 60, SLASeconds: 0.005, SLA: continuous.SLAOk},
@@ -64,6 +65,7 @@ func TestRender(t *testing.T) {
 		`median 20.200 ms`, `p99 23.100 ms · over SLA 10.000 ms`,
 		`data-hop="c" data-sla="exceeded"`, `load1 7.2`,
 		`residence 3.100 ms · wait 0.000 ms`,
+		`residence 0.050 ms<`,
 		`broken at h1 → n1 (http_status)`, `BROKEN: http_status`, `stroke-dasharray="6 4"`,
 		`HTTP proxy, stamps of 0.001 ms`,
 		`data-hop="n1"`, // the far end of a broken segment is drawn too
@@ -88,3 +90,5 @@ func TestRenderWithoutChains(t *testing.T) {
 		t.Errorf("%v\n%s", err, b.String())
 	}
 }
+
+func ptr(v float64) *float64 { return &v }

@@ -243,6 +243,9 @@ func writeSegments(b *strings.Builder, segs []segmentState, verbose int) {
 func writeHops(b *strings.Builder, hops []hopState, verbose int) {
 	for _, st := range hops {
 		switch {
+		case st.state != OK && st.hop.STAMP:
+			// A STAMP reflector reports no wait.
+			fmt.Fprintf(b, "hop %s residence %sms %s (%s)\n", st.hop.Name, ms(st.res), st.state, st.reason)
 		case st.state != OK:
 			fmt.Fprintf(b, "hop %s residence %sms %s (%s), wait %sms\n", st.hop.Name, ms(st.res), st.state, st.reason, ms(secs(st.hop.Wait.Median)))
 		case verbose >= 1 && st.hop.STAMP:

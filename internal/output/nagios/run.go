@@ -14,6 +14,7 @@ import (
 	"github.com/subsegment/subsegment_exporter/internal/source/prober"
 	"github.com/subsegment/subsegment_exporter/internal/source/sla"
 	"github.com/subsegment/subsegment_exporter/internal/wire/frame"
+	"github.com/subsegment/subsegment_exporter/internal/wire/stamp"
 	"github.com/subsegment/subsegment_exporter/internal/wire/trace"
 	"github.com/subsegment/subsegment_exporter/snmp"
 )
@@ -32,8 +33,12 @@ type Options struct {
 	// Verbose is the number of -v flags.
 	Verbose int
 	// Timeout bounds the whole check (the plugin timeout).
-	Timeout       time.Duration
-	Keys          frame.Keys
+	Timeout time.Duration
+	Keys    frame.Keys
+	// STAMPAuth chooses a stamp:// target's mode without a configuration
+	// file (--stamp.auth: stamp.ChooseMode); a module's authenticated:
+	// decides with one.
+	STAMPAuth     string
 	MaxFrameBytes int
 	MaxHops       int
 	SNMPClient    snmp.Client
@@ -66,8 +71,15 @@ func Run(ctx context.Context, o Options) (state State, out string) {
 	}
 	cfg := &config.Config{}
 	module := config.DefaultModule(o.Target, o.Timeout)
+	if module.IsSTAMP() {
+		mode, err := stamp.ChooseMode(o.STAMPAuth, len(o.Keys) > 0)
+		if err != nil {
+			return unknown("%v", err)
+		}
+		module.STAMP.Authenticated = mode == stamp.Authenticated
+	}
 	if o.ConfigFile != "" {
-		if cfg, err = config.Load(o.ConfigFile, config.Limits{MaxFrameBytes: o.MaxFrameBytes, MaxHops: o.MaxHops}); err != nil {
+		if cfg, err = config.Load(o.ConfigFile, config.Limits{MaxFrameBytes: o.MaxFrameBytes, MaxHops: o.MaxHops, AuthKey: len(o.Keys) > 0}); err != nil {
 			return unknown("%v", err)
 		}
 		if module = cfg.Modules[o.Module]; module == nil {

@@ -38,4 +38,7 @@ func writeSTAMP(b *strings.Builder, s *prober.SegmentResult) {
 	if s.DSCP != nil {
 		fmt.Fprintf(b, "%s -> %s: %s\n", s.From, s.To, report.DSCPText(s.DSCP))
 	}
+	if f := s.BadReplies; f != nil && f.Any() {
+		fmt.Fprintf(b, "%s -> %s: %s\n", s.From, s.To, report.BadRepliesText(f))
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/subsegment/subsegment_exporter/internal/source/prober"
+	"github.com/subsegment/subsegment_exporter/internal/wire/stamp"
 )
 
 // writeSTAMP adds the lines of the STAMP segments: their packet loss,
@@ -20,7 +21,16 @@ func writeSTAMP(b *strings.Builder, r *prober.Result) {
 		if d := s.DSCP; d != nil {
 			fmt.Fprintf(b, "%s -> %s: %s\n", s.From, s.To, DSCPText(d))
 		}
+		if f := s.BadReplies; f != nil && f.Any() {
+			fmt.Fprintf(b, "%s -> %s: %s\n", s.From, s.To, BadRepliesText(f))
+		}
 	}
+}
+
+// BadRepliesText says in one line what came back that was no usable
+// reply (the table, the Nagios long text).
+func BadRepliesText(f *stamp.ReplyFaults) string {
+	return "BAD REPLIES: " + f.Text()
 }
 
 // LossText says a STAMP segment's loss in one line (the table, the

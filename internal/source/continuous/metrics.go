@@ -65,8 +65,14 @@ type segmentSeries struct {
 }
 
 type hopSeries struct {
-	residence, wait *histogram
-	slaSet          bool
+	residence *histogram
+	// wait is made on the first wait a probe reports (withWait): a hop
+	// that reports none (an HTTP proxy, a STAMP reflector) has no wait
+	// series.
+	wait   *histogram
+	labels []*dto.LabelPair
+	entry  *entryMetrics
+	slaSet bool
 }
 
 // MetricsOption changes what NewMetrics makes.
@@ -110,7 +116,7 @@ func NewMetrics(reg prometheus.Registerer, opts ...MetricsOption) *Metrics {
 		residenceDesc: prometheus.NewDesc(namespace+"_hop_residence_seconds",
 			"Time each continuous probe spent inside the hop (forward and return), its wait for a CPU included.", hop, nil),
 		waitDesc: prometheus.NewDesc(namespace+"_hop_wait_seconds",
-			"Part of the hop's residence each continuous probe spent in the hop's kernel before the hop read it.", hop, nil),
+			"Part of the hop's residence each continuous probe spent in the hop's kernel before the hop read it (hops that report one: not HTTP proxies nor STAMP reflectors).", hop, nil),
 	}
 	for _, o := range opts {
 		o(m)
@@ -144,7 +150,10 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 			hs = append(hs, s.rtt, s.connect)
 		}
 		for _, h := range e.hops {
-			hs = append(hs, h.residence, h.wait)
+			hs = append(hs, h.residence)
+			if h.wait != nil {
+				hs = append(hs, h.wait)
+			}
 		}
 	}
 	m.mu.Unlock()
@@ -229,8 +238,21 @@ func (m *Metrics) hop(e *entryMetrics, name string) *hopSeries {
 	labels := []*dto.LabelPair{labelPair("hop", name), e.module, e.target}
 	h := &hopSeries{
 		residence: newHistogram(m.residenceDesc, labels, e.buckets, &e.mu, m.now),
-		wait:      newHistogram(m.waitDesc, labels, e.buckets, &e.mu, m.now),
+		labels:    labels, entry: e,
 	}
 	e.hops[name] = h
 	return h
+}
+
+// withWait makes the hop's wait series, for the first wait a probe
+// reports. It holds both locks: a scrape reads wait under m.mu, a probe
+// observes it under the entry's.
+func (m *Metrics) withWait(h *hopSeries) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	h.entry.mu.Lock()
+	defer h.entry.mu.Unlock()
+	if h.wait == nil {
+		h.wait = newHistogram(m.waitDesc, h.labels, h.entry.buckets, &h.entry.mu, m.now)
+	}
 }

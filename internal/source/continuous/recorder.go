@@ -43,6 +43,8 @@ type cachedSegment struct {
 type cachedHop struct {
 	name string
 	h    *hopSeries
+	// wait: the hop's wait series is made (withWait).
+	wait bool
 }
 
 func newRecorder(e config.Continuous, m *config.Module, metrics *Metrics, log *slog.Logger) *recorder {
@@ -139,6 +141,10 @@ func (r *recorder) hopSeries(res *prober.Result) []cachedHop {
 		default:
 			c = cachedHop{name: hr.Name, h: r.metrics.hop(r.series, hr.Name)}
 		}
+		if c.h != nil && !c.wait && reportsWait(hr) {
+			r.metrics.withWait(c.h)
+			c.wait = true
+		}
 		if i < len(r.hops) {
 			r.hops[i] = c
 		} else {
@@ -158,13 +164,18 @@ func observeSegment(s *segmentSeries, seg *prober.SegmentResult, warmup bool, no
 	}
 }
 
-// observeHop records a hop's residence and wait.
+// observeHop records a hop's residence and wait (hopSeries made the
+// wait's series for a hop that reports one).
 func observeHop(h *hopSeries, hr *prober.HopResult, now time.Time) {
 	h.residence.observe(hr.Residence.Median, now)
-	if !hr.HTTPHeader {
+	if reportsWait(hr) {
 		h.wait.observe(hr.Wait.Median, now)
 	}
 }
+
+// reportsWait says whether a hop reports a wait of its own: an HTTP proxy
+// (one duration) and a STAMP reflector (no wait) do not.
+func reportsWait(hr *prober.HopResult) bool { return !hr.HTTPHeader && !hr.STAMP }
 
 // retransmits adds the retransmissions each end saw on a segment since
 // the previous probe on the same connection.

@@ -95,7 +95,17 @@ continuous:
 	if v := value(t, reg, "subsegment_continuous_hop_residence_seconds", map[string]string{"target": target, "hop": "r1"}); v < 5 {
 		t.Errorf("residence histogram of r1: %v samples", v)
 	}
+	// A reflector reports no wait: no wait series for it, no wait on the
+	// page.
+	if v := value(t, reg, "subsegment_continuous_hop_wait_seconds", map[string]string{"target": target, "hop": "r1"}); v != -1 {
+		t.Errorf("a wait series for the reflector r1 (%v samples)", v)
+	}
 	snap := m.Snapshot()[0]
+	for _, h := range snap.Hops {
+		if h.Name == "r1" && (!h.STAMP || h.WaitSeconds != nil) {
+			t.Errorf("page's reflector hop %+v", h)
+		}
+	}
 	var s *SegmentState
 	for i := range snap.Segments {
 		if snap.Segments[i].To == "r1" {

@@ -42,7 +42,9 @@ type entryState struct {
 
 type hopWindows struct {
 	residence, wait window
-	vars            map[string]float64
+	// noWait: the hop reports no wait (a STAMP reflector).
+	noWait bool
+	vars   map[string]float64
 }
 
 func newEntryState(e config.Continuous, m *config.Module) *entryState {
@@ -96,7 +98,7 @@ func (s *entryState) record(now time.Time, res *prober.Result, warmup bool) {
 	for i := range res.Hops {
 		if hr := &res.Hops[i]; hr.Residence.Max > 0 {
 			if h := s.hopWindows(i, hr.Name); h != nil {
-				h.record(at, hr.Residence.Median, hr.Wait.Median, hr.Vars)
+				h.record(at, hr.Residence.Median, hr.Wait.Median, !hr.STAMP, hr.Vars)
 			}
 		}
 	}
@@ -158,10 +160,15 @@ type cachedHopWindows struct {
 	h    *hopWindows
 }
 
-// record adds a probe's residence and wait.
-func (h *hopWindows) record(at int64, residence, wait float64, vars map[string]float64) {
+// record adds a probe's residence, and its wait when the hop reports one
+// (waits: not a STAMP reflector).
+func (h *hopWindows) record(at int64, residence, wait float64, waits bool, vars map[string]float64) {
 	h.residence.add(at, residence)
-	h.wait.add(at, wait)
+	if waits {
+		h.wait.add(at, wait)
+	} else {
+		h.noWait = true
+	}
 	if len(vars) > 0 {
 		h.vars = vars
 	}
@@ -246,11 +253,11 @@ func (s *entryState) segment(now time.Time, from, to string, rtt float64) {
 	s.segmentAt(s.moment(now), from, to, rtt)
 }
 
-// hop adds a hop's residence and wait at now.
-func (s *entryState) hop(now time.Time, name string, residence, wait float64, vars map[string]float64) {
+// hop adds a hop's residence and wait (waits: it reports one) at now.
+func (s *entryState) hop(now time.Time, name string, residence, wait float64, waits bool, vars map[string]float64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.hopAt(s.moment(now), name, residence, wait, vars)
+	s.hopAt(s.moment(now), name, residence, wait, waits, vars)
 }
 
 // segmentAt adds a segment's rtt at moment at; the caller holds mu.
@@ -267,8 +274,9 @@ func (s *entryState) segmentAt(at int64, from, to string, rtt float64) {
 	w.add(at, rtt)
 }
 
-// hopAt adds a hop's residence and wait at moment at; the caller holds mu.
-func (s *entryState) hopAt(at int64, name string, residence, wait float64, vars map[string]float64) {
+// hopAt adds a hop's residence, and its wait when it reports one (waits:
+// not a STAMP reflector), at moment at; the caller holds mu.
+func (s *entryState) hopAt(at int64, name string, residence, wait float64, waits bool, vars map[string]float64) {
 	h := s.hops[name]
 	if h == nil {
 		if len(s.segments)+len(s.hops) >= maxSeriesKeys {
@@ -277,7 +285,7 @@ func (s *entryState) hopAt(at int64, name string, residence, wait float64, vars 
 		h = &hopWindows{}
 		s.hops[name] = h
 	}
-	h.record(at, residence, wait, vars)
+	h.record(at, residence, wait, waits, vars)
 }
 
 // Span is how far back the chain page looks, at least: an entry whose
@@ -305,10 +313,13 @@ type EntryState struct {
 type HopState struct {
 	Name string `json:"name"`
 	// Residence and Wait are medians over the last minute (0 for HTTP
-	// proxies, which report one duration).
-	ResidenceSeconds float64 `json:"residence_seconds"`
-	WaitSeconds      float64 `json:"wait_seconds"`
-	SLASeconds       float64 `json:"sla_seconds"`
+	// proxies, which report one duration); Wait is null for a STAMP
+	// reflector, which reports none.
+	ResidenceSeconds float64  `json:"residence_seconds"`
+	WaitSeconds      *float64 `json:"wait_seconds"`
+	// STAMP: the hop is a STAMP reflector.
+	STAMP      bool    `json:"stamp,omitempty"`
+	SLASeconds float64 `json:"sla_seconds"`
 	// SLA is ok, exceeded or none (no SLA for the hop).
 	SLA string `json:"sla"`
 	// HTTPHeader: an HTTP proxy, reporting through its Subsegment-Timing
@@ -387,7 +398,11 @@ func (s *entryState) snapshot(now time.Time) EntryState {
 		}
 		if w := s.hops[name]; w != nil {
 			res := w.residence.since(at, span, scratch)
-			h.ResidenceSeconds, h.WaitSeconds = res.Median, w.wait.since(at, span, scratch).Median
+			h.ResidenceSeconds, h.STAMP = res.Median, w.noWait
+			if !w.noWait {
+				wait := w.wait.since(at, span, scratch).Median
+				h.WaitSeconds = &wait
+			}
 			h.SLA = slaState(res.Median, h.SLASeconds, res.Samples)
 			if h.SLA == SLAExceeded {
 				h.Context = s.contextOf(name, w)

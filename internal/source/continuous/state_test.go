@@ -22,7 +22,7 @@ func pageState(interval time.Duration) *entryState {
 func sample(s *entryState, now time.Time) {
 	s.succeed(now)
 	s.segment(now, "a", "b", 0.002)
-	s.hop(now, "b", 0.0001, 0.00001, nil)
+	s.hop(now, "b", 0.0001, 0.00001, true, nil)
 }
 
 func states(snap EntryState) (segment, hop string, samples int) {

@@ -332,7 +332,12 @@ func (r *Result) addResidences(c *chain, smp *Sample) {
 		rec := &smp.Records[i]
 		h := &r.Hops[c.indexOf(peerOf(rec))]
 		h.residences = append(h.residences, smp.Breakdown.Residence[i])
-		h.waits = append(h.waits, rec.WaitForward+rec.WaitReturn)
+		if rec.Flags&frame.RecReflector != 0 {
+			// A STAMP reflector: its residence, no waits to report.
+			h.STAMP = true
+		} else {
+			h.waits = append(h.waits, rec.WaitForward+rec.WaitReturn)
+		}
 		h.ClockSynced = h.ClockSynced && rec.Flags&frame.RecSynced != 0
 		want := kernelFlags(i, i == last, rec.Flags)
 		h.KernelTimestamps = h.KernelTimestamps && rec.Flags&want == want

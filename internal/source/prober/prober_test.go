@@ -270,32 +270,47 @@ func testClockSkewLeavesSegmentsUnchanged(t *testing.T) {
 			o := opts(target)
 			o.Clock = clock.Skewed{Base: base, State: state}
 			segs, echoes, r := measureInterleaved(t, o, ref, 4)
-			want := median(echoes)
-			if got := median(segs["b>c"]); !bracketed(got, want) {
-				t.Errorf("b→c median %.6fs with skewed clocks, plain echo %.6fs", got, want)
-			}
-			for key, samples := range segs {
-				if key == "b>c" {
-					continue
-				}
-				// A leaked skew would be seconds: the 20 ms segment is the
-				// slowest, and nothing is near the skew.
-				if m, mx := median(samples), slices.Max(samples); m > want/4 || mx > time.Second {
-					t.Errorf("segment %s median %.6fs, max %v: skew leaked into the arithmetic", key, m, mx)
-				}
-			}
-			for _, s := range r.Segments {
-				if (s.OneWay != nil) != tc.synced {
-					t.Fatalf("segment %s→%s one-way present %v, want %v", s.From, s.To, s.OneWay != nil, tc.synced)
-				}
-			}
-			if tc.synced {
-				ow := r.Segment("b", "c").OneWay
-				if math.Abs(ow.Forward-ow.Return) > 0.002 || !within(ow.Forward+ow.Return, r.Segment("b", "c").RTT.Median) || ow.ErrorBound != 0.0004 {
-					t.Errorf("b→c one-way %+v: want two halves of about %.6fs and bound 0.0004s", *ow, want/2)
-				}
-			}
+			checkSkewDidNotLeak(t, segs, median(echoes))
+			checkOneWay(t, r, tc.synced, median(echoes))
 		})
+	}
+}
+
+// checkSkewDidNotLeak: b→c (delayed) measures what a plain echo through
+// the same delay measured (want), and no other segment is near a
+// skew of seconds.
+func checkSkewDidNotLeak(t *testing.T, segs map[string][]time.Duration, want float64) {
+	t.Helper()
+	if got := median(segs["b>c"]); !bracketed(got, want) {
+		t.Errorf("b→c median %.6fs with skewed clocks, plain echo %.6fs", got, want)
+	}
+	for key, samples := range segs {
+		if key == "b>c" {
+			continue
+		}
+		// A leaked skew would be seconds: the 20 ms segment is the
+		// slowest, and nothing is near the skew.
+		if m, mx := median(samples), slices.Max(samples); m > want/4 || mx > time.Second {
+			t.Errorf("segment %s median %.6fs, max %v: skew leaked into the arithmetic", key, m, mx)
+		}
+	}
+}
+
+// checkOneWay: one-way delays exist exactly when clocks are synchronised,
+// and then b→c's halves add up to its rtt with both ends' error bounds.
+func checkOneWay(t *testing.T, r *Result, synced bool, want float64) {
+	t.Helper()
+	for _, s := range r.Segments {
+		if (s.OneWay != nil) != synced {
+			t.Fatalf("segment %s→%s one-way present %v, want %v", s.From, s.To, s.OneWay != nil, synced)
+		}
+	}
+	if !synced {
+		return
+	}
+	ow := r.Segment("b", "c").OneWay
+	if math.Abs(ow.Forward-ow.Return) > 0.002 || !within(ow.Forward+ow.Return, r.Segment("b", "c").RTT.Median) || ow.ErrorBound != 0.0004 {
+		t.Errorf("b→c one-way %+v: want two halves of about %.6fs and bound 0.0004s", *ow, want/2)
 	}
 }
 

@@ -1,12 +1,14 @@
 package prober
 
 import (
+	"encoding/json"
 	"maps"
 	"slices"
 	"time"
 
 	"github.com/subsegment/subsegment_exporter/internal/source/timing"
 	"github.com/subsegment/subsegment_exporter/internal/wire/frame"
+	"github.com/subsegment/subsegment_exporter/internal/wire/stamp"
 )
 
 // Result summarises one run. It is also the stable JSON of
@@ -52,7 +54,9 @@ type HopResult struct {
 	ID        string  `json:"id"`
 	Residence Seconds `json:"residence_seconds"`
 	// Wait is the part of the residence the probes spent in the kernel
-	// before the hop read them (forward and return together).
+	// before the hop read them (forward and return together). A STAMP
+	// hop reports none: zero here, null in JSON (MarshalJSON), and no
+	// wait series anywhere.
 	Wait Seconds `json:"wait_seconds"`
 	// KernelTimestamps: every measured probe's request-in and reply-in at
 	// this hop were the kernel's receive stamps (else the read time).
@@ -69,6 +73,20 @@ type HopResult struct {
 	id         uint64
 	residences []time.Duration
 	waits      []time.Duration
+}
+
+// MarshalJSON writes the hop with "wait_seconds": null when it reports no
+// wait (a STAMP reflector): a 0 would read as measured.
+func (h HopResult) MarshalJSON() ([]byte, error) {
+	type plain HopResult
+	var wait *Seconds
+	if !h.STAMP {
+		wait = &h.Wait
+	}
+	return json.Marshal(struct {
+		plain
+		Wait *Seconds `json:"wait_seconds"`
+	}{plain(h), wait})
 }
 
 // SegmentResult is one segment's statistics.
@@ -94,9 +112,12 @@ type SegmentResult struct {
 	Resolution float64 `json:"resolution_seconds,omitempty"`
 	// Loss and DSCP are a STAMP segment's packet loss and DSCP per
 	// direction (stamp.go); absent for relays and proxies.
-	Loss    *LossResult `json:"loss,omitempty"`
-	DSCP    *DSCPResult `json:"dscp,omitempty"`
-	Slowest bool        `json:"slowest"`
+	Loss *LossResult `json:"loss,omitempty"`
+	DSCP *DSCPResult `json:"dscp,omitempty"`
+	// BadReplies counts what came back that was no usable reply, by
+	// reason, and the replies whose TLVs were not used (a STAMP segment).
+	BadReplies *stamp.ReplyFaults `json:"bad_replies,omitempty"`
+	Slowest    bool               `json:"slowest"`
 	// Path lists the routers under the segment in TTL order, ending at
 	// its far end, as its near end traced them on the segment's own
 	// connection (trace.go); absent when the segment was not traced.

@@ -86,8 +86,10 @@ type stampSession struct {
 	src     peer.Hop
 	refl    peer.Hop
 	ledger  stamp.LossLedger
-	// acc is what happened since the last result was built.
-	acc stampAccount
+	// acc is what happened since the last result was built; faultsAt the
+	// session's faults when it was.
+	acc      stampAccount
+	faultsAt stamp.ReplyFaults
 }
 
 // stampAccount is what a result says of its packets beyond the samples.
@@ -97,7 +99,6 @@ type stampAccount struct {
 	// warm-up aside) and their replies.
 	measured, measuredBack int
 	forward, ret           int64
-	late, authFailed       int
 	dscp                   stamp.DSCP
 	wait                   time.Duration
 }
@@ -198,9 +199,11 @@ func (s *stampSession) probe(ctx context.Context, seq uint64, _ uint16) Sample {
 	}
 	wait = min(wait, budget)
 	s.acc.wait = wait
-	p, info, err := s.sess.Exchange(ctx, wait)
+	before := s.sess.Faults()
+	p, err := s.sess.Exchange(ctx, wait)
+	faults := s.sess.Faults().Since(before)
 	fwd, ret := s.ledger.Add(&p)
-	s.acc.add(&p, info, fwd, ret)
+	s.acc.add(&p, fwd, ret)
 	if seq > 0 && p.Sent {
 		s.acc.measured++
 		if p.Received {
@@ -210,7 +213,7 @@ func (s *stampSession) probe(ctx context.Context, seq uint64, _ uint16) Sample {
 	switch {
 	case err != nil:
 		smp.Failure = s.fail(peer.ClassifyOr(err, peer.ReasonUnreachable), "STAMP to %s: %v", s.address, err)
-	case !p.Received && info.AuthFailed > 0:
+	case !p.Received && faults.Auth > 0:
 		smp.Failure = s.fail(peer.ReasonAuth, "%s answered, but its replies do not verify with the key of --relay.auth-key-file: it signs with another key, or is not in authenticated mode", s.address)
 	case !p.Received:
 		// Lost: no records.
@@ -247,7 +250,7 @@ func (s *stampSession) decode(smp *Sample, p *stamp.PacketResult) {
 }
 
 // add counts one exchanged packet.
-func (a *stampAccount) add(p *stamp.PacketResult, info stamp.ExchangeInfo, fwd, ret int64) {
+func (a *stampAccount) add(p *stamp.PacketResult, fwd, ret int64) {
 	if p.Sent {
 		a.sent++
 	}
@@ -256,8 +259,6 @@ func (a *stampAccount) add(p *stamp.PacketResult, info stamp.ExchangeInfo, fwd, 
 	}
 	a.forward += fwd
 	a.ret += ret
-	a.late += info.Late
-	a.authFailed += info.AuthFailed
 	a.dscp.Add(p)
 }
 
@@ -271,13 +272,11 @@ func (s *stampSession) attachTCP([]Sample) {}
 func (s *stampSession) annotate(r *Result) {
 	a := s.acc
 	s.acc = stampAccount{}
+	now := s.sess.Faults()
+	faults := now.Since(s.faultsAt)
+	s.faultsAt = now
 	if r.fail == nil && a.silent() {
-		r.setFailure(s.silence(a))
-	}
-	for i := range r.Hops {
-		if r.Hops[i].id == s.refl.ID {
-			r.Hops[i].STAMP = true
-		}
+		r.setFailure(s.silence(a, &faults))
 	}
 	if len(r.Segments) == 0 {
 		return
@@ -285,6 +284,7 @@ func (s *stampSession) annotate(r *Result) {
 	seg := &r.Segments[0]
 	seg.Loss = a.loss(s.ledger.Named)
 	seg.DSCP = a.dscpResult(s.o.STAMP.DSCP)
+	seg.BadReplies = &faults
 }
 
 // silent says whether no packet of the result came back: of its measured
@@ -296,16 +296,31 @@ func (a *stampAccount) silent() bool {
 	return a.sent > 0 && a.received == 0
 }
 
-// silence is the failure of a run in which no packet came back.
-func (s *stampSession) silence(a stampAccount) *Failure {
-	msg := fmt.Sprintf("no STAMP reply from %s to %d packets (each waited for %s)", s.address, a.sent, a.wait.Round(time.Millisecond))
-	if a.late > 0 {
-		msg += fmt.Sprintf("; %d replies came too late", a.late)
+// silence is the failure of a run in which no packet came back usable:
+// what came instead, when anything did (reason auth for replies that do
+// not verify, bad_frame for replies no reflector may send), else that
+// nothing did — which the sender cannot tell from a path that drops them
+// or a reflector that refuses them (reason timeout; auth for an
+// authenticated module, whose reflector discards what does not verify).
+func (s *stampSession) silence(a stampAccount, faults *stamp.ReplyFaults) *Failure {
+	waited := fmt.Sprintf("to %d packets (each waited for %s)", a.sent, a.wait.Round(time.Millisecond))
+	if faults.Refused() > faults.Late {
+		reason := peer.ReasonBadFrame
+		if faults.Auth > 0 {
+			reason = peer.ReasonAuth
+		}
+		return s.fail(reason, "no usable STAMP reply from %s %s: %s", s.address, waited, faults.Text())
+	}
+	msg := fmt.Sprintf("no STAMP reply from %s %s", s.address, waited)
+	if faults.Late > 0 {
+		msg += "; " + faults.Text()
 	}
 	if s.o.STAMP.Authenticated {
 		return s.fail(peer.ReasonAuth, "%s: an authenticated reflector discards every packet whose HMAC does not verify, so it uses another key than --relay.auth-key-file, or none (or the path drops every packet)", msg)
 	}
-	return s.fail(peer.ReasonTimeout, "%s: the path or the reflector drops them", msg)
+	return s.fail(peer.ReasonTimeout, "%s: the packets or their replies were lost on the path, or the reflector did not answer them "+
+		"(a reflector refuses what is over its bounds or not in its mode, an authenticated one every unauthenticated packet: "+
+		"ours counts its refusals by reason in subsegment_stamp_refused_packets_total)", msg)
 }
 
 // loss is the account's loss; the directions named in it may be of

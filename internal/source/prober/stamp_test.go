@@ -79,22 +79,36 @@ func TestSTAMPRun(t *testing.T) {
 			if seg.Samples != 10 || seg.RTT.Median <= 0 || seg.RTT.Max > 1 || refl.Residence.Median <= 0 || !refl.KernelTimestamps || !res.Hops[0].KernelTimestamps {
 				t.Errorf("times: segment %+v hop %+v source %+v", seg, refl, res.Hops[0])
 			}
-			l := seg.Loss
-			if l == nil || l.Sent != 11 || l.Received != 11 || l.Lost != 0 || !l.ByDirection || l.Forward == nil || l.Forward.Lost != 0 || l.Unknown != 0 {
-				t.Errorf("loss %+v", l)
-			}
-			d := seg.DSCP
-			if d == nil || d.Sent != 46 || d.AtReflector == nil || *d.AtReflector != 46 || d.Returned == nil || *d.Returned != 46 ||
-				d.ForwardRemarked == nil || *d.ForwardRemarked || d.ReturnRemarked == nil || *d.ReturnRemarked {
-				t.Errorf("dscp %+v", d)
-			}
-			if (seg.OneWay != nil) != tc.clocks || refl.ClockSynced != tc.clocks {
-				t.Errorf("one-way %+v with clocks synchronised: %v (reflector synced %v)", seg.OneWay, tc.clocks, refl.ClockSynced)
-			}
-			if ow := seg.OneWay; ow != nil && (ow.ErrorBound < 0.002 || ow.Forward+ow.Return > seg.RTT.Max+1e-9) {
-				t.Errorf("one-way %+v: the bound is both ends' errors (2 ms), the delays within the rtt", ow)
-			}
+			checkNoLossSameDSCP(t, seg)
+			checkSTAMPOneWay(t, seg, refl, tc.clocks)
 		})
+	}
+}
+
+// checkNoLossSameDSCP: a clean loopback run lost nothing in either
+// direction and kept DSCP 46 both ways.
+func checkNoLossSameDSCP(t *testing.T, seg SegmentResult) {
+	t.Helper()
+	l := seg.Loss
+	if l == nil || l.Sent != 11 || l.Received != 11 || l.Lost != 0 || !l.ByDirection || l.Forward == nil || l.Forward.Lost != 0 || l.Unknown != 0 {
+		t.Errorf("loss %+v", l)
+	}
+	d := seg.DSCP
+	if d == nil || d.Sent != 46 || d.AtReflector == nil || *d.AtReflector != 46 || d.Returned == nil || *d.Returned != 46 ||
+		d.ForwardRemarked == nil || *d.ForwardRemarked || d.ReturnRemarked == nil || *d.ReturnRemarked {
+		t.Errorf("dscp %+v", d)
+	}
+}
+
+// checkSTAMPOneWay: one-way delays exactly when both clocks are
+// synchronised, bounded by both ends' errors and within the rtt.
+func checkSTAMPOneWay(t *testing.T, seg SegmentResult, refl HopResult, clocks bool) {
+	t.Helper()
+	if (seg.OneWay != nil) != clocks || refl.ClockSynced != clocks {
+		t.Errorf("one-way %+v with clocks synchronised: %v (reflector synced %v)", seg.OneWay, clocks, refl.ClockSynced)
+	}
+	if ow := seg.OneWay; ow != nil && (ow.ErrorBound < 0.002 || ow.Forward+ow.Return > seg.RTT.Max+1e-9) {
+		t.Errorf("one-way %+v: the bound is both ends' errors (2 ms), the delays within the rtt", ow)
 	}
 }
 
@@ -128,17 +142,27 @@ type fakeReflector struct {
 	conn  *net.UDPConn
 	fate  func(n int) string
 	claim time.Duration
-	mu    sync.Mutex
-	got   int
+	// auth makes it an authenticated reflector; mangle rewrites the
+	// finished reply of the n-th request before it is sent (a lying or
+	// broken reflector, or someone on the path).
+	auth   *stamp.Auth
+	mangle func(n int, reply []byte) []byte
+	mu     sync.Mutex
+	got    int
 }
 
 func startFake(t *testing.T, fate func(n int) string, claim time.Duration) *fakeReflector {
+	t.Helper()
+	return startFakeWith(t, &fakeReflector{fate: fate, claim: claim})
+}
+
+func startFakeWith(t *testing.T, f *fakeReflector) *fakeReflector {
 	t.Helper()
 	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fakeReflector{conn: c, fate: fate, claim: claim}
+	f.conn = c
 	done := make(chan struct{})
 	go func() { defer close(done); f.serve() }()
 	t.Cleanup(func() { c.Close(); <-done })
@@ -171,6 +195,9 @@ func (f *fakeReflector) serve() {
 		now := time.Now().UnixNano()
 		req := stamp.Request{Mode: stamp.Unauthenticated, RxTime: now - int64(f.claim), TTL: 64, Src: from,
 			Dst: netip.MustParseAddrPort(f.addr()), Stateful: true, ReflectorSeq: seq, RxCount: rx, TxCount: tx}
+		if f.auth != nil {
+			req.Mode, req.Auth = stamp.Authenticated, f.auth
+		}
 		seq++
 		var rep stamp.Reply
 		if stamp.Reflect(pkt, &req, &rep) != nil {
@@ -179,6 +206,9 @@ func (f *fakeReflector) serve() {
 		stamp.Finish(pkt, &rep, time.Now().UnixNano())
 		if fate == "return" {
 			continue // reflected, lost on the way back
+		}
+		if f.mangle != nil {
+			pkt = f.mangle(n, pkt)
 		}
 		_, _ = f.conn.WriteToUDPAddrPort(pkt, from)
 	}
@@ -348,7 +378,7 @@ func TestChainEndingAtSTAMPReflector(t *testing.T) {
 		t.Fatalf("result %v %v %+v", res.HopNames(), segNames(res), res.Failure)
 	}
 	last, r1 := res.Segment("b", "r1"), res.Hop("r1")
-	if last.Samples != 5 || last.RTT.Median <= 0 || r1.Residence.Median <= 0 || !r1.KernelTimestamps || r1.ID != hexID(stamp.HopID(r.Addr().String())) {
+	if last.Samples != 5 || last.RTT.Median <= 0 || r1.Residence.Median <= 0 || !r1.KernelTimestamps || !r1.STAMP || r1.ID != hexID(stamp.HopID(r.Addr().String())) {
 		t.Errorf("last segment %+v, reflector %+v", last, r1)
 	}
 	counts.mu.Lock()

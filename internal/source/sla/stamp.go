@@ -5,7 +5,6 @@ import (
 
 	"github.com/subsegment/subsegment_exporter/internal/config"
 	"github.com/subsegment/subsegment_exporter/internal/source/prober"
-	"github.com/subsegment/subsegment_exporter/internal/wire/stamp"
 )
 
 // stampOptions is how a stamp module measures: its packets, their
@@ -19,13 +18,5 @@ func stampOptions(m *config.Module, o *prober.Options) {
 	}
 	o.Count, o.Interval = m.PacketCount(), m.PacketInterval()
 	o.STAMP = &prober.STAMPOptions{Name: s.Name, PacketBytes: s.PacketBytes, DSCP: uint8(s.DSCP), Authenticated: s.Authenticated,
-		PacketTimeout: time.Duration(s.PacketTimeout),
-		TLVs: stamp.TLVRequest{
-			DirectMeasurement: s.HasTLV("direct_measurement"),
-			ClassOfService:    s.HasTLV("class_of_service"),
-			ReturnDSCP:        uint8(s.DSCP),
-			TimestampInfo:     s.HasTLV("timestamp_information"),
-			Location:          s.HasTLV("location"),
-			FollowUp:          s.HasTLV("follow_up_telemetry"),
-		}}
+		PacketTimeout: time.Duration(s.PacketTimeout), TLVs: s.TLVRequest()}
 }

@@ -179,35 +179,67 @@ func Hold(t testing.TB, ln net.Listener) string {
 // Echo is a plain TCP echo server, the reference a delay is measured by.
 func Echo(t testing.TB) string {
 	t.Helper()
+	return serve(t, echo)
+}
+
+// echo writes back what c sends until it closes or is idle for 30 s.
+func echo(c net.Conn) {
+	buf := make([]byte, 64<<10)
+	for {
+		if c.SetDeadline(time.Now().Add(30*time.Second)) != nil {
+			return
+		}
+		n, err := c.Read(buf)
+		if n > 0 {
+			if _, werr := c.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// serve listens on a loopback port and runs handle on every connection
+// (closing it after) until the test ends, which closes the connections
+// still open and waits for their handlers. It returns the address.
+func serve(t testing.TB, handle func(net.Conn)) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan struct{})
+	var (
+		handlers sync.WaitGroup
+		mu       sync.Mutex
+		open     = map[net.Conn]struct{}{}
+	)
 	go func() {
 		defer close(done)
 		for {
 			c, err := ln.Accept()
 			if err != nil {
+				mu.Lock()
+				for c := range open {
+					c.Close()
+				}
+				mu.Unlock()
+				handlers.Wait()
 				return
 			}
+			mu.Lock()
+			open[c] = struct{}{}
+			mu.Unlock()
+			handlers.Add(1)
 			go func() {
-				defer c.Close()
-				buf := make([]byte, 64<<10)
-				for {
-					if c.SetDeadline(time.Now().Add(30*time.Second)) != nil {
-						return
-					}
-					n, err := c.Read(buf)
-					if n > 0 {
-						if _, werr := c.Write(buf[:n]); werr != nil {
-							return
-						}
-					}
-					if err != nil {
-						return
-					}
-				}
+				defer handlers.Done()
+				handle(c)
+				mu.Lock()
+				delete(open, c)
+				mu.Unlock()
+				c.Close()
 			}()
 		}
 	}()
@@ -242,50 +274,34 @@ func smallBuffers(_, _ string, c syscall.RawConn) error {
 // chain makes of bytes nobody should send. It returns its address.
 func Scripted(t testing.TB, answer func(req []byte, v frame.View) []byte) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	var conns sync.WaitGroup
-	go func() {
-		defer close(done)
+	return serve(t, func(c net.Conn) { answerFrames(c, answer) })
+}
+
+// answerFrames reads frames from c (100 000 reads at most, each within
+// 10 s) and writes what answer makes of each, until c closes or sends
+// something that is not a frame.
+func answerFrames(c net.Conn, answer func(req []byte, v frame.View) []byte) {
+	r := frame.NewReader(c, frame.DefaultMaxFrameBytes)
+	defer r.Release()
+	for i := 0; i < 100000; i++ {
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		if err := r.Fill(); err != nil {
+			return
+		}
 		for {
-			c, err := ln.Accept()
+			fr, err := r.Next()
+			if err != nil || fr == nil {
+				break
+			}
+			v, err := frame.Parse(fr, frame.DefaultMaxFrameBytes, frame.MaxHopsLimit)
 			if err != nil {
-				conns.Wait()
 				return
 			}
-			conns.Add(1)
-			go func() {
-				defer conns.Done()
-				defer c.Close()
-				r := frame.NewReader(c, frame.DefaultMaxFrameBytes)
-				defer r.Release()
-				for i := 0; i < 100000; i++ {
-					_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-					if err := r.Fill(); err != nil {
-						return
-					}
-					for {
-						fr, err := r.Next()
-						if err != nil || fr == nil {
-							break
-						}
-						v, err := frame.Parse(fr, frame.DefaultMaxFrameBytes, frame.MaxHopsLimit)
-						if err != nil {
-							return
-						}
-						if _, err := c.Write(answer(fr, v)); err != nil {
-							return
-						}
-					}
-				}
-			}()
+			if _, err := c.Write(answer(fr, v)); err != nil {
+				return
+			}
 		}
-	}()
-	t.Cleanup(func() { ln.Close(); <-done })
-	return ln.Addr().String()
+	}
 }
 
 // EndRecord is a plausible end host's record, for Scripted hops to alter.

@@ -258,6 +258,10 @@ func TestParseRecordsRejectsMalformed(t *testing.T) {
 		{"forward wait exceeds forward", recordWith(func(h *HopRecord) { h.WaitForward = h.Forward + 1 }), 1, "forward wait"},
 		{"return wait exceeds return", recordWith(func(h *HopRecord) { h.WaitReturn = h.Return + 1 }), 1, "return wait"},
 		{"end host with a downstream", recordWith(func(h *HopRecord) { h.Flags |= RecEnd }), 1, "end host"},
+		{"reflector record not the end", recordWith(func(h *HopRecord) { h.Flags |= RecReflector }), 1, "STAMP reflector"},
+		{"reflector record with a wait", recordWith(func(h *HopRecord) {
+			h.Flags, h.Downstream, h.Return, h.WaitReturn, h.WaitForward = RecEnd|RecReflector, 0, 0, 0, h.Forward/2
+		}), 1, "STAMP reflector"},
 		{"error side out of range", errorWith("c", "z", "m", 1, 9), 1, "side"},
 		{"error reason unknown", errorWith("c", "z", "m", 200, 0), 1, "reason"},
 		{"error flags set", func() []byte { b := bytes.Clone(er); b[offFlags+1] = 1; return b }(), 1, "flags"},

@@ -49,8 +49,13 @@ const (
 	// hop's trace of the route to its next hop found, asked for by
 	// ProbePath.
 	RecPath uint16 = 1 << 8
+	// RecReflector: the record is a STAMP reflector's, the end of the
+	// chain, written by the relay that measured it (--forward-to
+	// stamp://): Forward is its residence T3 − T2, and it reports no
+	// waits (none known, not 0).
+	RecReflector uint16 = 1 << 9
 
-	recKnownFlags = RecSynced | RecTCPInfo | RecDialed | RecEnd | RecStripped | RecKernelIn | RecKernelReply | RecTCPInfoUp | RecPath
+	recKnownFlags = RecSynced | RecTCPInfo | RecDialed | RecEnd | RecStripped | RecKernelIn | RecKernelReply | RecTCPInfoUp | RecPath | RecReflector
 )
 
 // Sizes and bounds of records.
@@ -539,6 +544,8 @@ func (d *decoder) checkTimes(h *HopRecord) {
 		d.failf("a record is both the end host's and a stripping relay's")
 	case h.Flags&RecEnd != 0 && h.Flags&RecPath != 0:
 		d.failf("the end host's record carries a path (it has no next hop to trace)")
+	case h.Flags&RecReflector != 0 && (h.Flags&RecEnd == 0 || h.WaitForward != 0 || h.WaitReturn != 0):
+		d.failf("a STAMP reflector's record is the end of the chain, without waits")
 	}
 }
 

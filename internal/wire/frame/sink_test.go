@@ -148,22 +148,11 @@ func TestSinkTakesLargeBlocks(t *testing.T) {
 		{"one byte at a time", 64 << 10, 1 << 20, 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var input []byte
-			var want [][]byte
 			sizes := []int{100 << 10, 8 << 10, 300 << 10, 0, testSpliceMin, testSpliceMin - 1, 1 << 20, 0, testSpliceMin - 1}
 			if tc.chunk == 1 {
 				sizes = []int{100 << 10, 1000, 70 << 10}
 			}
-			for i, n := range sizes {
-				kind := KindStreamRequest
-				tail := []byte{0, 0, 0, 0, 0, 0, 0, byte(i + 1)}
-				if i%2 == 1 {
-					kind = KindProbeRequest
-				}
-				fr := streamFrame(kind, uint64(i), pattern(n, byte(i)), tail)
-				want = append(want, fr)
-				input = append(input, fr...)
-			}
+			input, want := alternatingFrames(sizes)
 			budget := NewBufferBudget(64<<20, 4<<20)
 			f := &feed{data: input, n: tc.chunk}
 			s := &memSink{src: f, size: tc.size, maxSize: tc.maxSize}
@@ -171,18 +160,7 @@ func TestSinkTakesLargeBlocks(t *testing.T) {
 			r.Budget, r.Sink, r.SpliceMin = budget, s, testSpliceMin
 			r.Prove()
 			got, spliced := readFrames(t, r, f, s)
-			if len(got) != len(want) {
-				t.Fatalf("%d frames, want %d", len(got), len(want))
-			}
-			for i := range want {
-				if !bytes.Equal(got[i], want[i]) {
-					t.Fatalf("frame %d (%d data bytes, %d spliced) differs", i, sizes[i], spliced[i])
-				}
-				large := sizes[i] >= testSpliceMin && i%2 == 0
-				if large != (spliced[i] > 0) {
-					t.Errorf("frame %d: %d data bytes, kind %d: %d spliced", i, sizes[i], want[i][5], spliced[i])
-				}
-			}
+			checkSpliced(t, got, want, sizes, spliced)
 			if len(s.held) != 0 {
 				t.Errorf("the sink still holds %d bytes", len(s.held))
 			}
@@ -194,6 +172,41 @@ func TestSinkTakesLargeBlocks(t *testing.T) {
 				t.Errorf("released reader still holds %d bytes of the budget", budget.Used())
 			}
 		})
+	}
+}
+
+// alternatingFrames makes a stream request of each even index's size and
+// a probe request of each odd one's, each with a tail naming its place;
+// it returns them back to back and one by one.
+func alternatingFrames(sizes []int) (input []byte, frames [][]byte) {
+	for i, n := range sizes {
+		kind := KindStreamRequest
+		tail := []byte{0, 0, 0, 0, 0, 0, 0, byte(i + 1)}
+		if i%2 == 1 {
+			kind = KindProbeRequest
+		}
+		fr := streamFrame(kind, uint64(i), pattern(n, byte(i)), tail)
+		frames = append(frames, fr)
+		input = append(input, fr...)
+	}
+	return input, frames
+}
+
+// checkSpliced: every frame came back byte-exact and in order, and
+// exactly the large stream blocks went through the sink.
+func checkSpliced(t *testing.T, got, want [][]byte, sizes, spliced []int) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Fatalf("%d frames, want %d", len(got), len(want))
+	}
+	for i := range want {
+		if !bytes.Equal(got[i], want[i]) {
+			t.Fatalf("frame %d (%d data bytes, %d spliced) differs", i, sizes[i], spliced[i])
+		}
+		large := sizes[i] >= testSpliceMin && i%2 == 0
+		if large != (spliced[i] > 0) {
+			t.Errorf("frame %d: %d data bytes, kind %d: %d spliced", i, sizes[i], want[i][5], spliced[i])
+		}
 	}
 }
 

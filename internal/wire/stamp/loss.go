@@ -1,5 +1,7 @@
 package stamp
 
+import "sync"
+
 // Loss is the rule that names a session's lost packets by direction from a
 // reply's Direct Measurement counters (RFC 8972 §4.5), which count the
 // whole session up to and including that packet: S_TxC − R_RxC packets
@@ -59,4 +61,50 @@ func (l *LossLedger) Add(p *PacketResult) (forward, ret int64) {
 // last reply with counters, whose direction is not known.
 func (l *LossLedger) Unnamed() int64 {
 	return max(int64(l.Sent)-int64(l.Received)-l.ForwardLost-l.ReturnLost, 0)
+}
+
+// OrderedLedger is a LossLedger fed by exchanges that run at once (a
+// relay's connections sharing one session): a reply's counters count the
+// packets before it, so each packet is added in sequence order, once
+// every earlier packet's wait has ended. Safe for concurrent use; it
+// holds at most the packets in flight.
+type OrderedLedger struct {
+	mu      sync.Mutex
+	l       LossLedger
+	next    uint32
+	pending map[uint32]PacketResult
+}
+
+// Add records one exchanged packet (a zero Length: none was built, there
+// is nothing to add) and returns the losses named by the packets it could
+// add in order, this one's and earlier ones'.
+func (o *OrderedLedger) Add(p *PacketResult) (forward, ret int64) {
+	if p.Length == 0 {
+		return 0, 0
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.pending == nil {
+		o.pending = map[uint32]PacketResult{}
+	}
+	o.pending[p.Seq] = PacketResult{Seq: p.Seq, Sent: p.Sent, Received: p.Received, TLVs: ReplyTLVs{
+		HasDirectMeasurement: p.TLVs.HasDirectMeasurement, DirectMeasurement: p.TLVs.DirectMeasurement}}
+	for {
+		q, ok := o.pending[o.next]
+		if !ok {
+			return forward, ret
+		}
+		delete(o.pending, o.next)
+		o.next++
+		f, r := o.l.Add(&q)
+		forward += f
+		ret += r
+	}
+}
+
+// Ledger is the loss added so far.
+func (o *OrderedLedger) Ledger() LossLedger {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.l
 }

@@ -3,6 +3,7 @@ package stamp
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 )
 
 // Mode is a session's mode: the mode is configured at both ends (no bit in
@@ -182,4 +183,33 @@ func (p *ReflectorPacket) put(b []byte, l *layout) {
 	putTimestamp(b[l.sTS:], p.SenderTimestamp)
 	binary.BigEndian.PutUint16(b[l.sErr:], uint16(p.SenderErrorEstimate))
 	b[l.sTTL] = p.SenderTTL
+}
+
+// How a process chooses its STAMP mode (--stamp.auth, for a reflector
+// and for the probe and check commands' senders alike).
+const (
+	AuthAuto = "auto" // authenticated when the process has a key file
+	AuthOn   = "on"
+	AuthOff  = "off"
+)
+
+// ChooseMode is the one rule that turns a --stamp.auth setting into a
+// mode: auto is authenticated exactly when the process has a key
+// (--relay.auth-key-file), on requires one, off is unauthenticated.
+func ChooseMode(setting string, haveKey bool) (Mode, error) {
+	switch setting {
+	case AuthAuto, "":
+		if haveKey {
+			return Authenticated, nil
+		}
+		return Unauthenticated, nil
+	case AuthOn:
+		if !haveKey {
+			return Unauthenticated, errors.New("--stamp.auth=on needs the chain's key: set --relay.auth-key-file")
+		}
+		return Authenticated, nil
+	case AuthOff:
+		return Unauthenticated, nil
+	}
+	return Unauthenticated, fmt.Errorf("--stamp.auth %q: auto, on or off", setting)
 }

@@ -33,8 +33,9 @@ func (p *PacketResult) Around() (time.Duration, error) {
 	return d, nil
 }
 
-// ReflectorRecord is the reflector's record of a received packet: its
-// residence T3 − T2 as the end host's forward time, T2 as its wall clock
+// ReflectorRecord is the reflector's record of a received packet
+// (frame.RecReflector: no waits): its residence T3 − T2 as the end host's
+// forward time, T2 as its wall clock
 // at request-in, its clock from its Error Estimate, and whether it took T2
 // from the kernel (Timestamp Information TLV). A residence below 0 or over
 // a day is refused: no reflector holds a packet so.
@@ -46,7 +47,7 @@ func (p *PacketResult) ReflectorRecord(id uint64, name string) (frame.HopRecord,
 	if res < 0 || res > frame.MaxDuration {
 		return frame.HopRecord{}, fmt.Errorf("the reply says the reflector held the packet %v (T3 − T2): a reflector's residence lies within 0 and a day", res)
 	}
-	rec := frame.HopRecord{ID: id, Name: name, Flags: frame.RecEnd, Forward: res, WallIn: p.T2}
+	rec := frame.HopRecord{ID: id, Name: name, Flags: frame.RecEnd | frame.RecReflector, Forward: res, WallIn: p.T2}
 	if ti := p.TLVs.TimestampInfo; p.TLVs.HasTimestampInfo && (ti.MethodIn == MethodSWLocal || ti.MethodIn == MethodHWAssist) {
 		rec.Flags |= frame.RecKernelIn
 	}

@@ -191,78 +191,114 @@ func checkHMACTLV(pkt []byte, req *Request) (int, hmacState) {
 
 // reflectTLVs rewrites the request's TLVs into the reply's (same offsets,
 // same lengths) and returns the offset of an HMAC TLV to sign (-1: none).
+// Every TLV's flags are set as RFC 8972 §4 says (tlvFlags); when the HMAC
+// TLV does not verify, no TLV is acted on (their values come back as they
+// came), and each is flagged I.
 func reflectTLVs(pkt []byte, req *Request, rep *Reply) int {
 	hmacOff, state := checkHMACTLV(pkt, req)
+	failed := state == hmacFailed
 	r := ReadTLVs(pkt, req.Mode)
 	for {
 		t, ok := r.Next()
 		if !ok {
 			break
 		}
-		flags := &pkt[t.Off]
-		if state == hmacFailed {
-			*flags |= FlagI
-			rep.Integrity++
-			continue
+		known, wellFormed := recognised(t.Type), true
+		if known {
+			wellFormed = wellFormedTLV(t, t.Off == hmacOff)
 		}
-		reflectTLV(t, flags, req, rep, t.Off == hmacOff)
+		// A Location is answered even with a malformed sub-TLV: the
+		// others are filled, the bad one flagged.
+		if known && !failed && (wellFormed || t.Type == TLVLocation) {
+			wellFormed = reflectTLV(t, req, rep) && wellFormed
+		}
+		pkt[t.Off] = tlvFlags(known, wellFormed, failed, rep)
 	}
 	if r.Err() != nil {
-		// A Length past the end: flag it, return the rest as it came.
-		pkt[r.Off()] |= FlagM
-		rep.Malformed++
+		// A Length past the end: flagged M, the rest returned as it came.
+		pkt[r.Off()] = tlvFlags(recognised(TLVType(pkt[r.Off()+1])), false, failed, rep)
 	}
-	if state == hmacFailed {
+	if failed {
 		return -1
 	}
 	return hmacOff
 }
 
-// reflectTLV answers one TLV; hmacLast marks the HMAC TLV that closes the
-// list (an HMAC TLV anywhere else is malformed).
-func reflectTLV(t TLV, flags *uint8, req *Request, rep *Reply, hmacLast bool) {
-	ok := true
-	switch t.Type {
-	case TLVExtraPadding:
-	case TLVLocation:
-		ok = fillLocation(t.Value, req.Src, req.Dst)
-	case TLVTimestampInfo:
-		ok = len(t.Value) >= 4
-		if ok {
-			ti := reflectorTimestampInfo(req)
-			ti.Put(t.Value)
-		}
-	case TLVClassOfService:
-		c, err := ParseClassOfService(t.Value)
-		if ok = err == nil; ok {
-			c.DSCP2, c.ECN, c.RP = req.TOS>>2, req.TOS&3, 0
-			c.Put(t.Value)
-			rep.TOS = c.DSCP1 << 2
-		}
-	case TLVDirectMeasurement:
-		d, err := ParseDirectMeasurement(t.Value)
-		if ok = err == nil; ok {
-			d.ReflectorRx, d.ReflectorTx = req.RxCount, req.TxCount
-			d.Put(t.Value)
-		}
-	case TLVFollowUp:
-		ok = len(t.Value) == FollowUpLen
-		if ok {
-			followUp(req, rep.Format).Put(t.Value)
-			rep.FollowUp = true
-		}
-	case TLVHMAC:
-		ok = hmacLast && len(t.Value) == HMACLen
-	default:
-		*flags |= FlagU
+// tlvFlags is the one rule on a reflected TLV's flags (RFC 8972 §4): U
+// when the reflector does not recognise its type, M when it is malformed
+// (its Length wrong for its type, past the packet, or a sub-TLV
+// malformed), I when the HMAC TLV failed; every other bit zero (a sender's
+// M and I, the reserved bits). It counts the flags it sets.
+func tlvFlags(known, wellFormed, integrityFailed bool, rep *Reply) uint8 {
+	var f uint8
+	if !known {
+		f |= FlagU
 		rep.Unrecognized++
-		return
 	}
-	*flags &^= FlagU
-	if !ok {
-		*flags |= FlagM
+	if !wellFormed {
+		f |= FlagM
 		rep.Malformed++
 	}
+	if integrityFailed {
+		f |= FlagI
+		rep.Integrity++
+	}
+	return f
+}
+
+// recognised reports whether the reflector implements a TLV type.
+func recognised(t TLVType) bool {
+	switch t {
+	case TLVExtraPadding, TLVLocation, TLVTimestampInfo, TLVClassOfService, TLVDirectMeasurement, TLVFollowUp, TLVHMAC:
+		return true
+	}
+	return false
+}
+
+// wellFormedTLV checks a recognised TLV's Length (and a Location's
+// sub-TLVs) without changing it; hmacLast marks the HMAC TLV that closes
+// the list (an HMAC TLV anywhere else is malformed).
+func wellFormedTLV(t TLV, hmacLast bool) bool {
+	switch t.Type {
+	case TLVLocation:
+		return walkLocation(t.Value, nil)
+	case TLVTimestampInfo:
+		return len(t.Value) >= 4
+	case TLVClassOfService:
+		return len(t.Value) == ClassOfServiceLen
+	case TLVDirectMeasurement:
+		return len(t.Value) == DirectMeasurementLen
+	case TLVFollowUp:
+		return len(t.Value) == FollowUpLen
+	case TLVHMAC:
+		return hmacLast && len(t.Value) == HMACLen
+	}
+	return true // Extra Padding: any length
+}
+
+// reflectTLV answers one well-formed, recognised TLV in place; false when
+// answering found it malformed after all (a Location sub-TLV).
+func reflectTLV(t TLV, req *Request, rep *Reply) bool {
+	switch t.Type {
+	case TLVLocation:
+		return fillLocation(t.Value, req.Src, req.Dst)
+	case TLVTimestampInfo:
+		ti := reflectorTimestampInfo(req)
+		ti.Put(t.Value)
+	case TLVClassOfService:
+		c, _ := ParseClassOfService(t.Value)
+		c.DSCP2, c.ECN, c.RP = req.TOS>>2, req.TOS&3, 0
+		c.Put(t.Value)
+		rep.TOS = c.DSCP1 << 2
+	case TLVDirectMeasurement:
+		d, _ := ParseDirectMeasurement(t.Value)
+		d.ReflectorRx, d.ReflectorTx = req.RxCount, req.TxCount
+		d.Put(t.Value)
+	case TLVFollowUp:
+		followUp(req, rep.Format).Put(t.Value)
+		rep.FollowUp = true
+	}
+	return true
 }
 
 func reflectorTimestampInfo(req *Request) TimestampInfo {

@@ -23,11 +23,27 @@ type ReplyTLVs struct {
 	// HMACPresent: the reply ends with an HMAC TLV; HMACValid: it
 	// verifies with one of the keys.
 	HMACPresent, HMACValid bool
+	// Unverified: the request carried an HMAC TLV and the reply's is
+	// missing or does not verify: whoever changed the TLVs on the way did
+	// not have the key, so none of them is used (every field above is
+	// absent, HMACPresent aside).
+	Unverified bool
 }
 
-// ParseReplyTLVs reads the TLVs of a reflected packet; auth verifies its
-// HMAC TLV (nil: not verified).
+// ParseReplyTLVs reads the TLVs of a reflected packet. auth is the keys
+// of a request that carried an HMAC TLV (RFC 8972 §4.8): then the reply's
+// TLVs are used only when its HMAC TLV verifies, else they are all absent
+// and Unverified says so. nil: the request carried none, nothing to
+// verify.
 func ParseReplyTLVs(pkt []byte, m Mode, auth *Auth) ReplyTLVs {
+	out := parseReplyTLVs(pkt, m, auth)
+	if auth != nil && !out.HMACValid {
+		return ReplyTLVs{Unverified: true, HMACPresent: out.HMACPresent}
+	}
+	return out
+}
+
+func parseReplyTLVs(pkt []byte, m Mode, auth *Auth) ReplyTLVs {
 	var out ReplyTLVs
 	r := ReadTLVs(pkt, m)
 	for {

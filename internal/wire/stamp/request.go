@@ -64,24 +64,44 @@ func MinSize(m Mode, r TLVRequest, withHMAC bool) int {
 	return n
 }
 
+// CheckSize is the one rule on a request's size (UDP payload) in mode m
+// with the TLVs of r: 0 (the smallest) or at least the base packet, the
+// TLVs and, when the packet carries them, the HMAC TLV; room left over
+// holds an Extra Padding TLV (4 octets or more) when there are TLVs; at
+// most a UDP datagram. It returns the size a packet gets.
+func CheckSize(m Mode, size int, r TLVRequest) (int, error) {
+	minSize := MinSize(m, r, signsTLVs(m, r))
+	switch {
+	case size == 0:
+		return minSize, nil
+	case size < minSize:
+		return 0, fmt.Errorf("STAMP packet size %d: %s mode with these TLVs needs at least %d octets", size, m, minSize)
+	case size > MaxPacketLen:
+		return 0, fmt.Errorf("STAMP packet size %d: a UDP datagram holds at most %d octets", size, MaxPacketLen)
+	}
+	if gap := size - minSize; r.Any() && gap > 0 && gap < TLVHeaderLen {
+		return 0, fmt.Errorf("STAMP packet size %d: %d octets above the %d the TLVs take cannot hold an Extra Padding TLV (4 octets or more): choose %d or at least %d", size, gap, minSize, minSize, minSize+TLVHeaderLen)
+	}
+	return size, nil
+}
+
+// signsTLVs reports whether a request carries the HMAC TLV: when asked
+// for, and always in authenticated mode with TLVs (RFC 8972 §4.8).
+func signsTLVs(m Mode, r TLVRequest) bool { return r.HMAC || (m == Authenticated && r.Any()) }
+
 // NewTemplate builds the request packet of a session: mode m, size octets
-// (0: the smallest for the TLVs), the TLVs of r. The room between the TLVs
-// and size is filled with an Extra Padding TLV of pseudo-random octets
-// when there are TLVs (RFC 8972 §4.1), with zeros otherwise (RFC 8762).
+// (CheckSize; 0: the smallest for the TLVs), the TLVs of r. The room
+// between the TLVs and size is filled with an Extra Padding TLV of
+// pseudo-random octets when there are TLVs (RFC 8972 §4.1), with zeros
+// otherwise (RFC 8762).
 func NewTemplate(m Mode, size int, r TLVRequest) (*Template, error) {
-	withHMAC := r.HMAC || (m == Authenticated && r.Any())
-	minSize := MinSize(m, r, withHMAC)
-	if size == 0 {
-		size = minSize
+	size, err := CheckSize(m, size, r)
+	if err != nil {
+		return nil, err
 	}
-	if size < minSize || size > MaxPacketLen {
-		return nil, fmt.Errorf("STAMP packet size %d: %s mode with these TLVs needs %d to %d octets", size, m, minSize, MaxPacketLen)
-	}
-	gap := size - minSize
+	withHMAC := signsTLVs(m, r)
+	gap := size - MinSize(m, r, withHMAC)
 	tlvs := r.Any()
-	if tlvs && gap > 0 && gap < TLVHeaderLen {
-		return nil, fmt.Errorf("STAMP packet size %d: %d octets above the %d the TLVs take cannot hold an Extra Padding TLV (4 octets or more): choose %d or at least %d", size, gap, minSize, minSize, minSize+TLVHeaderLen)
-	}
 	t := &Template{Mode: m, Len: size, buf: make([]byte, size), dm: -1, hmac: -1}
 	off := m.BaseLen()
 	put := func(typ TLVType, n int) []byte {

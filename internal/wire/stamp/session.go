@@ -63,28 +63,53 @@ func (o *SessionOptions) Validate() error {
 }
 
 // Session is a Session-Sender: one socket, one SSID, sequence numbers and
-// counters that go on across Probe calls (a stateful reflector keeps its
-// state per session too). It is not safe for concurrent Probe calls.
+// counters that go on across calls (a stateful reflector keeps its state
+// per session too). Exchange is safe for concurrent use: several packets
+// may be in flight, each reply matched to its packet by the sender
+// sequence number it echoes, by one receiving goroutine (receive.go).
 type Session struct {
-	opts SessionOptions
-	conn *udpmsg.Conn
-	tmpl *Template
-	// auth signs (the sending goroutine), rauth verifies replies (the
-	// receiving one): an Auth serves one goroutine.
-	auth, rauth *Auth
-	clock       clock.Clock
-	tai         int32
-	ssid        uint16
-	// next is the next sequence number (also the number sent so far).
-	next uint32
-	// cumulative, for loss per direction across Probe calls
+	opts  SessionOptions
+	conn  *udpmsg.Conn
+	tmpl  *Template
+	clock clock.Clock
+	tai   int32
+	ssid  uint16
+	// tlvAuth verifies the replies' HMAC TLVs: the keys when the requests
+	// carry an HMAC TLV, else nil (ParseReplyTLVs).
+	tlvAuth bool
+
+	// sending, under sendMu: auth signs, out holds the packet.
+	sendMu sync.Mutex
+	auth   *Auth
+	out    *udpmsg.Batch
+	// next is the next sequence number (also the number sent so far);
+	// txKey the kernel's number of the next transmit stamp (it counts
+	// the datagrams it sent, not the numbers a failed send used).
+	next, txKey uint32
+
+	// matching, under mu
+	mu      sync.Mutex
+	bySeq   map[uint32]*waiter
+	byKey   map[uint32]*waiter
+	free    []*waiter
+	recent  [recentFates]fate
+	faults  ReplyFaults
+	stamps  *udpmsg.Batch // ReadTxStamps' scratch, under txMu
+	txMu    sync.Mutex
+	onStamp func(key uint32, ns int64)
+	// received counts the replies taken; fwdLost and retLost the loss
+	// Probe named per direction, for the runs after.
 	received         uint32
 	fwdLost, retLost int64
-	// x is Exchange's buffers (nil until its first call).
-	x *exchangeState
+
+	// the receiving goroutine's own: rauth verifies, in holds replies
+	rauth *Auth
+	in    *udpmsg.Batch
+	done  chan struct{}
 }
 
-// Open creates the session's socket (connected to the target).
+// Open creates the session's socket (connected to the target) and starts
+// its receiving goroutine; Close ends both.
 func Open(ctx context.Context, o SessionOptions) (*Session, error) {
 	if err := o.Validate(); err != nil {
 		return nil, err
@@ -94,7 +119,10 @@ func Open(ctx context.Context, o SessionOptions) (*Session, error) {
 	if err != nil {
 		return nil, fmt.Errorf("STAMP sender: %w", err)
 	}
-	s := &Session{opts: o, conn: conn, tmpl: tmpl, auth: NewAuth(o.Keys), rauth: NewAuth(o.Keys), clock: o.Clock, tai: o.TAIOffset, ssid: o.SSID}
+	s := &Session{opts: o, conn: conn, tmpl: tmpl, auth: NewAuth(o.Keys), rauth: NewAuth(o.Keys), clock: o.Clock, tai: o.TAIOffset, ssid: o.SSID,
+		tlvAuth: tmpl.hmac >= 0, out: udpmsg.NewBatch(1, tmpl.Len), in: udpmsg.NewBatch(16, tmpl.Len+1), stamps: udpmsg.NewBatch(16, 16),
+		bySeq: map[uint32]*waiter{}, byKey: map[uint32]*waiter{}, done: make(chan struct{})}
+	s.onStamp = s.txStamp
 	if s.clock == nil {
 		s.clock = clock.NewSystem()
 	}
@@ -104,6 +132,7 @@ func Open(ctx context.Context, o SessionOptions) (*Session, error) {
 	for s.ssid == 0 {
 		s.ssid = uint16(rand.Uint32())
 	}
+	go s.receive()
 	return s, nil
 }
 
@@ -117,8 +146,13 @@ func KernelTAIOffset() int32 {
 	return tx.Tai
 }
 
-// Close closes the socket.
-func (s *Session) Close() error { return s.conn.Close() }
+// Close closes the socket and waits for the receiving goroutine; waiting
+// exchanges return what they have.
+func (s *Session) Close() error {
+	err := s.conn.Close()
+	<-s.done
+	return err
+}
 
 // SSID is the session's SSID.
 func (s *Session) SSID() uint16 { return s.ssid }
@@ -145,8 +179,6 @@ type PacketResult struct {
 	SentTOS     uint8
 
 	Received bool
-	// Duplicates counts further replies to the same packet.
-	Duplicates int
 	// T2 and T3 are the reflector's receive and send times; T4 when the
 	// reply arrived here (the kernel's stamp when T4Kernel).
 	T2, T3, T4 int64
@@ -155,20 +187,15 @@ type PacketResult struct {
 	TimestampError bool
 	ReflectorSeq   uint32
 	ReflectorError ErrorEstimate
-	// EchoOK: the reflector returned this packet's sequence number,
-	// timestamp and Error Estimate as they were sent.
-	EchoOK bool
 	// SenderTTL is the TTL the packet arrived with at the reflector;
 	// ReturnTTL and ReturnTOS those of the reply here.
 	SenderTTL, ReturnTTL uint8
 	ReturnTOS            uint8
 	HasReturnTOS         bool
-	Length, ReplyLength  int
-	TLVs                 ReplyTLVs
-	AuthOK               bool
-	// SizeMismatch: the reply was not the request's size (a reflector must
-	// answer symmetrically).
-	SizeMismatch bool
+	// Length is the packet's; a reply is always the same (WrongSize
+	// refuses any other).
+	Length int
+	TLVs   ReplyTLVs
 }
 
 // BestT1 is the kernel's transmit stamp when there is one, else T1.
@@ -211,9 +238,8 @@ type Result struct {
 	// session. A run's unknown tail is named by the next run.
 	RepliesBefore                   uint32
 	PrevForwardLost, PrevReturnLost int64
-	// BadReplies counts datagrams that were no valid reply to this run:
-	// short, failing authentication, another SSID, unknown sequence.
-	BadReplies int
+	// Faults is what came during the run that was no usable reply.
+	Faults ReplyFaults
 }
 
 // Probe sends count packets interval apart and waits for their replies
@@ -222,148 +248,59 @@ func (s *Session) Probe(ctx context.Context, count int, interval, timeout time.D
 	if count <= 0 {
 		return nil, fmt.Errorf("STAMP sender: %d packets: send at least 1", count)
 	}
-	first := s.next
+	s.mu.Lock()
 	res := &Result{Target: s.opts.Target, Local: s.Local(), Remote: s.Remote(), Mode: s.opts.Mode, SSID: s.ssid,
-		DSCP: s.opts.DSCP, TLVs: s.opts.TLVs, Packets: make([]PacketResult, count), Start: time.Now(),
+		DSCP: s.opts.DSCP, TLVs: s.opts.TLVs, Packets: make([]PacketResult, 0, count), Start: time.Now(),
 		RepliesBefore: s.received, PrevForwardLost: s.fwdLost, PrevReturnLost: s.retLost}
-	for i := range res.Packets {
-		res.Packets[i].Seq = first + uint32(i)
+	faults := s.faults
+	s.mu.Unlock()
+	sent, sendErr := s.sendEvery(ctx, count, interval)
+	deadline := time.Now().Add(timeout)
+	for _, w := range sent {
+		p, err := s.wait(ctx, w, deadline)
+		if sendErr == nil && err != nil && !p.Received {
+			sendErr = err
+		}
+		res.Packets = append(res.Packets, p)
 	}
-	rcv := newReceiver(s, res, first)
-	var wg sync.WaitGroup
-	wg.Add(1)
-	sendDone := make(chan time.Time, 1)
-	go func() {
-		defer wg.Done()
-		rcv.run(ctx, sendDone, timeout)
-	}()
-	sendErr := s.send(ctx, res, interval)
-	sendDone <- time.Now()
-	wg.Wait()
 	res.End = time.Now()
-	s.received += uint32(rcv.unique)
-	rcv.merge(res)
+	s.mu.Lock()
+	res.Faults = s.faults.Since(faults)
 	if sum := Summarize(res); sum.LossByDirection {
 		s.fwdLost += int64(sum.ForwardLost)
 		s.retLost += int64(sum.ReturnLost)
 	}
+	s.mu.Unlock()
 	return res, sendErr
 }
 
-func (s *Session) send(ctx context.Context, res *Result, interval time.Duration) error {
-	b := udpmsg.NewBatch(1, s.tmpl.Len)
-	m := &b.Msgs[0]
+// sendEvery sends count packets interval apart; it stops at the first
+// error (ctx's, or a packet that could not be built).
+func (s *Session) sendEvery(ctx context.Context, count int, interval time.Duration) ([]*waiter, error) {
+	sent := make([]*waiter, 0, count)
 	start := time.Now()
-	for i := range res.Packets {
+	for i := 0; i < count; i++ {
 		if i > 0 && interval > 0 {
-			wait := time.Until(start.Add(time.Duration(i) * interval))
-			if wait > 0 {
+			if wait := time.Until(start.Add(time.Duration(i) * interval)); wait > 0 {
 				t := time.NewTimer(wait)
 				select {
 				case <-ctx.Done():
 					t.Stop()
-					return ctx.Err()
+					return sent, ctx.Err()
 				case <-t.C:
 				}
 			}
 		}
 		if ctx.Err() != nil {
-			return ctx.Err()
+			return sent, ctx.Err()
 		}
-		p := &res.Packets[i]
-		p.SenderError = ErrorEstimateOf(s.clock.Sync(), s.opts.Format)
-		p.T1 = s.clock.Wall()
-		n, err := s.tmpl.Fill(m.Buf[:cap(m.Buf)], Fields{Seq: p.Seq, Timestamp: NewTimestamp(p.T1, s.opts.Format, s.tai),
-			ErrorEstimate: p.SenderError, SSID: s.ssid, SenderTx: p.Seq + 1}, s.auth)
-		if err != nil {
-			return err
+		w, err := s.send(0)
+		if w == nil {
+			return sent, err
 		}
-		m.N, m.Send, m.TxStamp = n, true, true
-		p.Length, p.SentTOS = n, s.opts.DSCP<<2
-		s.next++
-		if k, err := s.conn.Send(b, 1); k == 1 && err == nil {
-			p.Sent = true
-		}
+		sent = append(sent, w)
 	}
-	return nil
-}
-
-// receiver reads replies and transmit stamps while the sender sends; it
-// owns what it writes until merge.
-type receiver struct {
-	s       *Session
-	first   uint32
-	count   int
-	replies []PacketResult
-	tx      []int64
-	unique  int
-	bad     int
-}
-
-func newReceiver(s *Session, res *Result, first uint32) *receiver {
-	return &receiver{s: s, first: first, count: len(res.Packets), replies: make([]PacketResult, len(res.Packets)), tx: make([]int64, len(res.Packets))}
-}
-
-func (r *receiver) run(ctx context.Context, sendDone <-chan time.Time, timeout time.Duration) {
-	b := udpmsg.NewBatch(16, r.s.tmpl.Len+1)
-	stamps := udpmsg.NewBatch(16, 16)
-	onStamp := func(key uint32, ns int64) {
-		if i := int(key - r.first); i >= 0 && i < r.count {
-			r.tx[i] = ns
-		}
-	}
-	var deadline time.Time
-	for {
-		if deadline.IsZero() {
-			select {
-			case t := <-sendDone:
-				deadline = t.Add(timeout)
-			default:
-			}
-		}
-		if r.unique == r.count && !deadline.IsZero() {
-			_, _ = r.s.conn.ReadTxStamps(stamps, onStamp)
-			return
-		}
-		wait := time.Now().Add(5 * time.Millisecond)
-		if !deadline.IsZero() && deadline.Before(wait) {
-			wait = deadline
-		}
-		if d, ok := ctx.Deadline(); ok && d.Before(wait) {
-			wait = d
-		}
-		_ = r.s.conn.SetReadDeadline(wait)
-		n, err := r.s.conn.Recv(b)
-		now := r.s.clock.Wall()
-		for i := 0; i < n; i++ {
-			r.reply(&b.Msgs[i], now)
-		}
-		_, _ = r.s.conn.ReadTxStamps(stamps, onStamp)
-		if udpmsg.IsClosed(err) || ctx.Err() != nil || (!deadline.IsZero() && !time.Now().Before(deadline)) {
-			return
-		}
-	}
-}
-
-// reply checks one datagram and records it as the reply to its packet.
-func (r *receiver) reply(m *udpmsg.Message, now int64) {
-	q, v := r.s.decodeReply(m, now)
-	if v != replyOK {
-		r.bad++
-		return
-	}
-	i := int(q.Seq - r.first)
-	if i < 0 || i >= r.count {
-		r.bad++
-		return
-	}
-	p := &r.replies[i]
-	if p.Received {
-		p.Duplicates++
-		return
-	}
-	r.unique++
-	*p = q
+	return sent, nil
 }
 
 // replyVerdict is what decodeReply made of a datagram.
@@ -371,37 +308,51 @@ type replyVerdict uint8
 
 const (
 	replyOK replyVerdict = iota
-	// replyBad: short, truncated, of another session, or malformed.
-	replyBad
+	// replyUndecodable: shorter than the base packet, or of another
+	// session (SSID).
+	replyUndecodable
+	// replyWrongSize: not the size of the requests (cut when larger).
+	replyWrongSize
 	// replyAuth: an authenticated session's reply whose HMAC does not
 	// verify with any of the keys.
 	replyAuth
 )
 
+// echo is what a reply says the request carried, held against what was
+// sent (echoes).
+type echo struct {
+	ts  Timestamp
+	err ErrorEstimate
+}
+
 // decodeReply reads one datagram as a reply of this session, received at
-// now (the kernel's stamp when the message has one): the sender fields it
-// echoes go into T1 and SenderError, for the caller to hold against what
-// was sent; Seq is the sender's sequence number it answers. Every rule a
-// reply must pass is here, for Probe and Exchange alike.
-func (s *Session) decodeReply(m *udpmsg.Message, now int64) (PacketResult, replyVerdict) {
+// now (the kernel's stamp when the message has one); Seq is the sender's
+// sequence number it answers, e its echo of the other sender fields.
+// Every rule a datagram must pass to be a reply is here or in echoes:
+// the request's size (a reflector answers symmetrically, RFC 8762 §4),
+// the base format, the HMAC, the SSID.
+func (s *Session) decodeReply(m *udpmsg.Message, now int64) (PacketResult, echo, replyVerdict) {
 	var p PacketResult
 	pkt := m.Buf[:m.N]
+	if m.Truncated || (m.N != s.tmpl.Len && m.N >= s.opts.Mode.BaseLen()) {
+		return p, echo{}, replyWrongSize
+	}
 	rp, err := ParseReflector(pkt, s.opts.Mode)
-	if err != nil || m.Truncated {
-		return p, replyBad
+	if err != nil {
+		return p, echo{}, replyUndecodable
 	}
 	// The HMAC first: the socket takes datagrams from the reflector only,
 	// and one that answers with another key (or none) fails here, whatever
 	// it put where the SSID would be.
 	if s.opts.Mode == Authenticated {
 		if _, err := s.rauth.Verify(pkt); err != nil {
-			return p, replyAuth
+			return p, echo{}, replyAuth
 		}
 	}
 	if rp.SSID != s.ssid {
-		return p, replyBad
+		return p, echo{}, replyUndecodable
 	}
-	p.Seq, p.Received, p.AuthOK = rp.SenderSeq, true, true
+	p.Seq, p.Received = rp.SenderSeq, true
 	p.T4, p.T4Kernel = now, false
 	if m.RxTime != 0 {
 		p.T4, p.T4Kernel = m.RxTime, true
@@ -414,31 +365,16 @@ func (s *Session) decodeReply(m *udpmsg.Message, now int64) (PacketResult, reply
 	p.ReflectorSeq, p.ReflectorError = rp.Seq, rp.ErrorEstimate
 	p.SenderTTL, p.ReturnTTL = rp.SenderTTL, m.TTL
 	p.ReturnTOS, p.HasReturnTOS = m.TOS, m.HasTOS
-	p.ReplyLength = m.N
-	p.TLVs = ParseReplyTLVs(pkt, s.opts.Mode, s.rauth)
-	// echoed fields, held against what was sent by the caller
-	p.T1 = int64(rp.SenderTimestamp)
-	p.SenderError = rp.SenderErrorEstimate
-	return p, replyOK
+	var tlvAuth *Auth
+	if s.tlvAuth {
+		tlvAuth = s.rauth
+	}
+	p.TLVs = ParseReplyTLVs(pkt, s.opts.Mode, tlvAuth)
+	return p, echo{ts: rp.SenderTimestamp, err: rp.SenderErrorEstimate}, replyOK
 }
 
-// merge folds the receiver's records into the sent packets.
-func (r *receiver) merge(res *Result) {
-	res.BadReplies = r.bad
-	for i := range res.Packets {
-		p, q := &res.Packets[i], &r.replies[i]
-		p.T1Kernel = r.tx[i]
-		if !q.Received {
-			continue
-		}
-		echoTS, echoErr := Timestamp(q.T1), q.SenderError
-		sentTS := NewTimestamp(p.T1, r.s.opts.Format, r.s.tai)
-		p.EchoOK = echoTS == sentTS && echoErr == p.SenderError
-		p.Received, p.Duplicates, p.AuthOK = true, q.Duplicates, q.AuthOK
-		p.T2, p.T3, p.T4, p.T4Kernel, p.TimestampError = q.T2, q.T3, q.T4, q.T4Kernel, q.TimestampError
-		p.ReflectorSeq, p.ReflectorError = q.ReflectorSeq, q.ReflectorError
-		p.SenderTTL, p.ReturnTTL, p.ReturnTOS, p.HasReturnTOS = q.SenderTTL, q.ReturnTTL, q.ReturnTOS, q.HasReturnTOS
-		p.ReplyLength, p.TLVs = q.ReplyLength, q.TLVs
-		p.SizeMismatch = p.ReplyLength != p.Length
-	}
+// echoes reports whether a reply's echo is what the packet sent carried:
+// its timestamp and Error Estimate (the sequence number matched it).
+func (s *Session) echoes(sent *PacketResult, e echo) bool {
+	return e.ts == NewTimestamp(sent.T1, s.opts.Format, s.tai) && e.err == sent.SenderError
 }

@@ -142,27 +142,7 @@ func TestReflectFlagsTLVs(t *testing.T) {
 	src, dst := netip.MustParseAddrPort("192.0.2.1:40000"), netip.MustParseAddrPort("198.51.100.2:862")
 	base := Request{Mode: Unauthenticated, RxTime: time.Now().UnixNano(), RxKernel: true, TTL: 60, TOS: 46<<2 | 1, Src: src, Dst: dst,
 		Stateful: true, ReflectorSeq: 3, RxCount: 4, TxCount: 4}
-	t.Run("known", func(t *testing.T) {
-		loc := make([]byte, LocationRequestLen)
-		putLocationRequest(loc)
-		cos := make([]byte, 4)
-		ClassOfService{DSCP1: 10}.Put(cos)
-		pkt := request(Unauthenticated, tlv(FlagU, TLVLocation, loc), tlv(FlagU, TLVClassOfService, cos), tlv(FlagU, TLVDirectMeasurement, make([]byte, 12)),
-			tlv(FlagU, TLVExtraPadding, []byte{1, 2, 3}))
-		rep, got := reflect(t, pkt, base)
-		if len(got.Unrecognized)+len(got.Malformed)+len(got.Integrity) != 0 || !got.HasLocation || !got.HasClassOfService || !got.HasDirectMeasurement {
-			t.Fatalf("%+v", got)
-		}
-		if got.Location != (Location{DstPort: 862, SrcPort: 40000, Dst: dst.Addr(), Src: src.Addr()}) {
-			t.Errorf("location %+v", got.Location)
-		}
-		if got.ClassOfService != (ClassOfService{DSCP1: 10, DSCP2: 46, ECN: 1}) || rep.TOS != 10<<2 {
-			t.Errorf("class of service %+v, reply TOS %d", got.ClassOfService, rep.TOS)
-		}
-		if got.DirectMeasurement.ReflectorRx != 4 || got.DirectMeasurement.ReflectorTx != 4 || rep.Seq != 3 {
-			t.Errorf("counters %+v seq %d", got.DirectMeasurement, rep.Seq)
-		}
-	})
+	t.Run("known", func(t *testing.T) { testReflectKnownTLVs(t, base) })
 	t.Run("unknown and malformed", func(t *testing.T) {
 		pkt := request(Unauthenticated, tlv(FlagU, 200, []byte{9, 9}), tlv(FlagU, TLVClassOfService, []byte{1, 2}), tlv(FlagU, TLVDirectMeasurement, make([]byte, 8)))
 		want200 := append([]byte(nil), pkt[44:50]...)
@@ -188,31 +168,62 @@ func TestReflectFlagsTLVs(t *testing.T) {
 			t.Errorf("RFC 8762 zero padding treated as TLVs: %+v %x", rep, pkt[44:])
 		}
 	})
-	t.Run("hmac tlv", func(t *testing.T) {
-		auth := NewAuth(testKeys)
-		tm, err := NewTemplate(Unauthenticated, 0, TLVRequest{DirectMeasurement: true, HMAC: true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		pkt := make([]byte, tm.Len)
-		if _, err := tm.Fill(pkt, Fields{Seq: 1, SenderTx: 2}, auth); err != nil {
-			t.Fatal(err)
-		}
-		good := append([]byte(nil), pkt...)
-		req := base
-		req.Auth = auth
-		_, got := reflect(t, pkt, req)
-		if !got.HMACPresent || !got.HMACValid || len(got.Integrity) != 0 || !got.HasDirectMeasurement {
-			t.Errorf("valid HMAC TLV: %+v", got)
-		}
-		// Another key: every TLV comes back with I set.
-		pkt = append([]byte(nil), good...)
-		req.Auth = NewAuth(frame.Keys{[]byte("another key, 16+ octets")})
-		rep, got := reflect(t, pkt, req)
-		if rep.Integrity != 2 || len(got.Integrity) != 2 {
-			t.Errorf("wrong key: %+v %+v", rep, got)
-		}
-	})
+	t.Run("hmac tlv", func(t *testing.T) { testReflectHMACTLV(t, base) })
+}
+
+// Location, Class of Service, Direct Measurement and Extra Padding
+// TLVs are filled in as RFC 8972 says, none flagged.
+func testReflectKnownTLVs(t *testing.T, base Request) {
+	loc := make([]byte, LocationRequestLen)
+	putLocationRequest(loc)
+	cos := make([]byte, 4)
+	ClassOfService{DSCP1: 10}.Put(cos)
+	pkt := request(Unauthenticated, tlv(FlagU, TLVLocation, loc), tlv(FlagU, TLVClassOfService, cos), tlv(FlagU, TLVDirectMeasurement, make([]byte, 12)),
+		tlv(FlagU, TLVExtraPadding, []byte{1, 2, 3}))
+	rep, got := reflect(t, pkt, base)
+	if len(got.Unrecognized)+len(got.Malformed)+len(got.Integrity) != 0 || !got.HasLocation || !got.HasClassOfService || !got.HasDirectMeasurement {
+		t.Fatalf("%+v", got)
+	}
+	if got.Location != (Location{DstPort: 862, SrcPort: 40000, Dst: base.Dst.Addr(), Src: base.Src.Addr()}) {
+		t.Errorf("location %+v", got.Location)
+	}
+	if got.ClassOfService != (ClassOfService{DSCP1: 10, DSCP2: 46, ECN: 1}) || rep.TOS != 10<<2 {
+		t.Errorf("class of service %+v, reply TOS %d", got.ClassOfService, rep.TOS)
+	}
+	if got.DirectMeasurement.ReflectorRx != 4 || got.DirectMeasurement.ReflectorTx != 4 || rep.Seq != 3 {
+		t.Errorf("counters %+v seq %d", got.DirectMeasurement, rep.Seq)
+	}
+}
+
+// An HMAC TLV that verifies leaves the TLVs usable; under another key
+// every TLV comes back with I set and none is used.
+func testReflectHMACTLV(t *testing.T, base Request) {
+	auth := NewAuth(testKeys)
+	tm, err := NewTemplate(Unauthenticated, 0, TLVRequest{DirectMeasurement: true, HMAC: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pkt := make([]byte, tm.Len)
+	if _, err := tm.Fill(pkt, Fields{Seq: 1, SenderTx: 2}, auth); err != nil {
+		t.Fatal(err)
+	}
+	good := append([]byte(nil), pkt...)
+	req := base
+	req.Auth = auth
+	_, got := reflect(t, pkt, req)
+	if !got.HMACPresent || !got.HMACValid || len(got.Integrity) != 0 || !got.HasDirectMeasurement {
+		t.Errorf("valid HMAC TLV: %+v", got)
+	}
+	// Another key: every TLV comes back with I set.
+	pkt = append([]byte(nil), good...)
+	req.Auth = NewAuth(frame.Keys{[]byte("another key, 16+ octets")})
+	rep, got := reflect(t, pkt, req)
+	if !got.Unverified || got.HasDirectMeasurement {
+		t.Errorf("a reply whose HMAC TLV does not verify: its TLVs used: %+v", got)
+	}
+	if flags := ParseReplyTLVs(pkt, Unauthenticated, nil); rep.Integrity != 2 || len(flags.Integrity) != 2 {
+		t.Errorf("wrong key: %+v %+v", rep, flags)
+	}
 }
 
 func TestAuthenticatedReflect(t *testing.T) {
@@ -300,4 +311,71 @@ func TestTemplateSizes(t *testing.T) {
 	if _, err := NewTemplate(Unauthenticated, 43, TLVRequest{}); err == nil {
 		t.Error("43 octets accepted")
 	}
+}
+
+// The reflector's TLV flags are exactly RFC 8972 §4's: U only on a TLV it
+// does not recognise, M on a malformed one (a Length wrong for its type, a
+// TLV running past the packet, a malformed sub-TLV: its parent too), I on
+// every TLV when the HMAC TLV does not verify; whatever else a sender set
+// (M, I, reserved bits) is cleared.
+func TestReflectFlagsExactlyRFC8972(t *testing.T) {
+	src, dst := netip.MustParseAddrPort("192.0.2.1:40000"), netip.MustParseAddrPort("198.51.100.2:862")
+	base := Request{Mode: Unauthenticated, RxTime: time.Now().UnixNano(), Src: src, Dst: dst}
+	flagsOf := func(pkt []byte) []uint8 {
+		var out []uint8
+		for off := UnauthBaseLen; off+TLVHeaderLen <= len(pkt); {
+			out = append(out, pkt[off])
+			off += TLVHeaderLen + int(binary.BigEndian.Uint16(pkt[off+2:]))
+		}
+		return out
+	}
+	t.Run("sender flags cleared", func(t *testing.T) {
+		pkt := request(Unauthenticated, tlv(FlagU|FlagM|FlagI|0x1f, TLVDirectMeasurement, make([]byte, 12)), tlv(FlagU|FlagI, 200, []byte{1, 2, 3, 4}))
+		reflect(t, pkt, base)
+		if got := flagsOf(pkt); got[0] != 0 || got[1] != FlagU {
+			t.Errorf("flags %#x, want [0 0x80]", got)
+		}
+	})
+	t.Run("overrun", func(t *testing.T) {
+		for _, tc := range []struct {
+			typ  TLVType
+			want uint8
+		}{{TLVExtraPadding, FlagM}, {200, FlagU | FlagM}} {
+			pkt := request(Unauthenticated, []byte{FlagU, byte(tc.typ), 0, 50, 1, 2})
+			reflect(t, pkt, base)
+			if pkt[44] != tc.want {
+				t.Errorf("type %d running past the packet: flags %#x, want %#x", tc.typ, pkt[44], tc.want)
+			}
+		}
+	})
+	t.Run("hmac fails", func(t *testing.T) {
+		auth := NewAuth(testKeys)
+		tm, err := NewTemplate(Unauthenticated, 0, TLVRequest{ClassOfService: true, DirectMeasurement: true, HMAC: true, Unassigned: 200})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pkt := make([]byte, tm.Len)
+		if _, err := tm.Fill(pkt, Fields{Seq: 1, SenderTx: 2}, auth); err != nil {
+			t.Fatal(err)
+		}
+		req := base
+		req.Auth = NewAuth(frame.Keys{[]byte("another key, 16+ octets")})
+		rep, _ := reflect(t, pkt, req)
+		// class of service, direct measurement, the unassigned type, HMAC
+		want := []uint8{FlagI, FlagI, FlagU | FlagI, FlagI}
+		if got := flagsOf(pkt); !bytes.Equal(got, want) || rep.Integrity != 4 || rep.Unrecognized != 1 {
+			t.Errorf("flags %#x, want %#x; reply %+v", got, want, rep)
+		}
+	})
+	t.Run("malformed sub-TLV marks its parent", func(t *testing.T) {
+		loc := make([]byte, LocationRequestLen)
+		putLocationRequest(loc)
+		binary.BigEndian.PutUint16(loc[4+2:], 12) // Destination IP Address sub-TLV of 12 octets
+		binary.BigEndian.PutUint16(loc[4+TLVHeaderLen+12+2:], 20)
+		pkt := request(Unauthenticated, tlv(FlagU, TLVLocation, loc))
+		rep, _ := reflect(t, pkt, base)
+		if pkt[44] != FlagM || pkt[48+4]&FlagM == 0 || rep.Malformed != 1 {
+			t.Errorf("Location with a malformed address sub-TLV: parent flags %#x, sub-TLV flags %#x, reply %+v", pkt[44], pkt[48+4], rep)
+		}
+	})
 }

@@ -35,7 +35,7 @@ func statsOf(v []time.Duration) Stats {
 
 // Summary is what a Probe measured, in the terms a segment is reported in.
 type Summary struct {
-	Sent, Received, Duplicates int
+	Sent, Received int
 	// RTT is (T4 − T1) − (T3 − T2) per packet.
 	RTT Stats
 	// Jitter is the mean absolute difference between the round trips of
@@ -67,16 +67,13 @@ type Summary struct {
 	// Unrecognized, Malformed and Integrity are the TLV types the
 	// reflector flagged, each once.
 	Unrecognized, Malformed, Integrity []TLVType
-	// BadReplies: datagrams that were no valid reply (see Result).
-	BadReplies int
-	// EchoMismatch counts replies whose echoed sender fields differ from
-	// what was sent; SizeMismatch replies of another size.
-	EchoMismatch, SizeMismatch int
+	// Faults: what came that was no usable reply (see Result).
+	Faults ReplyFaults
 }
 
 // Summarize computes a Probe's summary.
 func Summarize(r *Result) Summary {
-	s := Summary{DSCP: DSCP{DSCPSent: r.DSCP, DSCPRequested: r.TLVs.ReturnDSCP}, BadReplies: r.BadReplies}
+	s := Summary{DSCP: DSCP{DSCPSent: r.DSCP, DSCPRequested: r.TLVs.ReturnDSCP}, Faults: r.Faults}
 	var rtts, res, fwd, ret []time.Duration
 	var lastDM *PacketResult
 	oneWay := true
@@ -89,13 +86,6 @@ func Summarize(r *Result) Summary {
 			continue
 		}
 		s.Received++
-		s.Duplicates += p.Duplicates
-		if !p.EchoOK {
-			s.EchoMismatch++
-		}
-		if p.SizeMismatch {
-			s.SizeMismatch++
-		}
 		if d, ok := p.RTT(); ok {
 			rtts = append(rtts, d)
 		}

@@ -35,8 +35,9 @@ func (t TLVType) String() string {
 }
 
 // TLV flags (RFC 8972 §4): a sender sends U=1, M=0, I=0; the reflector
-// clears U on every TLV it recognised, sets M on one it found malformed and
-// I on every TLV when the HMAC TLV did not verify.
+// sets U only on a TLV it does not recognise, M only on one it found
+// malformed (a malformed sub-TLV makes its parent malformed), I on every
+// TLV when the HMAC TLV did not verify, and nothing else (tlvFlags).
 const (
 	FlagU uint8 = 0x80 // Unrecognized
 	FlagM uint8 = 0x40 // Malformed
@@ -312,33 +313,60 @@ func addr16(v []byte) netip.Addr {
 }
 
 // fillLocation answers a Location request in place (the value keeps its
-// length); false when the value is malformed.
+// length); false when the value or one of its sub-TLVs is malformed.
 func fillLocation(v []byte, src, dst netip.AddrPort) bool {
+	return walkLocation(v, &locationAnswer{src: src, dst: dst})
+}
+
+// locationAnswer is what a reflector writes into a Location TLV.
+type locationAnswer struct{ src, dst netip.AddrPort }
+
+// walkLocation checks a Location value (RFC 8972 §4.2): the two ports,
+// then sub-TLVs, each within the value, an address sub-TLV of 16 octets
+// (trailing zero octets are padding). With a, it answers in place: the
+// ports, each address sub-TLV's variant and address (a malformed one
+// flagged M), every other sub-TLV flagged U (the source MAC, which a UDP
+// socket never sees, and unknown types). False when anything is
+// malformed: the Location TLV itself is then flagged M.
+func walkLocation(v []byte, a *locationAnswer) bool {
 	if len(v) < locationPortsLen {
 		return false
 	}
-	binary.BigEndian.PutUint16(v, dst.Port())
-	binary.BigEndian.PutUint16(v[2:], src.Port())
-	rest := v[locationPortsLen:]
-	for len(rest) >= TLVHeaderLen {
+	if a != nil {
+		binary.BigEndian.PutUint16(v, a.dst.Port())
+		binary.BigEndian.PutUint16(v[2:], a.src.Port())
+	}
+	ok := true
+	for rest := v[locationPortsLen:]; len(rest) > 0 && !allZero(rest); {
+		if len(rest) < TLVHeaderLen {
+			return false
+		}
 		n := int(binary.BigEndian.Uint16(rest[2:]))
 		if TLVHeaderLen+n > len(rest) {
 			return false
 		}
 		val := rest[TLVHeaderLen : TLVHeaderLen+n]
-		switch rest[1] {
-		case SubDestIP:
-			rest[0], rest[1] = putAddr(val, dst.Addr(), SubDestIPv4, SubDestIPv6)
-		case SubSourceIP:
-			rest[0], rest[1] = putAddr(val, src.Addr(), SubSourceIPv4, SubSourceIPv6)
-		default:
-			// The source MAC (a UDP socket never sees it) and unknown
-			// sub-TLVs: returned as they came, flagged unrecognised.
-			rest[0] |= FlagU
+		addr := rest[1] == SubDestIP || rest[1] == SubSourceIP
+		if addr && n != locationAddrLen {
+			ok = false
+		}
+		if a != nil {
+			rest[0], rest[1] = a.sub(rest[1], val)
 		}
 		rest = rest[TLVHeaderLen+n:]
 	}
-	return true
+	return ok
+}
+
+// sub answers one sub-TLV and returns its flags and type.
+func (a *locationAnswer) sub(typ uint8, val []byte) (uint8, uint8) {
+	switch typ {
+	case SubDestIP:
+		return putAddr(val, a.dst.Addr(), SubDestIPv4, SubDestIPv6)
+	case SubSourceIP:
+		return putAddr(val, a.src.Addr(), SubSourceIPv4, SubSourceIPv6)
+	}
+	return FlagU, typ
 }
 
 // putAddr writes a into a 16-octet address sub-TLV value and returns the

@@ -331,15 +331,17 @@ func icmpKind(v4 bool, typ uint8) answerKind {
 // far end answers a SYN on an established connection with a challenge
 // ACK (RFC 5961 section 4): a pure ACK that acknowledges nothing new. So
 // an answer is a segment of the flow from the far end with only ACK set,
-// no data, and the same acknowledgement number and window as the segment
-// before it — a duplicate ACK as RFC 5681 defines one (an ACK of the
-// connection's own data moves the number on; a window update, which a
-// busy connection sends as it reads, changes the window).
+// no data, and the same acknowledgement number as the segment before it
+// (an ACK of the connection's own data moves that number on). Its window
+// may differ from the last segment's (the far end's application read
+// meanwhile), so a window update of a busy connection looks the same:
+// such a guess is voided by a router's quoted answer for the same TTL,
+// and a TTL is the far end only when most of its probes were answered
+// so (session.status).
 func (p *tcpProber) readTCP(out chan<- answer) {
 	defer p.wg.Done()
 	r := newReader(p.tcp, readBuf, 0)
 	var lastAck uint32
-	var lastWindow uint16
 	seen := false
 	for {
 		pk, err := r.read()
@@ -357,8 +359,8 @@ func (p *tcpProber) readTCP(out chan<- answer) {
 			continue
 		}
 		pure := seg.flags&tcpACK != 0 && seg.flags&(tcpSYN|tcpRST|tcpFIN) == 0 && seg.payload == 0
-		dup := !seen || seg.ack == lastAck && seg.window == lastWindow
-		seen, lastAck, lastWindow = true, seg.ack, seg.window
+		dup := !seen || seg.ack == lastAck
+		seen, lastAck = true, seg.ack
 		if pure && dup {
 			deliver(out, answer{from: p.info.remote.Addr(), kind: kindFarEnd, at: at, kernelNs: pk.kernelNs})
 		}

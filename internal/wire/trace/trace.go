@@ -428,8 +428,10 @@ func (s *session) run(ctx context.Context) Stop {
 				s.spaceFarEnd(ctx, ttl)
 				if !s.status(ttl).farEnd {
 					// A router's quoted answer to a later probe of the
-					// TTL showed the far end's "answer" was a duplicate
-					// ACK of the connection: go on.
+					// TTL, or the far end's silence to the spaced ones,
+					// showed the "answer" was a duplicate ACK of the
+					// connection: forget it and go on.
+					s.dropGuesses(s.span(ttl))
 					silent = 0
 					continue
 				}
@@ -660,6 +662,7 @@ type ttlStatus struct {
 
 func (s *session) status(ttl int) ttlStatus {
 	var st ttlStatus
+	farEnd := 0
 	lo, hi := s.span(ttl)
 	for i := lo; i < hi; i++ {
 		pr := &s.probes[i]
@@ -673,11 +676,16 @@ func (s *session) status(ttl int) ttlStatus {
 		st.answered++
 		switch pr.kind {
 		case kindFarEnd:
-			st.farEnd = true
+			farEnd++
 		case kindUnreachable:
 			st.unreachable = true
 		}
 	}
+	// The far end answers one probe per FarEndSpacing and its answer is
+	// matched by time: at least half of the TTL's counted probes must
+	// have been answered so, or one duplicate ACK of a busy connection
+	// would end the trace at a silent router.
+	st.farEnd = farEnd > 0 && 2*farEnd >= st.counted
 	st.done = st.counted > 0 && st.answered == st.counted
 	return st
 }
@@ -717,15 +725,12 @@ func (s *session) hops() []Hop {
 		maxTTL = min(maxTTL, s.lastTTL)
 	}
 	hops := make([]Hop, maxTTL)
-	type tally struct {
-		addr netip.Addr
-		n    int
-	}
-	tallies := make([][]tally, maxTTL)
+	tallies := make([]addrTally, maxTTL)
 	for i := range hops {
 		hops[i] = Hop{TTL: i + 1, Unreachable: -1}
 	}
-	for i, pr := range s.probes {
+	for i := range s.probes {
+		pr := &s.probes[i]
 		if !s.counted(i) || pr.ttl > maxTTL {
 			continue
 		}
@@ -742,34 +747,50 @@ func (s *session) hops() []Hop {
 		case kindUnreachable:
 			h.Unreachable = int(pr.code)
 		}
-		t := tallies[pr.ttl-1]
-		found := false
-		for k := range t {
-			if t[k].addr == pr.from {
-				t[k].n++
-				found = true
-			}
-		}
-		if !found {
-			tallies[pr.ttl-1] = append(t, tally{pr.from, 1})
-		}
+		tallies[pr.ttl-1].count(pr.from)
 	}
 	for i, t := range tallies {
-		best := -1
-		for k := range t {
-			if best < 0 || t[k].n > t[best].n {
-				best = k
-			}
-		}
-		for k := range t {
-			if k == best {
-				hops[i].Address = t[k].addr
-			} else {
-				hops[i].Others = append(hops[i].Others, t[k].addr)
-			}
-		}
+		hops[i].Address, hops[i].Others = t.split()
 	}
 	return hops
+}
+
+// addrTally counts the answers from each address at one TTL.
+type addrTally []struct {
+	addr netip.Addr
+	n    int
+}
+
+func (t *addrTally) count(addr netip.Addr) {
+	for k := range *t {
+		if (*t)[k].addr == addr {
+			(*t)[k].n++
+			return
+		}
+	}
+	*t = append(*t, struct {
+		addr netip.Addr
+		n    int
+	}{addr, 1})
+}
+
+// split returns the address that answered most (the first of equals)
+// and the others in the order they first answered.
+func (t addrTally) split() (best netip.Addr, others []netip.Addr) {
+	b := -1
+	for k := range t {
+		if b < 0 || t[k].n > t[b].n {
+			b = k
+		}
+	}
+	for k := range t {
+		if k == b {
+			best = t[k].addr
+		} else {
+			others = append(others, t[k].addr)
+		}
+	}
+	return best, others
 }
 
 // bucket is a token bucket of probe packets.

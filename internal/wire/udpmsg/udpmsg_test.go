@@ -18,58 +18,18 @@ func TestMetadataBothWays(t *testing.T) {
 				t.Skipf("listen %s: %v", tc.listen, err)
 			}
 			defer srv.Close()
-			port := srv.LocalAddr().Port()
+			peer := netip.MustParseAddr(tc.peer)
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
-			cl, err := Dial(ctx, netip.AddrPortFrom(netip.MustParseAddr(tc.peer), port).String(), Config{TxTimestamps: true})
+			cl, err := Dial(ctx, netip.AddrPortFrom(peer, srv.LocalAddr().Port()).String(), Config{TxTimestamps: true})
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer cl.Close()
-			out := NewBatch(2, 64)
-			for i := range 2 {
-				m := &out.Msgs[i]
-				m.N = copy(m.Buf[:cap(m.Buf)], "hello")
-				m.Send, m.SetTOS, m.SendTOS, m.TxStamp = true, true, 46<<2, true
-			}
 			before := time.Now().UnixNano()
-			if n, err := cl.Send(out, 2); n != 2 || err != nil {
-				t.Fatalf("send: %d %v", n, err)
-			}
-			in := NewBatch(4, 64)
-			_ = srv.SetReadDeadline(time.Now().Add(5 * time.Second))
-			got := 0
-			for got < 2 {
-				n, err := srv.Recv(in)
-				if err != nil {
-					t.Fatal(err)
-				}
-				for i := range n {
-					m := &in.Msgs[i]
-					if string(m.Buf[:m.N]) != "hello" || !m.HasTOS || m.TOS != 46<<2 || !m.HasTTL || m.TTL == 0 ||
-						m.RxTime < before || m.RxTime > time.Now().UnixNano() || m.Local != netip.MustParseAddr(tc.peer) {
-						t.Errorf("received %+v", *m)
-					}
-				}
-				got += n
-			}
-			var keys []uint32
-			deadline := time.Now().Add(2 * time.Second)
-			for len(keys) < 2 && time.Now().Before(deadline) {
-				_, err := cl.ReadTxStamps(NewBatch(4, 16), func(k uint32, ns int64) {
-					if ns < before {
-						t.Errorf("tx stamp %d before the send", ns)
-					}
-					keys = append(keys, k)
-				})
-				if err != nil {
-					t.Fatal(err)
-				}
-				time.Sleep(time.Millisecond)
-			}
-			if len(keys) != 2 || keys[0] != 0 || keys[1] != 1 {
-				t.Errorf("tx stamp keys %v, want [0 1]", keys)
-			}
+			sendMarked(t, cl, 2)
+			in := receiveMarked(t, srv, 2, before, peer)
+			checkTxStampKeys(t, cl, before, 2)
 			// A reply from the listening socket carries the received
 			// destination as its source.
 			r := &in.Msgs[0]
@@ -83,6 +43,77 @@ func TestMetadataBothWays(t *testing.T) {
 				t.Fatalf("reply received: %d %v", n, err)
 			}
 		})
+	}
+}
+
+// sendMarked sends count "hello" datagrams with DS field 46 (EF) and a
+// transmit stamp request.
+func sendMarked(t *testing.T, cl *Conn, count int) {
+	t.Helper()
+	out := NewBatch(count, 64)
+	for i := range count {
+		m := &out.Msgs[i]
+		m.N = copy(m.Buf[:cap(m.Buf)], "hello")
+		m.Send, m.SetTOS, m.SendTOS, m.TxStamp = true, true, 46<<2, true
+	}
+	if n, err := cl.Send(out, count); n != count || err != nil {
+		t.Fatalf("send: %d %v", n, err)
+	}
+}
+
+// receiveMarked receives count datagrams sent by sendMarked and checks
+// each one's metadata: DS field, TTL, a receive stamp after before, and
+// the destination address local.
+func receiveMarked(t *testing.T, srv *Conn, count int, before int64, local netip.Addr) *Batch {
+	t.Helper()
+	in := NewBatch(4, 64)
+	_ = srv.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for got := 0; got < count; {
+		n, err := srv.Recv(in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range n {
+			if m := &in.Msgs[i]; !marked(m, before, local) {
+				t.Errorf("received %+v", *m)
+			}
+		}
+		got += n
+	}
+	return in
+}
+
+func marked(m *Message, before int64, local netip.Addr) bool {
+	return string(m.Buf[:m.N]) == "hello" && m.HasTOS && m.TOS == 46<<2 && m.HasTTL && m.TTL != 0 &&
+		m.RxTime >= before && m.RxTime <= time.Now().UnixNano() && m.Local == local
+}
+
+// checkTxStampKeys reads the sender's error queue until count transmit
+// stamps came back (2 s at most): keys 0, 1, … and none before the send.
+func checkTxStampKeys(t *testing.T, cl *Conn, before int64, count int) {
+	t.Helper()
+	var keys []uint32
+	deadline := time.Now().Add(2 * time.Second)
+	for len(keys) < count && time.Now().Before(deadline) {
+		_, err := cl.ReadTxStamps(NewBatch(4, 16), func(k uint32, ns int64) {
+			if ns < before {
+				t.Errorf("tx stamp %d before the send", ns)
+			}
+			keys = append(keys, k)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if len(keys) != count {
+		t.Fatalf("tx stamp keys %v, want %d", keys, count)
+	}
+	for i, k := range keys {
+		if k != uint32(i) {
+			t.Errorf("tx stamp keys %v, want 0, 1, …", keys)
+			break
+		}
 	}
 }
 
