@@ -3,6 +3,7 @@ package continuous
 import (
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"runtime"
 	"slices"
@@ -135,7 +136,7 @@ func pageShape(m *Manager) string {
 	var b strings.Builder
 	for _, st := range m.Snapshot() {
 		for _, h := range st.Hops {
-			fmt.Fprintf(&b, "hop %s sla=%s; ", h.Name, h.SLA)
+			fmt.Fprintf(&b, "hop %s sla=%s stamp=%v wait=%v; ", h.Name, h.SLA, h.STAMP, h.WaitSeconds != nil)
 		}
 		for _, s := range st.Segments {
 			fmt.Fprintf(&b, "segment %s>%s sla=%s broken=%s; ", s.From, s.To, s.SLA, s.Broken)
@@ -211,6 +212,32 @@ func TestEnginesRecordAHealthyChainAlike(t *testing.T) {
 	}
 	if pages[0] != pages[1] || !strings.Contains(pages[0], "segment b>c sla=exceeded") {
 		t.Errorf("pages differ or miss the exceeded segment:\n loop   %s\n runner %s", pages[0], pages[1])
+	}
+}
+
+// A plain-TCP chain whose last relay forwards to a STAMP reflector
+// (--forward-to stamp://): the reflector reports its residence and no
+// wait, so neither engine makes a wait series or a page wait for it,
+// while the relay before it has both.
+func TestEnginesRecordAChainEndingAtAReflectorAlike(t *testing.T) {
+	reflector := lossyReflector(t, func(int) bool { return false })
+	b := chaintest.StartRelay(t, relay.Config{Name: "b", ForwardTo: "stamp://" + reflector + "?name=r1"})
+	loop, runner, pages := both(t, slaModules+entry(b, "m"), func(s shape) bool { return s[`probes_total{result=success}`] >= 5 })
+	compareShapes(t, loop, runner)
+	for i, s := range []shape{loop, runner} {
+		// b -> r1 is UDP: no handshake for its connect histogram to count.
+		tcp := maps.Clone(s)
+		delete(tcp, `segment_connect_seconds{from=b,to=r1}`)
+		perProbe(t, engines[i].name, tcp, s[`probes_total{result=success}`], 1)
+		if _, ok := s[`hop_wait_seconds{hop=r1}`]; ok {
+			t.Errorf("%s: a wait series for the reflector r1: %v", engines[i].name, s.keys())
+		}
+		if s[`hop_residence_seconds{hop=r1}`] == 0 || s[`hop_wait_seconds{hop=b}`] == 0 {
+			t.Errorf("%s: no residence of r1 or no wait of b: %v", engines[i].name, s.keys())
+		}
+	}
+	if pages[0] != pages[1] || !strings.Contains(pages[0], "hop r1 sla=none stamp=true wait=false") || !strings.Contains(pages[0], "hop b sla=none stamp=false wait=true") {
+		t.Errorf("pages differ or draw a wait for the reflector:\n loop   %s\n runner %s", pages[0], pages[1])
 	}
 }
 
