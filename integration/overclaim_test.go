@@ -177,3 +177,51 @@ func TestHTTPEntriesHeldToWhatEnclosesThem(t *testing.T) {
 		}
 	}
 }
+
+// TestHTTPEntryWithinItsResolutionIsHeld: a proxy stamping `be;dur=1s`
+// (1 s resolution) in front of its backend, when the whole probe took a
+// few milliseconds, is within the tolerance of its stamps: the probe
+// succeeds, and the entry counts as what the source measured around it,
+// so the segment behind it is no longer than the probe (it showed 1 s,
+// over the SLA), and segments and residences add up to the round trip
+// (REVIEW-1 finding 5).
+func TestHTTPEntryWithinItsResolutionIsHeld(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Add("Subsegment-Timing", "be;dur=1s")
+		w.Write([]byte("ok"))
+	})}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { srv.Close() })
+	ex := startExporter(t, "a", `modules:
+  web:
+    prober: http
+    targets: ["127.0.0.1:*"]
+    sla: {default: 500ms}
+`)
+	body := httpGet(t, "http://"+ex.web+"/probe?module=web&target=http://"+ln.Addr().String()+"/x")
+	seg := func(from, to string) float64 {
+		return metricValue(body, fmt.Sprintf(`subsegment_segment_rtt_max_seconds{from=%q,to=%q}`, from, to))
+	}
+	res := func(hop string) float64 {
+		return metricValue(body, fmt.Sprintf(`subsegment_hop_residence_max_seconds{hop=%q}`, hop))
+	}
+	took := metricValue(body, "probe_duration_seconds")
+	inside, outside := seg("be", "backend"), seg("a", "be")
+	t.Logf("a -> be %vs, be -> backend %vs, probe took %vs", outside, inside, took)
+	if !strings.Contains(body, "probe_success 1") || inside < 0 || outside < 0 || took <= 0 {
+		t.Fatalf("probe through a proxy stamping 1s at 1 s resolution:\n%s", grepLines(body, "subsegment_segment_rtt")+grepLines(body, "probe_"))
+	}
+	if inside > took {
+		t.Errorf("segment be -> backend %vs, longer than the whole probe (%vs): the entry was not held to the round trip", inside, took)
+	}
+	if sum := inside + outside + max(res("be"), 0) + max(res("backend"), 0); sum > took {
+		t.Errorf("segments and residences add up to %vs, over the probe's %vs", sum, took)
+	}
+	if metricValue(body, `subsegment_segment_sla_exceeded{from="be",to="backend"}`) != 0 {
+		t.Errorf("be -> backend over its 500 ms SLA in a probe of %vs:\n%s", took, grepLines(body, "sla"))
+	}
+}

@@ -203,3 +203,138 @@ func TestHeaderClaimsDoNotLockTheBudget(t *testing.T) {
 		})
 	}
 }
+
+// holdBudget is an unproven connection that sends a header claiming a
+// frame of claim bytes and body bytes of it, then nothing more; reply
+// gets what the relay answered before it closed the connection (nothing
+// when the test ended first).
+func holdBudget(t *testing.T, addr string, claim, body int) (conn net.Conn, reply <-chan []byte) {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		return nil, nil
+	}
+	t.Cleanup(func() { c.Close() })
+	data := make([]byte, frame.HeaderLen+body)
+	frame.PutHeader(data, frame.Header{Kind: frame.KindStreamRequest, Length: uint32(claim)})
+	got := make(chan []byte, 1)
+	go func() {
+		c.SetReadDeadline(time.Now().Add(time.Minute))
+		b, _ := io.ReadAll(c)
+		got <- b
+	}()
+	c.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Write(data); err != nil {
+		c.Close()
+	}
+	return c, got
+}
+
+// refusedOverloaded reports whether what a relay answered is an error
+// frame with reason overloaded.
+func refusedOverloaded(b []byte) bool {
+	e, err := frame.ParseErrorFrame(b, frame.DefaultMaxFrameBytes)
+	return err == nil && e.Reason.String() == "overloaded"
+}
+
+// Real bytes from unproven connections do not lock the budget either
+// (REVIEW-1 finding 2): eight unsigned connections that sent 256 KiB each
+// of a frame claiming 1.9 MiB (the unproven half of an 8 MiB budget),
+// and an attacker that reconnects as soon as one of its connections is
+// closed, do not keep a 300 KiB stream block on a new connection out:
+// the idlest holders are closed with an overloaded error frame instead.
+// Both engines, with a shared key and without.
+func TestRealBytesDoNotLockTheBudget(t *testing.T) {
+	dir := t.TempDir()
+	key := filepath.Join(dir, "key")
+	if err := os.WriteFile(key, []byte("budget-0123456789abcdef0123456789\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	bounds := []string{"--relay.max-frame-bytes", "2097152", "--relay.buffer-budget-bytes", "8388608"}
+	for _, engine := range []string{"epoll", "goroutines"} {
+		for _, signed := range []bool{true, false} {
+			t.Run(fmt.Sprintf("%s/signed=%v", engine, signed), func(t *testing.T) {
+				args := append([]string{"--relay.engine", engine, "--log.level", "info"}, bounds...)
+				auth := []string{}
+				if signed {
+					auth = []string{"--relay.auth-key-file", key}
+				}
+				z := startHop(t, "z", "", append(args, auth...)...)
+				b := startHop(t, "b", z.addr, append(args, auth...)...)
+				var replies []<-chan []byte
+				for i := 0; i < 8; i++ {
+					if _, got := holdBudget(t, b.addr, 1992294, 262144); got != nil {
+						replies = append(replies, got)
+					}
+				}
+				time.Sleep(500 * time.Millisecond) // the relay reads them all
+				stop, reconnects := reconnectingHolders(t, b.addr, 8)
+				time.Sleep(200 * time.Millisecond)
+
+				in := make([]byte, 3*300<<10)
+				rng := rand.New(rand.NewPCG(20, 5))
+				for i := range in {
+					in[i] = byte(rng.Uint32())
+				}
+				send := []string{"send", "-f", b.addr, "-s", fmt.Sprint(300 << 10), "-t", "10s", "--relay.name", "a", "--relay.max-frame-bytes", "2097152"}
+				out, errOut, code := runBinary(t, bytes.NewReader(in), append(send, auth...)...)
+				stop()
+				if code != 0 || out != string(in) {
+					t.Fatalf("stream of 300 KiB blocks beside 8 holders of 256 KiB and a reconnecting attacker (%d reconnects): exit %d, %d of %d bytes back byte-exact=%v\n%s",
+						reconnects.Load(), code, len(out), len(in), out == string(in), tail(errOut, 2000))
+				}
+				overloaded := countOverloaded(replies, 5*time.Second)
+				t.Logf("stream passed; %d of %d first holders closed with an overloaded error frame, %d attacker connections closed meanwhile",
+					overloaded, len(replies), reconnects.Load())
+				if overloaded == 0 {
+					t.Errorf("no holder was answered with an overloaded error frame")
+				}
+			})
+		}
+	}
+}
+
+// reconnectingHolders is the attacker: workers connections at a time,
+// each holding 256 KiB of a frame claiming 1.9 MiB and replaced as soon
+// as the relay closes it (10 000 times each at most). stop ends them and
+// waits; reconnects counts the connections the relay closed.
+func reconnectingHolders(t *testing.T, addr string, workers int) (stop func(), reconnects *atomic.Int64) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var attackers sync.WaitGroup
+	reconnects = new(atomic.Int64)
+	for range workers {
+		attackers.Add(1)
+		go func() {
+			defer attackers.Done()
+			for i := 0; i < 10000 && ctx.Err() == nil; i++ {
+				c, got := holdBudget(t, addr, 1992294, 262144)
+				if c == nil {
+					return
+				}
+				select {
+				case <-got:
+					reconnects.Add(1)
+				case <-ctx.Done():
+				}
+				c.Close()
+			}
+		}()
+	}
+	return func() { cancel(); attackers.Wait() }, reconnects
+}
+
+// countOverloaded counts the holders answered with an overloaded error
+// frame, waiting up to wait for each.
+func countOverloaded(replies []<-chan []byte, wait time.Duration) int {
+	n := 0
+	for _, got := range replies {
+		select {
+		case r := <-got:
+			if refusedOverloaded(r) {
+				n++
+			}
+		case <-time.After(wait):
+		}
+	}
+	return n
+}

@@ -5,11 +5,13 @@
 package internal_test
 
 import (
+	"go/ast"
 	"go/parser"
 	"go/token"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -166,4 +168,76 @@ func TestPackageDocsSayTheirFloor(t *testing.T) {
 	if checked < 20 {
 		t.Fatalf("checked only %d package comments", checked)
 	}
+}
+
+// TestWireRulesDefinedOnce: a bound of what crosses between hops is
+// defined in one package of internal/wire; another that applies it
+// refers to it (frame.MaxDuration = peer.MaxDuration), so that the two
+// can never disagree. An exported constant of the same name defined in
+// two wire packages is one rule defined twice.
+func TestWireRulesDefinedOnce(t *testing.T) {
+	out, err := exec.Command("go", "list", "-f", `{{.ImportPath}}|{{.Dir}}|{{join .GoFiles ","}}`, "../internal/wire/...").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go list: %v\n%s", err, out)
+	}
+	defined := map[string][]string{} // constant name → packages defining it
+	for line := range strings.SplitSeq(strings.TrimSpace(string(out)), "\n") {
+		parts := strings.SplitN(line, "|", 3)
+		pkg, dir := strings.TrimPrefix(parts[0], module), parts[1]
+		for f := range strings.SplitSeq(parts[2], ",") {
+			file, err := parser.ParseFile(token.NewFileSet(), filepath.Join(dir, f), nil, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, name := range definedConstants(file) {
+				if !slices.Contains(defined[name], pkg) {
+					defined[name] = append(defined[name], pkg)
+				}
+			}
+		}
+	}
+	if len(defined) < 20 {
+		t.Fatalf("found only %d exported constants in internal/wire", len(defined))
+	}
+	for name, pkgs := range defined {
+		if len(pkgs) > 1 {
+			t.Errorf("%s is defined in %v: one rule defined twice; define it once and refer to it", name, pkgs)
+		}
+	}
+}
+
+// definedConstants is the exported constants a file gives a value of its
+// own: not another package's constant (peer.MaxNameLen), nor iota's.
+func definedConstants(file *ast.File) []string {
+	imported := map[string]bool{}
+	for _, imp := range file.Imports {
+		p, _ := strconv.Unquote(imp.Path.Value)
+		name := p[strings.LastIndex(p, "/")+1:]
+		if imp.Name != nil {
+			name = imp.Name.Name
+		}
+		imported[name] = true
+	}
+	var out []string
+	for _, decl := range file.Decls {
+		gd, ok := decl.(*ast.GenDecl)
+		if !ok || gd.Tok != token.CONST {
+			continue
+		}
+		for _, spec := range gd.Specs {
+			vs := spec.(*ast.ValueSpec)
+			for i, n := range vs.Names {
+				if !n.IsExported() || i >= len(vs.Values) {
+					continue
+				}
+				if sel, ok := vs.Values[i].(*ast.SelectorExpr); ok {
+					if x, ok := sel.X.(*ast.Ident); ok && imported[x.Name] {
+						continue
+					}
+				}
+				out = append(out, n.Name)
+			}
+		}
+	}
+	return out
 }

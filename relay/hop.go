@@ -149,8 +149,10 @@ type echoReply struct {
 func (h *hopState) init(s *Server, upPeer string) {
 	h.s = s
 	h.upPeer = upPeer
-	h.fwdSign = frame.NewSigner(s.cfg.Keys)
-	h.retSign = frame.NewSigner(s.cfg.Keys)
+	// The session's keys: those of its start, whatever a reload does.
+	keys := s.cfg.KeyRing.Current()
+	h.fwdSign = frame.NewSigner(keys)
+	h.retSign = frame.NewSigner(keys)
 }
 
 func (h *hopState) now() int64 { return h.s.cfg.Clock.Monotonic() }

@@ -66,10 +66,11 @@ func (l *loop) start(fd int, peerAddr string, adm *admission, release func()) {
 	x.downRx.Clocks = l.s.clocks
 	x.upR = frame.NewReader(nil, l.s.cfg.MaxFrameBytes)
 	x.upR.Budget = l.s.budget
+	x.upR.OnEvict = x
 	x.upReader = x.upR
 	x.readUp = func(p []byte) (int, error) { return readFd(&x.upRx, x.up, p) }
 	x.upPipe, x.downPipe = newPipe(fd, &l.s.spliced), newPipe(-1, &l.s.spliced)
-	if len(l.s.cfg.Keys) == 0 {
+	if !x.fwdSign.Enabled() {
 		// Unsigned blocks take the pipe; a signature covers the data,
 		// which must then be read (frame.Sink).
 		x.upR.Sink = &x.upPipe
@@ -105,6 +106,20 @@ func (l *loop) start(fd int, peerAddr string, adm *admission, release func()) {
 	l.byFd[fd] = x
 	l.s.metrics.ConnectionOpened()
 	x.schedule()
+}
+
+// BufferEvicted is the budget giving the buffer of this session, which
+// has not sent a valid frame yet, to a newer connection
+// (frame.BufferBudget): the session answers overloaded and ends, on the
+// loop's thread. The goroutine engine's blocked reads are woken by the
+// frame reader itself (a read deadline in the past).
+func (x *lsession) BufferEvicted() {
+	x.l.post(func() {
+		if !x.closed && !x.upStopped && !x.draining {
+			x.upstreamEnded(frame.ErrEvicted)
+			x.settle()
+		}
+	})
 }
 
 func (x *lsession) close() {

@@ -96,6 +96,9 @@ type Config struct {
 	// Keys, when set, make the relay sign everything it sends and refuse
 	// anything not signed with one of them.
 	Keys frame.Keys
+	// KeyRing, when set, replaces Keys with keys a reload may rotate:
+	// each session takes the ring's keys when it opens and keeps them.
+	KeyRing *frame.KeyRing
 	// Clock stamps frames; tests inject skewed clocks.
 	Clock clock.Clock
 	// Realtime is CLOCK_REALTIME for converting the kernel's receive
@@ -231,6 +234,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.Clock == nil {
 		cfg.Clock = clock.NewSystem()
+	}
+	if cfg.KeyRing == nil {
+		cfg.KeyRing = frame.NewKeyRing(cfg.Keys)
 	}
 	if cfg.Metrics == nil {
 		cfg.Metrics = nopMetrics{}
@@ -408,7 +414,7 @@ func (s *Server) refuseOverloaded(conn net.Conn) {
 	s.metrics.Failed(peer.ReasonOverloaded)
 	e := frame.ErrorRecord{ID: s.id, Name: s.cfg.Name, Peer: conn.RemoteAddr().String(), Reason: peer.ReasonOverloaded, Side: frame.SideUpstream,
 		Message: fmt.Sprintf("%s has reached its limit of %d connections (--relay.max-connections)", s.cfg.Name, s.cfg.MaxConnections)}
-	buf := frame.AppendErrorFrame(nil, &e, frame.NewSigner(s.cfg.Keys))
+	buf := frame.AppendErrorFrame(nil, &e, frame.NewSigner(s.cfg.KeyRing.Current()))
 	_ = conn.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
 	_, _ = conn.Write(buf)
 	conn.Close()

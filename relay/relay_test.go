@@ -492,3 +492,61 @@ func FuzzRelayInput(f *testing.F) {
 		}
 	})
 }
+
+// A relay whose key ring is rotated (a reload) signs and verifies the
+// sessions opened afterwards with the new keys; a session opened before
+// keeps the keys it started with. Through a forwarding hop too.
+func TestSessionsKeepTheKeysTheyOpenedWith(t *testing.T) {
+	chaintest.ForEachEngine(t, testSessionsKeepTheKeysTheyOpenedWith)
+}
+
+func testSessionsKeepTheKeysTheyOpenedWith(t *testing.T) {
+	oldKeys, newKeys := frame.Keys{[]byte("old-0123456789abcdef")}, frame.Keys{[]byte("new-0123456789abcdef")}
+	ring := frame.NewKeyRing(oldKeys)
+	z := chaintest.StartRelay(t, relay.Config{Name: "z", KeyRing: ring})
+	b := chaintest.StartRelay(t, relay.Config{Name: "b", ForwardTo: z, KeyRing: ring})
+	probe := func(c net.Conn, r *frame.Reader, keys frame.Keys, seq uint64) error {
+		sign := frame.NewSigner(keys)
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Write(frame.AppendRequest(nil, frame.KindProbeRequest, frame.ProbeHeader{Seq: seq, BudgetMicros: 2_000_000}, nil, []uint64{1}, sign)); err != nil {
+			return err
+		}
+		if err := r.Fill(); err != nil {
+			return err
+		}
+		fr, err := r.Next()
+		if err != nil {
+			return err
+		}
+		rep, err := frame.CheckReply(fr, sign, frame.DefaultMaxFrameBytes, frame.Expect{Request: frame.KindProbeRequest, Seq: seq})
+		if rep.Refusal != nil {
+			return fmt.Errorf("refused (%s): %s", rep.Refusal.Reason, rep.Refusal.Message)
+		}
+		return err
+	}
+	dial := func() (net.Conn, *frame.Reader) {
+		c, err := net.Dial("tcp", b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := frame.NewReader(c, frame.DefaultMaxFrameBytes)
+		t.Cleanup(func() { c.Close(); r.Release() })
+		return c, r
+	}
+	kept, keptR := dial()
+	if err := probe(kept, keptR, oldKeys, 1); err != nil {
+		t.Fatalf("before the rotation: %v", err)
+	}
+	ring.Set(newKeys)
+	if err := probe(kept, keptR, oldKeys, 2); err != nil {
+		t.Errorf("the session opened before the rotation, with its keys: %v", err)
+	}
+	c, r := dial()
+	if err := probe(c, r, oldKeys, 1); err == nil || !strings.Contains(err.Error(), "(auth)") {
+		t.Errorf("a new session signed with the old keys: %v, want refused (auth)", err)
+	}
+	c, r = dial()
+	if err := probe(c, r, newKeys, 1); err != nil {
+		t.Errorf("a new session signed with the new keys: %v", err)
+	}
+}

@@ -123,9 +123,8 @@ func streamBlocks(t *testing.T, addr string, blocks []block, o streamOptions) ([
 	}
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(60 * time.Second))
-	// A Signer's HMAC state is one goroutine's: the writer signs with its
-	// own, the reader below verifies with another.
-	sign, verify := frame.NewSigner(o.keys), frame.NewSigner(o.keys)
+	// A Signer serves one goroutine: the writer signs with its own.
+	sign, check := frame.NewSigner(o.keys), frame.NewSigner(o.keys)
 	werr := make(chan error, 1)
 	go func() {
 		var err error
@@ -162,7 +161,7 @@ func streamBlocks(t *testing.T, addr string, blocks []block, o streamOptions) ([
 		if err != nil {
 			t.Fatalf("reply %d: %v", seq, err)
 		}
-		rep, err := frame.CheckReply(fr, verify, frame.DefaultMaxFrameBytes, frame.Expect{Request: frame.KindStreamRequest, Seq: uint64(seq)})
+		rep, err := frame.CheckReply(fr, check, frame.DefaultMaxFrameBytes, frame.Expect{Request: frame.KindStreamRequest, Seq: uint64(seq)})
 		if err != nil || rep.Refusal != nil {
 			t.Fatalf("reply %d refused: %v %+v", seq, err, rep.Refusal)
 		}

@@ -95,14 +95,15 @@ func (h *hopState) startTrace(tIn int64, budget time.Duration) {
 	}()
 }
 
-// finishTrace publishes a trace's path, counts it and resumes a reply
-// that waits for it.
+// finishTrace counts a trace, publishes its path and resumes a reply
+// that waits for it: counted first, so that a reply carrying the path is
+// never ahead of the metrics that count it.
 func (h *hopState) finishTrace(job *traceJob, p *frame.Path) {
-	job.path = p
-	close(job.done)
 	if m := h.s.cfg.TraceMetrics; m != nil {
 		m.Traced(p)
 	}
+	job.path = p
+	close(job.done)
 	if job.wake != nil {
 		job.wake()
 	}

@@ -17,7 +17,6 @@ import (
 	"os"
 	"os/signal"
 	"slices"
-	"strings"
 	"syscall"
 	"time"
 
@@ -92,9 +91,9 @@ func run(args []string) int {
 	app.Flag("remove-perf-headers", "Remove the performance headers received from beyond this relay, in both directions (an administrative boundary: the source sees this relay as the last hop).").Short('r').BoolVar(&hop.removePerfHeaders)
 	app.Flag("stdin-block-size", "Stream mode: bytes of stdin per block (one performance header each), 1 to 16777216.").Short('s').Default(fmt.Sprint(stream.DefaultBlockSize)).IntVar(&hop.blockSize)
 	app.Flag("relay.name", "This hop's name in records, segment labels and errors (letters, digits, '.', '-', '_'; at most 64). Default: the full host name.").StringVar(&hop.name)
-	app.Flag("relay.auth-key-file", "File with the chain's shared HMAC-SHA256 key, one per line (a second line is accepted too, for a key rollover). With a key, every frame is signed and unsigned or forged frames are refused.").ExistingFileVar(&hop.keyFile)
+	app.Flag("relay.auth-key-file", "File with the chain's shared HMAC-SHA256 key, one per line (a second line is accepted too, for a key rollover). With a key, every frame is signed and unsigned or forged frames are refused. Read again on SIGHUP and POST /-/reload: connections opened afterwards use the new keys.").ExistingFileVar(&hop.keyFile)
 	app.Flag("relay.max-frame-bytes", "Largest frame accepted or sent (the default fits 16 MiB stream blocks; buffers over 64 KiB come from --relay.buffer-budget-bytes).").Default(fmt.Sprint(frame.DefaultMaxFrameBytes)).IntVar(&hop.maxFrame)
-	app.Flag("relay.buffer-budget-bytes", "Memory all connections together may hold in read buffers over 64 KiB (large stream blocks); buffers grow with the bytes that arrived, not with a header's claim, and connections that have not sent a valid frame yet share at most half of it. A frame that does not fit is refused as overloaded.").Default(fmt.Sprint(frame.DefaultBufferBudget)).Int64Var(&hop.budget)
+	app.Flag("relay.buffer-budget-bytes", "Memory all connections together may hold in read buffers over 64 KiB (large stream blocks); buffers grow with the bytes that arrived, not with a header's claim, and connections that have not sent a valid frame yet share at most half of it (those idle longest are evicted for a newer buffer that does not fit). A frame that does not fit is refused as overloaded.").Default(fmt.Sprint(frame.DefaultBufferBudget)).Int64Var(&hop.budget)
 	app.Flag("relay.max-hops", "Probes that already passed this many hops are refused (too_many_hops).").Default(fmt.Sprint(frame.DefaultMaxHops)).IntVar(&hop.maxHops)
 	app.Flag("relay.max-connections", "Concurrent upstream connections a relay serves. At the limit the oldest connection that has not sent a valid frame is closed to admit the new one; when every connection carries probes, the new one is answered 'overloaded' and closed.").Default(fmt.Sprint(relay.DefaultMaxConnections)).IntVar(&hop.maxConns)
 	app.Flag("relay.tls-cert-file", "This hop's TLS certificate (PEM): serve TLS to the upstream hop, and present it when dialing with TLS.").ExistingFileVar(&hop.tls.Cert)
@@ -119,7 +118,7 @@ func run(args []string) int {
 	serveCmd.Flag("runtime.gomaxprocs", "Threads running Go code at once (GOMAXPROCS). 0: 1 for a pure source exporter (no --listen: its work is waiting, and one thread wakes for it with less CPU), Go's default (the CPUs available) for a relay.").Default("0").IntVar(&so.gomaxprocs)
 	serveCmd.Flag("inband.var", "A variable this relay attaches to probes that ask for context (repeatable): load1, load5, load15, an interface counter like if_in_errors:eth0 (if_in|out_bytes|packets|errors|drops), or name=OID of the local agent.").StringsVar(&so.inband.Specs)
 	serveCmd.Flag("inband.snmp-agent", "Local SNMP agent (host:port, v2c) for OID in-band variables.").StringVar(&so.inband.Agent)
-	serveCmd.Flag("inband.snmp-community-file", "File holding the local agent's community (default: public).").ExistingFileVar(&so.communityFile)
+	serveCmd.Flag("inband.snmp-community-file", "File holding the local agent's community (default: public); read at start, by the rule of every secret file.").ExistingFileVar(&so.communityFile)
 	so.inband.Refresh = time.Second
 	durationVar(serveCmd.Flag("inband.refresh", "How old attached in-band values may be; they are read in the background.").Default("1s"), &so.inband.Refresh)
 	serveCmd.Flag("config.file", "Modules for /probe (YAML). Without it /probe refuses every request.").StringVar(&so.configFile)
@@ -313,11 +312,16 @@ func (f traceFlags) tracer() (*trace.Tracer, trace.Options, error) {
 	return t, o, err
 }
 
+// keys reads --relay.auth-key-file by the rule of every secret file.
 func (f relayFlags) keys() (frame.Keys, error) {
 	if f.keyFile == "" {
 		return nil, nil
 	}
-	return frame.LoadKeys(f.keyFile)
+	keys, err := config.ReadKeyFile(f.keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("--relay.auth-key-file: %w", err)
+	}
+	return keys, nil
 }
 
 type probeFlags struct {
@@ -444,14 +448,14 @@ func serve(ctx context.Context, hop relayFlags, keys frame.Keys, so serveFlags, 
 	logger.Info("starting "+name, "version", version.Info(), "build_context", version.BuildContext(), "async_preemption_off", lowlatency.Active(), "gomaxprocs", procs)
 	so.inband.Community = "public"
 	if so.communityFile != "" {
-		b, err := os.ReadFile(so.communityFile)
+		community, err := config.ReadSecretFile(so.communityFile)
 		if err != nil {
 			logger.Error("cannot read --inband.snmp-community-file", "err", err)
 			return exitUsage
 		}
-		so.inband.Community = strings.TrimSpace(string(b))
+		so.inband.Community = string(community)
 	}
-	err := exporter.Serve(ctx, exporter.Config{ListenAddress: hop.listen, Relay: hop.relayConfig(keys), ConfigFile: so.configFile,
+	err := exporter.Serve(ctx, exporter.Config{ListenAddress: hop.listen, Relay: hop.relayConfig(keys), ConfigFile: so.configFile, KeyFile: hop.keyFile,
 		TimeoutOffset: so.timeoutOffset, Web: webFlags, Logger: logger, Inband: so.inband, Pprof: so.pprof, HistoryLimit: so.historyLimit,
 		MaxConcurrentProbes: so.maxProbes, IdleTimeout: so.idleTimeout, SNMPWalk: so.walk, ContinuousNativeOnly: !so.classicBuckets,
 		Probe: func(p *exporter.ProbeHandler) { p.TLS = hop.tlsClient }, STAMP: so.stamp, Tracer: hop.tracer, TraceOptions: hop.traceOpts})

@@ -38,6 +38,9 @@ type Config struct {
 	Continuous []Continuous `yaml:"continuous,omitempty"`
 	// dir is the file's directory: relative paths in it start there.
 	dir string
+	// keys is a digest of the chain's keys the process probes with
+	// (UseKeys; not in the file).
+	keys string
 }
 
 // Module is one way of probing, chosen with /probe?module=NAME.

@@ -6,13 +6,16 @@ import (
 	"encoding/json"
 	"fmt"
 	"sync/atomic"
+
+	"github.com/subsegment/subsegment_exporter/internal/wire/frame"
 )
 
 // Fingerprint is a digest of everything that decides what the probes of
 // a continuous entry send and record: the entry, its module, the SNMP
 // credentials of the module's hops, every secret by value (including
 // those read from *_file keys) and the contents of the TLS files the
-// module names. Two loads give equal fingerprints only when the entry
+// module names, and for modules that sign with them (all but http) the
+// chain's keys (UseKeys). Two loads give equal fingerprints only when the entry
 // would probe alike, so a reload keeps an entry's runner exactly when
 // nothing it sends changed. Secrets leave this function only inside a
 // SHA-256.
@@ -23,7 +26,11 @@ func (c *Config) Fingerprint(e Continuous) string {
 		Module   *Module
 		Auths    map[string]*Auth
 		TLSFiles string
+		Keys     string
 	}{Entry: e, Module: m, Auths: map[string]*Auth{}}
+	if m != nil && m.Prober != ProberHTTP {
+		in.Keys = c.keys
+	}
 	if m != nil && m.SNMP != nil {
 		for _, h := range m.SNMP.Hops {
 			if h != nil {
@@ -47,3 +54,16 @@ func (c *Config) Fingerprint(e Continuous) string {
 }
 
 var unfingerprinted atomic.Uint64
+
+// UseKeys records the chain's keys the process probes with (the keys of
+// --relay.auth-key-file as loaded with this configuration), so that a
+// reload that rotates them restarts the continuous entries that sign
+// with them: their sessions open again, with the new keys.
+func (c *Config) UseKeys(keys frame.Keys) {
+	h := sha256.New()
+	for _, k := range keys {
+		h.Write(k)
+		h.Write([]byte{'\n'})
+	}
+	c.keys = hex.EncodeToString(h.Sum(nil))
+}

@@ -202,7 +202,7 @@ func (h *HTTPProbe) validateHeaders(path, dir string) error {
 		p := path + ".header_files." + k
 		file := resolvePath(dir, h.HeaderFiles[k])
 		h.HeaderFiles[k] = file
-		v, err := readSecretFile(file)
+		v, err := ReadSecretFile(file)
 		if err != nil {
 			return bad(p, "%v", err)
 		}

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -9,6 +10,8 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+
+	"github.com/subsegment/subsegment_exporter/internal/wire/frame"
 )
 
 // Secret is a value never shown: logs, debug output and config dumps
@@ -54,7 +57,7 @@ func secretPair(key, dir string, value *Secret, file *string) error {
 		return bad(key+"_file", "%s and %s_file are both given: keep one", lastKey(key), lastKey(key))
 	}
 	*file = resolvePath(dir, *file)
-	s, err := readSecretFile(*file)
+	s, err := ReadSecretFile(*file)
 	if err != nil {
 		return bad(key+"_file", "%v", err)
 	}
@@ -62,40 +65,67 @@ func secretPair(key, dir string, value *Secret, file *string) error {
 	return nil
 }
 
-// readSecretFile reads a secret: the file's text without the white space
-// around it (a trailing newline is not part of a password).
-func readSecretFile(path string) (Secret, error) {
+// ReadSecretFile is the one rule for reading a secret from a file, for
+// the *_file keys of the configuration and for the command's flags
+// (--relay.auth-key-file, --inband.snmp-community-file) alike: a regular
+// file (a FIFO, a device or a directory is refused at once, never waited
+// on or read without end), opened without blocking, at most 64 KiB, its
+// text without the white space around it (a trailing newline is not part
+// of a password), and not empty. Its errors name the path and say what
+// to do.
+func ReadSecretFile(path string) (Secret, error) {
+	b, err := readSecretBytes(path)
+	if err != nil {
+		return "", err
+	}
+	return Secret(strings.TrimSpace(string(b))), nil
+}
+
+// ReadKeyFile reads the chain's shared keys (--relay.auth-key-file) by
+// the rule of every secret file (ReadSecretFile): one key per line, the
+// first signing (frame.ParseKeys, whose errors count the file's lines).
+func ReadKeyFile(path string) (frame.Keys, error) {
+	b, err := readSecretBytes(path)
+	if err != nil {
+		return nil, err
+	}
+	return frame.ParseKeys(b, path)
+}
+
+// readSecretBytes reads a secret file by the rule (ReadSecretFile), as
+// it is: the caller trims.
+func readSecretBytes(path string) ([]byte, error) {
 	// O_NONBLOCK: opening a FIFO nobody writes to returns at once (and is
 	// refused below) instead of waiting for a writer.
 	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
-		return "", secretFileError(path, err)
+		return nil, secretFileError(path, err)
 	}
 	defer f.Close()
 	// A FIFO or a terminal would hold the load (and every reload after
-	// it) until someone writes: only regular files hold secrets.
+	// it) until someone writes, /dev/zero would never end: only regular
+	// files hold secrets.
 	if fi, err := f.Stat(); err != nil {
-		return "", secretFileError(path, err)
+		return nil, secretFileError(path, err)
 	} else if !fi.Mode().IsRegular() {
-		return "", fmt.Errorf("cannot read %s: it is not a regular file (%s): give the path of a file holding the secret", path, fi.Mode().Type())
+		return nil, fmt.Errorf("cannot read %s: it is not a regular file (%s): give the path of a file holding the secret", path, fi.Mode().Type())
 	}
 	b, err := io.ReadAll(io.LimitReader(f, maxSecretFileBytes+1))
 	if err != nil {
-		return "", secretFileError(path, err)
+		return nil, secretFileError(path, err)
 	}
 	if len(b) > maxSecretFileBytes {
-		return "", fmt.Errorf("%s is larger than %d KiB: a secret file holds one secret; check the path", path, maxSecretFileBytes>>10)
+		return nil, fmt.Errorf("%s is larger than %d KiB: a secret file holds one secret; check the path", path, maxSecretFileBytes>>10)
 	}
-	s := strings.TrimSpace(string(b))
-	if s == "" {
-		return "", fmt.Errorf("%s is empty: write the secret into it (one line)", path)
+	if len(bytes.TrimSpace(b)) == 0 {
+		return nil, fmt.Errorf("%s is empty: write the secret into it (one line)", path)
 	}
-	return Secret(s), nil
+	return b, nil
 }
 
 // secretFileError says what is wrong with a secret file and what to do.
 func secretFileError(path string, err error) error {
-	return fmt.Errorf("cannot read %w", fileError(path, err, "create it (the secret on one line) or fix the path (a relative path is relative to the configuration file's directory)"))
+	return fmt.Errorf("cannot read %w", fileError(path, err, "create it (the secret on one line) or fix the path (a relative path in the configuration is relative to its file's directory)"))
 }
 
 // fileError says why a file of the configuration cannot be read (path

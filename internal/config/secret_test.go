@@ -11,6 +11,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/subsegment/subsegment_exporter/internal/testkit/certtest"
+	"github.com/subsegment/subsegment_exporter/internal/wire/frame"
 )
 
 func TestSecretFilesAreReadRelativeToTheFile(t *testing.T) {
@@ -241,6 +242,73 @@ func TestSecretFileMustBeARegularFile(t *testing.T) {
 		_, err := Parse([]byte(text), filepath.Join(dir, "subsegment.yml"), Limits{})
 		if err == nil || !strings.Contains(err.Error(), ":4: auths.v2.community_file: cannot read "+path+": it is not a regular file") {
 			t.Errorf("%s: %v", path, err)
+		}
+	}
+}
+
+// The chain's keys are a secret of every entry that signs with them: a
+// rotation changes the fingerprint of relay chains (their sessions must
+// open again, with the new keys), not of http entries, which do not use
+// them; the keys never show in it.
+func TestFingerprintCoversTheKeys(t *testing.T) {
+	c, err := Parse([]byte(`modules:
+  relays: {targets: ["127.0.0.1:*"]}
+  web: {prober: http, targets: ["127.0.0.1:*"]}
+continuous:
+  - {target: "127.0.0.1:9000", module: relays}
+  - {target: "http://127.0.0.1:8080/", module: web}
+`), "test.yml", Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	relays, web := c.Continuous[0], c.Continuous[1]
+	old := frame.Keys{[]byte("old-0123456789abcdef")}
+	c.UseKeys(old)
+	r0, w0 := c.Fingerprint(relays), c.Fingerprint(web)
+	c.UseKeys(frame.Keys{[]byte("old-0123456789abcdef")})
+	if c.Fingerprint(relays) != r0 {
+		t.Error("the same keys, read again, change the fingerprint")
+	}
+	c.UseKeys(frame.Keys{[]byte("old-0123456789abcdef"), []byte("new-0123456789abcdef")})
+	if c.Fingerprint(relays) == r0 || c.Fingerprint(web) != w0 {
+		t.Error("a second key: the relay chain's fingerprint must change, the http entry's must not")
+	}
+	if strings.Contains(c.Fingerprint(relays), "0123456789abcdef") {
+		t.Error("the fingerprint shows a key")
+	}
+}
+
+// The command's secret flags read their files by the same rule as the
+// *_file keys (ReadSecretFile, ReadKeyFile): never a FIFO or a device,
+// never empty, at most 64 KiB; keys one per line.
+func TestReadKeyFile(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, text string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	keys, err := ReadKeyFile(write("two", "first-0123456789abcdef\n\n  second-0123456789abcdef \n"))
+	if err != nil || len(keys) != 2 || string(keys[0]) != "first-0123456789abcdef" || string(keys[1]) != "second-0123456789abcdef" {
+		t.Fatalf("two keys: %q %v", keys, err)
+	}
+	for _, tc := range []struct{ path, want string }{
+		{fifo, fifo + ": it is not a regular file"},
+		{"/dev/zero", "/dev/zero: it is not a regular file"},
+		{dir, dir + ": it is not a regular file"},
+		{write("empty", " \n\n"), "is empty: write the secret into it"},
+		{write("huge", strings.Repeat("0123456789abcdef\n", 5000)), "is larger than 64 KiB"},
+		{write("short", "\nshort\n"), "line 2: key is 5 bytes, at least 16 needed"},
+		{filepath.Join(dir, "missing"), "it does not exist: create it"},
+	} {
+		if _, err := ReadKeyFile(tc.path); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want %q", tc.path, err, tc.want)
 		}
 	}
 }

@@ -31,12 +31,14 @@ import (
 // answer arrives before Prometheus gives up.
 const DefaultTimeoutOffset = 500 * time.Millisecond
 
-// ConfigHolder holds the loaded configuration and reloads it; a failed
-// reload keeps the previous one. Reloads (SIGHUP, /-/reload) run one at a
-// time: each stores its configuration and applies it as one step, so that
-// /config and the continuous runners never end on different ones.
+// ConfigHolder holds the loaded configuration and the chain's keys, and
+// reloads both; a failed reload keeps the previous ones. Reloads (SIGHUP,
+// /-/reload) run one at a time: each stores its configuration and keys
+// and applies them as one step, so that /config and the continuous
+// runners never end on different ones.
 type ConfigHolder struct {
 	path    string
+	keys    KeyFile
 	limits  config.Limits
 	cur     atomic.Pointer[config.Config]
 	metrics *collector.Source
@@ -46,11 +48,21 @@ type ConfigHolder struct {
 	onLoad    func(*config.Config)
 }
 
+// KeyFile is the chain's key file (--relay.auth-key-file) that every
+// reload reads again into Ring, by the rule of every secret file: the
+// relay's, the STAMP reflector's and the source's sessions opened after
+// a reload use the keys it read; sessions already open keep theirs. No
+// Path: the ring keeps what it holds.
+type KeyFile struct {
+	Path string
+	Ring *frame.KeyRing
+}
+
 // NewConfigHolder loads path (none when empty: /probe then refuses every
 // request, there being no module to allow a target), checking modules
-// against the process's frame limits.
-func NewConfigHolder(path string, limits config.Limits, metrics *collector.Source, log *slog.Logger) (*ConfigHolder, error) {
-	h := &ConfigHolder{path: path, limits: limits, metrics: metrics, log: log}
+// against the process's frame limits; keys are re-read at every reload.
+func NewConfigHolder(path string, keys KeyFile, limits config.Limits, metrics *collector.Source, log *slog.Logger) (*ConfigHolder, error) {
+	h := &ConfigHolder{path: path, keys: keys, limits: limits, metrics: metrics, log: log}
 	if path == "" {
 		return h, nil
 	}
@@ -64,20 +76,38 @@ func NewConfigHolder(path string, limits config.Limits, metrics *collector.Sourc
 // Get returns the current configuration, nil when none was given.
 func (h *ConfigHolder) Get() *config.Config { return h.cur.Load() }
 
-// Reload reads the file again (secret files included) and applies it;
-// a concurrent reload waits for this one.
+// Reloadable reports whether there is a file to reload.
+func (h *ConfigHolder) Reloadable() bool { return h.path != "" || h.keys.Path != "" }
+
+// Reload reads the key file and the configuration file again (secret
+// files included) and applies them; a concurrent reload waits for this
+// one.
 func (h *ConfigHolder) Reload() error {
 	h.reloading.Lock()
 	defer h.reloading.Unlock()
-	if h.path == "" {
-		return fmt.Errorf("no --config.file to reload")
+	if !h.Reloadable() {
+		return fmt.Errorf("no --config.file or --relay.auth-key-file to reload")
 	}
-	c, err := config.Load(h.path, h.limits)
+	keys, err := h.readKeys()
+	var c *config.Config
+	if err == nil && h.path != "" {
+		c, err = config.Load(h.path, h.limits)
+	}
 	if err != nil {
-		h.metrics.Reloaded(false)
-		h.log.Error("configuration not loaded; the previous one stays in use", "file", h.path, "err", err)
+		if h.path != "" {
+			h.metrics.Reloaded(false)
+		}
+		h.log.Error("configuration not loaded; the previous one stays in use", "file", h.path, "key_file", h.keys.Path, "err", err)
 		return err
 	}
+	if h.keys.Path != "" && !slices.EqualFunc(keys, h.keys.Ring.Current(), bytes.Equal) {
+		h.keys.Ring.Set(keys)
+		h.log.Info("keys loaded: sessions opened from now on use them", "file", h.keys.Path, "keys", len(keys))
+	}
+	if c == nil {
+		return nil
+	}
+	c.UseKeys(h.keys.Ring.Current())
 	h.cur.Store(c)
 	h.metrics.Reloaded(true)
 	h.log.Info("configuration loaded", "file", h.path, "modules", len(c.Modules))
@@ -85,6 +115,18 @@ func (h *ConfigHolder) Reload() error {
 		h.onLoad(c)
 	}
 	return nil
+}
+
+// readKeys reads the key file, if there is one.
+func (h *ConfigHolder) readKeys() (frame.Keys, error) {
+	if h.keys.Path == "" {
+		return nil, nil
+	}
+	keys, err := config.ReadKeyFile(h.keys.Path)
+	if err != nil {
+		return nil, fmt.Errorf("--relay.auth-key-file: %w", err)
+	}
+	return keys, nil
 }
 
 // OnLoad calls fn with the current configuration, and again after every
@@ -100,7 +142,7 @@ func (h *ConfigHolder) OnLoad(fn func(*config.Config)) {
 type ProbeHandler struct {
 	Config        *ConfigHolder
 	Source        string
-	Keys          frame.Keys
+	Keys          *frame.KeyRing // the chain's: each probe run takes the current ones
 	MaxFrameBytes int
 	TimeoutOffset time.Duration
 	Clock         clock.Clock
@@ -282,7 +324,7 @@ var answerPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 // for continuous probing alike.
 func (h *ProbeHandler) Options(module *config.Module, target string, timeout time.Duration, logger *slog.Logger) prober.Options {
 	opts := sla.ProbeOptions(module, target)
-	opts.Source, opts.Timeout, opts.MaxFrameBytes, opts.Keys = h.Source, timeout, h.MaxFrameBytes, h.Keys
+	opts.Source, opts.Timeout, opts.MaxFrameBytes, opts.Keys = h.Source, timeout, h.MaxFrameBytes, h.Keys.Current()
 	opts.Clock, opts.Dial, opts.Names, opts.Logger = h.Clock, h.Dial, h.Names, logger
 	if opts.HTTP == nil {
 		// Relay chains use the relays' TLS; an http module brings its own.

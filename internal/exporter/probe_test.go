@@ -50,7 +50,7 @@ func newTestExporter(t *testing.T, cfgText string, configure func(*ProbeHandler)
 	reg := prometheus.NewRegistry()
 	source := collector.NewSource(reg)
 	log := slog.New(slog.DiscardHandler)
-	holder, err := NewConfigHolder(path, config.Limits{}, source, log)
+	holder, err := NewConfigHolder(path, KeyFile{}, config.Limits{}, source, log)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -38,6 +38,7 @@ import (
 	"github.com/subsegment/subsegment_exporter/internal/source/continuous"
 	"github.com/subsegment/subsegment_exporter/internal/source/prober"
 	"github.com/subsegment/subsegment_exporter/internal/source/sla"
+	"github.com/subsegment/subsegment_exporter/internal/wire/frame"
 	"github.com/subsegment/subsegment_exporter/internal/wire/peer"
 	"github.com/subsegment/subsegment_exporter/internal/wire/trace"
 	"github.com/subsegment/subsegment_exporter/relay"
@@ -54,7 +55,10 @@ type Config struct {
 	ListenAddress string
 	Relay         relay.Config
 	// ConfigFile holds the /probe modules; empty: /probe refuses requests.
-	ConfigFile    string
+	ConfigFile string
+	// KeyFile is --relay.auth-key-file, read again at every reload
+	// (Relay.Keys are what it held at the start).
+	KeyFile       string
 	TimeoutOffset time.Duration
 	Web           *web.FlagConfig
 	Logger        *slog.Logger
@@ -115,7 +119,13 @@ func Serve(ctx context.Context, cfg Config) error {
 	)
 	source := collector.NewSource(reg)
 	traces := startTraces(cfg, reg)
-	holder, err := NewConfigHolder(cfg.ConfigFile, config.Limits{MaxFrameBytes: cfg.Relay.MaxFrameBytes, MaxHops: cfg.Relay.MaxHops, AuthKey: len(cfg.Relay.Keys) > 0}, source, logger)
+	// The chain's keys: the relay, the STAMP reflector and /probe take
+	// them from one ring, which every reload fills from the key file.
+	if cfg.Relay.KeyRing == nil {
+		cfg.Relay.KeyRing = frame.NewKeyRing(cfg.Relay.Keys)
+	}
+	keys := KeyFile{Path: cfg.KeyFile, Ring: cfg.Relay.KeyRing}
+	holder, err := NewConfigHolder(cfg.ConfigFile, keys, config.Limits{MaxFrameBytes: cfg.Relay.MaxFrameBytes, MaxHops: cfg.Relay.MaxHops, AuthKey: len(cfg.Relay.Keys) > 0}, source, logger)
 	if err != nil {
 		return err
 	}
@@ -227,7 +237,7 @@ func newProbeHandler(cfg Config, reg *prometheus.Registry, holder *ConfigHolder,
 	}
 	probe := &ProbeHandler{
 		History: NewHistory(cfg.HistoryLimit),
-		Config:  holder, Source: cfg.Relay.Name, Keys: cfg.Relay.Keys, MaxFrameBytes: cfg.Relay.MaxFrameBytes,
+		Config:  holder, Source: cfg.Relay.Name, Keys: cfg.Relay.KeyRing, MaxFrameBytes: cfg.Relay.MaxFrameBytes,
 		TimeoutOffset: cfg.TimeoutOffset, Clock: probeClock, Metrics: source, Names: &prober.NameCache{}, Logger: cfg.Logger,
 		Limit:  NewProbeLimit(reg, cfg.MaxConcurrentProbes),
 		Tracer: cfg.Tracer, TraceOptions: cfg.TraceOptions,
@@ -273,7 +283,7 @@ func waitForEnd(ctx context.Context, holder *ConfigHolder, errc <-chan error) er
 		case <-ctx.Done():
 			return nil
 		case <-hup:
-			if holder.path != "" {
+			if holder.Reloadable() {
 				_ = holder.Reload()
 			}
 		case err := <-errc:
@@ -291,7 +301,7 @@ func startReflector(ctx context.Context, cfg Config, reg *prometheus.Registry, e
 		return done, nil
 	}
 	rc := *cfg.STAMP
-	rc.Keys, rc.Logger = cfg.Relay.Keys, cfg.Logger
+	rc.Keys, rc.KeyRing, rc.Logger = cfg.Relay.Keys, cfg.Relay.KeyRing, cfg.Logger
 	if rc.Clock == nil {
 		rc.Clock = cfg.Relay.Clock
 	}

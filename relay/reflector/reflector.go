@@ -62,8 +62,10 @@ type Config struct {
 	// port, which needs CAP_NET_BIND_SERVICE: under systemd in both
 	// CapabilityBoundingSet= and AmbientCapabilities=, ExampleDropIn).
 	Address string
-	// Keys are the chain's keys (--relay.auth-key-file).
-	Keys frame.Keys
+	// Keys are the chain's keys (--relay.auth-key-file); KeyRing, when
+	// set, holds them as a reload rotates them (keys.go).
+	Keys    frame.Keys
+	KeyRing *frame.KeyRing
 	// Auth: AuthAuto (default), AuthOn, AuthOff.
 	Auth string
 	// Mode: ModeStateful (default) counts per session and numbers its
@@ -162,10 +164,15 @@ type Reflector struct {
 	// FuzzReflector reads what it is handed).
 	send func(b *udpmsg.Batch, n int) (int, error)
 	m    counters
+	// keysVersion is the KeyRing's version auth was made from.
+	keysVersion uint64
 }
 
 // New opens the reflector's socket.
 func New(cfg Config) (*Reflector, error) {
+	if cfg.KeyRing != nil {
+		cfg.Keys = cfg.KeyRing.Current()
+	}
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -179,7 +186,7 @@ func New(cfg Config) (*Reflector, error) {
 	r := &Reflector{cfg: cfg, mode: cfg.stampMode(), conn: conn, port: conn.LocalAddr().Port(), auth: stamp.NewAuth(cfg.Keys),
 		clock: cfg.Clock, tai: stamp.KernelTAIOffset(),
 		batch: udpmsg.NewBatch(batchSize, cfg.MaxPacketBytes+1), stamps: udpmsg.NewBatch(batchSize, 16),
-		txRing: make([]txRecord, 4096)}
+		txRing: make([]txRecord, 4096), keysVersion: cfg.KeyRing.Version()}
 	if r.clock == nil {
 		r.clock = clock.NewSystem()
 	}
@@ -232,6 +239,7 @@ func (r *Reflector) handle(n int) {
 	mono := monotonic()
 	r.bucket.refill(mono)
 	r.req.Sync = r.clock.Sync()
+	r.followKeys()
 	msgs := r.batch.Msgs[:n]
 	var reflected uint64
 	for i := range msgs {

@@ -223,6 +223,13 @@ func (m *Metrics) segment(e *entryMetrics, from, to string) *segmentSeries {
 	return s
 }
 
+// knownSegment returns a segment's series if it has one, making none.
+func (m *Metrics) knownSegment(e *entryMetrics, from, to string) *segmentSeries {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return e.segments[[2]string{from, to}]
+}
+
 // hop returns a hop's series, nil past the entry's bound.
 func (m *Metrics) hop(e *entryMetrics, name string) *hopSeries {
 	m.mu.Lock()

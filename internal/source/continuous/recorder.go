@@ -61,7 +61,7 @@ func newRecorder(e config.Continuous, m *config.Module, metrics *Metrics, log *s
 func (r *recorder) observe(res *prober.Result, warmup bool, connection uint64, now time.Time) {
 	r.outcome(res, warmup, now)
 	r.observeSTAMP(now, res)
-	segs := r.segmentSeries(res)
+	segs := r.segmentSeries(res, warmup)
 	var hops []cachedHop
 	if !warmup {
 		hops = r.hopSeries(res)
@@ -108,15 +108,21 @@ func (r *recorder) outcome(res *prober.Result, warmup bool, now time.Time) {
 }
 
 // segmentSeries are the series of the result's segments, in its order
-// (nil past the entry's bound).
-func (r *recorder) segmentSeries(res *prober.Result) []cachedSegment {
+// (nil past the entry's bound). A warm-up that failed makes no series:
+// its names may be made up anew by every response (a renaming proxy),
+// and it proved nothing; its connect times go to series that exist.
+func (r *recorder) segmentSeries(res *prober.Result, warmup bool) []cachedSegment {
+	series := r.metrics.segment
+	if warmup && res.Failure != nil {
+		series = r.metrics.knownSegment
+	}
 	r.segs = r.segs[:min(len(r.segs), len(res.Segments))]
 	for i := range res.Segments {
 		seg := &res.Segments[i]
 		if i < len(r.segs) && r.segs[i].s != nil && r.segs[i].from == seg.From && r.segs[i].to == seg.To {
 			continue
 		}
-		c := cachedSegment{from: seg.From, to: seg.To, s: r.metrics.segment(r.series, seg.From, seg.To)}
+		c := cachedSegment{from: seg.From, to: seg.To, s: series(r.series, seg.From, seg.To)}
 		if i < len(r.segs) {
 			r.segs[i] = c
 		} else {

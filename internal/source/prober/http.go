@@ -513,9 +513,12 @@ func (s *httpSession) expected() []string {
 	return s.o.Names.chainOf(s.o.Target)
 }
 
-// entryFailure reports a Subsegment-Timing entry that could not be read:
-// on the segment into its proxy when the chain's order is known, else on
-// the segment from the source to the first proxy.
+// entryFailure reports a Subsegment-Timing entry that could not be read
+// on the segment into the proxy it names (a valid name): after the proxy
+// before it when the chain's order is known, from the source when it is
+// the outermost or no order is known yet. An entry naming no valid hop,
+// or one the known chain does not have, fails the segment from the
+// source to the first proxy.
 func (s *httpSession) entryFailure(err error) *Failure {
 	f := s.fail(peer.ReasonBadHeader, "%v", err)
 	var ee *httpstamp.EntryError
@@ -523,8 +526,11 @@ func (s *httpSession) entryFailure(err error) *Failure {
 		return f
 	}
 	expected := s.expected()
-	if k := slices.Index(expected, ee.Hop); k > 0 {
+	switch k := slices.Index(expected, ee.Hop); {
+	case k > 0:
 		f.From, f.To = peer.Hop{Name: expected[k-1]}, peer.Hop{Name: ee.Hop}
+	case k == 0 || len(expected) == 0:
+		f.To = peer.Hop{Name: ee.Hop}
 	}
 	return f
 }

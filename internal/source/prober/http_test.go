@@ -185,7 +185,12 @@ func TestHTTPFailures(t *testing.T) {
 		}, HTTPOptions{}, "h1", "n1", peer.ReasonBadHeader, "the warm-up's response"},
 		{"an unexpected proxy", func(int) string { return response(200, "x;dur=1us", "h1;dur=300us") },
 			HTTPOptions{Hops: []string{"h1"}}, "h1", "x", peer.ReasonBadHeader, "unexpected hop x"},
-		{"a malformed entry", func(int) string { return response(200, "h1;dur=12") }, HTTPOptions{}, "a", "", peer.ReasonBadHeader, `"h1;dur=12": dur has no unit`},
+		{"a malformed entry", func(int) string { return response(200, "h1;dur=12") }, HTTPOptions{}, "a", "h1", peer.ReasonBadHeader, `"h1;dur=12": dur has no unit`},
+		{"dur twice in the outermost proxy's entry", func(int) string { return response(200, "n1;dur=1ms", "h1;dur=2ms;dur=3ms") },
+			HTTPOptions{Hops: []string{"h1", "n1"}}, "a", "h1", peer.ReasonBadHeader, "has dur twice"},
+		{"no dur in the only proxy's entry", func(int) string { return response(200, "be;desc=x") }, HTTPOptions{}, "a", "be", peer.ReasonBadHeader, "has no dur="},
+		{"a malformed entry of a proxy the hops do not list", func(int) string { return response(200, "x;dur=12", "h1;dur=3ms") },
+			HTTPOptions{Hops: []string{"h1"}}, "a", "h1", peer.ReasonBadHeader, `"x;dur=12": dur has no unit`},
 		{"a duplicated entry", func(int) string { return response(200, "n1;dur=0.001s", "n1;dur=0.001s", "h1;dur=3000us") }, HTTPOptions{}, "a", "", peer.ReasonBadHeader, "appears twice"},
 		{"not HTTP", func(int) string { return "SSH-2.0-OpenSSH\r\n" }, HTTPOptions{}, "a", "", peer.ReasonBadHeader, "not an HTTP/1.x response"},
 		{"a header over 64 KiB", func(int) string {

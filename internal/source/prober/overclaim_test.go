@@ -99,7 +99,8 @@ func TestHTTPEntriesWithinWhatEnclosesThem(t *testing.T) {
 		from, to string
 		msg      string
 	}{
-		{"overflow", true, []string{"be;dur=10000000000s"}, HTTPOptions{}, "a", "", `"be;dur=10000000000s": dur over 24h0m0s`},
+		{"overflow", true, []string{"be;dur=10000000000s"}, HTTPOptions{}, "a", "be", `"be;dur=10000000000s": dur over 24h0m0s`},
+		{"overflow of the outermost proxy", true, []string{"n1;dur=300us", "be;dur=10000000000s"}, HTTPOptions{Hops: []string{"be", "n1"}}, "a", "be", `"be;dur=10000000000s": dur over 24h0m0s`},
 		{"overflow of an inner proxy", true, []string{"be;dur=10000000000s", "h1;dur=300us"}, HTTPOptions{Hops: []string{"h1", "be"}}, "h1", "be", `"be;dur=10000000000s": dur over 24h0m0s`},
 		{"longer than the source's round trip", false, []string{"be;dur=2s"}, HTTPOptions{}, "a", "be", "be says it took 2s"},
 		{"longer than the outer proxy's time", true, []string{"n1;dur=0.030s", "h1;dur=1000us"}, HTTPOptions{Hops: []string{"h1", "n1"}},

@@ -393,16 +393,14 @@ func (s *streamer) receive(out io.Writer) error {
 	return err
 }
 
+// receiveInto reads replies until every block sent came back, the
+// stream is aborted, or the chain fails.
 func (s *streamer) receiveInto(bw *bufio.Writer) error {
 	rd := frame.NewReader(s.conn, s.o.maxFrame())
 	defer rd.Release()
-	window := uint64(len(s.stamps))
 	var next uint64
 	for {
-		s.mu.Lock()
-		done := s.done && next == s.sentN
-		s.mu.Unlock()
-		if done {
+		if s.allBack(next) {
 			// Everything came back; the chain closes behind us.
 			if err := bw.Flush(); err != nil {
 				return fmt.Errorf("write output: %w", err)
@@ -418,55 +416,72 @@ func (s *streamer) receiveInto(bw *bufio.Writer) error {
 		// this waits; an expiry with nothing outstanding just goes round.
 		_ = s.conn.SetReadDeadline(s.readDeadline())
 		if err := rd.Fill(); err != nil {
-			if errors.Is(err, io.EOF) {
-				s.mu.Lock()
-				done := s.done && next == s.sentN
-				s.mu.Unlock()
-				if done {
-					return bw.Flush()
-				}
-				return fmt.Errorf("%s closed the connection with %d blocks outstanding: %w", s.o.ForwardTo, s.outstanding(next), err)
+			if errors.Is(err, io.EOF) && s.allBack(next) {
+				return bw.Flush()
 			}
-			if isDeadline(err) {
-				s.mu.Lock()
-				stillOut := next < s.sentN
-				s.mu.Unlock()
-				if !stillOut {
-					continue
-				}
-				return fmt.Errorf("no reply from the chain within %s (--timeout): %w", s.o.Timeout, err)
+			if isDeadline(err) && s.outstanding(next) == 0 {
+				continue
 			}
-			return fmt.Errorf("read from %s: %w", s.o.ForwardTo, err)
+			return s.readError(err, next)
 		}
 		tIn := s.o.Clock.Monotonic()
 		if s.rx != nil {
 			tIn = s.rx.Last().At
 		}
-		for {
-			fr, err := rd.Next()
-			if err != nil {
-				return fmt.Errorf("reply from %s: %w", s.o.ForwardTo, err)
-			}
-			if fr == nil {
-				break
-			}
-			s.mu.Lock()
-			st := s.stamps[next%window]
-			s.mu.Unlock()
-			data, err := s.reply(fr, next, tIn, &st)
-			if err != nil {
-				return err
-			}
-			if _, err := bw.Write(data); err != nil {
-				return fmt.Errorf("write output: %w", err)
-			}
-			s.mu.Lock()
-			s.confirmed += int64(len(data))
-			s.mu.Unlock()
-			s.frames++
-			next++
-			<-s.slots
+		var err error
+		if next, err = s.takeReplies(rd, bw, next, tIn); err != nil {
+			return err
 		}
+	}
+}
+
+// allBack: the sender is done and every block it sent came back.
+func (s *streamer) allBack(next uint64) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.done && next == s.sentN
+}
+
+// readError says why reading replies failed, with next the first block
+// not yet back.
+func (s *streamer) readError(err error, next uint64) error {
+	switch {
+	case errors.Is(err, io.EOF):
+		return fmt.Errorf("%s closed the connection with %d blocks outstanding: %w", s.o.ForwardTo, s.outstanding(next), err)
+	case isDeadline(err):
+		return fmt.Errorf("no reply from the chain within %s (--timeout): %w", s.o.Timeout, err)
+	}
+	return fmt.Errorf("read from %s: %w", s.o.ForwardTo, err)
+}
+
+// takeReplies checks every whole reply rd holds, received at tIn, and
+// writes its data to bw; it returns the next block expected.
+func (s *streamer) takeReplies(rd *frame.Reader, bw *bufio.Writer, next uint64, tIn int64) (uint64, error) {
+	window := uint64(len(s.stamps))
+	for {
+		fr, err := rd.Next()
+		if err != nil {
+			return next, fmt.Errorf("reply from %s: %w", s.o.ForwardTo, err)
+		}
+		if fr == nil {
+			return next, nil
+		}
+		s.mu.Lock()
+		st := s.stamps[next%window]
+		s.mu.Unlock()
+		data, err := s.reply(fr, next, tIn, &st)
+		if err != nil {
+			return next, err
+		}
+		if _, err := bw.Write(data); err != nil {
+			return next, fmt.Errorf("write output: %w", err)
+		}
+		s.mu.Lock()
+		s.confirmed += int64(len(data))
+		s.mu.Unlock()
+		s.frames++
+		next++
+		<-s.slots
 	}
 }
 
@@ -524,13 +539,18 @@ func (s *streamer) reply(fr []byte, seq uint64, tIn int64, st *sent) ([]byte, er
 		return nil, fmt.Errorf("block %d came back with %d bytes, %d sent", seq, v.Probe.DataLen, st.size)
 	}
 	// Every segment is checked (timing.SegmentRTT: no hop claims more
-	// than its near neighbour measured around it) before any is recorded.
-	rtts := s.rtts[:0]
+	// than its near neighbour measured around it) before any is recorded,
+	// then held hop by hop to what encloses it, as every output counts
+	// it (timing.Hold).
 	for i := 0; i+1 < len(hops); i++ {
-		rtt, err := timing.SegmentRTT(hops[i], hops[i+1])
-		if err != nil {
+		if _, err := timing.SegmentRTT(hops[i], hops[i+1]); err != nil {
 			return nil, s.overclaimed(seq, i+1, err)
 		}
+	}
+	rtts := s.rtts[:0]
+	for i := 0; i+1 < len(hops); i++ {
+		var rtt time.Duration
+		hops[i+1], rtt = timing.Hold(hops[i], hops[i+1])
 		rtts = append(rtts, rtt)
 	}
 	s.rtts = rtts

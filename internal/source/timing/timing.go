@@ -94,7 +94,8 @@ func (e *Overclaim) Error() string {
 // each bracket on its own hop's clock. It is the one rule on what a hop
 // may claim: a far hop claiming more than near measured around it by
 // more than Tolerance is an *Overclaim (Far is left for the caller, who
-// knows the position); within it the segment is 0, never negative.
+// knows the position); within it the segment is 0, never negative, and
+// far counts what near measured (Hold).
 func SegmentRTT(near, far Hop) (time.Duration, error) {
 	rtt, oc := segmentRTT(near, far)
 	if oc != nil {
@@ -112,6 +113,32 @@ func segmentRTT(near, far Hop) (time.Duration, *Overclaim) {
 		return 0, &Overclaim{Name: far.Name, Claimed: far.Total(), Near: near.Name, Measured: near.Downstream, Tolerance: tol}
 	}
 	return 0, nil
+}
+
+// Hold is far as the breakdown counts it, and the rtt of the segment
+// between near and far: a claim within Tolerance of what near measured
+// around it (SegmentRTT) is cut to that measurement, far's downstream
+// time first, then its return and forward times, and the segment is then
+// 0. Every output then shows the same figures: no segment or residence
+// beyond what encloses it, and segments and residences that add up to
+// the source's round trip exactly. A chain is held hop by hop, each far
+// hop to its near neighbour as held (an HTTP proxy that stamps a full
+// unit of its resolution beyond the round trip leaves the segments inside
+// it no more than the round trip). Overclaims are SegmentRTT's to refuse,
+// on the records as they came.
+func Hold(near, far Hop) (Hop, time.Duration) {
+	over := far.Total() - max(near.Downstream, 0)
+	far.Downstream, over = cut(far.Downstream, over)
+	far.Return, over = cut(far.Return, over)
+	far.Forward, _ = cut(far.Forward, over)
+	return far, near.Downstream - far.Total()
+}
+
+// cut takes what it can of over from d; it returns d and what is left of
+// over.
+func cut(d, over time.Duration) (time.Duration, time.Duration) {
+	c := min(max(over, 0), max(d, 0))
+	return d - c, over - c
 }
 
 // Segment is the link between hop From and hop From+1.
@@ -144,7 +171,7 @@ type Breakdown struct {
 
 // Compute breaks a probe down. With n+1 hops it returns n segments; the
 // identity Σ segments + Σ residences of hops 1..n = RoundTrip holds
-// exactly, except where a segment within Tolerance of negative counts 0.
+// exactly: every hop is held to what its near neighbour measured (Hold).
 //
 // When a hop claims more than its near neighbour measured around it
 // (SegmentRTT), Compute returns an *Overclaim naming it, and the
@@ -189,21 +216,21 @@ func (b *Breakdown) fill(hops []Hop) {
 		// measured (even a source alone).
 		b.Segments = make([]Segment, 0, len(hops)-1)
 	}
-	for _, h := range hops {
-		b.Residence = append(b.Residence, h.Residence())
-	}
+	b.Residence = append(b.Residence, hops[0].Residence())
 	if cap(b.oneWays) < len(hops) {
 		b.oneWays = make([]OneWay, len(hops))
 	}
+	near := hops[0]
 	for i := 0; i+1 < len(hops); i++ {
-		near, far := hops[i], hops[i+1]
-		rtt, _ := segmentRTT(near, far)
+		far, rtt := Hold(near, hops[i+1])
+		b.Residence = append(b.Residence, far.Residence())
 		s := Segment{From: i, To: i + 1, RTT: rtt}
 		if ow, ok := oneWay(near, far, rtt); ok {
 			b.oneWays[i] = ow
 			s.OneWay = &b.oneWays[i]
 		}
 		b.Segments = append(b.Segments, s)
+		near = far
 	}
 }
 

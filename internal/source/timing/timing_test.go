@@ -431,3 +431,116 @@ func TestComputeIntoAndSummariseDoNotAllocate(t *testing.T) {
 		t.Errorf("overclaim: %v, breakdown %+v", err, b)
 	}
 }
+
+// A claim within the tolerance is held to what encloses it (REVIEW-1
+// finding 5): an HTTP proxy stamping a full unit of its 1 s resolution
+// when the whole probe took 150 ms leaves the segment inside it 150 ms,
+// never 1 s, and no residence or segment exceeds the round trip; the
+// segments and residences add up to it exactly.
+func TestClaimsWithinTheToleranceAreHeld(t *testing.T) {
+	us, ms := time.Microsecond, time.Millisecond
+	tests := []struct {
+		name      string
+		hops      []Hop
+		segments  []time.Duration
+		residence []time.Duration
+	}{
+		{"a proxy's second beyond a 150 ms round trip",
+			[]Hop{{Name: "a", Downstream: 150 * ms}, {Name: "be", Downstream: time.Second, Resolution: time.Second}, {Name: "backend"}},
+			[]time.Duration{0, 150 * ms}, []time.Duration{0, 0, 0}},
+		{"an inner proxy held to the outer one as held",
+			[]Hop{{Name: "a", Downstream: 100 * ms}, {Name: "fe", Downstream: 100*ms + 900*us, Resolution: ms},
+				{Name: "be", Downstream: 100*ms + 950*us, Resolution: ms}, {Name: "backend"}},
+			[]time.Duration{0, 0, 100 * ms}, []time.Duration{0, 0, 0, 0}},
+		{"a backend that stamped itself",
+			[]Hop{{Name: "a", Downstream: 2 * ms}, {Name: "be", Downstream: 2*ms + 500*us, Resolution: ms}, {Name: "backend", Forward: 2*ms + 400*us, Resolution: ms}},
+			[]time.Duration{0, 0}, []time.Duration{0, 0, 2 * ms}},
+		{"a relay's downstream time first, its residence kept",
+			[]Hop{{Name: "a", Downstream: 500 * us}, {Name: "b", Forward: 10 * us, Downstream: 485 * us, Return: 10 * us}, {Name: "z", Forward: 470 * us}},
+			[]time.Duration{0, 10 * us}, []time.Duration{0, 20 * us, 470 * us}},
+		{"an end host's residence beyond its segment",
+			[]Hop{{Name: "a", Downstream: 100 * us}, {Name: "z", Forward: 110 * us}},
+			[]time.Duration{0}, []time.Duration{0, 100 * us}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			bd, err := Compute(tc.hops)
+			if err != nil {
+				t.Fatalf("refused: %v", err)
+			}
+			for i, s := range bd.Segments {
+				if s.RTT != tc.segments[i] {
+					t.Errorf("segment %d rtt %v, want %v", i, s.RTT, tc.segments[i])
+				}
+			}
+			for i, r := range bd.Residence {
+				if r != tc.residence[i] {
+					t.Errorf("residence %d %v, want %v", i, r, tc.residence[i])
+				}
+			}
+			checkHeld(t, bd)
+		})
+	}
+}
+
+// checkHeld fails a breakdown with a segment or a residence (the
+// source's aside) beyond the round trip, or whose segments and residences
+// do not add up to it.
+func checkHeld(t *testing.T, bd Breakdown) {
+	t.Helper()
+	sum := time.Duration(0)
+	for i, s := range bd.Segments {
+		if s.RTT < 0 || s.RTT > bd.RoundTrip {
+			t.Errorf("segment %d rtt %v outside [0, round trip %v]", i, s.RTT, bd.RoundTrip)
+		}
+		sum += s.RTT
+	}
+	for i, r := range bd.Residence[1:] {
+		if r < 0 || r > bd.RoundTrip {
+			t.Errorf("residence of hop %d %v outside [0, round trip %v]", i+1, r, bd.RoundTrip)
+		}
+		sum += r
+	}
+	if sum != bd.RoundTrip {
+		t.Errorf("Σ segments + Σ residences = %v, round trip %v", sum, bd.RoundTrip)
+	}
+}
+
+// Honest chains whose hops claim up to their tolerance more than was
+// measured around them (coarse stamps, clock granularity) are accepted
+// and held: they add up to the round trip, and nothing exceeds it.
+func TestClaimsWithinTheToleranceAddUp(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 8))
+	dur := func(max time.Duration) time.Duration { return time.Duration(rng.Int64N(int64(max))) }
+	for iter := 0; iter < 20000; iter++ {
+		n := 2 + rng.IntN(6)
+		sim := make([]simHop, n)
+		for i := range sim {
+			scale := []time.Duration{time.Microsecond, time.Millisecond, time.Second}[rng.IntN(3)]
+			sim[i] = simHop{name: "h", fwdRes: dur(scale), retRes: dur(scale), clockOffset: dur(time.Hour),
+				forwardDelayAfter: dur(scale), returnDelayAfter: dur(scale)}
+		}
+		hops := simulate(sim, dur(24*time.Hour))
+		for i := 1; i < n; i++ {
+			if rng.IntN(2) == 0 {
+				continue
+			}
+			// A coarse stamp rounded up: at most its resolution over.
+			hops[i].Resolution = []time.Duration{time.Millisecond, time.Second}[rng.IntN(2)]
+			over := dur(hops[i].Resolution)
+			if i == n-1 {
+				hops[i].Forward += over
+			} else {
+				hops[i].Downstream += over
+			}
+		}
+		bd, err := Compute(hops)
+		if err != nil {
+			t.Fatalf("iteration %d: refused: %v\n%+v", iter, err, hops)
+		}
+		checkHeld(t, bd)
+		if t.Failed() {
+			t.Fatalf("iteration %d: %+v", iter, hops)
+		}
+	}
+}

@@ -6,7 +6,7 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"hash"
-	"os"
+	"sync/atomic"
 
 	"github.com/subsegment/subsegment_exporter/internal/wire/peer"
 )
@@ -22,17 +22,9 @@ var ErrAuth = peer.NewError(peer.ReasonAuth, "authentication failed")
 // it first everywhere, then drop the old one.
 type Keys [][]byte
 
-// LoadKeys reads a key file: one key per non-empty line, the first signing.
-func LoadKeys(path string) (Keys, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("read auth key file: %w", err)
-	}
-	return ParseKeys(data, path)
-}
-
-// ParseKeys parses the contents of a key file; name says which file in
-// errors.
+// ParseKeys parses the contents of a key file (read by the rule of every
+// secret file, config.ReadKeyFile): one key per non-empty line, the first
+// signing; name says which file in errors.
 func ParseKeys(data []byte, name string) (Keys, error) {
 	var keys Keys
 	for i, line := range bytes.Split(data, []byte("\n")) {
@@ -52,6 +44,47 @@ func ParseKeys(data []byte, name string) (Keys, error) {
 		return nil, fmt.Errorf("auth key file %s holds %d keys: at most 2 (the signing key, and the other one during a rollover)", name, len(keys))
 	}
 	return keys, nil
+}
+
+// KeyRing holds a process's current keys: a reload replaces them (Set),
+// and each session takes them once, when it opens (Current), and keeps
+// them while it lasts. A nil ring holds no keys.
+type KeyRing struct {
+	keys    atomic.Pointer[Keys]
+	version atomic.Uint64
+}
+
+// NewKeyRing returns a ring holding keys.
+func NewKeyRing(keys Keys) *KeyRing {
+	r := &KeyRing{}
+	r.Set(keys)
+	return r
+}
+
+// Current is the keys sessions opened now use.
+func (r *KeyRing) Current() Keys {
+	if r == nil {
+		return nil
+	}
+	if k := r.keys.Load(); k != nil {
+		return *k
+	}
+	return nil
+}
+
+// Set makes keys the ones sessions opened from now on use.
+func (r *KeyRing) Set(keys Keys) {
+	r.keys.Store(&keys)
+	r.version.Add(1)
+}
+
+// Version changes with every Set: what holds keys beyond one session (a
+// STAMP reflector) sees that it must take them again.
+func (r *KeyRing) Version() uint64 {
+	if r == nil {
+		return 0
+	}
+	return r.version.Load()
 }
 
 // Signer signs and verifies frames for one goroutine; it keeps its hash

@@ -3,8 +3,11 @@ package frame
 import (
 	"bytes"
 	"errors"
-	"strings"
+	"fmt"
+	"sync"
 	"testing"
+
+	"github.com/subsegment/subsegment_exporter/internal/wire/peer"
 )
 
 // errWait is a feed with nothing more to read now (EAGAIN).
@@ -130,13 +133,7 @@ func TestUnprovenShare(t *testing.T) {
 	if b.UnprovenUsed() != 4<<20 {
 		t.Fatalf("unproven share holds %d, want 4 MiB", b.UnprovenUsed())
 	}
-	second := newReader()
-	err := readAll(second, &feed{data: fr, n: 64 << 10}, nil)
-	if !errors.Is(err, ErrBudget) || !strings.Contains(err.Error(), "not yet sent a valid frame") {
-		t.Fatalf("second unproven connection: %v, want refused from the unproven share", err)
-	}
-	second.Release()
-	// A proven connection still finds the other half.
+	// A proven connection finds the other half.
 	proven := newReader()
 	proven.Prove()
 	if err := readAll(proven, &feed{data: fr, n: 64 << 10}, nil); err != nil {
@@ -147,12 +144,221 @@ func TestUnprovenShare(t *testing.T) {
 	if b.UnprovenUsed() != 0 || b.Used() != 8<<20 {
 		t.Fatalf("after Prove: unproven %d, used %d; want 0 and 8 MiB", b.UnprovenUsed(), b.Used())
 	}
-	for _, r := range []*Reader{first, proven} {
+	// Proven connections hold all of it: an unproven one is refused.
+	second := newReader()
+	err := readAll(second, &feed{data: fr, n: 64 << 10}, nil)
+	if !errors.Is(err, ErrBudget) || errors.Is(err, ErrEvicted) || peer.Classify(err) != peer.ReasonOverloaded {
+		t.Fatalf("unproven connection beside a budget full of proven ones: %v, want refused as overloaded", err)
+	}
+	for _, r := range []*Reader{first, proven, second} {
 		r.Release()
 	}
 	if b.Used() != 0 || b.UnprovenUsed() != 0 {
 		t.Fatalf("released readers still hold %d (unproven %d) bytes", b.Used(), b.UnprovenUsed())
 	}
+}
+
+// evictions counts what the budget told a reader's owner.
+type evictions struct{ n int }
+
+func (e *evictions) BufferEvicted() { e.n++ }
+
+// holdBytes is an unproven connection that sent a header claiming
+// claimLen bytes and sent of its frame body bytes, then nothing more.
+func holdBytes(t *testing.T, b *BufferBudget, maxFrame, claimLen, body int) (*Reader, *evictions) {
+	t.Helper()
+	data := make([]byte, HeaderLen+body)
+	PutHeader(data, Header{Kind: KindStreamRequest, Length: uint32(claimLen - HeaderLen)})
+	r := NewReader(nil, maxFrame)
+	r.Budget = b
+	e := &evictions{}
+	r.OnEvict = e
+	if err := readAll(r, &feed{data: data, n: 64 << 10}, nil); err != nil {
+		// The share is full: the relay closes this one.
+		t.Logf("holder refused: %v", err)
+	}
+	return r, e
+}
+
+// checkBounds fails when the budget holds more than its limits.
+func checkBounds(t *testing.T, b *BufferBudget) {
+	t.Helper()
+	if b.Used() > b.Limit() || b.UnprovenUsed() > b.UnprovenLimit() || b.UnprovenUsed() > b.Used() || b.UnprovenUsed() < 0 {
+		t.Fatalf("budget holds %d of %d (unproven %d of %d)", b.Used(), b.Limit(), b.UnprovenUsed(), b.UnprovenLimit())
+	}
+}
+
+// Unverified bytes that did arrive cannot lock the budget either (the
+// review's scenario): eight unproven connections that sent 256 KiB of a
+// frame claiming 1.9 MiB fill the unproven share, and a 300 KiB frame on
+// a new connection is read whole: the holders idle longest are evicted
+// for it, their next read fails as overloaded and their owner is told.
+func TestRealBytesDoNotLockTheBudget(t *testing.T) {
+	const maxFrame = 2 << 20
+	b := NewBufferBudget(8<<20, maxFrame)
+	var holders []*Reader
+	var told []*evictions
+	for i := 0; i < 8; i++ {
+		r, e := holdBytes(t, b, maxFrame, 1992294, 262144)
+		holders, told = append(holders, r), append(told, e)
+		checkBounds(t, b)
+	}
+	if b.UnprovenUsed() != b.UnprovenLimit() {
+		t.Fatalf("8 holders of 256 KiB hold %d of the %d-byte unproven share, want all of it", b.UnprovenUsed(), b.UnprovenLimit())
+	}
+	fr := bigFrame(300<<10, 1)
+	r := NewReader(nil, maxFrame)
+	r.Budget = b
+	if err := readAll(r, &feed{data: fr, n: 16 << 10}, func() { checkBounds(t, b) }); err != nil {
+		t.Fatalf("300 KiB frame beside 8 holders of real bytes: %v", err)
+	}
+	got, err := r.Next()
+	if err != nil || !bytes.Equal(got, fr) {
+		t.Fatalf("300 KiB frame not read byte-exact: %v", err)
+	}
+	r.Prove()
+	evicted := 0
+	for i, h := range holders {
+		_, err := h.ReadOnce((&feed{}).read)
+		switch {
+		case h.Evicted():
+			evicted++
+			if !errors.Is(err, ErrEvicted) || peer.Classify(err) != peer.ReasonOverloaded || told[i].n != 1 {
+				t.Errorf("evicted holder %d: read %v, owner told %d times; want ErrEvicted (overloaded), told once", i, err, told[i].n)
+			}
+		case !errors.Is(err, errWait) || told[i].n != 0:
+			t.Errorf("holder %d, not evicted: read %v, owner told %d times", i, err, told[i].n)
+		}
+	}
+	if evicted == 0 {
+		t.Fatal("no holder was evicted")
+	}
+	// The oldest (idle longest) went first.
+	for i := 1; i < len(holders); i++ {
+		if holders[i].Evicted() && !holders[i-1].Evicted() {
+			t.Errorf("holder %d evicted before the older holder %d", i, i-1)
+		}
+	}
+	r.Release()
+	for _, h := range holders {
+		h.Release()
+	}
+	if b.Used() != 0 || b.UnprovenUsed() != 0 {
+		t.Fatalf("released readers still hold %d (unproven %d) bytes", b.Used(), b.UnprovenUsed())
+	}
+}
+
+// An attacker that reconnects as soon as a connection of its is evicted,
+// sending as many bytes as the legitimate client in the same time, cannot
+// keep a 300 KiB frame out, nor can a 2 MiB-frame attacker whose every
+// connection would take the whole unproven share; the budget's bounds
+// hold throughout.
+func TestReconnectingHoldersDoNotLockTheBudget(t *testing.T) {
+	const maxFrame = 2 << 20
+	for _, body := range []int{262144, 1100 << 10} {
+		t.Run(fmt.Sprint(body), func(t *testing.T) {
+			b := NewBufferBudget(8<<20, maxFrame)
+			data := make([]byte, HeaderLen+body)
+			PutHeader(data, Header{Kind: KindStreamRequest, Length: 1992294 - HeaderLen})
+			att := &budgetAttacker{budget: b, maxFrame: maxFrame, data: data}
+			for i := 0; i < 8; i++ {
+				c := att.open()
+				_ = readAll(c.r, c.f, nil) // refused when the share is full
+				att.conns = append(att.conns, c)
+			}
+			fr := bigFrame(300<<10, 1)
+			r := NewReader(nil, maxFrame)
+			r.Budget = b
+			f := &feed{data: fr, n: 16 << 10}
+			for step := 0; !r.Complete(); step++ {
+				if step > 1000 {
+					t.Fatal("no progress")
+				}
+				if _, err := r.ReadOnce(f.read); err != nil && !errors.Is(err, errWait) {
+					t.Fatalf("300 KiB frame beside a reconnecting attacker (%d reconnects): %v", att.reconnects, err)
+				}
+				att.step(step)
+				checkBounds(t, b)
+			}
+			got, err := r.Next()
+			if err != nil || !bytes.Equal(got, fr) {
+				t.Fatalf("300 KiB frame not read byte-exact: %v", err)
+			}
+			t.Logf("%d reconnects while the frame was read", att.reconnects)
+			r.Release()
+			att.release()
+			if b.Used() != 0 || b.UnprovenUsed() != 0 {
+				t.Fatalf("released readers still hold %d (unproven %d) bytes", b.Used(), b.UnprovenUsed())
+			}
+		})
+	}
+}
+
+// budgetAttacker holds unproven connections that each send data (a
+// header claiming a large frame and its first bytes), replacing every
+// connection the budget evicts.
+type budgetAttacker struct {
+	budget     *BufferBudget
+	maxFrame   int
+	data       []byte
+	conns      []budgetHolder
+	reconnects int
+}
+
+type budgetHolder struct {
+	r *Reader
+	f *feed
+}
+
+func (a *budgetAttacker) open() budgetHolder {
+	r := NewReader(nil, a.maxFrame)
+	r.Budget = a.budget
+	return budgetHolder{r, &feed{data: a.data, n: 16 << 10}}
+}
+
+// step replaces the evicted connections and sends as much as the
+// legitimate client did, on one connection in turn.
+func (a *budgetAttacker) step(n int) {
+	for i := range a.conns {
+		if a.conns[i].r.Evicted() {
+			a.conns[i].r.Release()
+			a.conns[i] = a.open()
+			a.reconnects++
+		}
+	}
+	c := a.conns[n%len(a.conns)]
+	_, _ = c.r.ReadOnce(c.f.read) // its refusals and evictions are the attacker's
+}
+
+func (a *budgetAttacker) release() {
+	for _, c := range a.conns {
+		c.r.Release()
+	}
+}
+
+// readAndRelease reads data (proven from the start, or after 20 reads)
+// until it is whole or refused, checking the budget's bounds after every
+// read, then releases the reader.
+func readAndRelease(t *testing.T, b *BufferBudget, data []byte, maxFrame int, proven bool) {
+	r := NewReader(nil, maxFrame)
+	r.Budget = b
+	if proven {
+		r.Prove()
+	}
+	f := &feed{data: data, n: 32 << 10}
+	for k := 0; k < 1000; k++ {
+		_, err := r.ReadOnce(f.read)
+		if b.Used() > b.Limit() || b.UnprovenUsed() > b.UnprovenLimit() {
+			t.Errorf("budget holds %d of %d (unproven %d of %d)", b.Used(), b.Limit(), b.UnprovenUsed(), b.UnprovenLimit())
+		}
+		if err != nil || r.Complete() {
+			break
+		}
+		if k == 20 {
+			r.Prove()
+		}
+	}
+	r.Release()
 }
 
 // Growing with the bytes that arrived costs moves on the first large
@@ -189,4 +395,26 @@ func TestLargeFramesReadInPlaceAfterTheFirst(t *testing.T) {
 		buf = &r.buf[0]
 	}
 	r.Release()
+}
+
+// Readers that claim, evict, prove themselves and end from many
+// goroutines at once keep the budget's bounds, and give everything back.
+func TestBudgetEvictionsConcurrently(t *testing.T) {
+	const maxFrame = 2 << 20
+	b := NewBufferBudget(8<<20, maxFrame)
+	fr := bigFrame(1500<<10, 1)
+	var wg sync.WaitGroup
+	for g := 0; g < 8; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 20; i++ {
+				readAndRelease(t, b, fr[:len(fr)*(1+(g+i)%4)/4], maxFrame, (g+i)%3 == 0)
+			}
+		}()
+	}
+	wg.Wait()
+	if b.Used() != 0 || b.UnprovenUsed() != 0 {
+		t.Fatalf("released readers still hold %d (unproven %d) bytes", b.Used(), b.UnprovenUsed())
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/subsegment/subsegment_exporter/internal/wire/peer"
 )
@@ -47,6 +48,12 @@ type Reader struct {
 	Budget  *BufferBudget
 	charged int
 	proven  bool
+	// hold is the reader's place among the budget's unproven holders;
+	// OnEvict, when set, is told when the budget evicts the reader
+	// (without it, a source with a read deadline, a net.Conn, gets one
+	// in the past, which wakes a blocked Fill).
+	hold    holding
+	OnEvict Evictee
 
 	// Sink, when set, takes the data of large unsigned stream frames of a
 	// proven connection (sink.go); SpliceMin overrides SpliceMinData.
@@ -69,7 +76,7 @@ func NewReader(src io.Reader, maxFrameBytes int) *Reader {
 // frame it returned must not be used afterwards.
 func (r *Reader) Release() {
 	putBuf(r.bufPtr)
-	r.Budget.release(r.charged+r.sinkCharged, r.proven)
+	r.Budget.release(r, r.charged+r.sinkCharged)
 	r.bufPtr, r.buf, r.start, r.end, r.charged, r.sinkCharged = nil, nil, 0, 0, 0, 0
 }
 
@@ -81,8 +88,26 @@ func (r *Reader) Prove() {
 	if r.proven {
 		return
 	}
+	if !r.Budget.promote(r) {
+		// Evicted meanwhile: it holds nothing of the budget any more.
+		r.charged, r.sinkCharged = 0, 0
+	}
 	r.proven = true
-	r.Budget.promote(r.charged + r.sinkCharged)
+}
+
+// Evicted reports whether the budget evicted the reader for a newer
+// connection (its reads fail with ErrEvicted).
+func (r *Reader) Evicted() bool { return r.hold.evicted.Load() }
+
+// wake tells the owner of an evicted reader (BufferBudget.evictIdlest).
+func (r *Reader) wake() {
+	if r.OnEvict != nil {
+		r.OnEvict.BufferEvicted()
+		return
+	}
+	if d, ok := r.src.(interface{ SetReadDeadline(time.Time) error }); ok {
+		_ = d.SetReadDeadline(time.Now())
+	}
 }
 
 // Buffered reports the bytes received but not yet returned by Next.
@@ -144,6 +169,9 @@ func (r *Reader) endErr(err error) error {
 // add to the buffer: the building block of Fill, and of event loops that
 // read only when the kernel says there is data.
 func (r *Reader) ReadOnce(read func([]byte) (int, error)) (int, error) {
+	if r.hold.evicted.Load() {
+		return 0, ErrEvicted
+	}
 	if r.moving > 0 {
 		return r.takeData()
 	}
@@ -169,6 +197,12 @@ func (r *Reader) ReadOnce(read func([]byte) (int, error)) (int, error) {
 	r.short = n < limit-r.end
 	if n > 0 {
 		r.end += n
+	}
+	if err != nil && r.hold.evicted.Load() {
+		err = ErrEvicted // the read was woken by the eviction
+	}
+	if n > 0 && r.charged > 0 && !r.proven {
+		r.Budget.touch(r) // an unproven holder that is not idle
 	}
 	if err == nil && !r.exact && r.end == len(r.buf) && len(r.buf) < greedyReadBuffer && len(r.buf) < r.maxFrame {
 		_ = r.grow(min(greedyReadBuffer, r.maxFrame)) // within 64 KiB: never refused
@@ -268,11 +302,11 @@ func (r *Reader) grow(size int) error {
 	}
 	// The old buffer goes back at once: only the difference is taken.
 	if d := charge - r.charged; d > 0 {
-		if err := r.Budget.acquire(d, r.proven); err != nil {
+		if err := r.Budget.acquire(r, d); err != nil {
 			return err
 		}
 	} else {
-		r.Budget.release(-d, r.proven)
+		r.Budget.release(r, -d)
 	}
 	p := getBuf(size)
 	n := copy(*p, r.buf[r.start:r.end])

@@ -76,9 +76,8 @@ const (
 	PlainHopRecordLen = hopFixedLen + 1 + MaxNameLen + 1
 	// MaxErrorRecordLen is the largest error record.
 	MaxErrorRecordLen = errorFixedLen + MaxNameLen + peer.MaxPeerLen + MaxMessageLen
-	// MaxDuration bounds every duration in a record: no operation of a
-	// hop lasts a day, so a larger value is a broken or hostile peer.
-	MaxDuration = 24 * time.Hour
+	// MaxDuration bounds every duration in a record.
+	MaxDuration = peer.MaxDuration
 )
 
 // Offsets of the fixed fields of a hop record.

@@ -118,7 +118,7 @@ func (r *Reader) shrink() {
 	p := getBuf(initialReadBuffer)
 	n := copy(*p, r.buf[r.start:r.end])
 	putBuf(r.bufPtr)
-	r.Budget.release(r.charged, r.proven)
+	r.Budget.release(r, r.charged)
 	r.buf, r.bufPtr, r.start, r.end, r.charged = *p, p, 0, n, 0
 }
 
@@ -154,16 +154,16 @@ func (r *Reader) growSink() bool {
 		return false
 	}
 	charge := sinkCharge(want)
-	if err := r.Budget.acquire(charge-r.sinkCharged, r.proven); err != nil {
+	if err := r.Budget.acquire(r, charge-r.sinkCharged); err != nil {
 		return false
 	}
 	got, err := r.Sink.Grow(want)
 	if err != nil || got <= size {
-		r.Budget.release(charge-r.sinkCharged, r.proven)
+		r.Budget.release(r, charge-r.sinkCharged)
 		return false
 	}
 	// The sink may have stopped short of want (its own limit).
-	r.Budget.release(charge-sinkCharge(got), r.proven)
+	r.Budget.release(r, charge-sinkCharge(got))
 	r.sinkCharged = sinkCharge(got)
 	return true
 }

@@ -32,9 +32,6 @@ const Header = "Subsegment-Timing"
 // MaxEntries bounds the entries of one response, as relays bound hops.
 const MaxEntries = 32
 
-// MaxDuration bounds one entry's duration.
-const MaxDuration = 24 * time.Hour
-
 // Entry is one proxy's stamp.
 type Entry struct {
 	Hop      string
@@ -153,15 +150,15 @@ func parseDuration(v string) (time.Duration, time.Duration, error) {
 	// In integers, range-checked before every multiplication: a value
 	// past what time.Duration holds must not wrap round into range.
 	whole, _ := strconv.ParseInt(intPart, 10, 64) // at most 12 digits
-	if whole > int64(MaxDuration/unit) {
-		return 0, 0, fmt.Errorf("dur over %v", MaxDuration)
+	if whole > int64(peer.MaxDuration/unit) {
+		return 0, 0, fmt.Errorf("dur over %v", peer.MaxDuration)
 	}
 	scale := int64(math.Pow10(len(frac)))
 	part, _ := strconv.ParseInt("0"+frac, 10, 64) // at most 9 digits
 	// part < scale ≤ 1e9 and unit ≤ 1e9: the product fits.
 	d := time.Duration(whole)*unit + time.Duration((part*int64(unit)+scale/2)/scale)
-	if d > MaxDuration {
-		return 0, 0, fmt.Errorf("dur over %v", MaxDuration)
+	if d > peer.MaxDuration {
+		return 0, 0, fmt.Errorf("dur over %v", peer.MaxDuration)
 	}
 	return d, max(unit/time.Duration(scale), time.Nanosecond), nil
 }

@@ -130,7 +130,7 @@ func FuzzParse(f *testing.F) {
 			return
 		}
 		for _, e := range entries {
-			if peer.ValidateName(e.Hop) != nil || e.Duration < 0 || e.Duration > MaxDuration || e.Resolution <= 0 {
+			if peer.ValidateName(e.Hop) != nil || e.Duration < 0 || e.Duration > peer.MaxDuration || e.Resolution <= 0 {
 				t.Fatalf("bad entry %+v from %q", e, v)
 			}
 		}

@@ -1,6 +1,6 @@
 // Package peer holds the rules about what a hop of a chain is and what it
 // may say: its name and identity, the addresses it dials, the reasons a
-// segment fails, and which strings from the network may become labels,
+// segment fails, the longest duration it may report, and which strings from the network may become labels,
 // perfdata or terminal output. Both ends of a chain (relays and sources)
 // import it; it imports nothing of the project, so the wire format can
 // apply the same rules when it decodes what a peer sent.
@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"time"
 	"unicode/utf8"
 )
 
@@ -27,6 +28,12 @@ const MaxPeerLen = 255
 
 // MaxMessageLen bounds the human-readable text of an error record.
 const MaxMessageLen = 512
+
+// MaxDuration bounds every duration a peer reports (a relay's record, a
+// proxy's Subsegment-Timing entry, a reflector's timestamps): no
+// operation of a hop lasts a day, so a larger value is a broken or
+// hostile peer.
+const MaxDuration = 24 * time.Hour
 
 // ValidateName checks a hop name: it becomes a label value, a perfdata
 // label and a table cell, so it is short and plain: letters, digits, '.',

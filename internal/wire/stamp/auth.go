@@ -16,7 +16,7 @@ var ErrAuth = errors.New("STAMP HMAC does not verify (forged packet, or a differ
 var ErrNoKey = errors.New("authenticated STAMP needs a key (--relay.auth-key-file)")
 
 // Auth computes and checks STAMP's HMAC-SHA-256 truncated to 128 bits
-// (RFC 8762 §4.4) with the chain's keys (frame.LoadKeys: one per line, the
+// (RFC 8762 §4.4) with the chain's keys (frame.ParseKeys: one per line, the
 // first signs, every one verifies, so a rollover works as for frames). It
 // keeps its hash states and scratch space so that it does not allocate;
 // one Auth serves one goroutine.

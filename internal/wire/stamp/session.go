@@ -29,7 +29,7 @@ type SessionOptions struct {
 	// DSCP marks the packets the sender sends.
 	DSCP uint8
 	// Mode and Keys: authenticated sessions sign with the first key and
-	// accept replies signed with any (frame.LoadKeys reads a key file).
+	// accept replies signed with any (config.ReadKeyFile reads a key file).
 	Mode Mode
 	Keys frame.Keys
 	TLVs TLVRequest
