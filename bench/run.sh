@@ -9,7 +9,10 @@
 #            (large blocks spliced) and signed (copied)
 #   http     CPU per /probe of an http module (HAProxy -> nginx) vs
 #            prometheus-blackbox-exporter's http probe of the same URL
-#   continuous  CPU and memory of 1000 continuous entries at 1 s
+#   continuous  CPU per probe, spread and memory of 100, 2000 and 10000
+#            continuous entries at 1 s (TCP and HTTP chains), and the
+#            scrape of /metrics with and without classic buckets
+#   continuous-instructions  instructions per continuous probe (callgrind)
 #   contention  median wait of a relay and of a blocking C echo pinned
 #            with 4 busy processes to one CPU
 #   stamp    the STAMP reflector (--stamp.listen-address) vs a blocking C
@@ -20,12 +23,13 @@
 #            prometheus-blackbox-exporter's tcp probe, at the same paced
 #            rates, and 500 concurrent /probe against a 3-relay chain
 #
-# Usage: bench/run.sh [rtt|stream|probe|http|continuous|contention|stamp ...]   (default: all)
-# Env:   ROUNDS (10), RTT_N (2000), STREAM_MB (256), PROBE_N (200), BENCH_BASE_PORT (29000)
+# Usage: bench/run.sh [rtt|stream|probe|http|continuous|continuous-instructions|contention|stamp ...]   (default: all)
+# Env:   ROUNDS (10), RTT_N (2000), STREAM_MB (256), PROBE_N (200), BENCH_BASE_PORT (29000), BENCH_BIN (the binary),
+#        CONT_SIZES ("100 2000 10000"), CONT_SECONDS (60), CONT_KINDS ("tcp http native"), CONT_CG_N (1000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-BIN=$ROOT/subsegment_exporter
+BIN=${BENCH_BIN:-$ROOT/subsegment_exporter}
 ROUNDS=${ROUNDS:-10}
 RTT_N=${RTT_N:-2000}
 STREAM_MB=${STREAM_MB:-256}
@@ -315,29 +319,171 @@ EOF
   log "  (target: <= 1.0x)"
 }
 
-bench_continuous() {
-  CONT_N=${CONT_N:-1000}
-  # CONT_N entries at 1 s through one end host, each its own connection
-  # (one module per entry: entries are unique by target and module).
+# continuous: CONT_SIZES entries at 1 s on one exporter with its defaults,
+# for TCP chains (through our end host, started with --relay.max-connections
+# above the entries: at the default 1024 the rest are refused, overloaded)
+# and HTTP chains (through nginx stamping, one keep-alive connection each;
+# HAProxy would need two descriptors per connection, over this machine's
+# limit of 20 000). Exporter CPU per probe from schedstat (every thread,
+# kernel included) over CONT_SECONDS after a warm-up, between two scrapes of
+# /metrics that count the probes; the spread of the probes as the end host
+# saw them, every 100 ms; RSS after the scrapes. Then the scrape of
+# /metrics itself at the largest size, with and without classic buckets.
+cont_config() { # cont_config tcp|http N PORT FILE
   {
     echo "modules:"
-    for i in $(seq 0 $((CONT_N - 1))); do echo "  m$i: {targets: [\"127.0.0.1:*\"], sla: {default: 5ms}}"; done
+    for i in $(seq 0 $(($2 - 1))); do
+      case $1 in
+        tcp) echo "  m$i: {targets: [\"127.0.0.1:*\"], sla: {default: 5ms}}" ;;
+        http) echo "  m$i: {prober: http, targets: [\"127.0.0.1:*\"], sla: {default: 5ms}}" ;;
+      esac
+    done
     echo "continuous:"
-    for i in $(seq 0 $((CONT_N - 1))); do echo "  - {target: \"127.0.0.1:$((B+4))\", module: m$i}"; done
-  } >"$WORK/continuous.yml"
-  "$BIN" --relay.name a --config.file "$WORK/continuous.yml" --web.listen-address 127.0.0.1:$((B+400)) >>"$WORK/procs.log" 2>&1 &
-  local ours=$!; PIDS+=($ours)
-  wait_port $((B+400))
-  log "== continuous: $CONT_N entries at 1 s (a 1-relay chain each, one connection each), one exporter; CPU over 60 s after 20 s of warm-up"
-  sleep 20
-  local c0 c1 series probes0 probes1
-  probes0=$(curl -s "http://127.0.0.1:$((B+400))/metrics" | awk '/^subsegment_continuous_probes_total/ {s += $2} END {print s}')
-  c0=$(cpu_us $ours); sleep 60; c1=$(cpu_us $ours)
-  probes1=$(curl -s "http://127.0.0.1:$((B+400))/metrics" | awk '/^subsegment_continuous_probes_total/ {s += $2} END {print s}')
-  series=$(curl -s "http://127.0.0.1:$((B+400))/metrics" | grep -c '^subsegment_continuous_')
-  log "$(awk -v d=$((c1 - c0)) -v p=$((probes1 - probes0)) 'BEGIN {printf "  CPU %.1f%% of one core, %.0f probes/s, %.0f us per probe", d / 60e6 * 100, p / 60, d / p}')"
-  log "  RSS $(( $(rss_kb $ours) / 1024 )) MiB; $series continuous series ($(( series / CONT_N )) per entry of a 1-relay chain)"
-  log "  (targets: <= 5% of one core, <= 200 MiB)"
+    for i in $(seq 0 $(($2 - 1))); do
+      case $1 in
+        tcp) echo "  - {target: \"127.0.0.1:$3\", module: m$i}" ;;
+        http) echo "  - {target: \"http://127.0.0.1:$3/\", module: m$i}" ;;
+      esac
+    done
+  } >"$4"
+}
+
+cont_nginx() { # cont_nginx PORT: nginx answering itself, stamping, with room for 10 000 connections
+  mkdir -p "$WORK/cnginx"
+  cat >"$WORK/cnginx/nginx.conf" <<EOC
+daemon off;
+worker_processes 1;
+worker_rlimit_nofile 20000;
+pid $WORK/cnginx/nginx.pid;
+error_log stderr;
+events { worker_connections 19000; }
+http {
+  access_log off;
+  keepalive_requests 100000000;
+  keepalive_timeout 300s;
+  client_body_temp_path $WORK/cnginx; proxy_temp_path $WORK/cnginx; fastcgi_temp_path $WORK/cnginx; uwsgi_temp_path $WORK/cnginx; scgi_temp_path $WORK/cnginx;
+  server {
+    listen 127.0.0.1:$1;
+    location / { add_header Subsegment-Timing "n1;dur=\${request_time}s" always; return 200 "ok\n"; }
+    location /nginx_status { stub_status; }
+  }
+}
+EOC
+  nginx -c "$WORK/cnginx/nginx.conf" -e stderr >>"$WORK/procs.log" 2>&1 &
+  CONT_END=$!; PIDS+=($CONT_END)
+  wait_port "$1"
+}
+
+# cont_probes URL: the continuous probes the exporter counted so far.
+cont_probes() { curl -s "$1" | awk '/^subsegment_continuous_probes_total/ {s += $2} END {printf "%d\n", s}'; }
+
+# cont_run tcp|http N [exporter flags...]: starts an end host and the
+# exporter, measures, and leaves both running (cont_stop).
+cont_run() {
+  local kind=$1 n=$2; shift 2
+  local end=$((B+410)) web=$((B+400)) warm=$(( n / 400 + 20 ))
+  case $kind in
+    tcp)
+      "$BIN" --listen 127.0.0.1:$end --relay.name z --relay.max-connections $((n + 1000)) --web.listen-address 127.0.0.1:$((B+411)) >>"$WORK/procs.log" 2>&1 &
+      CONT_END=$!; PIDS+=($CONT_END)
+      wait_port $end
+      CONT_COUNTER=(-target "http://127.0.0.1:$((B+411))/metrics" -metric subsegment_relay_frames_total) ;;
+    http)
+      cont_nginx $end
+      CONT_COUNTER=(-target "http://127.0.0.1:$end/nginx_status" -metric nginx_stub_status) ;;
+  esac
+  cont_config "$kind" "$n" $end "$WORK/continuous.yml"
+  "$BIN" --relay.name a --config.file "$WORK/continuous.yml" --web.listen-address 127.0.0.1:$web "$@" >>"$WORK/procs.log" 2>&1 &
+  CONT_PID=$!; PIDS+=($CONT_PID)
+  wait_port $web
+  sleep "$warm"
+  local url="http://127.0.0.1:$web/metrics" secs=${CONT_SECONDS:-60}
+  local t0 p0 c0 tc0 c1 tc1 t1 p1 spread
+  # The scrapes' own CPU is left out ([tc0, tc1] lies between them); the
+  # probe rate is the one between the scrapes' starts, where they count.
+  t0=$(date +%s.%N); p0=$(cont_probes "$url")
+  c0=$(cpu_us $CONT_PID); tc0=$(date +%s.%N)
+  spread=$("$WORK/benchclient" -mode spread "${CONT_COUNTER[@]}" -duration "${secs}s")
+  c1=$(cpu_us $CONT_PID); tc1=$(date +%s.%N)
+  t1=$(date +%s.%N); p1=$(cont_probes "$url")
+  log "$(awk -v k="$kind" -v n="$n" -v c=$((c1 - c0)) -v w="$(echo "$tc1 - $tc0" | bc)" -v p=$((p1 - p0)) -v t="$(echo "$t1 - $t0" | bc)" \
+    -v rss=$(( $(rss_kb $CONT_PID) / 1024 )) -v s="$spread" -v load="$(cut -d' ' -f1-3 /proc/loadavg)" \
+    'BEGIN {r = p / t; split(s, a, " "); for (i in a) {split(a[i], kv, "="); f[kv[1]] = kv[2]}
+      printf "  %-4s %5d entries: %5.1f us per probe, %5.0f probes/s, %4.1f%% of a core, RSS %4d MiB, busiest second %sx the mean (busiest 100 ms %sx), load %s",
+        k, n, c / (r * w), r, c / w / 1e4, rss, f["max_over_mean"], f["max_100ms_over_mean"], load}')"
+}
+
+cont_stop() {
+  kill $CONT_PID $CONT_END 2>/dev/null || true
+  wait $CONT_PID $CONT_END 2>/dev/null || true
+}
+
+# cont_scrape LABEL: the running exporter's /metrics as text, gzipped text
+# and protobuf (what a Prometheus with native histograms asks for): time
+# and bytes, median of 3.
+cont_scrape() {
+  local url="http://127.0.0.1:$((B+400))/metrics" f
+  for f in text gzip protobuf; do
+    for _ in 1 2 3; do
+      case $f in
+        text) curl -s -o /dev/null -w '%{time_total} %{size_download}\n' "$url" ;;
+        gzip) curl -s -o /dev/null -H 'Accept-Encoding: gzip' -w '%{time_total} %{size_download}\n' "$url" ;;
+        protobuf) curl -s -o /dev/null -H 'Accept: application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited' -w '%{time_total} %{size_download}\n' "$url" ;;
+      esac
+    done >"$WORK/scrape.$f"
+    log "$(printf '  /metrics, %-28s %-8s %6.2f s  %7.1f MB' "$1:" "$f" "$(awk '{print $1}' "$WORK/scrape.$f" | median)" "$(awk '{print $2 / 1e6}' "$WORK/scrape.$f" | median)")"
+  done
+  log "  ($(curl -s "$url" | grep -c '^subsegment_continuous_') continuous series in the text exposition; RSS $(( $(rss_kb $CONT_PID) / 1024 )) MiB after the scrapes, peak $(( $(awk '/VmHWM/ {print $2}' /proc/$CONT_PID/status) / 1024 )) MiB; load $(cut -d' ' -f1-3 /proc/loadavg))"
+}
+
+bench_continuous() {
+  local sizes=${CONT_SIZES:-100 2000 10000} kinds=" ${CONT_KINDS:-tcp http native} " kind n largest
+  largest=$(echo "$sizes" | tr ' ' '\n' | sort -n | tail -1)
+  log "== continuous: entries at 1 s on one exporter (its defaults); exporter CPU per probe from schedstat (kernel included) over ${CONT_SECONDS:-60} s; TCP: a chain to our end host each; HTTP: through nginx stamping (n1), a keep-alive connection each"
+  for kind in tcp http; do
+    [[ $kinds == *" $kind "* ]] || continue
+    for n in $sizes; do
+      cont_run $kind "$n"
+      if [ "$kind" = tcp ] && [ "$n" = "$largest" ]; then
+        cont_scrape "$n entries, classic+native"
+      fi
+      cont_stop
+    done
+  done
+  if [[ $kinds == *" native "* ]]; then
+    cont_run tcp "$largest" --no-continuous.classic-buckets
+    cont_scrape "$largest entries, native only"
+    cont_stop
+  fi
+  log "  (targets, issue 23: <= 15 us per probe for TCP chains and <= 25 us for HTTP chains at 2000 and 10000 entries, flat from 100; RSS <= 1 GiB at 10000; no second over 2x the mean)"
+}
+
+# continuous-instructions: what a probe costs in instructions of the
+# exporter's own code (user space, callgrind: repeatable on a busy
+# machine): CONT_CG_N TCP entries at 1 s for 20 s, counted between two
+# callgrind_control toggles.
+bench_continuous_instructions() {
+  command -v valgrind >/dev/null || { echo "bench: continuous-instructions needs valgrind: apt-get install valgrind"; exit 1; }
+  local n=${CONT_CG_N:-1000} secs=20 end=$((B+420)) web=$((B+421)) a z f0 f1 ir
+  "$BIN" --listen 127.0.0.1:$end --relay.name z --relay.max-connections $((n + 1000)) --web.listen-address 127.0.0.1:$((B+422)) >>"$WORK/procs.log" 2>&1 &
+  z=$!; PIDS+=($z)
+  wait_port $end
+  cont_config tcp "$n" $end "$WORK/cg.yml"
+  # Async preemption off: its signals upset callgrind.
+  GODEBUG=asyncpreemptoff=1 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$WORK/cg.out" \
+    "$BIN" --relay.name a --config.file "$WORK/cg.yml" --web.listen-address 127.0.0.1:$web >>"$WORK/procs.log" 2>&1 &
+  a=$!; PIDS+=($a)
+  sleep 30
+  frames() { curl -s "http://127.0.0.1:$((B+422))/metrics" | awk '/^subsegment_relay_frames_total/ {s += $2} END {printf "%d\n", s}'; }
+  callgrind_control -i on $a >/dev/null
+  f0=$(frames); sleep $secs; f1=$(frames)
+  callgrind_control -i off $a >/dev/null
+  callgrind_control -d $a >/dev/null
+  sleep 1
+  ir=$(cat "$WORK"/cg.out* | awk '/^(summary|totals):/ {s += $2} END {print s}')
+  log "== continuous-instructions: $n TCP entries at 1 s under callgrind: $((f1 - f0)) probes in ${secs} s, $(awk -v i="$ir" -v p=$((f1 - f0)) 'BEGIN {printf "%.0f", i / p}') instructions per probe (the exporter's user space; load $(cut -d' ' -f1-3 /proc/loadavg))"
+  kill $a $z 2>/dev/null || true
+  wait $a $z 2>/dev/null || true
 }
 
 # contention: an end-of-chain relay and a plain blocking C echo (bench/cecho)
@@ -433,8 +579,9 @@ bench_stamp() {
 mkdir -p "$RESULTS"
 log "subsegment_exporter benchmarks, $(date -u +%FT%TZ), $(nproc) CPUs, $("$BIN" --version 2>&1 | head -1)"
 what=${*:-rtt stream probe http continuous contention stamp}
-ours_chain
-plain_chains
+case " $what " in
+  *" rtt "*|*" stream "*|*" probe "*) ours_chain; plain_chains ;;
+esac
 case " $what " in *" stream "*) signed_chain ;; esac
 for w in $what; do
   case $w in
@@ -443,6 +590,7 @@ for w in $what; do
     probe) bench_probe ;;
     http) bench_http ;;
     continuous) bench_continuous ;;
+    continuous-instructions) bench_continuous_instructions ;;
     contention) bench_contention ;;
     stamp) bench_stamp ;;
     *) echo "bench: unknown benchmark $w"; exit 1 ;;

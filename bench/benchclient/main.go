@@ -24,7 +24,7 @@ import (
 )
 
 func main() {
-	mode := flag.String("mode", "rtt", "rtt, stream, echo or http")
+	mode := flag.String("mode", "rtt", "rtt, stream, echo, http or spread")
 	target := flag.String("target", "", "first hop (rtt, stream) or listen address (echo)")
 	targets := flag.String("targets", "", "rtt on several chains, round trips interleaved: name=raw@host:port or name=subsegment@host:port, comma-separated")
 	proto := flag.String("proto", "raw", "raw (bytes echoed by the chain's end) or subsegment (probe frames)")
@@ -37,6 +37,8 @@ func main() {
 	interval := flag.Duration("interval", 0, "pause between round trips (rtt)")
 	newConn := flag.Bool("newconn", false, "a new connection per request (http), as a scraper without keep-alive")
 	rate := flag.Float64("rate", 0, "requests started per second (http; 0: as fast as -c allows); pacing both sides of a comparison alike keeps batching effects out of CPU per request")
+	metric := flag.String("metric", "", "spread: the counter to follow, a metric name of the target's exposition (all its series summed), or nginx_stub_status for nginx's requests")
+	duration := flag.Duration("duration", 20*time.Second, "spread: how long to follow the counter")
 	flag.Parse()
 	var err error
 	switch *mode {
@@ -54,6 +56,8 @@ func main() {
 		err = echo(*target)
 	case "http":
 		err = httpLoad(*target, *n, *concurrency, *expect, *newConn, *rate)
+	case "spread":
+		err = spread(*target, *metric, *duration)
 	default:
 		err = fmt.Errorf("unknown mode %q", *mode)
 	}
@@ -330,4 +334,94 @@ func httpLoad(url string, n, c int, expect string, newConn bool, rate float64) e
 		fmt.Fprintln(os.Stderr, "first failure:", firstErr)
 	}
 	return nil
+}
+
+// spread follows a counter of probes an end host answered (its /metrics,
+// or nginx's stub_status), read every 100 ms, and prints how evenly the
+// probes spread: the busiest second and the busiest 100 ms against their
+// means.
+func spread(url, metric string, d time.Duration) error {
+	const tick = 100 * time.Millisecond
+	client := &http.Client{Timeout: tick}
+	read := func() (float64, error) {
+		resp, err := client.Get(url)
+		if err != nil {
+			return 0, err
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		if err != nil {
+			return 0, err
+		}
+		return counterOf(string(body), metric)
+	}
+	start := time.Now()
+	var counts []float64
+	prev, err := read()
+	if err != nil {
+		return err
+	}
+	for i := 1; time.Since(start) < d; i++ {
+		time.Sleep(time.Until(start.Add(time.Duration(i) * tick)))
+		v, err := read()
+		if err != nil {
+			return err
+		}
+		counts = append(counts, v-prev)
+		prev = v
+	}
+	perSecond := make([]float64, len(counts)/10)
+	for i := range perSecond {
+		for _, c := range counts[i*10 : i*10+10] {
+			perSecond[i] += c
+		}
+	}
+	maxMean := func(xs []float64) (float64, float64) {
+		var sum, top float64
+		for _, x := range xs {
+			sum += x
+			top = max(top, x)
+		}
+		return top, sum / float64(max(len(xs), 1))
+	}
+	top, mean := maxMean(perSecond)
+	top100, mean100 := maxMean(counts)
+	fmt.Printf("seconds=%d mean_per_second=%.0f max_second=%.0f max_over_mean=%.2f max_100ms_over_mean=%.2f\n", len(perSecond), mean, top, top/max(mean, 1), top100/max(mean100, 1))
+	return nil
+}
+
+// counterOf sums the samples of metric in a text exposition; for
+// nginx_stub_status, the requests nginx's stub_status counted.
+func counterOf(body, metric string) (float64, error) {
+	lines := strings.Split(body, "\n")
+	if metric == "nginx_stub_status" {
+		if len(lines) < 3 {
+			return 0, fmt.Errorf("not a stub_status page: %q", body)
+		}
+		f := strings.Fields(lines[2])
+		if len(f) < 3 {
+			return 0, fmt.Errorf("not a stub_status page: %q", body)
+		}
+		var v float64
+		_, err := fmt.Sscan(f[2], &v)
+		return v, err
+	}
+	var sum float64
+	found := false
+	for _, l := range lines {
+		if !strings.HasPrefix(l, metric+"{") && !strings.HasPrefix(l, metric+" ") {
+			continue
+		}
+		f := strings.Fields(l)
+		var v float64
+		if _, err := fmt.Sscan(f[len(f)-1], &v); err != nil {
+			return 0, fmt.Errorf("%s: %w", l, err)
+		}
+		sum += v
+		found = true
+	}
+	if !found {
+		return 0, fmt.Errorf("no %s in the exposition", metric)
+	}
+	return sum, nil
 }

@@ -113,6 +113,7 @@ func run(args []string) int {
 	webFlags := kingpinflag.AddFlags(serveCmd, exporter.DefaultListenAddress)
 	var so serveFlags
 	serveCmd.Flag("web.enable-pprof", "Serve Go profiling at /debug/pprof/ (off: it exposes internals and costs CPU on demand).").BoolVar(&so.pprof)
+	serveCmd.Flag("continuous.classic-buckets", "Continuous entries' histograms have classic buckets (one series per bucket) besides native ones; --no-continuous.classic-buckets: native histograms only, one series per histogram for a Prometheus that scrapes them (about 10x fewer series).").Default("true").BoolVar(&so.classicBuckets)
 	serveCmd.Flag("history.limit", "How many /probe runs the landing page lists, with their answers (0: none).").Default(fmt.Sprint(exporter.DefaultHistoryLimit)).IntVar(&so.historyLimit)
 	serveCmd.Flag("runtime.gomaxprocs", "Threads running Go code at once (GOMAXPROCS). 0: 1 for a pure source exporter (no --listen: its work is waiting, and one thread wakes for it with less CPU), Go's default (the CPUs available) for a relay.").Default("0").IntVar(&so.gomaxprocs)
 	serveCmd.Flag("inband.var", "A variable this relay attaches to probes that ask for context (repeatable): load1, load5, load15, an interface counter like if_in_errors:eth0 (if_in|out_bytes|packets|errors|drops), or name=OID of the local agent.").StringsVar(&so.inband.Specs)
@@ -385,18 +386,20 @@ func (f relayFlags) relayConfig(keys frame.Keys) relay.Config {
 }
 
 type serveFlags struct {
-	configFile    string
-	check         bool
-	pprof         bool
-	gomaxprocs    int
-	historyLimit  int
-	timeoutOffset time.Duration
-	inband        snmp.LocalOptions
-	communityFile string
-	maxProbes     int
-	idleTimeout   time.Duration
-	walk          snmp.WalkLimits
-	stamp         *reflector.Config
+	configFile   string
+	check        bool
+	pprof        bool
+	gomaxprocs   int
+	historyLimit int
+	// classicBuckets: continuous histograms keep classic buckets too.
+	classicBuckets bool
+	timeoutOffset  time.Duration
+	inband         snmp.LocalOptions
+	communityFile  string
+	maxProbes      int
+	idleTimeout    time.Duration
+	walk           snmp.WalkLimits
+	stamp          *reflector.Config
 }
 
 // validate checks the bounds a flag cannot check itself.
@@ -454,7 +457,7 @@ func serve(ctx context.Context, hop relayFlags, keys frame.Keys, so serveFlags, 
 	}
 	err := exporter.Serve(ctx, exporter.Config{ListenAddress: hop.listen, Relay: hop.relayConfig(keys), ConfigFile: so.configFile, KeyFile: hop.keyFile,
 		TimeoutOffset: so.timeoutOffset, Web: webFlags, Logger: logger, Inband: so.inband, Pprof: so.pprof, HistoryLimit: so.historyLimit,
-		MaxConcurrentProbes: so.maxProbes, IdleTimeout: so.idleTimeout, SNMPWalk: so.walk,
+		MaxConcurrentProbes: so.maxProbes, IdleTimeout: so.idleTimeout, SNMPWalk: so.walk, ContinuousNativeOnly: !so.classicBuckets,
 		Probe: func(p *exporter.ProbeHandler) { p.TLS = hop.tlsClient }, STAMP: so.stamp, Tracer: hop.tracer, TraceOptions: hop.traceOpts})
 	if err != nil {
 		logger.Error("stopped", "err", err)

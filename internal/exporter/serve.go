@@ -93,6 +93,9 @@ type Config struct {
 	// relay answers that it does not trace). TraceOptions bound each.
 	Tracer       *trace.Tracer
 	TraceOptions trace.Options
+	// ContinuousNativeOnly keeps continuous histograms native only
+	// (--no-continuous.classic-buckets).
+	ContinuousNativeOnly bool
 }
 
 // DefaultIdleTimeout closes keep-alive HTTP connections idle this long
@@ -140,7 +143,7 @@ func Serve(ctx context.Context, cfg Config) error {
 		return err
 	}
 	probe, querier := newProbeHandler(cfg, reg, holder, source)
-	manager := startContinuous(reg, holder, probe, querier, logger)
+	manager := startContinuous(reg, holder, probe, querier, cfg.ContinuousNativeOnly, logger)
 	defer manager.Stop()
 	exModule, exTarget := exampleProbe(holder.Get())
 	mux, err := Routes(reg, holder, probe, logger, RouteOptions{Pprof: cfg.Pprof, Module: exModule, Target: exTarget, Chains: manager.Snapshot, History: probe.History})
@@ -254,8 +257,12 @@ func newProbeHandler(cfg Config, reg *prometheus.Registry, holder *ConfigHolder,
 
 // startContinuous runs the configuration's continuous entries, probed as
 // /probe probes, and applies every reload to them.
-func startContinuous(reg *prometheus.Registry, holder *ConfigHolder, probe *ProbeHandler, querier *snmp.Querier, logger *slog.Logger) *continuous.Manager {
-	manager := continuous.NewManager(continuous.NewMetrics(reg), func(target string, m *config.Module) prober.Options {
+func startContinuous(reg *prometheus.Registry, holder *ConfigHolder, probe *ProbeHandler, querier *snmp.Querier, nativeOnly bool, logger *slog.Logger) *continuous.Manager {
+	var opts []continuous.MetricsOption
+	if nativeOnly {
+		opts = append(opts, continuous.WithoutClassicBuckets())
+	}
+	manager := continuous.NewManager(continuous.NewMetrics(reg, opts...), func(target string, m *config.Module) prober.Options {
 		return probe.Options(m, target, time.Duration(m.Timeout), logger)
 	}, logger)
 	manager.SetContext(func(ctx context.Context, cfg *config.Config, m *config.Module, r *prober.Result) map[string]map[string]float64 {

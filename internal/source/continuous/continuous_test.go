@@ -27,8 +27,17 @@ func testOptions(target string, m *config.Module) prober.Options {
 
 func newTestManager(t *testing.T) (*Manager, *prometheus.Registry) {
 	t.Helper()
+	return newTestManagerOn(t, engines[0])
+}
+
+// newTestManagerOn is a manager running its entries on engine e.
+func newTestManagerOn(t *testing.T, e engine) (*Manager, *prometheus.Registry) {
+	t.Helper()
 	reg := prometheus.NewPedanticRegistry()
 	m := NewManager(NewMetrics(reg), testOptions, slog.New(slog.DiscardHandler))
+	if e.runners {
+		m.RunAllOnRunners()
+	}
 	t.Cleanup(m.Stop)
 	return m, reg
 }
@@ -86,10 +95,15 @@ func waitFor(t *testing.T, what string, f func() bool) {
 	t.Fatalf("timed out waiting for %s", what)
 }
 
+// (on both engines)
 func TestEntriesProbeAndReloadKeepsUnchangedHistograms(t *testing.T) {
+	forEachEngine(t, testEntriesProbeAndReloadKeepsUnchangedHistograms)
+}
+
+func testEntriesProbeAndReloadKeepsUnchangedHistograms(t *testing.T, e engine) {
 	target := chaintest.Chain(t, chaintest.ChainOptions{}, "b", "c", "z")
 	other := chaintest.Chain(t, chaintest.ChainOptions{}, "x", "y")
-	m, reg := newTestManager(t)
+	m, reg := newTestManagerOn(t, e)
 	cfg := fmt.Sprintf(`modules:
   default: {targets: ["127.0.0.1:*"], sla: {default: 5ms}}
   slow: {targets: ["127.0.0.1:*"]}
@@ -148,7 +162,12 @@ continuous:
 	}
 }
 
+// (on both engines)
 func TestBrokenChainFailsThenRecovers(t *testing.T) {
+	forEachEngine(t, testBrokenChainFailsThenRecovers)
+}
+
+func testBrokenChainFailsThenRecovers(t *testing.T, e engine) {
 	// A first hop that stops answering for a while: failures on its
 	// segment, reconnects with backoff, then probes again.
 	var down atomic.Bool
@@ -159,7 +178,7 @@ func TestBrokenChainFailsThenRecovers(t *testing.T) {
 		rec := chaintest.EndRecord("z")
 		return chaintest.Reply(v, req, frame.AppendHop(nil, &rec), 1)
 	})
-	m, reg := newTestManager(t)
+	m, reg := newTestManagerOn(t, e)
 	m.Apply(parse(t, fmt.Sprintf("modules:\n  default: {targets: [\"127.0.0.1:*\"]}\ncontinuous:\n  - {target: \"%s\", module: default, interval: 10ms}\n", z)))
 	ok := map[string]string{"result": "success"}
 	waitFor(t, "successes", func() bool { return value(t, reg, "subsegment_continuous_probes_total", ok) >= 3 })
@@ -179,14 +198,17 @@ func TestBrokenChainFailsThenRecovers(t *testing.T) {
 	}
 }
 
-func TestRenamingChainIsBounded(t *testing.T) {
+// (on both engines)
+func TestRenamingChainIsBounded(t *testing.T) { forEachEngine(t, testRenamingChainIsBounded) }
+
+func testRenamingChainIsBounded(t *testing.T, e engine) {
 	// A hostile end host with a new name on every reply.
 	var n atomic.Int64
 	z := chaintest.Scripted(t, func(req []byte, v frame.View) []byte {
 		rec := chaintest.EndRecord(fmt.Sprintf("z%d", n.Add(1)))
 		return chaintest.Reply(v, req, frame.AppendHop(nil, &rec), 1)
 	})
-	m, reg := newTestManager(t)
+	m, reg := newTestManagerOn(t, e)
 	m.Apply(parse(t, fmt.Sprintf("modules:\n  default: {targets: [\"127.0.0.1:*\"]}\ncontinuous:\n  - {target: \"%s\", module: default, interval: 10ms}\n", z)))
 	waitFor(t, "series dropped", func() bool { return value(t, reg, "subsegment_continuous_series_dropped_total", nil) >= 20 })
 	mfs, _ := reg.Gather()

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 )
 
 const namespace = "subsegment_continuous"
@@ -16,10 +17,14 @@ const maxSeriesKeys = 64
 
 // Metrics are the continuous probes' series on /metrics. Histograms are
 // per entry (each entry may have its own buckets), created as segments and
-// hops are first seen, and removed with their entry.
+// hops are first seen, and removed with their entry; they keep their
+// counts in the entry's own arrays (histogram.go).
 type Metrics struct {
 	mu      sync.Mutex
 	entries map[entryKey]*entryMetrics
+	// classic: histograms have classic buckets besides native ones.
+	classic bool
+	now     func() time.Time
 
 	probes      *prometheus.CounterVec
 	failures    *prometheus.CounterVec
@@ -30,20 +35,27 @@ type Metrics struct {
 	hopSLA      *prometheus.GaugeVec
 	stamp       *stampMetrics
 	paths       *pathMetrics
+
+	rttDesc, connectDesc, residenceDesc, waitDesc *prometheus.Desc
 }
 
 type entryKey struct{ target, module string }
 
 type entryMetrics struct {
-	key       entryKey
-	buckets   []float64
+	key     entryKey
+	buckets []float64
+	// target and module labels, shared by the entry's histograms
+	target, module *dto.LabelPair
+	// mu guards the counts of the entry's histograms: the entry's probe
+	// observes them all under it, and a scrape writes each under it.
+	mu        sync.Mutex
 	segments  map[[2]string]*segmentSeries
 	hops      map[string]*hopSeries
 	keysTaken int
 }
 
 type segmentSeries struct {
-	rtt, connect prometheus.Histogram
+	rtt, connect *histogram
 	retransmits  prometheus.Counter
 	slaSet       bool
 	// lastRetrans is both ends' retransmissions at the previous probe of
@@ -53,21 +65,33 @@ type segmentSeries struct {
 }
 
 type hopSeries struct {
-	residence prometheus.Histogram
-	// wait is made on the first wait observed: a hop that reports none
-	// (an HTTP proxy, a STAMP reflector) has no wait series.
-	wait    prometheus.Histogram
-	labels  prometheus.Labels
-	buckets []float64
-	slaSet  bool
+	residence *histogram
+	// wait is made on the first wait a probe reports (withWait): a hop
+	// that reports none (an HTTP proxy, a STAMP reflector) has no wait
+	// series.
+	wait   *histogram
+	labels []*dto.LabelPair
+	entry  *entryMetrics
+	slaSet bool
 }
 
+// MetricsOption changes what NewMetrics makes.
+type MetricsOption func(*Metrics)
+
+// WithoutClassicBuckets keeps native histograms only
+// (--continuous.classic-buckets=false): each histogram is one native
+// series for a scraper that takes them, instead of one per bucket.
+func WithoutClassicBuckets() MetricsOption { return func(m *Metrics) { m.classic = false } }
+
 // NewMetrics registers the continuous metrics with reg.
-func NewMetrics(reg prometheus.Registerer) *Metrics {
+func NewMetrics(reg prometheus.Registerer, opts ...MetricsOption) *Metrics {
 	entry := []string{"target", "module"}
 	seg := []string{"target", "module", "from", "to"}
+	hop := []string{"target", "module", "hop"}
 	m := &Metrics{
 		entries: map[entryKey]*entryMetrics{},
+		classic: true,
+		now:     time.Now,
 		probes: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "probes_total",
 			Help: "Continuous probes sent, by result (success: through the chain and back; failure: the chain broke, see subsegment_continuous_segment_failures_total)."},
 			append(entry, "result")),
@@ -83,8 +107,19 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		segSLA: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace, Name: "segment_sla_seconds",
 			Help: "The segment's rtt SLA from the entry's module, for comparing quantiles of subsegment_continuous_segment_rtt_seconds with."}, seg),
 		hopSLA: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: namespace, Name: "hop_sla_seconds",
-			Help: "The hop's residence SLA from the entry's module."}, append(entry, "hop")),
+			Help: "The hop's residence SLA from the entry's module."}, hop),
 		stamp: newSTAMPMetrics(),
+		rttDesc: prometheus.NewDesc(namespace+"_segment_rtt_seconds",
+			"Round trip time of the segment from each hop's own clock, per continuous probe (the network and both kernels, without the hops' waits).", seg, nil),
+		connectDesc: prometheus.NewDesc(namespace+"_segment_connect_seconds",
+			"Handshake time of each connection the near end opened for the entry (its first, and every reconnect).", seg, nil),
+		residenceDesc: prometheus.NewDesc(namespace+"_hop_residence_seconds",
+			"Time each continuous probe spent inside the hop (forward and return), its wait for a CPU included.", hop, nil),
+		waitDesc: prometheus.NewDesc(namespace+"_hop_wait_seconds",
+			"Part of the hop's residence each continuous probe spent in the hop's kernel before the hop read it (hops that report one: not HTTP proxies nor STAMP reflectors).", hop, nil),
+	}
+	for _, o := range opts {
+		o(m)
 	}
 	reg.MustRegister(m)
 	m.paths = newPathMetrics(reg)
@@ -95,7 +130,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 // known only as entries run (an unchecked collector).
 func (m *Metrics) Describe(chan<- *prometheus.Desc) {}
 
-// Collect implements prometheus.Collector.
+// Collect implements prometheus.Collector. The histograms are listed
+// under the lock and sent after it: the registry writes them (under
+// their entry's lock) while Collect still sends, and an entry's probe may
+// hold its lock while it asks for a new series.
 func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	m.probes.Collect(ch)
 	m.failures.Collect(ch)
@@ -106,18 +144,21 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	m.hopSLA.Collect(ch)
 	m.stamp.collect(ch)
 	m.mu.Lock()
-	defer m.mu.Unlock()
+	hs := make([]*histogram, 0, 4*len(m.entries))
 	for _, e := range m.entries {
 		for _, s := range e.segments {
-			s.rtt.Collect(ch)
-			s.connect.Collect(ch)
+			hs = append(hs, s.rtt, s.connect)
 		}
 		for _, h := range e.hops {
-			h.residence.Collect(ch)
+			hs = append(hs, h.residence)
 			if h.wait != nil {
-				h.wait.Collect(ch)
+				hs = append(hs, h.wait)
 			}
 		}
+	}
+	m.mu.Unlock()
+	for _, h := range hs {
+		ch <- h
 	}
 }
 
@@ -128,7 +169,11 @@ func (m *Metrics) entry(target, module string, buckets []float64) *entryMetrics 
 	k := entryKey{target, module}
 	e := m.entries[k]
 	if e == nil {
-		e = &entryMetrics{key: k, buckets: buckets, segments: map[[2]string]*segmentSeries{}, hops: map[string]*hopSeries{}}
+		if !m.classic {
+			buckets = nil
+		}
+		e = &entryMetrics{key: k, buckets: buckets, segments: map[[2]string]*segmentSeries{}, hops: map[string]*hopSeries{},
+			target: labelPair("target", target), module: labelPair("module", module)}
 		m.entries[k] = e
 		// Pre-initialised, so that rate() sees the first failure.
 		m.probes.WithLabelValues(target, module, "success")
@@ -152,14 +197,7 @@ func (m *Metrics) remove(target, module string) {
 	m.paths.remove(target, module)
 }
 
-func histogram(name, help string, buckets []float64, labels prometheus.Labels) prometheus.Histogram {
-	return prometheus.NewHistogram(prometheus.HistogramOpts{
-		Namespace: namespace, Name: name, Help: help, ConstLabels: labels, Buckets: buckets,
-		NativeHistogramBucketFactor:     1.1,
-		NativeHistogramMaxBucketNumber:  160,
-		NativeHistogramMinResetDuration: time.Hour,
-	})
-}
+func labelPair(name, value string) *dto.LabelPair { return &dto.LabelPair{Name: &name, Value: &value} }
 
 // segment returns a segment's series, nil past the entry's bound.
 func (m *Metrics) segment(e *entryMetrics, from, to string) *segmentSeries {
@@ -174,10 +212,12 @@ func (m *Metrics) segment(e *entryMetrics, from, to string) *segmentSeries {
 		return nil
 	}
 	e.keysTaken++
-	l := prometheus.Labels{"target": e.key.target, "module": e.key.module, "from": from, "to": to}
+	// One list of label pairs, sorted by name, for both histograms
+	// (MakeLabelPairs would give each its own, for 10 000 entries' series).
+	labels := []*dto.LabelPair{labelPair("from", from), e.module, e.target, labelPair("to", to)}
 	s := &segmentSeries{
-		rtt:     histogram("segment_rtt_seconds", "Round trip time of the segment from each hop's own clock, per continuous probe (the network and both kernels, without the hops' waits).", e.buckets, l),
-		connect: histogram("segment_connect_seconds", "Handshake time of each connection the near end opened for the entry (its first, and every reconnect).", e.buckets, l),
+		rtt:     newHistogram(m.rttDesc, labels, e.buckets, &e.mu, m.now),
+		connect: newHistogram(m.connectDesc, labels, e.buckets, &e.mu, m.now),
 	}
 	e.segments[k] = s
 	return s
@@ -202,22 +242,24 @@ func (m *Metrics) hop(e *entryMetrics, name string) *hopSeries {
 		return nil
 	}
 	e.keysTaken++
-	l := prometheus.Labels{"target": e.key.target, "module": e.key.module, "hop": name}
+	labels := []*dto.LabelPair{labelPair("hop", name), e.module, e.target}
 	h := &hopSeries{
-		residence: histogram("hop_residence_seconds", "Time each continuous probe spent inside the hop (forward and return), its wait for a CPU included.", e.buckets, l),
-		labels:    l, buckets: e.buckets,
+		residence: newHistogram(m.residenceDesc, labels, e.buckets, &e.mu, m.now),
+		labels:    labels, entry: e,
 	}
 	e.hops[name] = h
 	return h
 }
 
-// observeWait adds a hop's wait, making its series on first use.
-func (m *Metrics) observeWait(h *hopSeries, v float64) {
+// withWait makes the hop's wait series, for the first wait a probe
+// reports. It holds both locks: a scrape reads wait under m.mu, a probe
+// observes it under the entry's.
+func (m *Metrics) withWait(h *hopSeries) {
 	m.mu.Lock()
+	defer m.mu.Unlock()
+	h.entry.mu.Lock()
+	defer h.entry.mu.Unlock()
 	if h.wait == nil {
-		h.wait = histogram("hop_wait_seconds", "Part of the hop's residence each continuous probe spent in the hop's kernel before the hop read it (hops that report one: not HTTP proxies nor STAMP reflectors).", h.buckets, h.labels)
+		h.wait = newHistogram(m.waitDesc, h.labels, h.entry.buckets, &h.entry.mu, m.now)
 	}
-	w := h.wait
-	m.mu.Unlock()
-	w.Observe(v)
 }

@@ -47,7 +47,7 @@ func (m *stampMetrics) remove(l prometheus.Labels) {
 // observeSTAMP counts the packets of a result's STAMP segments, and keeps
 // their loss and re-marking for the page. Only segments the entry keeps
 // series for count (the bound of a chain that keeps renaming its hops).
-func (r *runner) observeSTAMP(now time.Time, res *prober.Result) {
+func (r *recorder) observeSTAMP(now time.Time, res *prober.Result) {
 	t, mod := r.entry.Target, r.entry.Module
 	for i := range res.Segments {
 		seg := &res.Segments[i]
@@ -152,8 +152,8 @@ func (w *window) sum(now int64, span time.Duration) float64 {
 	cut := now - int64(span)
 	var total float64
 	for i := 0; i < w.n; i++ {
-		if w.at[i] >= cut && w.at[i] <= now {
-			total += w.value[i]
+		if s := &w.samples[i]; s.at >= cut && s.at <= now {
+			total += s.value
 		}
 	}
 	return total

@@ -23,6 +23,8 @@ type entryState struct {
 	segRes      map[[2]string]float64
 	segments    map[[2]string]*window
 	hops        map[string]*hopWindows
+	segCache    []cachedWindow
+	hopCache    []cachedHopWindows
 	lastSuccess time.Time
 	failure     *prober.FailureResult
 	failedAt    time.Time
@@ -76,16 +78,122 @@ func (s *entryState) succeed(now time.Time) bool {
 	return was
 }
 
-// chain keeps the order of hops and segments of a probe that got through
-// (a failed probe's partial chain would reorder the drawing).
-func (s *entryState) chain(res *prober.Result) {
-	if res.Failure != nil || len(res.Hops) == 0 {
+// record adds a probe's figures to the windows (a warm-up's carry none),
+// and keeps the chain's order of a probe that got through.
+func (s *entryState) record(now time.Time, res *prober.Result, warmup bool) {
+	if warmup {
 		return
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.chainLocked(res)
+	at := s.moment(now)
+	for i := range res.Segments {
+		if seg := &res.Segments[i]; seg.Samples > 0 {
+			if w := s.segmentWindow(i, seg.From, seg.To); w != nil {
+				w.add(at, seg.RTT.Median)
+			}
+		}
+	}
+	for i := range res.Hops {
+		if hr := &res.Hops[i]; hr.Residence.Max > 0 {
+			if h := s.hopWindows(i, hr.Name); h != nil {
+				h.record(at, hr.Residence.Median, hr.Wait.Median, !hr.STAMP, hr.Vars)
+			}
+		}
+	}
+}
+
+// segmentWindow is the window of segment from → to, the i-th of a probe;
+// nil past the entry's bound. The caller holds mu.
+func (s *entryState) segmentWindow(i int, from, to string) *window {
+	if i < len(s.segCache) && s.segCache[i].from == from && s.segCache[i].to == to {
+		return s.segCache[i].w
+	}
+	k := [2]string{from, to}
+	w := s.segments[k]
+	if w == nil {
+		if len(s.segments)+len(s.hops) >= maxSeriesKeys {
+			return nil
+		}
+		w = &window{}
+		s.segments[k] = w
+	}
+	for len(s.segCache) <= i {
+		s.segCache = append(s.segCache, cachedWindow{})
+	}
+	s.segCache[i] = cachedWindow{from: from, to: to, w: w}
+	return w
+}
+
+// hopWindows are the windows of hop name, the i-th of a probe; nil past
+// the entry's bound. The caller holds mu.
+func (s *entryState) hopWindows(i int, name string) *hopWindows {
+	if i < len(s.hopCache) && s.hopCache[i].name == name {
+		return s.hopCache[i].h
+	}
+	h := s.hops[name]
+	if h == nil {
+		if len(s.segments)+len(s.hops) >= maxSeriesKeys {
+			return nil
+		}
+		h = &hopWindows{}
+		s.hops[name] = h
+	}
+	for len(s.hopCache) <= i {
+		s.hopCache = append(s.hopCache, cachedHopWindows{})
+	}
+	s.hopCache[i] = cachedHopWindows{name: name, h: h}
+	return h
+}
+
+// cachedWindow and cachedHopWindows are the windows of the previous
+// probe's segments and hops, by position: an unchanged chain finds them
+// without a map.
+type cachedWindow struct {
+	from, to string
+	w        *window
+}
+
+type cachedHopWindows struct {
+	name string
+	h    *hopWindows
+}
+
+// record adds a probe's residence, and its wait when the hop reports one
+// (waits: not a STAMP reflector).
+func (h *hopWindows) record(at int64, residence, wait float64, waits bool, vars map[string]float64) {
+	h.residence.add(at, residence)
+	if waits {
+		h.wait.add(at, wait)
+	} else {
+		h.noWait = true
+	}
+	if len(vars) > 0 {
+		h.vars = vars
+	}
+}
+
+// chain keeps the order of hops and segments of a probe that got through.
+func (s *entryState) chain(res *prober.Result) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.chainLocked(res)
+}
+
+// chainLocked keeps the order of hops and segments of a probe that got
+// through (a failed probe's partial chain would reorder the drawing). The
+// caller holds mu.
+func (s *entryState) chainLocked(res *prober.Result) {
+	if res.Failure != nil || len(res.Hops) == 0 || s.sameChain(res) {
+		return
+	}
+	if s.hopRes == nil {
+		s.hopRes, s.segRes = map[string]float64{}, map[[2]string]float64{}
+	}
+	clear(s.hopRes)
+	clear(s.segRes)
 	s.hopsInOrder = s.hopsInOrder[:0]
-	s.hopRes, s.segRes = map[string]float64{}, map[[2]string]float64{}
 	for _, h := range res.Hops {
 		s.hopsInOrder = append(s.hopsInOrder, h.Name)
 		if h.HTTPHeader {
@@ -99,6 +207,25 @@ func (s *entryState) chain(res *prober.Result) {
 			s.segRes[[2]string{seg.From, seg.To}] = seg.Resolution
 		}
 	}
+}
+
+// sameChain says whether res's relay chain is the one kept: the same
+// hops and segments, and no resolutions (an HTTP chain's are kept anew).
+func (s *entryState) sameChain(res *prober.Result) bool {
+	if len(s.hopsInOrder) != len(res.Hops) || len(s.segsInOrder) != len(res.Segments) || len(s.hopRes) > 0 || len(s.segRes) > 0 {
+		return false
+	}
+	for i := range res.Hops {
+		if h := &res.Hops[i]; h.Name != s.hopsInOrder[i] || h.HTTPHeader {
+			return false
+		}
+	}
+	for i := range res.Segments {
+		if seg := &res.Segments[i]; seg.From != s.segsInOrder[i][0] || seg.To != s.segsInOrder[i][1] || seg.Resolution > 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // contextDue says whether the context may be read again; it reserves the
@@ -119,9 +246,22 @@ func (s *entryState) setContext(now time.Time, c map[string]map[string]float64) 
 	s.context, s.contextAt = c, now
 }
 
+// segment adds a segment's rtt at now.
 func (s *entryState) segment(now time.Time, from, to string, rtt float64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.segmentAt(s.moment(now), from, to, rtt)
+}
+
+// hop adds a hop's residence and wait (waits: it reports one) at now.
+func (s *entryState) hop(now time.Time, name string, residence, wait float64, waits bool, vars map[string]float64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.hopAt(s.moment(now), name, residence, wait, waits, vars)
+}
+
+// segmentAt adds a segment's rtt at moment at; the caller holds mu.
+func (s *entryState) segmentAt(at int64, from, to string, rtt float64) {
 	k := [2]string{from, to}
 	w := s.segments[k]
 	if w == nil {
@@ -131,12 +271,12 @@ func (s *entryState) segment(now time.Time, from, to string, rtt float64) {
 		w = &window{}
 		s.segments[k] = w
 	}
-	w.add(s.moment(now), rtt)
+	w.add(at, rtt)
 }
 
-func (s *entryState) hop(now time.Time, name string, residence, wait float64, waits bool, vars map[string]float64) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+// hopAt adds a hop's residence, and its wait when it reports one (waits:
+// not a STAMP reflector), at moment at; the caller holds mu.
+func (s *entryState) hopAt(at int64, name string, residence, wait float64, waits bool, vars map[string]float64) {
 	h := s.hops[name]
 	if h == nil {
 		if len(s.segments)+len(s.hops) >= maxSeriesKeys {
@@ -145,16 +285,7 @@ func (s *entryState) hop(now time.Time, name string, residence, wait float64, wa
 		h = &hopWindows{}
 		s.hops[name] = h
 	}
-	at := s.moment(now)
-	h.residence.add(at, residence)
-	if waits {
-		h.wait.add(at, wait)
-	} else {
-		h.noWait = true
-	}
-	if len(vars) > 0 {
-		h.vars = vars
-	}
+	h.record(at, residence, wait, waits, vars)
 }
 
 // Span is how far back the chain page looks, at least: an entry whose
@@ -333,17 +464,17 @@ func containsSeg(segs [][2]string, from, to string) bool {
 // Snapshot is every entry's state, in configuration order.
 func (m *Manager) Snapshot() []EntryState {
 	m.mu.Lock()
-	runners := make([]*runner, 0, len(m.runners))
+	states := make([]*entryState, 0, len(m.entries))
 	for _, k := range m.order {
-		if r := m.runners[k]; r != nil {
-			runners = append(runners, r)
+		if r := m.entries[k]; r != nil {
+			states = append(states, r.rec.state)
 		}
 	}
 	m.mu.Unlock()
 	now := time.Now()
-	out := make([]EntryState, 0, len(runners))
-	for _, r := range runners {
-		out = append(out, r.state.snapshot(now))
+	out := make([]EntryState, 0, len(states))
+	for _, s := range states {
+		out = append(out, s.snapshot(now))
 	}
 	return out
 }

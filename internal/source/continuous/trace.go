@@ -30,33 +30,64 @@ type traceSchedule struct {
 	next, collectAt time.Time
 }
 
-// traceStep starts or collects the entry's trace when it is due; s is the
-// entry's open session.
-func (r *runner) traceStep(ctx context.Context, s *prober.Session) {
-	if r.module.Trace == config.TraceNever || r.opts.Trace == nil {
-		return
+// traceStep is what an entry's traces ask for after a probe at now: to
+// collect the paths of the trace under way, or to start the next one
+// (then ended, after every interval, by collectAfter); nothing when the
+// entry does not trace.
+type traceStep int
+
+const (
+	traceNothing traceStep = iota
+	traceStart
+	traceCollect
+)
+
+// step says what the entry does about its traces now, and moves its
+// schedule on (the engine sends the request; a start that failed is
+// forgotten with started(false)).
+func (t *traceSchedule) step(rec *recorder, tracing bool, now time.Time) traceStep {
+	if !tracing || rec.module.Trace == config.TraceNever {
+		return traceNothing
 	}
-	now := time.Now()
 	switch {
-	case !r.traces.collectAt.IsZero() && !now.Before(r.traces.collectAt):
-		r.traces.collectAt = time.Time{}
-		if res := s.TracePaths(ctx); res != nil {
-			r.observePaths(res)
-		}
-	case r.traces.collectAt.IsZero() && !now.Before(r.traces.next):
-		r.traces.next = now.Add(time.Duration(r.entry.TraceInterval))
-		if s.TraceStart(ctx) {
-			r.traces.collectAt = now.Add(time.Duration(r.module.Timeout))
-		}
+	case !t.collectAt.IsZero() && !now.Before(t.collectAt):
+		t.collectAt = time.Time{}
+		return traceCollect
+	case t.collectAt.IsZero() && !now.Before(t.next):
+		t.next = now.Add(time.Duration(rec.entry.TraceInterval))
+		return traceStart
+	}
+	return traceNothing
+}
+
+// started records whether the trace the step asked for did start (then
+// its paths are asked for a module timeout later).
+func (t *traceSchedule) started(rec *recorder, ok bool, now time.Time) {
+	if ok {
+		t.collectAt = now.Add(time.Duration(rec.module.Timeout))
 	}
 }
 
-// traceReopened forgets a trace under way on connections that are gone.
-func (r *runner) traceReopened() { r.traces.collectAt = time.Time{} }
+// reopened forgets a trace under way on connections that are gone.
+func (t *traceSchedule) reopened() { t.collectAt = time.Time{} }
+
+// traceStep starts or collects the entry's trace when it is due; s is the
+// entry's open session.
+func (r *runner) traceStep(ctx context.Context, s *prober.Session) {
+	now := time.Now()
+	switch r.traces.step(r.recorder, r.opts.Trace != nil, now) {
+	case traceCollect:
+		if res := s.TracePaths(ctx); res != nil {
+			r.observePaths(res)
+		}
+	case traceStart:
+		r.traces.started(r.recorder, s.TraceStart(ctx), now)
+	}
+}
 
 // observePaths records the paths of a trace: metrics, path changes and
 // the chain page's state.
-func (r *runner) observePaths(res *prober.Result) {
+func (r *recorder) observePaths(res *prober.Result) {
 	for i := range res.Segments {
 		seg := &res.Segments[i]
 		p := seg.WirePath()

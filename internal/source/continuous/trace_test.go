@@ -18,7 +18,10 @@ import (
 // connections: their paths are on /metrics (the change counter at 0 from
 // the first trace on), and the page unfolds a segment over its SLA into
 // its routers; probes go on meanwhile.
-func TestEntryTracesItsSegments(t *testing.T) {
+// (on both engines)
+func TestEntryTracesItsSegments(t *testing.T) { forEachEngine(t, testEntryTracesItsSegments) }
+
+func testEntryTracesItsSegments(t *testing.T, e engine) {
 	tr, err := trace.NewTracer(trace.Config{})
 	if err != nil {
 		t.Fatal(err)
@@ -36,6 +39,9 @@ func TestEntryTracesItsSegments(t *testing.T) {
 		return o
 	}
 	m := NewManager(NewMetrics(reg), options, slog.New(slog.DiscardHandler))
+	if e.runners {
+		m.RunAllOnRunners()
+	}
 	t.Cleanup(m.Stop)
 	m.Apply(parse(t, `modules:
   default:

@@ -14,10 +14,14 @@ const windowCap = 128
 // memory. Samples are stamped and aged on a monotonic clock (moment): a
 // step of the wall clock neither keeps old samples nor drops new ones.
 type window struct {
-	at    [windowCap]int64 // monotonic ns (a moment)
-	value [windowCap]float64
-	next  int
-	n     int
+	// samples, each stamped with a moment (monotonic ns) beside its
+	// value: a probe writes one cache line per window
+	samples [windowCap]struct {
+		at    int64
+		value float64
+	}
+	next int
+	n    int
 }
 
 // moments turns a time into nanoseconds on a monotonic clock: its
@@ -33,7 +37,7 @@ func monotonicSince(origin time.Time) moments {
 }
 
 func (w *window) add(at int64, v float64) {
-	w.at[w.next], w.value[w.next] = at, v
+	w.samples[w.next].at, w.samples[w.next].value = at, v
 	w.next = (w.next + 1) % windowCap
 	w.n = min(w.n+1, windowCap)
 }
@@ -50,8 +54,8 @@ func (w *window) since(now int64, span time.Duration, scratch []float64) Quantil
 	cut := now - int64(span)
 	vals := scratch[:0]
 	for i := 0; i < w.n; i++ {
-		if w.at[i] >= cut && w.at[i] <= now {
-			vals = append(vals, w.value[i])
+		if s := &w.samples[i]; s.at >= cut && s.at <= now {
+			vals = append(vals, s.value)
 		}
 	}
 	if len(vals) == 0 {

@@ -19,10 +19,40 @@ func newResult(o *Options) *Result {
 	return &Result{Target: o.Target, Source: o.Source, HTTP: o.HTTP != nil}
 }
 
+// renew makes r the result of a new run of o, before anything happened,
+// keeping its arrays: a Session's (and the continuous loop's) result is
+// rebuilt on every probe. What a caller may keep of the previous result
+// is never written again: its Failure, its hops' Vars, its strings.
+func (r *Result) renew(o *Options) {
+	hops, segs, byLabel, scratch := r.Hops[:0], r.Segments[:0], r.byLabel, r.scratch
+	clear(byLabel)
+	if scratch == nil {
+		scratch = &buildScratch{chain: newChain()}
+	}
+	*r = Result{Target: o.Target, Source: o.Source, HTTP: o.HTTP != nil, Hops: hops, Segments: segs, byLabel: byLabel, scratch: scratch}
+}
+
+// buildScratch is what building a result needs besides the result, kept
+// by a renewed result.
+type buildScratch struct {
+	chain  *chain
+	labels []string
+}
+
+// built is what build needs of a protocol.
+type built interface {
+	// attachTCP adds the kernel's view of the source's connection to the
+	// samples, once per run.
+	attachTCP(samples []Sample)
+	// annotate adds to a built result what only the protocol knows (an
+	// HTTP hop's stamp resolution).
+	annotate(r *Result)
+}
+
 // build is the one place a result is made from a run's samples: the
 // kernel's view of the source's connection, the statistics, then what
 // only the protocol knows.
-func (r *Result) build(p protocol, samples []Sample, log *slog.Logger) {
+func (r *Result) build(p built, samples []Sample, log *slog.Logger) {
 	p.attachTCP(samples)
 	r.summarise(samples, log)
 	p.annotate(r)
@@ -32,7 +62,7 @@ func (r *Result) build(p protocol, samples []Sample, log *slog.Logger) {
 // Every step keys hops by identity; labels come last.
 func (r *Result) summarise(samples []Sample, log *slog.Logger) {
 	r.Samples = samples
-	chain := newChain()
+	chain := r.newChain()
 	for i := range samples {
 		chain.add(&samples[i])
 	}
@@ -78,29 +108,63 @@ func (r *Result) measured(smp *Sample, n int) bool {
 
 // chain is the run's hops in chain order, as first seen, by identity.
 type chain struct {
-	hops  []peer.Hop
+	hops []peer.Hop
+	// index finds a hop by key once there are more than linearHops
+	// (a chain is usually a few hops: a scan is cheaper than a map).
 	index map[hopKey]int
-	// next is the hop seen after each hop, to recognise the far end of a
-	// failed segment that a hop named without an identity.
-	next map[int]int
+	// next is the hop seen after each hop (-1: none), to recognise the
+	// far end of a failed segment that a hop named without an identity.
+	next []int
 }
 
-func newChain() *chain { return &chain{index: map[hopKey]int{}, next: map[int]int{}} }
+// linearHops is how many hops a chain finds by a scan of its hops.
+const linearHops = 16
+
+func newChain() *chain { return &chain{} }
+
+// newChain is an empty chain: the scratch one of a renewed result.
+func (r *Result) newChain() *chain {
+	if r.scratch == nil {
+		return newChain()
+	}
+	c := r.scratch.chain
+	c.hops, c.next = c.hops[:0], c.next[:0]
+	clear(c.index)
+	return c
+}
 
 func (c *chain) indexOf(h peer.Hop) int {
 	k := keyOf(h)
-	if i, ok := c.index[k]; ok {
+	if len(c.hops) <= linearHops {
+		// keyOf(x) == k, without building the keys
+		for i := range c.hops {
+			if x := &c.hops[i]; x.ID == h.ID && (h.ID != 0 || x.Name == h.Name) {
+				return i
+			}
+		}
+	} else if i, ok := c.index[k]; ok {
 		return i
 	}
-	c.index[k] = len(c.hops)
 	c.hops = append(c.hops, h)
+	c.next = append(c.next, -1)
+	if n := len(c.hops); n > linearHops {
+		if c.index == nil {
+			c.index = map[hopKey]int{}
+		}
+		if len(c.index) == 0 {
+			for i, x := range c.hops {
+				c.index[keyOf(x)] = i
+			}
+		}
+		c.index[k] = n - 1
+	}
 	return len(c.hops) - 1
 }
 
 func (c *chain) add(smp *Sample) {
 	prev := -1
-	for _, rec := range smp.Records {
-		i := c.indexOf(peerOf(rec))
+	for k := range smp.Records {
+		i := c.indexOf(peerOf(&smp.Records[k]))
 		if prev >= 0 {
 			c.next[prev] = i
 		}
@@ -116,7 +180,7 @@ func (c *chain) add(smp *Sample) {
 // after the near end when the failure names it so, else a new one.
 func (c *chain) farEnd(f *Failure) int {
 	if f.To.ID == 0 {
-		if n, ok := c.next[c.indexOf(f.From)]; ok && c.hops[n].Name == f.To.Name {
+		if n := c.next[c.indexOf(f.From)]; n >= 0 && c.hops[n].Name == f.To.Name {
 			return n
 		}
 	}
@@ -133,10 +197,33 @@ var dupWarned struct {
 // label gives every hop its label, unique within the chain, and creates
 // the hop results in chain order.
 func (r *Result) label(c *chain, log *slog.Logger) {
-	labels, dup := peer.Labels(c.hops)
-	r.Hops = make([]HopResult, len(c.hops))
+	var labels []string
+	var dup bool
+	if r.scratch != nil {
+		labels, dup = peer.AppendLabels(r.scratch.labels[:0], c.hops)
+		r.scratch.labels = labels
+	} else {
+		labels, dup = peer.Labels(c.hops)
+	}
+	// A renewed result's hops reuse the arrays of the previous ones, and
+	// the hex of an identity that did not change.
+	prev := r.Hops[:cap(r.Hops)]
+	if r.Hops == nil {
+		r.Hops = make([]HopResult, 0, len(c.hops))
+	}
+	r.Hops = r.Hops[:0]
 	for i, h := range c.hops {
-		r.Hops[i] = HopResult{Name: labels[i], ID: hexID(h.ID), id: h.ID, KernelTimestamps: true, ClockSynced: true}
+		hr := HopResult{Name: labels[i], id: h.ID, KernelTimestamps: true, ClockSynced: true}
+		if i < len(prev) {
+			hr.residences, hr.waits = prev[i].residences[:0], prev[i].waits[:0]
+			if prev[i].id == h.ID {
+				hr.ID = prev[i].ID
+			}
+		}
+		if hr.id != 0 && hr.ID == "" {
+			hr.ID = hexID(h.ID)
+		}
+		r.Hops = append(r.Hops, hr)
 	}
 	r.DuplicateNames = dup
 	if !dup {
@@ -165,30 +252,60 @@ func (r *Result) countReached(smp *Sample) {
 
 // segment returns the segment between two hops, created on first use.
 func (r *Result) segment(from, to int) *SegmentResult {
-	if r.byLabel == nil {
-		r.byLabel = map[[2]string]int{}
-	}
 	key := [2]string{r.Hops[from].Name, r.Hops[to].Name}
-	if i, ok := r.byLabel[key]; ok {
+	if i := r.segmentAt(key[0], key[1]); i >= 0 {
 		return &r.Segments[i]
 	}
-	r.byLabel[key] = len(r.Segments)
-	r.Segments = append(r.Segments, SegmentResult{From: key[0], To: key[1], from: from, to: to})
+	seg := SegmentResult{From: key[0], To: key[1], from: from, to: to}
+	if n := len(r.Segments); n < cap(r.Segments) {
+		// A renewed result's segment reuses the previous one's arrays.
+		old := &r.Segments[:n+1][n]
+		seg.samples, seg.fwd, seg.ret = old.samples[:0], old.fwd[:0], old.ret[:0]
+	}
+	r.Segments = append(r.Segments, seg)
+	if n := len(r.Segments); n > linearHops {
+		if r.byLabel == nil {
+			r.byLabel = map[[2]string]int{}
+		}
+		if len(r.byLabel) == 0 {
+			for i := range r.Segments {
+				r.byLabel[[2]string{r.Segments[i].From, r.Segments[i].To}] = i
+			}
+		}
+		r.byLabel[key] = n - 1
+	}
 	return &r.Segments[len(r.Segments)-1]
+}
+
+// segmentAt is the index of the segment from → to (labels), -1 for none:
+// a scan of a few segments, a map of many.
+func (r *Result) segmentAt(from, to string) int {
+	if len(r.Segments) <= linearHops {
+		for i := range r.Segments {
+			if r.Segments[i].From == from && r.Segments[i].To == to {
+				return i
+			}
+		}
+		return -1
+	}
+	if i, ok := r.byLabel[[2]string{from, to}]; ok {
+		return i
+	}
+	return -1
 }
 
 // addSegments lists the segments in chain order, as first seen, with the
 // kernel's view of both ends and their retransmissions.
 func (r *Result) addSegments(c *chain, smp *Sample) {
 	for i := 1; i < len(smp.Records); i++ {
-		near, far := smp.Records[i-1], smp.Records[i]
+		near, far := &smp.Records[i-1], &smp.Records[i]
 		s := r.segment(c.indexOf(peerOf(near)), c.indexOf(peerOf(far)))
 		if near.Flags&frame.RecTCPInfo != 0 {
-			s.TCP = tcpResult(near.TCP)
+			s.tcpNear, s.hasTCP = tcpResult(near.TCP), true
 			s.nearRetrans = max(s.nearRetrans, near.TCP.TotalRetrans)
 		}
 		if far.Flags&frame.RecTCPInfoUp != 0 {
-			s.TCPFar = tcpResult(far.TCPUp)
+			s.tcpFar, s.hasTCPFar = tcpResult(far.TCPUp), true
 			s.farRetrans = max(s.farRetrans, far.TCPUp.TotalRetrans)
 		}
 	}
@@ -197,13 +314,13 @@ func (r *Result) addSegments(c *chain, smp *Sample) {
 // addConnects takes the connect times from the sample whose hops dialled
 // (the warm-up).
 func (r *Result) addConnects(c *chain, smp *Sample) {
-	for i, rec := range smp.Records {
+	for i := range smp.Records {
+		rec := &smp.Records[i]
 		if rec.Flags&frame.RecDialed == 0 || i+1 >= len(smp.Records) {
 			continue
 		}
-		s := r.segment(c.indexOf(peerOf(rec)), c.indexOf(peerOf(smp.Records[i+1])))
-		connect := rec.Connect.Seconds()
-		s.Connect = &connect
+		s := r.segment(c.indexOf(peerOf(rec)), c.indexOf(peerOf(&smp.Records[i+1])))
+		s.connect, s.hasConnect = rec.Connect.Seconds(), true
 	}
 }
 
@@ -211,7 +328,8 @@ func (r *Result) addConnects(c *chain, smp *Sample) {
 // stamps came from the kernel and its clock was synchronised.
 func (r *Result) addResidences(c *chain, smp *Sample) {
 	last := len(smp.Records) - 1
-	for i, rec := range smp.Records {
+	for i := range smp.Records {
+		rec := &smp.Records[i]
 		h := &r.Hops[c.indexOf(peerOf(rec))]
 		h.residences = append(h.residences, smp.Breakdown.Residence[i])
 		if rec.Flags&frame.RecReflector != 0 {
@@ -244,8 +362,9 @@ func kernelFlags(i int, end bool, flags uint16) uint16 {
 // answered on its own; the segment it could not cross has no rtt, the
 // ones before it do.
 func (r *Result) addRTTs(c *chain, smp *Sample) {
-	for _, seg := range smp.Breakdown.Segments {
-		near, far := smp.Records[seg.From], smp.Records[seg.To]
+	for k := range smp.Breakdown.Segments {
+		seg := &smp.Breakdown.Segments[k]
+		near, far := &smp.Records[seg.From], &smp.Records[seg.To]
 		s := r.segment(c.indexOf(peerOf(near)), c.indexOf(peerOf(far)))
 		s.samples = append(s.samples, seg.RTT)
 		if seg.OneWay != nil {
@@ -258,10 +377,12 @@ func (r *Result) addRTTs(c *chain, smp *Sample) {
 }
 
 // finishSegments computes the statistics and marks the slowest segment.
+// Pointers into a segment are set here, once its array no longer grows.
 func (r *Result) finishSegments() {
 	slowest, slowestRTT := -1, time.Duration(math.MinInt64)
 	for i := range r.Segments {
 		s := &r.Segments[i]
+		s.pointers()
 		st := timing.Summarise(s.samples)
 		s.Samples = st.Count
 		s.RTT = seconds(st)
@@ -269,7 +390,8 @@ func (r *Result) finishSegments() {
 		s.Retransmits = s.nearRetrans + s.farRetrans
 		if st.Count > 0 && s.oneWayN == st.Count {
 			fwd, ret := timing.Summarise(s.fwd), timing.Summarise(s.ret)
-			s.OneWay = &OneWayResult{Forward: fwd.Median.Seconds(), Return: ret.Median.Seconds(), ErrorBound: s.bound.Seconds()}
+			s.oneWay = OneWayResult{Forward: fwd.Median.Seconds(), Return: ret.Median.Seconds(), ErrorBound: s.bound.Seconds()}
+			s.OneWay = &s.oneWay
 		}
 		if st.Count > 0 && st.Median > slowestRTT {
 			slowest, slowestRTT = i, st.Median
@@ -310,7 +432,6 @@ func (r *Result) setFailure(f *Failure) {
 	if len(r.Segments) == 0 {
 		r.Hops = []HopResult{{Name: f.From.Name}}
 		r.Segments = []SegmentResult{{From: f.From.Name, To: f.To.Name, to: -1}}
-		r.byLabel = map[[2]string]int{{f.From.Name, f.To.Name}: 0}
 	}
 }
 
@@ -363,7 +484,20 @@ func keyOf(h peer.Hop) hopKey {
 	return hopKey{name: h.Name}
 }
 
-func tcpResult(t tcpinfo.Info) *TCPResult {
-	return &TCPResult{RTT: micros(t.RTTMicros), RTTVar: micros(t.RTTVarMicros), MinRTT: micros(t.MinRTTMicros),
+// pointers points a segment's optional parts at the values it holds.
+func (s *SegmentResult) pointers() {
+	if s.hasConnect {
+		s.Connect = &s.connect
+	}
+	if s.hasTCP {
+		s.TCP = &s.tcpNear
+	}
+	if s.hasTCPFar {
+		s.TCPFar = &s.tcpFar
+	}
+}
+
+func tcpResult(t tcpinfo.Info) TCPResult {
+	return TCPResult{RTT: micros(t.RTTMicros), RTTVar: micros(t.RTTVarMicros), MinRTT: micros(t.MinRTTMicros),
 		Retransmits: t.TotalRetrans, SndMSS: t.SndMSS, PMTU: t.PMTU, SndCwnd: t.SndCwnd}
 }

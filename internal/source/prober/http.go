@@ -433,12 +433,14 @@ func (s *httpSession) decode(resp *http.Response, smp *Sample, src frame.HopReco
 	// A proxy's time lies within what the source (or the proxy outside
 	// it) measured around it, give or take both resolutions: the segment
 	// arithmetic holds every entry to it (bad_header naming the proxy).
-	hops := timingHops(smp.Records)
+	hops := timingHops(nil, smp.Records)
 	hops[0].Lead = s.lead
 	for i, e := range entries {
 		hops[i+1].Resolution = e.Resolution
 	}
-	breakDown(smp, hops, peer.ReasonBadHeader, fmt.Sprintf("response from %s: the %s entry", s.target.Address, httpstamp.Header))
+	breakDown(smp, hops, nil, peer.ReasonBadHeader, func() string {
+		return fmt.Sprintf("response from %s: the %s entry", s.target.Address, httpstamp.Header)
+	})
 	if smp.Failure == nil {
 		s.o.Names.putChain(s.o.Target, names)
 	}
@@ -494,7 +496,7 @@ func (s *httpSession) statusFailure(resp *http.Response, records []frame.HopReco
 	if !known {
 		behind = "the hop behind it (" + next + ", or a proxy that did not stamp: list the chain in http.hops to name it)"
 	}
-	return &Failure{FromIndex: inner, From: peerOf(records[inner]), To: peer.Hop{Name: next}, Reason: peer.ReasonHTTPStatus,
+	return &Failure{FromIndex: inner, From: peerOf(&records[inner]), To: peer.Hop{Name: next}, Reason: peer.ReasonHTTPStatus,
 		Message: fmt.Sprintf("%s, stamped by %s (innermost): %s did not answer it with a valid response", msg, names[len(names)-1], behind)}
 }
 
@@ -556,7 +558,7 @@ func (s *httpSession) checkChain(smp *Sample, names []string) *Failure {
 	}
 	from := peer.Hop{ID: s.id, Name: s.o.Source}
 	if k > 0 {
-		from = peerOf(smp.Records[k])
+		from = peerOf(&smp.Records[k])
 	}
 	var to, msg string
 	switch {
@@ -580,7 +582,7 @@ func listOrNone(names []string) string {
 // attachTCP adds the kernel's view of the source's connection to the
 // last sample, as the tcp prober does.
 func (s *httpSession) attachTCP(samples []Sample) {
-	if s.conn != nil {
+	if s.conn != nil && s.tcp != nil {
 		attachTCPInfo(s.tcp, samples)
 	}
 }

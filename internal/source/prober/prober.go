@@ -76,8 +76,12 @@ type Options struct {
 	STAMP *STAMPOptions
 	// Names remembers hop names across runs, to name a first hop that
 	// cannot be reached; may be nil.
-	Names  *NameCache
-	Logger *slog.Logger
+	Names *NameCache
+	// ReuseResults makes a Session renew one result in place for every
+	// Probe (valid until the next), for a caller that records each before
+	// the next (continuous probing): no allocation per probe.
+	ReuseResults bool
+	Logger       *slog.Logger
 }
 
 // Validate reports the first bad option.
@@ -251,20 +255,16 @@ func (o *Options) defaults() {
 type protocol interface {
 	// probe sends one probe and reads what came back.
 	probe(ctx context.Context, seq uint64, flags uint16) Sample
-	// attachTCP adds the kernel's view of the source's connection to the
-	// samples, once per run.
-	attachTCP(samples []Sample)
-	// annotate adds to a built result what only the protocol knows (an
-	// HTTP hop's stamp resolution).
-	annotate(r *Result)
+	// attachTCP and annotate: what build needs of it.
+	built
 	close()
 }
 
 // dial validates the options and opens the first connection of the
 // chain with the protocol they ask for.
 func dial(ctx context.Context, o *Options) (protocol, *Failure) {
-	if err := o.Validate(); err != nil {
-		return nil, &Failure{From: peer.Hop{Name: o.Source}, To: peer.Hop{Name: o.Target}, Reason: peer.ReasonUnknown, Message: err.Error()}
+	if f := o.invalid(); f != nil {
+		return nil, f
 	}
 	if o.HTTP != nil {
 		return dialHTTP(ctx, o)
@@ -277,6 +277,14 @@ func dial(ctx context.Context, o *Options) (protocol, *Failure) {
 		return nil, fail
 	}
 	return s, nil
+}
+
+// invalid is the failure of options Validate refuses, nil for valid ones.
+func (o *Options) invalid() *Failure {
+	if err := o.Validate(); err != nil {
+		return &Failure{From: peer.Hop{Name: o.Source}, To: peer.Hop{Name: o.Target}, Reason: peer.ReasonUnknown, Message: err.Error()}
+	}
+	return nil
 }
 
 // measure sends the warm-up and the measured probes, stopping at the

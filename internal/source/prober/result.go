@@ -2,6 +2,7 @@ package prober
 
 import (
 	"encoding/json"
+	"maps"
 	"slices"
 	"time"
 
@@ -39,7 +40,10 @@ type Result struct {
 	DuplicateNames bool     `json:"duplicate_names"`
 	Samples        []Sample `json:"-"`
 	fail           *Failure
-	byLabel        map[[2]string]int
+	// byLabel finds a segment of a long chain (segmentAt).
+	byLabel map[[2]string]int
+	// scratch is set on a result that is renewed for every probe.
+	scratch *buildScratch
 }
 
 // HopResult is one hop's residence statistics.
@@ -131,6 +135,11 @@ type SegmentResult struct {
 	oneWayN     int
 	nearRetrans uint32
 	farRetrans  uint32
+	// the values Connect, TCP, TCPFar and OneWay point to once set
+	connect                       float64
+	tcpNear, tcpFar               TCPResult
+	oneWay                        OneWayResult
+	hasConnect, hasTCP, hasTCPFar bool
 }
 
 // Seconds is a min/median/max triple in seconds.
@@ -191,7 +200,7 @@ func (r *Result) SlowestSegment() *SegmentResult {
 
 // Segment returns the statistics of the segment from → to (labels), or nil.
 func (r *Result) Segment(from, to string) *SegmentResult {
-	if i, ok := r.byLabel[[2]string{from, to}]; ok {
+	if i := r.segmentAt(from, to); i >= 0 {
 		return &r.Segments[i]
 	}
 	return nil
@@ -214,4 +223,29 @@ func (r *Result) HopNames() []string {
 		out[i] = h.Name
 	}
 	return slices.Clip(out)
+}
+
+// Clone is a copy of r that shares nothing r's next renewal writes: what
+// a caller keeps of a Session's result beyond the next probe (a context
+// read in the background).
+func (r *Result) Clone() *Result {
+	c := *r
+	c.scratch, c.Samples = nil, nil
+	c.byLabel = maps.Clone(r.byLabel)
+	c.Hops = slices.Clone(r.Hops)
+	for i := range c.Hops {
+		h := &c.Hops[i]
+		h.residences, h.waits = slices.Clone(h.residences), slices.Clone(h.waits)
+	}
+	c.Segments = slices.Clone(r.Segments)
+	for i := range c.Segments {
+		s := &c.Segments[i]
+		s.samples, s.fwd, s.ret = slices.Clone(s.samples), slices.Clone(s.fwd), slices.Clone(s.ret)
+		s.Connect, s.TCP, s.TCPFar, s.OneWay = nil, nil, nil, nil
+		s.pointers()
+		if r.Segments[i].OneWay != nil {
+			s.OneWay = &s.oneWay
+		}
+	}
+	return &c
 }

@@ -11,12 +11,22 @@ import (
 // Session keeps a chain open for continuous probing: one connection to
 // the first hop (relay or HTTP proxy), a warm-up when it opens, then one
 // probe per call, each summarised on its own. Not safe for concurrent use.
+//
+// With Options.ReuseResults, the results it returns are rebuilt in place
+// on every call (a probe a second allocates next to nothing): each is
+// valid until the next Probe; copy what you keep (Result.Clone). Their
+// Failure, and their hops' Vars, are never written again and may be kept.
 type Session struct {
 	o   Options
 	p   protocol
 	seq uint64
 	// used is when the connection last carried a probe.
 	used time.Time
+	// conns counts the connections opened: the first, and every one a
+	// probe opened again (Connections).
+	conns   uint64
+	res     Result
+	samples [2]Sample
 	// ownTrace delivers the source's own trace of a TraceStart.
 	ownTrace chan *frame.Path
 }
@@ -36,13 +46,15 @@ func Open(ctx context.Context, o Options) (*Session, *Result) {
 	o.defaults()
 	o.Count = max(o.Count, 1)
 	s := &Session{o: o}
-	res := newResult(&s.o)
 	warm, fail := s.open(ctx)
 	if fail != nil {
+		res := newResult(&s.o)
 		res.setFailure(fail)
 		return nil, res
 	}
-	res.build(s.p, []Sample{warm}, s.o.Logger)
+	res := s.result()
+	samples := append(s.sampleArray(), warm)
+	res.build(s.p, samples, s.o.Logger)
 	if warm.Failure != nil {
 		s.Close()
 		return nil, res
@@ -56,30 +68,70 @@ func (s *Session) open(ctx context.Context) (Sample, *Failure) {
 	if fail != nil {
 		return Sample{}, fail
 	}
+	if rp, ok := p.(*session); ok {
+		rp.reuse = s.o.ReuseResults
+	}
 	s.p = p
+	s.conns++
 	warm := p.probe(ctx, 0, 0)
 	warm.Warmup = true
 	s.used = time.Now()
 	return warm, nil
 }
 
+// Connections counts the connections the session opened: 1 after Open,
+// one more each time a probe found its idle connection closed and sent
+// itself again on a new one (a runner counting a connection's TCP
+// retransmissions must know that its counters started again).
+func (s *Session) Connections() uint64 { return s.conns }
+
 // Probe sends one probe and summarises it alone. When the connection sat
 // idle for staleAfter or more and the first hop closed it before
 // answering, the probe goes again on a new connection, after its warm-up;
-// what that finds is the probe's result.
+// what that finds is the probe's result, the warm-up's connect times
+// included.
 func (s *Session) Probe(ctx context.Context) *Result {
 	s.seq++
 	start := time.Now()
-	res := newResult(&s.o)
+	res := s.result()
 	smp := s.p.probe(ctx, s.seq, 0)
-	if start.Sub(s.used) >= staleAfter && closedBeforeReply(smp) {
+	samples := s.sampleArray()
+	if stale(start.Sub(s.used), smp) {
 		s.o.Logger.Debug("the first hop closed the idle connection: opening another", "idle", start.Sub(s.used).Round(time.Millisecond), "err", smp.Failure.Message)
-		smp = s.reopen(ctx)
+		samples = s.reopen(ctx, samples)
+	} else {
+		samples = append(samples, smp)
 	}
 	s.used = time.Now()
-	res.build(s.p, []Sample{smp}, s.o.Logger)
+	res.build(s.p, samples, s.o.Logger)
 	res.Duration = time.Since(start)
 	return res
+}
+
+// result is the result of the next Open or Probe: the session's own,
+// renewed, with Options.ReuseResults; a new one otherwise.
+func (s *Session) result() *Result {
+	if !s.o.ReuseResults {
+		return newResult(&s.o)
+	}
+	s.res.renew(&s.o)
+	return &s.res
+}
+
+// sampleArray is where the samples of the next result go: the session's
+// own array with Options.ReuseResults.
+func (s *Session) sampleArray() []Sample {
+	if !s.o.ReuseResults {
+		return make([]Sample, 0, 2)
+	}
+	return s.samples[:0]
+}
+
+// stale says whether a probe sent after the connection sat idle that
+// long found it closed by the first hop: the probe goes again on a new
+// connection.
+func stale(idle time.Duration, smp Sample) bool {
+	return idle >= staleAfter && closedBeforeReply(smp)
 }
 
 // closedBeforeReply says whether the first hop closed or reset the
@@ -90,21 +142,22 @@ func closedBeforeReply(smp Sample) bool {
 }
 
 // reopen replaces the connection and sends the probe of this call on the
-// new one, after its warm-up; a failed dial or warm-up is the probe's
-// failure.
-func (s *Session) reopen(ctx context.Context) Sample {
+// new one, after its warm-up: it appends the warm-up and the probe to
+// samples. A failed dial or warm-up is the probe's failure.
+func (s *Session) reopen(ctx context.Context, samples []Sample) []Sample {
 	s.ownTrace = nil // a trace of the old connections
 	old := s.p
 	old.close()
 	warm, fail := s.open(ctx)
 	if fail != nil {
 		s.p = closedProtocol{old}
-		return Sample{Seq: s.seq, Failure: fail}
+		return append(samples, Sample{Seq: s.seq, Failure: fail})
 	}
+	samples = append(samples, warm)
 	if warm.Failure != nil {
-		return warm
+		return samples
 	}
-	return s.p.probe(ctx, s.seq, 0)
+	return append(samples, s.p.probe(ctx, s.seq, 0))
 }
 
 // closedProtocol is a session's connection after it was closed and could

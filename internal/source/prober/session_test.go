@@ -2,6 +2,7 @@ package prober
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -140,5 +141,108 @@ func answerThenIdleClose(c net.Conn, idle time.Duration) {
 				return
 			}
 		}
+	}
+}
+
+// A continuous session's probe of a relay chain is summarised in place:
+// next to no allocation per probe (the relays, in this process, allocate
+// nothing per frame either), and every result is what a fresh Run of one
+// probe would compute.
+func TestSessionProbesAllocateNextToNothing(t *testing.T) {
+	target := chaintest.Chain(t, chaintest.ChainOptions{}, "b", "z")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	o := opts(target)
+	o.ReuseResults = true
+	s, warm := Open(ctx, o)
+	if s == nil {
+		t.Fatalf("open: %+v", warm.Failure)
+	}
+	defer s.Close()
+	for range 10 {
+		s.Probe(ctx)
+	}
+	allocs := testing.AllocsPerRun(200, func() {
+		if r := s.Probe(ctx); !r.Success || len(r.Segments) != 2 || r.Segment("b", "z").Samples != 1 {
+			t.Fatalf("probe: %+v", r)
+		}
+	})
+	t.Logf("%.1f allocations per probe", allocs)
+	// The runtime's netpoller and timers of the deadline may allocate.
+	if allocs >= 1 {
+		t.Errorf("%.1f allocations per probe", allocs)
+	}
+	res := s.Probe(ctx)
+	kept := res.Clone()
+	s.Probe(ctx)
+	if kept.Segments[1].RTT != (Seconds{Min: kept.Segments[1].samples[0].Seconds(), Median: kept.Segments[1].samples[0].Seconds(), Max: kept.Segments[1].samples[0].Seconds()}) {
+		t.Errorf("the clone's rtt %+v is not its samples' %v: it shares the renewed result's arrays", kept.Segments[1].RTT, kept.Segments[1].samples)
+	}
+	if s.Connections() != 1 {
+		t.Errorf("%d connections, want 1", s.Connections())
+	}
+}
+
+// A probe that opened the connection again says so: its result carries
+// the new connection's connect times, and Connections counts it (a
+// runner's retransmission counts start again with it).
+func TestSessionReopenReportsTheNewConnection(t *testing.T) {
+	z := chaintest.StartRelay(t, relay.Config{Name: "z"})
+	b := chaintest.StartRelay(t, relay.Config{Name: "b", ForwardTo: z, Timeout: 200 * time.Millisecond})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s, warm := Open(ctx, opts(b))
+	if s == nil {
+		t.Fatalf("open: %+v", warm.Failure)
+	}
+	defer s.Close()
+	if r := s.Probe(ctx); r.Segment("a", "b").Connect != nil || s.Connections() != 1 {
+		t.Fatalf("a probe on the open connection: connect %v, %d connections", r.Segment("a", "b").Connect, s.Connections())
+	}
+	time.Sleep(1200 * time.Millisecond)
+	r := s.Probe(ctx)
+	if !r.Success || s.Connections() != 2 {
+		t.Fatalf("after the relay closed the idle connection: %+v, %d connections", r.Failure, s.Connections())
+	}
+	for _, seg := range [][2]string{{"a", "b"}, {"b", "z"}} {
+		if c := r.Segment(seg[0], seg[1]); c == nil || c.Connect == nil || c.Samples != 1 {
+			t.Errorf("segment %s -> %s of the reopened probe: %+v", seg[0], seg[1], c)
+		}
+	}
+}
+
+// A chain longer than what is found by a scan (linearHops) is found by
+// its map: every segment and hop, in a run and in a session's probes.
+func TestLongChainSegmentsAndHops(t *testing.T) {
+	names := make([]string, linearHops+4)
+	for i := range names {
+		names[i] = fmt.Sprintf("h%02d", i)
+	}
+	target := chaintest.Chain(t, chaintest.ChainOptions{}, names...)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	check := func(what string, r *Result) {
+		t.Helper()
+		if !r.Success || len(r.Segments) != len(names) || len(r.Hops) != len(names)+1 {
+			t.Fatalf("%s: %d segments, %d hops: %+v", what, len(r.Segments), len(r.Hops), r.Failure)
+		}
+		prev := "a"
+		for _, n := range names {
+			if s := r.Segment(prev, n); s == nil || s.Samples == 0 {
+				t.Errorf("%s: segment %s -> %s: %+v", what, prev, n, s)
+			}
+			prev = n
+		}
+	}
+	check("run", Run(ctx, opts(target)))
+	o := opts(target)
+	o.ReuseResults = true
+	s, warm := Open(ctx, o)
+	if s == nil {
+		t.Fatalf("open: %+v", warm.Failure)
+	}
+	defer s.Close()
+	for i := range 3 {
+		check(fmt.Sprintf("probe %d", i), s.Probe(ctx))
 	}
 }

@@ -51,9 +51,15 @@ func (s *Session) TracePaths(ctx context.Context) *Result {
 		own = frame.NoPath(frame.PathDeadline, "the source's own trace did not end")
 	}
 	s.ownTrace = nil
+	return pathsResult(&s.o, s.p, smp, own)
+}
+
+// pathsResult is the result of a paths request's reply smp and of the
+// source's own trace: segments with their paths, and no measured figure.
+func pathsResult(o *Options, p built, smp Sample, own *frame.Path) *Result {
 	smp.Warmup = true // not a measure: its segments have no rtt
-	res := newResult(&s.o)
-	res.build(s.p, []Sample{smp}, s.o.Logger)
-	res.addPaths(smp, own, &s.o)
+	res := newResult(o)
+	res.build(p, []Sample{smp}, o.Logger)
+	res.addPaths(smp, own, o)
 	return res
 }

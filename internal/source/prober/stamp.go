@@ -246,7 +246,7 @@ func (s *stampSession) decode(smp *Sample, p *stamp.PacketResult) {
 	}
 	stamp.SetRecordClock(&src, p.SenderError)
 	smp.Records = []frame.HopRecord{src, refl}
-	breakDown(smp, timingHops(smp.Records), peer.ReasonBadFrame, "STAMP reply from "+s.address+": the residence T3 − T2")
+	breakDown(smp, timingHops(nil, smp.Records), nil, peer.ReasonBadFrame, func() string { return "STAMP reply from " + s.address + ": the residence T3 − T2" })
 }
 
 // add counts one exchanged packet.

@@ -127,21 +127,33 @@ func tracePaths(ctx context.Context, p protocol, o *Options, res *Result) {
 // traceOwn traces the source's connection to the first hop, with the
 // share of the budget a relay gives its own.
 func (s *session) traceOwn(ctx context.Context) *frame.Path {
-	t := s.o.Trace
-	if t.Tracer == nil {
-		return frame.NoPath(frame.PathDisabled, s.o.Source+" does not trace")
+	conn := connOf(s.conn)
+	if conn == nil {
+		return ownTrace(ctx, s.o, trace.Target{}, fmt.Errorf("trace: %w: %T has no descriptor", trace.ErrNotTCP, s.conn))
 	}
-	budget, ok := probeBudget(ctx, s.o.Timeout)
+	target, err := trace.Inspect(conn)
+	return ownTrace(ctx, s.o, target, err)
+}
+
+// ownTrace traces the source's own segment, whose connection target
+// describes (inspected err when it could not be), with the share of the
+// budget a relay gives its own: the Session's (traceOwn) and an event
+// loop's, which inspects its connection itself and traces elsewhere.
+func ownTrace(ctx context.Context, o *Options, target trace.Target, inspected error) *frame.Path {
+	t := o.Trace
+	if t.Tracer == nil {
+		return frame.NoPath(frame.PathDisabled, o.Source+" does not trace")
+	}
+	budget, ok := probeBudget(ctx, o.Timeout)
 	if !ok {
 		return frame.NoPath(frame.PathDeadline, "no time left to trace")
 	}
-	conn := connOf(s.conn)
-	if conn == nil {
-		return trace.WireError(fmt.Errorf("trace: %w: %T has no descriptor", trace.ErrNotTCP, s.conn))
+	if inspected != nil {
+		return trace.WireError(inspected)
 	}
 	tctx, cancel := context.WithTimeout(ctx, time.Duration(float64(budget)*7/8*3/4))
 	defer cancel()
-	r, err := t.Tracer.Trace(tctx, conn, t.Options)
+	r, err := t.Tracer.TraceTarget(tctx, target, t.Options)
 	if err != nil {
 		return trace.WireError(err)
 	}

@@ -41,6 +41,27 @@ func (v Verdict) Subject() config.Subject {
 // SLA: segments first, in chain order, then hops in chain order.
 func Evaluate(r *prober.Result, s config.SLA) []Verdict {
 	var out []Verdict
+	each(r, s, func(v Verdict) bool {
+		out = append(out, v)
+		return true
+	})
+	return out
+}
+
+// Violated says whether a verdict of Evaluate is exceeded, without making
+// the list: a continuous entry asks after every probe.
+func Violated(r *prober.Result, s config.SLA) bool {
+	violated := false
+	each(r, s, func(v Verdict) bool {
+		violated = v.Exceeded
+		return !violated
+	})
+	return violated
+}
+
+// each calls f with Evaluate's verdicts, in its order, until f returns
+// false.
+func each(r *prober.Result, s config.SLA, f func(Verdict) bool) {
 	for _, seg := range r.Segments {
 		th := s.Threshold(seg.From, seg.To)
 		if th <= 0 {
@@ -52,7 +73,9 @@ func Evaluate(r *prober.Result, s config.SLA) []Verdict {
 		} else {
 			v.judge(seg.RTT.Median)
 		}
-		out = append(out, v)
+		if !f(v) {
+			return
+		}
 	}
 	for _, h := range r.Hops {
 		th := s.HopThreshold(h.Name)
@@ -61,9 +84,10 @@ func Evaluate(r *prober.Result, s config.SLA) []Verdict {
 		}
 		v := Verdict{Hop: h.Name, Threshold: th}
 		v.judge(h.Residence.Median)
-		out = append(out, v)
+		if !f(v) {
+			return
+		}
 	}
-	return out
 }
 
 func (v *Verdict) judge(median float64) {

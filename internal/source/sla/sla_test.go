@@ -78,6 +78,25 @@ func TestAnnotation(t *testing.T) {
 	}
 }
 
+// Violated is "any verdict of Evaluate is exceeded", and costs no list.
+func TestViolatedIsEvaluatesVerdict(t *testing.T) {
+	for _, r := range []*prober.Result{chain(0.001, 0.010, 0.001), chain(0.001, 0.030, 0.001), chain(0.150, 0.001, 0.001), chain(0.001, -1, -1), chain()} {
+		for _, s := range []config.SLA{twentyOnBC, {}} {
+			want := false
+			for _, v := range Evaluate(r, s) {
+				want = want || v.Exceeded
+			}
+			if got := Violated(r, s); got != want {
+				t.Errorf("Violated(%+v) = %v, Evaluate says %v", r.Segments, got, want)
+			}
+		}
+	}
+	r := chain(0.001, 0.010, 0.001)
+	if n := testing.AllocsPerRun(100, func() { Violated(r, twentyOnBC) }); n != 0 {
+		t.Errorf("Violated allocates %v times", n)
+	}
+}
+
 func TestTracing(t *testing.T) {
 	m := &config.Module{SLA: twentyOnBC, Trace: config.TraceOnViolation}
 	tr := Tracing(m)

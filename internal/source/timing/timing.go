@@ -164,6 +164,9 @@ type Breakdown struct {
 	Residence []time.Duration
 	// RoundTrip is the source's own request-out → reply-in.
 	RoundTrip time.Duration
+	// oneWays holds what Segments' OneWay point to, so that ComputeInto
+	// reuses it.
+	oneWays []OneWay
 }
 
 // Compute breaks a probe down. With n+1 hops it returns n segments; the
@@ -175,30 +178,60 @@ type Breakdown struct {
 // breakdown of the hops before it only: its record, and what lies beyond
 // it, are not to be trusted.
 func Compute(hops []Hop) (Breakdown, error) {
+	var b Breakdown
+	err := ComputeInto(&b, hops)
+	return b, err
+}
+
+// ComputeInto is Compute into b, reusing its slices: a continuous probe
+// computes its breakdown every second without allocating. What b held
+// before (its OneWays included) is overwritten.
+func ComputeInto(b *Breakdown, hops []Hop) error {
+	var oc *Overclaim
 	for i := 0; i+1 < len(hops); i++ {
-		if _, oc := segmentRTT(hops[i], hops[i+1]); oc != nil {
+		if _, oc = segmentRTT(hops[i], hops[i+1]); oc != nil {
 			oc.Far = i + 1
-			b, _ := Compute(hops[:i+1])
-			return b, oc
+			hops = hops[:i+1]
+			break
 		}
 	}
-	var b Breakdown
+	b.fill(hops)
+	if oc != nil {
+		return oc
+	}
+	return nil
+}
+
+// fill breaks down hops that claim nothing beyond what their neighbours
+// measured.
+func (b *Breakdown) fill(hops []Hop) {
+	b.RoundTrip, b.Residence, b.Segments = 0, b.Residence[:0], b.Segments[:0]
 	if len(hops) == 0 {
-		return b, nil
+		b.Residence, b.Segments = nil, nil
+		return
 	}
 	b.RoundTrip = hops[0].Downstream
-	b.Residence = make([]time.Duration, len(hops))
-	b.Residence[0] = hops[0].Residence()
-	b.Segments = make([]Segment, 0, len(hops)-1)
+	if b.Segments == nil {
+		// Non-nil once there is a hop: a sample with a breakdown is
+		// measured (even a source alone).
+		b.Segments = make([]Segment, 0, len(hops)-1)
+	}
+	b.Residence = append(b.Residence, hops[0].Residence())
+	if cap(b.oneWays) < len(hops) {
+		b.oneWays = make([]OneWay, len(hops))
+	}
 	near := hops[0]
 	for i := 0; i+1 < len(hops); i++ {
 		far, rtt := Hold(near, hops[i+1])
-		b.Residence[i+1] = far.Residence()
-		s := Segment{From: i, To: i + 1, RTT: rtt, OneWay: oneWay(near, far, rtt)}
+		b.Residence = append(b.Residence, far.Residence())
+		s := Segment{From: i, To: i + 1, RTT: rtt}
+		if ow, ok := oneWay(near, far, rtt); ok {
+			b.oneWays[i] = ow
+			s.OneWay = &b.oneWays[i]
+		}
 		b.Segments = append(b.Segments, s)
 		near = far
 	}
-	return b, nil
 }
 
 // oneWay splits a segment's rtt by both hops' wall clocks, when both say
@@ -207,20 +240,20 @@ func Compute(hops []Hop) (Breakdown, error) {
 // ErrorBound of it); when the clocks disagree by more than their errors
 // allow (forward more than ErrorBound outside [0, rtt]), one of them is
 // not synchronised as it says, and there is no one-way delay.
-func oneWay(near, far Hop, rtt time.Duration) *OneWay {
+func oneWay(near, far Hop, rtt time.Duration) (OneWay, bool) {
 	if !near.Synced || !far.Synced {
-		return nil
+		return OneWay{}, false
 	}
 	bound := near.MaxError + far.MaxError
 	// Checked in floating point first: wall clocks come from peers, and
 	// their difference may not fit an int64. Within the range it does.
 	approx := float64(far.WallIn) - float64(near.WallIn) - float64(near.Forward)
 	if approx < -float64(bound) || approx > float64(rtt+bound) {
-		return nil
+		return OneWay{}, false
 	}
 	fwd := time.Duration(far.WallIn-near.WallIn) - near.Forward
 	f := min(max(fwd, 0), rtt)
-	return &OneWay{Forward: f, Return: rtt - f, ErrorBound: bound}
+	return OneWay{Forward: f, Return: rtt - f, ErrorBound: bound}, true
 }
 
 // Stats summarises samples of one quantity across the probes of a run.
@@ -237,7 +270,12 @@ type Stats struct {
 // Summarise computes Stats over samples in probe order.
 func Summarise(samples []time.Duration) Stats {
 	s := Stats{Count: len(samples)}
-	if len(samples) == 0 {
+	switch len(samples) {
+	case 0:
+		return s
+	case 1:
+		// A continuous probe's: every statistic is the sample.
+		s.Min, s.Median, s.Max = samples[0], samples[0], samples[0]
 		return s
 	}
 	var diff float64
@@ -247,7 +285,10 @@ func Summarise(samples []time.Duration) Stats {
 	if len(samples) > 1 {
 		s.Jitter = time.Duration(diff / float64(len(samples)-1))
 	}
-	sorted := slices.Clone(samples)
+	// Up to 16 samples (a /probe's, a continuous probe's one) are sorted
+	// on the stack.
+	var small [16]time.Duration
+	sorted := append(small[:0], samples...)
 	slices.Sort(sorted)
 	s.Min, s.Max = sorted[0], sorted[len(sorted)-1]
 	mid := len(sorted) / 2

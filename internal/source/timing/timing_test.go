@@ -399,6 +399,39 @@ func TestOneWayWithinWhatTheClocksClaim(t *testing.T) {
 	}
 }
 
+// A continuous probe's breakdown and statistics allocate nothing: the
+// breakdown reuses its slices (ComputeInto) and a few samples are sorted
+// on the stack.
+func TestComputeIntoAndSummariseDoNotAllocate(t *testing.T) {
+	hops := []Hop{
+		{Name: "a", Forward: 10, Downstream: 1000, Return: 10, Synced: true, WallIn: 1e9, MaxError: 5},
+		{Name: "b", Forward: 20, Downstream: 600, Return: 20, Synced: true, WallIn: 1e9 + 100, MaxError: 5},
+		{Name: "z", Forward: 50, Synced: true, WallIn: 1e9 + 300, MaxError: 5},
+	}
+	var b Breakdown
+	if err := ComputeInto(&b, hops); err != nil {
+		t.Fatal(err)
+	}
+	want, _ := Compute(hops)
+	if len(b.Segments) != 2 || b.Segments[0].RTT != want.Segments[0].RTT || *b.Segments[1].OneWay != *want.Segments[1].OneWay || b.RoundTrip != want.RoundTrip {
+		t.Fatalf("ComputeInto %+v, Compute %+v", b, want)
+	}
+	samples := []time.Duration{5, 3, 9, 1}
+	if n := testing.AllocsPerRun(100, func() {
+		_ = ComputeInto(&b, hops)
+		_ = Summarise(samples)
+	}); n != 0 {
+		t.Errorf("%v allocations per probe", n)
+	}
+	// An overclaiming hop: the breakdown of the hops before it only.
+	hops[1].Forward = 100 * time.Microsecond
+	err := ComputeInto(&b, hops)
+	var oc *Overclaim
+	if !errors.As(err, &oc) || oc.Far != 1 || len(b.Segments) != 0 || len(b.Residence) != 1 || b.Segments == nil {
+		t.Errorf("overclaim: %v, breakdown %+v", err, b)
+	}
+}
+
 // A claim within the tolerance is held to what encloses it (REVIEW-1
 // finding 5): an HTTP proxy stamping a full unit of its 1 s resolution
 // when the whole probe took 150 ms leaves the segment inside it 150 ms,

@@ -257,6 +257,12 @@ func (v *View) Tail(frame []byte) []byte { return frame[v.TailOff:v.MACOff] }
 // When only a record is refused (a *BadRecord error), the View is still
 // returned.
 func Parse(frame []byte, maxFrameBytes, maxHops int) (View, error) {
+	return parse(frame, maxFrameBytes, maxHops, nil)
+}
+
+// parse is Parse; with recs set, a reply's records are decoded into
+// *recs as they are checked (ParseRecordsInto), not only checked.
+func parse(frame []byte, maxFrameBytes, maxHops int, recs *[]Record) (View, error) {
 	h, err := ParseHeader(frame, maxFrameBytes)
 	if err != nil {
 		return View{}, err
@@ -294,7 +300,12 @@ func Parse(frame []byte, maxFrameBytes, maxHops int) (View, error) {
 		}
 		return v, nil
 	}
-	if err := checkRecords(tail, int(v.Probe.Count)); err != nil {
+	if recs != nil {
+		*recs, err = ParseRecordsInto(*recs, tail, int(v.Probe.Count))
+	} else {
+		err = checkRecords(tail, int(v.Probe.Count))
+	}
+	if err != nil {
 		// The frame's structure is known: a receiver may still decode the
 		// records before the refused one (ParseRecords) to say where the
 		// chain went wrong.

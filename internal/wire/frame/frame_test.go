@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"math"
 	"reflect"
@@ -449,9 +450,50 @@ func FuzzParse(f *testing.F) {
 		}
 		_, _ = ParseErrorFrame(b, DefaultMaxFrameBytes)
 		_ = NewSigner(testKey).Verify(b)
-		_, _ = ParseRecords(b, 3)
+		recs, err := ParseRecords(b, 3)
+		// Into an array that holds another reply's records (names kept
+		// when equal): the same records, the same error.
+		prev, _ := ParseRecords(recordsOf(t, validReply()), 1)
+		into, errInto := ParseRecordsInto(prev, b, 3)
+		if (err == nil) != (errInto == nil) || len(recs) != len(into) || len(recs) > 0 && !reflect.DeepEqual(recs, into) {
+			t.Fatalf("ParseRecordsInto gave %+v (%v), ParseRecords %+v (%v)", into, errInto, recs, err)
+		}
 		FirstHopName(b)
 	})
+}
+
+func recordsOf(t *testing.T, fr []byte) []byte {
+	v, err := Parse(fr, DefaultMaxFrameBytes, DefaultMaxHops)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v.Tail(fr)
+}
+
+// A source that decodes the same chain's replies every second keeps the
+// hops' names: no allocation per reply.
+func TestParseRecordsIntoKeepsNames(t *testing.T) {
+	h := sampleHop()
+	h.Vars = nil // variables come on annotation probes only
+	z := HopRecord{Name: "z", Flags: RecEnd}
+	tail := AppendHop(AppendHop(nil, &h), &z)
+	recs, err := ParseRecordsInto(nil, tail, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := ParseRecords(tail, 2)
+	if !reflect.DeepEqual(recs, want) {
+		t.Fatalf("ParseRecordsInto %+v, ParseRecords %+v", recs, want)
+	}
+	if n := testing.AllocsPerRun(100, func() { recs, _ = ParseRecordsInto(recs, tail, 2) }); n != 0 {
+		t.Errorf("%v allocations per reply of an unchanged chain", n)
+	}
+	// A renamed hop gets its new name.
+	z.Name = "y"
+	recs, _ = ParseRecordsInto(recs, AppendHop(AppendHop(nil, &h), &z), 2)
+	if recs[1].Hop.Name != "y" || recs[0].Hop.Name != h.Name {
+		t.Errorf("names %q %q after a rename", recs[0].Hop.Name, recs[1].Hop.Name)
+	}
 }
 
 func FuzzReader(f *testing.F) {
@@ -551,6 +593,36 @@ func FuzzParseKeys(f *testing.F) {
 		}
 		if err := NewSigner(Keys{append([]byte("other"), keys[0]...)}).Verify(fr); err == nil {
 			t.Fatal("signature accepted with another key")
+		}
+	})
+}
+
+// CheckReplyInto is CheckReply and ParseRecords in one pass: the same
+// verdict, the same error, the same records (those before a refused one).
+func FuzzCheckReplyInto(f *testing.F) {
+	h := sampleHop()
+	z := HopRecord{Name: "z", Flags: RecEnd}
+	f.Add(validReply(), uint64(1))
+	f.Add(AppendReply(nil, KindProbeReply, ProbeHeader{Seq: 7}, nil, AppendHop(AppendHop(nil, &h), &z), 2, nil), uint64(7))
+	bad := HopRecord{Name: "bad", Forward: MaxDuration + 1}
+	f.Add(AppendReply(nil, KindProbeReply, ProbeHeader{Seq: 2}, nil, AppendHop(AppendHop(nil, &h), &bad), 2, nil), uint64(2))
+	f.Add(AppendErrorFrame(nil, &ErrorRecord{Name: "c", Peer: "z", Message: "m"}, nil), uint64(0))
+	f.Add(validRequest(), uint64(1))
+	f.Fuzz(func(t *testing.T, b []byte, seq uint64) {
+		want := Expect{Request: KindProbeRequest, Seq: seq}
+		rep, err := CheckReply(b, nil, DefaultMaxFrameBytes, want)
+		prev, _ := ParseRecords(recordsOf(t, validReply()), 1)
+		repInto, recs, errInto := CheckReplyInto(b, nil, DefaultMaxFrameBytes, want, prev)
+		if fmt.Sprint(err) != fmt.Sprint(errInto) || !reflect.DeepEqual(rep, repInto) {
+			t.Fatalf("CheckReplyInto: %+v, %v; CheckReply: %+v, %v", repInto, errInto, rep, err)
+		}
+		var br *BadRecord
+		if rep.View.TailOff == 0 || err != nil && !errors.As(err, &br) {
+			return
+		}
+		parsed, _ := ParseRecords(rep.View.Tail(b), int(rep.View.Probe.Count))
+		if len(parsed) != len(recs) || len(recs) > 0 && !reflect.DeepEqual(parsed, recs) {
+			t.Fatalf("CheckReplyInto decoded %+v, ParseRecords %+v", recs, parsed)
 		}
 	})
 }

@@ -289,7 +289,17 @@ func (e *BadRecord) Unwrap() error { return e.Err }
 // ParseRecords decodes the records of a reply's tail. On error it returns
 // the records decoded before the refused one with it.
 func ParseRecords(tail []byte, count int) ([]Record, error) {
-	out := make([]Record, 0, count)
+	return ParseRecordsInto(make([]Record, 0, count), tail, count)
+}
+
+// ParseRecordsInto is ParseRecords into dst's array, for a receiver that
+// decodes a reply of the same chain every second (a continuous probe):
+// what dst held is overwritten, and a hop's name that is the one dst held
+// at the same position is kept rather than allocated again. The rules are
+// ParseRecords' (decodeRecord).
+func ParseRecordsInto(dst []Record, tail []byte, count int) ([]Record, error) {
+	prev := dst[:cap(dst)]
+	out := dst[:0]
 	off := 0
 	for i := 0; i < count; i++ {
 		n, err := recordLen(tail[off:], i)
@@ -297,6 +307,9 @@ func ParseRecords(tail []byte, count int) ([]Record, error) {
 			return out, err
 		}
 		var rec Record
+		if i < len(prev) && prev[i].Kind == RecordHop {
+			rec.Hop.Name = prev[i].Hop.Name
+		}
 		if err := decodeRecord(tail[off:off+n], i, &rec); err != nil {
 			return out, err
 		}
@@ -346,6 +359,9 @@ type decoder struct {
 	err   error
 	index int
 	keep  bool
+	// reuse is returned for a hop name of the same bytes instead of a
+	// new string (ParseRecordsInto).
+	reuse string
 }
 
 func (d *decoder) take(n int) []byte {
@@ -414,6 +430,9 @@ func (d *decoder) str(n int, what string, check func([]byte) error) string {
 	if !d.keep {
 		return ""
 	}
+	if d.reuse != "" && string(b) == d.reuse {
+		return d.reuse
+	}
 	return string(b)
 }
 
@@ -433,6 +452,7 @@ func decodeRecord(b []byte, index int, rec *Record) error {
 	if rec == nil {
 		rec = &scratch
 	}
+	d.reuse, rec.Hop.Name = rec.Hop.Name, ""
 	var kind RecordKind
 	var flags uint16
 	var id uint64
@@ -488,6 +508,7 @@ func (d *decoder) hop(h *HopRecord, id uint64, flags uint16) {
 		d.checkTimes(h)
 	}
 	h.Name = d.str(int(d.u8()), "hop name", peer.CheckNameBytes)
+	d.reuse = ""
 	nvars := int(d.u8())
 	if nvars > MaxVars {
 		d.failf("%d variables, at most %d", nvars, MaxVars)

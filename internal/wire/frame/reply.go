@@ -31,6 +31,20 @@ type Reply struct {
 // unverified frame said. When a record is refused (*BadRecord), View
 // still locates the records, so the receiver can decode those before it.
 func CheckReply(fr []byte, sign *Signer, maxFrameBytes int, want Expect) (Reply, error) {
+	return checkReply(fr, sign, maxFrameBytes, want, nil)
+}
+
+// CheckReplyInto is CheckReply for a receiver that keeps the records (a
+// source): they are decoded into dst as they are checked, once
+// (ParseRecordsInto: names that did not change are kept). It returns
+// them, those before a refused record when one is (*BadRecord).
+func CheckReplyInto(fr []byte, sign *Signer, maxFrameBytes int, want Expect, dst []Record) (Reply, []Record, error) {
+	recs := dst[:0]
+	rep, err := checkReply(fr, sign, maxFrameBytes, want, &recs)
+	return rep, recs, err
+}
+
+func checkReply(fr []byte, sign *Signer, maxFrameBytes int, want Expect, recs *[]Record) (Reply, error) {
 	if err := sign.Verify(fr); err != nil {
 		if rec, perr := ParseErrorFrame(fr, maxFrameBytes); perr == nil {
 			return Reply{Refusal: &rec, Unverified: true}, err
@@ -48,7 +62,7 @@ func CheckReply(fr []byte, sign *Signer, maxFrameBytes int, want Expect) (Reply,
 		}
 		return Reply{Refusal: &rec}, nil
 	}
-	v, err := Parse(fr, maxFrameBytes, MaxHopsLimit)
+	v, err := parse(fr, maxFrameBytes, MaxHopsLimit, recs)
 	if err != nil {
 		return Reply{View: v}, err
 	}

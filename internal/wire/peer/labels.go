@@ -17,26 +17,56 @@ type Hop struct {
 // keeps one label. '#' is not allowed in names, so a suffixed label never
 // collides with a real name. dup reports whether any suffix was added.
 func Labels(hops []Hop) (labels []string, dup bool) {
-	labels = make([]string, len(hops))
-	byID := make(map[uint64]string, len(hops))
-	count := make(map[string]int, len(hops))
+	return AppendLabels(make([]string, 0, len(hops)), hops)
+}
+
+// AppendLabels appends the labels of hops to dst (Labels' rule) without
+// maps: a continuous entry labels its chain on every probe, and a chain
+// is a few hops long (at most --relay.max-hops).
+func AppendLabels(dst []string, hops []Hop) ([]string, bool) {
+	base, dup := len(dst), false
+	// counted[j]: hop j took a label of its own (it is not an earlier
+	// hop met again).
+	var small [64]bool
+	counted := small[:0]
+	if len(hops) > len(small) {
+		counted = make([]bool, 0, len(hops))
+	}
 	for i, h := range hops {
-		if l, ok := byID[h.ID]; ok && h.ID != 0 {
-			labels[i] = l
+		if j := indexOfID(hops[:i], h.ID); j >= 0 {
+			dst = append(dst, dst[base+j])
+			counted = append(counted, false)
 			continue
 		}
-		count[h.Name]++
+		n := 1
+		for j := 0; j < i; j++ {
+			if counted[j] && hops[j].Name == h.Name {
+				n++
+			}
+		}
 		l := h.Name
-		if n := count[h.Name]; n > 1 {
+		if n > 1 {
 			l = h.Name + "#" + strconv.Itoa(n)
 			dup = true
 		}
-		labels[i] = l
-		if h.ID != 0 {
-			byID[h.ID] = l
+		dst = append(dst, l)
+		counted = append(counted, true)
+	}
+	return dst, dup
+}
+
+// indexOfID is the first of hops with identity id, -1 for none (or for
+// id 0, which identifies nothing).
+func indexOfID(hops []Hop, id uint64) int {
+	if id == 0 {
+		return -1
+	}
+	for j, h := range hops {
+		if h.ID == id {
+			return j
 		}
 	}
-	return labels, dup
+	return -1
 }
 
 // ValidateLabel checks a hop as configuration refers to it: a name, or a

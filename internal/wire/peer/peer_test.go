@@ -4,8 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -250,6 +252,49 @@ func TestParseHTTPTarget(t *testing.T) {
 	}
 	if !IsHTTPTarget("HTTPS://x") || IsHTTPTarget("h1:80") {
 		t.Error("IsHTTPTarget")
+	}
+}
+
+// labelsByMaps is the rule of Labels as it was written first, with maps:
+// the oracle AppendLabels is held to.
+func labelsByMaps(hops []Hop) ([]string, bool) {
+	labels, dup := make([]string, len(hops)), false
+	byID, count := map[uint64]string{}, map[string]int{}
+	for i, h := range hops {
+		if l, ok := byID[h.ID]; ok && h.ID != 0 {
+			labels[i] = l
+			continue
+		}
+		count[h.Name]++
+		l := h.Name
+		if n := count[h.Name]; n > 1 {
+			l, dup = h.Name+"#"+strconv.Itoa(n), true
+		}
+		labels[i] = l
+		if h.ID != 0 {
+			byID[h.ID] = l
+		}
+	}
+	return labels, dup
+}
+
+func TestAppendLabelsKeepsTheRule(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for range 2000 {
+		hops := make([]Hop, rng.IntN(80))
+		for i := range hops {
+			hops[i] = Hop{ID: uint64(rng.IntN(6)), Name: string(rune('a' + rng.IntN(3)))}
+		}
+		want, wantDup := labelsByMaps(hops)
+		got, dup := AppendLabels([]string{"kept"}, hops)
+		if got[0] != "kept" || !slices.Equal(got[1:], want) || dup != wantDup {
+			t.Fatalf("AppendLabels(%v) = %v %v, want %v %v", hops, got[1:], dup, want, wantDup)
+		}
+	}
+	hops := []Hop{{1, "a"}, {2, "b"}, {3, "z"}}
+	dst := make([]string, 0, 3)
+	if n := testing.AllocsPerRun(100, func() { dst, _ = AppendLabels(dst[:0], hops) }); n != 0 {
+		t.Errorf("%v allocations labelling a chain without repeated names", n)
 	}
 }
 

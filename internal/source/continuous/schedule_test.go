@@ -1,0 +1,139 @@
+package continuous
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/subsegment/subsegment_exporter/internal/config"
+)
+
+// The loop's deadlines come out of its heap in order, however they are
+// pushed, moved and taken out.
+func TestTimerHeapKeepsDeadlinesInOrder(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 11))
+	var h timerHeap
+	var live []*tcpEntry
+	for range 5000 {
+		switch op := rng.IntN(4); {
+		case op == 0 || len(live) == 0:
+			e := &tcpEntry{due: rng.Int64N(1000), heapIdx: -1}
+			h.push(e)
+			live = append(live, e)
+		case op == 1:
+			e := live[rng.IntN(len(live))]
+			e.due = rng.Int64N(1000)
+			h[e.heapIdx].due = e.due
+			h.fix(e.heapIdx)
+		case op == 2:
+			i := rng.IntN(len(live))
+			h.remove(live[i].heapIdx)
+			live = slices.Delete(live, i, i+1)
+		default:
+			for i, x := range h {
+				if x.e.heapIdx != i || x.due != x.e.due {
+					t.Fatalf("entry at %d says %d, due %d beside %d", i, x.e.heapIdx, x.e.due, x.due)
+				}
+				if i > 0 && h[(i-1)/heapArity].due > x.due {
+					t.Fatalf("heap order broken at %d", i)
+				}
+			}
+		}
+	}
+	var out []int64
+	for len(h) > 0 {
+		out = append(out, h[0].due)
+		h.remove(0)
+	}
+	if !slices.IsSorted(out) || len(out) != len(live) {
+		t.Errorf("%d deadlines out of %d live, sorted %v", len(out), len(live), slices.IsSorted(out))
+	}
+}
+
+// entries like the bench's: one target, a module per entry.
+func benchEntries(n int, interval time.Duration) []config.Continuous {
+	out := make([]config.Continuous, n)
+	for i := range out {
+		out[i] = config.Continuous{Target: "127.0.0.1:29410", Module: fmt.Sprintf("m%d", i), Interval: config.Duration(interval)}
+	}
+	return out
+}
+
+// spreadOf is the busiest bin's count over the mean, of the times given
+// binned by width over [from, from+span).
+func spreadOf(times []int64, from, span, width int64) float64 {
+	bins := make([]int, span/width)
+	for _, t := range times {
+		if t >= from && t < from+span {
+			bins[(t-from)/width]++
+		}
+	}
+	top, sum := 0, 0
+	for _, b := range bins {
+		top, sum = max(top, b), sum+b
+	}
+	return float64(top) / (float64(sum) / float64(len(bins)))
+}
+
+// Entries' probes spread evenly over their interval (issue 23: no second
+// with more than twice the mean; the busiest 100 ms and 10 ms are held to
+// it too), and stay spread when every chain broke at once and all
+// entries reconnect with backoff.
+func TestProbesSpreadEvenly(t *testing.T) {
+	const second = int64(time.Second)
+	for _, n := range []int{100, 2000, 10000} {
+		entries := benchEntries(n, time.Second)
+		var probes, retries []int64
+		for _, e := range entries {
+			s := newSchedule(e, 0)
+			slot := s.first(0)
+			for range 5 { // five seconds of probes
+				probes = append(probes, slot)
+				s.take(slot)
+				slot = s.next(slot + int64(300*time.Microsecond))
+			}
+			// Everything broke at 10 s: each entry fails at its next
+			// slot and retries after its backoff, several times.
+			slot = s.first(10 * second)
+			for range 4 {
+				slot = s.retry(slot)
+				retries = append(retries, slot)
+			}
+		}
+		for _, width := range []int64{second, second / 10, second / 100} {
+			if width == second/100 && n < 2000 {
+				continue // too few entries for ten per bin
+			}
+			if r := spreadOf(probes, 0, 5*second, width); r > 2 {
+				t.Errorf("%d entries: the busiest %v holds %.2fx the mean", n, time.Duration(width), r)
+			}
+		}
+		// The retries come 1, 2, 4 and 8 s after the failure, each entry
+		// at its own place in the second: spread within the second.
+		inSecond := make([]int64, len(retries))
+		for i, r := range retries {
+			inSecond[i] = r % second
+		}
+		if r := spreadOf(inSecond, 0, second, second/10); r > 2 {
+			t.Errorf("%d entries: retries after a failure of all: the busiest 100 ms of the second holds %.2fx the mean", n, r)
+		}
+	}
+}
+
+// A probe sent early (with another entry's turn) still takes its slot:
+// the next one is a whole interval later, not the same slot again.
+func TestEarlyProbeTakesItsSlot(t *testing.T) {
+	e := benchEntries(1, time.Second)[0]
+	s := newSchedule(e, 0)
+	slot := s.first(0)
+	s.take(slot)
+	// replied 1 ms before the slot it was sent for
+	if next := s.next(slot - int64(time.Millisecond)); next != slot+int64(time.Second) {
+		t.Errorf("next slot %v after %v, want one interval later", time.Duration(next), time.Duration(slot))
+	}
+	if earlyMargin(time.Second) != int64(2*time.Millisecond) || earlyMargin(10*time.Millisecond) != int64(200*time.Microsecond) {
+		t.Errorf("early margins %v, %v", earlyMargin(time.Second), earlyMargin(10*time.Millisecond))
+	}
+}
