@@ -392,25 +392,7 @@ func (s *entryState) snapshot(now time.Time) EntryState {
 	}
 	scratch := make([]float64, 0, windowCap)
 	for _, name := range s.hopsInOrder {
-		h := HopState{Name: name, SLASeconds: s.sla.HopThreshold(name).Seconds()}
-		if res, ok := s.hopRes[name]; ok {
-			h.HTTPHeader, h.ResolutionSeconds = true, res
-		}
-		if w := s.hops[name]; w != nil {
-			res := w.residence.since(at, span, scratch)
-			h.ResidenceSeconds, h.STAMP = res.Median, w.noWait
-			if !w.noWait {
-				wait := w.wait.since(at, span, scratch).Median
-				h.WaitSeconds = &wait
-			}
-			h.SLA = slaState(res.Median, h.SLASeconds, res.Samples)
-			if h.SLA == SLAExceeded {
-				h.Context = s.contextOf(name, w)
-			}
-		} else {
-			h.SLA = slaState(0, h.SLASeconds, 0)
-		}
-		out.Hops = append(out.Hops, h)
+		out.Hops = append(out.Hops, s.hopSnapshot(name, at, span, scratch))
 	}
 	segs := s.segsInOrder
 	if f := s.failure; f != nil && !containsSeg(segs, f.From, f.To) {
@@ -438,6 +420,30 @@ func (s *entryState) snapshot(now time.Time) EntryState {
 		}
 	}
 	return out
+}
+
+// hopSnapshot is one hop's state over the window of span ending at at.
+func (s *entryState) hopSnapshot(name string, at int64, span time.Duration, scratch []float64) HopState {
+	h := HopState{Name: name, SLASeconds: s.sla.HopThreshold(name).Seconds()}
+	if res, ok := s.hopRes[name]; ok {
+		h.HTTPHeader, h.ResolutionSeconds = true, res
+	}
+	w := s.hops[name]
+	if w == nil {
+		h.SLA = slaState(0, h.SLASeconds, 0)
+		return h
+	}
+	res := w.residence.since(at, span, scratch)
+	h.ResidenceSeconds, h.STAMP = res.Median, w.noWait
+	if !w.noWait {
+		wait := w.wait.since(at, span, scratch).Median
+		h.WaitSeconds = &wait
+	}
+	h.SLA = slaState(res.Median, h.SLASeconds, res.Samples)
+	if h.SLA == SLAExceeded {
+		h.Context = s.contextOf(name, w)
+	}
+	return h
 }
 
 // contextOf is what is known of a hop's variables: the latest SNMP
