@@ -149,10 +149,12 @@ type echoReply struct {
 func (h *hopState) init(s *Server, upPeer string) {
 	h.s = s
 	h.upPeer = upPeer
-	// The session's keys: those of its start, whatever a reload does.
-	keys := s.cfg.KeyRing.Current()
-	h.fwdSign = frame.NewSigner(keys)
-	h.retSign = frame.NewSigner(keys)
+	// The session's keys follow the ring: a reload that drops a key
+	// revokes it on this connection too (frame.Signer.Follow, at each
+	// frame read and each batch built). The forward signer belongs to
+	// whoever reads upstream, the return signer to whoever writes there.
+	h.fwdSign = s.cfg.KeyRing.Signer()
+	h.retSign = s.cfg.KeyRing.Signer()
 }
 
 func (h *hopState) now() int64 { return h.s.cfg.Clock.Monotonic() }
@@ -178,6 +180,7 @@ func newEntry(rx rxstamp.Stamp) inflight {
 // session.
 func (h *hopState) classify(fr []byte, rx rxstamp.Stamp, wall int64, sync clock.Sync) (inflight, frame.View, *localAnswer) {
 	e := newEntry(rx)
+	h.fwdSign.Follow()
 	if err := h.fwdSign.Verify(fr); err != nil {
 		return e, frame.View{}, h.reject(err)
 	}
@@ -378,6 +381,7 @@ func (h *hopState) takeReply(e *inflight, fr []byte, rx rxstamp.Stamp, spliced i
 // rules every receiver of replies applies (frame.CheckReply).
 func (h *hopState) checkReply(r *pendingReply) *localAnswer {
 	s := h.s
+	h.retSign.Follow()
 	rep, err := frame.CheckReply(r.frame, h.retSign, s.cfg.MaxFrameBytes, frame.Expect{Request: r.e.kind, Seq: r.e.seq})
 	if rec := rep.Refusal; rec != nil {
 		if rep.Unverified {
@@ -441,6 +445,7 @@ func (h *hopState) buildReplies() int {
 	}
 	tOut := h.now()
 	tcp := h.tcp.reading(tOut)
+	h.retSign.Follow()
 	for i := range h.replies {
 		r := &h.replies[i]
 		if r.dropOnly {
@@ -577,6 +582,7 @@ func (h *hopState) buildEchoes() int {
 	}
 	tOut := h.now()
 	tcp := h.tcp.reading(tOut)
+	h.retSign.Follow()
 	b := &h.ret
 	for i := range h.echoes {
 		p := &h.echoes[i]
@@ -616,6 +622,7 @@ func (h *hopState) buildEchoes() int {
 // its record and an error record, or an error frame for frames it could
 // not trust.
 func (h *hopState) appendLocalAnswer(e *inflight, ans *localAnswer, tOut int64, tcp *tcpReading) {
+	h.retSign.Follow()
 	s, b, sign := h.s, &h.ret, h.retSign
 	er := frame.ErrorRecord{ID: s.id, Name: s.cfg.Name, Peer: ans.peer, Reason: ans.reason, Side: ans.side, Message: ans.message}
 	start := len(b.scratch)

@@ -493,18 +493,18 @@ func FuzzRelayInput(f *testing.F) {
 	})
 }
 
-// A relay whose key ring is rotated (a reload) signs and verifies the
-// sessions opened afterwards with the new keys; a session opened before
-// keeps the keys it started with. Through a forwarding hop too.
-func TestSessionsKeepTheKeysTheyOpenedWith(t *testing.T) {
-	chaintest.ForEachEngine(t, testSessionsKeepTheKeysTheyOpenedWith)
+// A relay whose key ring is rotated (a reload) verifies and signs every
+// session with the new keys from its next frame on, the sessions opened
+// before the reload included (REVIEW-2 F-B): a rollover (both keys, then
+// the new one first) keeps an open session going, and dropping a key
+// revokes it on the connections already open, at the hop that dropped it
+// and at a hop further down the chain.
+func TestSessionsFollowKeyRotation(t *testing.T) {
+	chaintest.ForEachEngine(t, testSessionsFollowKeyRotation)
 }
 
-func testSessionsKeepTheKeysTheyOpenedWith(t *testing.T) {
-	oldKeys, newKeys := frame.Keys{[]byte("old-0123456789abcdef")}, frame.Keys{[]byte("new-0123456789abcdef")}
-	ring := frame.NewKeyRing(oldKeys)
-	z := chaintest.StartRelay(t, relay.Config{Name: "z", KeyRing: ring})
-	b := chaintest.StartRelay(t, relay.Config{Name: "b", ForwardTo: z, KeyRing: ring})
+func testSessionsFollowKeyRotation(t *testing.T) {
+	oldKey, newKey := []byte("old-0123456789abcdef"), []byte("new-0123456789abcdef")
 	probe := func(c net.Conn, r *frame.Reader, keys frame.Keys, seq uint64) error {
 		sign := frame.NewSigner(keys)
 		c.SetDeadline(time.Now().Add(5 * time.Second))
@@ -520,12 +520,24 @@ func testSessionsKeepTheKeysTheyOpenedWith(t *testing.T) {
 		}
 		rep, err := frame.CheckReply(fr, sign, frame.DefaultMaxFrameBytes, frame.Expect{Request: frame.KindProbeRequest, Seq: seq})
 		if rep.Refusal != nil {
-			return fmt.Errorf("refused (%s): %s", rep.Refusal.Reason, rep.Refusal.Message)
+			return fmt.Errorf("refused (%s) by %s: %s", rep.Refusal.Reason, rep.Refusal.Name, rep.Refusal.Message)
 		}
-		return err
+		if err != nil {
+			return err
+		}
+		// A hop that answers for the one after it: its record, then the
+		// error record.
+		recs, err := frame.ParseRecords(rep.View.Tail(fr), int(rep.View.Probe.Count))
+		if err != nil {
+			return err
+		}
+		if last := recs[len(recs)-1]; last.Kind == frame.RecordError {
+			return fmt.Errorf("answered (%s) by %s for %s: %s", last.Err.Reason, last.Err.Name, last.Err.Peer, last.Err.Message)
+		}
+		return nil
 	}
-	dial := func() (net.Conn, *frame.Reader) {
-		c, err := net.Dial("tcp", b)
+	dial := func(addr string) (net.Conn, *frame.Reader) {
+		c, err := net.Dial("tcp", addr)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -533,20 +545,61 @@ func testSessionsKeepTheKeysTheyOpenedWith(t *testing.T) {
 		t.Cleanup(func() { c.Close(); r.Release() })
 		return c, r
 	}
-	kept, keptR := dial()
-	if err := probe(kept, keptR, oldKeys, 1); err != nil {
+	chain := func() (b string, ringB, ringZ *frame.KeyRing) {
+		ringB, ringZ = frame.NewKeyRing(frame.Keys{oldKey}), frame.NewKeyRing(frame.Keys{oldKey})
+		z := chaintest.StartRelay(t, relay.Config{Name: "z", KeyRing: ringZ})
+		return chaintest.StartRelay(t, relay.Config{Name: "b", ForwardTo: z, KeyRing: ringB}), ringB, ringZ
+	}
+	both := func(rings ...*frame.KeyRing) func(keys ...[]byte) {
+		return func(keys ...[]byte) {
+			for _, r := range rings {
+				r.Set(frame.Keys(keys))
+			}
+		}
+	}
+	oldOnly, oldFirst, newFirst := frame.Keys{oldKey}, frame.Keys{oldKey, newKey}, frame.Keys{newKey, oldKey}
+
+	b, ringB, ringZ := chain()
+	set := both(ringB, ringZ)
+	kept, keptR := dial(b)
+	if err := probe(kept, keptR, oldOnly, 1); err != nil {
 		t.Fatalf("before the rotation: %v", err)
 	}
-	ring.Set(newKeys)
-	if err := probe(kept, keptR, oldKeys, 2); err != nil {
-		t.Errorf("the session opened before the rotation, with its keys: %v", err)
+	// The rollover: the new key added second, then moved first. The
+	// session opened before goes on; new sessions sign with either key.
+	set(oldKey, newKey)
+	if err := probe(kept, keptR, oldOnly, 2); err != nil {
+		t.Errorf("rollover, both keys (old first): the session opened before: %v", err)
 	}
-	c, r := dial()
-	if err := probe(c, r, oldKeys, 1); err == nil || !strings.Contains(err.Error(), "(auth)") {
-		t.Errorf("a new session signed with the old keys: %v, want refused (auth)", err)
+	if c, r := dial(b); probe(c, r, newFirst, 1) != nil {
+		t.Errorf("rollover, both keys (old first): a new session signed with the new key: %v", probe(c, r, newFirst, 2))
 	}
-	c, r = dial()
-	if err := probe(c, r, newKeys, 1); err != nil {
-		t.Errorf("a new session signed with the new keys: %v", err)
+	set(newKey, oldKey)
+	if err := probe(kept, keptR, oldFirst, 3); err != nil {
+		t.Errorf("rollover, both keys (new first): the session opened before: %v", err)
+	}
+	// The old key dropped: refused on the session opened before it too,
+	// and on new ones; the new key passes.
+	set(newKey)
+	if err := probe(kept, keptR, oldFirst, 4); err == nil || !strings.Contains(err.Error(), "(auth) by b") {
+		t.Errorf("the old key dropped: the session opened before, signed with it: %v, want refused (auth) by b", err)
+	}
+	if c, r := dial(b); probe(c, r, oldFirst, 1) == nil {
+		t.Errorf("the old key dropped: a new session signed with it was answered")
+	}
+	if c, r := dial(b); probe(c, r, frame.Keys{newKey}, 1) != nil {
+		t.Errorf("the old key dropped: a new session signed with the new key: %v", probe(c, r, frame.Keys{newKey}, 2))
+	}
+
+	// Only the hop further down drops the key b still signs with: b's
+	// downstream session, open since before, is refused there.
+	b, _, ringZ = chain()
+	kept, keptR = dial(b)
+	if err := probe(kept, keptR, oldOnly, 1); err != nil {
+		t.Fatalf("second chain, before the rotation: %v", err)
+	}
+	ringZ.Set(frame.Keys{newKey})
+	if err := probe(kept, keptR, oldOnly, 2); err == nil || !strings.Contains(err.Error(), "answered (auth) by b for z") {
+		t.Errorf("z dropped the key b signs with: a probe on the session b opened before: %v, want answered (auth) by b for z", err)
 	}
 }

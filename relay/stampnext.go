@@ -280,6 +280,7 @@ func (x *stampNext) buildSTAMPReplies() int {
 	}
 	tOut := x.now()
 	tcp := x.tcp.reading(tOut)
+	x.retSign.Follow()
 	for i := range x.pending {
 		p := &x.pending[i]
 		if p.local != nil {

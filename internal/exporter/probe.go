@@ -102,7 +102,7 @@ func (h *ConfigHolder) Reload() error {
 	}
 	if h.keys.Path != "" && !slices.EqualFunc(keys, h.keys.Ring.Current(), bytes.Equal) {
 		h.keys.Ring.Set(keys)
-		h.log.Info("keys loaded: sessions opened from now on use them", "file", h.keys.Path, "keys", len(keys))
+		h.log.Info("keys loaded: relay sessions, open ones included, use them from their next frame", "file", h.keys.Path, "keys", len(keys))
 	}
 	if c == nil {
 		return nil

@@ -164,6 +164,52 @@ func TestSessionsPerAddress(t *testing.T) {
 	}
 }
 
+// The per-address share counts an IPv6 sender by its /64 (REVIEW-2 F-E):
+// a host cycling through the addresses of its /64 holds one share, not
+// one per address; IPv4 senders (IPv4-mapped ones too) are counted per
+// address. Sessions forgotten when idle give their sender's share back.
+func TestSessionsPerAddressCountIPv6By64(t *testing.T) {
+	const timeout = int64(time.Second)
+	tests := []struct {
+		name    string
+		senders []string // each opens one session (its own port)
+		want    []int    // get's answer per sender: 0 a session, else why not
+	}{
+		{"one IPv6 /64, many addresses", []string{"[2001:db8::1]:1", "[2001:db8::2]:1", "[2001:db8::ffff:1]:1", "[2001:db8::1]:2"},
+			[]int{0, 0, noSessionAddress, noSessionAddress}},
+		{"IPv6 /64s apart", []string{"[2001:db8::1]:1", "[2001:db8::2]:1", "[2001:db8:0:1::1]:1", "[2001:db8:1::1]:1"},
+			[]int{0, 0, 0, 0}},
+		{"IPv4 per address", []string{"192.0.2.1:1", "192.0.2.1:2", "192.0.2.1:3", "192.0.2.2:1", "192.0.2.3:1"},
+			[]int{0, 0, noSessionAddress, 0, 0}},
+		{"IPv4-mapped per address", []string{"[::ffff:192.0.2.1]:1", "[::ffff:192.0.2.1]:2", "[::ffff:192.0.2.2]:1", "192.0.2.1:3"},
+			[]int{0, 0, 0, noSessionAddress}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newSessions(100, 2, timeout)
+			open := func(now int64, when string) {
+				for i, a := range tc.senders {
+					idx, why := s.get(netip.MustParseAddrPort(a), 7, now)
+					if idx >= 0 {
+						why = 0
+					}
+					if why != tc.want[i] {
+						t.Errorf("%s: %s: session %d, why %d; want why %d (0: a session)", when, a, idx, why, tc.want[i])
+					}
+				}
+			}
+			open(1, "first")
+			// Idle past the timeout: forgotten, their shares given back
+			// whole.
+			s.sweep(1 + 2*timeout)
+			if s.live() != 0 || len(s.byAddr) != 0 {
+				t.Errorf("after the sessions went idle: %d live, shares of %v still counted", s.live(), s.byAddr)
+			}
+			open(2+2*timeout, "after the sweep")
+		})
+	}
+}
+
 // The rate bound refuses what is over it (counted as rate).
 func TestRateBounded(t *testing.T) {
 	r := start(t, Config{MaxRate: 100}) // a burst of 32, then 100/s

@@ -33,8 +33,8 @@ import (
 // Defaults of the bounds (flags --stamp.*).
 const (
 	DefaultMaxSessions = 16384
-	// DefaultMaxSessionsPerAddress is a sender address's share of the
-	// sessions: 16 hosts at least fill the table.
+	// DefaultMaxSessionsPerAddress is a sender's share of the sessions
+	// (an IPv4 address, an IPv6 /64): 16 hosts at least fill the table.
 	DefaultMaxSessionsPerAddress = 1024
 	DefaultSessionTimeout        = 60 * time.Second
 	DefaultMaxRate               = 250000
@@ -72,7 +72,8 @@ type Config struct {
 	// replies itself; ModeStateless copies the sender's numbers.
 	Mode string
 	// MaxSessions bounds the sessions kept (stateful), and
-	// MaxSessionsPerAddress those of one sender address; a packet of a new
+	// MaxSessionsPerAddress those of one sender (an IPv4 address, an IPv6
+	// /64: senderOf); a packet of a new
 	// session beyond either is answered statelessly (the sender's
 	// sequence number, no counters) and counted.
 	MaxSessions           int

@@ -26,16 +26,28 @@ type session struct {
 
 // sessions is a fixed-size table: the map is sized for its bound up front
 // and the entries live in one slice, so that a new session allocates
-// nothing. Each sender address holds at most perAddr of them, so that one
-// host cannot take the table.
+// nothing. Each sender holds at most perAddr of them, so that one host
+// cannot take the table: an IPv4 address, or an IPv6 /64 (senderOf).
 type sessions struct {
 	index     map[sessionKey]int32
 	list      []session
 	free      []int32
 	perAddr   int32
-	byAddr    map[[16]byte]int32
+	byAddr    map[[16]byte]int32 // sessions per senderOf
 	timeout   int64
 	lastEvict int64
+}
+
+// senderOf is what the per-address share counts by: an IPv4 sender's
+// address (IPv4-mapped included), an IPv6 sender's /64 — the usual
+// assignment to one host or link, whose 2^64 addresses would otherwise
+// each get a share of their own.
+func senderOf(addr [16]byte) [16]byte {
+	if netip.AddrFrom16(addr).Is4In6() {
+		return addr
+	}
+	clear(addr[8:])
+	return addr
 }
 
 func newSessions(max, perAddr int, timeout int64) *sessions {
@@ -55,15 +67,16 @@ const (
 )
 
 // get finds or creates the session of a packet; -1 and why when it
-// cannot: the table is full of live sessions, or the sender's address
-// holds its share (the packet is then answered statelessly).
+// cannot: the table is full of live sessions, or the sender (its IPv4
+// address, its IPv6 /64) holds its share (the packet is then answered statelessly).
 func (s *sessions) get(from netip.AddrPort, ssid uint16, now int64) (int32, int) {
 	k := sessionKey{addr: from.Addr().As16(), port: from.Port(), ssid: ssid}
 	if i, ok := s.index[k]; ok {
 		s.list[i].seen = now
 		return i, 0
 	}
-	if (len(s.free) == 0 || s.byAddr[k.addr] >= s.perAddr) && now-s.lastEvict >= int64(100e6) {
+	sender := senderOf(k.addr)
+	if (len(s.free) == 0 || s.byAddr[sender] >= s.perAddr) && now-s.lastEvict >= int64(100e6) {
 		// Full: forget idle sessions now, at most 10 times a second
 		// (a flood of new senders must not make every packet scan).
 		s.lastEvict = now
@@ -72,7 +85,7 @@ func (s *sessions) get(from netip.AddrPort, ssid uint16, now int64) (int32, int)
 	switch {
 	case len(s.free) == 0:
 		return -1, noSessionFull
-	case s.byAddr[k.addr] >= s.perAddr:
+	case s.byAddr[sender] >= s.perAddr:
 		return -1, noSessionAddress
 	}
 	i := s.free[len(s.free)-1]
@@ -80,7 +93,7 @@ func (s *sessions) get(from netip.AddrPort, ssid uint16, now int64) (int32, int)
 	e := &s.list[i]
 	*e = session{key: k, gen: e.gen + 1, used: true, seen: now}
 	s.index[k] = i
-	s.byAddr[k.addr]++
+	s.byAddr[sender]++
 	return i, 0
 }
 
@@ -90,8 +103,9 @@ func (s *sessions) sweep(now int64) {
 		e := &s.list[i]
 		if e.used && now-e.seen > s.timeout {
 			delete(s.index, e.key)
-			if s.byAddr[e.key.addr]--; s.byAddr[e.key.addr] <= 0 {
-				delete(s.byAddr, e.key.addr)
+			sender := senderOf(e.key.addr)
+			if s.byAddr[sender]--; s.byAddr[sender] <= 0 {
+				delete(s.byAddr, sender)
 			}
 			e.used = false
 			s.free = append(s.free, int32(i))

@@ -46,9 +46,11 @@ func ParseKeys(data []byte, name string) (Keys, error) {
 	return keys, nil
 }
 
-// KeyRing holds a process's current keys: a reload replaces them (Set),
-// and each session takes them once, when it opens (Current), and keeps
-// them while it lasts. A nil ring holds no keys.
+// KeyRing holds a process's current keys: a reload replaces them (Set).
+// A session follows them (KeyRing.Signer, Signer.Follow): a key dropped
+// from the ring is refused on the connections already open too, not only
+// on those opened afterwards, so that dropping a key revokes it. A nil
+// ring holds no keys.
 type KeyRing struct {
 	keys    atomic.Pointer[Keys]
 	version atomic.Uint64
@@ -61,7 +63,7 @@ func NewKeyRing(keys Keys) *KeyRing {
 	return r
 }
 
-// Current is the keys sessions opened now use.
+// Current is the keys sessions use from now on.
 func (r *KeyRing) Current() Keys {
 	if r == nil {
 		return nil
@@ -72,13 +74,13 @@ func (r *KeyRing) Current() Keys {
 	return nil
 }
 
-// Set makes keys the ones sessions opened from now on use.
+// Set makes keys the ones every session uses from its next frame on.
 func (r *KeyRing) Set(keys Keys) {
 	r.keys.Store(&keys)
 	r.version.Add(1)
 }
 
-// Version changes with every Set: what holds keys beyond one session (a
+// Version changes with every Set: what holds keys (a session's Signer, a
 // STAMP reflector) sees that it must take them again.
 func (r *KeyRing) Version() uint64 {
 	if r == nil {
@@ -92,16 +94,53 @@ func (r *KeyRing) Version() uint64 {
 type Signer struct {
 	macs []hash.Hash
 	sum  [sha256.Size]byte
+	// ring, when set, is where Follow takes new keys from; version is the
+	// ring's version macs were made from.
+	ring    *KeyRing
+	version uint64
 }
 
 // NewSigner returns a signer for keys; with no keys it signs nothing and
-// accepts only unsigned frames.
+// accepts only unsigned frames. It keeps its keys (Follow does nothing).
 func NewSigner(keys Keys) *Signer {
 	s := &Signer{}
+	s.use(keys)
+	return s
+}
+
+// Signer returns a signer of the ring's current keys that Follow keeps
+// current: a relay session's, for as long as its connection lasts.
+func (r *KeyRing) Signer() *Signer {
+	s := &Signer{ring: r, version: r.Version()}
+	s.use(r.Current())
+	return s
+}
+
+// Follow takes the ring's keys when a reload changed them since the
+// signer's were taken: from then on frames signed with a key the ring no
+// longer holds are refused (ErrAuth), and what the signer signs carries
+// the ring's first key. While nothing changed it costs one atomic load
+// and allocates nothing. The goroutine that owns the signer calls it
+// before each read's frames and each batch it signs.
+func (s *Signer) Follow() {
+	if s.ring == nil {
+		return
+	}
+	v := s.ring.version.Load()
+	if v == s.version {
+		return
+	}
+	// The version first, then the keys: a Set in between gives newer
+	// keys, taken again (unchanged) at the next call.
+	s.version = v
+	s.use(s.ring.Current())
+}
+
+func (s *Signer) use(keys Keys) {
+	s.macs = s.macs[:0]
 	for _, k := range keys {
 		s.macs = append(s.macs, hmac.New(sha256.New, k))
 	}
-	return s
 }
 
 // Enabled reports whether frames are signed.

@@ -352,6 +352,44 @@ func TestParseKeys(t *testing.T) {
 	}
 }
 
+// A ring's signer follows the ring (REVIEW-2 F-B): after a Set, frames
+// signed with a dropped key are refused and what it signs carries the
+// new first key; during a rollover (two keys) both verify. Following an
+// unchanged ring allocates nothing; a NewSigner keeps its keys.
+func TestSignerFollowsTheRing(t *testing.T) {
+	oldKey, newKey := []byte("old-0123456789abcdef"), []byte("new-0123456789abcdef")
+	signedBy := func(k []byte) []byte {
+		return AppendRequest(nil, KindProbeRequest, ProbeHeader{Seq: 1}, nil, []uint64{1}, NewSigner(Keys{k}))
+	}
+	ring := NewKeyRing(Keys{oldKey})
+	s, fixed := ring.Signer(), NewSigner(ring.Current())
+	if err := s.Verify(signedBy(oldKey)); err != nil {
+		t.Fatalf("before the reload: %v", err)
+	}
+	if n := testing.AllocsPerRun(100, s.Follow); n != 0 {
+		t.Errorf("Follow of an unchanged ring: %v allocations", n)
+	}
+	ring.Set(Keys{newKey, oldKey})
+	s.Follow()
+	for _, k := range [][]byte{oldKey, newKey} {
+		if err := s.Verify(signedBy(k)); err != nil {
+			t.Errorf("rollover: a frame signed with %s: %v", k, err)
+		}
+	}
+	if err := NewSigner(Keys{newKey}).Verify(AppendRequest(nil, KindProbeRequest, ProbeHeader{Seq: 1}, nil, []uint64{1}, s)); err != nil {
+		t.Errorf("rollover: the signer does not sign with the new first key: %v", err)
+	}
+	ring.Set(Keys{newKey})
+	s.Follow()
+	if err := s.Verify(signedBy(oldKey)); !errors.Is(err, ErrAuth) {
+		t.Errorf("the old key dropped: a frame signed with it: %v, want ErrAuth", err)
+	}
+	fixed.Follow()
+	if err := fixed.Verify(signedBy(oldKey)); err != nil {
+		t.Errorf("a NewSigner changed its keys: %v", err)
+	}
+}
+
 // chunkReader returns its data in reads of at most n bytes.
 type chunkReader struct {
 	data []byte
