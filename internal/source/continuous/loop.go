@@ -69,6 +69,10 @@ type loop struct {
 	inbox   []func()
 	stopped bool
 	done    chan struct{}
+
+	// turns counts the loop's turns (read in the loop: tests show it
+	// turns only for events and deadlines).
+	turns uint64
 }
 
 // openLoop makes a loop's descriptors; newLoop also runs it.
@@ -207,6 +211,7 @@ func (l *loop) run() {
 			l.log.Error("continuous probing: the event loop failed; its entries stop (restart the exporter)", "err", err)
 			return
 		}
+		l.turns++
 		l.beginTurn()
 		for i := 0; i < n; i++ {
 			ev := l.events[i]

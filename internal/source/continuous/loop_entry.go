@@ -350,7 +350,13 @@ func (e *tcpEntry) write() {
 			e.out = e.out[n:]
 		case unix.EINTR:
 		case unix.EAGAIN:
-			e.watch(unix.EPOLLIN | unix.EPOLLOUT)
+			// Writable only: no reply is due before the request is
+			// out, and a first hop that sent something early and
+			// does not read would keep a level-triggered EPOLLIN
+			// ready, the loop spinning until the deadline. What it
+			// sent is read as the reply (a Session writes, then
+			// reads, alike).
+			e.watch(unix.EPOLLOUT)
 			return
 		default:
 			e.step(e.x.WriteFailed(e.opError("write", errno)))

@@ -1,14 +1,22 @@
 package continuous
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 
+	"github.com/subsegment/subsegment_exporter/internal/config"
+	"github.com/subsegment/subsegment_exporter/internal/source/prober"
+	"github.com/subsegment/subsegment_exporter/internal/source/sla"
 	"github.com/subsegment/subsegment_exporter/internal/testkit/chaintest"
 	"github.com/subsegment/subsegment_exporter/internal/wire/frame"
 )
@@ -170,5 +178,109 @@ continuous:
 					value(t, reg, "subsegment_continuous_segment_failures_total", map[string]string{"reason": "timeout"}))
 			}
 		})
+	}
+}
+
+// earlyByteHop is a first hop that sends one byte on every connection
+// and never reads, with a small receive buffer: a big request does not
+// go out whole.
+func earlyByteHop(t *testing.T) string {
+	t.Helper()
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, 2048) })
+		return errors.Join(err, serr)
+	}}
+	ln, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conns []net.Conn
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range 100 {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns = append(conns, c)
+			_, _ = c.Write([]byte{0})
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		<-done
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	return ln.Addr().String()
+}
+
+// REVIEW-2 F-D: while a request waits for room in the socket, a first
+// hop that sent a byte early (and does not read) must not make the loop
+// turn: readability is no event of a request being written. The loop
+// turned on the level-triggered EPOLLIN at every turn, a core spinning
+// until the request's deadline.
+func TestLoopDoesNotSpinWhileARequestWaitsForRoom(t *testing.T) {
+	target := earlyByteHop(t)
+	reg := prometheus.NewPedanticRegistry()
+	m := NewManager(NewMetrics(reg), func(target string, mod *config.Module) prober.Options {
+		o := sla.ProbeOptions(mod, target)
+		o.Source, o.Timeout, o.Names = "a", time.Duration(mod.Timeout), names
+		return o
+	}, slog.New(slog.DiscardHandler))
+	t.Cleanup(m.Stop)
+	// A slot far away: the test opens the connection itself.
+	m.Apply(parse(t, fmt.Sprintf(`modules:
+  big: {targets: ["127.0.0.1:*"], timeout: 20s, payload_bytes: 65536}
+continuous:
+  - {target: %q, module: big, interval: 10m}
+`, target)))
+	l := m.loop
+	var e *tcpEntry
+	inLoop(t, l, func() {
+		if len(l.timers) != 1 || l.timers[0].e.phase != closed {
+			return
+		}
+		// The entry's slot now (as expire hands it), with a send buffer
+		// of a few KiB (a slow path's, or lowered tcp_wmem's): the
+		// warm-up of 64 KiB does not fit.
+		e = l.timers[0].e
+		l.unschedule(e)
+		e.timeout()
+		if e.phase == connecting {
+			_ = unix.SetsockoptInt(e.fd, unix.SOL_SOCKET, unix.SO_SNDBUF, 4096)
+		}
+	})
+	if e == nil {
+		t.Skip("the entry's first slot came before the test could open its connection")
+	}
+	var phase connPhase
+	var early bool
+	for range 500 {
+		inLoop(t, l, func() {
+			phase = e.phase
+			if phase == sending {
+				early = waitReadable(e.fd)
+			}
+		})
+		if phase != connecting {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if phase != sending || !early {
+		t.Fatalf("the entry is in phase %d (the hop's early byte in the socket: %v), want sending with the byte readable", phase, early)
+	}
+	var before, after uint64
+	inLoop(t, l, func() { before = l.turns })
+	time.Sleep(300 * time.Millisecond)
+	inLoop(t, l, func() { after, phase = l.turns, e.phase })
+	// Two turns for the two functions the test ran in the loop, no more:
+	// nothing happened to the entry meanwhile.
+	if turns := after - before; turns > 3 || phase != sending {
+		t.Errorf("%d turns of the loop while the request waited for room (the entry in phase %d), want no turn of its own", turns, phase)
 	}
 }
