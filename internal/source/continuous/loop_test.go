@@ -133,52 +133,64 @@ func TestLoopTakesABufferedReplyAtALateDeadline(t *testing.T) {
 			return true
 		}},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			target, got, release := heldReply(t)
-			m, reg := newTestManager(t)
-			m.Apply(parse(t, fmt.Sprintf(`modules:
+		t.Run(tc.name, func(t *testing.T) { takesTheReplyLate(t, tc.late) })
+	}
+}
+
+// takesTheReplyLate runs an entry whose warm-up's reply the test holds,
+// makes the loop late for its deadline (late) once the reply is in the
+// socket, and checks that the warm-up succeeded.
+func takesTheReplyLate(t *testing.T, late func(l *loop, e *tcpEntry) bool) {
+	target, got, release := heldReply(t)
+	m, reg := newTestManager(t)
+	m.Apply(parse(t, fmt.Sprintf(`modules:
   m: {targets: ["127.0.0.1:*"], timeout: 1s}
 continuous:
   - {target: %q, module: m, interval: 200ms}
 `, target)))
-			select {
-			case <-got:
-			case <-time.After(20 * time.Second):
-				t.Fatal("no warm-up request came")
-			}
-			tested := false
-			inLoop(t, m.loop, func() {
-				var e *tcpEntry
-				for _, x := range m.loop.byFd {
-					if x != nil {
-						e = x
-					}
-				}
-				if e == nil || e.phase != waiting {
-					t.Errorf("no entry waiting for its warm-up's reply: %+v", e)
-					return
-				}
-				close(release)
-				if !waitReadable(e.fd) {
-					t.Error("the reply did not come")
-					return
-				}
-				tested = tc.late(m.loop, e)
-			})
-			if !tested {
-				t.Skip("the machine is too slow: the loop's turn began after the warm-up's deadline")
-			}
-			labels := map[string]string{"target": target}
-			waitFor(t, "the warm-up's outcome", func() bool {
-				return value(t, reg, "subsegment_continuous_probes_total", map[string]string{"result": "failure"}) > 0 ||
-					value(t, reg, "subsegment_continuous_segment_connect_seconds", labels) > 0
-			})
-			if f := value(t, reg, "subsegment_continuous_probes_total", map[string]string{"result": "failure"}); f != 0 {
-				t.Errorf("the warm-up whose reply was in the socket failed (%v failures): %v", f,
-					value(t, reg, "subsegment_continuous_segment_failures_total", map[string]string{"reason": "timeout"}))
-			}
-		})
+	select {
+	case <-got:
+	case <-time.After(20 * time.Second):
+		t.Fatal("no warm-up request came")
 	}
+	tested := false
+	inLoop(t, m.loop, func() {
+		e := connectedEntry(m.loop)
+		if e == nil || e.phase != waiting {
+			t.Errorf("no entry waiting for its warm-up's reply: %+v", e)
+			return
+		}
+		close(release)
+		if !waitReadable(e.fd) {
+			t.Error("the reply did not come")
+			return
+		}
+		tested = late(m.loop, e)
+	})
+	if !tested {
+		t.Skip("the machine is too slow: the loop's turn began after the warm-up's deadline")
+	}
+	labels := map[string]string{"target": target}
+	waitFor(t, "the warm-up's outcome", func() bool {
+		return value(t, reg, "subsegment_continuous_probes_total", map[string]string{"result": "failure"}) > 0 ||
+			value(t, reg, "subsegment_continuous_segment_connect_seconds", labels) > 0
+	})
+	if f := value(t, reg, "subsegment_continuous_probes_total", map[string]string{"result": "failure"}); f != 0 {
+		t.Errorf("the warm-up whose reply was in the socket failed (%v failures): %v", f,
+			value(t, reg, "subsegment_continuous_segment_failures_total", map[string]string{"reason": "timeout"}))
+	}
+}
+
+// connectedEntry is the loop's entry with a connection (the last one;
+// in the loop's goroutine).
+func connectedEntry(l *loop) *tcpEntry {
+	var e *tcpEntry
+	for _, x := range l.byFd {
+		if x != nil {
+			e = x
+		}
+	}
+	return e
 }
 
 // earlyByteHop is a first hop that sends one byte on every connection
