@@ -296,3 +296,52 @@ continuous:
 		t.Errorf("%d turns of the loop while the request waited for room (the entry in phase %d), want no turn of its own", turns, phase)
 	}
 }
+
+// REVIEW-2 F-G: a connect that completed before the loop came to its
+// deadline is taken, not failed as a timeout: the deadline looks at the
+// socket once more.
+func TestLoopTakesAConnectAtALateDeadline(t *testing.T) {
+	target := chaintest.Chain(t, chaintest.ChainOptions{}, "b")
+	m, reg := newTestManager(t)
+	// A slot far away: the test opens the connection itself.
+	m.Apply(parse(t, fmt.Sprintf(`modules:
+  m: {targets: ["127.0.0.1:*"], timeout: 5s}
+continuous:
+  - {target: %q, module: m, interval: 10m}
+`, target)))
+	l := m.loop
+	opened := false
+	inLoop(t, l, func() {
+		if len(l.timers) != 1 || l.timers[0].e.phase != closed {
+			return
+		}
+		e := l.timers[0].e
+		l.unschedule(e)
+		e.timeout()
+		if e.phase != connecting {
+			t.Errorf("the entry is in phase %d after its open, want connecting", e.phase)
+			return
+		}
+		// The connect completes while the turn goes on, and its
+		// deadline is due in this turn: its event was not read.
+		fds := [1]unix.PollFd{{Fd: int32(e.fd), Events: unix.POLLOUT}}
+		if n, err := unix.Poll(fds[:], 10000); n != 1 || err != nil {
+			t.Errorf("the connect did not complete: %v", err)
+			return
+		}
+		e.due = l.mono
+		l.schedule(e)
+		opened = true
+	})
+	if !opened {
+		t.Skip("the entry's first slot came before the test could open its connection")
+	}
+	waitFor(t, "the warm-up's outcome", func() bool {
+		return value(t, reg, "subsegment_continuous_probes_total", map[string]string{"result": "failure"}) > 0 ||
+			value(t, reg, "subsegment_continuous_segment_connect_seconds", map[string]string{"to": "b"}) > 0
+	})
+	if f := value(t, reg, "subsegment_continuous_probes_total", map[string]string{"result": "failure"}); f != 0 {
+		t.Errorf("the connect that had completed failed (%v failures): %v", f,
+			value(t, reg, "subsegment_continuous_segment_failures_total", map[string]string{"reason": "timeout"}))
+	}
+}
