@@ -392,3 +392,28 @@ func TestLoopAllocatesNothingPerProbe(t *testing.T) {
 		t.Errorf("%.0f probes, %.2f allocations per probe", p1-p0, perProbe)
 	}
 }
+
+// A chain that cannot be opened is retried after its interval, doubling
+// up to maxBackoff, on both engines: the runner reset its backoff before
+// every retry, and retried a broken chain at every interval (some 30
+// failures where the loop had 6).
+func TestEnginesBackOffAlike(t *testing.T) {
+	cfg := slaModules + entry(chaintest.FreeAddr(t), "m")
+	var ms [2]*Manager
+	var regs [2]*prometheus.Registry
+	for i, e := range engines {
+		ms[i], regs[i] = startEngine(t, e, cfg)
+	}
+	failures := func(i int) float64 {
+		return value(t, regs[i], "subsegment_continuous_probes_total", map[string]string{"result": "failure"})
+	}
+	// 6 attempts with the doubling backoff: 10+20+40+80+160 ms.
+	waitFor(t, "failed opens on both engines", func() bool { return failures(0) >= 6 && failures(1) >= 6 })
+	for _, m := range ms {
+		m.Stop()
+	}
+	loop, runner := failures(0), failures(1)
+	if runner > 2*loop+2 || loop > 2*runner+2 {
+		t.Errorf("failed opens in the same time: loop %v, runner %v; want both backing off alike", loop, runner)
+	}
+}
