@@ -8,6 +8,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/subsegment/subsegment_exporter/internal/wire/frame"
 	"github.com/subsegment/subsegment_exporter/internal/wire/rxstamp"
 )
 
@@ -54,6 +55,35 @@ func (b *batch) reset() {
 	b.pieces = b.pieces[:0]
 	b.scratch = b.scratch[:0]
 	b.next, b.skip = 0, 0
+}
+
+// forget empties the batch and drops the pointers into read buffers that
+// its slices' backing arrays still hold from earlier writes (reset keeps
+// them, with the capacity): called once the session released its
+// readers, whose buffers must not stay allocated through its drain.
+func (b *batch) forget() {
+	b.reset()
+	clear(b.pieces[:cap(b.pieces)])
+	clear(b.iov[:cap(b.iov)])
+	clear(b.store[:cap(b.store)])
+	b.bufs = nil
+}
+
+// letGoOfFrames gives back what a session read and wrote frames with,
+// once it reads no more frames and its last answer is out (before the
+// drain): r's buffer (nil: released by its owner) and the pointers into
+// read buffers its batches and echo queue keep. Without this, a reader
+// the budget evicted would keep its buffer (up to a frame) through the
+// drain, while its charge had already left the budget. Only the
+// goroutine that owns r and both batches calls it.
+func (h *hopState) letGoOfFrames(r *frame.Reader) {
+	if r != nil {
+		r.Release()
+	}
+	h.fwd.forget()
+	h.ret.forget()
+	clear(h.echoes[:cap(h.echoes)])
+	h.echoes = h.echoes[:0]
 }
 
 // pipeLeft is how many bytes of the pipe the unwritten pieces hold.

@@ -78,6 +78,11 @@ func (f *forwarder) run(ctx context.Context) {
 	defer cancel()
 	f.ctx = ctx
 	defer func() {
+		// No more frames are read from upstream: the buffer goes back
+		// now, not after the return goroutine's replies and drain (it
+		// writes nothing from this buffer).
+		f.upR.Release()
+		f.fwd.forget()
 		if f.stopDown != nil {
 			f.stopDown()
 		}
@@ -88,7 +93,6 @@ func (f *forwarder) run(ctx context.Context) {
 			f.down.Close()
 			f.downR.Release()
 		}
-		f.upR.Release()
 	}()
 	for {
 		if err := f.up.SetReadDeadline(time.Now().Add(f.s.cfg.Timeout)); err != nil {
@@ -208,6 +212,7 @@ func (f *forwarder) answer(ctx context.Context, e inflight, ans *localAnswer) bo
 			return false
 		}
 		if ans.fatal {
+			f.letGoOfFrames(f.upR) // no return goroutine: both batches are ours
 			drainConn(f.up, f.s.cfg.Timeout)
 		}
 		return !ans.fatal
@@ -350,6 +355,9 @@ func (f *forwarder) answerHead(e *inflight, broken *localAnswer) stepResult {
 		return stepAgain
 	}
 	if f.flushReturn() {
+		// The forward goroutine, which ended the session with this
+		// answer, releases its reader and forward batch itself.
+		f.ret.forget()
 		drainConn(f.up, f.s.cfg.Timeout)
 	}
 	return stepFail
@@ -485,6 +493,7 @@ func (x *echo) run() {
 			if r := peer.Classify(err); r == peer.ReasonBadFrame || r == peer.ReasonTooLarge || r == peer.ReasonOverloaded || errors.Is(err, frame.ErrPartialFrame) {
 				x.echoes = append(x.echoes, echoReply{e: newEntry(rxstamp.Stamp{At: x.now()}), local: x.reject(err)})
 				if x.flush() {
+					x.letGoOfFrames(x.r)
 					drainConn(x.up, x.s.cfg.Timeout)
 				}
 			} else if !errors.Is(err, io.EOF) {
@@ -494,6 +503,7 @@ func (x *echo) run() {
 		}
 		if stop := x.queueEchoes(x.r, x.received(x.upRx)); stop {
 			if x.flush() {
+				x.letGoOfFrames(x.r)
 				drainConn(x.up, x.s.cfg.Timeout)
 			}
 			return
@@ -521,7 +531,8 @@ func (x *echo) flush() bool {
 // drainConn ends a connection whose last answer is written: the write
 // side is shut and what the peer still sends is discarded for a little
 // while, so that a peer still sending reads the answer instead of losing
-// it to a reset.
+// it to a reset. The caller has let go of its frames first
+// (hopState.letGoOfFrames): the drain reads none, into a buffer of its own.
 func drainConn(c net.Conn, timeout time.Duration) {
 	closeWrite(c)
 	_ = c.SetReadDeadline(time.Now().Add(min(timeout, drainTime)))

@@ -114,6 +114,26 @@ func (x *lsession) startDrain() {
 	if x.down >= 0 {
 		x.dropDown()
 	}
+	x.stopReadingFrames()
+}
+
+// stopReadingFrames gives back the buffers the session read and moved
+// frames with, once its last answer is out: the drain reads into a buffer
+// of its own. Without this, a reader the budget evicted would keep its
+// buffer (up to a frame) through the drain while its charge had already
+// left the budget, and connections evicted one after the other would
+// hold many times the budget. close releases them again, which does
+// nothing.
+func (x *lsession) stopReadingFrames() {
+	x.upPipe.close() // before the batches forget: nothing to keep in step
+	x.downPipe.close()
+	if x.downR != nil {
+		x.downR.Release()
+	}
+	x.letGoOfFrames(x.upR)
+	x.fresh = heldRequest{}
+	clear(x.held[:cap(x.held)])
+	x.held = x.held[:0]
 }
 
 // Bounds of the drain after a session's last answer.

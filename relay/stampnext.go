@@ -155,6 +155,7 @@ func (x *stampNext) ended(err error) {
 	if r := peer.Classify(err); r == peer.ReasonBadFrame || r == peer.ReasonTooLarge || r == peer.ReasonOverloaded || errors.Is(err, frame.ErrPartialFrame) {
 		x.pending = append(x.pending, stampReply{echoReply: echoReply{e: newEntry(rxstamp.Stamp{At: x.now()}), local: x.reject(err)}})
 		if x.flush() {
+			x.stopReading()
 			drainConn(x.up, x.s.cfg.Timeout)
 		}
 	} else if !errors.Is(err, io.EOF) {
@@ -171,6 +172,7 @@ func (x *stampNext) answerBuffered(ctx context.Context) bool {
 		if err != nil {
 			x.pending = append(x.pending, stampReply{echoReply: echoReply{e: newEntry(rx), local: x.reject(err)}})
 			if x.flush() {
+				x.stopReading()
 				drainConn(x.up, x.s.cfg.Timeout)
 			}
 			return false
@@ -187,6 +189,7 @@ func (x *stampNext) answerBuffered(ctx context.Context) bool {
 		x.pending = append(x.pending, r)
 		if ans != nil && ans.fatal {
 			if x.flush() {
+				x.stopReading()
 				drainConn(x.up, x.s.cfg.Timeout)
 			}
 			return false
@@ -329,4 +332,12 @@ func (x *stampNext) appendSTAMPReply(p *stampReply, tOut int64, tcp *tcpReading)
 		stream = int(v.Probe.DataLen)
 	}
 	h.count(kind, true, rec, stream)
+}
+
+// stopReading lets go of the frames before the drain (letGoOfFrames),
+// the replies' too.
+func (x *stampNext) stopReading() {
+	x.letGoOfFrames(x.r)
+	clear(x.pending[:cap(x.pending)])
+	x.pending = x.pending[:0]
 }

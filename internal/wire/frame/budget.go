@@ -27,8 +27,9 @@ import (
 // evicts the oldest unproven connection. An evicted reader's charge
 // leaves the budget at once, its next read fails with ErrEvicted
 // (overloaded), and its owner is told to end the connection
-// (Reader.OnEvict); its buffer goes back when the owner does, right
-// after. A legitimate client's first large frame, which comes on a new,
+// (Reader.OnEvict); the owner releases the reader (Reader.Release) as
+// soon as it has answered, before it drains the connection, so that the
+// buffer leaves memory as its charge leaves the budget. A legitimate client's first large frame, which comes on a new,
 // still unproven connection and arrives without pause, then finds room
 // beside any number of unproven holders: those that hold bytes without
 // sending more (the lock the budget must not give) yield first, and one

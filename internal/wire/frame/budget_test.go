@@ -418,3 +418,44 @@ func TestBudgetEvictionsConcurrently(t *testing.T) {
 		t.Fatalf("released readers still hold %d (unproven %d) bytes", b.Used(), b.UnprovenUsed())
 	}
 }
+
+// A session releases its reader when it stops reading frames (before the
+// drain of a connection it answered for the last time: REVIEW-2 F-A) and
+// again when it ends: the second Release changes nothing, whether the
+// reader was evicted, unproven or proven, and a released reader never
+// reads, so it never takes a buffer or budget again.
+func TestReleaseTwiceAndNoReadAfterIt(t *testing.T) {
+	const maxFrame = 2 << 20
+	b := NewBufferBudget(8<<20, maxFrame)
+	evicted, _ := holdBytes(t, b, maxFrame, 1992294, 1900<<10)
+	unproven, _ := holdBytes(t, b, maxFrame, 1992294, 1900<<10) // evicts the first
+	if !evicted.Evicted() || unproven.Evicted() {
+		t.Fatalf("evicted %v, newer %v: want the older evicted", evicted.Evicted(), unproven.Evicted())
+	}
+	proven := NewReader(nil, maxFrame)
+	proven.Budget = b
+	proven.Prove()
+	if err := readAll(proven, &feed{data: bigFrame(1<<20, 1), n: 64 << 10}, nil); err != nil {
+		t.Fatal(err)
+	}
+	held := b.Used()
+	for _, r := range []*Reader{evicted, unproven, proven} {
+		for range 2 {
+			before := b.Used()
+			r.Release()
+			if b.Used() > before || b.Used() < 0 || b.UnprovenUsed() < 0 {
+				t.Fatalf("release: budget holds %d (unproven %d), %d before", b.Used(), b.UnprovenUsed(), before)
+			}
+		}
+		n, err := r.ReadOnce((&feed{data: bigFrame(1<<20, 2), n: 64 << 10}).read)
+		if n != 0 || !errors.Is(err, ErrReleased) || r.Buffered() != 0 || r.Complete() {
+			t.Errorf("read after Release: %d bytes, %v, %d buffered; want ErrReleased and nothing", n, err, r.Buffered())
+		}
+		if fr, err := r.Next(); fr != nil || err != nil {
+			t.Errorf("Next after Release: %d bytes, %v", len(fr), err)
+		}
+	}
+	if held == 0 || b.Used() != 0 || b.UnprovenUsed() != 0 {
+		t.Fatalf("after every Release the budget holds %d (unproven %d), %d while read; want 0 of a non-zero hold", b.Used(), b.UnprovenUsed(), held)
+	}
+}

@@ -64,6 +64,8 @@ type Reader struct {
 	sinkData, moving, moved int
 	// sunk is Spliced(); sinkCharged is what the sink holds of the budget.
 	sunk, sinkCharged int
+	// released: Release gave the buffer back; reads fail with ErrReleased.
+	released bool
 }
 
 // NewReader returns a reader of frames of at most maxFrameBytes from src.
@@ -72,9 +74,17 @@ func NewReader(src io.Reader, maxFrameBytes int) *Reader {
 	return &Reader{src: src, buf: *p, bufPtr: p, maxFrame: maxFrameBytes}
 }
 
-// Release returns the reader's buffer to the pool; the reader and every
-// frame it returned must not be used afterwards.
+// Release returns the reader's buffer to the pool and its charge to the
+// budget: a session calls it as soon as it stops reading frames (before
+// it drains a connection it has answered for the last time), and again
+// when it ends, which does nothing. Every frame it returned is invalid
+// afterwards; reads fail with ErrReleased, so a buffer that left is
+// never taken again by the same reader.
 func (r *Reader) Release() {
+	if r.released {
+		return
+	}
+	r.released = true
 	putBuf(r.bufPtr)
 	r.Budget.release(r, r.charged+r.sinkCharged)
 	r.bufPtr, r.buf, r.start, r.end, r.charged, r.sinkCharged = nil, nil, 0, 0, 0, 0
@@ -115,6 +125,9 @@ func (r *Reader) Buffered() int { return r.end - r.start }
 
 // ErrPartialFrame is returned when the peer closes in the middle of a frame.
 var ErrPartialFrame = peer.NewError(peer.ReasonClosed, "connection closed in the middle of a frame")
+
+// ErrReleased is a read from a reader after its Release.
+var ErrReleased = errors.New("frame reader read after its buffer was released")
 
 // Fill blocks until at least one complete frame is buffered. Frames
 // returned by Next before are invalid afterwards. At a clean end of stream
@@ -169,6 +182,9 @@ func (r *Reader) endErr(err error) error {
 // add to the buffer: the building block of Fill, and of event loops that
 // read only when the kernel says there is data.
 func (r *Reader) ReadOnce(read func([]byte) (int, error)) (int, error) {
+	if r.released {
+		return 0, ErrReleased
+	}
 	if r.hold.evicted.Load() {
 		return 0, ErrEvicted
 	}

@@ -115,6 +115,15 @@ func (r *FdReader) Read(fd int, p []byte) (int, error) {
 	r.msg.Control = &r.oob[0]
 	r.msg.SetControllen(oobLen)
 	r.msg.Flags = 0
+	n, err := r.recv(fd)
+	// The reader keeps no pointer into p: a buffer its owner released
+	// (frame.Reader.Release) must not stay allocated for as long as the
+	// connection lives.
+	r.iov.Base = nil
+	return n, err
+}
+
+func (r *FdReader) recv(fd int) (int, error) {
 	for {
 		n, _, errno := unix.RawSyscall(unix.SYS_RECVMSG, uintptr(fd), uintptr(unsafe.Pointer(&r.msg)), 0)
 		switch errno {
@@ -264,6 +273,7 @@ func (c *Conn) writeLocked(bufs [][]byte, op string) (int64, error) {
 	err := c.raw.Write(c.writevFn)
 	n, errno := c.wn, c.werr
 	c.wbufs = nil
+	clear(c.iov) // no pointer into the buffers written stays behind
 	switch {
 	case err != nil:
 		return n, &net.OpError{Op: op, Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
