@@ -186,6 +186,7 @@ func (m *Manager) startMissing(cfg *config.Config, entries []config.Continuous, 
 // start runs an entry on the engine for it: the loop for a plain-TCP
 // relay chain, a runner otherwise (or when the loop cannot start).
 func (m *Manager) start(rec *recorder, opts prober.Options) *running {
+	rec.first = [2]string{opts.Source, opts.ConfiguredFirstHop()}
 	sched := newSchedule(rec.entry, m.epoch)
 	if !m.noLoop && onLoop(opts) {
 		if l := m.tcpLoop(); l != nil {

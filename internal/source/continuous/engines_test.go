@@ -249,14 +249,18 @@ func TestEnginesRecordFailuresAlike(t *testing.T) {
 	})
 	garbage := chaintest.Scripted(t, func([]byte, frame.View) []byte { return []byte("not a frame header, garbage") })
 	free := chaintest.FreeAddr(t)
+	relayB := chaintest.StartRelay(t, relay.Config{Name: "b", ForwardTo: overclaim})
 	for _, tc := range []struct {
 		name, target, failure string
 	}{
 		{"nothing listens", free, "segment_failures_total{from=a,reason=refused,to=" + free + "}"},
 		{"an end host answering garbage", garbage, "segment_failures_total{from=a,reason=bad_frame,to=" + garbage + "}"},
 		// A hop claiming more than the hop before it measured around it:
-		// bad_frame on the segment into it, the segments before it kept.
-		{"an overclaiming hop behind a relay", chaintest.StartRelay(t, relay.Config{Name: "b", ForwardTo: overclaim}), "segment_failures_total{from=b,reason=bad_frame,to=z}"},
+		// bad_frame on the segment into it — but every warm-up fails so,
+		// and a failed warm-up names no series after a peer (the refused
+		// record's name is the hop's to choose): its failures go to the
+		// entry's first segment as configured.
+		{"an overclaiming hop behind a relay", relayB, "segment_failures_total{from=a,reason=bad_frame,to=" + relayB + "}"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			loop, runner, pages := both(t, slaModules+entry(tc.target, "m"), func(s shape) bool {
@@ -386,5 +390,30 @@ func TestLoopAllocatesNothingPerProbe(t *testing.T) {
 	t.Logf("%.0f probes, %.2f allocations per probe", p1-p0, perProbe)
 	if p1-p0 < 200 || perProbe > 0.5 {
 		t.Errorf("%.0f probes, %.2f allocations per probe", p1-p0, perProbe)
+	}
+}
+
+// A chain that cannot be opened is retried after its interval, doubling
+// up to maxBackoff, on both engines: the runner reset its backoff before
+// every retry, and retried a broken chain at every interval (some 30
+// failures where the loop had 6).
+func TestEnginesBackOffAlike(t *testing.T) {
+	cfg := slaModules + entry(chaintest.FreeAddr(t), "m")
+	var ms [2]*Manager
+	var regs [2]*prometheus.Registry
+	for i, e := range engines {
+		ms[i], regs[i] = startEngine(t, e, cfg)
+	}
+	failures := func(i int) float64 {
+		return value(t, regs[i], "subsegment_continuous_probes_total", map[string]string{"result": "failure"})
+	}
+	// 6 attempts with the doubling backoff: 10+20+40+80+160 ms.
+	waitFor(t, "failed opens on both engines", func() bool { return failures(0) >= 6 && failures(1) >= 6 })
+	for _, m := range ms {
+		m.Stop()
+	}
+	loop, runner := failures(0), failures(1)
+	if runner > 2*loop+2 || loop > 2*runner+2 {
+		t.Errorf("failed opens in the same time: loop %v, runner %v; want both backing off alike", loop, runner)
 	}
 }

@@ -69,9 +69,14 @@ type loop struct {
 	inbox   []func()
 	stopped bool
 	done    chan struct{}
+
+	// turns counts the loop's turns (read in the loop: tests show it
+	// turns only for events and deadlines).
+	turns uint64
 }
 
-func newLoop(origin time.Time, moment moments, log *slog.Logger) (*loop, error) {
+// openLoop makes a loop's descriptors; newLoop also runs it.
+func openLoop(origin time.Time, moment moments, log *slog.Logger) (*loop, error) {
 	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, fmt.Errorf("epoll_create1: %w", err)
@@ -101,6 +106,14 @@ func newLoop(origin time.Time, moment moments, log *slog.Logger) (*loop, error) 
 	}
 	l.epc = rc
 	l.waitFn = l.poll
+	return l, nil
+}
+
+func newLoop(origin time.Time, moment moments, log *slog.Logger) (*loop, error) {
+	l, err := openLoop(origin, moment, log)
+	if err != nil {
+		return nil, err
+	}
 	go l.run()
 	return l, nil
 }
@@ -116,11 +129,19 @@ func (l *loop) poll(fd uintptr) bool {
 }
 
 // wait waits for events or the next deadline and returns how many
-// events there are.
+// events there are. A turn always looks at the events: when the next
+// deadline has already passed (the turn before took longer than the gap
+// to it) it polls without waiting, since the netpoller would not even
+// look — a read past its deadline fails before it tries — and the
+// replies and connects that are ready would be left until their own
+// deadlines found them, as timeouts.
 func (l *loop) wait() (int, error) {
 	deadline := time.Time{}
 	if len(l.timers) > 0 {
 		deadline = l.epoch.Add(time.Duration(l.timers[0].due))
+		if !time.Now().Before(deadline) {
+			return l.pollNow()
+		}
 	}
 	if !deadline.Equal(l.deadline) {
 		if err := l.epf.SetReadDeadline(deadline); err != nil {
@@ -132,10 +153,22 @@ func (l *loop) wait() (int, error) {
 	err := l.epc.Read(l.waitFn)
 	switch {
 	case errors.Is(err, os.ErrDeadlineExceeded):
-		return 0, nil
+		// The deadline came while waiting (or just before): what is
+		// ready meanwhile is taken in the same turn.
+		return l.pollNow()
 	case err != nil:
 		return 0, err
 	case l.readyErr != 0:
+		return 0, l.readyErr
+	}
+	return l.ready, nil
+}
+
+// pollNow takes the events ready now, without waiting.
+func (l *loop) pollNow() (int, error) {
+	l.ready, l.readyErr = 0, 0
+	l.poll(uintptr(l.ep))
+	if l.readyErr != 0 {
 		return 0, l.readyErr
 	}
 	return l.ready, nil
@@ -178,6 +211,7 @@ func (l *loop) run() {
 			l.log.Error("continuous probing: the event loop failed; its entries stop (restart the exporter)", "err", err)
 			return
 		}
+		l.turns++
 		l.beginTurn()
 		for i := 0; i < n; i++ {
 			ev := l.events[i]

@@ -139,7 +139,11 @@ type fdTCPInfo struct {
 
 func (t *fdTCPInfo) Read() (tcpinfo.Info, error) { return tcpinfo.ReadFd(t.fd, &t.buf) }
 
-// timeout handles the entry's deadline.
+// timeout handles the entry's deadline (expire took it out of the heap).
+// A connect or a reply that is ready when its deadline is handled is
+// taken, not failed: the loop may come to the deadline late, after the
+// socket became ready, and it looks at the socket once more, as a
+// blocking read that raced its deadline would have returned the reply.
 func (e *tcpEntry) timeout() {
 	switch e.phase {
 	case closed:
@@ -149,14 +153,33 @@ func (e *tcpEntry) timeout() {
 		e.sched.take(e.due)
 		e.probe()
 	case connecting:
-		e.connectFailed(timeoutError{})
+		if e.writable() {
+			e.connectReady()
+		}
+		// still connecting on this deadline (not on a next address's)
+		if e.phase == connecting && e.heapIdx < 0 {
+			e.connectFailed(timeoutError{})
+		}
 	case sending:
 		e.step(e.x.WriteFailed(e.opError("write", timeoutError{})))
 	case waiting:
-		e.step(e.x.ReadFailed(e.opError("read", timeoutError{})))
+		e.readReply()
+		// still waiting for this request (a reply taken may have sent
+		// the next one, with a deadline of its own)
+		if e.phase == waiting && e.heapIdx < 0 {
+			e.step(e.x.ReadFailed(e.opError("read", timeoutError{})))
+		}
 	case resolving:
 		// the resolution's own deadline ends it
 	}
+}
+
+// writable says whether the socket is writable or in error now (its
+// connect ended), without waiting.
+func (e *tcpEntry) writable() bool {
+	fds := [1]unix.PollFd{{Fd: int32(e.fd), Events: unix.POLLOUT}}
+	n, err := unix.Poll(fds[:], 0)
+	return err == nil && n > 0 && fds[0].Revents != 0
 }
 
 // open opens the connection for the entry's next probes (Open).
@@ -327,7 +350,13 @@ func (e *tcpEntry) write() {
 			e.out = e.out[n:]
 		case unix.EINTR:
 		case unix.EAGAIN:
-			e.watch(unix.EPOLLIN | unix.EPOLLOUT)
+			// Writable only: no reply is due before the request is
+			// out, and a first hop that sent something early and
+			// does not read would keep a level-triggered EPOLLIN
+			// ready, the loop spinning until the deadline. What it
+			// sent is read as the reply (a Session writes, then
+			// reads, alike).
+			e.watch(unix.EPOLLOUT)
 			return
 		default:
 			e.step(e.x.WriteFailed(e.opError("write", errno)))

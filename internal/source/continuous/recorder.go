@@ -26,6 +26,10 @@ type recorder struct {
 	log     *slog.Logger
 	// context reads the hops' context of a probe out of its SLA.
 	context func(context.Context, *prober.Result) map[string]map[string]float64
+	// first is the entry's first segment as configured (source, first
+	// hop), named by no peer: where a failed warm-up's failure is
+	// counted when its own segment has no series.
+	first [2]string
 	// the entry's own series, looked up once
 	succeeded, failed prometheus.Counter
 	lastSuccess       prometheus.Gauge
@@ -89,8 +93,8 @@ func (r *recorder) observe(res *prober.Result, warmup bool, connection uint64, n
 func (r *recorder) outcome(res *prober.Result, warmup bool, now time.Time) {
 	if f := res.Failure; f != nil {
 		r.failed.Inc()
-		if r.metrics.segment(r.series, f.From, f.To) != nil {
-			r.metrics.failures.WithLabelValues(r.entry.Target, r.entry.Module, f.From, f.To, f.Reason).Inc()
+		if from, to, ok := r.failedSegment(f, warmup); ok {
+			r.metrics.failures.WithLabelValues(r.entry.Target, r.entry.Module, from, to, f.Reason).Inc()
 		}
 		if r.state.fail(now, res) {
 			r.log.Info("continuous probe failed", "segment", f.From+" -> "+f.To, "reason", f.Reason, "err", f.Message)
@@ -105,6 +109,23 @@ func (r *recorder) outcome(res *prober.Result, warmup bool, now time.Time) {
 	if r.state.succeed(now) {
 		r.log.Info("continuous probe works again")
 	}
+}
+
+// failedSegment is the segment a failure is counted on (false: none,
+// past the entry's bound). A failed warm-up proved nothing, and the names
+// of its failure may be a peer's to choose anew on every connection (a
+// proxy's refused Subsegment-Timing entry, an error frame, unverified or
+// not, an overclaiming record): it is counted on its own segment only
+// when that has series already, else on the entry's first segment as
+// configured; it makes series for no name a peer gave.
+func (r *recorder) failedSegment(f *prober.FailureResult, warmup bool) (from, to string, ok bool) {
+	if !warmup {
+		return f.From, f.To, r.metrics.segment(r.series, f.From, f.To) != nil
+	}
+	if r.metrics.knownSegment(r.series, f.From, f.To) != nil {
+		return f.From, f.To, true
+	}
+	return r.first[0], r.first[1], r.metrics.segment(r.series, r.first[0], r.first[1]) != nil
 }
 
 // segmentSeries are the series of the result's segments, in its order

@@ -74,9 +74,13 @@ func (r *runner) run(ctx context.Context) {
 			return
 		}
 		now := time.Now()
-		slot := r.sched.next(r.moment(now))
+		var slot int64
 		if opened && s == nil {
+			// (not next first: it resets the backoff, which then never
+			// doubled)
 			slot = r.sched.retry(r.moment(now))
+		} else {
+			slot = r.sched.next(r.moment(now))
 		}
 		timer.Reset(r.until(now, slot))
 	}

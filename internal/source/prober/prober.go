@@ -133,6 +133,26 @@ func (o *Options) dialer() transport.Dialer {
 	return transport.Dialer{Dial: o.Dial, TLS: o.TLS, KeepAlive: -1, Clocks: rxstamp.Clocks{Mono: o.Clock.Monotonic, Real: o.Realtime, MaxWait: o.Timeout}}
 }
 
+// ConfiguredFirstHop is the name of the chain's first hop from the
+// options alone, without a word from any peer: the STAMP reflector's
+// name, the first of the HTTP hops or else the HTTP target's address,
+// the relay target's address. A caller that must not name a series
+// after what a peer said (continuous probing, for a failed warm-up)
+// counts such a failure on the segment to it.
+func (o *Options) ConfiguredFirstHop() string {
+	switch {
+	case o.STAMP != nil:
+		return o.STAMP.reflectorName(o.Target)
+	case o.HTTP != nil && len(o.HTTP.Hops) > 0:
+		return o.HTTP.Hops[0]
+	case o.HTTP != nil:
+		if t, err := peer.ParseHTTPTarget(o.Target); err == nil {
+			return t.Address
+		}
+	}
+	return o.Target
+}
+
 // NameCache remembers, per target, the name its first hop reported. It
 // holds at most maxCachedNames targets (the module's allowed targets in
 // practice), so that it cannot grow without bound.
