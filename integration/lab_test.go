@@ -154,9 +154,15 @@ func (l *lab) relay(n, cpu, forwardTo string, extra ...string) *proc {
 
 // delayProxy starts the delaying proxy inside host n (the test binary as
 // a helper), adding oneWay each way between listen and target.
+//
+// The proxy is the lab's link, not a process under test: it runs with a
+// real-time priority (chrt -f), so that busy processes of the test or
+// beside it do not add their CPU wait to the delay it stands for. It
+// sleeps but for the moments it forwards.
 func (l *lab) delayProxy(n, cpu, listen, target string, oneWay time.Duration) {
 	l.t.Helper()
-	argv := append(l.exec(n, cpu), "env", helperEnv+"=delayproxy", os.Args[0], "-test.run=^$", listen, target, oneWay.String())
+	argv := append([]string{"chrt", "-f", "10"}, l.exec(n, cpu)...)
+	argv = append(argv, "env", helperEnv+"=delayproxy", os.Args[0], "-test.run=^$", listen, target, oneWay.String())
 	p := start(l.t, "delay proxy in "+n, argv[0], argv[1:]...)
 	p.waitOutput(l.t, delayListening, 10*time.Second)
 }
