@@ -273,7 +273,7 @@ func (c *Conn) writeLocked(bufs [][]byte, op string) (int64, error) {
 	err := c.raw.Write(c.writevFn)
 	n, errno := c.wn, c.werr
 	c.wbufs = nil
-	clear(c.iov) // no pointer into the buffers written stays behind
+	clear(c.iov[:cap(c.iov)]) // no pointer into the buffers written stays behind, of any round
 	switch {
 	case err != nil:
 		return n, &net.OpError{Op: op, Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
