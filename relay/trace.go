@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/subsegment/subsegment_exporter/internal/wire/frame"
@@ -143,26 +142,10 @@ func (h *hopState) traceFlags(e *inflight) {
 	}
 }
 
-// traceConnOf is the TCP connection under a downstream connection (TLS,
-// the kernel-stamping wrapper) that a trace inspects.
-func traceConnOf(c net.Conn) trace.Conn {
-	for range 4 {
-		switch x := c.(type) {
-		case interface{ NetConn() net.Conn }:
-			c = x.NetConn()
-		case syscall.Conn:
-			return x
-		default:
-			return nil
-		}
-	}
-	return nil
-}
-
 // inspectConn is the Target of a goroutine engine's downstream connection.
 func inspectConn(c net.Conn) func() (trace.Target, error) {
 	return func() (trace.Target, error) {
-		tc := traceConnOf(c)
+		tc := trace.ConnOf(c)
 		if tc == nil {
 			return trace.Target{}, fmt.Errorf("trace: %w: %T has no descriptor", trace.ErrNotTCP, c)
 		}

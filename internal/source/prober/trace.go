@@ -3,9 +3,7 @@ package prober
 import (
 	"context"
 	"fmt"
-	"net"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/subsegment/subsegment_exporter/internal/wire/frame"
@@ -127,7 +125,7 @@ func tracePaths(ctx context.Context, p protocol, o *Options, res *Result) {
 // traceOwn traces the source's connection to the first hop, with the
 // share of the budget a relay gives its own.
 func (s *session) traceOwn(ctx context.Context) *frame.Path {
-	conn := connOf(s.conn)
+	conn := trace.ConnOf(s.conn)
 	if conn == nil {
 		return ownTrace(ctx, s.o, trace.Target{}, fmt.Errorf("trace: %w: %T has no descriptor", trace.ErrNotTCP, s.conn))
 	}
@@ -158,22 +156,6 @@ func ownTrace(ctx context.Context, o *Options, target trace.Target, inspected er
 		return trace.WireError(err)
 	}
 	return r.Wire()
-}
-
-// connOf is the TCP connection under the source's connection (TLS, the
-// kernel-stamping wrapper).
-func connOf(c net.Conn) trace.Conn {
-	for range 4 {
-		switch x := c.(type) {
-		case interface{ NetConn() net.Conn }:
-			c = x.NetConn()
-		case syscall.Conn:
-			return x
-		default:
-			return nil
-		}
-	}
-	return nil
 }
 
 // addPaths adds the paths of a trace request's reply (its records, the

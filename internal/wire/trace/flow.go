@@ -18,6 +18,23 @@ type Conn interface {
 	SyscallConn() (syscall.RawConn, error)
 }
 
+// ConnOf is the TCP connection under c (a *tls.Conn, a kernel-stamping
+// wrapper: anything with NetConn, four layers at most) that a trace
+// inspects; nil when there is none.
+func ConnOf(c net.Conn) Conn {
+	for range 4 {
+		switch x := c.(type) {
+		case interface{ NetConn() net.Conn }:
+			c = x.NetConn()
+		case syscall.Conn:
+			return x
+		default:
+			return nil
+		}
+	}
+	return nil
+}
+
 // FD is a Conn for a socket descriptor the caller owns and keeps open for
 // the duration of the trace.
 func FD(fd int) Conn { return fdConn(fd) }
