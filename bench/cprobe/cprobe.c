@@ -17,9 +17,13 @@
  * reply has not come by its next slot skips that slot and counts a miss),
  * no parsing, no records.
  *
- * usage: cprobe [-i INTERVAL_MS] [-T] [-S] PORT N
+ * usage: cprobe [-i INTERVAL_MS] [-T] [-S] [-D] PORT N
  *   -T  no getsockopt(TCP_INFO) per probe
  *   -S  no SO_TIMESTAMPNS: a plain read(2) of the reply
+ *   -D  deferred replies, a what-if the exporter does not do: the loop
+ *       sleeps until the next slot only (clock_nanosleep), not until a
+ *       reply, and takes the replies ready then (epoll_pwait2 without
+ *       waiting); the kernel's receive stamp still says when each came
  * SIGUSR1 prints "probes=P misses=M errors=E turns=T" (a line, flushed);
  * SIGTERM or SIGINT prints it with the process's rusage, and exits.
  */
@@ -168,18 +172,19 @@ static int dial(int port) {
 
 int main(int argc, char **argv) {
 	int64_t interval = 1000000000;
-	int tcpinfo = 1, stamped = 1, opt;
-	while ((opt = getopt(argc, argv, "i:TS")) != -1) {
+	int tcpinfo = 1, stamped = 1, deferred = 0, opt;
+	while ((opt = getopt(argc, argv, "i:TSD")) != -1) {
 		switch (opt) {
 		case 'i': interval = atoll(optarg) * 1000000; break;
 		case 'T': tcpinfo = 0; break;
 		case 'S': stamped = 0; break;
+		case 'D': deferred = 1; break;
 		default: goto usage;
 		}
 	}
 	if (argc - optind != 2 || interval <= 0) {
 	usage:
-		fprintf(stderr, "usage: cprobe [-i INTERVAL_MS] [-T] [-S] PORT N\n");
+		fprintf(stderr, "usage: cprobe [-i INTERVAL_MS] [-T] [-S] [-D] PORT N\n");
 		return 2;
 	}
 	int port = atoi(argv[optind]);
@@ -238,14 +243,19 @@ int main(int argc, char **argv) {
 		entries[i].due = origin + (int64_t)((__int128)i * interval / n_entries);
 	int64_t early = interval / 50 < 2000000 ? interval / 50 : 2000000;
 	long cursor = 0;
-	printf("cprobe: %ld connections to 127.0.0.1:%d, interval %lld ms, TCP_INFO %s, SO_TIMESTAMPNS %s\n",
-	       n_entries, port, (long long)(interval / 1000000), tcpinfo ? "on" : "off", stamped ? "on" : "off");
+	printf("cprobe: %ld connections to 127.0.0.1:%d, interval %lld ms, TCP_INFO %s, SO_TIMESTAMPNS %s, replies %s\n",
+	       n_entries, port, (long long)(interval / 1000000), tcpinfo ? "on" : "off", stamped ? "on" : "off", deferred ? "deferred to the next slot" : "at once");
 	fflush(stdout);
 
 	struct epoll_event events[MAX_EVENTS];
 	int64_t now = mono_ns();
 	while (!stop) {
 		int64_t wait = entries[cursor].due - now;
+		if (deferred && wait > 0) {
+			struct timespec ts = {wait / 1000000000, wait % 1000000000};
+			clock_nanosleep(CLOCK_MONOTONIC, 0, &ts, NULL);
+			wait = 0;
+		}
 		int n = epoll_wait_ns(ep, events, MAX_EVENTS, wait > 0 ? wait : 0);
 		if (n < 0 && errno != EINTR) {
 			perror("cprobe: epoll_pwait2");
