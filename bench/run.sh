@@ -498,7 +498,7 @@ floor_c() { # floor_c LABEL N [cprobe flags...]: logs cprobe's CPU per probe, se
   # same ports would answer instead.
   "$WORK/cprobe_end" $port >"$WORK/cprobe_end.out" 2>&1 &
   end=$!; PIDS+=("$end")
-  for _ in $(seq 1 100); do grep -q listening "$WORK/cprobe_end.out" && break; kill -0 $end 2>/dev/null || break; sleep 0.1; done
+  for _ in $(seq 1 300); do grep -q listening "$WORK/cprobe_end.out" && break; kill -0 $end 2>/dev/null || break; sleep 0.1; done
   grep -q listening "$WORK/cprobe_end.out" || { echo "bench: cprobe_end did not start (BENCH_BASE_PORT clash?)"; cat "$WORK/cprobe_end.out"; exit 1; }
   "$WORK/cprobe" "$@" $port "$n" >"$WORK/cprobe.out" 2>&1 &
   p=$!; PIDS+=("$p")
