@@ -133,7 +133,33 @@ func TestEarlyProbeTakesItsSlot(t *testing.T) {
 	if next := s.next(slot - int64(time.Millisecond)); next != slot+int64(time.Second) {
 		t.Errorf("next slot %v after %v, want one interval later", time.Duration(next), time.Duration(slot))
 	}
-	if earlyMargin(time.Second) != int64(2*time.Millisecond) || earlyMargin(10*time.Millisecond) != int64(200*time.Microsecond) {
-		t.Errorf("early margins %v, %v", earlyMargin(time.Second), earlyMargin(10*time.Millisecond))
+}
+
+// The early margin lets about batchProbes probes of the loop go out
+// together, within 2 ms and a twentieth of the interval.
+func TestEarlyMargin(t *testing.T) {
+	for _, c := range []struct {
+		interval time.Duration
+		entries  int
+		want     time.Duration
+	}{
+		{time.Second, 0, 50 * time.Millisecond},
+		{time.Second, 1, 50 * time.Millisecond},
+		{time.Second, 100, 50 * time.Millisecond},
+		{time.Second, 400, 20 * time.Millisecond},
+		{time.Second, 2000, 4 * time.Millisecond},
+		{time.Second, 10000, 2 * time.Millisecond},
+		{10 * time.Second, 10000, 8 * time.Millisecond},
+		{10 * time.Millisecond, 1, 500 * time.Microsecond},
+	} {
+		if got := time.Duration(earlyMargin(c.interval, c.entries)); got != c.want {
+			t.Errorf("%d entries at %v: early margin %v, want %v", c.entries, c.interval, got, c.want)
+		}
+	}
+	if got := holdLimit(time.Second, 5*time.Second); got != 100*time.Millisecond {
+		t.Errorf("hold at 1s/5s: %v, want a tenth of the interval", got)
+	}
+	if got := holdLimit(time.Second, 20*time.Millisecond); got != 5*time.Millisecond {
+		t.Errorf("hold at 1s/20ms: %v, want a quarter of the timeout", got)
 	}
 }
