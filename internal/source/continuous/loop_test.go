@@ -366,7 +366,9 @@ func TestLoopBatchesProbesAndReplies(t *testing.T) {
 	}
 	m, reg := newTestManager(t)
 	m.Apply(parse(t, cfg))
-	probes := func(result string) float64 { return sumOf(t, reg, "subsegment_continuous_probes_total", map[string]string{"result": result}) }
+	probes := func(result string) float64 {
+		return sumOf(t, reg, "subsegment_continuous_probes_total", map[string]string{"result": result})
+	}
 	waitFor(t, "every entry's first probes", func() bool { return probes("success") >= 2*n })
 	var turns0, turns1 uint64
 	inLoop(t, m.loop, func() { turns0 = m.loop.turns })
