@@ -8,7 +8,10 @@ import (
 	"errors"
 	"io"
 	"math/rand/v2"
+	"os"
 	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -169,6 +172,50 @@ func TestSendThroughFourProcesses(t *testing.T) {
 			}
 			if len(tc.in) > 0 && (!strings.Contains(errOut, "a -> b") || !strings.Contains(errOut, "c -> z")) {
 				t.Errorf("stderr lacks per-segment stats:\n%s", errOut)
+			}
+		})
+	}
+}
+
+// send with a regular file as stdin sends large unsigned blocks with
+// sendfile (docs/stream.md, "Large blocks"): byte-exact through real
+// relays, from the file's offset on, at the block sizes around the
+// threshold and beyond the pipes' size.
+func TestSendFromRegularFile(t *testing.T) {
+	hops := chain(t, "b", "c", "z")
+	rng := rand.New(rand.NewPCG(3, 4))
+	in := make([]byte, 5<<20+13)
+	for i := range in {
+		in[i] = byte(rng.Uint32())
+	}
+	path := filepath.Join(t.TempDir(), "in")
+	if err := os.WriteFile(path, in, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		block string
+		skip  int
+	}{
+		{"262144", 0},
+		{"1048576", 0},
+		{"1048576", 777},
+		{"4194304", 0},
+	} {
+		t.Run(tc.block+"+"+strconv.Itoa(tc.skip), func(t *testing.T) {
+			f, err := os.Open(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			if _, err := f.Seek(int64(tc.skip), io.SeekStart); err != nil {
+				t.Fatal(err)
+			}
+			out, errOut, code := runBinary(t, f, "send", "-f", hops[0].addr, "-s", tc.block, "--relay.name", "a")
+			if code != 0 {
+				t.Fatalf("exit %d: %s", code, errOut)
+			}
+			if !bytes.Equal([]byte(out), in[tc.skip:]) {
+				t.Fatalf("stdout (%d bytes) differs from the file from byte %d (%d bytes)", len(out), tc.skip, len(in)-tc.skip)
 			}
 		})
 	}

@@ -26,6 +26,7 @@ import (
 	"maps"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/subsegment/subsegment_exporter/internal/config"
@@ -69,6 +70,8 @@ type Manager struct {
 	// runs every entry on a runner.
 	loop   *loop
 	noLoop bool
+	// runners counts the entries running on runners (their batches).
+	runners atomic.Int64
 }
 
 // running is an entry being probed, by either engine.
@@ -196,7 +199,7 @@ func (m *Manager) start(rec *recorder, opts prober.Options) *running {
 			}
 		}
 	}
-	r := newRunner(rec, opts, sched, m.moment)
+	r := newRunner(rec, opts, sched, m.moment, &m.runners)
 	r.start(m.ctx)
 	return &running{rec: rec, stop: r.stop, wait: r.wait}
 }

@@ -70,6 +70,14 @@ type loop struct {
 	stopped bool
 	done    chan struct{}
 
+	// entries counts the entries on the loop (their early margins); hold
+	// is how long the replies of the requests sent in this turn may wait
+	// to be collected together (0: no request sent), heldTo when the
+	// latest such pause ended (ownWait).
+	entries int
+	hold    time.Duration
+	heldTo  time.Time
+
 	// turns counts the loop's turns (read in the loop: tests show it
 	// turns only for events and deadlines).
 	turns uint64
@@ -129,7 +137,10 @@ func (l *loop) poll(fd uintptr) bool {
 }
 
 // wait waits for events or the next deadline and returns how many
-// events there are. A turn always looks at the events: when the next
+// events there are. After a turn that sent requests it first pauses
+// until the next deadline, at most the requests' hold (held), and then
+// takes every event ready without waiting: the replies of a batch are
+// read in one turn. A turn always looks at the events: when the next
 // deadline has already passed (the turn before took longer than the gap
 // to it) it polls without waiting, since the netpoller would not even
 // look — a read past its deadline fails before it tries — and the
@@ -139,9 +150,22 @@ func (l *loop) wait() (int, error) {
 	deadline := time.Time{}
 	if len(l.timers) > 0 {
 		deadline = l.epoch.Add(time.Duration(l.timers[0].due))
-		if !time.Now().Before(deadline) {
-			return l.pollNow()
+	}
+	now := time.Now()
+	if l.hold > 0 {
+		until := now.Add(l.hold)
+		if !deadline.IsZero() && deadline.Before(until) {
+			until = deadline
 		}
+		l.hold = 0
+		if d := until.Sub(now); d > 0 {
+			time.Sleep(d)
+		}
+		l.heldTo = until
+		return l.pollNow()
+	}
+	if !deadline.IsZero() && !now.Before(deadline) {
+		return l.pollNow()
 	}
 	if !deadline.Equal(l.deadline) {
 		if err := l.epf.SetReadDeadline(deadline); err != nil {
@@ -286,6 +310,7 @@ func (l *loop) shutdown() {
 // add starts an entry on the loop (from the loop's thread).
 func (l *loop) add(e *tcpEntry) {
 	e.due = e.sched.first(l.moment(time.Now()))
+	l.entries++
 	l.schedule(e)
 }
 
@@ -293,6 +318,7 @@ func (l *loop) add(e *tcpEntry) {
 func (l *loop) remove(e *tcpEntry) {
 	e.closeConn()
 	e.removed = true
+	l.entries--
 	l.unschedule(e)
 }
 

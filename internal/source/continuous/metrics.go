@@ -1,6 +1,7 @@
 package continuous
 
 import (
+	"slices"
 	"sync"
 	"time"
 
@@ -62,6 +63,9 @@ type segmentSeries struct {
 	// the current connection, for the counter's increase.
 	lastRetrans uint32
 	connection  uint64
+	// reasons are those of the failures counted on the segment (the
+	// failure series to delete with the entry).
+	reasons []string
 }
 
 type hopSeries struct {
@@ -182,18 +186,44 @@ func (m *Metrics) entry(target, module string, buckets []float64) *entryMetrics 
 	return e
 }
 
-// remove deletes every series of an entry.
-func (m *Metrics) remove(target, module string) {
+// failed counts a failure on a segment that has series.
+func (m *Metrics) failed(e *entryMetrics, from, to, reason string) {
+	m.failures.WithLabelValues(e.key.target, e.key.module, from, to, reason).Inc()
 	m.mu.Lock()
-	delete(m.entries, entryKey{target, module})
-	m.mu.Unlock()
-	l := prometheus.Labels{"target": target, "module": module}
-	for _, v := range []interface {
-		DeletePartialMatch(prometheus.Labels) int
-	}{m.probes, m.failures, m.retransmits, m.lastSuccess, m.dropped, m.segSLA, m.hopSLA} {
-		v.DeletePartialMatch(l)
+	defer m.mu.Unlock()
+	if s := e.segments[[2]string{from, to}]; s != nil && !slices.Contains(s.reasons, reason) {
+		s.reasons = append(s.reasons, reason)
 	}
-	m.stamp.remove(l)
+}
+
+// remove deletes every series of an entry (once it stopped): by their
+// label values, which the entry's segments and hops give — deleting by
+// partial labels (DeletePartialMatch) looks at every series of every
+// entry, and a reload that replaced 10 000 entries did that 10 000 times.
+func (m *Metrics) remove(target, module string) {
+	k := entryKey{target, module}
+	m.mu.Lock()
+	e := m.entries[k]
+	delete(m.entries, k)
+	m.mu.Unlock()
+	m.probes.DeleteLabelValues(target, module, "success")
+	m.probes.DeleteLabelValues(target, module, "failure")
+	m.lastSuccess.DeleteLabelValues(target, module)
+	m.dropped.DeleteLabelValues(target, module)
+	if e != nil {
+		for seg, s := range e.segments {
+			from, to := seg[0], seg[1]
+			m.retransmits.DeleteLabelValues(target, module, from, to)
+			m.segSLA.DeleteLabelValues(target, module, from, to)
+			for _, reason := range s.reasons {
+				m.failures.DeleteLabelValues(target, module, from, to, reason)
+			}
+			m.stamp.remove(target, module, from, to)
+		}
+		for name := range e.hops {
+			m.hopSLA.DeleteLabelValues(target, module, name)
+		}
+	}
 	m.paths.remove(target, module)
 }
 

@@ -94,7 +94,7 @@ func (r *recorder) outcome(res *prober.Result, warmup bool, now time.Time) {
 	if f := res.Failure; f != nil {
 		r.failed.Inc()
 		if from, to, ok := r.failedSegment(f, warmup); ok {
-			r.metrics.failures.WithLabelValues(r.entry.Target, r.entry.Module, from, to, f.Reason).Inc()
+			r.metrics.failed(r.series, from, to, f.Reason)
 		}
 		if r.state.fail(now, res) {
 			r.log.Info("continuous probe failed", "segment", f.From+" -> "+f.To, "reason", f.Reason, "err", f.Message)

@@ -17,6 +17,7 @@ import (
 	"github.com/subsegment/subsegment_exporter/internal/source/prober"
 	"github.com/subsegment/subsegment_exporter/internal/source/sla"
 	"github.com/subsegment/subsegment_exporter/internal/testkit/chaintest"
+	"github.com/subsegment/subsegment_exporter/relay"
 )
 
 // tokenBackend is an HTTP backend that records the X-Token of every
@@ -172,5 +173,47 @@ continuous:
 	<-applied
 	if got := m.Snapshot(); len(got) != 0 {
 		t.Errorf("entries left after Apply removed them: %+v", got)
+	}
+}
+
+// A reload that removes entries deletes every series they had — probes,
+// failures per reason, SLAs of segments and hops, retransmissions,
+// histograms — by their label values, and leaves the kept entry's.
+func TestRemovedEntriesLeaveNoSeries(t *testing.T) {
+	chain := chaintest.Chain(t, chaintest.ChainOptions{}, "b", "c", "z")
+	refused := chaintest.FreeAddr(t)
+	kept := chaintest.StartRelay(t, relay.Config{Name: "k"})
+	m, reg := newTestManager(t)
+	m.Apply(parse(t, slaModules+entry(chain, "m")+entry(refused, "m")+entry(kept, "m")))
+	waitFor(t, "probes of the chain and failures of the refused target", func() bool {
+		return value(t, reg, "subsegment_continuous_hop_sla_seconds", map[string]string{"target": chain}) > 0 &&
+			value(t, reg, "subsegment_continuous_segment_failures_total", map[string]string{"target": refused}) > 0 &&
+			value(t, reg, "subsegment_continuous_probes_total", map[string]string{"target": kept, "result": "success"}) > 0
+	})
+	targets := func() map[string]int {
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen := map[string]int{}
+		for _, mf := range mfs {
+			for _, mt := range mf.Metric {
+				for _, lp := range mt.Label {
+					if lp.GetName() == "target" {
+						seen[lp.GetValue()]++
+					}
+				}
+			}
+		}
+		return seen
+	}
+	before := targets()
+	if before[chain] < 10 || before[refused] < 3 {
+		t.Fatalf("series before the reload: %v", before)
+	}
+	m.Apply(parse(t, slaModules+entry(kept, "m")))
+	after := targets()
+	if after[chain] != 0 || after[refused] != 0 || after[kept] == 0 {
+		t.Errorf("series per target after removing two entries: %v (before: %v), want the kept entry's only", after, before)
 	}
 }

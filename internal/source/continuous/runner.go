@@ -2,6 +2,7 @@ package continuous
 
 import (
 	"context"
+	"sync/atomic"
 	"time"
 
 	"github.com/subsegment/subsegment_exporter/internal/source/prober"
@@ -22,12 +23,14 @@ type runner struct {
 	// opened sessionConns so far).
 	conn, sessionConns uint64
 	traces             traceSchedule
+	// running counts the manager's runners that run (their batches).
+	running *atomic.Int64
 }
 
-func newRunner(rec *recorder, opts prober.Options, sched schedule, moment moments) *runner {
+func newRunner(rec *recorder, opts prober.Options, sched schedule, moment moments, running *atomic.Int64) *runner {
 	// Each result is recorded before the next probe: renewed in place.
 	opts.Logger, opts.ReuseResults = rec.log, true
-	return &runner{recorder: rec, opts: opts, sched: sched, moment: moment, done: make(chan struct{})}
+	return &runner{recorder: rec, opts: opts, sched: sched, moment: moment, done: make(chan struct{}), running: running}
 }
 
 func (r *runner) start(parent context.Context) {
@@ -45,8 +48,11 @@ func (r *runner) wait() { <-r.done }
 
 // run keeps the chain open and probes it at its slots until ctx ends.
 func (r *runner) run(ctx context.Context) {
+	r.running.Add(1)
+	defer r.running.Add(-1)
 	now := time.Now()
-	timer := time.NewTimer(r.until(now, r.sched.first(r.moment(now))))
+	slot := r.sched.first(r.moment(now))
+	timer := time.NewTimer(r.until(now, slot))
 	defer timer.Stop()
 	var s *prober.Session
 	defer func() {
@@ -60,6 +66,7 @@ func (r *runner) run(ctx context.Context) {
 			return
 		case <-timer.C:
 		}
+		r.sched.take(slot)
 		opened := s == nil
 		switch {
 		case opened:
@@ -74,7 +81,6 @@ func (r *runner) run(ctx context.Context) {
 			return
 		}
 		now := time.Now()
-		var slot int64
 		if opened && s == nil {
 			// (not next first: it resets the backoff, which then never
 			// doubled)
@@ -128,7 +134,13 @@ func (r *runner) probe(ctx context.Context, s *prober.Session) bool {
 	return res.Failure == nil || s.Survives(res)
 }
 
-// until is the time from now to slot.
+// until is the time from now to when the probe of slot goes out: at the
+// start of its batch. Runners' slots are moved back to a grid of the
+// loop's early margin (earlyMargin, over the runners that run), the same
+// instants for every runner, so that the runtime's timers of a batch fire
+// in one wake-up of the process instead of one each; the slot is taken
+// when its timer fires (sched.take), as the loop takes an early probe's.
 func (r *runner) until(now time.Time, slot int64) time.Duration {
-	return time.Duration(slot - r.moment(now))
+	g := max(earlyMargin(time.Duration(r.sched.interval), int(r.running.Load())), 1)
+	return time.Duration(slot - slot%g - r.moment(now))
 }

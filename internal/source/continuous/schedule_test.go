@@ -4,10 +4,14 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/subsegment/subsegment_exporter/internal/config"
+	"github.com/subsegment/subsegment_exporter/internal/source/prober"
+	"github.com/subsegment/subsegment_exporter/internal/testkit/chaintest"
+	"github.com/subsegment/subsegment_exporter/relay"
 )
 
 // The loop's deadlines come out of its heap in order, however they are
@@ -133,7 +137,88 @@ func TestEarlyProbeTakesItsSlot(t *testing.T) {
 	if next := s.next(slot - int64(time.Millisecond)); next != slot+int64(time.Second) {
 		t.Errorf("next slot %v after %v, want one interval later", time.Duration(next), time.Duration(slot))
 	}
-	if earlyMargin(time.Second) != int64(2*time.Millisecond) || earlyMargin(10*time.Millisecond) != int64(200*time.Microsecond) {
-		t.Errorf("early margins %v, %v", earlyMargin(time.Second), earlyMargin(10*time.Millisecond))
+}
+
+// The early margin lets about batchProbes probes of the loop go out
+// together, within 2 ms and a twentieth of the interval.
+func TestEarlyMargin(t *testing.T) {
+	for _, c := range []struct {
+		interval time.Duration
+		entries  int
+		want     time.Duration
+	}{
+		{time.Second, 0, 50 * time.Millisecond},
+		{time.Second, 1, 50 * time.Millisecond},
+		{time.Second, 100, 50 * time.Millisecond},
+		{time.Second, 400, 20 * time.Millisecond},
+		{time.Second, 2000, 4 * time.Millisecond},
+		{time.Second, 10000, 2 * time.Millisecond},
+		{10 * time.Second, 10000, 8 * time.Millisecond},
+		{10 * time.Millisecond, 1, 500 * time.Microsecond},
+	} {
+		if got := time.Duration(earlyMargin(c.interval, c.entries)); got != c.want {
+			t.Errorf("%d entries at %v: early margin %v, want %v", c.entries, c.interval, got, c.want)
+		}
+	}
+	if got := holdLimit(time.Second, 5*time.Second); got != 100*time.Millisecond {
+		t.Errorf("hold at 1s/5s: %v, want a tenth of the interval", got)
+	}
+	if got := holdLimit(time.Second, 20*time.Millisecond); got != 5*time.Millisecond {
+		t.Errorf("hold at 1s/20ms: %v, want a quarter of the timeout", got)
+	}
+}
+
+// Runners' probes go out at the start of their batch: slots within one
+// early margin of each other fire at the same instant (one wake-up of the
+// process), never after their slot and never more than the margin before.
+func TestRunnersFireOnABatchGrid(t *testing.T) {
+	origin := time.Now()
+	moment := monotonicSince(origin)
+	var running atomic.Int64
+	running.Store(2000)
+	entries := benchEntries(2000, time.Second)
+	margin := earlyMargin(time.Second, 2000)
+	fires := map[int64]int{}
+	now := origin
+	for _, e := range entries {
+		r := newRunner(&recorder{}, prober.Options{}, newSchedule(e, 0), moment, &running)
+		slot := r.sched.first(0)
+		fire := moment(now) + int64(r.until(now, slot))
+		if fire > slot || slot-fire >= margin {
+			t.Fatalf("slot %v fires at %v: want within %v before it", time.Duration(slot), time.Duration(fire), time.Duration(margin))
+		}
+		fires[fire]++
+	}
+	// 2000 slots over a second on a 4 ms grid: 250 instants
+	if len(fires) > int(time.Second)/int(margin) {
+		t.Errorf("%d distinct firing instants for 2000 slots, want at most %d", len(fires), int(time.Second)/int(margin))
+	}
+}
+
+// A runner whose timer fires before its slot takes that slot: its next
+// probe is a whole interval later, not the same slot again. Counted over
+// a window: never more probes than slots (a busy machine gives fewer).
+func TestRunnersProbeOncePerSlot(t *testing.T) {
+	z := chaintest.StartRelay(t, relay.Config{Name: "z"})
+	const n, interval = 20, 100 * time.Millisecond
+	cfg := "modules:\n"
+	for i := range n {
+		cfg += fmt.Sprintf("  m%d: {targets: [\"127.0.0.1:*\"], timeout: 2s}\n", i)
+	}
+	cfg += "continuous:\n"
+	for i := range n {
+		cfg += fmt.Sprintf("  - {target: %q, module: m%d, interval: %v}\n", z, i, interval)
+	}
+	m, reg := newTestManagerOn(t, engines[1])
+	m.Apply(parse(t, cfg))
+	probes := func() float64 {
+		return sumOf(t, reg, "subsegment_continuous_probes_total", map[string]string{"result": "success"})
+	}
+	waitFor(t, "every entry's first probes", func() bool { return probes() >= 2*n })
+	t0, p0 := time.Now(), probes()
+	waitFor(t, "five rounds of probes", func() bool { return probes() >= p0+5*n })
+	p1, elapsed := probes(), time.Since(t0)
+	if most := float64(n) * (float64(elapsed/interval) + 2); p1-p0 > most {
+		t.Errorf("%v probes in %v by %d entries at %v: more than one per slot (at most %v)", p1-p0, elapsed, n, interval, most)
 	}
 }

@@ -38,10 +38,12 @@ func (m *stampMetrics) collect(ch chan<- prometheus.Metric) {
 	m.named.Collect(ch)
 }
 
-func (m *stampMetrics) remove(l prometheus.Labels) {
-	m.sent.DeletePartialMatch(l)
-	m.lost.DeletePartialMatch(l)
-	m.named.DeletePartialMatch(l)
+// remove deletes a segment's STAMP series.
+func (m *stampMetrics) remove(target, module, from, to string) {
+	m.sent.DeleteLabelValues(target, module, from, to)
+	m.lost.DeleteLabelValues(target, module, from, to)
+	m.named.DeleteLabelValues(target, module, from, to, "forward")
+	m.named.DeleteLabelValues(target, module, from, to, "return")
 }
 
 // observeSTAMP counts the packets of a result's STAMP segments, and keeps

@@ -101,10 +101,15 @@ func (r *recorder) observePaths(res *prober.Result) {
 
 // pathMetrics are the continuous entries' paths on /metrics. Every label
 // is bounded: ttl by the trace's max TTL, a segment's series replaced at
-// every trace, addresses only in the hop info.
+// every trace, addresses only in the hop info. Each segment keeps the
+// label values of the series its latest trace made, and a new trace (or
+// the entry's removal) deletes exactly those: a search of the vectors by
+// partial labels (DeletePartialMatch) looks at every series of every
+// entry, and with ten thousand entries tracing, their traces' results
+// stalled the loop that records them for seconds each.
 type pathMetrics struct {
-	mu   sync.Mutex
-	last map[pathKey]*frame.Path
+	mu      sync.Mutex
+	byEntry map[entryKey]map[[2]string]*segmentPath
 
 	changes     *prometheus.CounterVec
 	info        *prometheus.GaugeVec
@@ -116,12 +121,24 @@ type pathMetrics struct {
 	delay       *prometheus.GaugeVec
 }
 
-type pathKey struct{ target, module, from, to string }
+// segmentPath is a segment's latest path that reached its far end, and
+// the label values of the series its latest trace made.
+type segmentPath struct {
+	last *frame.Path
+	// info's protocol and status; the TTLs of loss, of rtt (answered
+	// ones), of the hop info with its address, and of the delay ("" none)
+	info         [2]string
+	losses, rtts []string
+	hopInfo      [][2]string
+	delay        string
+	// hops and fingerprint were set (a trace reached the far end)
+	reached bool
+}
 
 func newPathMetrics(reg prometheus.Registerer) *pathMetrics {
 	seg := []string{"target", "module", "from", "to"}
 	ttl := append(seg[:len(seg):len(seg)], "ttl")
-	m := &pathMetrics{last: map[pathKey]*frame.Path{},
+	m := &pathMetrics{byEntry: map[entryKey]map[[2]string]*segmentPath{},
 		changes: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: "segment_path_changes_total",
 			Help: "Times the routers under the segment changed between two traces that reached its far end (another far end, another router at a TTL both answered, or one router more or fewer; a silent TTL is no change)."}, seg),
 		info: pathGauge("segment_path_info", "How the segment's latest trace ran: protocol tcp, udp or none, and status (as subsegment_segment_path_info).",
@@ -144,54 +161,89 @@ func pathGauge(name, help string, labels []string) *prometheus.GaugeVec {
 // observe replaces a segment's path series with a new trace's, and
 // counts a change of route.
 func (m *pathMetrics) observe(target, module string, seg *prober.SegmentResult, p *frame.Path, log *slog.Logger) {
-	k := pathKey{target, module, seg.From, seg.To}
-	l := prometheus.Labels{"target": target, "module": module, "from": seg.From, "to": seg.To}
+	ek := entryKey{target, module}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	changes := m.changes.With(l) // created at 0, so increase() sees the first change
-	for _, v := range []*prometheus.GaugeVec{m.info, m.rtt, m.loss, m.hopInfo, m.delay} {
-		v.DeletePartialMatch(l)
+	segs := m.byEntry[ek]
+	if segs == nil {
+		segs = map[[2]string]*segmentPath{}
+		m.byEntry[ek] = segs
 	}
-	m.info.WithLabelValues(target, module, seg.From, seg.To, p.Method.String(), p.Status.String()).Set(1)
+	sp := segs[[2]string{seg.From, seg.To}]
+	if sp == nil {
+		sp = &segmentPath{}
+		segs[[2]string{seg.From, seg.To}] = sp
+		// created at 0, so increase() sees the first change
+		m.changes.WithLabelValues(target, module, seg.From, seg.To)
+	}
+	m.deleteTrace(target, module, seg.From, seg.To, sp)
+	sp.info = [2]string{p.Method.String(), p.Status.String()}
+	m.info.WithLabelValues(target, module, seg.From, seg.To, sp.info[0], sp.info[1]).Set(1)
 	if p.Status != frame.PathReached {
 		// A path cut short (a silent end, the deadline) is no new route.
 		return
 	}
-	if prev := m.last[k]; prev != nil && !trace.SamePath(prev, p) {
-		changes.Inc()
+	if sp.last != nil && !trace.SamePath(sp.last, p) {
+		m.changes.WithLabelValues(target, module, seg.From, seg.To).Inc()
 		log.Info("the route under a segment changed", "segment", seg.From+" -> "+seg.To, "path", seg.PathText())
 	}
-	m.last[k] = p
-	m.hops.With(l).Set(float64(len(p.Hops)))
-	m.fingerprint.With(l).Set(float64(trace.PathFingerprint(p)))
+	sp.last, sp.reached = p, true
+	m.hops.WithLabelValues(target, module, seg.From, seg.To).Set(float64(len(p.Hops)))
+	m.fingerprint.WithLabelValues(target, module, seg.From, seg.To).Set(float64(trace.PathFingerprint(p)))
 	for _, h := range p.Hops {
 		ttl := strconv.Itoa(int(h.TTL))
 		m.loss.WithLabelValues(target, module, seg.From, seg.To, ttl).Set(h.LossRatio())
+		sp.losses = append(sp.losses, ttl)
 		if h.Answered > 0 {
+			addr := h.Address.String()
 			m.rtt.WithLabelValues(target, module, seg.From, seg.To, ttl).Set(h.Median.Seconds())
-			m.hopInfo.WithLabelValues(target, module, seg.From, seg.To, ttl, h.Address.String()).Set(1)
+			m.hopInfo.WithLabelValues(target, module, seg.From, seg.To, ttl, addr).Set(1)
+			sp.rtts = append(sp.rtts, ttl)
+			sp.hopInfo = append(sp.hopInfo, [2]string{ttl, addr})
 		}
 	}
 	if d := seg.PathDelay; d != nil {
-		m.delay.WithLabelValues(target, module, seg.From, seg.To, strconv.Itoa(d.TTL)).Set(d.Delay)
+		sp.delay = strconv.Itoa(d.TTL)
+		m.delay.WithLabelValues(target, module, seg.From, seg.To, sp.delay).Set(d.Delay)
 	}
+}
+
+// deleteTrace deletes the series of a segment's latest trace: its info,
+// and the TTLs' series (hops and fingerprint stay: they describe the
+// current path, replaced only by a trace that reaches the far end).
+func (m *pathMetrics) deleteTrace(target, module, from, to string, sp *segmentPath) {
+	if sp.info != [2]string{} {
+		m.info.DeleteLabelValues(target, module, from, to, sp.info[0], sp.info[1])
+	}
+	for _, ttl := range sp.losses {
+		m.loss.DeleteLabelValues(target, module, from, to, ttl)
+	}
+	for _, ttl := range sp.rtts {
+		m.rtt.DeleteLabelValues(target, module, from, to, ttl)
+	}
+	for _, h := range sp.hopInfo {
+		m.hopInfo.DeleteLabelValues(target, module, from, to, h[0], h[1])
+	}
+	if sp.delay != "" {
+		m.delay.DeleteLabelValues(target, module, from, to, sp.delay)
+	}
+	sp.info, sp.losses, sp.rtts, sp.hopInfo, sp.delay = [2]string{}, sp.losses[:0], sp.rtts[:0], sp.hopInfo[:0], ""
 }
 
 // remove deletes every path series of an entry.
 func (m *pathMetrics) remove(target, module string) {
+	ek := entryKey{target, module}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	for k := range m.last {
-		if k.target == target && k.module == module {
-			delete(m.last, k)
+	for k, sp := range m.byEntry[ek] {
+		m.deleteTrace(target, module, k[0], k[1], sp)
+		m.changes.DeleteLabelValues(target, module, k[0], k[1])
+		if sp.reached {
+			m.hops.DeleteLabelValues(target, module, k[0], k[1])
+			m.fingerprint.DeleteLabelValues(target, module, k[0], k[1])
 		}
 	}
-	l := prometheus.Labels{"target": target, "module": module}
-	for _, v := range []interface {
-		DeletePartialMatch(prometheus.Labels) int
-	}{m.changes, m.info, m.hops, m.fingerprint, m.rtt, m.loss, m.hopInfo, m.delay} {
-		v.DeletePartialMatch(l)
-	}
+	delete(m.byEntry, ek)
 }
 
 // PathHopState is one TTL of a segment's current path on the chain page.

@@ -18,6 +18,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -94,6 +95,10 @@ type Result struct {
 	Hops           []string
 	Segments       []SegmentStats
 	Residence      []HopStats
+	// FromFile: the input was a regular file whose blocks' data went to
+	// the socket with sendfile(2), without passing through the process
+	// (unsigned streams of blocks from 256 KiB over plain TCP).
+	FromFile bool
 }
 
 // SegmentStats summarises one segment over the stream's blocks.
@@ -259,6 +264,7 @@ type streamer struct {
 	sentBytes int64
 	sentN     uint64
 	done      bool // the sender reached the end of the input
+	fromFile  bool // the data went from the input file with sendfile
 
 	confirmed int64
 	frames    int64
@@ -278,6 +284,9 @@ type streamer struct {
 // send reads blocks from in and writes them as frames, several per write
 // when the input has more ready, never more than the window in flight.
 func (s *streamer) send(in io.Reader) error {
+	if f, tcp, size, ok := s.fileSource(in); ok {
+		return s.sendFile(f, tcp, size)
+	}
 	br := bufio.NewReaderSize(in, max(256<<10, s.o.BlockSize))
 	var buf []byte
 	window := uint64(len(s.stamps))
@@ -642,7 +651,7 @@ func (s *streamer) pathFor(ids []uint64, names [][]byte) *path {
 func (s *streamer) result() *Result {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	r := &Result{BytesSent: s.sentBytes, BytesConfirmed: s.confirmed, Frames: s.frames, Duration: time.Since(s.start)}
+	r := &Result{BytesSent: s.sentBytes, BytesConfirmed: s.confirmed, Frames: s.frames, Duration: time.Since(s.start), FromFile: s.fromFile}
 	labels, _ := peer.Labels(s.chain)
 	label := make(map[uint64]string, len(labels))
 	for i, h := range s.chain {
@@ -689,3 +698,114 @@ func WriteStats(w io.Writer, r *Result) error {
 func ms(d time.Duration) string { return fmt.Sprintf("%.3fms", float64(d)/1e6) }
 
 func isDeadline(err error) bool { return peer.Classify(err) == peer.ReasonTimeout }
+
+// fileSourceMin is the block size from which an unsigned stream whose input
+// is a regular file sends its blocks' data with sendfile(2): the kernel
+// passes the file's pages to the socket instead of copying them twice
+// (into the process, then into the socket). Below it the extra system
+// calls per block (head, data, tail) cost more than the copies.
+const fileSourceMin = 256 << 10
+
+// fileSource reports whether the stream's blocks can be sent from in with
+// sendfile: in is a regular file, the stream unsigned (a signature must
+// read the data) and the connection plain TCP (TLS encrypts in the
+// process). size is the file's size now; a file that grows while it is
+// sent is sent as far as it reaches when the last block before its old
+// end is out, and one that shrinks ends the stream with an error (a
+// block's length is in its head, written before its data).
+func (s *streamer) fileSource(in io.Reader) (*os.File, *net.TCPConn, int64, bool) {
+	f, ok := in.(*os.File)
+	if !ok || s.o.BlockSize < fileSourceMin || s.sign.TrailerLen() != 0 {
+		return nil, nil, 0, false
+	}
+	rx := rxstamp.Of(s.conn)
+	if rx == nil || s.conn != net.Conn(rx) {
+		return nil, nil, 0, false
+	}
+	// A file of size 0 may be a pseudo-file (/proc) whose size says
+	// nothing of what a read returns: read the ordinary way.
+	st, err := f.Stat()
+	if err != nil || !st.Mode().IsRegular() || st.Size() == 0 {
+		return nil, nil, 0, false
+	}
+	return f, rx.Unwrap(), st.Size(), true
+}
+
+// sendFile is send for a regular file (fileSource): each block's head is
+// written with the previous block's tail, then its data goes from the
+// file to the socket with sendfile; the window rules are send's.
+func (s *streamer) sendFile(f *os.File, tcp *net.TCPConn, size int64) error {
+	pos, err := f.Seek(0, io.SeekCurrent)
+	if err != nil {
+		return fmt.Errorf("read input: %w", err)
+	}
+	window := uint64(len(s.stamps))
+	var seq uint64
+	small := make([]byte, 0, 2*frame.MinFrameLen)
+	flush := func() error {
+		if len(small) == 0 {
+			return nil
+		}
+		if err := s.conn.SetWriteDeadline(time.Now().Add(s.o.Timeout)); err != nil {
+			return err
+		}
+		_, err := s.conn.Write(small)
+		small = small[:0]
+		return err
+	}
+	lr := &io.LimitedReader{R: f}
+	s.mu.Lock()
+	s.fromFile = true
+	s.mu.Unlock()
+	for {
+		if !s.takeSlot(flush) {
+			return s.flushErr
+		}
+		if pos >= size {
+			// The file may have grown since.
+			if st, err := f.Stat(); err == nil {
+				size = st.Size()
+			}
+		}
+		n := min(int64(s.o.BlockSize), size-pos)
+		if n <= 0 {
+			<-s.slots
+			if err := flush(); err != nil {
+				return fmt.Errorf("write to %s: %w", s.o.ForwardTo, err)
+			}
+			s.mu.Lock()
+			s.done = true
+			s.mu.Unlock()
+			return tcp.CloseWrite()
+		}
+		tOut := s.o.Clock.Monotonic()
+		s.mu.Lock()
+		s.stamps[seq%window] = sent{tBuild: tOut, tOut: tOut, size: int(n)}
+		s.sentN = seq + 1
+		s.sentBytes += n
+		s.mu.Unlock()
+		start := len(small)
+		small = small[:start+frame.MinFrameLen]
+		frame.PutHeader(small[start:], frame.Header{Kind: frame.KindStreamRequest, Flags: s.sign.HeaderFlags(),
+			Length: uint32(frame.ProbeHdrLen + int(n) + frame.PathEntryLen)})
+		frame.PutProbeHeader(small[start+frame.HeaderLen:], frame.ProbeHeader{Seq: seq, Count: 1,
+			BudgetMicros: uint32(s.o.Timeout / time.Microsecond), DataLen: uint32(n)})
+		if err := flush(); err != nil {
+			return fmt.Errorf("write to %s: %w", s.o.ForwardTo, err)
+		}
+		if err := tcp.SetWriteDeadline(time.Now().Add(s.o.Timeout)); err != nil {
+			return err
+		}
+		lr.N = n
+		m, err := tcp.ReadFrom(lr)
+		if err == nil && m < n {
+			err = fmt.Errorf("the input file ended %d bytes early (shortened while being read)", n-m)
+		}
+		if err != nil {
+			return fmt.Errorf("send input to %s: %w", s.o.ForwardTo, err)
+		}
+		pos += n
+		small = binary.BigEndian.AppendUint64(small, s.id)
+		seq++
+	}
+}

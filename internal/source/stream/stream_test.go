@@ -7,10 +7,12 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"os"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/subsegment/subsegment_exporter/internal/host/clock"
 	"github.com/subsegment/subsegment_exporter/internal/testkit/chaintest"
 	"github.com/subsegment/subsegment_exporter/internal/wire/frame"
 	"github.com/subsegment/subsegment_exporter/relay"
@@ -270,5 +272,119 @@ func TestSignedStreamSendsAndReceivesAtOnce(t *testing.T) {
 	out, _, err := send(t, target, in, 8192, keys)
 	if err != nil || !bytes.Equal(out, in) {
 		t.Fatalf("signed stream of 8 MiB in 8 KiB blocks: %v (equal %v)", err, bytes.Equal(out, in))
+	}
+}
+
+// An unsigned stream whose input is a regular file sends its large
+// blocks' data with sendfile: byte-exact from wherever the file's offset
+// stood, and the ordinary way where sendfile cannot serve (small blocks,
+// signed streams, pseudo-files whose size is 0).
+func TestStreamFromFile(t *testing.T) { chaintest.ForEachEngine(t, testStreamFromFile) }
+
+func testStreamFromFile(t *testing.T) {
+	keys := frame.Keys{[]byte("stream-key-0123456789")}
+	plain := chaintest.Chain(t, chaintest.ChainOptions{}, "b", "c", "z")
+	signed := chaintest.Chain(t, chaintest.ChainOptions{Template: relay.Config{Keys: keys}}, "b", "z")
+	for _, tc := range []struct {
+		name         string
+		size, skip   int // file size; bytes read off the file before the stream
+		block        int
+		keys         frame.Keys
+		path         string // a file to send instead of a fresh one
+		wantFromFile bool
+	}{
+		{name: "blocks of 256 KiB", size: 1<<20 + 5, block: fileSourceMin, wantFromFile: true},
+		{name: "1 MiB blocks", size: 3<<20 + 17, block: 1 << 20, wantFromFile: true},
+		{name: "smaller than a block", size: 100, block: 1 << 20, wantFromFile: true},
+		{name: "from the file's offset", size: 2<<20 + 3, skip: 12345, block: 1 << 20, wantFromFile: true},
+		{name: "small blocks copy", size: 1 << 20, block: 8192},
+		{name: "signed copies", size: 2 << 20, block: 1 << 20, keys: keys},
+		{name: "pseudo-file copies", path: "/proc/self/cmdline", block: 1 << 20},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := tc.path
+			if path == "" {
+				path = t.TempDir() + "/in"
+				if err := os.WriteFile(path, randomBytes(tc.size, uint64(tc.size)), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			target := plain
+			if tc.keys != nil {
+				target = signed
+			}
+			res := sendFileChecked(t, target, path, tc.skip, tc.block, tc.keys)
+			if res.FromFile != tc.wantFromFile {
+				t.Errorf("FromFile %v, want %v", res.FromFile, tc.wantFromFile)
+			}
+		})
+	}
+}
+
+// sendFileChecked streams the file at path, from byte skip on, and
+// checks that what came back is byte-exact.
+func sendFileChecked(t *testing.T, target, path string, skip, block int, keys frame.Keys) *Result {
+	t.Helper()
+	whole, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := io.ReadFull(f, make([]byte, skip)); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var out bytes.Buffer
+	res, err := Send(ctx, f, &out, Options{ForwardTo: target, Source: "a", BlockSize: block, Timeout: 5 * time.Second, Keys: keys})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := whole[skip:]
+	if !bytes.Equal(out.Bytes(), want) || res.BytesSent != int64(len(want)) || res.BytesConfirmed != int64(len(want)) {
+		t.Fatalf("output differs from the input: %d bytes back, %d sent, want %d", out.Len(), res.BytesSent, len(want))
+	}
+	if wantFrames := int64((len(want) + block - 1) / block); res.Frames != wantFrames {
+		t.Errorf("%d frames, want %d", res.Frames, wantFrames)
+	}
+	return res
+}
+
+// A file that is shorter than its size said when its block was sent
+// ends the stream with an error that says so, never with a short block.
+func TestStreamFromShrinkingFile(t *testing.T) {
+	target := chaintest.Chain(t, chaintest.ChainOptions{}, "b", "z")
+	path := t.TempDir() + "/in"
+	if err := os.WriteFile(path, randomBytes(4<<20, 5), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	s := &streamer{o: &Options{ForwardTo: target, BlockSize: 1 << 20, Timeout: 5 * time.Second, Clock: clock.NewSystem()}}
+	// The size taken when the stream starts, then the file shrinks.
+	size := int64(4 << 20)
+	if err := os.Truncate(path, 3<<20+100); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := net.Dial("tcp", target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	go func() { _, _ = io.Copy(io.Discard, conn) }() // the replies, so that the chain never stalls
+	s.conn, s.sign, s.slots, s.stamps, s.abort = conn, frame.NewSigner(nil), make(chan struct{}, 8), make([]sent, 8), make(chan struct{})
+	err = s.sendFile(f, conn.(*net.TCPConn), size)
+	if err == nil || !strings.Contains(err.Error(), "ended 1048476 bytes early") {
+		t.Fatalf("err %v, want the input ending early", err)
+	}
+	if s.sentBytes != 4<<20 {
+		t.Errorf("%d bytes announced, want 4 MiB", s.sentBytes)
 	}
 }
