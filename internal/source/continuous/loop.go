@@ -57,12 +57,12 @@ type loop struct {
 	log      *slog.Logger
 
 	// the turn: when it began (one clock reading for the loop's own
-	// deadlines and the entries' records), and the prober's clocks read
-	// once for every entry that uses the same clock
+	// deadlines and the entries' records), and the clock's
+	// synchronisation read once for every entry that uses the same clock
 	now       time.Time
 	mono      int64
 	turnClock clock.Clock
-	turn      prober.Turn
+	turnSync  clock.Sync
 	turnRead  bool
 
 	mu      sync.Mutex
@@ -70,13 +70,8 @@ type loop struct {
 	stopped bool
 	done    chan struct{}
 
-	// entries counts the entries on the loop (their early margins); hold
-	// is how long the replies of the requests sent in this turn may wait
-	// to be collected together (0: no request sent), heldTo when the
-	// latest such pause ended (ownWait).
+	// entries counts the entries on the loop (their early margins).
 	entries int
-	hold    time.Duration
-	heldTo  time.Time
 
 	// turns counts the loop's turns (read in the loop: tests show it
 	// turns only for events and deadlines).
@@ -137,10 +132,7 @@ func (l *loop) poll(fd uintptr) bool {
 }
 
 // wait waits for events or the next deadline and returns how many
-// events there are. After a turn that sent requests it first pauses
-// until the next deadline, at most the requests' hold (held), and then
-// takes every event ready without waiting: the replies of a batch are
-// read in one turn. A turn always looks at the events: when the next
+// events there are. A turn always looks at the events: when the next
 // deadline has already passed (the turn before took longer than the gap
 // to it) it polls without waiting, since the netpoller would not even
 // look — a read past its deadline fails before it tries — and the
@@ -150,22 +142,9 @@ func (l *loop) wait() (int, error) {
 	deadline := time.Time{}
 	if len(l.timers) > 0 {
 		deadline = l.epoch.Add(time.Duration(l.timers[0].due))
-	}
-	now := time.Now()
-	if l.hold > 0 {
-		until := now.Add(l.hold)
-		if !deadline.IsZero() && deadline.Before(until) {
-			until = deadline
+		if !time.Now().Before(deadline) {
+			return l.pollNow()
 		}
-		l.hold = 0
-		if d := until.Sub(now); d > 0 {
-			time.Sleep(d)
-		}
-		l.heldTo = until
-		return l.pollNow()
-	}
-	if !deadline.IsZero() && !now.Before(deadline) {
-		return l.pollNow()
 	}
 	if !deadline.Equal(l.deadline) {
 		if err := l.epf.SetReadDeadline(deadline); err != nil {
@@ -263,17 +242,20 @@ func (l *loop) beginTurn() {
 	l.turnRead = false
 }
 
-// turnOf is the prober's clocks of this turn for an entry using clk,
-// read once per turn for all entries sharing a comparable clock.
+// turnOf is the prober's clocks for a request an entry using clk builds
+// now: the monotonic and wall clocks read for it (a probe late in a
+// batch was built when it was, not when the turn began: its time in the
+// source is its own), and the clock's synchronisation read once per turn
+// for all entries sharing a comparable clock.
 func (l *loop) turnOf(clk clock.Clock, share bool) prober.Turn {
 	if !share {
 		return prober.Turn{Mono: clk.Monotonic(), Wall: clk.Wall(), Sync: clk.Sync()}
 	}
 	if !l.turnRead || l.turnClock != clk {
-		l.turn = prober.Turn{Mono: clk.Monotonic(), Wall: clk.Wall(), Sync: clk.Sync()}
+		l.turnSync = clk.Sync()
 		l.turnClock, l.turnRead = clk, true
 	}
-	return l.turn
+	return prober.Turn{Mono: clk.Monotonic(), Wall: clk.Wall(), Sync: l.turnSync}
 }
 
 func (l *loop) drainInbox() (stopped bool) {

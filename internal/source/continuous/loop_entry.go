@@ -50,10 +50,8 @@ type tcpEntry struct {
 	sched schedule
 	phase connPhase
 	due   int64
-	// interval and hold: the entry's early margin and how long its
-	// replies may wait for the loop (earlyMargin, holdLimit).
+	// interval sets the entry's early margin (earlyMargin).
 	interval time.Duration
-	hold     time.Duration
 	// heapIdx is the entry's place in the loop's heap (-1: none).
 	heapIdx int
 	removed bool
@@ -93,7 +91,6 @@ func newTCPEntry(l *loop, rec *recorder, opts prober.Options, sched schedule, pa
 	e.ctx, e.cancel = context.WithCancel(parent)
 	e.rx.Clocks = rxstamp.Clocks{Mono: e.o.Clock.Monotonic, Real: e.o.Realtime, MaxWait: e.o.Timeout}
 	e.readFn = e.read
-	e.hold = holdLimit(e.interval, e.o.Timeout)
 	if ap, err := netip.ParseAddrPort(e.o.Target); err == nil {
 		e.addrs, e.literal = []netip.AddrPort{ap}, true
 	}
@@ -331,12 +328,6 @@ func (e *tcpEntry) probe() {
 		return
 	}
 	e.send(e.x.Begin(e.l.turnOf(e.o.Clock, e.shareClock)))
-	// The slot's probe may wait to be collected with its batch; a
-	// warm-up's or a trace's reply, which the next request waits for,
-	// is read as soon as it comes.
-	if e.phase == waiting {
-		e.l.held(e.hold)
-	}
 }
 
 // send writes a request; what the socket does not take now is written
@@ -422,7 +413,7 @@ func (e *tcpEntry) readReply() {
 			if err != nil {
 				e.step(e.x.ReadFailed(err))
 			} else {
-				e.step(e.x.Reply(fr, e.l.ownWait(e.rx.Last)))
+				e.step(e.x.Reply(fr, e.rx.Last))
 			}
 			return
 		}

@@ -1,10 +1,6 @@
 package continuous
 
-import (
-	"time"
-
-	"github.com/subsegment/subsegment_exporter/internal/wire/rxstamp"
-)
+import "time"
 
 // Deadlines: every entry's next one (its next slot, or the deadline of
 // its connect or of its request in flight) in a 4-ary heap the loop waits
@@ -29,21 +25,16 @@ func (l *loop) expire() {
 
 // Batching. A wake-up of the loop from idle costs this VM about as much
 // CPU as a probe's own system calls (perf of 2000 entries: a quarter of
-// the exporter's CPU in the scheduler's switch back to the loop), so the
-// loop groups the probes of its entries into fewer turns, in two ways:
-//   - a probe may go out a little before its slot with another entry's
-//     turn (earlyMargin): enough for about batchProbes probes of the loop
-//     to go out together, at least minEarly, at most a twentieth of the
-//     interval — the probes stay spread over the interval, and what they
-//     measure does not change (request-out is read at the write);
-//   - after a turn that sent the probes of slots the loop does not wake
-//     for each reply (a warm-up's or a trace's reply, which the next
-//     request waits for, is read at once): it sleeps until its next deadline (often the next batch's
-//     slot), at most holdLimit, and then takes every reply that came.
-//     A reply's time is the kernel's receive stamp, not the moment it is
-//     read, so the round trips do not change either; the source's own
-//     wait for a reply (its hop's wait) is counted from the end of the
-//     pause (ownWait), not from the reply's arrival during it.
+// the exporter's CPU in the scheduler's switch back to the loop), so a
+// probe may go out a little before its slot with another entry's turn
+// (earlyMargin): enough for about batchProbes probes of the loop to go
+// out together, at least minEarly, at most a twentieth of the interval.
+// The probes stay spread over the interval, and what they measure does
+// not change: the request's build and out times are read for each probe
+// (turnOf), its reply's arrival is the kernel's receive stamp. (Reading
+// the replies of a batch together, after a pause, was tried: the pause
+// went into the source's own residence, and into the connect times and
+// warm-ups of other entries.)
 const (
 	minEarly    = 2 * time.Millisecond
 	batchProbes = 8
@@ -53,34 +44,6 @@ const (
 // every interval may go out, on a loop running n entries.
 func earlyMargin(interval time.Duration, n int) int64 {
 	return int64(min(interval/20, max(minEarly, batchProbes*interval/time.Duration(max(n, 1)))))
-}
-
-// holdLimit is how long the replies of an entry's request may wait for
-// the loop to collect them: a tenth of its interval, and a quarter of its
-// timeout, so that the kernel's receive stamp is still believed
-// (rxstamp.Clocks.MaxWait) and the reply read well before its deadline.
-func holdLimit(interval, timeout time.Duration) time.Duration {
-	return min(interval/10, timeout/4)
-}
-
-// held notes a request sent in this turn by an entry whose replies may
-// wait limit: the loop collects them after the turn (wait).
-func (l *loop) held(limit time.Duration) {
-	if l.hold == 0 || limit < l.hold {
-		l.hold = max(limit, 1)
-	}
-}
-
-// ownWait is a reply's stamp with its wait for the source counted from
-// the end of the loop's latest pause: a reply that came while the loop
-// collected replies on purpose did not wait for a loaded source.
-func (l *loop) ownWait(st rxstamp.Stamp) rxstamp.Stamp {
-	if st.Kernel && !l.heldTo.IsZero() {
-		if since := time.Since(l.heldTo); since < st.Wait {
-			st.Wait = max(since, 0)
-		}
-	}
-	return st
 }
 
 // schedule puts e's deadline, e.due, into the heap.
