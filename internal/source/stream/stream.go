@@ -722,10 +722,14 @@ func (s *streamer) fileSource(in io.Reader) (*os.File, *net.TCPConn, int64, bool
 	if rx == nil || s.conn != net.Conn(rx) {
 		return nil, nil, 0, false
 	}
-	// A file of size 0 may be a pseudo-file (/proc) whose size says
-	// nothing of what a read returns: read the ordinary way.
+	// A pseudo-file's size says nothing of what a read returns (/proc:
+	// 0, /sys: 4096 for a few bytes): only files with at least a large
+	// block left go by sendfile, the rest is read the ordinary way.
 	st, err := f.Stat()
-	if err != nil || !st.Mode().IsRegular() || st.Size() == 0 {
+	if err != nil || !st.Mode().IsRegular() {
+		return nil, nil, 0, false
+	}
+	if pos, err := f.Seek(0, io.SeekCurrent); err != nil || st.Size()-pos < fileSourceMin {
 		return nil, nil, 0, false
 	}
 	return f, rx.Unwrap(), st.Size(), true
