@@ -119,4 +119,16 @@ continuous:
 	if len(s.DSCPRemarked) != 1 || s.DSCPRemarked[0] != "return" {
 		t.Errorf("re-marked %v, want [return]", s.DSCPRemarked)
 	}
+	// Removed, the entry leaves none of its series, packets and one-way
+	// losses included.
+	m.Apply(parse(t, "modules:\n  r: {prober: stamp, targets: [\"127.0.0.1:*\"]}\n"))
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if n := len(mf.Metric); n > 0 {
+			t.Errorf("%d series of %s left after the entry's removal", n, mf.GetName())
+		}
+	}
 }
