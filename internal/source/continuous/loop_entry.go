@@ -293,7 +293,7 @@ func (e *tcpEntry) connectReady() {
 	if maxFrame <= 0 {
 		maxFrame = frame.DefaultMaxFrameBytes
 	}
-	e.rd = frame.NewReader(nil, maxFrame)
+	e.rd = frame.NewSmallReader(nil, maxFrame)
 	e.rx.Last = rxstamp.Stamp{}
 	e.tcp.fd = e.fd
 	if !e.watch(unix.EPOLLIN) {

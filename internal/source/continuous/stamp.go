@@ -154,8 +154,8 @@ func (w *window) sum(now int64, span time.Duration) float64 {
 	cut := now - int64(span)
 	var total float64
 	for i := 0; i < w.n; i++ {
-		if s := &w.samples[i]; s.at >= cut && s.at <= now {
-			total += s.value
+		if at := w.at[i]; at >= cut && at <= now {
+			total += float64(w.value[i])
 		}
 	}
 	return total

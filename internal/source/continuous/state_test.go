@@ -112,3 +112,16 @@ func TestWindowAgesByTheMonotonicClock(t *testing.T) {
 		t.Errorf("90s later: %d samples, want 0", n)
 	}
 }
+
+// A window keeps its values as float32 and gives them back as the page
+// shows them: the shortest decimal of the float32, not its float64 noise.
+func TestWindowGivesBackDecimals(t *testing.T) {
+	var w window
+	for i, v := range []float64{0.001, 0.0015, 0.002} {
+		w.add(int64(i+1), v)
+	}
+	q := w.since(3, time.Second, nil)
+	if q.Median != 0.0015 || q.P99 != 0.002 || q.Samples != 3 {
+		t.Errorf("quantiles %+v, want median 0.0015 and p99 0.002 exactly", q)
+	}
+}

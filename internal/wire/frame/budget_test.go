@@ -459,3 +459,26 @@ func TestReleaseTwiceAndNoReadAfterIt(t *testing.T) {
 		t.Fatalf("after every Release the budget holds %d (unproven %d), %d while read; want 0 of a non-zero hold", b.Used(), b.UnprovenUsed(), held)
 	}
 }
+
+// A small reader starts with 1 KiB and reads frames of any size up to
+// its bound byte-exact, however the bytes arrive; what it holds beyond
+// 64 KiB is charged as any reader's.
+func TestSmallReaderReadsFramesOfAnySize(t *testing.T) {
+	for _, tc := range []struct{ size, chunk int }{
+		{100, 7}, {1000, 1 << 10}, {1 << 10, 100}, {3000, 512}, {70 << 10, 4 << 10}, {300 << 10, 16 << 10},
+	} {
+		r := NewSmallReader(nil, DefaultMaxFrameBytes)
+		if len(r.buf) != smallReadBuffer {
+			t.Fatalf("a small reader starts with %d bytes, want %d", len(r.buf), smallReadBuffer)
+		}
+		fr := bigFrame(tc.size, 3)
+		if err := readAll(r, &feed{data: fr, n: tc.chunk}, nil); err != nil {
+			t.Fatalf("%d-byte frame in %d-byte reads: %v", tc.size, tc.chunk, err)
+		}
+		got, err := r.Next()
+		if err != nil || !bytes.Equal(got, fr) {
+			t.Errorf("%d-byte frame in %d-byte reads not read byte-exact: %v", tc.size, tc.chunk, err)
+		}
+		r.Release()
+	}
+}

@@ -5,7 +5,7 @@ import "sync"
 // Read buffers come from size-classed pools and go back when a session
 // ends, so that thousands of short sessions (one per scrape) do not each
 // allocate and leave garbage behind.
-var bufClasses = [...]int{4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20}
+var bufClasses = [...]int{1 << 10, 4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20}
 
 var bufPools [len(bufClasses)]sync.Pool
 
