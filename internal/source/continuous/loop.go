@@ -22,7 +22,9 @@ import (
 // instead of a goroutine, a timer and the netpoller's hand-offs per
 // entry. A probe then costs its write, its recvmsg (with the kernel's
 // receive stamp) and a getsockopt(TCP_INFO) — system calls made raw, as
-// they never block — and the clocks are read once per turn of the loop.
+// they never block — and the loop's own clock is read once per turn (a
+// request's build time is read for it, the clock's synchronisation once
+// per turn).
 // What a probe means is the prober's (prober.Exchange: the Session's own
 // code), what it records the entry's (recorder): only the I/O is the
 // loop's. loop_entry.go is an entry's connection, loop_timer.go the
@@ -74,8 +76,9 @@ type loop struct {
 	entries int
 
 	// turns counts the loop's turns (read in the loop: tests show it
-	// turns only for events and deadlines).
-	turns uint64
+	// turns only for events and deadlines); slotProbes the probes sent
+	// for slots, slotTurns the turns that sent any (their batches).
+	turns, slotProbes, slotTurns uint64
 }
 
 // openLoop makes a loop's descriptors; newLoop also runs it.

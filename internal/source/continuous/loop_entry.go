@@ -94,8 +94,8 @@ func newTCPEntry(l *loop, rec *recorder, opts prober.Options, sched schedule, pa
 	if ap, err := netip.ParseAddrPort(e.o.Target); err == nil {
 		e.addrs, e.literal = []netip.AddrPort{ap}, true
 	}
-	// The clocks of a turn are read once for the entries that share a
-	// clock (the exporter's one): comparable clocks only.
+	// The clock's synchronisation is read once per turn for the entries
+	// that share a clock (the exporter's one): comparable clocks only.
 	e.shareClock = reflect.TypeOf(e.o.Clock).Comparable()
 	return e
 }
@@ -327,6 +327,7 @@ func (e *tcpEntry) probe() {
 	if !e.inEpoll && !e.watch(unix.EPOLLIN) {
 		return
 	}
+	e.l.slotProbes++
 	e.send(e.x.Begin(e.l.turnOf(e.o.Clock, e.shareClock)))
 }
 

@@ -13,6 +13,12 @@ import "time"
 // reply, or another entry's slot) sends them, rather than a wake-up of
 // its own a moment later — a wake-up costs as much CPU as a probe.
 func (l *loop) expire() {
+	sent := l.slotProbes
+	defer func() {
+		if l.slotProbes != sent {
+			l.slotTurns++
+		}
+	}()
 	for len(l.timers) > 0 {
 		t := l.timers[0]
 		if t.due > l.mono && (t.e.phase != idle || t.due > l.mono+earlyMargin(t.e.interval, l.entries)) {

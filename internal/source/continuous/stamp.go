@@ -153,7 +153,7 @@ func (s *entryState) stampSnapshot(seg *SegmentState, at int64, span time.Durati
 func (w *window) sum(now int64, span time.Duration) float64 {
 	cut := now - int64(span)
 	var total float64
-	for i := 0; i < w.n; i++ {
+	for i := range int(w.n) {
 		if at := w.at[i]; at >= cut && at <= now {
 			total += float64(w.value[i])
 		}

@@ -3,6 +3,7 @@ package continuous
 import (
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/subsegment/subsegment_exporter/internal/config"
 	"github.com/subsegment/subsegment_exporter/internal/source/prober"
@@ -123,5 +124,14 @@ func TestWindowGivesBackDecimals(t *testing.T) {
 	q := w.since(3, time.Second, nil)
 	if q.Median != 0.0015 || q.P99 != 0.002 || q.Samples != 3 {
 		t.Errorf("quantiles %+v, want median 0.0015 and p99 0.002 exactly", q)
+	}
+}
+
+// A window fits the allocator's 1536-byte class and a hop's two windows
+// its 3072-byte one (127 samples, not 128): the windows are most of the
+// page's memory at 10 000 entries.
+func TestWindowsFitTheirSizeClasses(t *testing.T) {
+	if w, h := unsafe.Sizeof(window{}), unsafe.Sizeof(hopWindows{}); w > 1536 || h > 3072 {
+		t.Errorf("a window is %d bytes (want at most 1536), a hop's windows %d (want at most 3072)", w, h)
 	}
 }

@@ -52,10 +52,11 @@ type Exchange struct {
 	n           int
 }
 
-// Turn is the clocks of one turn of an event loop, read once and shared
-// by every request the turn builds: the request's build time, the wall
-// clock and its synchronisation (request-out is read for each request,
-// right before its write: Sent).
+// Turn is the clocks an event loop gives a request it builds: its build
+// time and the wall clock, read for the request, and the wall clock's
+// synchronisation, which a loop may read once per turn for all its
+// requests (request-out is read for each request, right before its
+// write: Sent).
 type Turn struct {
 	Mono, Wall int64
 	Sync       clock.Sync

@@ -24,6 +24,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/subsegment/subsegment_exporter/internal/host/clock"
 	"github.com/subsegment/subsegment_exporter/internal/source/timing"
 	"github.com/subsegment/subsegment_exporter/internal/wire/frame"
@@ -729,7 +731,7 @@ func (s *streamer) fileSource(in io.Reader) (*os.File, *net.TCPConn, int64, bool
 	if err != nil || !st.Mode().IsRegular() {
 		return nil, nil, 0, false
 	}
-	if pos, err := f.Seek(0, io.SeekCurrent); err != nil || st.Size()-pos < fileSourceMin {
+	if pos, err := f.Seek(0, io.SeekCurrent); err != nil || st.Size()-pos < fileSourceMin || onPseudoFS(f) {
 		return nil, nil, 0, false
 	}
 	return f, rx.Unwrap(), st.Size(), true
@@ -812,4 +814,24 @@ func (s *streamer) sendFile(f *os.File, tcp *net.TCPConn, size int64) error {
 		small = binary.BigEndian.AppendUint64(small, s.id)
 		seq++
 	}
+}
+
+// onPseudoFS says whether f is on a filesystem whose files' sizes say
+// nothing of their contents (/proc/kcore, a PCI device's rom in /sys):
+// such a file is read, never sent with sendfile; true when unknown.
+func onPseudoFS(f *os.File) bool {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return true
+	}
+	var st unix.Statfs_t
+	var serr error
+	if err := rc.Control(func(fd uintptr) { serr = unix.Fstatfs(int(fd), &st) }); err != nil || serr != nil {
+		return true
+	}
+	switch int64(st.Type) {
+	case unix.PROC_SUPER_MAGIC, unix.SYSFS_MAGIC, unix.DEBUGFS_MAGIC, unix.TRACEFS_MAGIC, unix.SECURITYFS_MAGIC:
+		return true
+	}
+	return false
 }

@@ -394,3 +394,23 @@ func TestStreamFromShrinkingFile(t *testing.T) {
 		t.Errorf("%d bytes announced, want 4 MiB", s.sentBytes)
 	}
 }
+
+// Files on /proc and /sys are never sent with sendfile, whatever size
+// they claim; a file on an ordinary filesystem may be.
+func TestOnPseudoFS(t *testing.T) {
+	regular := t.TempDir() + "/f"
+	if err := os.WriteFile(regular, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for path, want := range map[string]bool{"/proc/self/status": true, "/sys/class/net/lo/address": true, regular: false} {
+		f, err := os.Open(path)
+		if err != nil {
+			t.Logf("skipped %s: %v", path, err)
+			continue
+		}
+		if got := onPseudoFS(f); got != want {
+			t.Errorf("%s on a pseudo-filesystem: %v, want %v", path, got, want)
+		}
+		f.Close()
+	}
+}

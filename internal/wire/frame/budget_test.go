@@ -461,11 +461,12 @@ func TestReleaseTwiceAndNoReadAfterIt(t *testing.T) {
 }
 
 // A small reader starts with 1 KiB and reads frames of any size up to
-// its bound byte-exact, however the bytes arrive; what it holds beyond
-// 64 KiB is charged as any reader's.
+// its bound byte-exact, however the bytes arrive, and grows only as its
+// frames need: a 3 KiB reply that fills its first buffer in one read
+// must not leave it holding the 64 KiB a relay's reader grows to.
 func TestSmallReaderReadsFramesOfAnySize(t *testing.T) {
 	for _, tc := range []struct{ size, chunk int }{
-		{100, 7}, {1000, 1 << 10}, {1 << 10, 100}, {3000, 512}, {70 << 10, 4 << 10}, {300 << 10, 16 << 10},
+		{100, 7}, {1000, 1 << 10}, {1 << 10, 100}, {3000, 512}, {3000, 64 << 10}, {10 << 10, 64 << 10}, {70 << 10, 4 << 10}, {300 << 10, 16 << 10},
 	} {
 		r := NewSmallReader(nil, DefaultMaxFrameBytes)
 		if len(r.buf) != smallReadBuffer {
@@ -478,6 +479,9 @@ func TestSmallReaderReadsFramesOfAnySize(t *testing.T) {
 		got, err := r.Next()
 		if err != nil || !bytes.Equal(got, fr) {
 			t.Errorf("%d-byte frame in %d-byte reads not read byte-exact: %v", tc.size, tc.chunk, err)
+		}
+		if want := max(initialReadBuffer, bufSize(len(fr))); len(fr) < greedyReadBuffer && len(r.buf) > want {
+			t.Errorf("%d-byte frame in %d-byte reads left a %d-byte buffer, want at most %d", len(fr), tc.chunk, len(r.buf), want)
 		}
 		r.Release()
 	}

@@ -40,8 +40,12 @@ type Reader struct {
 	start    int
 	end      int
 	maxFrame int
-	exact    bool
-	short    bool // the last read returned less than it asked for
+	// greedy: a read that fills a buffer smaller than this grows it to
+	// this, so that the next read takes more frames at once (64 KiB; a
+	// small reader's 4 KiB: it reads one small reply at a time)
+	greedy int
+	exact  bool
+	short  bool // the last read returned less than it asked for
 	// Budget, when set, must grant buffers over 64 KiB; charged is what
 	// the current buffer holds of it. Until Prove, the charge also counts
 	// against the budget's share for connections that have not proven
@@ -71,20 +75,21 @@ type Reader struct {
 
 // NewReader returns a reader of frames of at most maxFrameBytes from src.
 func NewReader(src io.Reader, maxFrameBytes int) *Reader {
-	return newReader(src, maxFrameBytes, initialReadBuffer)
+	return newReader(src, maxFrameBytes, initialReadBuffer, greedyReadBuffer)
 }
 
-// NewSmallReader is NewReader with a first buffer of 1 KiB, grown as
-// frames need: for a connection that reads one small reply at a time (a
-// continuous entry's), where ten thousand connections of 4 KiB each held
-// 40 MB of the exporter's heap.
+// NewSmallReader is NewReader with a first buffer of 1 KiB, grown only as
+// frames need (a full buffer grows to 4 KiB, not to 64 KiB): for a
+// connection that reads one small reply at a time (a continuous
+// entry's), where ten thousand connections of 4 KiB each held 40 MB of
+// the exporter's heap.
 func NewSmallReader(src io.Reader, maxFrameBytes int) *Reader {
-	return newReader(src, maxFrameBytes, smallReadBuffer)
+	return newReader(src, maxFrameBytes, smallReadBuffer, initialReadBuffer)
 }
 
-func newReader(src io.Reader, maxFrameBytes, initial int) *Reader {
+func newReader(src io.Reader, maxFrameBytes, initial, greedy int) *Reader {
 	p := getBuf(min(initial, maxFrameBytes))
-	return &Reader{src: src, buf: *p, bufPtr: p, maxFrame: maxFrameBytes}
+	return &Reader{src: src, buf: *p, bufPtr: p, maxFrame: maxFrameBytes, greedy: greedy}
 }
 
 // Release returns the reader's buffer to the pool and its charge to the
@@ -233,8 +238,8 @@ func (r *Reader) ReadOnce(read func([]byte) (int, error)) (int, error) {
 	if n > 0 && r.charged > 0 && !r.proven {
 		r.Budget.touch(r) // an unproven holder that is not idle
 	}
-	if err == nil && !r.exact && r.end == len(r.buf) && len(r.buf) < greedyReadBuffer && len(r.buf) < r.maxFrame {
-		_ = r.grow(min(greedyReadBuffer, r.maxFrame)) // within 64 KiB: never refused
+	if err == nil && !r.exact && r.end == len(r.buf) && len(r.buf) < r.greedy && len(r.buf) < r.maxFrame {
+		_ = r.grow(min(r.greedy, r.maxFrame)) // within 64 KiB: never refused
 	}
 	return max(n, 0), err
 }
