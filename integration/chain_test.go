@@ -183,11 +183,7 @@ func TestSendThroughFourProcesses(t *testing.T) {
 // threshold and beyond the pipes' size.
 func TestSendFromRegularFile(t *testing.T) {
 	hops := chain(t, "b", "c", "z")
-	rng := rand.New(rand.NewPCG(3, 4))
-	in := make([]byte, 5<<20+13)
-	for i := range in {
-		in[i] = byte(rng.Uint32())
-	}
+	in := randomBytes(t, 5<<20+13)
 	path := filepath.Join(t.TempDir(), "in")
 	if err := os.WriteFile(path, in, 0o600); err != nil {
 		t.Fatal(err)

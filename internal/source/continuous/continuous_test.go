@@ -10,6 +10,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/subsegment/subsegment_exporter/internal/config"
 	"github.com/subsegment/subsegment_exporter/internal/source/prober"
@@ -54,10 +55,39 @@ func parse(t *testing.T, text string) *config.Config {
 // counter reads a counter or the count of a histogram from reg.
 func value(t *testing.T, reg *prometheus.Registry, name string, labels map[string]string) float64 {
 	t.Helper()
+	for _, m := range matching(t, reg, name, labels) {
+		switch {
+		case m.Counter != nil:
+			return m.Counter.GetValue()
+		case m.Histogram != nil:
+			return float64(m.Histogram.GetSampleCount())
+		case m.Gauge != nil:
+			return m.Gauge.GetValue()
+		}
+	}
+	return -1
+}
+
+// sumOf is the sum of the counters of family name whose labels include
+// labels.
+func sumOf(t *testing.T, reg *prometheus.Registry, name string, labels map[string]string) float64 {
+	t.Helper()
+	var sum float64
+	for _, m := range matching(t, reg, name, labels) {
+		sum += m.GetCounter().GetValue()
+	}
+	return sum
+}
+
+// matching is the series of family name in reg whose labels agree with
+// labels (a label they lack is no disagreement).
+func matching(t *testing.T, reg *prometheus.Registry, name string, labels map[string]string) []*dto.Metric {
+	t.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatalf("gather: %v", err)
 	}
+	var out []*dto.Metric
 	for _, mf := range mfs {
 		if mf.GetName() != name {
 			continue
@@ -69,17 +99,10 @@ func value(t *testing.T, reg *prometheus.Registry, name string, labels map[strin
 					continue metrics
 				}
 			}
-			switch {
-			case m.Counter != nil:
-				return m.Counter.GetValue()
-			case m.Histogram != nil:
-				return float64(m.Histogram.GetSampleCount())
-			case m.Gauge != nil:
-				return m.Gauge.GetValue()
-			}
+			out = append(out, m)
 		}
 	}
-	return -1
+	return out
 }
 
 // waitFor polls f (bounded) until it is true.

@@ -50,8 +50,6 @@ type tcpEntry struct {
 	sched schedule
 	phase connPhase
 	due   int64
-	// interval sets the entry's early margin (earlyMargin).
-	interval time.Duration
 	// heapIdx is the entry's place in the loop's heap (-1: none).
 	heapIdx int
 	removed bool
@@ -87,7 +85,7 @@ type tcpEntry struct {
 func newTCPEntry(l *loop, rec *recorder, opts prober.Options, sched schedule, parent context.Context) *tcpEntry {
 	opts.Logger = rec.log
 	x := prober.NewExchange(opts)
-	e := &tcpEntry{recorder: rec, l: l, x: x, o: x.Options(), sched: sched, interval: time.Duration(rec.entry.Interval), heapIdx: -1, fd: -1, gone: make(chan struct{})}
+	e := &tcpEntry{recorder: rec, l: l, x: x, o: x.Options(), sched: sched, heapIdx: -1, fd: -1, gone: make(chan struct{})}
 	e.ctx, e.cancel = context.WithCancel(parent)
 	e.rx.Clocks = rxstamp.Clocks{Mono: e.o.Clock.Monotonic, Real: e.o.Realtime, MaxWait: e.o.Timeout}
 	e.readFn = e.read

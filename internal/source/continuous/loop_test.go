@@ -395,21 +395,8 @@ func TestBatchingLeavesTheSourceResidenceAlone(t *testing.T) {
 	m, reg := newTestManager(t)
 	m.Apply(parse(t, fmt.Sprintf("modules:\n  m: {targets: [\"127.0.0.1:*\"], timeout: 2s}\ncontinuous:\n  - {target: %q, module: m, interval: %v}\n", z, interval)))
 	residence := func() (sum float64, count uint64) {
-		mfs, err := reg.Gather()
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, mf := range mfs {
-			if mf.GetName() != "subsegment_continuous_hop_residence_seconds" {
-				continue
-			}
-			for _, mt := range mf.Metric {
-				for _, lp := range mt.Label {
-					if lp.GetName() == "hop" && lp.GetValue() == "a" {
-						sum, count = sum+mt.GetHistogram().GetSampleSum(), count+mt.GetHistogram().GetSampleCount()
-					}
-				}
-			}
+		for _, m := range matching(t, reg, "subsegment_continuous_hop_residence_seconds", map[string]string{"hop": "a"}) {
+			sum, count = sum+m.GetHistogram().GetSampleSum(), count+m.GetHistogram().GetSampleCount()
 		}
 		return sum, count
 	}
@@ -418,32 +405,6 @@ func TestBatchingLeavesTheSourceResidenceAlone(t *testing.T) {
 	if mean := time.Duration(sum / float64(count) * float64(time.Second)); mean > interval/40 {
 		t.Errorf("the source's mean residence over %d probes: %v, want well under a tenth of the %v interval", count, mean, interval)
 	}
-}
-
-// sumOf is the sum of the counters of family name whose labels include
-// labels.
-func sumOf(t *testing.T, reg *prometheus.Registry, name string, labels map[string]string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatalf("gather: %v", err)
-	}
-	var sum float64
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	metrics:
-		for _, m := range mf.Metric {
-			for _, lp := range m.Label {
-				if v, ok := labels[lp.GetName()]; ok && v != lp.GetValue() {
-					continue metrics
-				}
-			}
-			sum += m.GetCounter().GetValue()
-		}
-	}
-	return sum
 }
 
 // steppingClock advances 1 µs at every reading, and counts the readings

@@ -21,7 +21,7 @@ func (l *loop) expire() {
 	}()
 	for len(l.timers) > 0 {
 		t := l.timers[0]
-		if t.due > l.mono && (t.e.phase != idle || t.due > l.mono+earlyMargin(t.e.interval, l.entries)) {
+		if t.due > l.mono && (t.e.phase != idle || t.due > l.mono+earlyMargin(time.Duration(t.e.sched.interval), l.entries)) {
 			return
 		}
 		l.timers.remove(0)

@@ -334,10 +334,7 @@ func (s *streamer) send(in io.Reader) error {
 			s.mu.Lock()
 			s.stamps[seq%window] = sent{tBuild: s.o.Clock.Monotonic(), size: n}
 			s.mu.Unlock()
-			frame.PutHeader(buf[start:], frame.Header{Kind: frame.KindStreamRequest, Flags: s.sign.HeaderFlags(),
-				Length: uint32(frame.ProbeHdrLen + n + trailer)})
-			frame.PutProbeHeader(buf[start+frame.HeaderLen:], frame.ProbeHeader{Seq: seq, Count: 1,
-				BudgetMicros: uint32(s.o.Timeout / time.Microsecond), DataLen: uint32(n)})
+			s.putHead(buf[start:], seq, n, trailer)
 			buf = binary.BigEndian.AppendUint64(buf, s.id)
 			buf = append(buf, s.sign.Sign(buf[start:])...)
 			seq++
@@ -369,6 +366,15 @@ func (s *streamer) send(in io.Reader) error {
 			return nil
 		}
 	}
+}
+
+// putHead writes the head of block seq, n bytes of data followed by
+// trailer bytes (its path entry and signature), into dst.
+func (s *streamer) putHead(dst []byte, seq uint64, n, trailer int) {
+	frame.PutHeader(dst, frame.Header{Kind: frame.KindStreamRequest, Flags: s.sign.HeaderFlags(),
+		Length: uint32(frame.ProbeHdrLen + n + trailer)})
+	frame.PutProbeHeader(dst[frame.HeaderLen:], frame.ProbeHeader{Seq: seq, Count: 1,
+		BudgetMicros: uint32(s.o.Timeout / time.Microsecond), DataLen: uint32(n)})
 }
 
 // takeSlot takes a place in the window for the next block; when the
@@ -792,10 +798,7 @@ func (s *streamer) sendFile(f *os.File, tcp *net.TCPConn, size int64) error {
 		s.mu.Unlock()
 		start := len(small)
 		small = small[:start+frame.MinFrameLen]
-		frame.PutHeader(small[start:], frame.Header{Kind: frame.KindStreamRequest, Flags: s.sign.HeaderFlags(),
-			Length: uint32(frame.ProbeHdrLen + int(n) + frame.PathEntryLen)})
-		frame.PutProbeHeader(small[start+frame.HeaderLen:], frame.ProbeHeader{Seq: seq, Count: 1,
-			BudgetMicros: uint32(s.o.Timeout / time.Microsecond), DataLen: uint32(n)})
+		s.putHead(small[start:], seq, int(n), frame.PathEntryLen)
 		if err := flush(); err != nil {
 			return fmt.Errorf("write to %s: %w", s.o.ForwardTo, err)
 		}
