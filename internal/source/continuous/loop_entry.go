@@ -320,13 +320,16 @@ func (e *tcpEntry) dialFailed(err error) {
 	e.step(e.x.DialFailed(err))
 }
 
-// probe sends the next probe on the open connection.
+// probe sends the probe of the slot at e.due on the open connection
+// (early, within the loop's margin, or late).
 func (e *tcpEntry) probe() {
 	if !e.inEpoll && !e.watch(unix.EPOLLIN) {
 		return
 	}
 	e.l.slotProbes++
-	e.send(e.x.Begin(e.l.turnOf(e.o.Clock, e.shareClock)))
+	t := e.l.turnOf(e.o.Clock, e.shareClock)
+	t.Early = time.Duration(e.due - e.l.moment(time.Now()))
+	e.send(e.x.Begin(t))
 }
 
 // send writes a request; what the socket does not take now is written

@@ -71,7 +71,7 @@ func (r *runner) run(ctx context.Context) {
 		switch {
 		case opened:
 			s = r.open(ctx)
-		case !r.probe(ctx, s):
+		case !r.probe(ctx, s, time.Duration(slot-r.moment(time.Now()))):
 			s.Close()
 			s = nil
 		default:
@@ -112,11 +112,12 @@ func (r *runner) open(ctx context.Context) *prober.Session {
 	return s
 }
 
-// probe sends a probe and records it, and reads the hops' context when
-// it is out of its SLA; false when the chain broke (and the session ends:
-// a STAMP session survives a lost packet).
-func (r *runner) probe(ctx context.Context, s *prober.Session) bool {
-	res := s.Probe(ctx)
+// probe sends a probe early before its slot (its batch; Turn.Early) and
+// records it, and reads the hops' context when it is out of its SLA;
+// false when the chain broke (and the session ends: a STAMP session
+// survives a lost packet).
+func (r *runner) probe(ctx context.Context, s *prober.Session, early time.Duration) bool {
+	res := s.ProbeEarly(ctx, early)
 	if ctx.Err() != nil {
 		return false
 	}

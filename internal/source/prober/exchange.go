@@ -43,8 +43,10 @@ type Exchange struct {
 	turn     Turn
 	tOut     int64
 	// start is when the probe began, used when the connection last
-	// carried one (monotonic): a Session's idle time.
+	// carried one (monotonic): a Session's idle time; early is how long
+	// before its slot the probe began (Turn.Early).
 	start, used int64
+	early       time.Duration
 	conns       uint64
 	tcp         TCPInfoReader
 	res         Result
@@ -60,6 +62,11 @@ type Exchange struct {
 type Turn struct {
 	Mono, Wall int64
 	Sync       clock.Sync
+	// Early is how long before its slot a continuous probe goes out (a
+	// loop's batch): the connection's idle time counts to the slot, so
+	// that sending early does not turn a first hop's idle close into a
+	// failure (stale).
+	Early time.Duration
 }
 
 // TCPInfoReader reads TCP_INFO of the connection (tcpinfo.Reader, or an
@@ -159,7 +166,7 @@ func (x *Exchange) Connected(connect time.Duration, tcp TCPInfoReader, t Turn) [
 func (x *Exchange) Begin(t Turn) []byte {
 	x.seq++
 	x.n, x.opening = 0, false
-	x.start = t.Mono
+	x.start, x.early = t.Mono, t.Early
 	return x.request(x.seq, t, 0)
 }
 
@@ -243,7 +250,7 @@ func (x *Exchange) done() Step {
 		x.samples[0], x.n = smp, 1
 		return Step{Write: x.request(x.seq, Turn{Mono: now, Wall: x.o.Clock.Wall(), Sync: x.o.Clock.Sync()}, 0)}
 	}
-	if x.n == 0 && stale(time.Duration(x.start-x.used), smp) {
+	if x.n == 0 && stale(time.Duration(x.start-x.used), x.early, smp) {
 		x.o.Logger.Debug("the first hop closed the idle connection: opening another", "idle", time.Duration(x.start-x.used).Round(time.Millisecond), "err", smp.Failure.Message)
 		x.reopening = true
 		return Step{Close: true, Reconnect: true}

@@ -90,13 +90,18 @@ func (s *Session) Connections() uint64 { return s.conns }
 // answering, the probe goes again on a new connection, after its warm-up;
 // what that finds is the probe's result, the warm-up's connect times
 // included.
-func (s *Session) Probe(ctx context.Context) *Result {
+func (s *Session) Probe(ctx context.Context) *Result { return s.ProbeEarly(ctx, 0) }
+
+// ProbeEarly is Probe for a probe sent early before its slot (a
+// continuous runner's batch): the connection's idle time counts to the
+// slot (Turn.Early).
+func (s *Session) ProbeEarly(ctx context.Context, early time.Duration) *Result {
 	s.seq++
 	start := time.Now()
 	res := s.result()
 	smp := s.p.probe(ctx, s.seq, 0)
 	samples := s.sampleArray()
-	if stale(start.Sub(s.used), smp) {
+	if stale(start.Sub(s.used), early, smp) {
 		s.o.Logger.Debug("the first hop closed the idle connection: opening another", "idle", start.Sub(s.used).Round(time.Millisecond), "err", smp.Failure.Message)
 		samples = s.reopen(ctx, samples)
 	} else {
@@ -128,10 +133,12 @@ func (s *Session) sampleArray() []Sample {
 }
 
 // stale says whether a probe sent after the connection sat idle that
-// long found it closed by the first hop: the probe goes again on a new
-// connection.
-func stale(idle time.Duration, smp Sample) bool {
-	return idle >= staleAfter && closedBeforeReply(smp)
+// long, early before its slot, found it closed by the first hop: the
+// probe goes again on a new connection. The idle time counts to the
+// slot: a probe of an interval just over staleAfter sent early (batched)
+// sees the idle time its interval gives, not less.
+func stale(idle, early time.Duration, smp Sample) bool {
+	return idle+max(early, 0) >= staleAfter && closedBeforeReply(smp)
 }
 
 // closedBeforeReply says whether the first hop closed or reset the

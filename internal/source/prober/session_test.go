@@ -9,8 +9,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/subsegment/subsegment_exporter/internal/host/clock"
 	"github.com/subsegment/subsegment_exporter/internal/testkit/chaintest"
 	"github.com/subsegment/subsegment_exporter/internal/wire/frame"
+	"github.com/subsegment/subsegment_exporter/internal/wire/peer"
+	"github.com/subsegment/subsegment_exporter/internal/wire/rxstamp"
 	"github.com/subsegment/subsegment_exporter/relay"
 )
 
@@ -244,5 +247,75 @@ func TestLongChainSegmentsAndHops(t *testing.T) {
 	defer s.Close()
 	for i := range 3 {
 		check(fmt.Sprintf("probe %d", i), s.Probe(ctx))
+	}
+}
+
+// The idle rule in one place: a probe that found its connection closed by
+// the first hop before anything came back is sent again on a new one when
+// the connection sat idle for staleAfter, counted to the probe's slot (a
+// continuous probe may go out early with a batch); a probe sent sooner
+// after the previous one, or answered, is what it is.
+func TestStale(t *testing.T) {
+	closed := Sample{Failure: &Failure{Reason: peer.ReasonClosed}}
+	reset := Sample{Failure: &Failure{Reason: peer.ReasonReset}}
+	further := Sample{Records: make([]frame.HopRecord, 2), Failure: &Failure{FromIndex: 1, Reason: peer.ReasonClosed}}
+	timedOut := Sample{Failure: &Failure{Reason: peer.ReasonTimeout}}
+	for _, c := range []struct {
+		name        string
+		idle, early time.Duration
+		smp         Sample
+		want        bool
+	}{
+		{"idle past the threshold, closed", 1200 * time.Millisecond, 0, closed, true},
+		{"idle past the threshold, reset", staleAfter, 0, reset, true},
+		{"sent 50ms early at an interval of 1.03s", 978 * time.Millisecond, 50 * time.Millisecond, closed, true},
+		{"the same sent on its slot", 978 * time.Millisecond, 0, closed, false},
+		{"late (negative early) counts as on time", 978 * time.Millisecond, -50 * time.Millisecond, closed, false},
+		{"early but a short interval", 400 * time.Millisecond, 20 * time.Millisecond, closed, false},
+		{"a later hop closed", 2 * time.Second, 0, further, false},
+		{"timed out, not closed", 2 * time.Second, 0, timedOut, false},
+		{"answered", 2 * time.Second, 0, Sample{}, false},
+	} {
+		if got := stale(c.idle, c.early, c.smp); got != c.want {
+			t.Errorf("%s: stale(%v, %v) = %v, want %v", c.name, c.idle, c.early, got, c.want)
+		}
+	}
+}
+
+// setClock is a monotonic clock a test sets.
+type setClock struct {
+	clock.Clock
+	now int64
+}
+
+func (c *setClock) Monotonic() int64 { return c.now }
+
+// An event loop's probe sent early (Turn.Early) on a connection the first
+// hop closed as idle goes again on a new connection when its idle time,
+// counted to its slot, reaches staleAfter; the same probe sent on its
+// slot fails, as it was sent sooner than that.
+func TestExchangeCountsIdleTimeToTheSlot(t *testing.T) {
+	for _, c := range []struct {
+		early     time.Duration
+		reconnect bool
+	}{{50 * time.Millisecond, true}, {0, false}} {
+		clk := &setClock{Clock: clock.NewSystem()}
+		x := NewExchange(Options{Target: "127.0.0.1:1", Source: "a", Timeout: time.Second, Clock: clk})
+		warm := x.Connected(time.Millisecond, nil, Turn{})
+		v, err := frame.Parse(warm, frame.DefaultMaxFrameBytes, frame.MaxHopsLimit)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rec := chaintest.EndRecord("z")
+		if st := x.Reply(chaintest.Reply(v, warm, frame.AppendHop(nil, &rec), 1), rxstamp.Stamp{}); st.Result == nil || st.Result.Failure != nil {
+			t.Fatalf("warm-up: %+v", st)
+		}
+		clk.now = int64(980 * time.Millisecond) // an interval of 1.03 s, the reply's 0 ms after
+		x.Begin(Turn{Mono: clk.now, Early: c.early})
+		x.Sent(clk.now)
+		st := x.ReadFailed(io.EOF)
+		if st.Reconnect != c.reconnect {
+			t.Errorf("sent %v early after 980ms idle, found closed: reconnect %v, want %v (%+v)", c.early, st.Reconnect, c.reconnect, st)
+		}
 	}
 }
