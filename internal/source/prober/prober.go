@@ -21,6 +21,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/subsegment/subsegment_exporter/internal/host/clock"
@@ -159,6 +160,9 @@ func (o *Options) ConfiguredFirstHop() string {
 type NameCache struct {
 	mu sync.Mutex
 	m  map[string]string
+	// starts counts the times the cache started again, full: a prober
+	// puts a name it put before again only when the cache did (keep).
+	starts atomic.Uint64
 }
 
 const maxCachedNames = 4096
@@ -195,10 +199,37 @@ func (c *NameCache) put(target, name string) {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.m == nil || len(c.m) >= maxCachedNames {
+	switch {
+	case c.m == nil:
 		c.m = map[string]string{}
+	case len(c.m) >= maxCachedNames:
+		c.m = map[string]string{}
+		c.starts.Add(1)
 	}
 	c.m[target] = name
+}
+
+// cachedName is what a prober put into a NameCache last: the name, and
+// the cache's starts before it did.
+type cachedName struct {
+	name   string
+	starts uint64
+}
+
+// keep puts target's name unless last says it is there already (the
+// same name, put since the cache last started again): a continuous
+// entry's every probe reports the same name, and its put would take the
+// lock shared by every entry.
+func (c *NameCache) keep(target, name string, last *cachedName) {
+	if c == nil || name == "" {
+		return
+	}
+	starts := c.starts.Load()
+	if last.name == name && last.starts == starts {
+		return
+	}
+	c.put(target, name)
+	*last = cachedName{name: name, starts: starts}
 }
 
 // Failure locates where the chain broke: the hop that reported it and the

@@ -27,8 +27,10 @@ type relayProbe struct {
 	path    [1]uint64
 	connect time.Duration
 	buf     []byte
-	// firstHop is the name the first hop reported on this connection.
+	// firstHop is the name the first hop reported on this connection;
+	// cached what this probe last put into Options.Names.
 	firstHop string
+	cached   cachedName
 	// reuse builds every sample's records and breakdown in arrays, valid
 	// until the next probe of its kind: a Session's and the loop's
 	// results hold a warm-up (arrays[0]) and a probe (arrays[1]) at most.
@@ -205,7 +207,7 @@ func (p *relayProbe) reply(smp *Sample, fr []byte, src frame.HopRecord, rx rxsta
 	p.breakDown(smp)
 	if len(smp.Records) > 1 {
 		p.firstHop = smp.Records[1].Name
-		p.o.Names.put(p.o.Target, p.firstHop)
+		p.o.Names.keep(p.o.Target, p.firstHop, &p.cached)
 	}
 }
 

@@ -62,7 +62,8 @@ func Violated(r *prober.Result, s config.SLA) bool {
 // each calls f with Evaluate's verdicts, in its order, until f returns
 // false.
 func each(r *prober.Result, s config.SLA, f func(Verdict) bool) {
-	for _, seg := range r.Segments {
+	for i := range r.Segments {
+		seg := &r.Segments[i] // not a copy: every probe of an entry asks
 		th := s.Threshold(seg.From, seg.To)
 		if th <= 0 {
 			continue
@@ -77,7 +78,8 @@ func each(r *prober.Result, s config.SLA, f func(Verdict) bool) {
 			return
 		}
 	}
-	for _, h := range r.Hops {
+	for i := range r.Hops {
+		h := &r.Hops[i]
 		th := s.HopThreshold(h.Name)
 		if th <= 0 || h.Residence.Max == 0 {
 			continue
