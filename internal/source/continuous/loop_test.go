@@ -436,3 +436,43 @@ func TestEachProbeOfATurnReadsItsOwnClock(t *testing.T) {
 		t.Errorf("%d readings of the synchronisation after a second turn, want 2", clk.syncs)
 	}
 }
+
+// The loop gives an idle entry's probe its slot's earliness (Turn.Early):
+// 300 ms after the first hop closed the idle connection, a probe whose
+// slot is 900 ms away counts its idle time to that slot and goes again on
+// a new connection; the same probe on its slot fails. (The slot is moved
+// by hand, far beyond the loop's margin, to test the loop's part alone.)
+func TestLoopCountsIdleTimeToTheSlot(t *testing.T) {
+	for _, c := range []struct {
+		early time.Duration
+		works bool
+	}{{900 * time.Millisecond, true}, {0, false}} {
+		t.Run(c.early.String(), func(t *testing.T) {
+			z := chaintest.StartRelay(t, relay.Config{Name: "z"})
+			b := chaintest.StartRelay(t, relay.Config{Name: "b", ForwardTo: z, Timeout: 150 * time.Millisecond})
+			m, reg := newTestManager(t)
+			m.Apply(parse(t, fmt.Sprintf("modules:\n  m: {targets: [\"127.0.0.1:*\"], timeout: 2s}\ncontinuous:\n  - {target: %q, module: m, interval: 5s}\n", b)))
+			waitFor(t, "the warm-up", func() bool {
+				return value(t, reg, "subsegment_continuous_segment_connect_seconds", map[string]string{"target": b}) > 0
+			})
+			time.Sleep(300 * time.Millisecond) // the relay closes the idle connection after 150 ms
+			inLoop(t, m.loop, func() {
+				e := connectedEntry(m.loop)
+				if e == nil || e.phase != idle {
+					t.Errorf("no idle entry: %+v", e)
+					return
+				}
+				m.loop.unschedule(e)
+				e.due = m.loop.moment(time.Now()) + int64(c.early)
+				e.timeout() // as expire takes it
+			})
+			result := func(r string) float64 {
+				return value(t, reg, "subsegment_continuous_probes_total", map[string]string{"result": r})
+			}
+			waitFor(t, "the probe's outcome", func() bool { return result("success")+result("failure") > 0 })
+			if got := result("success") > 0; got != c.works {
+				t.Errorf("sent %v before its slot on a connection closed as idle: success %v, want %v (failures %v)", c.early, got, c.works, result("failure"))
+			}
+		})
+	}
+}

@@ -52,7 +52,7 @@ func (r *runner) run(ctx context.Context) {
 	defer r.running.Add(-1)
 	now := time.Now()
 	slot := r.sched.first(r.moment(now))
-	timer := time.NewTimer(r.until(now, slot))
+	timer := time.NewTimer(r.until(now, slot, false))
 	defer timer.Stop()
 	var s *prober.Session
 	defer func() {
@@ -88,7 +88,7 @@ func (r *runner) run(ctx context.Context) {
 		} else {
 			slot = r.sched.next(r.moment(now))
 		}
-		timer.Reset(r.until(now, slot))
+		timer.Reset(r.until(now, slot, s != nil))
 	}
 }
 
@@ -141,7 +141,12 @@ func (r *runner) probe(ctx context.Context, s *prober.Session, early time.Durati
 // instants for every runner, so that the runtime's timers of a batch fire
 // in one wake-up of the process instead of one each; the slot is taken
 // when its timer fires (sched.take), as the loop takes an early probe's.
-func (r *runner) until(now time.Time, slot int64) time.Duration {
+// A connection opens at its slot, not early (batch false), as on the
+// loop: its warm-up is the first use its idle time counts from (stale).
+func (r *runner) until(now time.Time, slot int64, batch bool) time.Duration {
+	if !batch {
+		return time.Duration(slot - r.moment(now))
+	}
 	g := max(earlyMargin(time.Duration(r.sched.interval), int(r.running.Load())), 1)
 	return time.Duration(slot - slot%g - r.moment(now))
 }

@@ -165,6 +165,7 @@ func TestEarlyMargin(t *testing.T) {
 // Runners' probes go out at the start of their batch: slots within one
 // early margin of each other fire at the same instant (one wake-up of the
 // process), never after their slot and never more than the margin before.
+// A connection opens at its slot.
 func TestRunnersFireOnABatchGrid(t *testing.T) {
 	origin := time.Now()
 	moment := monotonicSince(origin)
@@ -177,9 +178,12 @@ func TestRunnersFireOnABatchGrid(t *testing.T) {
 	for _, e := range entries {
 		r := newRunner(&recorder{}, prober.Options{}, newSchedule(e, 0), moment, &running)
 		slot := r.sched.first(0)
-		fire := moment(now) + int64(r.until(now, slot))
+		fire := moment(now) + int64(r.until(now, slot, true))
 		if fire > slot || slot-fire >= margin {
 			t.Fatalf("slot %v fires at %v: want within %v before it", time.Duration(slot), time.Duration(fire), time.Duration(margin))
+		}
+		if open := moment(now) + int64(r.until(now, slot, false)); open != slot {
+			t.Fatalf("a connection of slot %v opens at %v: want at its slot", time.Duration(slot), time.Duration(open))
 		}
 		fires[fire]++
 	}

@@ -44,14 +44,15 @@ type Exchange struct {
 	tOut     int64
 	// start is when the probe began, used when the connection last
 	// carried one (monotonic): a Session's idle time; early is how long
-	// before its slot the probe began (Turn.Early).
-	start, used int64
-	early       time.Duration
-	conns       uint64
-	tcp         TCPInfoReader
-	res         Result
-	samples     [2]Sample
-	n           int
+	// before its slot the probe began (Turn.Early), usedEarly the same of
+	// the probe that last used the connection (0 for a warm-up).
+	start, used      int64
+	early, usedEarly time.Duration
+	conns            uint64
+	tcp              TCPInfoReader
+	res              Result
+	samples          [2]Sample
+	n                int
 }
 
 // Turn is the clocks an event loop gives a request it builds: its build
@@ -238,7 +239,7 @@ func (x *Exchange) done() Step {
 	}
 	now := x.o.Clock.Monotonic()
 	if smp.Warmup {
-		x.used = now
+		x.used, x.usedEarly = now, 0 // a connection opens at its slot or later
 		if x.opening {
 			// Open: the warm-up is the result.
 			return x.finish(smp, smp.Failure != nil)
@@ -250,12 +251,12 @@ func (x *Exchange) done() Step {
 		x.samples[0], x.n = smp, 1
 		return Step{Write: x.request(x.seq, Turn{Mono: now, Wall: x.o.Clock.Wall(), Sync: x.o.Clock.Sync()}, 0)}
 	}
-	if x.n == 0 && stale(time.Duration(x.start-x.used), x.early, smp) {
-		x.o.Logger.Debug("the first hop closed the idle connection: opening another", "idle", time.Duration(x.start-x.used).Round(time.Millisecond), "err", smp.Failure.Message)
+	if x.n == 0 && stale(time.Duration(x.start-x.used), x.early, x.usedEarly, smp) {
+		x.o.Logger.Debug("the first hop closed the idle connection: opening another", "idle", time.Duration(x.start-x.used).Round(time.Millisecond), "early", x.early.Round(time.Millisecond), "err", smp.Failure.Message)
 		x.reopening = true
 		return Step{Close: true, Reconnect: true}
 	}
-	x.used = now
+	x.used, x.usedEarly = now, x.early
 	return x.finish(smp, smp.Failure != nil)
 }
 

@@ -160,9 +160,10 @@ func (o *Options) ConfiguredFirstHop() string {
 type NameCache struct {
 	mu sync.Mutex
 	m  map[string]string
-	// starts counts the times the cache started again, full: a prober
-	// puts a name it put before again only when the cache did (keep).
-	starts atomic.Uint64
+	// version changes with every name the cache changes or forgets (it
+	// starts again when full): a prober puts a name it put before again
+	// only when the cache changed since (keep).
+	version atomic.Uint64
 }
 
 const maxCachedNames = 4096
@@ -193,9 +194,10 @@ func (c *NameCache) putChain(target string, hops []string) {
 	}
 }
 
-func (c *NameCache) put(target, name string) {
+// put remembers target's name and returns the cache's version after it.
+func (c *NameCache) put(target, name string) uint64 {
 	if c == nil || name == "" {
-		return
+		return 0
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -204,32 +206,36 @@ func (c *NameCache) put(target, name string) {
 		c.m = map[string]string{}
 	case len(c.m) >= maxCachedNames:
 		c.m = map[string]string{}
-		c.starts.Add(1)
+		c.version.Add(1)
 	}
-	c.m[target] = name
+	if old, ok := c.m[target]; !ok || old != name {
+		c.m[target] = name
+		return c.version.Add(1)
+	}
+	return c.version.Load()
 }
 
 // cachedName is what a prober put into a NameCache last: the name, and
-// the cache's starts before it did.
+// the cache's version right after.
 type cachedName struct {
-	name   string
-	starts uint64
+	name    string
+	version uint64
 }
 
 // keep puts target's name unless last says it is there already (the
-// same name, put since the cache last started again): a continuous
-// entry's every probe reports the same name, and its put would take the
-// lock shared by every entry.
+// same name, and the cache unchanged since): a continuous entry's every
+// probe reports the same name, and its put would take the lock shared by
+// every entry. Another prober that names the same target otherwise (a
+// round-robin name, a renamed relay) changes the version: both put
+// theirs again, the last one stays, as when every probe put its name.
 func (c *NameCache) keep(target, name string, last *cachedName) {
 	if c == nil || name == "" {
 		return
 	}
-	starts := c.starts.Load()
-	if last.name == name && last.starts == starts {
+	if last.name == name && last.version == c.version.Load() {
 		return
 	}
-	c.put(target, name)
-	*last = cachedName{name: name, starts: starts}
+	*last = cachedName{name: name, version: c.put(target, name)}
 }
 
 // Failure locates where the chain broke: the hop that reported it and the

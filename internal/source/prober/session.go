@@ -20,8 +20,10 @@ type Session struct {
 	o   Options
 	p   protocol
 	seq uint64
-	// used is when the connection last carried a probe.
-	used time.Time
+	// used is when the connection last carried a probe; usedEarly how
+	// long before its slot that probe went (ProbeEarly; 0 for Open's).
+	used      time.Time
+	usedEarly time.Duration
 	// conns counts the connections opened: the first, and every one a
 	// probe opened again (Connections).
 	conns   uint64
@@ -101,13 +103,13 @@ func (s *Session) ProbeEarly(ctx context.Context, early time.Duration) *Result {
 	res := s.result()
 	smp := s.p.probe(ctx, s.seq, 0)
 	samples := s.sampleArray()
-	if stale(start.Sub(s.used), early, smp) {
-		s.o.Logger.Debug("the first hop closed the idle connection: opening another", "idle", start.Sub(s.used).Round(time.Millisecond), "err", smp.Failure.Message)
+	if stale(start.Sub(s.used), early, s.usedEarly, smp) {
+		s.o.Logger.Debug("the first hop closed the idle connection: opening another", "idle", start.Sub(s.used).Round(time.Millisecond), "early", early.Round(time.Millisecond), "err", smp.Failure.Message)
 		samples = s.reopen(ctx, samples)
 	} else {
 		samples = append(samples, smp)
 	}
-	s.used = time.Now()
+	s.used, s.usedEarly = time.Now(), early
 	res.build(s.p, samples, s.o.Logger)
 	res.Duration = time.Since(start)
 	return res
@@ -133,12 +135,16 @@ func (s *Session) sampleArray() []Sample {
 }
 
 // stale says whether a probe sent after the connection sat idle that
-// long, early before its slot, found it closed by the first hop: the
-// probe goes again on a new connection. The idle time counts to the
-// slot: a probe of an interval just over staleAfter sent early (batched)
-// sees the idle time its interval gives, not less.
-func stale(idle, early time.Duration, smp Sample) bool {
-	return idle+max(early, 0) >= staleAfter && closedBeforeReply(smp)
+// long found it closed by the first hop: the probe goes again on a new
+// connection. A continuous probe may go out early (its batch): early is
+// how long before its slot it went, usedEarly the same of the probe whose
+// reply ended the previous use (negative: late). The idle time counts as
+// the slots give it when going out early made it shorter — at least the
+// interval less the previous round trip — so that batching does not turn
+// a first hop's idle close into a failure at intervals just over
+// staleAfter; a later probe's longer idle time counts as it is.
+func stale(idle, early, usedEarly time.Duration, smp Sample) bool {
+	return idle+max(early-usedEarly, 0) >= staleAfter && closedBeforeReply(smp)
 }
 
 // closedBeforeReply says whether the first hop closed or reset the

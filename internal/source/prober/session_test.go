@@ -252,32 +252,37 @@ func TestLongChainSegmentsAndHops(t *testing.T) {
 
 // The idle rule in one place: a probe that found its connection closed by
 // the first hop before anything came back is sent again on a new one when
-// the connection sat idle for staleAfter, counted to the probe's slot (a
-// continuous probe may go out early with a batch); a probe sent sooner
-// after the previous one, or answered, is what it is.
+// the connection sat idle for staleAfter, as the slots give it when the
+// probe went out earlier before its slot than the one before it (a
+// continuous probe may go out early with its batch), as it is otherwise;
+// a probe sent sooner after the previous one, or answered, is what it is.
 func TestStale(t *testing.T) {
 	closed := Sample{Failure: &Failure{Reason: peer.ReasonClosed}}
 	reset := Sample{Failure: &Failure{Reason: peer.ReasonReset}}
 	further := Sample{Records: make([]frame.HopRecord, 2), Failure: &Failure{FromIndex: 1, Reason: peer.ReasonClosed}}
 	timedOut := Sample{Failure: &Failure{Reason: peer.ReasonTimeout}}
 	for _, c := range []struct {
-		name        string
-		idle, early time.Duration
-		smp         Sample
-		want        bool
+		name                   string
+		idle, early, usedEarly time.Duration
+		smp                    Sample
+		want                   bool
 	}{
-		{"idle past the threshold, closed", 1200 * time.Millisecond, 0, closed, true},
-		{"idle past the threshold, reset", staleAfter, 0, reset, true},
-		{"sent 50ms early at an interval of 1.03s", 978 * time.Millisecond, 50 * time.Millisecond, closed, true},
-		{"the same sent on its slot", 978 * time.Millisecond, 0, closed, false},
-		{"late (negative early) counts as on time", 978 * time.Millisecond, -50 * time.Millisecond, closed, false},
-		{"early but a short interval", 400 * time.Millisecond, 20 * time.Millisecond, closed, false},
-		{"a later hop closed", 2 * time.Second, 0, further, false},
-		{"timed out, not closed", 2 * time.Second, 0, timedOut, false},
-		{"answered", 2 * time.Second, 0, Sample{}, false},
+		{"idle past the threshold, closed", 1200 * time.Millisecond, 0, 0, closed, true},
+		{"idle past the threshold, reset", staleAfter, 0, 0, reset, true},
+		{"sent 50ms early at an interval of 1.03s", 978 * time.Millisecond, 50 * time.Millisecond, 0, closed, true},
+		{"the same sent on its slot", 978 * time.Millisecond, 0, 0, closed, false},
+		{"as early as the probe before: the idle time is the interval's", 978 * time.Millisecond, 50 * time.Millisecond, 50 * time.Millisecond, closed, false},
+		{"20ms earlier than the probe before", 985 * time.Millisecond, 50 * time.Millisecond, 30 * time.Millisecond, closed, true},
+		{"late: the longer idle time counts as it is", 1020 * time.Millisecond, -50 * time.Millisecond, 0, closed, true},
+		{"late, and sooner than the threshold", 978 * time.Millisecond, -50 * time.Millisecond, 0, closed, false},
+		{"after a late probe, on its slot", 960 * time.Millisecond, 0, -50 * time.Millisecond, closed, true},
+		{"early but a short interval", 400 * time.Millisecond, 20 * time.Millisecond, 0, closed, false},
+		{"a later hop closed", 2 * time.Second, 0, 0, further, false},
+		{"timed out, not closed", 2 * time.Second, 0, 0, timedOut, false},
+		{"answered", 2 * time.Second, 0, 0, Sample{}, false},
 	} {
-		if got := stale(c.idle, c.early, c.smp); got != c.want {
-			t.Errorf("%s: stale(%v, %v) = %v, want %v", c.name, c.idle, c.early, got, c.want)
+		if got := stale(c.idle, c.early, c.usedEarly, c.smp); got != c.want {
+			t.Errorf("%s: stale(%v, %v, %v) = %v, want %v", c.name, c.idle, c.early, c.usedEarly, got, c.want)
 		}
 	}
 }
@@ -293,29 +298,75 @@ func (c *setClock) Monotonic() int64 { return c.now }
 // An event loop's probe sent early (Turn.Early) on a connection the first
 // hop closed as idle goes again on a new connection when its idle time,
 // counted to its slot, reaches staleAfter; the same probe sent on its
-// slot fails, as it was sent sooner than that.
+// slot fails, as it was sent sooner than that; so does one that went as
+// early as the probe before it (the idle time is then the interval's).
 func TestExchangeCountsIdleTimeToTheSlot(t *testing.T) {
+	const ms = int64(time.Millisecond)
 	for _, c := range []struct {
-		early     time.Duration
-		reconnect bool
-	}{{50 * time.Millisecond, true}, {0, false}} {
+		name string
+		// before is the early of a probe answered at 500 ms after the
+		// warm-up (none: -1)
+		before, early time.Duration
+		reconnect     bool
+	}{
+		{"50ms early after the warm-up", -1, 50 * time.Millisecond, true},
+		{"on its slot after the warm-up", -1, 0, false},
+		{"50ms early after a probe 50ms early", 50 * time.Millisecond, 50 * time.Millisecond, false},
+		{"50ms early after a probe on its slot", 0, 50 * time.Millisecond, true},
+	} {
 		clk := &setClock{Clock: clock.NewSystem()}
 		x := NewExchange(Options{Target: "127.0.0.1:1", Source: "a", Timeout: time.Second, Clock: clk})
-		warm := x.Connected(time.Millisecond, nil, Turn{})
-		v, err := frame.Parse(warm, frame.DefaultMaxFrameBytes, frame.MaxHopsLimit)
-		if err != nil {
-			t.Fatal(err)
+		reply := func(req []byte) Step {
+			v, err := frame.Parse(req, frame.DefaultMaxFrameBytes, frame.MaxHopsLimit)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rec := chaintest.EndRecord("z")
+			return x.Reply(chaintest.Reply(v, req, frame.AppendHop(nil, &rec), 1), rxstamp.Stamp{At: clk.now})
 		}
-		rec := chaintest.EndRecord("z")
-		if st := x.Reply(chaintest.Reply(v, warm, frame.AppendHop(nil, &rec), 1), rxstamp.Stamp{}); st.Result == nil || st.Result.Failure != nil {
-			t.Fatalf("warm-up: %+v", st)
+		if st := reply(x.Connected(time.Millisecond, nil, Turn{})); st.Result == nil || st.Result.Failure != nil {
+			t.Fatalf("%s: warm-up: %+v", c.name, st)
 		}
-		clk.now = int64(980 * time.Millisecond) // an interval of 1.03 s, the reply's 0 ms after
+		if c.before >= 0 {
+			clk.now = 500 * ms
+			req := x.Begin(Turn{Mono: clk.now, Early: c.before})
+			x.Sent(clk.now)
+			if st := reply(req); st.Result == nil || st.Result.Failure != nil {
+				t.Fatalf("%s: the probe before: %+v", c.name, st)
+			}
+		}
+		clk.now += 980 * ms // an interval of 1.03 s, less the early
 		x.Begin(Turn{Mono: clk.now, Early: c.early})
 		x.Sent(clk.now)
-		st := x.ReadFailed(io.EOF)
-		if st.Reconnect != c.reconnect {
-			t.Errorf("sent %v early after 980ms idle, found closed: reconnect %v, want %v (%+v)", c.early, st.Reconnect, c.reconnect, st)
+		if st := x.ReadFailed(io.EOF); st.Reconnect != c.reconnect {
+			t.Errorf("%s, found closed 980ms after the last reply: reconnect %v, want %v (%+v)", c.name, st.Reconnect, c.reconnect, st)
 		}
+	}
+}
+
+// A Session's probe sent early (ProbeEarly, a continuous runner's batch)
+// counts its connection's idle time to its slot: 300 ms after the relay
+// closed it as idle, a probe 900 ms before its slot goes again on a new
+// connection; one sent on its slot fails.
+func TestSessionCountsIdleTimeToTheSlot(t *testing.T) {
+	z := chaintest.StartRelay(t, relay.Config{Name: "z"})
+	b := chaintest.StartRelay(t, relay.Config{Name: "b", ForwardTo: z, Timeout: 150 * time.Millisecond})
+	for _, c := range []struct {
+		early time.Duration
+		works bool
+	}{{900 * time.Millisecond, true}, {0, false}} {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		s, warm := Open(ctx, opts(b))
+		if s == nil {
+			cancel()
+			t.Fatalf("open: %+v", warm.Failure)
+		}
+		time.Sleep(300 * time.Millisecond) // the relay closes the idle connection after 150 ms
+		r := s.ProbeEarly(ctx, c.early)
+		if r.Success != c.works {
+			t.Errorf("%v early, 300ms after the warm-up: success %v, want %v (%+v)", c.early, r.Success, c.works, r.Failure)
+		}
+		s.Close()
+		cancel()
 	}
 }
