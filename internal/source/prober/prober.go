@@ -155,18 +155,30 @@ func (o *Options) ConfiguredFirstHop() string {
 }
 
 // NameCache remembers, per target, the name its first hop reported. It
-// holds at most maxCachedNames targets (the module's allowed targets in
-// practice), so that it cannot grow without bound.
+// holds at most maxCachedNameBytes of targets and names, so that /probe
+// requests for ever new targets (as many as the modules' target patterns
+// allow) cannot grow it without bound; when full, a new target's name
+// takes old ones' place.
 type NameCache struct {
 	mu sync.Mutex
 	m  map[string]string
-	// version changes with every name the cache changes or forgets (it
-	// starts again when full): a prober puts a name it put before again
-	// only when the cache changed since (keep).
+	// bytes is what m holds, by cachedBytes.
+	bytes int
+	// version changes with every name the cache changes or forgets: a
+	// prober puts a name it put before again only when the cache changed
+	// since (keep).
 	version atomic.Uint64
 }
 
-const maxCachedNames = 4096
+// maxCachedNameBytes keeps far more targets than an exporter probes
+// continuously (10 000 in the scale figures, docs/scale.md: some 1 MB):
+// a cache smaller than them forgot names as it filled, and every entry's
+// next probe put its own again.
+const maxCachedNameBytes = 8 << 20
+
+// cachedBytes is what a target's name costs the cache: both strings and
+// the map's own share.
+func cachedBytes(target, name string) int { return len(target) + len(name) + 64 }
 
 func (c *NameCache) get(target string) string {
 	if c != nil {
@@ -201,18 +213,27 @@ func (c *NameCache) put(target, name string) uint64 {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	switch {
-	case c.m == nil:
+	if c.m == nil {
 		c.m = map[string]string{}
-	case len(c.m) >= maxCachedNames:
-		c.m = map[string]string{}
-		c.version.Add(1)
 	}
-	if old, ok := c.m[target]; !ok || old != name {
-		c.m[target] = name
-		return c.version.Add(1)
+	old, ok := c.m[target]
+	if ok && old == name {
+		return c.version.Load()
 	}
-	return c.version.Load()
+	if ok {
+		delete(c.m, target)
+		c.bytes -= cachedBytes(target, old)
+	}
+	for k, v := range c.m { // arbitrary ones: map order is random
+		if c.bytes+cachedBytes(target, name) <= maxCachedNameBytes {
+			break
+		}
+		delete(c.m, k)
+		c.bytes -= cachedBytes(k, v)
+	}
+	c.m[target] = name
+	c.bytes += cachedBytes(target, name)
+	return c.version.Add(1)
 }
 
 // cachedName is what a prober put into a NameCache last: the name, and
