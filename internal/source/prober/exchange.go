@@ -64,9 +64,9 @@ type Turn struct {
 	Mono, Wall int64
 	Sync       clock.Sync
 	// Early is how long before its slot a continuous probe goes out (a
-	// loop's batch): the connection's idle time counts to the slot, so
-	// that sending early does not turn a first hop's idle close into a
-	// failure (stale).
+	// loop's batch; negative: late): going out early does not shorten
+	// the connection's idle time below what the slots give it, and a
+	// first hop's idle close is not made a failure (stale).
 	Early time.Duration
 }
 

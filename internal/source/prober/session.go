@@ -95,8 +95,8 @@ func (s *Session) Connections() uint64 { return s.conns }
 func (s *Session) Probe(ctx context.Context) *Result { return s.ProbeEarly(ctx, 0) }
 
 // ProbeEarly is Probe for a probe sent early before its slot (a
-// continuous runner's batch): the connection's idle time counts to the
-// slot (Turn.Early).
+// continuous runner's batch): its idle time is not shortened below what
+// the slots give it (stale, Turn.Early).
 func (s *Session) ProbeEarly(ctx context.Context, early time.Duration) *Result {
 	s.seq++
 	start := time.Now()
