@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"runtime"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -302,7 +303,7 @@ func floodICMP(t *testing.T, h *netlab.Host, local, remote netip.AddrPort, stop 
 		binary.BigEndian.PutUint16(q[22:], remote.Port())
 		to := &unix.SockaddrInet4{Addr: local.Addr().As4()}
 		n := 0
-		for ; n < 200000; n++ {
+		for ; n < 600000; n++ {
 			select {
 			case <-stop:
 				sent <- n
@@ -333,8 +334,13 @@ func icmpChecksum(b []byte) uint16 {
 // A flood of forged ICMP errors that quote the flow (as an attacker on the
 // path could send) neither confuses a trace nor grows its memory: answers
 // whose sequence number is not one of the trace's probes are dropped by
-// the reader, and the trace finds the path.
+// the reader, and the trace finds the path. A flood faster than a starved
+// reader drains (the sender is a goroutine of this process; CI runs
+// stress-ng beside it) can overflow the socket and lose a router's true
+// answer: a hop then shows "*", which is no confusion. Such a trace is
+// tried again, at most floodTraces times; a wrong address fails at once.
 func TestTraceUnderForgedICMPFlood(t *testing.T) {
+	const floodTraces = 3
 	l := newLineLab(t)
 	conn := dial(t, l.b, echo(t, l.c, "10.63.4.2:9000"))
 	local := netip.MustParseAddrPort(conn.LocalAddr().String())
@@ -342,18 +348,31 @@ func TestTraceUnderForgedICMPFlood(t *testing.T) {
 	tr := newTracer(t, trace.Config{})
 	stop := make(chan struct{})
 	sent := floodICMP(t, l.routers[1], local, remote, stop)
-	var ms0, ms1 runtime.MemStats
-	runtime.ReadMemStats(&ms0)
-	res := traceFrom(t, l.b, tr, conn, trace.Options{}, 10*time.Second)
-	runtime.ReadMemStats(&ms1)
+	var res *trace.Result
+	for attempt := 1; attempt <= floodTraces; attempt++ {
+		var ms0, ms1 runtime.MemStats
+		runtime.ReadMemStats(&ms0)
+		res = traceFrom(t, l.b, tr, conn, trace.Options{}, 10*time.Second)
+		runtime.ReadMemStats(&ms1)
+		if alloc := ms1.TotalAlloc - ms0.TotalAlloc; alloc > 1<<20 {
+			t.Errorf("%d bytes allocated during the trace under the flood", alloc)
+		}
+		got := path(res)
+		for i, hop := range got {
+			if hop != "*" && (i >= len(lineHops) || hop != lineHops[i]) {
+				t.Fatalf("attempt %d: path %v, want %v: a forged answer confused the trace", attempt, got, lineHops)
+			}
+		}
+		if !slices.Contains(got, "*") || attempt == floodTraces {
+			break
+		}
+		t.Logf("attempt %d: path %v: a true answer was lost under the flood; tracing again", attempt, got)
+	}
 	close(stop)
 	n := <-sent
-	t.Logf("%d forged ICMP errors during the trace; %d bytes allocated", n, ms1.TotalAlloc-ms0.TotalAlloc)
+	t.Logf("%d forged ICMP errors during the traces", n)
 	wantPath(t, res, lineHops...)
 	if n < 1000 {
 		t.Errorf("only %d forged errors sent", n)
-	}
-	if alloc := ms1.TotalAlloc - ms0.TotalAlloc; alloc > 1<<20 {
-		t.Errorf("%d bytes allocated during the trace under the flood", alloc)
 	}
 }
