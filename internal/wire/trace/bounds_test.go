@@ -347,6 +347,8 @@ func TestTraceUnderForgedICMPFlood(t *testing.T) {
 	remote := netip.MustParseAddrPort(conn.RemoteAddr().String())
 	tr := newTracer(t, trace.Config{})
 	stop := make(chan struct{})
+	stopFlood := sync.OnceFunc(func() { close(stop) })
+	t.Cleanup(stopFlood) // also when an attempt fails the test
 	sent := floodICMP(t, l.routers[1], local, remote, stop)
 	var res *trace.Result
 	for attempt := 1; attempt <= floodTraces; attempt++ {
@@ -368,7 +370,7 @@ func TestTraceUnderForgedICMPFlood(t *testing.T) {
 		}
 		t.Logf("attempt %d: path %v: a true answer was lost under the flood; tracing again", attempt, got)
 	}
-	close(stop)
+	stopFlood()
 	n := <-sent
 	t.Logf("%d forged ICMP errors during the traces", n)
 	wantPath(t, res, lineHops...)
