@@ -445,6 +445,25 @@ cont_scrape() {
   log "  ($(curl -s "$url" | grep -c '^subsegment_continuous_') continuous series in the text exposition; RSS $(( $(rss_kb $CONT_PID) / 1024 )) MiB after the scrapes, peak $(( $(awk '/VmHWM/ {print $2}' /proc/$CONT_PID/status) / 1024 )) MiB; load $(cut -d' ' -f1-3 /proc/loadavg))"
 }
 
+# cont_scrape_memory LABEL: the running exporter's memory and CPU while
+# it is scraped as Prometheus scrapes it: CONT_SCRAPES text scrapes (8),
+# one every CONT_SCRAPE_EVERY seconds (15); RSS sampled every 5 s.
+cont_scrape_memory() {
+  local url="http://127.0.0.1:$((B+400))/metrics" every=${CONT_SCRAPE_EVERY:-15} n=${CONT_SCRAPES:-8}
+  local c0 t0 c1 t1 i next rss max=0 sum=0 k=0
+  c0=$(cpu_us $CONT_PID); t0=$(date +%s.%N)
+  for i in $(seq 1 "$n"); do
+    next=$(echo "$(date +%s.%N) + $every" | bc)
+    curl -s -o /dev/null "$url"
+    while [ "$(echo "$(date +%s.%N) < $next" | bc)" = 1 ]; do
+      sleep 5
+      rss=$(rss_kb $CONT_PID); sum=$((sum + rss)); k=$((k + 1)); [ "$rss" -gt "$max" ] && max=$rss
+    done
+  done
+  c1=$(cpu_us $CONT_PID); t1=$(date +%s.%N)
+  log "$(printf '  /metrics every %s s, %-28s RSS mean %4d MiB, max %4d MiB (sampled every 5 s), peak %4d MiB; exporter CPU %4.1f%% of a core, scrapes included; load %s' "$every" "$1:" $((sum / k / 1024)) $((max / 1024)) $(( $(awk '/VmHWM/ {print $2}' /proc/$CONT_PID/status) / 1024 )) "$(awk -v c=$((c1 - c0)) -v t="$(echo "$t1 - $t0" | bc)" 'BEGIN {print c / t / 1e4}')" "$(cut -d' ' -f1-3 /proc/loadavg)")"
+}
+
 bench_continuous() {
   local sizes=${CONT_SIZES:-100 2000 10000} kinds=" ${CONT_KINDS:-tcp http native} " kind n largest
   largest=$(echo "$sizes" | tr ' ' '\n' | sort -n | tail -1)
@@ -455,6 +474,7 @@ bench_continuous() {
       cont_run $kind "$n"
       if [ "$kind" = tcp ] && [ "$n" = "$largest" ]; then
         cont_scrape "$n entries, classic+native"
+        cont_scrape_memory "$n entries, classic+native"
       fi
       cont_stop
     done
@@ -462,6 +482,7 @@ bench_continuous() {
   if [[ $kinds == *" native "* ]]; then
     cont_run tcp "$largest" --no-continuous.classic-buckets
     cont_scrape "$largest entries, native only"
+    cont_scrape_memory "$largest entries, native only"
     cont_stop
   fi
   log "  (targets, issue 23: <= 15 us per probe for TCP chains and <= 25 us for HTTP chains at 2000 and 10000 entries, flat from 100; RSS <= 1 GiB at 10000; no second over 2x the mean)"

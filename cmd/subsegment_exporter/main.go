@@ -32,6 +32,7 @@ import (
 	"github.com/subsegment/subsegment_exporter/internal/exporter"
 	_ "github.com/subsegment/subsegment_exporter/internal/host/buildinfo" // the version of a plain `go build`
 	"github.com/subsegment/subsegment_exporter/internal/host/lowlatency"
+	"github.com/subsegment/subsegment_exporter/internal/host/memlimit"
 	"github.com/subsegment/subsegment_exporter/internal/output/nagios"
 	"github.com/subsegment/subsegment_exporter/internal/output/report"
 	"github.com/subsegment/subsegment_exporter/internal/source/prober"
@@ -116,6 +117,7 @@ func run(args []string) int {
 	serveCmd.Flag("continuous.classic-buckets", "Continuous entries' histograms have classic buckets (one series per bucket) besides native ones; --no-continuous.classic-buckets: native histograms only, one series per histogram for a Prometheus that scrapes them (about 10x fewer series).").Default("true").BoolVar(&so.classicBuckets)
 	serveCmd.Flag("history.limit", "How many /probe runs the landing page lists, with their answers (0: none).").Default(fmt.Sprint(exporter.DefaultHistoryLimit)).IntVar(&so.historyLimit)
 	serveCmd.Flag("runtime.gomaxprocs", "Threads running Go code at once (GOMAXPROCS). 0: 1 for a pure source exporter (no --listen: its work is waiting, and one thread wakes for it with less CPU), Go's default (the CPUs available) for a relay.").Default("0").IntVar(&so.gomaxprocs)
+	serveCmd.Flag("runtime.memory-limit-ratio", "Go's soft memory limit (GOMEMLIMIT) as a fraction of the process's cgroup memory limit, when it has one, so that the heap is collected sooner instead of the process being killed (0: off; GOMEMLIMIT in the environment wins).").Default(fmt.Sprint(memlimit.DefaultRatio)).Float64Var(&so.memoryLimitRatio)
 	serveCmd.Flag("inband.var", "A variable this relay attaches to probes that ask for context (repeatable): load1, load5, load15, an interface counter like if_in_errors:eth0 (if_in|out_bytes|packets|errors|drops), or name=OID of the local agent.").StringsVar(&so.inband.Specs)
 	serveCmd.Flag("inband.snmp-agent", "Local SNMP agent (host:port, v2c) for OID in-band variables.").StringVar(&so.inband.Agent)
 	serveCmd.Flag("inband.snmp-community-file", "File holding the local agent's community (default: public); read at start, by the rule of every secret file.").ExistingFileVar(&so.communityFile)
@@ -391,6 +393,8 @@ type serveFlags struct {
 	pprof        bool
 	gomaxprocs   int
 	historyLimit int
+	// memoryLimitRatio: the soft memory limit, of the cgroup's limit.
+	memoryLimitRatio float64
 	// classicBuckets: continuous histograms keep classic buckets too.
 	classicBuckets bool
 	timeoutOffset  time.Duration
@@ -405,6 +409,8 @@ type serveFlags struct {
 // validate checks the bounds a flag cannot check itself.
 func (so serveFlags) validate() error {
 	switch {
+	case so.memoryLimitRatio < 0 || so.memoryLimitRatio > 1:
+		return fmt.Errorf("--runtime.memory-limit-ratio=%g: give a fraction of the cgroup's memory limit, above 0 and at most 1 (0 turns the soft limit off)", so.memoryLimitRatio)
 	case so.maxProbes < 0:
 		return fmt.Errorf("--probe.max-concurrent=%d: give a number of probes, or 0 for no limit", so.maxProbes)
 	case so.idleTimeout <= 0:
@@ -445,7 +451,12 @@ func serve(ctx context.Context, hop relayFlags, keys frame.Keys, so serveFlags, 
 		}
 	}
 	procs := lowlatency.Procs(so.gomaxprocs, hop.listen != "")
-	logger.Info("starting "+name, "version", version.Info(), "build_context", version.BuildContext(), "async_preemption_off", lowlatency.Active(), "gomaxprocs", procs)
+	mem, err := memlimit.Apply(so.memoryLimitRatio, os.Getenv, os.DirFS("/"))
+	if err != nil {
+		logger.Warn("cannot read this process's cgroup memory limit: Go's soft memory limit stays off (set GOMEMLIMIT to set one)", "err", err)
+	}
+	logger.Info("starting "+name, "version", version.Info(), "build_context", version.BuildContext(), "async_preemption_off", lowlatency.Active(), "gomaxprocs", procs,
+		"memory_limit_bytes", mem.Limit, "memory_limit_from", mem.From)
 	so.inband.Community = "public"
 	if so.communityFile != "" {
 		community, err := config.ReadSecretFile(so.communityFile)
@@ -455,7 +466,7 @@ func serve(ctx context.Context, hop relayFlags, keys frame.Keys, so serveFlags, 
 		}
 		so.inband.Community = string(community)
 	}
-	err := exporter.Serve(ctx, exporter.Config{ListenAddress: hop.listen, Relay: hop.relayConfig(keys), ConfigFile: so.configFile, KeyFile: hop.keyFile,
+	err = exporter.Serve(ctx, exporter.Config{ListenAddress: hop.listen, Relay: hop.relayConfig(keys), ConfigFile: so.configFile, KeyFile: hop.keyFile,
 		TimeoutOffset: so.timeoutOffset, Web: webFlags, Logger: logger, Inband: so.inband, Pprof: so.pprof, HistoryLimit: so.historyLimit,
 		MaxConcurrentProbes: so.maxProbes, IdleTimeout: so.idleTimeout, SNMPWalk: so.walk, ContinuousNativeOnly: !so.classicBuckets,
 		Probe: func(p *exporter.ProbeHandler) { p.TLS = hop.tlsClient }, STAMP: so.stamp, Tracer: hop.tracer, TraceOptions: hop.traceOpts})
