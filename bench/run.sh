@@ -454,10 +454,17 @@ cont_scrape_memory() {
   c0=$(cpu_us $CONT_PID); t0=$(date +%s.%N)
   for i in $(seq 1 "$n"); do
     next=$(echo "$(date +%s.%N) + $every" | bc)
-    curl -s -o /dev/null "$url"
-    while [ "$(echo "$(date +%s.%N) < $next" | bc)" = 1 ]; do
+    curl -s -o /dev/null "$url" || true
+    if ! kill -0 "$CONT_PID" 2>/dev/null; then
+      log "  /metrics every $every s, $1: the exporter exited during scrape $i (killed? see dmesg, its cgroup's memory.oom_control)"
+      return
+    fi
+    # A sample 5 s after the scrape ended, and every 5 s until the next
+    # is due: at least one per scrape.
+    while :; do
       sleep 5
       rss=$(rss_kb $CONT_PID); sum=$((sum + rss)); k=$((k + 1)); [ "$rss" -gt "$max" ] && max=$rss
+      [ "$(echo "$(date +%s.%N) < $next" | bc)" = 1 ] || break
     done
   done
   c1=$(cpu_us $CONT_PID); t1=$(date +%s.%N)
