@@ -459,10 +459,14 @@ cont_scrape_memory() {
       log "  /metrics every $every s, $1: the exporter exited during scrape $i (killed? see dmesg, its cgroup's memory.oom_control)"
       return
     fi
-    # A sample 5 s after the scrape ended, and every 5 s until the next
-    # is due: at least one per scrape.
+    # Samples every 5 s from the scrape's end until the next is due (at
+    # least one per scrape); the next starts on time.
     while :; do
-      sleep 5
+      sleep "$(echo "$next - $(date +%s.%N)" | bc | awk '{print ($1 > 5 ? 5 : ($1 > 0 ? $1 : 0))}')"
+      if ! kill -0 "$CONT_PID" 2>/dev/null; then
+        log "  /metrics every $every s, $1: the exporter exited after scrape $i (killed? see dmesg, its cgroup's memory.oom_control)"
+        return
+      fi
       rss=$(rss_kb $CONT_PID); sum=$((sum + rss)); k=$((k + 1)); [ "$rss" -gt "$max" ] && max=$rss
       [ "$(echo "$(date +%s.%N) < $next" | bc)" = 1 ] || break
     done

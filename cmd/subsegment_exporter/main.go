@@ -409,8 +409,8 @@ type serveFlags struct {
 // validate checks the bounds a flag cannot check itself.
 func (so serveFlags) validate() error {
 	switch {
-	case so.memoryLimitRatio < 0 || so.memoryLimitRatio > 1:
-		return fmt.Errorf("--runtime.memory-limit-ratio=%g: give a fraction of the cgroup's memory limit, above 0 and at most 1 (0 turns the soft limit off)", so.memoryLimitRatio)
+	case memlimit.CheckRatio(so.memoryLimitRatio) != nil:
+		return memlimit.CheckRatio(so.memoryLimitRatio)
 	case so.maxProbes < 0:
 		return fmt.Errorf("--probe.max-concurrent=%d: give a number of probes, or 0 for no limit", so.maxProbes)
 	case so.idleTimeout <= 0:
@@ -456,7 +456,7 @@ func serve(ctx context.Context, hop relayFlags, keys frame.Keys, so serveFlags, 
 		logger.Warn("cannot read this process's cgroup memory limit: Go's soft memory limit stays off (set GOMEMLIMIT to set one)", "err", err)
 	}
 	logger.Info("starting "+name, "version", version.Info(), "build_context", version.BuildContext(), "async_preemption_off", lowlatency.Active(), "gomaxprocs", procs,
-		"memory_limit_bytes", mem.Limit, "memory_limit_from", mem.From)
+		"memory_limit", memlimit.Bytes(mem.Limit), "cgroup_memory_limit", memlimit.Bytes(mem.Cgroup), "memory_limit_from", mem.From)
 	so.inband.Community = "public"
 	if so.communityFile != "" {
 		community, err := config.ReadSecretFile(so.communityFile)

@@ -19,6 +19,7 @@ import (
 	"math"
 	"path"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -36,6 +37,15 @@ type Decision struct {
 	From string
 }
 
+// Bytes writes a limit for a log line: its bytes, or "none" for 0 and
+// for Go's "no limit" (math.MaxInt64).
+func Bytes(limit int64) string {
+	if limit <= 0 || limit == math.MaxInt64 {
+		return "none"
+	}
+	return strconv.FormatInt(limit, 10)
+}
+
 // DefaultRatio is --runtime.memory-limit-ratio's default: Prometheus'
 // (--auto-gomemlimit.ratio), room for what Go does not count (stacks
 // outside the heap, the page cache of the cgroup's other processes).
@@ -44,6 +54,19 @@ const DefaultRatio = 0.9
 // unlimited is where cgroup v1 says "no limit": a page-rounded
 // math.MaxInt64. Anything from 2^62 up counts as none.
 const unlimited = int64(1) << 62
+
+// MinRatio is the smallest --runtime.memory-limit-ratio taken (besides 0):
+// below it the collector would run all the time.
+const MinRatio = 0.1
+
+// CheckRatio says what is wrong with a --runtime.memory-limit-ratio: 0, or
+// from MinRatio to 1.
+func CheckRatio(ratio float64) error {
+	if ratio == 0 || (ratio >= MinRatio && ratio <= 1) {
+		return nil
+	}
+	return fmt.Errorf("--runtime.memory-limit-ratio=%g: give the fraction of the cgroup's memory limit Go's soft limit takes, from %g to 1 (0 turns the soft limit off)", ratio, MinRatio)
+}
 
 // Apply sets the soft memory limit to ratio × the cgroup's memory limit,
 // unless GOMEMLIMIT is set in the environment (getenv) or ratio is 0.
@@ -55,90 +78,155 @@ func Apply(ratio float64, getenv func(string) string, root fs.FS) (Decision, err
 	if getenv("GOMEMLIMIT") != "" {
 		return Decision{Limit: debug.SetMemoryLimit(-1), From: "GOMEMLIMIT"}, nil
 	}
-	if ratio <= 0 {
+	if err := CheckRatio(ratio); err != nil {
+		return Decision{}, err
+	}
+	if ratio == 0 {
 		return Decision{From: "--runtime.memory-limit-ratio=0"}, nil
 	}
-	if ratio > 1 {
-		return Decision{}, fmt.Errorf("--runtime.memory-limit-ratio=%g: give a fraction of the cgroup's memory limit, above 0 and at most 1 (0 turns the soft limit off)", ratio)
-	}
-	limit, file, err := CgroupLimit(root)
+	limit, from, err := CgroupLimit(root)
 	if err != nil {
 		return Decision{From: "none"}, err
 	}
 	if limit == 0 {
-		return Decision{From: "no cgroup memory limit"}, nil
+		return Decision{From: from}, nil
 	}
 	soft := int64(float64(limit) * ratio)
 	debug.SetMemoryLimit(soft)
-	return Decision{Limit: soft, Cgroup: limit, From: file}, nil
+	return Decision{Limit: soft, Cgroup: limit, From: from}, nil
 }
 
 // CgroupLimit is the memory limit of the process's cgroup and of its
-// ancestors (the smallest: the kernel applies them all), and the file it
-// came from; 0 when there is none. It reads cgroup v2's memory.max under
-// sys/fs/cgroup (or sys/fs/cgroup/unified), else cgroup v1's
-// memory.limit_in_bytes under sys/fs/cgroup/memory, for the cgroup
-// proc/self/cgroup names.
+// ancestors (the smallest: the kernel applies them all) and the file it
+// came from; without a limit, 0 and why there is none. It finds the
+// hierarchy with the memory controller in proc/self/mountinfo (cgroup
+// v1's, whose limit is memory.limit_in_bytes, else v2's, memory.max) and
+// the process's cgroup in it in proc/self/cgroup.
 func CgroupLimit(root fs.FS) (int64, string, error) {
 	self, err := fs.ReadFile(root, "proc/self/cgroup")
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, "no cgroups (no /proc/self/cgroup)", nil
+	}
 	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return 0, "", nil
-		}
 		return 0, "", fmt.Errorf("reading the process's cgroup: %w", err)
+	}
+	info, err := fs.ReadFile(root, "proc/self/mountinfo")
+	if err != nil {
+		return 0, "", fmt.Errorf("finding the cgroup hierarchies: %w", err)
 	}
 	v1, v2, err := parseSelfCgroup(self)
 	if err != nil {
 		return 0, "", err
 	}
-	// The memory controller is on v1 when a v1 hierarchy has it (a hybrid
-	// system mounts v2 without it), else on v2.
-	if v1 != "" {
-		return smallest(root, "sys/fs/cgroup/memory", v1, "memory.limit_in_bytes")
-	}
-	if v2 != "" {
-		for _, mount := range []string{"sys/fs/cgroup", "sys/fs/cgroup/unified"} {
-			if _, err := fs.Stat(root, mount+"/cgroup.controllers"); err == nil {
-				return smallest(root, mount, v2, "memory.max")
-			}
+	m1, m2 := cgroupMounts(info)
+	switch {
+	case v1 != "" && m1 != nil:
+		return smallest(root, *m1, v1, "memory.limit_in_bytes")
+	case v1 != "":
+		return 0, "", fmt.Errorf("/proc/self/cgroup puts the process in the v1 memory cgroup %s, but /proc/self/mountinfo mounts no v1 hierarchy with the memory controller", v1)
+	case v2 != "" && m2 != nil:
+		controllers, _ := fs.ReadFile(root, path.Join(strings.TrimPrefix(m2.point, "/"), "cgroup.controllers"))
+		if !slices.Contains(strings.Fields(string(controllers)), "memory") {
+			return 0, "no memory controller in the cgroup hierarchy", nil
 		}
+		return smallest(root, *m2, v2, "memory.max")
 	}
-	return 0, "", nil
+	return 0, "no cgroup memory limit", nil
 }
 
 // parseSelfCgroup reads /proc/self/cgroup: the path of the v1 hierarchy
-// with the memory controller, and the v2 path ("0::/path").
+// with the memory controller, and the v2 path ("0::/path"). Lines it does
+// not need are not checked.
 func parseSelfCgroup(b []byte) (v1, v2 string, err error) {
 	sc := bufio.NewScanner(bytes.NewReader(b))
 	for n := 1; sc.Scan(); n++ {
 		id, rest, ok := strings.Cut(sc.Text(), ":")
 		controllers, p, ok2 := strings.Cut(rest, ":")
+		memory := slices.Contains(strings.Split(controllers, ","), "memory")
+		v2line := id == "0" && controllers == ""
+		if !memory && !v2line {
+			continue
+		}
 		if !ok || !ok2 || !strings.HasPrefix(p, "/") {
 			return "", "", fmt.Errorf("/proc/self/cgroup line %d: %q is not id:controllers:/path", n, sc.Text())
 		}
-		switch {
-		case id == "0" && controllers == "":
-			v2 = p
-		case strings.Contains(","+controllers+",", ",memory,"):
+		if memory {
 			v1 = p
+		} else {
+			v2 = p
 		}
 	}
 	return v1, v2, sc.Err()
 }
 
-// smallest walks from the cgroup up to the hierarchy's root and returns
-// the smallest limit in file along the way. A cgroup namespace (a
-// container) shows its own root as "/": its limit is the mount's.
-func smallest(root fs.FS, mount, cgroup, file string) (int64, string, error) {
+// cgroupMount is where a cgroup hierarchy is mounted: point shows the
+// hierarchy's cgroup root (a container sees its own cgroup as "/").
+type cgroupMount struct{ root, point string }
+
+// cgroupMounts finds, in /proc/self/mountinfo, the v1 hierarchy that has
+// the memory controller and the v2 hierarchy.
+func cgroupMounts(info []byte) (v1, v2 *cgroupMount) {
+	sc := bufio.NewScanner(bytes.NewReader(info))
+	sc.Buffer(make([]byte, 0, 4096), 1<<20)
+	for sc.Scan() {
+		// id parent major:minor root point options [optional...] - type source super
+		before, after, ok := strings.Cut(sc.Text(), " - ")
+		f, g := strings.Fields(before), strings.Fields(after)
+		if !ok || len(f) < 5 || len(g) < 3 {
+			continue
+		}
+		m := &cgroupMount{root: unescapeMount(f[3]), point: unescapeMount(f[4])}
+		switch {
+		case g[0] == "cgroup" && v1 == nil && slices.Contains(strings.Split(g[2], ","), "memory"):
+			v1 = m
+		case g[0] == "cgroup2" && v2 == nil:
+			v2 = m
+		}
+	}
+	return v1, v2
+}
+
+// unescapeMount undoes mountinfo's octal escapes (\040 for a space).
+func unescapeMount(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(v))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// smallest walks from the cgroup up to the mount's root and returns the
+// smallest limit in file along the way; without one, 0 and why.
+func smallest(root fs.FS, m cgroupMount, cgroup, file string) (int64, string, error) {
+	rel := cgroup
+	if m.root != "/" {
+		if rel != m.root && !strings.HasPrefix(rel, m.root+"/") {
+			return 0, fmt.Sprintf("the process's cgroup %s is outside the mounted hierarchy (%s at %s)", cgroup, m.root, m.point), nil
+		}
+		rel = "/" + strings.TrimPrefix(strings.TrimPrefix(rel, m.root), "/")
+	}
+	if rel == "/.." || strings.HasPrefix(rel, "/../") {
+		// Outside this cgroup namespace's view: its files are not ours.
+		return 0, fmt.Sprintf("the process's cgroup %s is outside this cgroup namespace", cgroup), nil
+	}
 	var limit int64
 	var from string
-	for dir := path.Clean(cgroup); ; dir = path.Dir(dir) {
-		name := path.Join(mount, strings.TrimPrefix(dir, "/"), file)
+	for dir := path.Clean(rel); ; dir = path.Dir(dir) {
+		name := strings.TrimPrefix(path.Join(m.point, dir, file), "/")
 		b, err := fs.ReadFile(root, name)
 		switch {
 		case errors.Is(err, fs.ErrNotExist):
-			// The root cgroup has no limit file; a cgroup outside the
-			// namespace's view has none either.
+			// The root cgroup has no limit file.
 		case err != nil:
 			return 0, "", fmt.Errorf("reading the cgroup memory limit: %w", err)
 		default:
@@ -151,6 +239,9 @@ func smallest(root fs.FS, mount, cgroup, file string) (int64, string, error) {
 			}
 		}
 		if dir == "/" || dir == "." {
+			if limit == 0 {
+				return 0, "no cgroup memory limit", nil
+			}
 			return limit, from, nil
 		}
 	}
