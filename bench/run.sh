@@ -435,13 +435,18 @@ cont_scrape() {
   for f in text gzip protobuf; do
     for _ in 1 2 3; do
       case $f in
-        text) curl -s -o /dev/null -w '%{time_total} %{size_download}\n' "$url" ;;
-        gzip) curl -s -o /dev/null -H 'Accept-Encoding: gzip' -w '%{time_total} %{size_download}\n' "$url" ;;
-        protobuf) curl -s -o /dev/null -H 'Accept: application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited' -w '%{time_total} %{size_download}\n' "$url" ;;
+        text) curl -s -o /dev/null -w '%{time_total} %{size_download}\n' "$url" || true ;;
+        gzip) curl -s -o /dev/null -H 'Accept-Encoding: gzip' -w '%{time_total} %{size_download}\n' "$url" || true ;;
+        protobuf) curl -s -o /dev/null -H 'Accept: application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited' -w '%{time_total} %{size_download}\n' "$url" || true ;;
       esac
     done >"$WORK/scrape.$f"
+    kill -0 "$CONT_PID" 2>/dev/null || break
     log "$(printf '  /metrics, %-28s %-8s %6.2f s  %7.1f MB' "$1:" "$f" "$(awk '{print $1}' "$WORK/scrape.$f" | median)" "$(awk '{print $2 / 1e6}' "$WORK/scrape.$f" | median)")"
   done
+  if ! kill -0 "$CONT_PID" 2>/dev/null; then
+    log "  /metrics, $1: the exporter exited during these scrapes (killed? see dmesg, its cgroup's memory.oom_control)"
+    return
+  fi
   log "  ($(curl -s "$url" | grep -c '^subsegment_continuous_') continuous series in the text exposition; RSS $(( $(rss_kb $CONT_PID) / 1024 )) MiB after the scrapes, peak $(( $(awk '/VmHWM/ {print $2}' /proc/$CONT_PID/status) / 1024 )) MiB; load $(cut -d' ' -f1-3 /proc/loadavg))"
 }
 
@@ -451,10 +456,11 @@ cont_scrape() {
 cont_scrape_memory() {
   local url="http://127.0.0.1:$((B+400))/metrics" every=${CONT_SCRAPE_EVERY:-15} n=${CONT_SCRAPES:-8}
   local c0 t0 c1 t1 i next rss max=0 sum=0 k=0
+  kill -0 "$CONT_PID" 2>/dev/null || return 0 # cont_scrape said why
   c0=$(cpu_us $CONT_PID); t0=$(date +%s.%N)
   for i in $(seq 1 "$n"); do
     next=$(echo "$(date +%s.%N) + $every" | bc)
-    curl -s -o /dev/null "$url" || true
+    curl -s --max-time 120 -o /dev/null "$url" || true
     if ! kill -0 "$CONT_PID" 2>/dev/null; then
       log "  /metrics every $every s, $1: the exporter exited during scrape $i (killed? see dmesg, its cgroup's memory.oom_control)"
       return

@@ -26,14 +26,17 @@ func memoryCgroup(t *testing.T, limit int64) string {
 	name := fmt.Sprintf("subsegment-it-%d", os.Getpid())
 	var dir, limitFile string
 	switch {
-	case fileExists("/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-		own := "/"
+	case v1MemoryMount() != nil:
+		m, own := v1MemoryMount(), "/"
 		for _, line := range strings.Split(readFile("/proc/self/cgroup"), "\n") {
 			if f := strings.SplitN(line, ":", 3); len(f) == 3 && slices.Contains(strings.Split(f[1], ","), "memory") {
 				own = f[2]
 			}
 		}
-		dir, limitFile = filepath.Join("/sys/fs/cgroup/memory", own, name), "memory.limit_in_bytes"
+		if m[0] != "/" {
+			own = "/" + strings.TrimPrefix(strings.TrimPrefix(own, m[0]), "/")
+		}
+		dir, limitFile = filepath.Join(m[1], own, name), "memory.limit_in_bytes"
 	case strings.Contains(readFile("/sys/fs/cgroup/cgroup.subtree_control"), "memory"):
 		dir, limitFile = filepath.Join("/sys/fs/cgroup", name), "memory.max"
 	default:
@@ -63,7 +66,18 @@ func memoryCgroup(t *testing.T, limit int64) string {
 	return dir
 }
 
-func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
+// v1MemoryMount is the root and mount point of the v1 hierarchy with the
+// memory controller (nil: none), from /proc/self/mountinfo.
+func v1MemoryMount() []string {
+	for _, line := range strings.Split(readFile("/proc/self/mountinfo"), "\n") {
+		before, after, ok := strings.Cut(line, " - ")
+		f, g := strings.Fields(before), strings.SplitN(after, " ", 3)
+		if ok && len(f) >= 5 && len(g) == 3 && g[0] == "cgroup" && slices.Contains(strings.Split(g[2], ","), "memory") {
+			return []string{f[3], f[4]}
+		}
+	}
+	return nil
+}
 
 func readFile(p string) string { b, _ := os.ReadFile(p); return string(b) }
 
@@ -79,6 +93,9 @@ func TestMemoryLimitFromCgroup(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the test's own cgroup limit: %v", err)
 	}
+	if own > 0 && own <= limit {
+		t.Skipf("the test's own cgroup is limited to %d bytes, not above the %d this test sets", own, limit)
+	}
 	outside := tcOutside(own)
 	for _, tc := range []struct {
 		name, env, flags string
@@ -90,8 +107,8 @@ func TestMemoryLimitFromCgroup(t *testing.T) {
 			log: `memory_limit=483183820 cgroup_memory_limit=536870912 memory_limit_from=` + dir + "/"},
 		{name: "a ratio of 0.5", inCgroup: true, flags: "--runtime.memory-limit-ratio=0.5", want: limit / 2, log: `memory_limit=268435456 cgroup_memory_limit=536870912`},
 		{name: "ratio 0: off", inCgroup: true, flags: "--runtime.memory-limit-ratio=0", want: math.MaxInt64,
-			log: `memory_limit=none cgroup_memory_limit=none memory_limit_from="--runtime.memory-limit-ratio=0"`},
-		{name: "GOMEMLIMIT wins", inCgroup: true, env: "GOMEMLIMIT=300MiB", want: 300 << 20, log: `memory_limit=314572800 cgroup_memory_limit=none memory_limit_from=GOMEMLIMIT`},
+			log: `memory_limit=none cgroup_memory_limit=536870912 memory_limit_from="--runtime.memory-limit-ratio=0"`},
+		{name: "GOMEMLIMIT wins", inCgroup: true, env: "GOMEMLIMIT=300MiB", want: 300 << 20, log: `memory_limit=314572800 cgroup_memory_limit=536870912 memory_limit_from=GOMEMLIMIT`},
 		{name: "outside the cgroup", want: outside.want, log: outside.log},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

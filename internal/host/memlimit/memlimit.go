@@ -28,8 +28,8 @@ import (
 type Decision struct {
 	// Limit is the soft memory limit in force (bytes; 0: none).
 	Limit int64
-	// Cgroup is the cgroup's limit the soft limit comes from (0: none
-	// found).
+	// Cgroup is the process's cgroup memory limit (0: none found), read
+	// also when GOMEMLIMIT or a ratio of 0 sets the soft limit.
 	Cgroup int64
 	// From says where the limit comes from: "GOMEMLIMIT",
 	// "--runtime.memory-limit-ratio=0", the cgroup file it read, or why
@@ -76,13 +76,15 @@ func CheckRatio(ratio float64) error {
 // could not be read.
 func Apply(ratio float64, getenv func(string) string, root fs.FS) (Decision, error) {
 	if getenv("GOMEMLIMIT") != "" {
-		return Decision{Limit: debug.SetMemoryLimit(-1), From: "GOMEMLIMIT"}, nil
+		cgroup, _, _ := CgroupLimit(root) // for the log only
+		return Decision{Limit: debug.SetMemoryLimit(-1), Cgroup: cgroup, From: "GOMEMLIMIT"}, nil
 	}
 	if err := CheckRatio(ratio); err != nil {
 		return Decision{}, err
 	}
 	if ratio == 0 {
-		return Decision{From: "--runtime.memory-limit-ratio=0"}, nil
+		cgroup, _, _ := CgroupLimit(root)
+		return Decision{Cgroup: cgroup, From: "--runtime.memory-limit-ratio=0"}, nil
 	}
 	limit, from, err := CgroupLimit(root)
 	if err != nil {
@@ -120,16 +122,22 @@ func CgroupLimit(root fs.FS) (int64, string, error) {
 	}
 	m1, m2 := cgroupMounts(info)
 	switch {
-	case v1 != "" && m1 != nil:
-		return smallest(root, *m1, v1, "memory.limit_in_bytes")
 	case v1 != "":
-		return 0, "", fmt.Errorf("/proc/self/cgroup puts the process in the v1 memory cgroup %s, but /proc/self/mountinfo mounts no v1 hierarchy with the memory controller", v1)
-	case v2 != "" && m2 != nil:
-		controllers, _ := fs.ReadFile(root, path.Join(strings.TrimPrefix(m2.point, "/"), "cgroup.controllers"))
+		m := mountOf(m1, v1)
+		if m == nil {
+			return 0, "", fmt.Errorf("/proc/self/cgroup puts the process in the v1 memory cgroup %s, but /proc/self/mountinfo mounts no v1 hierarchy with the memory controller that holds it", v1)
+		}
+		return smallest(root, *m, v1, "memory.limit_in_bytes")
+	case v2 != "":
+		m := mountOf(m2, v2)
+		if m == nil {
+			return 0, "", fmt.Errorf("/proc/self/cgroup puts the process in the cgroup %s, but /proc/self/mountinfo mounts no cgroup2 hierarchy that holds it", v2)
+		}
+		controllers, _ := fs.ReadFile(root, path.Join(strings.TrimPrefix(m.point, "/"), "cgroup.controllers"))
 		if !slices.Contains(strings.Fields(string(controllers)), "memory") {
 			return 0, "no memory controller in the cgroup hierarchy", nil
 		}
-		return smallest(root, *m2, v2, "memory.max")
+		return smallest(root, *m, v2, "memory.max")
 	}
 	return 0, "no cgroup memory limit", nil
 }
@@ -163,27 +171,42 @@ func parseSelfCgroup(b []byte) (v1, v2 string, err error) {
 // hierarchy's cgroup root (a container sees its own cgroup as "/").
 type cgroupMount struct{ root, point string }
 
-// cgroupMounts finds, in /proc/self/mountinfo, the v1 hierarchy that has
-// the memory controller and the v2 hierarchy.
-func cgroupMounts(info []byte) (v1, v2 *cgroupMount) {
+// cgroupMounts lists, from /proc/self/mountinfo, the mounts of v1
+// hierarchies with the memory controller and of the v2 hierarchy.
+func cgroupMounts(info []byte) (v1, v2 []cgroupMount) {
 	sc := bufio.NewScanner(bytes.NewReader(info))
 	sc.Buffer(make([]byte, 0, 4096), 1<<20)
 	for sc.Scan() {
-		// id parent major:minor root point options [optional...] - type source super
+		// id parent major:minor root point options [optional...] - type source super;
+		// an empty source is an empty field.
 		before, after, ok := strings.Cut(sc.Text(), " - ")
-		f, g := strings.Fields(before), strings.Fields(after)
+		f, g := strings.Fields(before), strings.SplitN(after, " ", 3)
 		if !ok || len(f) < 5 || len(g) < 3 {
 			continue
 		}
-		m := &cgroupMount{root: unescapeMount(f[3]), point: unescapeMount(f[4])}
+		m := cgroupMount{root: unescapeMount(f[3]), point: unescapeMount(f[4])}
 		switch {
-		case g[0] == "cgroup" && v1 == nil && slices.Contains(strings.Split(g[2], ","), "memory"):
-			v1 = m
-		case g[0] == "cgroup2" && v2 == nil:
-			v2 = m
+		case g[0] == "cgroup" && slices.Contains(strings.Split(strings.TrimSpace(g[2]), ","), "memory"):
+			v1 = append(v1, m)
+		case g[0] == "cgroup2":
+			v2 = append(v2, m)
 		}
 	}
 	return v1, v2
+}
+
+// mountOf is the mount among ms that shows cgroup: the one with the
+// longest root that holds it (a bind mount of another subtree does not).
+func mountOf(ms []cgroupMount, cgroup string) *cgroupMount {
+	var best *cgroupMount
+	for i, m := range ms {
+		if m.root == "/" || cgroup == m.root || strings.HasPrefix(cgroup, m.root+"/") {
+			if best == nil || len(m.root) > len(best.root) {
+				best = &ms[i]
+			}
+		}
+	}
+	return best
 }
 
 // unescapeMount undoes mountinfo's octal escapes (\040 for a space).
@@ -205,14 +228,11 @@ func unescapeMount(s string) string {
 	return b.String()
 }
 
-// smallest walks from the cgroup up to the mount's root and returns the
+// smallest walks from the cgroup, which m holds, up to the mount's root and returns the
 // smallest limit in file along the way; without one, 0 and why.
 func smallest(root fs.FS, m cgroupMount, cgroup, file string) (int64, string, error) {
-	rel := cgroup
+	rel := cgroup // m holds it (mountOf)
 	if m.root != "/" {
-		if rel != m.root && !strings.HasPrefix(rel, m.root+"/") {
-			return 0, fmt.Sprintf("the process's cgroup %s is outside the mounted hierarchy (%s at %s)", cgroup, m.root, m.point), nil
-		}
 		rel = "/" + strings.TrimPrefix(strings.TrimPrefix(rel, m.root), "/")
 	}
 	if rel == "/.." || strings.HasPrefix(rel, "/../") {

@@ -41,6 +41,19 @@ func hybridV1(own, parent string) fstest.MapFS {
 	return fs
 }
 
+// fixture is a file system of /proc and /sys files.
+type fixture = fstest.MapFS
+
+// with replaces one file of a copy of f.
+func with(f fixture, name, data string) fixture {
+	c := fixture{}
+	for k, v := range f {
+		c[k] = v
+	}
+	c[name] = &fstest.MapFile{Data: []byte(data)}
+	return c
+}
+
 // v2 is v2Mounts with the process in cgroup, and the given files under
 // /sys/fs/cgroup.
 func v2(cgroup string, files map[string]string) fstest.MapFS {
@@ -87,11 +100,22 @@ func TestCgroupLimit(t *testing.T) {
 			"proc/self/cgroup":                           {Data: []byte("4:memory:/other\n")},
 			"proc/self/mountinfo":                        {Data: []byte(dockerV1Mounts)},
 			"sys/fs/cgroup/memory/memory.limit_in_bytes": {Data: []byte("1073741824\n")},
-		}, from: "the process's cgroup /other is outside the mounted hierarchy (/docker/abc at /sys/fs/cgroup/memory)"},
+		}, wantErr: "mounts no v1 hierarchy with the memory controller that holds it"},
 		{name: "v1 in /proc/self/cgroup but not mounted", fs: fstest.MapFS{
 			"proc/self/cgroup":    {Data: []byte("4:memory:/job\n")},
 			"proc/self/mountinfo": {Data: []byte(v2Mounts)},
 		}, wantErr: "mounts no v1 hierarchy with the memory controller"},
+		{name: "v2 a bind mount of another subtree listed first", fs: with(v2("/job", map[string]string{"job/memory.max": "536870912\n"}),
+			"proc/self/mountinfo", "50 29 0:26 /other /mnt/other rw - cgroup2 cgroup2 rw\n"+v2Mounts),
+			limit: 512 << 20, from: "/sys/fs/cgroup/job/memory.max"},
+		{name: "v1 listed twice, a subtree first", fs: with(hybridV1("536870912\n", ""),
+			"proc/self/mountinfo", "60 31 0:32 /other /srv/x rw - cgroup cgroup rw,memory\n"+hybridMounts),
+			limit: 512 << 20, from: "/sys/fs/cgroup/memory/api/job7/memory.limit_in_bytes"},
+		{name: "v2 mount with an empty source", fs: with(v2("/job", map[string]string{"job/memory.max": "536870912\n"}),
+			"proc/self/mountinfo", "29 23 0:26 / /sys/fs/cgroup rw - cgroup2  rw,nsdelegate\n"),
+			limit: 512 << 20, from: "/sys/fs/cgroup/job/memory.max"},
+		{name: "v2 in /proc/self/cgroup but no cgroup2 mount", fs: with(v2("/job", nil), "proc/self/mountinfo", hybridMounts[:strings.Index(hybridMounts, "41 ")]),
+			wantErr: "mounts no cgroup2 hierarchy that holds it"},
 		{name: "v2 service under an unlimited slice", fs: v2("/system.slice/subsegment_exporter.service", map[string]string{
 			"system.slice/memory.max":                             "max\n",
 			"system.slice/subsegment_exporter.service/memory.max": "1073741824\n",
@@ -192,8 +216,8 @@ func TestApply(t *testing.T) {
 			want: Decision{Limit: 900000000, Cgroup: 1000000000, From: "/sys/fs/cgroup/memory/api/job7/memory.limit_in_bytes"}, runtime: 900000000},
 		{name: "no cgroup limit: Go's default", ratio: 0.9, fs: hybridV1("9223372036854771712\n", ""),
 			want: Decision{From: "no cgroup memory limit"}, runtime: math.MaxInt64},
-		{name: "ratio 0: off", ratio: 0, fs: limited, want: Decision{From: "--runtime.memory-limit-ratio=0"}, runtime: math.MaxInt64},
-		{name: "GOMEMLIMIT wins", ratio: 0.9, env: "700MiB", fs: limited, want: Decision{Limit: 123456789, From: "GOMEMLIMIT"}, runtime: 123456789},
+		{name: "ratio 0: off", ratio: 0, fs: limited, want: Decision{Cgroup: 1000000000, From: "--runtime.memory-limit-ratio=0"}, runtime: math.MaxInt64},
+		{name: "GOMEMLIMIT wins", ratio: 0.9, env: "700MiB", fs: limited, want: Decision{Limit: 123456789, Cgroup: 1000000000, From: "GOMEMLIMIT"}, runtime: 123456789},
 		{name: "a ratio over 1", ratio: 1.5, fs: limited, wantErr: "--runtime.memory-limit-ratio=1.5: give the fraction", runtime: math.MaxInt64},
 		{name: "NaN", ratio: math.NaN(), fs: limited, wantErr: "--runtime.memory-limit-ratio=NaN: give the fraction", runtime: math.MaxInt64},
 		{name: "an unreadable limit leaves Go's default", ratio: 0.9, fs: hybridV1("lots", ""), want: Decision{From: "none"}, wantErr: "neither bytes", runtime: math.MaxInt64},
