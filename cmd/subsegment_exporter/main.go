@@ -117,7 +117,7 @@ func run(args []string) int {
 	serveCmd.Flag("continuous.classic-buckets", "Continuous entries' histograms have classic buckets (one series per bucket) besides native ones; --no-continuous.classic-buckets: native histograms only, one series per histogram for a Prometheus that scrapes them (about 10x fewer series).").Default("true").BoolVar(&so.classicBuckets)
 	serveCmd.Flag("history.limit", "How many /probe runs the landing page lists, with their answers (0: none).").Default(fmt.Sprint(exporter.DefaultHistoryLimit)).IntVar(&so.historyLimit)
 	serveCmd.Flag("runtime.gomaxprocs", "Threads running Go code at once (GOMAXPROCS). 0: 1 for a pure source exporter (no --listen: its work is waiting, and one thread wakes for it with less CPU), Go's default (the CPUs available) for a relay.").Default("0").IntVar(&so.gomaxprocs)
-	serveCmd.Flag("runtime.memory-limit-ratio", "Go's soft memory limit (GOMEMLIMIT) as a fraction of the process's cgroup memory limit, when it has one, so that the heap is collected sooner instead of the process being killed (0: off; GOMEMLIMIT in the environment wins).").Default(fmt.Sprint(memlimit.DefaultRatio)).Float64Var(&so.memoryLimitRatio)
+	serveCmd.Flag("runtime.memory-limit-ratio", "Go's soft memory limit (GOMEMLIMIT) as a fraction of the process's cgroup memory limit, when it has one, so that the heap is collected sooner instead of the process being killed (0.1 to 1; 0: off; GOMEMLIMIT in the environment wins).").Default(fmt.Sprint(memlimit.DefaultRatio)).Float64Var(&so.memoryLimitRatio)
 	serveCmd.Flag("inband.var", "A variable this relay attaches to probes that ask for context (repeatable): load1, load5, load15, an interface counter like if_in_errors:eth0 (if_in|out_bytes|packets|errors|drops), or name=OID of the local agent.").StringsVar(&so.inband.Specs)
 	serveCmd.Flag("inband.snmp-agent", "Local SNMP agent (host:port, v2c) for OID in-band variables.").StringVar(&so.inband.Agent)
 	serveCmd.Flag("inband.snmp-community-file", "File holding the local agent's community (default: public); read at start, by the rule of every secret file.").ExistingFileVar(&so.communityFile)
@@ -408,9 +408,10 @@ type serveFlags struct {
 
 // validate checks the bounds a flag cannot check itself.
 func (so serveFlags) validate() error {
+	if err := memlimit.CheckRatio(so.memoryLimitRatio); err != nil {
+		return err
+	}
 	switch {
-	case memlimit.CheckRatio(so.memoryLimitRatio) != nil:
-		return memlimit.CheckRatio(so.memoryLimitRatio)
 	case so.maxProbes < 0:
 		return fmt.Errorf("--probe.max-concurrent=%d: give a number of probes, or 0 for no limit", so.maxProbes)
 	case so.idleTimeout <= 0:

@@ -75,27 +75,23 @@ func CheckRatio(ratio float64) error {
 // cannot be read, leaves Go's default (no limit); the error says why it
 // could not be read.
 func Apply(ratio float64, getenv func(string) string, root fs.FS) (Decision, error) {
-	if getenv("GOMEMLIMIT") != "" {
-		cgroup, _, _ := CgroupLimit(root) // for the log only
-		return Decision{Limit: debug.SetMemoryLimit(-1), Cgroup: cgroup, From: "GOMEMLIMIT"}, nil
-	}
 	if err := CheckRatio(ratio); err != nil {
 		return Decision{}, err
 	}
-	if ratio == 0 {
-		cgroup, _, _ := CgroupLimit(root)
+	cgroup, from, err := CgroupLimit(root)
+	switch {
+	case getenv("GOMEMLIMIT") != "": // the cgroup's limit only for the log
+		return Decision{Limit: debug.SetMemoryLimit(-1), Cgroup: cgroup, From: "GOMEMLIMIT"}, nil
+	case ratio == 0:
 		return Decision{Cgroup: cgroup, From: "--runtime.memory-limit-ratio=0"}, nil
-	}
-	limit, from, err := CgroupLimit(root)
-	if err != nil {
+	case err != nil:
 		return Decision{From: "none"}, err
-	}
-	if limit == 0 {
+	case cgroup == 0:
 		return Decision{From: from}, nil
 	}
-	soft := int64(float64(limit) * ratio)
+	soft := int64(float64(cgroup) * ratio)
 	debug.SetMemoryLimit(soft)
-	return Decision{Limit: soft, Cgroup: limit, From: from}, nil
+	return Decision{Limit: soft, Cgroup: cgroup, From: from}, nil
 }
 
 // CgroupLimit is the memory limit of the process's cgroup and of its
@@ -228,8 +224,9 @@ func unescapeMount(s string) string {
 	return b.String()
 }
 
-// smallest walks from the cgroup, which m holds, up to the mount's root and returns the
-// smallest limit in file along the way; without one, 0 and why.
+// smallest walks from the cgroup, which m holds, up to the mount's root
+// and returns the smallest limit in file along the way; without one, 0
+// and why.
 func smallest(root fs.FS, m cgroupMount, cgroup, file string) (int64, string, error) {
 	rel := cgroup // m holds it (mountOf)
 	if m.root != "/" {

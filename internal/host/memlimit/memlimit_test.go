@@ -36,7 +36,7 @@ func hybridV1(own, parent string) fstest.MapFS {
 		"sys/fs/cgroup/memory/api/job7/memory.limit_in_bytes": {Data: []byte(own)},
 	}
 	if parent != "" {
-		fs["sys/fs/cgroup/memory/api/memory.limit_in_bytes"] = &fstest.MapFile{Data: []byte(parent)}
+		return with(fs, "sys/fs/cgroup/memory/api/memory.limit_in_bytes", parent)
 	}
 	return fs
 }
@@ -137,16 +137,9 @@ func TestCgroupLimit(t *testing.T) {
 			"sys/fs/cgroup/unified/cgroup.controllers": {Data: []byte("memory\n")},
 			"sys/fs/cgroup/unified/job/memory.max":     {Data: []byte("1048576\n")},
 		}, limit: 1 << 20, from: "/sys/fs/cgroup/unified/job/memory.max"},
-		{name: "a line it does not need may be odd", fs: func() fstest.MapFS {
-			fs := hybridV1("536870912\n", "")
-			fs["proc/self/cgroup"] = &fstest.MapFile{Data: []byte("garbage\n4:memory:/api/job7\n")}
-			return fs
-		}(), limit: 512 << 20, from: "/sys/fs/cgroup/memory/api/job7/memory.limit_in_bytes"},
-		{name: "a malformed memory line", fs: func() fstest.MapFS {
-			fs := hybridV1("536870912\n", "")
-			fs["proc/self/cgroup"] = &fstest.MapFile{Data: []byte("4:memory\n")}
-			return fs
-		}(),
+		{name: "a line it does not need may be odd", fs: with(hybridV1("536870912\n", ""), "proc/self/cgroup", "garbage\n4:memory:/api/job7\n"),
+			limit: 512 << 20, from: "/sys/fs/cgroup/memory/api/job7/memory.limit_in_bytes"},
+		{name: "a malformed memory line", fs: with(hybridV1("536870912\n", ""), "proc/self/cgroup", "4:memory\n"),
 			wantErr: `/proc/self/cgroup line 1: "4:memory" is not id:controllers:/path`},
 		{name: "a limit that is not a number", fs: hybridV1("lots\n", ""),
 			wantErr: `/sys/fs/cgroup/memory/api/job7/memory.limit_in_bytes: memory limit "lots" is neither bytes nor "max"`},
